@@ -1,0 +1,387 @@
+//! The [`StateBackend`] trait: the byte-level contract every backend implements.
+//!
+//! A backend stores, per registered state, composite keys (`crate::keys`) mapped to value bytes.
+//! It knows nothing of user types; `crate::state` layers typed handles over it. Invariants every
+//! backend keeps (and `tests/conformance.rs` checks): only key groups in its range are accepted,
+//! a snapshot's synchronous part does not grow with state size, and restore gives back exactly
+//! the snapshot's contents restricted to the restoring key-group range.
+
+pub mod fs;
+pub mod heap;
+pub mod memory;
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::keys::{DEFAULT_MAX_PARALLELISM, KeyGroupRange, check_max_parallelism};
+use crate::ttl::{SharedClock, TtlConfig, system_clock};
+
+pub use heap::HeapSnapshot;
+pub use memory::MemoryBackend;
+
+/// The id a backend hands out when a state is registered; valid for that backend only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StateId(pub u32);
+
+/// The kind of a state. It decides how values are laid out (FORMAT.md §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StateKind {
+    /// One value per (key, namespace).
+    Value,
+    /// A list per (key, namespace), appended to with [`StateBackend::merge`].
+    List,
+    /// A map per (key, namespace): one stored entry per map key (the composite key's user key).
+    Map,
+    /// One accumulated value per (key, namespace), folded with a reduce function.
+    Reducing,
+    /// One accumulator per (key, namespace), folded with an aggregate function.
+    Aggregating,
+}
+
+impl StateKind {
+    /// On disk: never change. The tag of the kind in metadata (FORMAT.md §3).
+    pub fn tag(self) -> u8 {
+        match self {
+            StateKind::Value => 0,
+            StateKind::List => 1,
+            StateKind::Map => 2,
+            StateKind::Reducing => 3,
+            StateKind::Aggregating => 4,
+        }
+    }
+
+    /// The kind of an on-disk tag.
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        Some(match tag {
+            0 => StateKind::Value,
+            1 => StateKind::List,
+            2 => StateKind::Map,
+            3 => StateKind::Reducing,
+            4 => StateKind::Aggregating,
+            _ => return None,
+        })
+    }
+}
+
+/// What identifies a state: name, kind, TTL and serializer id.
+///
+/// Registering the same name again must give an identical descriptor, or the backend answers
+/// [`Error::StateMismatch`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StateDescriptor {
+    /// Unique name of the state within the backend.
+    pub name: String,
+    /// The state's kind.
+    pub kind: StateKind,
+    /// TTL settings, if entries expire.
+    pub ttl: Option<TtlConfig>,
+    /// Names the value serializer (and its version); a different id on re-registration or restore
+    /// is a mismatch. The typed layer uses `"postcard"` unless told otherwise.
+    pub serializer: String,
+}
+
+impl StateDescriptor {
+    /// A descriptor with no TTL and the default `"postcard"` serializer id.
+    pub fn new(name: impl Into<String>, kind: StateKind) -> Self {
+        StateDescriptor {
+            name: name.into(),
+            kind,
+            ttl: None,
+            serializer: "postcard".to_string(),
+        }
+    }
+
+    /// Sets the TTL.
+    pub fn with_ttl(mut self, ttl: TtlConfig) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Sets the serializer id.
+    pub fn with_serializer(mut self, serializer: impl Into<String>) -> Self {
+        self.serializer = serializer.into();
+        self
+    }
+
+    /// Checks that `requested` may use the state registered (or restored) as `self`.
+    pub fn check_compatible(&self, requested: &StateDescriptor) -> Result<()> {
+        if self == requested {
+            return Ok(());
+        }
+        Err(Error::StateMismatch {
+            name: self.name.clone(),
+            existing: self.summary(),
+            requested: requested.summary(),
+        })
+    }
+
+    fn summary(&self) -> String {
+        let ttl = match &self.ttl {
+            None => "no TTL".to_string(),
+            Some(t) => format!(
+                "TTL {} ms ({:?}, {:?})",
+                t.ttl_ms, t.update_type, t.visibility
+            ),
+        };
+        format!(
+            "{:?} state, {ttl}, serializer '{}'",
+            self.kind, self.serializer
+        )
+    }
+}
+
+/// Which implementation a backend (or a snapshot handle) is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BackendKind {
+    /// [`MemoryBackend`].
+    Memory,
+    /// The file-system backend (heap state, full snapshots as files).
+    Fs,
+    /// The log-structured backend (incremental snapshots).
+    Lsm,
+}
+
+impl BackendKind {
+    /// On disk: never change. The tag of the kind in `_metadata` (FORMAT.md).
+    pub fn tag(self) -> u8 {
+        match self {
+            BackendKind::Memory => 0,
+            BackendKind::Fs => 1,
+            BackendKind::Lsm => 2,
+        }
+    }
+
+    /// The kind of an on-disk tag.
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        Some(match tag {
+            0 => BackendKind::Memory,
+            1 => BackendKind::Fs,
+            2 => BackendKind::Lsm,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Memory => "memory",
+            BackendKind::Fs => "fs",
+            BackendKind::Lsm => "lsm",
+        })
+    }
+}
+
+/// What every backend is built with.
+#[derive(Clone, Debug)]
+pub struct BackendConfig {
+    /// Number of key groups of the job (1 ..= 32768).
+    pub max_parallelism: u16,
+    /// The key groups this backend owns.
+    pub key_group_range: KeyGroupRange,
+    /// Time source for TTL.
+    pub clock: SharedClock,
+}
+
+impl BackendConfig {
+    /// A config owning `range` of a job with `max_parallelism` key groups, on the system clock.
+    pub fn new(max_parallelism: u32, range: KeyGroupRange) -> Result<Self> {
+        let max_parallelism = check_max_parallelism(max_parallelism)?;
+        if u32::from(range.last()) >= u32::from(max_parallelism) {
+            return Err(Error::invalid(format!(
+                "key-group range {range} exceeds max_parallelism {max_parallelism}"
+            )));
+        }
+        Ok(BackendConfig {
+            max_parallelism,
+            key_group_range: range,
+            clock: system_clock(),
+        })
+    }
+
+    /// Sets the clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+impl Default for BackendConfig {
+    /// All 128 key groups of a job with the default max parallelism, on the system clock.
+    fn default() -> Self {
+        BackendConfig {
+            max_parallelism: DEFAULT_MAX_PARALLELISM,
+            key_group_range: KeyGroupRange::all(DEFAULT_MAX_PARALLELISM),
+            clock: system_clock(),
+        }
+    }
+}
+
+/// One stored entry: composite key and value bytes.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// An iterator over entries in composite-key order.
+pub type EntryIter<'a> = Box<dyn Iterator<Item = Result<Entry>> + 'a>;
+
+/// A file a snapshot handle references, in checkpoint storage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// Path relative to the checkpoint storage root (e.g. `chk-7/kg-0003` or `shared/000012.sst`).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// CRC-32 (IEEE) of the whole file.
+    pub crc32: u32,
+    /// The key groups the file holds entries of.
+    pub key_groups: KeyGroupRange,
+}
+
+/// Where a snapshot's data lives.
+#[derive(Clone, Debug)]
+pub enum SnapshotData {
+    /// Held in memory by the process (memory backend): survives a task failure, not a crash.
+    Memory(Arc<HeapSnapshot>),
+    /// Files in checkpoint storage rooted at `root`.
+    Files {
+        /// Checkpoint storage root directory (or URI).
+        root: String,
+        /// Every file the snapshot needs.
+        files: Vec<FileRef>,
+    },
+}
+
+/// The result of a snapshot: what restore needs to rebuild the state.
+#[derive(Clone, Debug)]
+pub struct SnapshotHandle {
+    /// The backend kind that wrote it; restore into another kind is refused.
+    pub backend: BackendKind,
+    /// The checkpoint it belongs to.
+    pub checkpoint_id: u64,
+    /// `max_parallelism` of the job that wrote it; restore requires the same.
+    pub max_parallelism: u16,
+    /// The key groups it covers.
+    pub key_group_range: KeyGroupRange,
+    /// Every state registered when it was taken, in state-id order.
+    pub states: Vec<StateDescriptor>,
+    /// The data.
+    pub data: SnapshotData,
+}
+
+/// The asynchronous part of a snapshot: runs off the processing thread while the backend goes on.
+pub trait SnapshotTask: Send {
+    /// Writes (or finishes) the snapshot and returns its handle.
+    fn run(self: Box<Self>) -> Result<SnapshotHandle>;
+}
+
+/// The byte-level contract of a keyed-state backend.
+///
+/// Keys are composite keys (`crate::keys::encode_composite_key`); their key group must be in the
+/// backend's range. A backend belongs to one task and is driven from one thread at a time
+/// (`Send`, `&mut self`); only [`SnapshotTask`]s run elsewhere.
+pub trait StateBackend: Send {
+    /// Which implementation this is.
+    fn kind(&self) -> BackendKind;
+
+    /// The configuration (max parallelism, key-group range, clock).
+    fn config(&self) -> &BackendConfig;
+
+    /// Registers a state, or returns the id of the identical state registered (or restored)
+    /// before. A different kind, TTL or serializer under the same name is
+    /// [`Error::StateMismatch`].
+    fn register(&mut self, descriptor: &StateDescriptor) -> Result<StateId>;
+
+    /// Every registered state, in state-id order.
+    fn states(&self) -> Vec<StateDescriptor>;
+
+    /// The value stored under `key`, if any.
+    fn get(&mut self, state: StateId, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Stores `value` under `key`, replacing what was there.
+    fn put(&mut self, state: StateId, key: &[u8], value: &[u8]) -> Result<()>;
+
+    /// Removes `key` (no error if absent).
+    fn delete(&mut self, state: StateId, key: &[u8]) -> Result<()>;
+
+    /// Appends `operand` to the bytes stored under `key` (absent counts as empty): list append
+    /// without a read of the old value in backends that support it.
+    fn merge(&mut self, state: StateId, key: &[u8], operand: &[u8]) -> Result<()>;
+
+    /// Every entry of `state` whose key starts with `prefix`, in key order. An empty prefix
+    /// iterates the whole state.
+    fn scan_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<EntryIter<'_>>;
+
+    /// Removes every entry of `state` whose key starts with `prefix`.
+    fn delete_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<()>;
+
+    /// Synchronous part of a snapshot: freezes the current contents (cost independent of state
+    /// size) and returns the asynchronous part, which may run on another thread.
+    fn snapshot(&mut self, checkpoint_id: u64) -> Result<Box<dyn SnapshotTask>>;
+
+    /// Replaces all contents with those of `handles` restricted to `key_group_range`, which
+    /// becomes the backend's range. Several handles (a rescale merge) must cover disjoint key
+    /// groups. States registered before keep their ids if compatible.
+    fn restore(&mut self, handles: &[SnapshotHandle], key_group_range: KeyGroupRange)
+    -> Result<()>;
+
+    /// Tells the backend checkpoint `checkpoint_id` is complete (incremental backends use it to
+    /// know which files are durably shared). The default does nothing.
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+        let _ = checkpoint_id;
+        Ok(())
+    }
+}
+
+/// Checks the common preconditions of a restore: handles of `kind`, the same max parallelism,
+/// disjoint key groups, and a target range inside `max_parallelism`.
+pub fn check_restore_handles(
+    kind: BackendKind,
+    max_parallelism: u16,
+    handles: &[SnapshotHandle],
+    target: KeyGroupRange,
+) -> Result<()> {
+    if u32::from(target.last()) >= u32::from(max_parallelism) {
+        return Err(Error::invalid(format!(
+            "restore range {target} exceeds max_parallelism {max_parallelism}"
+        )));
+    }
+    for (i, h) in handles.iter().enumerate() {
+        if h.backend != kind {
+            return Err(Error::BackendMismatch {
+                expected: kind.to_string(),
+                found: h.backend.to_string(),
+            });
+        }
+        if h.max_parallelism != max_parallelism {
+            return Err(Error::invalid(format!(
+                "snapshot of checkpoint {} was taken with max_parallelism {}, this backend has {}; \
+                 max_parallelism cannot change across restores",
+                h.checkpoint_id, h.max_parallelism, max_parallelism
+            )));
+        }
+        for other in handles.iter().skip(i + 1) {
+            if let Some(overlap) = h.key_group_range.intersect(&other.key_group_range) {
+                return Err(Error::invalid(format!(
+                    "restore handles overlap in key groups {overlap}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `key`'s key group is in `range`.
+pub fn check_key_group(key: &[u8], range: &KeyGroupRange) -> Result<()> {
+    let key_group = crate::keys::key_group_of(key)
+        .ok_or_else(|| Error::invalid("composite key shorter than its 2-byte key group"))?;
+    if range.contains(key_group) {
+        Ok(())
+    } else {
+        Err(Error::KeyGroupOutOfRange {
+            key_group,
+            range: *range,
+        })
+    }
+}

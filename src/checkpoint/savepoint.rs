@@ -1,0 +1,3 @@
+//! Canonical, backend-independent savepoints (FORMAT.md §6).
+//!
+//! Not yet implemented: see the open issue that owns this module.

@@ -1,0 +1,144 @@
+//! crc32-framed records (FORMAT.md §1.2): `length u32 LE | crc32 u32 LE | payload`.
+//!
+//! The unit of every append-only file (WAL, manifest, snapshot files). `crc32` is CRC-32/IEEE
+//! (`crc32fast`) of the payload only. A decoder checks the length against the bytes left before
+//! slicing, so a corrupt length can never size an allocation.
+
+use crate::error::{Error, Result};
+
+/// Bytes of a record header: length (u32 LE) then crc32 (u32 LE).
+pub const RECORD_HEADER_LEN: usize = 8;
+
+/// Largest payload a record may carry (on disk: never change; FORMAT.md §1.2).
+pub const MAX_RECORD_LEN: u32 = 1 << 30;
+
+/// CRC-32 (IEEE 802.3 polynomial, reflected, as computed by `crc32fast`) of `bytes`.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
+
+/// Appends one framed record holding `payload` to `out`.
+///
+/// Panics if `payload` is longer than [`MAX_RECORD_LEN`] (a programming error: callers bound
+/// what they frame).
+pub fn put_record(out: &mut Vec<u8>, payload: &[u8]) {
+    assert!(
+        payload.len() <= MAX_RECORD_LEN as usize,
+        "record payload of {} bytes exceeds MAX_RECORD_LEN",
+        payload.len()
+    );
+    out.reserve(RECORD_HEADER_LEN + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Why a record could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RecordError {
+    /// The input ends inside the header or payload (a torn write at the end of a log).
+    Truncated,
+    /// The header or checksum is wrong.
+    Corrupt(String),
+}
+
+/// Reads one record from the front of `input`; returns the payload and the bytes consumed.
+///
+/// Distinguishes a truncated tail ([`RecordError::Truncated`]) from corruption, which log
+/// readers treat differently (FORMAT.md §1.2).
+pub fn read_record(input: &[u8]) -> std::result::Result<(&[u8], usize), RecordError> {
+    let Some((header, rest)) = input.split_first_chunk::<RECORD_HEADER_LEN>() else {
+        return Err(RecordError::Truncated);
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len > MAX_RECORD_LEN {
+        return Err(RecordError::Corrupt(format!(
+            "record length {len} exceeds the maximum {MAX_RECORD_LEN}"
+        )));
+    }
+    let Some(payload) = rest.get(..len as usize) else {
+        return Err(RecordError::Truncated);
+    };
+    let actual = crc32(payload);
+    if actual != crc {
+        return Err(RecordError::Corrupt(format!(
+            "record crc32 mismatch: stored {crc:#010x}, computed {actual:#010x}"
+        )));
+    }
+    Ok((payload, RECORD_HEADER_LEN + len as usize))
+}
+
+/// Reads one record that must be complete; any failure is [`Error::Corruption`] at `offset`.
+pub fn decode_record<'a>(input: &'a [u8], file: &str, offset: u64) -> Result<(&'a [u8], usize)> {
+    read_record(input).map_err(|e| match e {
+        RecordError::Truncated => Error::corruption(file, offset, "truncated record"),
+        RecordError::Corrupt(what) => Error::corruption(file, offset, what),
+    })
+}
+
+/// Splits `input` into the payloads of consecutive complete records (a whole file of records).
+pub fn decode_records<'a>(input: &'a [u8], file: &str) -> Result<Vec<&'a [u8]>> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos < input.len() {
+        let (payload, used) =
+            decode_record(input.get(pos..).unwrap_or_default(), file, pos as u64)?;
+        out.push(payload);
+        pos += used;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn crc32_is_ieee() {
+        // The check value of CRC-32/ISO-HDLC (IEEE 802.3).
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+    }
+
+    #[test]
+    fn truncation_and_corruption_are_told_apart() {
+        let mut buf = Vec::new();
+        put_record(&mut buf, b"hello");
+        for cut in 0..buf.len() {
+            assert_eq!(
+                read_record(&buf[..cut]),
+                Err(RecordError::Truncated),
+                "cut {cut}"
+            );
+        }
+        let mut bad = buf.clone();
+        bad[RECORD_HEADER_LEN] ^= 1;
+        assert!(matches!(read_record(&bad), Err(RecordError::Corrupt(_))));
+        let mut huge = buf.clone();
+        huge[3] = 0xff;
+        assert!(matches!(read_record(&huge), Err(RecordError::Corrupt(_))));
+        let err = decode_records(&[buf.as_slice(), &bad].concat(), "f").unwrap_err();
+        match err {
+            Error::Corruption { offset, .. } => assert_eq!(offset, buf.len() as u64),
+            other => panic!("{other}"),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8)) {
+            let mut buf = Vec::new();
+            for p in &payloads {
+                put_record(&mut buf, p);
+            }
+            let decoded = decode_records(&buf, "t").unwrap();
+            prop_assert_eq!(decoded, payloads.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode_records(&bytes, "t");
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! # flowstate
+//!
+//! An embeddable keyed-state storage engine for stream processors: per-key value, list, map,
+//! reducing and aggregating state with namespaces and TTL, behind one [`StateBackend`] trait with
+//! a memory backend (heap state, in-memory snapshots), and consistent snapshots that restore
+//! into any key-group range (rescaling).
+//!
+//! Layers, from the bottom: [`codec`] (byte building blocks), [`keys`] (key groups and the
+//! composite key), [`ttl`] (TTL config, clock, value envelope), [`backend`] (the trait and its
+//! implementations), [`state`] (typed state handles). See `DESIGN.md` and `FORMAT.md`.
+//!
+//! ```
+//! use flowstate::{KeyedState, MemoryBackend, BackendConfig};
+//!
+//! let keyed = KeyedState::new(MemoryBackend::new(BackendConfig::default()));
+//! let count = keyed.value_state::<u64>("count")?;
+//! keyed.set_current_key(&"alice")?;
+//! count.update(&(count.value()?.unwrap_or(0) + 1))?;
+//! assert_eq!(count.value()?, Some(1));
+//! # Ok::<(), flowstate::Error>(())
+//! ```
+
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+#![warn(clippy::unwrap_used)]
+
+pub mod backend;
+pub mod checkpoint;
+pub mod codec;
+pub mod error;
+pub mod keys;
+pub mod lsm;
+pub mod state;
+pub mod ttl;
+
+pub use backend::{
+    BackendConfig, BackendKind, MemoryBackend, SnapshotHandle, SnapshotTask, StateBackend,
+    StateDescriptor, StateId, StateKind,
+};
+pub use error::{Error, Result};
+pub use keys::KeyGroupRange;
+pub use state::{
+    AggregateFunction, AggregatingState, KeyedState, ListState, MapState, ReducingState, ValueState,
+};
+pub use ttl::{Clock, ManualClock, SystemClock, TtlConfig, UpdateType, Visibility};

@@ -1,0 +1,3 @@
+//! Block cache of decompressed SST blocks.
+//!
+//! Not yet implemented: see the open issue that owns this module.

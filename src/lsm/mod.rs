@@ -1,0 +1,8 @@
+//! The log-structured store, usable on its own: WAL, memtable, SST files, manifest, compaction,
+//! column families, checkpoints (FORMAT.md §7–§9).
+
+pub mod batch;
+pub mod block_cache;
+pub mod memtable;
+pub mod sst;
+pub mod wal;

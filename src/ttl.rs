@@ -1,0 +1,262 @@
+//! Time-to-live at the byte level (FORMAT.md §3): the config, the clock and the value envelope.
+//!
+//! This sits below the backends because they need it too: heap backends drop expired entries
+//! while writing full snapshots and during incremental cleanup, the LSM backend in its compaction
+//! filter. A TTL state's value is `last_access_ms (u64 BE) | payload`; a list value is a sequence
+//! of `varint len | element` frames, and with TTL each element carries its own timestamp.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::varint::{get_varint32, put_varint32};
+use crate::error::{Error, Result};
+
+/// Bytes of the timestamp that prefixes a TTL value or list element.
+pub const TTL_TIMESTAMP_LEN: usize = 8;
+
+/// When the last-access timestamp of an entry is refreshed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UpdateType {
+    /// Refreshed when the entry is created or written (Flink's `OnCreateAndWrite`).
+    OnCreateAndWrite,
+    /// Refreshed on every read as well (Flink's `OnReadAndWrite`).
+    OnReadAndWrite,
+}
+
+/// Whether an expired entry that is still stored may be returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Visibility {
+    /// Expired entries are never returned (Flink's `NeverReturnExpired`).
+    NeverReturnExpired,
+    /// An expired entry is returned if cleanup has not removed it yet
+    /// (Flink's `ReturnExpiredIfNotCleanedUp`).
+    ReturnExpiredIfNotCleanedUp,
+}
+
+/// TTL settings of one state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TtlConfig {
+    /// How long an entry lives after its last access (as defined by `update_type`), in ms.
+    pub ttl_ms: u64,
+    /// Which accesses refresh the timestamp.
+    pub update_type: UpdateType,
+    /// Whether expired, not yet removed entries may be returned.
+    pub visibility: Visibility,
+}
+
+impl TtlConfig {
+    /// A TTL of `ttl` with `OnCreateAndWrite` and `NeverReturnExpired` (Flink's defaults).
+    pub fn new(ttl: Duration) -> Self {
+        TtlConfig {
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            update_type: UpdateType::OnCreateAndWrite,
+            visibility: Visibility::NeverReturnExpired,
+        }
+    }
+
+    /// Sets the update type.
+    pub fn with_update_type(mut self, update_type: UpdateType) -> Self {
+        self.update_type = update_type;
+        self
+    }
+
+    /// Sets the visibility of expired entries.
+    pub fn with_visibility(mut self, visibility: Visibility) -> Self {
+        self.visibility = visibility;
+        self
+    }
+
+    /// Whether an entry last accessed at `timestamp_ms` has expired at `now_ms`.
+    pub fn is_expired(&self, timestamp_ms: u64, now_ms: u64) -> bool {
+        timestamp_ms.saturating_add(self.ttl_ms) <= now_ms
+    }
+}
+
+/// A source of time in milliseconds since the Unix epoch; injectable so tests control TTL.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The current time in ms.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that only moves when told to: for tests and deterministic simulation.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    now: AtomicU64,
+}
+
+impl ManualClock {
+    /// A manual clock reading `start_ms`.
+    pub fn new(start_ms: u64) -> Arc<Self> {
+        Arc::new(ManualClock {
+            now: AtomicU64::new(start_ms),
+        })
+    }
+
+    /// Moves the clock forward by `ms`.
+    pub fn advance(&self, ms: u64) {
+        self.now.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    /// Sets the clock to `ms`.
+    pub fn set(&self, ms: u64) {
+        self.now.store(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.now.load(Ordering::SeqCst)
+    }
+}
+
+/// The shared clock handle backends and typed state use.
+pub type SharedClock = Arc<dyn Clock>;
+
+/// The default clock: [`SystemClock`].
+pub fn system_clock() -> SharedClock {
+    Arc::new(SystemClock)
+}
+
+/// Prepends `timestamp_ms` to `payload`: the TTL envelope of a value or list element.
+pub fn wrap(timestamp_ms: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(TTL_TIMESTAMP_LEN + payload.len());
+    out.extend_from_slice(&timestamp_ms.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Splits a TTL envelope into its timestamp and payload.
+pub fn unwrap(bytes: &[u8]) -> Result<(u64, &[u8])> {
+    let (ts, payload) = bytes
+        .split_first_chunk::<TTL_TIMESTAMP_LEN>()
+        .ok_or_else(|| {
+            Error::corruption(
+                "ttl value",
+                0,
+                format!(
+                    "TTL value of {} bytes lacks its 8-byte timestamp",
+                    bytes.len()
+                ),
+            )
+        })?;
+    Ok((u64::from_be_bytes(*ts), payload))
+}
+
+/// Appends one list element frame (`varint len | element`) to `out`.
+pub fn push_list_element(out: &mut Vec<u8>, element: &[u8]) {
+    put_varint32(out, element.len() as u32);
+    out.extend_from_slice(element);
+}
+
+/// Splits a list value into its element frames.
+pub fn list_elements(bytes: &[u8]) -> Result<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let rest = bytes.get(pos..).unwrap_or_default();
+        let (len, used) = get_varint32(rest, "list value", pos as u64)?;
+        let body = rest.get(used..).unwrap_or_default();
+        let element = body.get(..len as usize).ok_or_else(|| {
+            Error::corruption(
+                "list value",
+                pos as u64,
+                format!("list element of {len} bytes but only {} left", body.len()),
+            )
+        })?;
+        out.push(element);
+        pos += used + len as usize;
+    }
+    Ok(out)
+}
+
+/// What a stored value becomes once expired parts are dropped at `now_ms`; `None` when nothing
+/// is left. This is the whole cleanup rule shared by snapshots, incremental cleanup and the
+/// compaction filter: a value of a TTL state is dropped when expired; a list keeps its
+/// unexpired elements.
+pub fn drop_expired(
+    is_list: bool,
+    ttl: &TtlConfig,
+    value: &[u8],
+    now_ms: u64,
+) -> Result<Option<Vec<u8>>> {
+    if !is_list {
+        let (ts, _) = unwrap(value)?;
+        return Ok((!ttl.is_expired(ts, now_ms)).then(|| value.to_vec()));
+    }
+    let elements = list_elements(value)?;
+    let mut kept = Vec::with_capacity(value.len());
+    let mut any_dropped = false;
+    for element in elements {
+        let (ts, _) = unwrap(element)?;
+        if ttl.is_expired(ts, now_ms) {
+            any_dropped = true;
+        } else {
+            push_list_element(&mut kept, element);
+        }
+    }
+    if kept.is_empty() {
+        Ok(None)
+    } else if any_dropped {
+        Ok(Some(kept))
+    } else {
+        Ok(Some(value.to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_boundary() {
+        let ttl = TtlConfig::new(Duration::from_millis(10));
+        assert!(!ttl.is_expired(100, 109));
+        assert!(ttl.is_expired(100, 110));
+        assert!(!ttl.is_expired(u64::MAX - 1, u64::MAX - 1));
+    }
+
+    #[test]
+    fn drop_expired_values_and_list_elements() {
+        let ttl = TtlConfig::new(Duration::from_millis(10));
+        assert_eq!(
+            drop_expired(false, &ttl, &wrap(5, b"x"), 14).unwrap(),
+            Some(wrap(5, b"x"))
+        );
+        assert_eq!(drop_expired(false, &ttl, &wrap(5, b"x"), 15).unwrap(), None);
+        let mut list = Vec::new();
+        push_list_element(&mut list, &wrap(1, b"old"));
+        push_list_element(&mut list, &wrap(20, b"new"));
+        let mut expect = Vec::new();
+        push_list_element(&mut expect, &wrap(20, b"new"));
+        assert_eq!(drop_expired(true, &ttl, &list, 25).unwrap(), Some(expect));
+        assert_eq!(drop_expired(true, &ttl, &list, 30).unwrap(), None);
+        assert!(drop_expired(false, &ttl, b"short", 0).is_err());
+        assert!(drop_expired(true, &ttl, &[5, 1], 0).is_err());
+    }
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let c = ManualClock::new(7);
+        assert_eq!(c.now_ms(), 7);
+        c.advance(3);
+        assert_eq!(c.now_ms(), 10);
+        c.set(1);
+        assert_eq!(c.now_ms(), 1);
+    }
+}
