@@ -3,6 +3,8 @@
 
 pub mod batch;
 pub mod block_cache;
+pub mod format;
+pub mod iterator;
 pub mod memtable;
 pub mod sst;
 pub mod wal;
