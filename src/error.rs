@@ -84,6 +84,15 @@ impl Error {
         }
     }
 
+    /// Builds an [`Error::Corruption`] in the cursor's file at absolute offset `offset`.
+    pub fn corruption_at(
+        cursor: &crate::codec::cursor::Cursor<'_>,
+        offset: u64,
+        what: impl Into<String>,
+    ) -> Self {
+        Self::corruption(cursor.file(), offset, what)
+    }
+
     /// Builds an [`Error::InvalidArgument`].
     pub fn invalid(what: impl Into<String>) -> Self {
         Error::InvalidArgument(what.into())

@@ -15,9 +15,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::cursor::Cursor;
+use crate::codec::varint::put_varint32;
 use crate::error::{Error, Result};
 use crate::keys::{DEFAULT_MAX_PARALLELISM, KeyGroupRange, check_max_parallelism};
-use crate::ttl::{SharedClock, TtlConfig, system_clock};
+use crate::ttl::{SharedClock, TtlConfig, UpdateType, Visibility, system_clock};
 
 pub use heap::HeapSnapshot;
 pub use memory::MemoryBackend;
@@ -115,6 +117,92 @@ impl StateDescriptor {
             name: self.name.clone(),
             existing: self.summary(),
             requested: requested.summary(),
+        })
+    }
+
+    /// Appends the descriptor's on-disk encoding (FORMAT.md §3.4) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_varint32(out, self.name.len() as u32);
+        out.extend_from_slice(self.name.as_bytes());
+        out.push(self.kind.tag());
+        match &self.ttl {
+            None => out.push(0),
+            Some(ttl) => {
+                out.push(1);
+                out.extend_from_slice(&ttl.ttl_ms.to_le_bytes());
+                out.push(match ttl.update_type {
+                    UpdateType::OnCreateAndWrite => 0,
+                    UpdateType::OnReadAndWrite => 1,
+                });
+                out.push(match ttl.visibility {
+                    Visibility::NeverReturnExpired => 0,
+                    Visibility::ReturnExpiredIfNotCleanedUp => 1,
+                });
+            }
+        }
+        put_varint32(out, self.serializer.len() as u32);
+        out.extend_from_slice(self.serializer.as_bytes());
+    }
+
+    /// Decodes a descriptor written by [`StateDescriptor::encode`].
+    pub fn decode(cursor: &mut Cursor<'_>) -> Result<Self> {
+        let name = cursor.string("state name")?;
+        let at = cursor.offset();
+        let tag = cursor.u8("state kind")?;
+        let kind = StateKind::from_tag(tag)
+            .ok_or_else(|| Error::corruption_at(cursor, at, format!("unknown state kind {tag}")))?;
+        let at = cursor.offset();
+        let ttl = match cursor.u8("ttl flag")? {
+            0 => None,
+            1 => {
+                let ttl_ms = cursor.u64_le("ttl")?;
+                let at = cursor.offset();
+                let update_type = match cursor.u8("ttl update type")? {
+                    0 => UpdateType::OnCreateAndWrite,
+                    1 => UpdateType::OnReadAndWrite,
+                    t => {
+                        return Err(Error::corruption_at(
+                            cursor,
+                            at,
+                            format!("unknown TTL update type {t}"),
+                        ));
+                    }
+                };
+                let at = cursor.offset();
+                let visibility = match cursor.u8("ttl visibility")? {
+                    0 => Visibility::NeverReturnExpired,
+                    1 => Visibility::ReturnExpiredIfNotCleanedUp,
+                    t => {
+                        return Err(Error::corruption_at(
+                            cursor,
+                            at,
+                            format!("unknown TTL visibility {t}"),
+                        ));
+                    }
+                };
+                Some(TtlConfig {
+                    ttl_ms,
+                    update_type,
+                    visibility,
+                })
+            }
+            flag => {
+                return Err(Error::corruption_at(
+                    cursor,
+                    at,
+                    format!("bad TTL flag {flag}"),
+                ));
+            }
+        };
+        let serializer = cursor.string("serializer id")?;
+        if name.is_empty() {
+            return Err(cursor.error("state name is empty"));
+        }
+        Ok(StateDescriptor {
+            name,
+            kind,
+            ttl,
+            serializer,
         })
     }
 

@@ -90,6 +90,95 @@ pub fn decode_records<'a>(input: &'a [u8], file: &str) -> Result<Vec<&'a [u8]>> 
     Ok(out)
 }
 
+/// Reads framed records one at a time from a stream, bounding each payload by `max_len`.
+///
+/// For files too large to hold in memory (savepoints). Offsets in errors are stream positions.
+#[derive(Debug)]
+pub struct RecordReader<R> {
+    inner: R,
+    file: String,
+    offset: u64,
+    max_len: u32,
+    buf: Vec<u8>,
+}
+
+impl<R: std::io::Read> RecordReader<R> {
+    /// A reader of `inner` (named `file` in errors) accepting payloads up to `max_len` bytes.
+    pub fn new(inner: R, file: impl Into<String>, max_len: u32) -> Self {
+        RecordReader {
+            inner,
+            file: file.into(),
+            offset: 0,
+            max_len: max_len.min(MAX_RECORD_LEN),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Stream position of the next record.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The next payload, or `None` at a clean end of stream (between records). A stream that ends
+    /// inside a record is corruption.
+    pub fn next_record(&mut self) -> Result<Option<&[u8]>> {
+        let at = self.offset;
+        let mut header = [0u8; RECORD_HEADER_LEN];
+        let got = read_full(&mut self.inner, &mut header, &self.file)?;
+        if got == 0 {
+            return Ok(None);
+        }
+        if got < RECORD_HEADER_LEN {
+            return Err(Error::corruption(
+                &self.file,
+                at,
+                "stream ends inside a record header",
+            ));
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len > self.max_len {
+            return Err(Error::corruption(
+                &self.file,
+                at,
+                format!("record length {len} exceeds the limit {}", self.max_len),
+            ));
+        }
+        self.buf.resize(len as usize, 0);
+        if read_full(&mut self.inner, &mut self.buf, &self.file)? < len as usize {
+            return Err(Error::corruption(
+                &self.file,
+                at,
+                "stream ends inside a record payload",
+            ));
+        }
+        let actual = crc32(&self.buf);
+        if actual != crc {
+            return Err(Error::corruption(
+                &self.file,
+                at,
+                format!("record crc32 mismatch: stored {crc:#010x}, computed {actual:#010x}"),
+            ));
+        }
+        self.offset += (RECORD_HEADER_LEN + self.buf.len()) as u64;
+        Ok(Some(&self.buf))
+    }
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8], file: &str) -> Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(file, e)),
+        }
+    }
+    Ok(filled)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +211,29 @@ mod tests {
         match err {
             Error::Corruption { offset, .. } => assert_eq!(offset, buf.len() as u64),
             other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn stream_reader_bounds_and_detects_truncation() {
+        let mut buf = Vec::new();
+        put_record(&mut buf, b"one");
+        put_record(&mut buf, &[7u8; 100]);
+        let mut r = RecordReader::new(buf.as_slice(), "s", 1000);
+        assert_eq!(r.next_record().unwrap(), Some(&b"one"[..]));
+        assert_eq!(r.next_record().unwrap().map(<[u8]>::len), Some(100));
+        assert_eq!(r.next_record().unwrap(), None);
+        let mut small = RecordReader::new(buf.as_slice(), "s", 50);
+        small.next_record().unwrap();
+        assert!(small.next_record().unwrap_err().is_corruption());
+        for cut in 1..buf.len() {
+            let mut r = RecordReader::new(&buf[..cut], "s", 1000);
+            let outcome = (|| -> Result<()> {
+                while r.next_record()?.is_some() {}
+                Ok(())
+            })();
+            let boundary = cut == RECORD_HEADER_LEN + 3;
+            assert_eq!(outcome.is_ok(), boundary, "cut {cut}");
         }
     }
 
