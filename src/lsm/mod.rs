@@ -3,8 +3,11 @@
 
 pub mod batch;
 pub mod block_cache;
+pub mod compaction;
 pub mod format;
 pub mod iterator;
+pub mod manifest;
 pub mod memtable;
 pub mod sst;
+pub mod version;
 pub mod wal;
