@@ -8,6 +8,8 @@ pub mod format;
 pub mod iterator;
 pub mod manifest;
 pub mod memtable;
+pub mod merge;
+pub mod merge_iter;
 pub mod sst;
 pub mod version;
 pub mod wal;
