@@ -28,6 +28,8 @@ pub mod backend;
 pub mod checkpoint;
 pub mod codec;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod lsm;
 pub mod state;
