@@ -390,7 +390,11 @@ fn parse_op<'a>(
 /// Reads `varint len | bytes` at `*pos`, checking `len` against the bytes left.
 fn get_slice<'a>(bytes: &'a [u8], pos: &mut usize, file: &str, offset: u64) -> Result<&'a [u8]> {
     let start = *pos;
-    let (len, used) = get_varint32(bytes.get(start..).unwrap_or_default(), file, offset + start as u64)?;
+    let (len, used) = get_varint32(
+        bytes.get(start..).unwrap_or_default(),
+        file,
+        offset + start as u64,
+    )?;
     let from = start + used;
     let slice = bytes
         .get(from..)
@@ -501,7 +505,11 @@ mod tests {
         let b = build(&[Op::Put(0, b"k".to_vec(), b"v".to_vec())], 1);
         let mut extra = b.encoded().to_vec();
         extra.push(0);
-        assert!(WriteBatch::decode(&extra, "f", 0).unwrap_err().is_corruption());
+        assert!(
+            WriteBatch::decode(&extra, "f", 0)
+                .unwrap_err()
+                .is_corruption()
+        );
         let mut bad_tag = b.encoded().to_vec();
         bad_tag[BATCH_HEADER_LEN] = 9;
         let err = WriteBatch::decode(&bad_tag, "f", 50).unwrap_err();
