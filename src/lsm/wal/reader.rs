@@ -401,6 +401,18 @@ mod tests {
                 .unwrap_err()
                 .is_corruption()
         );
+        // Even as the last record: a crc-valid record is never a torn write.
+        let (mut bytes, offsets) = log(2);
+        let mut last = WriteBatch::new();
+        last.delete(0, b"k").unwrap();
+        last.set_base_sequence(1).unwrap();
+        let last_offset = bytes.len() as u64;
+        put_record(&mut bytes, last.encoded());
+        assert!(offsets[1] < bytes.len());
+        match read_all(bytes, RecoveryMode::TolerateTornTail) {
+            Err(Error::Corruption { offset, .. }) => assert_eq!(offset, last_offset),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
