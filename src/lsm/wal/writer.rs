@@ -1,0 +1,336 @@
+//! Appends write batches to a WAL file, one framed record per batch (FORMAT.md §7.3).
+//!
+//! Each append reaches the OS in one `write` call before it returns, so a process crash loses
+//! nothing appended; only unsynced data can be lost to a power failure. After any failed write
+//! or sync the writer refuses further calls, since the file's state is then unknown.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::codec::record::put_record;
+use crate::error::{Error, Result};
+use crate::lsm::batch::WriteBatch;
+use crate::lsm::wal::reader::{DamageKind, RecoveryMode, WalRecovery};
+use crate::lsm::wal::{WAL_HEADER_LEN, encode_header};
+
+/// When the writer forces appended data to stable storage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// `fsync` (`sync_data`) after every appended batch: an acknowledged batch survives power
+    /// loss. The default.
+    #[default]
+    EveryBatch,
+    /// Only on an explicit [`WalWriter::sync`]: batches appended since the last sync survive a
+    /// process crash but may be lost to power loss.
+    Manual,
+}
+
+/// Appends write batches to one WAL file.
+///
+/// ```
+/// use flowstate::lsm::batch::WriteBatch;
+/// use flowstate::lsm::wal::{wal_file_name, RecoveryMode, SyncMode, WalRecovery, WalWriter};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join(wal_file_name(1));
+/// let mut wal = WalWriter::create(&path, 1, SyncMode::Manual)?;
+/// let mut batch = WriteBatch::new();
+/// batch.put(0, b"k", b"v")?;
+/// batch.set_base_sequence(1)?;
+/// wal.append(&batch)?;
+/// wal.sync()?;
+/// let recovered = WalRecovery::read(&path, RecoveryMode::default())?;
+/// assert_eq!(recovered.batches, vec![batch]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct WalWriter {
+    file: File,
+    path: PathBuf,
+    log_number: u64,
+    sync_mode: SyncMode,
+    /// Bytes in the file: header plus complete records.
+    len: u64,
+    /// The smallest base sequence the next batch may have.
+    next_sequence: u64,
+    /// Scratch for one framed record, reused between appends.
+    record: Vec<u8>,
+    failed: bool,
+}
+
+impl WalWriter {
+    /// Creates a new WAL at `path` (which must not exist) and writes its header. With
+    /// [`SyncMode::EveryBatch`] the file and its directory are synced before this returns.
+    pub fn create(path: &Path, log_number: u64, sync_mode: SyncMode) -> Result<WalWriter> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        let mut writer = WalWriter::new(file, path, log_number, sync_mode, 0, 0);
+        writer.write_out(&encode_header(log_number))?;
+        writer.len = WAL_HEADER_LEN as u64;
+        if sync_mode == SyncMode::EveryBatch {
+            writer.sync()?;
+            sync_parent_dir(path)?;
+        }
+        Ok(writer)
+    }
+
+    /// Recovers the WAL at `path` with `mode`, truncates a torn tail so new appends follow the
+    /// last good record, and returns a writer positioned there with what was recovered.
+    ///
+    /// A torn header is rewritten with `log_number`. A header naming another log number, or
+    /// damage with valid records after it (even in [`RecoveryMode::StopAtFirstCorruption`]), is
+    /// [`Error::Corruption`]: such bytes are never discarded here; start a new log instead.
+    pub fn reopen(
+        path: &Path,
+        log_number: u64,
+        sync_mode: SyncMode,
+        mode: RecoveryMode,
+    ) -> Result<(WalWriter, WalRecovery)> {
+        let recovery = WalRecovery::read(path, mode)?;
+        if let Some(found) = recovery.log_number.filter(|&n| n != log_number) {
+            return Err(Error::corruption(
+                path.display(),
+                12,
+                format!("WAL header has log number {found}, expected {log_number}"),
+            ));
+        }
+        if let Some(stop) = recovery
+            .stop
+            .as_ref()
+            .filter(|s| s.kind == DamageKind::Corruption)
+        {
+            return Err(Error::corruption(
+                path.display(),
+                stop.offset,
+                format!("cannot append after a damaged record: {}", stop.what),
+            ));
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        let next_sequence = recovery
+            .batches
+            .last()
+            .map_or(0, |b| b.last_sequence() + u64::from(!b.is_empty()));
+        let mut writer = WalWriter::new(file, path, log_number, sync_mode, 0, next_sequence);
+        writer.truncate_to(recovery.valid_len)?;
+        if recovery.log_number.is_none() {
+            writer.write_out(&encode_header(log_number))?;
+            writer.len = WAL_HEADER_LEN as u64;
+        }
+        if recovery.stop.is_some() {
+            // Make the truncation (and a rewritten header) durable before anything follows it.
+            writer.sync()?;
+        }
+        Ok((writer, recovery))
+    }
+
+    fn new(
+        file: File,
+        path: &Path,
+        log_number: u64,
+        sync_mode: SyncMode,
+        len: u64,
+        next_sequence: u64,
+    ) -> WalWriter {
+        WalWriter {
+            file,
+            path: path.to_path_buf(),
+            log_number,
+            sync_mode,
+            len,
+            next_sequence,
+            record: Vec::new(),
+            failed: false,
+        }
+    }
+
+    /// Appends `batch` as one record and returns the record's offset in the file.
+    ///
+    /// The batch's base sequence must not be below the sequences already in the log. The
+    /// record reaches the OS before this returns, and stable storage too with
+    /// [`SyncMode::EveryBatch`].
+    pub fn append(&mut self, batch: &WriteBatch) -> Result<u64> {
+        if self.failed {
+            return Err(Error::Closed);
+        }
+        if batch.base_sequence() < self.next_sequence {
+            return Err(Error::invalid(format!(
+                "batch base sequence {} is below the log's next sequence {}",
+                batch.base_sequence(),
+                self.next_sequence
+            )));
+        }
+        let offset = self.len;
+        let mut record = std::mem::take(&mut self.record);
+        record.clear();
+        // A batch is at most MAX_BATCH_LEN = MAX_RECORD_LEN bytes, so framing cannot fail.
+        put_record(&mut record, batch.encoded());
+        let written = self.write_out(&record);
+        self.record = record;
+        written?;
+        self.len += (self.record.len()) as u64;
+        self.next_sequence = batch.last_sequence() + u64::from(!batch.is_empty());
+        if self.sync_mode == SyncMode::EveryBatch {
+            self.sync()?;
+        }
+        Ok(offset)
+    }
+
+    /// Forces everything appended so far to stable storage (`fdatasync`).
+    pub fn sync(&mut self) -> Result<()> {
+        if self.failed {
+            return Err(Error::Closed);
+        }
+        self.file.sync_data().map_err(|e| {
+            self.failed = true;
+            Error::io(&self.path, e)
+        })
+    }
+
+    /// Bytes in the file: the header plus every appended record.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Always false: a WAL holds at least its header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The log number in the header.
+    pub fn log_number(&self) -> u64 {
+        self.log_number
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sync mode.
+    pub fn sync_mode(&self) -> SyncMode {
+        self.sync_mode
+    }
+
+    fn write_out(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file.write_all(bytes).map_err(|e| {
+            // A partial record may now be in the file; recovery treats it as a torn tail.
+            self.failed = true;
+            Error::io(&self.path, e)
+        })
+    }
+
+    fn truncate_to(&mut self, len: u64) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        self.file
+            .set_len(len)
+            .and_then(|()| self.file.seek(SeekFrom::Start(len)))
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.len = len;
+        Ok(())
+    }
+}
+
+/// Syncs the directory holding `path`, so a newly created file's directory entry is durable.
+fn sync_parent_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lsm::wal::wal_file_name;
+
+    fn batch(base: u64, key: &[u8]) -> WriteBatch {
+        let mut b = WriteBatch::new();
+        b.put(0, key, b"value").unwrap();
+        b.delete_range(2, b"a", b"z").unwrap();
+        b.set_base_sequence(base).unwrap();
+        b
+    }
+
+    #[test]
+    fn append_recover_and_reopen_after_every_torn_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(wal_file_name(5));
+        let mut wal = WalWriter::create(&path, 5, SyncMode::EveryBatch).unwrap();
+        let mut offsets = Vec::new();
+        for i in 0..3u64 {
+            offsets.push(wal.append(&batch(1 + 2 * i, &[i as u8; 3])).unwrap());
+        }
+        assert!(
+            wal.append(&batch(2, b"old")).is_err(),
+            "sequence went backwards"
+        );
+        drop(wal);
+        let full = std::fs::read(&path).unwrap();
+        for cut in offsets[2] as usize..full.len() {
+            std::fs::write(&path, &full[..cut]).unwrap();
+            let (mut wal, rec) =
+                WalWriter::reopen(&path, 5, SyncMode::Manual, RecoveryMode::default()).unwrap();
+            assert_eq!(rec.batches.len(), 2, "cut {cut}");
+            assert_eq!(rec.dropped_bytes(), cut as u64 - offsets[2]);
+            assert_eq!(wal.len(), offsets[2]);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), offsets[2]);
+            assert_eq!(wal.append(&batch(10, b"new")).unwrap(), offsets[2]);
+            drop(wal);
+            let rec = WalRecovery::read(&path, RecoveryMode::Strict).unwrap();
+            let bases: Vec<u64> = rec.batches.iter().map(WriteBatch::base_sequence).collect();
+            assert_eq!(bases, [1, 3, 10], "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn reopen_rewrites_a_torn_header_and_refuses_middle_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(wal_file_name(8));
+        std::fs::write(&path, &encode_header(8)[..10]).unwrap();
+        let (mut wal, rec) =
+            WalWriter::reopen(&path, 8, SyncMode::EveryBatch, RecoveryMode::default()).unwrap();
+        assert_eq!((rec.log_number, rec.dropped_bytes()), (None, 10));
+        wal.append(&batch(1, b"a")).unwrap();
+        let second = wal.append(&batch(3, b"b")).unwrap();
+        wal.append(&batch(5, b"c")).unwrap();
+        drop(wal);
+        assert!(WalWriter::reopen(&path, 9, SyncMode::Manual, RecoveryMode::default()).is_err());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[second as usize + 10] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        for mode in [
+            RecoveryMode::TolerateTornTail,
+            RecoveryMode::StopAtFirstCorruption,
+        ] {
+            match WalWriter::reopen(&path, 8, SyncMode::Manual, mode) {
+                Err(Error::Corruption { offset, .. }) => assert_eq!(offset, second),
+                other => panic!("{mode:?}: {:?}", other.map(|(_, r)| r)),
+            }
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "damaged log left untouched"
+        );
+        let rec = WalRecovery::read(&path, RecoveryMode::StopAtFirstCorruption).unwrap();
+        assert_eq!(rec.batches.len(), 1);
+        assert_eq!(rec.stop.unwrap().offset, second);
+    }
+
+    #[test]
+    fn create_refuses_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(wal_file_name(1));
+        WalWriter::create(&path, 1, SyncMode::Manual).unwrap();
+        assert!(WalWriter::create(&path, 1, SyncMode::Manual).is_err());
+    }
+}
