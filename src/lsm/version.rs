@@ -114,6 +114,8 @@ pub struct VersionEdit {
     pub next_file_number: Option<u64>,
     /// Last sequence number durably covered.
     pub last_sequence: Option<u64>,
+    /// Next column family id to hand out (ids are never reused).
+    pub next_cf_id: Option<u32>,
     /// Column families created (id, name).
     pub cf_added: Vec<(u32, String)>,
     /// Column families dropped.
@@ -140,6 +142,7 @@ const TAG_NEW_FILE: u8 = 6;
 const TAG_DELETED_FILE: u8 = 7;
 const TAG_TOMBSTONE_ADD: u8 = 8;
 const TAG_TOMBSTONE_REMOVE: u8 = 9;
+const TAG_NEXT_CF_ID: u8 = 10;
 
 fn encode_tombstone(out: &mut Vec<u8>, cf: u32, t: &RangeTombstone) {
     put_varint32(out, cf);
@@ -181,6 +184,10 @@ impl VersionEdit {
         if let Some(s) = self.last_sequence {
             out.push(TAG_LAST_SEQUENCE);
             put_varint64(&mut out, s);
+        }
+        if let Some(id) = self.next_cf_id {
+            out.push(TAG_NEXT_CF_ID);
+            put_varint32(&mut out, id);
         }
         for (cf, name) in &self.cf_added {
             out.push(TAG_CF_ADD);
@@ -229,6 +236,7 @@ impl VersionEdit {
             match c.u8("edit tag")? {
                 TAG_NEXT_FILE => edit.next_file_number = Some(c.varint64()?),
                 TAG_LAST_SEQUENCE => edit.last_sequence = Some(c.varint64()?),
+                TAG_NEXT_CF_ID => edit.next_cf_id = Some(c.varint32()?),
                 TAG_CF_ADD => {
                     let cf = c.varint32()?;
                     edit.cf_added.push((cf, c.string("column family name")?));
@@ -319,6 +327,8 @@ pub struct Version {
     pub next_file_number: u64,
     /// Last sequence number durably covered by flushed files or the WAL.
     pub last_sequence: u64,
+    /// Next column family id to hand out.
+    pub next_cf_id: u32,
 }
 
 impl Version {
@@ -333,7 +343,11 @@ impl Version {
         if let Some(s) = edit.last_sequence {
             next.last_sequence = next.last_sequence.max(s);
         }
+        if let Some(id) = edit.next_cf_id {
+            next.next_cf_id = next.next_cf_id.max(id);
+        }
         for (cf, name) in &edit.cf_added {
+            next.next_cf_id = next.next_cf_id.max(cf.saturating_add(1));
             if next.cfs.contains_key(cf) || next.cfs.values().any(|c| &c.name == name) {
                 return Err(bad(format!("column family {cf} ('{name}') created twice")));
             }
@@ -421,6 +435,7 @@ impl Version {
         let mut edit = VersionEdit {
             next_file_number: Some(self.next_file_number),
             last_sequence: Some(self.last_sequence),
+            next_cf_id: Some(self.next_cf_id),
             ..VersionEdit::default()
         };
         for (id, cf) in &self.cfs {

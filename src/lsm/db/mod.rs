@@ -1,0 +1,483 @@
+//! [`Db`]: the log-structured store — open and recovery, column families, the public API.
+//!
+//! Concurrency: writers are serialized by the writer lock (which owns the WAL); the core lock
+//! guards the version, memtables and manifest and is held only briefly; readers take an
+//! `Arc<SuperVersion>` (memtables + files) and never wait for a flush or a compaction. One
+//! background thread flushes frozen memtables and runs compactions.
+
+mod background;
+mod checkpoint;
+mod read;
+mod recovery;
+mod write;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::lsm::block_cache::BlockCache;
+use crate::lsm::manifest::Manifest;
+use crate::lsm::memtable::Memtable;
+use crate::lsm::options::{CfOptions, Options};
+use crate::lsm::table::TableFile;
+use crate::lsm::version::{NUM_LEVELS, RangeTombstone, Version};
+use crate::lsm::wal::WalWriter;
+
+pub use checkpoint::{LiveFile, LiveFiles};
+pub use read::{DbIterator, ReadOptions};
+
+/// Name of the column family every store has.
+pub const DEFAULT_CF: &str = "default";
+
+/// A column family handle: id and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ColumnFamily {
+    id: u32,
+    name: String,
+}
+
+impl ColumnFamily {
+    /// The column family's id (stable for its lifetime, never reused).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The column family's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A consistent read view: reads at it see the store as of its sequence number, whatever is
+/// written later. Released on drop.
+#[derive(Debug)]
+pub struct Snapshot {
+    sequence: u64,
+    inner: Arc<DbInner>,
+}
+
+impl Snapshot {
+    /// The sequence number the snapshot reads at.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let mut snapshots = self.inner.snapshots.lock();
+        if let Some(count) = snapshots.get_mut(&self.sequence) {
+            *count -= 1;
+            if *count == 0 {
+                snapshots.remove(&self.sequence);
+            }
+        }
+    }
+}
+
+/// Counters of a store's work, all since open.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DbStats {
+    /// Per column family: name, live SST bytes, SST count per level, memtable bytes.
+    pub column_families: Vec<CfStats>,
+    /// Bytes read by compactions.
+    pub compaction_bytes_read: u64,
+    /// Bytes written by compactions.
+    pub compaction_bytes_written: u64,
+    /// Bytes written by flushes.
+    pub flush_bytes_written: u64,
+    /// Number of times a writer waited for a flush or compaction.
+    pub write_stalls: u64,
+    /// Block cache hits.
+    pub block_cache_hits: u64,
+    /// Block cache misses.
+    pub block_cache_misses: u64,
+}
+
+impl DbStats {
+    /// Live SST bytes over all column families.
+    pub fn live_data_size(&self) -> u64 {
+        self.column_families.iter().map(|c| c.live_data_size).sum()
+    }
+}
+
+/// Statistics of one column family.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CfStats {
+    /// Name.
+    pub name: String,
+    /// Bytes of its live SST files.
+    pub live_data_size: u64,
+    /// SST files per level.
+    pub files_per_level: [usize; NUM_LEVELS],
+    /// Bytes in its memtables (active and frozen).
+    pub memtable_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    compaction_bytes_read: AtomicU64,
+    compaction_bytes_written: AtomicU64,
+    flush_bytes_written: AtomicU64,
+    write_stalls: AtomicU64,
+}
+
+/// The log-structured store. `Send + Sync`; clone the `Arc` to share it.
+///
+/// ```
+/// use flowstate::lsm::{Db, Options};
+/// let dir = tempfile::tempdir()?;
+/// let db = Db::open(dir.path(), Options::default())?;
+/// let cf = db.default_cf();
+/// db.put(&cf, b"key", b"value")?;
+/// assert_eq!(db.get(&cf, b"key")?, Some(b"value".to_vec()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Db {
+    inner: Arc<DbInner>,
+    background: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Memtables frozen together at one switch, flushed together by one version edit.
+#[derive(Debug, Clone)]
+struct FrozenBatch {
+    memtables: Vec<(u32, Arc<Memtable>)>,
+    /// WAL number in use after the switch: every write of the batch is in older WALs.
+    next_log_number: u64,
+    /// Largest sequence in the batch.
+    last_sequence: u64,
+}
+
+#[derive(Debug)]
+struct CfState {
+    name: String,
+    options: Arc<CfOptions>,
+    memtable: Arc<Memtable>,
+}
+
+#[derive(Debug)]
+struct Core {
+    version: Arc<Version>,
+    manifest: Manifest,
+    cfs: BTreeMap<u32, CfState>,
+    frozen: Vec<FrozenBatch>,
+    tables: HashMap<u64, Arc<TableFile>>,
+    next_file_number: u64,
+    /// A manual compaction or checkpoint wants the background thread to stay out.
+    manual_compaction: bool,
+}
+
+impl Core {
+    fn allocate_file_number(&mut self) -> u64 {
+        let n = self.next_file_number;
+        self.next_file_number += 1;
+        n
+    }
+}
+
+#[derive(Debug)]
+struct WriterState {
+    wal: WalWriter,
+    last_sequence: u64,
+}
+
+/// What a reader needs of one column family, frozen in time.
+#[derive(Debug)]
+struct CfView {
+    options: Arc<CfOptions>,
+    memtable: Arc<Memtable>,
+    /// Frozen memtables, newest first.
+    frozen: Vec<Arc<Memtable>>,
+    /// Files per level (L0 newest first), pinned.
+    levels: [Vec<Arc<TableFile>>; NUM_LEVELS],
+    tombstones: Vec<RangeTombstone>,
+}
+
+/// An immutable view of the whole store for readers.
+#[derive(Debug)]
+struct SuperVersion {
+    cfs: BTreeMap<u32, CfView>,
+}
+
+#[derive(Debug)]
+struct DbInner {
+    dir: PathBuf,
+    options: Options,
+    cache: Arc<BlockCache>,
+    writer: Mutex<WriterState>,
+    core: Mutex<Core>,
+    /// Signalled when background work may be due, and when a flush or compaction finished.
+    work: Condvar,
+    super_version: RwLock<Arc<SuperVersion>>,
+    visible_sequence: AtomicU64,
+    snapshots: Mutex<BTreeMap<u64, usize>>,
+    shutdown: AtomicBool,
+    background_error: Mutex<Option<String>>,
+    counters: Counters,
+    _lock: File,
+}
+
+impl Db {
+    /// Opens the store in `dir`, creating it if allowed, replaying the WAL into fresh L0 files.
+    pub fn open(dir: &Path, options: Options) -> Result<Db> {
+        let inner = Arc::new(recovery::open(dir, options)?);
+        let background = if inner.options.background_work {
+            let worker = inner.clone();
+            let handle = std::thread::Builder::new()
+                .name("flowstate-lsm-bg".into())
+                .spawn(move || background::run(&worker))
+                .map_err(|e| Error::io(dir, e))?;
+            Some(handle)
+        } else {
+            None
+        };
+        Ok(Db {
+            inner,
+            background: Mutex::new(background),
+        })
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The default column family.
+    pub fn default_cf(&self) -> ColumnFamily {
+        ColumnFamily {
+            id: 0,
+            name: DEFAULT_CF.to_string(),
+        }
+    }
+
+    /// The column family called `name`, if it exists.
+    pub fn cf(&self, name: &str) -> Option<ColumnFamily> {
+        let core = self.inner.core.lock();
+        core.cfs
+            .iter()
+            .find(|(_, c)| c.name == name)
+            .map(|(id, c)| ColumnFamily {
+                id: *id,
+                name: c.name.clone(),
+            })
+    }
+
+    /// Every column family, by id.
+    pub fn column_families(&self) -> Vec<ColumnFamily> {
+        let core = self.inner.core.lock();
+        core.cfs
+            .iter()
+            .map(|(id, c)| ColumnFamily {
+                id: *id,
+                name: c.name.clone(),
+            })
+            .collect()
+    }
+
+    /// Creates a column family (or returns the existing one of that name) with `options`.
+    pub fn create_cf(&self, name: &str, options: CfOptions) -> Result<ColumnFamily> {
+        write::create_cf(&self.inner, name, options)
+    }
+
+    /// Drops a column family; its files are deleted once no reader holds them.
+    pub fn drop_cf(&self, cf: &ColumnFamily) -> Result<()> {
+        write::drop_cf(&self.inner, cf)
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&self, cf: &ColumnFamily, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut batch = crate::lsm::batch::WriteBatch::new();
+        batch.put(cf.id, key, value)?;
+        self.write(batch)
+    }
+
+    /// Deletes `key`.
+    pub fn delete(&self, cf: &ColumnFamily, key: &[u8]) -> Result<()> {
+        let mut batch = crate::lsm::batch::WriteBatch::new();
+        batch.delete(cf.id, key)?;
+        self.write(batch)
+    }
+
+    /// Deletes every key in `[start, end)`.
+    pub fn delete_range(&self, cf: &ColumnFamily, start: &[u8], end: &[u8]) -> Result<()> {
+        let mut batch = crate::lsm::batch::WriteBatch::new();
+        batch.delete_range(cf.id, start, end)?;
+        self.write(batch)
+    }
+
+    /// Adds a merge operand for `key` (appended to the value by the default operator).
+    pub fn merge(&self, cf: &ColumnFamily, key: &[u8], operand: &[u8]) -> Result<()> {
+        let mut batch = crate::lsm::batch::WriteBatch::new();
+        batch.merge(cf.id, key, operand)?;
+        self.write(batch)
+    }
+
+    /// Applies `batch` atomically: readers see all of it or none of it, and so does recovery.
+    pub fn write(&self, batch: crate::lsm::batch::WriteBatch) -> Result<()> {
+        write::write(&self.inner, batch)
+    }
+
+    /// fsyncs the WAL: every write acknowledged before survives power loss.
+    pub fn sync_wal(&self) -> Result<()> {
+        self.inner.writer.lock().wal.sync()
+    }
+
+    /// The value of `key`, as of now.
+    pub fn get(&self, cf: &ColumnFamily, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        read::get(&self.inner, cf, key, &ReadOptions::default())
+    }
+
+    /// The value of `key` with read options (e.g. at a snapshot).
+    pub fn get_opt(&self, cf: &ColumnFamily, key: &[u8], options: &ReadOptions) -> Result<Option<Vec<u8>>> {
+        read::get(&self.inner, cf, key, options)
+    }
+
+    /// An iterator over `cf` (bounds and snapshot in `options`); it pins what it reads.
+    pub fn iter(&self, cf: &ColumnFamily, options: ReadOptions) -> Result<DbIterator> {
+        read::iter(&self.inner, cf, options)
+    }
+
+    /// A consistent read view at the current sequence.
+    pub fn snapshot(&self) -> Snapshot {
+        let sequence = self.inner.visible_sequence.load(Ordering::Acquire);
+        *self.inner.snapshots.lock().entry(sequence).or_insert(0) += 1;
+        Snapshot {
+            sequence,
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// The last sequence number visible to readers.
+    pub fn latest_sequence(&self) -> u64 {
+        self.inner.visible_sequence.load(Ordering::Acquire)
+    }
+
+    /// Freezes every non-empty memtable and, with `wait`, blocks until they are flushed to L0.
+    /// Returns the sequence the flushed files cover.
+    pub fn flush(&self, wait: bool) -> Result<u64> {
+        let sequence = write::freeze_memtables(&self.inner)?;
+        if wait {
+            background::wait_for_flushes(&self.inner, self.background.lock().is_some())?;
+        }
+        Ok(sequence)
+    }
+
+    /// Compacts every file of `cf` overlapping `[start, end]` (None = unbounded) down to the
+    /// last level, dropping what tombstones, TTL filters and overwrites made dead.
+    pub fn compact_range(&self, cf: &ColumnFamily, start: Option<&[u8]>, end: Option<&[u8]>) -> Result<()> {
+        background::compact_range(&self.inner, cf.id, start, end)
+    }
+
+    /// Runs pending flushes and compactions on the calling thread until none is due (for stores
+    /// opened with `background_work = false`).
+    pub fn run_background_work(&self) -> Result<()> {
+        background::run_until_idle(&self.inner)
+    }
+
+    /// Makes an openable copy of the store in `dir` (which must not exist): memtables are
+    /// flushed, SSTs hard-linked (copied across file systems), and a fresh manifest written.
+    pub fn checkpoint(&self, dir: &Path) -> Result<LiveFiles> {
+        self.flush(true)?;
+        checkpoint::checkpoint(&self.inner, dir)
+    }
+
+    /// The files a consistent view of the store consists of right now, pinned against deletion
+    /// while the result is alive (the base of incremental checkpoints).
+    pub fn live_files(&self) -> LiveFiles {
+        checkpoint::live_files(&self.inner)
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> DbStats {
+        read::stats(&self.inner)
+    }
+
+    /// Stops background work and closes the store (also done on drop). Writes acknowledged
+    /// before are in the WAL; unsynced ones reached the OS.
+    pub fn close(&self) -> Result<()> {
+        self.inner.shutdown.store(true, Ordering::Release);
+        {
+            let _core = self.inner.core.lock();
+            self.inner.work.notify_all();
+        }
+        if let Some(handle) = self.background.lock().take() {
+            let _ = handle.join();
+        }
+        let mut writer = self.inner.writer.lock();
+        writer.wal.sync()
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+impl DbInner {
+    fn check_background_error(&self) -> Result<()> {
+        if self.shutdown.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        match self.background_error.lock().as_ref() {
+            Some(what) => Err(Error::invalid(format!(
+                "the store stopped after a background error: {what}; reopen it to recover"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Rebuilds the readers' view from the core (call with the core lock held).
+    fn install_super_version(&self, core: &Core) {
+        let mut cfs = BTreeMap::new();
+        for (id, state) in &core.cfs {
+            let mut frozen: Vec<Arc<Memtable>> = core
+                .frozen
+                .iter()
+                .flat_map(|b| b.memtables.iter())
+                .filter(|(cf, _)| cf == id)
+                .map(|(_, m)| m.clone())
+                .collect();
+            frozen.reverse();
+            let (levels, tombstones) = match core.version.cfs.get(id) {
+                Some(v) => {
+                    let levels = std::array::from_fn(|level| {
+                        v.levels[level]
+                            .iter()
+                            .filter_map(|f| core.tables.get(&f.number).cloned())
+                            .collect()
+                    });
+                    (levels, v.tombstones.clone())
+                }
+                None => (Default::default(), Vec::new()),
+            };
+            cfs.insert(
+                *id,
+                CfView {
+                    options: state.options.clone(),
+                    memtable: state.memtable.clone(),
+                    frozen,
+                    levels,
+                    tombstones,
+                },
+            );
+        }
+        *self.super_version.write() = Arc::new(SuperVersion { cfs });
+    }
+
+    fn current(&self) -> Arc<SuperVersion> {
+        self.super_version.read().clone()
+    }
+
+    /// Sequence numbers of live snapshots, ascending.
+    fn snapshot_sequences(&self) -> Vec<u64> {
+        self.snapshots.lock().keys().copied().collect()
+    }
+}

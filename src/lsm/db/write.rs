@@ -1,0 +1,197 @@
+//! The write path: WAL append, memtable insert, memtable switch, stalls, column families.
+//!
+//! A batch gets consecutive sequence numbers, is appended to the WAL as one record, and only
+//! then inserted into the memtables; readers see it when the visible sequence moves past it, so a
+//! batch is all or nothing to readers as well as to recovery.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{ColumnFamily, CfState, DbInner, FrozenBatch, WriterState};
+use crate::error::{Error, Result};
+use crate::lsm::batch::{BatchOp, WriteBatch};
+use crate::lsm::memtable::Memtable;
+use crate::lsm::options::CfOptions;
+use crate::lsm::version::VersionEdit;
+use crate::lsm::wal::{WalWriter, wal_file_name};
+
+/// How long a stalled writer sleeps before looking again (it is also woken by every flush).
+const STALL_POLL: Duration = Duration::from_millis(50);
+
+pub(super) fn write(inner: &DbInner, mut batch: WriteBatch) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut writer = inner.writer.lock();
+    inner.check_background_error()?;
+    {
+        let sv = inner.current();
+        for (_, op) in batch.iter() {
+            let op = op?;
+            if !sv.cfs.contains_key(&op.cf()) {
+                return Err(Error::invalid(format!("unknown column family id {}", op.cf())));
+            }
+        }
+    }
+    make_room(inner, &mut writer)?;
+    batch.set_base_sequence(writer.last_sequence + 1)?;
+    writer.wal.append(&batch)?;
+    let sv = inner.current();
+    for (sequence, op) in batch.iter() {
+        let op = op?;
+        let Some(cf) = sv.cfs.get(&op.cf()) else {
+            continue; // Dropped after validation; the WAL record is ignored on replay too.
+        };
+        let (key, value) = op.key_value();
+        if let BatchOp::RangeDelete { .. } = op {
+            cf.memtable.insert(key, sequence, op.kind(), value);
+        } else {
+            cf.memtable.insert(key, sequence, op.kind(), value);
+        }
+    }
+    writer.last_sequence = batch.last_sequence();
+    inner
+        .visible_sequence
+        .store(writer.last_sequence, Ordering::Release);
+    Ok(())
+}
+
+/// Waits while too many memtables or L0 files are pending, and freezes full memtables.
+fn make_room(inner: &DbInner, writer: &mut WriterState) -> Result<()> {
+    loop {
+        let mut core = inner.core.lock();
+        let full = core
+            .cfs
+            .values()
+            .any(|c| c.memtable.approximate_memory_usage() >= inner.options.write_buffer_size);
+        let l0_blocked = core
+            .version
+            .cfs
+            .values()
+            .any(|c| c.levels[0].len() >= inner.options.level0_stop_writes);
+        let frozen_blocked = full && core.frozen.len() + 1 >= inner.options.max_write_buffers.max(2);
+        if l0_blocked || frozen_blocked {
+            inner.counters.write_stalls.fetch_add(1, Ordering::Relaxed);
+            if !inner.options.background_work {
+                // Nobody else will flush: do it here rather than wait forever.
+                drop(core);
+                super::background::run_until_idle(inner)?;
+                continue;
+            }
+            inner.work.notify_all();
+            inner.work.wait_for(&mut core, STALL_POLL);
+            drop(core);
+            inner.check_background_error()?;
+            continue;
+        }
+        if full {
+            freeze_locked(inner, writer, &mut core)?;
+        }
+        return Ok(());
+    }
+}
+
+/// Freezes every non-empty memtable and rolls the WAL (both locks held).
+fn freeze_locked(
+    inner: &DbInner,
+    writer: &mut WriterState,
+    core: &mut super::Core,
+) -> Result<()> {
+    let memtables: Vec<(u32, Arc<Memtable>)> = core
+        .cfs
+        .iter()
+        .filter(|(_, c)| !c.memtable.is_empty())
+        .map(|(id, c)| (*id, c.memtable.clone()))
+        .collect();
+    if memtables.is_empty() {
+        return Ok(());
+    }
+    let log_number = core.allocate_file_number();
+    let path = inner.dir.join(wal_file_name(log_number));
+    let wal = WalWriter::create(&path, log_number, inner.options.wal_sync)?;
+    // The old WAL keeps what was written to it; make it durable before it stops growing.
+    writer.wal.sync()?;
+    writer.wal = wal;
+    for (id, _) in &memtables {
+        if let Some(cf) = core.cfs.get_mut(id) {
+            cf.memtable = Arc::new(Memtable::new());
+        }
+    }
+    core.frozen.push(FrozenBatch {
+        memtables,
+        next_log_number: log_number,
+        last_sequence: writer.last_sequence,
+    });
+    inner.install_super_version(core);
+    inner.work.notify_all();
+    Ok(())
+}
+
+/// Freezes the memtables now (for `flush` and checkpoints); returns the sequence they cover.
+pub(super) fn freeze_memtables(inner: &DbInner) -> Result<u64> {
+    let mut writer = inner.writer.lock();
+    inner.check_background_error()?;
+    let mut core = inner.core.lock();
+    freeze_locked(inner, &mut writer, &mut core)?;
+    Ok(writer.last_sequence)
+}
+
+pub(super) fn create_cf(inner: &DbInner, name: &str, options: CfOptions) -> Result<ColumnFamily> {
+    if name.is_empty() {
+        return Err(Error::invalid("column family name must not be empty"));
+    }
+    let _writer = inner.writer.lock();
+    inner.check_background_error()?;
+    let mut core = inner.core.lock();
+    if let Some((id, c)) = core.cfs.iter().find(|(_, c)| c.name == name) {
+        return Ok(ColumnFamily {
+            id: *id,
+            name: c.name.clone(),
+        });
+    }
+    let id = core.version.next_cf_id;
+    let edit = VersionEdit {
+        next_cf_id: Some(id + 1),
+        cf_added: vec![(id, name.to_string())],
+        cf_log_numbers: vec![(id, _writer.wal.log_number())],
+        ..VersionEdit::default()
+    };
+    super::background::log_and_apply(inner, &mut core, &edit)?;
+    core.cfs.insert(
+        id,
+        CfState {
+            name: name.to_string(),
+            options: Arc::new(options),
+            memtable: Arc::new(Memtable::new()),
+        },
+    );
+    inner.install_super_version(&core);
+    Ok(ColumnFamily {
+        id,
+        name: name.to_string(),
+    })
+}
+
+pub(super) fn drop_cf(inner: &DbInner, cf: &ColumnFamily) -> Result<()> {
+    if cf.id == 0 {
+        return Err(Error::invalid("the default column family cannot be dropped"));
+    }
+    let _writer = inner.writer.lock();
+    inner.check_background_error()?;
+    let mut core = inner.core.lock();
+    if !core.cfs.contains_key(&cf.id) {
+        return Err(Error::invalid(format!("column family '{}' does not exist", cf.name)));
+    }
+    let edit = VersionEdit {
+        cf_dropped: vec![cf.id],
+        ..VersionEdit::default()
+    };
+    super::background::log_and_apply(inner, &mut core, &edit)?;
+    core.cfs.remove(&cf.id);
+    for batch in &mut core.frozen {
+        batch.memtables.retain(|(id, _)| *id != cf.id);
+    }
+    inner.install_super_version(&core);
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Options of the store and of each column family, with documented defaults.
+
+use std::sync::Arc;
+
+use crate::lsm::compaction::CompactionOptions;
+use crate::lsm::merge::{AppendOperator, CompactionFilter, MergeOperator};
+use crate::lsm::sst::SstOptions;
+use crate::lsm::wal::{RecoveryMode, SyncMode};
+use crate::ttl::{SharedClock, system_clock};
+
+/// Default memtable size before it is flushed: 64 MiB.
+pub const DEFAULT_WRITE_BUFFER_SIZE: usize = 64 << 20;
+/// Default block cache size: 64 MiB.
+pub const DEFAULT_BLOCK_CACHE_SIZE: usize = 64 << 20;
+
+/// Options of one column family.
+#[derive(Clone, Debug)]
+pub struct CfOptions {
+    /// SST layout: block size, restart interval, compression, bloom bits per key.
+    pub sst: SstOptions,
+    /// Leveled compaction sizes.
+    pub compaction: CompactionOptions,
+    /// Combines merge operands (default: [`AppendOperator`]).
+    pub merge_operator: Option<Arc<dyn MergeOperator>>,
+    /// Sees every live value during compaction and may drop it (default: none).
+    pub compaction_filter: Option<Arc<dyn CompactionFilter>>,
+    /// A file no compaction touched for this long (ms, by the store's clock) is compacted anyway,
+    /// so the compaction filter reaches cold files (default: never).
+    pub periodic_compaction_ms: Option<u64>,
+}
+
+impl Default for CfOptions {
+    fn default() -> Self {
+        CfOptions {
+            sst: SstOptions::default(),
+            compaction: CompactionOptions::default(),
+            merge_operator: Some(Arc::new(AppendOperator)),
+            compaction_filter: None,
+            periodic_compaction_ms: None,
+        }
+    }
+}
+
+/// Options of a store.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Create the store if the directory holds none (default true).
+    pub create_if_missing: bool,
+    /// Bytes a memtable may hold before it is frozen and flushed (default 64 MiB). All column
+    /// families' memtables are frozen together, so one flush covers one consistent sequence.
+    pub write_buffer_size: usize,
+    /// Memtables (active plus frozen) before writers stall waiting for a flush (default 2).
+    pub max_write_buffers: usize,
+    /// Writers stall while any column family has this many L0 files (default 24).
+    pub level0_stop_writes: usize,
+    /// Capacity of the block cache for decompressed blocks (default 64 MiB).
+    pub block_cache_size: usize,
+    /// When the WAL is fsynced (default: on `sync_wal`/`flush` only, like RocksDB's
+    /// `sync = false`; use [`SyncMode::EveryBatch`] for per-write durability against power loss).
+    pub wal_sync: SyncMode,
+    /// How WAL damage is treated on open (default: drop a torn tail, fail on damage before it).
+    pub wal_recovery: RecoveryMode,
+    /// The manifest is rewritten once it exceeds this many bytes (default 4 MiB).
+    pub max_manifest_size: u64,
+    /// Options of column families (the default one included) by name; others get
+    /// `default_cf_options`.
+    pub cf_options: Vec<(String, CfOptions)>,
+    /// Options for column families not listed in `cf_options`.
+    pub default_cf_options: CfOptions,
+    /// Time source for file creation times and periodic compaction.
+    pub clock: SharedClock,
+    /// Run flushes and compactions on a background thread (default true). With false they run
+    /// only through `flush`/`compact_range`/`run_background_work` (deterministic tests).
+    pub background_work: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            create_if_missing: true,
+            write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
+            max_write_buffers: 2,
+            level0_stop_writes: 24,
+            block_cache_size: DEFAULT_BLOCK_CACHE_SIZE,
+            wal_sync: SyncMode::Manual,
+            wal_recovery: RecoveryMode::TolerateTornTail,
+            max_manifest_size: 4 << 20,
+            cf_options: Vec::new(),
+            default_cf_options: CfOptions::default(),
+            clock: system_clock(),
+            background_work: true,
+        }
+    }
+}
+
+impl Options {
+    /// The options for column family `name`.
+    pub fn cf(&self, name: &str) -> CfOptions {
+        self.cf_options
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or_else(|| self.default_cf_options.clone(), |(_, o)| o.clone())
+    }
+}
