@@ -4,5 +4,6 @@
 //! before using it, and never panics or allocates more than its input can justify.
 
 pub mod block;
+pub mod block_iter;
 pub mod record;
 pub mod varint;
