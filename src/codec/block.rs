@@ -119,10 +119,16 @@ fn zstd_decompress(frame: &[u8], declared: usize) -> std::io::Result<Vec<u8>> {
 pub fn unseal<'a>(stored: &'a [u8], file: &str, offset: u64) -> Result<Cow<'a, [u8]>> {
     let corrupt = |what: String| Error::corruption(file, offset, what);
     let Some((covered, crc)) = stored.split_last_chunk::<4>() else {
-        return Err(corrupt(format!("block of {} bytes has no trailer", stored.len())));
+        return Err(corrupt(format!(
+            "block of {} bytes has no trailer",
+            stored.len()
+        )));
     };
     let Some((&kind, data)) = covered.split_last() else {
-        return Err(corrupt(format!("block of {} bytes has no trailer", stored.len())));
+        return Err(corrupt(format!(
+            "block of {} bytes has no trailer",
+            stored.len()
+        )));
     };
     let stored_crc = u32::from_le_bytes(*crc);
     let actual = crc32(covered);
@@ -299,7 +305,9 @@ impl std::fmt::Debug for Block {
 impl Block {
     /// Decodes a stored block read from `file` at byte `offset` (both only label errors).
     pub fn decode(stored: &[u8], file: &str, offset: u64) -> Result<Block> {
-        let payload = unseal(stored, file, offset)?.into_owned().into_boxed_slice();
+        let payload = unseal(stored, file, offset)?
+            .into_owned()
+            .into_boxed_slice();
         Block::from_contents(Contents::Owned(payload), Arc::from(file), offset)
     }
 
@@ -317,7 +325,10 @@ impl Block {
             Error::corruption(
                 &*file,
                 offset,
-                format!("block range {start}..{end} is outside the {} bytes", bytes.len()),
+                format!(
+                    "block range {start}..{end} is outside the {} bytes",
+                    bytes.len()
+                ),
             )
         })?;
         let contents = match unseal(stored, &file, offset)? {

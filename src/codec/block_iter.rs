@@ -117,7 +117,11 @@ impl BlockIter {
                 self.current,
                 entry.shared,
                 self.key.len(),
-                if at_restart { " at a restart point" } else { "" }
+                if at_restart {
+                    " at a restart point"
+                } else {
+                    ""
+                }
             )));
         }
         let suffix = self

@@ -139,10 +139,18 @@ fn zstd_is_used_when_it_pays() {
         .collect();
     let plain = build(&entries, 16, Compression::None);
     let packed = build(&entries, 16, Compression::Zstd { level: 3 });
-    assert!(packed.len() < plain.len() / 2, "{} vs {}", packed.len(), plain.len());
+    assert!(
+        packed.len() < plain.len() / 2,
+        "{} vs {}",
+        packed.len(),
+        plain.len()
+    );
     assert_eq!(packed[packed.len() - BLOCK_TRAILER_LEN], TYPE_ZSTD);
     // Incompressible payloads are stored as is.
-    let noise: Entries = vec![(b"k".to_vec(), (0..64u8).map(|i| i.wrapping_mul(97)).collect())];
+    let noise: Entries = vec![(
+        b"k".to_vec(),
+        (0..64u8).map(|i| i.wrapping_mul(97)).collect(),
+    )];
     let stored = build(&noise, 16, Compression::Zstd { level: 3 });
     assert_eq!(stored[stored.len() - BLOCK_TRAILER_LEN], TYPE_NONE);
     let mut it = decode(&packed).iter(bytewise);
@@ -197,7 +205,11 @@ fn every_truncation_and_bit_flip_is_corruption() {
     for compression in [Compression::None, Compression::Zstd { level: 1 }] {
         let stored = build(&entries, 4, compression);
         for cut in 0..stored.len() {
-            assert!(Block::decode(&stored[..cut], "t", 0).unwrap_err().is_corruption());
+            assert!(
+                Block::decode(&stored[..cut], "t", 0)
+                    .unwrap_err()
+                    .is_corruption()
+            );
         }
         for bit in 0..stored.len() * 8 {
             let mut bad = stored.clone();
