@@ -9,7 +9,7 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 
 use crate::codec::block::{Block, Comparator};
-use crate::codec::varint::get_varint64;
+use crate::codec::varint::get_varint32;
 use crate::error::Result;
 use crate::lsm::iterator::InternalIterator;
 
@@ -66,10 +66,10 @@ impl BlockIter {
         let mut at = pos;
         let mut field = || -> Result<usize> {
             let input = entries.get(at..).unwrap_or_default();
-            let (value, used) = get_varint64(input, self.block.file(), self.block.offset())
+            let (value, used) = get_varint32(input, self.block.file(), self.block.offset())
                 .map_err(|_| bad("truncated or malformed length"))?;
             at += used;
-            usize::try_from(value).map_err(|_| bad("length overflows"))
+            Ok(value as usize)
         };
         let shared = field()?;
         let unshared = field()?;
