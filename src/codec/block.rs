@@ -1,3 +1,471 @@
-//! Block format (FORMAT.md §1.3): prefix-compressed entries with restart points, optional zstd, crc32.
+//! Block format (FORMAT.md §1.3): sorted entries with shared-prefix compression and restart
+//! points, optionally zstd-compressed, sealed by a type byte and a crc32.
 //!
-//! Not yet implemented: see the open issue that owns this module.
+//! [`BlockBuilder`] writes blocks; [`Block::decode`] checks the crc, decompresses into at most
+//! [`MAX_BLOCK_SIZE`] bytes (never more than the block declares) and validates the restart array
+//! before any entry is read; [`BlockIter`] walks the entries and reports damaged ones as errors.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use crate::codec::record::crc32;
+use crate::codec::varint::{get_varint64, put_varint32, put_varint64, varint_len};
+use crate::error::{Error, Result};
+
+pub use super::block_iter::BlockIter;
+
+/// Largest uncompressed payload a block may have (on disk: never change; FORMAT.md §1.3).
+///
+/// Decoders refuse larger blocks before allocating, so no block costs more memory than this.
+pub const MAX_BLOCK_SIZE: usize = 64 << 20;
+
+/// Bytes after the payload of a stored block: compression type (u8) then crc32 (u32 LE).
+pub const BLOCK_TRAILER_LEN: usize = 5;
+
+/// Default number of entries between restart points.
+pub const DEFAULT_RESTART_INTERVAL: usize = 16;
+
+/// Default zstd level when compression is on.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// Compression type byte of an uncompressed block (on disk: never change; FORMAT.md §1.3).
+const TYPE_NONE: u8 = 0;
+/// Compression type byte of a zstd block (on disk: never change; FORMAT.md §1.3).
+const TYPE_ZSTD: u8 = 1;
+
+/// Orders the keys of a block: [`bytewise`] for snapshot files, `lsm::format::compare_internal`
+/// for SST files.
+pub type Comparator = fn(&[u8], &[u8]) -> Ordering;
+
+/// Plain lexicographic byte order.
+pub fn bytewise(a: &[u8], b: &[u8]) -> Ordering {
+    a.cmp(b)
+}
+
+/// How a block's payload is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Stored as is.
+    #[default]
+    None,
+    /// zstd at the given level; a block that does not shrink by at least 1/8 is stored as is.
+    Zstd {
+        /// zstd compression level (1..=22; 3 is zstd's default).
+        level: i32,
+    },
+}
+
+/// Bytes a decoded block may borrow instead of copying, such as the memory map of an immutable
+/// SST file. The block keeps its owner alive.
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// Appends `payload` as a stored block: `data | type u8 | crc32 u32 LE` (FORMAT.md §1.3).
+///
+/// With [`Compression::Zstd`], `data` is `varint uncompressed_len | zstd frame` when that saves
+/// at least an eighth of the payload; otherwise the payload is stored uncompressed.
+pub fn seal(payload: &[u8], compression: Compression) -> Vec<u8> {
+    assert!(
+        payload.len() <= MAX_BLOCK_SIZE,
+        "block payload of {} bytes exceeds MAX_BLOCK_SIZE",
+        payload.len()
+    );
+    let mut out = Vec::with_capacity(payload.len() + BLOCK_TRAILER_LEN);
+    let mut kind = TYPE_NONE;
+    if let Compression::Zstd { level } = compression {
+        if let Ok(frame) = zstd::bulk::compress(payload, level) {
+            let size = varint_len(payload.len() as u64) + frame.len();
+            if size < payload.len() - payload.len() / 8 {
+                put_varint64(&mut out, payload.len() as u64);
+                out.extend_from_slice(&frame);
+                kind = TYPE_ZSTD;
+            }
+        }
+    }
+    if kind == TYPE_NONE {
+        out.extend_from_slice(payload);
+    }
+    out.push(kind);
+    let crc = crc32(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+thread_local! {
+    /// One zstd decompression context per thread: creating one per block would dominate the cost
+    /// of decoding small blocks.
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// Decompresses `frame`, which must expand to exactly `declared` bytes (at most MAX_BLOCK_SIZE).
+fn zstd_decompress(frame: &[u8], declared: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let decompressor = match slot.as_mut() {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        // `decompress` allocates exactly `declared` bytes and fails if the frame is larger.
+        decompressor.decompress(frame, declared)
+    })
+}
+
+/// Checks a stored block's trailer and returns its payload, decompressed if needed.
+///
+/// `file` and `offset` (the block's position in the file) label errors; every failure is
+/// [`Error::Corruption`].
+pub fn unseal<'a>(stored: &'a [u8], file: &str, offset: u64) -> Result<Cow<'a, [u8]>> {
+    let corrupt = |what: String| Error::corruption(file, offset, what);
+    let Some((covered, crc)) = stored.split_last_chunk::<4>() else {
+        return Err(corrupt(format!(
+            "block of {} bytes has no trailer",
+            stored.len()
+        )));
+    };
+    let Some((&kind, data)) = covered.split_last() else {
+        return Err(corrupt(format!(
+            "block of {} bytes has no trailer",
+            stored.len()
+        )));
+    };
+    let stored_crc = u32::from_le_bytes(*crc);
+    let actual = crc32(covered);
+    if stored_crc != actual {
+        return Err(corrupt(format!(
+            "block crc32 mismatch: stored {stored_crc:#010x}, computed {actual:#010x}"
+        )));
+    }
+    match kind {
+        TYPE_NONE if data.len() > MAX_BLOCK_SIZE => Err(corrupt(format!(
+            "block payload of {} bytes exceeds the maximum {MAX_BLOCK_SIZE}",
+            data.len()
+        ))),
+        TYPE_NONE => Ok(Cow::Borrowed(data)),
+        TYPE_ZSTD => {
+            let (declared, used) = get_varint64(data, file, offset)?;
+            if declared > MAX_BLOCK_SIZE as u64 {
+                return Err(corrupt(format!(
+                    "block declares {declared} uncompressed bytes, more than the maximum \
+                     {MAX_BLOCK_SIZE}"
+                )));
+            }
+            let frame = data.get(used..).unwrap_or_default();
+            let out = zstd_decompress(frame, declared as usize)
+                .map_err(|e| corrupt(format!("zstd block does not decompress: {e}")))?;
+            if out.len() as u64 != declared {
+                return Err(corrupt(format!(
+                    "zstd block decompressed to {} bytes, declared {declared}",
+                    out.len()
+                )));
+            }
+            Ok(Cow::Owned(out))
+        }
+        other => Err(corrupt(format!("unknown block compression type {other}"))),
+    }
+}
+
+/// Accumulates sorted entries into one block.
+///
+/// Keys must be added in strictly increasing order of the comparator the block will be read
+/// with; the builder does not compare keys (its callers do, with the right comparator).
+#[derive(Debug)]
+pub struct BlockBuilder {
+    buf: Vec<u8>,
+    restarts: Vec<u32>,
+    since_restart: usize,
+    restart_interval: usize,
+    compression: Compression,
+    last_key: Vec<u8>,
+    entries: usize,
+}
+
+impl BlockBuilder {
+    /// A builder with a restart point every `restart_interval` entries (at least 1).
+    pub fn new(restart_interval: usize, compression: Compression) -> Self {
+        BlockBuilder {
+            buf: Vec::new(),
+            restarts: Vec::new(),
+            since_restart: 0,
+            restart_interval: restart_interval.max(1),
+            compression,
+            last_key: Vec::new(),
+            entries: 0,
+        }
+    }
+
+    /// Appends an entry. Fails with [`Error::InvalidArgument`] if the block would exceed
+    /// [`MAX_BLOCK_SIZE`]; the builder is unchanged then.
+    pub fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let restart = self.entries == 0 || self.since_restart >= self.restart_interval;
+        let shared = if restart {
+            0
+        } else {
+            self.last_key
+                .iter()
+                .zip(key)
+                .take_while(|(a, b)| a == b)
+                .count()
+        };
+        let unshared = key.len() - shared;
+        let grows = 3 * 10 + unshared + value.len() + if restart { 4 } else { 0 };
+        if self.estimated_size() - BLOCK_TRAILER_LEN + grows > MAX_BLOCK_SIZE {
+            return Err(Error::invalid(format!(
+                "entry with a {}-byte key and a {}-byte value does not fit in a block of at \
+                 most {MAX_BLOCK_SIZE} bytes",
+                key.len(),
+                value.len()
+            )));
+        }
+        if restart {
+            self.restarts.push(self.buf.len() as u32);
+            self.since_restart = 0;
+        }
+        put_varint32(&mut self.buf, shared as u32);
+        put_varint32(&mut self.buf, unshared as u32);
+        put_varint32(&mut self.buf, value.len() as u32);
+        self.buf.extend_from_slice(&key[shared..]);
+        self.buf.extend_from_slice(value);
+        self.last_key.truncate(shared);
+        self.last_key.extend_from_slice(&key[shared..]);
+        self.since_restart += 1;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// Stored size of the block if it were finished now, before compression.
+    pub fn estimated_size(&self) -> usize {
+        self.buf.len() + 4 * self.restarts.len() + 4 + BLOCK_TRAILER_LEN
+    }
+
+    /// Number of entries added since the last [`finish`](Self::finish).
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    /// Whether no entry was added since the last [`finish`](Self::finish).
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// The last key added (empty if none).
+    pub fn last_key(&self) -> &[u8] {
+        &self.last_key
+    }
+
+    /// Returns the stored block and resets the builder for the next block.
+    pub fn finish(&mut self) -> Vec<u8> {
+        for restart in &self.restarts {
+            self.buf.extend_from_slice(&restart.to_le_bytes());
+        }
+        self.buf
+            .extend_from_slice(&(self.restarts.len() as u32).to_le_bytes());
+        let stored = seal(&self.buf, self.compression);
+        self.buf.clear();
+        self.restarts.clear();
+        self.last_key.clear();
+        self.since_restart = 0;
+        self.entries = 0;
+        stored
+    }
+}
+
+/// Where a decoded payload lives.
+enum Contents {
+    Owned(Box<[u8]>),
+    Shared {
+        owner: SharedBytes,
+        start: usize,
+        end: usize,
+    },
+}
+
+/// A decoded, validated block: its payload and restart array, ready to iterate.
+pub struct Block {
+    contents: Contents,
+    /// End of the entries = start of the restart array.
+    restarts_offset: usize,
+    num_restarts: usize,
+    file: Arc<str>,
+    offset: u64,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("file", &self.file)
+            .field("offset", &self.offset)
+            .field("payload_len", &self.payload().len())
+            .field("num_restarts", &self.num_restarts)
+            .finish()
+    }
+}
+
+impl Block {
+    /// Decodes a stored block read from `file` at byte `offset` (both only label errors).
+    pub fn decode(stored: &[u8], file: &str, offset: u64) -> Result<Block> {
+        let payload = unseal(stored, file, offset)?
+            .into_owned()
+            .into_boxed_slice();
+        Block::from_contents(Contents::Owned(payload), Arc::from(file), offset)
+    }
+
+    /// Decodes the stored block at `owner[start..end]`; an uncompressed payload is borrowed
+    /// from `owner` (kept alive by the block) instead of copied.
+    pub fn decode_shared(
+        owner: SharedBytes,
+        start: usize,
+        end: usize,
+        file: Arc<str>,
+        offset: u64,
+    ) -> Result<Block> {
+        let bytes: &[u8] = (*owner).as_ref();
+        let stored = bytes.get(start..end).ok_or_else(|| {
+            Error::corruption(
+                &*file,
+                offset,
+                format!(
+                    "block range {start}..{end} is outside the {} bytes",
+                    bytes.len()
+                ),
+            )
+        })?;
+        let contents = match unseal(stored, &file, offset)? {
+            Cow::Borrowed(payload) => {
+                let end = start + payload.len();
+                Contents::Shared { owner, start, end }
+            }
+            Cow::Owned(payload) => Contents::Owned(payload.into_boxed_slice()),
+        };
+        Block::from_contents(contents, file, offset)
+    }
+
+    fn from_contents(contents: Contents, file: Arc<str>, offset: u64) -> Result<Block> {
+        let mut block = Block {
+            contents,
+            restarts_offset: 0,
+            num_restarts: 0,
+            file,
+            offset,
+        };
+        let (restarts_offset, num_restarts) = block.check_restarts()?;
+        block.restarts_offset = restarts_offset;
+        block.num_restarts = num_restarts;
+        Ok(block)
+    }
+
+    /// Validates the restart array: it fits, starts at 0 when there are entries, and strictly
+    /// increases inside the entry area. Returns (start of restart array, number of restarts).
+    fn check_restarts(&self) -> Result<(usize, usize)> {
+        let payload = self.payload();
+        let Some((_, count)) = payload.split_last_chunk::<4>() else {
+            return Err(self.corruption(format!(
+                "block payload of {} bytes has no restart count",
+                payload.len()
+            )));
+        };
+        let count = u32::from_le_bytes(*count) as usize;
+        let restarts_offset = count
+            .checked_mul(4)
+            .and_then(|len| (payload.len() - 4).checked_sub(len))
+            .ok_or_else(|| {
+                self.corruption(format!(
+                    "{count} restart points do not fit in a block payload of {} bytes",
+                    payload.len()
+                ))
+            })?;
+        if count == 0 && restarts_offset != 0 {
+            return Err(self.corruption("block has entries but no restart point"));
+        }
+        let mut previous: Option<usize> = None;
+        for i in 0..count {
+            let restart = read_u32(payload, restarts_offset + 4 * i);
+            let ok = match previous {
+                None => restart == 0,
+                Some(p) => restart > p && restart < restarts_offset,
+            };
+            if !ok {
+                return Err(self.corruption(format!(
+                    "restart point {i} at payload offset {restart} is out of order or outside \
+                     the {restarts_offset} bytes of entries"
+                )));
+            }
+            previous = Some(restart);
+        }
+        Ok((restarts_offset, count))
+    }
+
+    /// The decoded payload: entries, restart array, restart count.
+    pub fn payload(&self) -> &[u8] {
+        match &self.contents {
+            Contents::Owned(bytes) => bytes,
+            Contents::Shared { owner, start, end } => {
+                let bytes: &[u8] = (**owner).as_ref();
+                bytes.get(*start..*end).unwrap_or_default()
+            }
+        }
+    }
+
+    /// The entry area of the payload.
+    pub(crate) fn entries(&self) -> &[u8] {
+        self.payload()
+            .get(..self.restarts_offset)
+            .unwrap_or_default()
+    }
+
+    /// Number of restart points (0 only for an empty block).
+    pub fn num_restarts(&self) -> usize {
+        self.num_restarts
+    }
+
+    /// Payload offset of restart point `index` (validated at decode; 0 when out of range).
+    pub(crate) fn restart(&self, index: usize) -> usize {
+        if index >= self.num_restarts {
+            return 0;
+        }
+        read_u32(self.payload(), self.restarts_offset + 4 * index)
+    }
+
+    /// Whether the block has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.restarts_offset == 0
+    }
+
+    /// Memory the block holds on to, for cache accounting.
+    pub fn charge(&self) -> usize {
+        self.payload().len() + std::mem::size_of::<Block>()
+    }
+
+    /// The file the block came from (as given to the decoder).
+    pub fn file(&self) -> &Arc<str> {
+        &self.file
+    }
+
+    /// The byte offset of the stored block in its file.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// A corruption error about this block.
+    pub(crate) fn corruption(&self, what: impl Into<String>) -> Error {
+        Error::corruption(&*self.file, self.offset, what)
+    }
+
+    /// An iterator over the block's entries in `comparator` order.
+    pub fn iter(self: &Arc<Self>, comparator: Comparator) -> BlockIter {
+        BlockIter::new(Arc::clone(self), comparator)
+    }
+}
+
+/// A u32 LE at `pos` (0 if out of range; callers validate positions first).
+fn read_u32(bytes: &[u8], pos: usize) -> usize {
+    bytes
+        .get(pos..)
+        .and_then(|b| b.first_chunk::<4>())
+        .map_or(0, |b| u32::from_le_bytes(*b) as usize)
+}
+
+#[cfg(test)]
+#[path = "block_tests.rs"]
+mod tests;

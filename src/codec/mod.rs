@@ -4,6 +4,7 @@
 //! before using it, and never panics or allocates more than its input can justify.
 
 pub mod block;
+pub mod block_iter;
 pub mod cursor;
 pub mod record;
 pub mod varint;

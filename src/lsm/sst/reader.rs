@@ -1,3 +1,388 @@
-//! SST reader (FORMAT.md §8).
+//! [`SstReader`]: opens an SST file (FORMAT.md §8) through a memory map and serves lookups.
 //!
-//! Not yet implemented: see the open issue that owns this module.
+//! `open` validates the footer, the layout of the meta blocks and their checksums; data blocks
+//! are checked when first read (and all of them by [`SstReader::verify`]). Decoded blocks may
+//! borrow from the map, which they keep alive; an optional [`BlockCache`] shares them.
+
+use std::cmp::Ordering;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use crate::codec::block::{Block, SharedBytes, unseal};
+use crate::codec::record::crc32;
+use crate::error::{Error, Result};
+use crate::lsm::block_cache::BlockCache;
+use crate::lsm::format::{
+    ValueKind, compare_internal, parse_internal_key, user_key as user_key_of,
+};
+use crate::lsm::iterator::InternalIterator;
+use crate::lsm::sst::bloom::BloomFilter;
+use crate::lsm::sst::format::{BlockHandle, FOOTER_LEN, Footer, SstProperties, seek_key};
+use crate::lsm::sst::iter::SstIter;
+
+/// The newest version of a user key visible at a snapshot, as stored in one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SstEntry {
+    /// Sequence number of the version.
+    pub sequence: u64,
+    /// Put, Delete, Merge or RangeDelete; the caller interprets it.
+    pub kind: ValueKind,
+    /// The stored value (empty for a Delete).
+    pub value: Vec<u8>,
+}
+
+/// The shared state of an open file; iterators hold it through an `Arc`.
+pub(crate) struct SstFile {
+    pub(crate) label: Arc<str>,
+    path: PathBuf,
+    file_number: u64,
+    map: SharedBytes,
+    pub(crate) footer: Footer,
+    pub(crate) index: Arc<Block>,
+    filter: BloomFilter,
+    properties: SstProperties,
+    cache: Option<Arc<BlockCache>>,
+}
+
+impl SstFile {
+    fn bytes(&self) -> &[u8] {
+        (*self.map).as_ref()
+    }
+
+    /// End of the data blocks: the filter block follows them.
+    pub(crate) fn data_end(&self) -> u64 {
+        self.footer.filter.offset
+    }
+
+    fn decode_block(&self, handle: BlockHandle, start: u64, end: u64, what: &str) -> Result<Block> {
+        decode_block(&self.map, &self.label, handle, (start, end), what)
+    }
+
+    /// The data block at `handle`, from the cache if it has it.
+    pub(crate) fn data_block(&self, handle: BlockHandle) -> Result<Arc<Block>> {
+        if let Some(cache) = &self.cache {
+            if let Some(block) = cache.get(self.file_number, handle.offset) {
+                return Ok(block);
+            }
+        }
+        let block = Arc::new(self.decode_block(handle, 0, self.data_end(), "data block")?);
+        if let Some(cache) = &self.cache {
+            cache.insert(self.file_number, handle.offset, Arc::clone(&block));
+        }
+        Ok(block)
+    }
+
+    /// Decodes an index entry's value into a data block handle.
+    pub(crate) fn decode_handle(&self, value: &[u8], index_offset: u64) -> Result<BlockHandle> {
+        BlockHandle::decode_varint(value, &self.label, index_offset)
+    }
+}
+
+/// An open, immutable SST file. Cheap to clone; clones share the map and meta blocks.
+#[derive(Clone)]
+pub struct SstReader {
+    file: Arc<SstFile>,
+}
+
+impl std::fmt::Debug for SstReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SstReader")
+            .field("path", &self.file.path)
+            .field("file_number", &self.file.file_number)
+            .field("entries", &self.file.properties.entry_count)
+            .finish()
+    }
+}
+
+impl SstReader {
+    /// Opens the SST at `path`. `file_number` keys its blocks in `cache` and must be unique among
+    /// the files sharing that cache.
+    pub fn open(path: &Path, file_number: u64, cache: Option<Arc<BlockCache>>) -> Result<Self> {
+        let label: Arc<str> = Arc::from(path.display().to_string());
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len < FOOTER_LEN as u64 {
+            return Err(Error::corruption(
+                &*label,
+                0,
+                format!("file of {len} bytes is shorter than the {FOOTER_LEN}-byte SST footer"),
+            ));
+        }
+        // SAFETY: SST files are immutable once published: flowstate never truncates, rewrites or
+        // appends to a file after `SstBuilder::finish`, and deletes it only by unlinking, which
+        // keeps the pages of an existing map valid. The map is owned by an `Arc` that every
+        // block borrowing from it (and every iterator and cache entry holding such a block)
+        // keeps alive, so no slice outlives it.
+        #[allow(unsafe_code)]
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        SstReader::from_bytes(Arc::new(map), label, path, file_number, cache)
+    }
+
+    /// Opens an SST held in memory (tests, fuzzing, files fetched from checkpoint storage);
+    /// `label` names it in errors and `path` is reported by [`path`](Self::path).
+    pub fn from_bytes(
+        map: SharedBytes,
+        label: Arc<str>,
+        path: &Path,
+        file_number: u64,
+        cache: Option<Arc<BlockCache>>,
+    ) -> Result<Self> {
+        let bytes: &[u8] = (*map).as_ref();
+        let footer_offset = bytes.len().checked_sub(FOOTER_LEN).ok_or_else(|| {
+            Error::corruption(
+                &*label,
+                0,
+                format!(
+                    "file of {} bytes is shorter than the {FOOTER_LEN}-byte SST footer",
+                    bytes.len()
+                ),
+            )
+        })?;
+        let footer_bytes = bytes
+            .get(footer_offset..)
+            .and_then(|b| <&[u8; FOOTER_LEN]>::try_from(b).ok())
+            .ok_or_else(|| Error::corruption(&*label, 0, "footer out of range"))?;
+        let footer = Footer::decode(footer_bytes, &label, footer_offset as u64)?;
+        check_layout(&footer, footer_offset as u64, &label)?;
+
+        let filter_bytes = unseal(slice(bytes, footer.filter), &label, footer.filter.offset)?;
+        let filter = BloomFilter::decode(&filter_bytes, &label, footer.filter.offset)?;
+        let end = footer_offset as u64;
+        let properties = decode_block(&map, &label, footer.properties, (0, end), "properties")?;
+        let properties = SstProperties::decode(Arc::new(properties))?;
+        let index = Arc::new(decode_block(&map, &label, footer.index, (0, end), "index")?);
+        let file = SstFile {
+            label,
+            path: path.to_path_buf(),
+            file_number,
+            map,
+            footer,
+            index,
+            filter,
+            properties,
+            cache,
+        };
+        Ok(SstReader {
+            file: Arc::new(file),
+        })
+    }
+
+    /// The recorded properties.
+    pub fn properties(&self) -> &SstProperties {
+        &self.file.properties
+    }
+
+    /// The footer: where the index, filter and properties blocks lie.
+    pub fn footer(&self) -> Footer {
+        self.file.footer
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+
+    /// The file number given to [`open`](Self::open).
+    pub fn file_number(&self) -> u64 {
+        self.file.file_number
+    }
+
+    /// Size of the file in bytes.
+    pub fn file_size(&self) -> u64 {
+        self.file.bytes().len() as u64
+    }
+
+    /// False if the file certainly holds no version of `user_key` (bloom filter).
+    pub fn may_contain(&self, user_key: &[u8]) -> bool {
+        self.file.filter.may_contain(user_key)
+    }
+
+    /// False if no user key of the file starts with `prefix` (such as a key group's two bytes),
+    /// judged from the recorded smallest and largest keys without reading any block.
+    pub fn may_contain_prefix(&self, prefix: &[u8]) -> bool {
+        let props = &self.file.properties;
+        if props.entry_count == 0 {
+            return false;
+        }
+        let smallest = user_key_of(&props.smallest_key);
+        let largest = user_key_of(&props.largest_key);
+        let below = largest < prefix;
+        let above = !smallest.starts_with(prefix) && smallest > prefix;
+        !(below || above)
+    }
+
+    /// The newest entry for `user_key` with sequence <= `snapshot_seq`, if the file has one.
+    pub fn get(&self, user_key: &[u8], snapshot_seq: u64) -> Result<Option<SstEntry>> {
+        if !self.may_contain(user_key) {
+            return Ok(None);
+        }
+        let mut iter = self.iter();
+        iter.seek(&seek_key(user_key, snapshot_seq))?;
+        if !iter.valid() {
+            return Ok(None);
+        }
+        let parsed = parse_internal_key(iter.key(), &self.file.label, 0)?;
+        if parsed.user_key != user_key {
+            return Ok(None);
+        }
+        Ok(Some(SstEntry {
+            sequence: parsed.sequence,
+            kind: parsed.kind,
+            value: iter.value().to_vec(),
+        }))
+    }
+
+    /// An unpositioned iterator over every entry in `compare_internal` order.
+    pub fn iter(&self) -> SstIter {
+        SstIter::new(Arc::clone(&self.file))
+    }
+
+    /// CRC-32 of the whole file (compare with [`SstMetadata::file_crc32`](super::SstMetadata)).
+    pub fn file_crc32(&self) -> u32 {
+        crc32(self.file.bytes())
+    }
+
+    /// Reads and checks every block, bypassing the cache: checksums, that the data blocks tile
+    /// the data area, that keys are valid internal keys in strictly increasing order, that each
+    /// index key is its block's last key, that the filter holds every user key, and that the
+    /// properties match the contents.
+    pub fn verify(&self) -> Result<()> {
+        let file = &self.file;
+        let label = &*file.label;
+        let corrupt = |offset: u64, what: String| Error::corruption(label, offset, what);
+        let mut index = file.index.iter(compare_internal);
+        let mut expected_offset = 0u64;
+        let mut seen = SstProperties::default();
+        index.seek_to_first()?;
+        while index.valid() {
+            let handle = file.decode_handle(index.value(), file.footer.index.offset)?;
+            if handle.offset != expected_offset {
+                return Err(corrupt(
+                    handle.offset,
+                    format!(
+                        "data block at {} but the previous one ended at {expected_offset}",
+                        handle.offset
+                    ),
+                ));
+            }
+            let block = Arc::new(file.decode_block(handle, 0, file.data_end(), "data block")?);
+            let mut entries = block.iter(compare_internal);
+            entries.seek_to_first()?;
+            if !entries.valid() {
+                return Err(corrupt(handle.offset, "empty data block".into()));
+            }
+            while entries.valid() {
+                check_entry(&mut seen, entries.key(), handle.offset, label)?;
+                if !file.filter.may_contain(user_key_of(entries.key())) {
+                    return Err(corrupt(
+                        file.footer.filter.offset,
+                        "bloom filter misses a key".into(),
+                    ));
+                }
+                entries.next()?;
+            }
+            if seen.largest_key != index.key() {
+                return Err(corrupt(
+                    file.footer.index.offset,
+                    format!("index key of block {} is not its last key", handle.offset),
+                ));
+            }
+            expected_offset = handle.end();
+            index.next()?;
+        }
+        if expected_offset != file.data_end() {
+            return Err(corrupt(
+                expected_offset,
+                format!(
+                    "data blocks end at {expected_offset}, the filter starts at {}",
+                    file.data_end()
+                ),
+            ));
+        }
+        seen.creation_time_ms = file.properties.creation_time_ms;
+        if seen != file.properties {
+            return Err(corrupt(
+                file.footer.properties.offset,
+                format!(
+                    "properties {:?} do not match the contents {seen:?}",
+                    file.properties
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Decodes the stored block at `handle`, which must lie within `[range.0, range.1)`.
+fn decode_block(
+    map: &SharedBytes,
+    label: &Arc<str>,
+    handle: BlockHandle,
+    range: (u64, u64),
+    what: &str,
+) -> Result<Block> {
+    handle.check_within(range.0, range.1, what, label)?;
+    Block::decode_shared(
+        Arc::clone(map),
+        handle.offset as usize,
+        handle.end() as usize,
+        Arc::clone(label),
+        handle.offset,
+    )
+}
+
+/// The stored bytes at `handle` (validated by `check_layout` first).
+fn slice(bytes: &[u8], handle: BlockHandle) -> &[u8] {
+    bytes
+        .get(handle.offset as usize..handle.end() as usize)
+        .unwrap_or_default()
+}
+
+/// Checks that filter, properties and index follow each other and end at the footer.
+fn check_layout(footer: &Footer, footer_offset: u64, label: &str) -> Result<()> {
+    footer
+        .filter
+        .check_within(0, footer_offset, "filter", label)?;
+    footer
+        .properties
+        .check_within(0, footer_offset, "properties", label)?;
+    footer
+        .index
+        .check_within(0, footer_offset, "index", label)?;
+    let contiguous = footer.filter.end() == footer.properties.offset
+        && footer.properties.end() == footer.index.offset
+        && footer.index.end() == footer_offset;
+    if !contiguous {
+        return Err(Error::corruption(
+            label,
+            footer_offset,
+            format!(
+                "footer handles {footer:?} do not tile the meta area before byte {footer_offset}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Folds one entry into the statistics `seen` gathered by `verify`, checking its key and order.
+fn check_entry(seen: &mut SstProperties, key: &[u8], block_offset: u64, label: &str) -> Result<()> {
+    let parsed = parse_internal_key(key, label, block_offset)?;
+    if seen.entry_count == 0 {
+        seen.smallest_key = key.to_vec();
+        seen.smallest_seq = parsed.sequence;
+        seen.largest_seq = parsed.sequence;
+    } else if compare_internal(&seen.largest_key, key) != Ordering::Less {
+        return Err(Error::corruption(label, block_offset, "keys out of order"));
+    }
+    seen.smallest_seq = seen.smallest_seq.min(parsed.sequence);
+    seen.largest_seq = seen.largest_seq.max(parsed.sequence);
+    seen.entry_count += 1;
+    if matches!(parsed.kind, ValueKind::Delete | ValueKind::RangeDelete) {
+        seen.tombstone_count += 1;
+    }
+    seen.largest_key = key.to_vec();
+    Ok(())
+}

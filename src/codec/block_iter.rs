@@ -1,0 +1,295 @@
+//! [`BlockIter`]: a bidirectional cursor over one decoded [`Block`] (FORMAT.md §1.3).
+//!
+//! Seeks binary-search the restart points (whose keys are stored whole), then scan forward;
+//! `prev` restarts from the restart point before the current entry. Every entry is checked
+//! against the entry area before it is read: a damaged one makes the moving call fail with
+//! `Error::Corruption` and leaves the iterator invalid.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use crate::codec::block::{Block, Comparator};
+use crate::codec::varint::get_varint32;
+use crate::error::Result;
+use crate::lsm::iterator::InternalIterator;
+
+/// A decoded entry: where its key suffix and value lie and where the next entry starts.
+struct Entry {
+    shared: usize,
+    suffix: (usize, usize),
+    value: (usize, usize),
+    next: usize,
+}
+
+/// A cursor over a [`Block`], generic over the key order through a [`Comparator`].
+pub struct BlockIter {
+    block: Arc<Block>,
+    comparator: Comparator,
+    /// Payload offset of the current entry.
+    current: usize,
+    /// Payload offset just after the current entry.
+    next: usize,
+    /// Index of the restart point at or before `current`.
+    restart_index: usize,
+    key: Vec<u8>,
+    value: (usize, usize),
+    valid: bool,
+}
+
+impl BlockIter {
+    /// An unpositioned iterator over `block`.
+    pub fn new(block: Arc<Block>, comparator: Comparator) -> Self {
+        BlockIter {
+            block,
+            comparator,
+            current: 0,
+            next: 0,
+            restart_index: 0,
+            key: Vec::new(),
+            value: (0, 0),
+            valid: false,
+        }
+    }
+
+    /// The block this iterator walks.
+    pub fn block(&self) -> &Arc<Block> {
+        &self.block
+    }
+
+    /// Decodes the entry at payload offset `pos`, checking every length against the entry area.
+    fn decode_entry(&self, pos: usize) -> Result<Entry> {
+        let entries = self.block.entries();
+        let bad = |what: &str| {
+            self.block
+                .corruption(format!("block entry at payload offset {pos}: {what}"))
+        };
+        let mut at = pos;
+        let mut field = || -> Result<usize> {
+            let input = entries.get(at..).unwrap_or_default();
+            let (value, used) = get_varint32(input, self.block.file(), self.block.offset())
+                .map_err(|_| bad("truncated or malformed length"))?;
+            at += used;
+            Ok(value as usize)
+        };
+        let shared = field()?;
+        let unshared = field()?;
+        let value_len = field()?;
+        let suffix_end = at
+            .checked_add(unshared)
+            .filter(|&end| end <= entries.len())
+            .ok_or_else(|| bad("key runs past the entries"))?;
+        let value_end = suffix_end
+            .checked_add(value_len)
+            .filter(|&end| end <= entries.len())
+            .ok_or_else(|| bad("value runs past the entries"))?;
+        Ok(Entry {
+            shared,
+            suffix: (at, suffix_end),
+            value: (suffix_end, value_end),
+            next: value_end,
+        })
+    }
+
+    /// Reads the entry at `self.next` into the cursor; returns false at the end of the block.
+    fn parse_next(&mut self) -> Result<bool> {
+        self.current = self.next;
+        if self.current >= self.block.entries().len() {
+            self.valid = false;
+            return Ok(false);
+        }
+        let entry = match self.decode_entry(self.current) {
+            Ok(entry) => entry,
+            Err(e) => {
+                self.valid = false;
+                return Err(e);
+            }
+        };
+        while self.restart_index + 1 < self.block.num_restarts()
+            && self.block.restart(self.restart_index + 1) <= self.current
+        {
+            self.restart_index += 1;
+        }
+        let at_restart = self.block.restart(self.restart_index) == self.current;
+        if entry.shared > self.key.len() || (at_restart && entry.shared != 0) {
+            self.valid = false;
+            return Err(self.block.corruption(format!(
+                "block entry at payload offset {} shares {} bytes with a {}-byte key{}",
+                self.current,
+                entry.shared,
+                self.key.len(),
+                if at_restart {
+                    " at a restart point"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let suffix = self
+            .block
+            .entries()
+            .get(entry.suffix.0..entry.suffix.1)
+            .unwrap_or_default();
+        self.key.truncate(entry.shared);
+        self.key.extend_from_slice(suffix);
+        self.value = entry.value;
+        self.next = entry.next;
+        self.valid = true;
+        Ok(true)
+    }
+
+    /// Resets the cursor to just before the entry at restart point `index`.
+    fn seek_to_restart(&mut self, index: usize) {
+        self.key.clear();
+        self.restart_index = index;
+        self.next = self.block.restart(index);
+        self.valid = false;
+    }
+
+    /// The whole key stored at restart point `index`.
+    fn restart_key(&self, index: usize) -> Result<&[u8]> {
+        let pos = self.block.restart(index);
+        let entry = self.decode_entry(pos)?;
+        if entry.shared != 0 {
+            return Err(self.block.corruption(format!(
+                "block entry at restart point {index} (payload offset {pos}) shares a prefix"
+            )));
+        }
+        Ok(self
+            .block
+            .entries()
+            .get(entry.suffix.0..entry.suffix.1)
+            .unwrap_or_default())
+    }
+
+    /// Positions on the first entry at or after `target`, scanning from restart `index`.
+    fn scan_from(&mut self, index: usize, target: &[u8]) -> Result<()> {
+        self.seek_to_restart(index);
+        while self.parse_next()? {
+            if (self.comparator)(&self.key, target) != Ordering::Less {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn seek_inner(&mut self, target: &[u8]) -> Result<()> {
+        if self.block.num_restarts() == 0 {
+            self.valid = false;
+            return Ok(());
+        }
+        // The last restart point whose key is before `target`: the answer lies after it.
+        let (mut left, mut right) = (0, self.block.num_restarts() - 1);
+        while left < right {
+            let mid = left + (right - left).div_ceil(2);
+            if (self.comparator)(self.restart_key(mid)?, target) == Ordering::Less {
+                left = mid;
+            } else {
+                right = mid - 1;
+            }
+        }
+        self.scan_from(left, target)
+    }
+
+    fn prev_inner(&mut self) -> Result<()> {
+        let original = self.current;
+        let mut index = self.restart_index;
+        while self.block.restart(index) >= original {
+            if index == 0 {
+                self.valid = false;
+                return Ok(());
+            }
+            index -= 1;
+        }
+        self.seek_to_restart(index);
+        loop {
+            if !self.parse_next()? || self.next > original {
+                self.valid = false;
+                return Err(self.block.corruption(format!(
+                    "entries from restart point {index} do not lead to payload offset {original}"
+                )));
+            }
+            if self.next == original {
+                return Ok(());
+            }
+        }
+    }
+
+    fn seek_to_last_inner(&mut self) -> Result<()> {
+        let count = self.block.num_restarts();
+        if count == 0 {
+            self.valid = false;
+            return Ok(());
+        }
+        self.seek_to_restart(count - 1);
+        while self.parse_next()? && self.next < self.block.entries().len() {}
+        Ok(())
+    }
+
+    /// Runs a moving operation; on error the iterator is left invalid.
+    fn moving(&mut self, op: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+        let result = op(self);
+        if result.is_err() {
+            self.valid = false;
+        }
+        result
+    }
+}
+
+impl InternalIterator for BlockIter {
+    fn valid(&self) -> bool {
+        self.valid
+    }
+
+    fn seek_to_first(&mut self) -> Result<()> {
+        self.moving(|it| {
+            if it.block.num_restarts() == 0 {
+                it.valid = false;
+                return Ok(());
+            }
+            it.seek_to_restart(0);
+            it.parse_next().map(drop)
+        })
+    }
+
+    fn seek_to_last(&mut self) -> Result<()> {
+        self.moving(Self::seek_to_last_inner)
+    }
+
+    fn seek(&mut self, target: &[u8]) -> Result<()> {
+        self.moving(|it| it.seek_inner(target))
+    }
+
+    fn seek_for_prev(&mut self, target: &[u8]) -> Result<()> {
+        self.moving(|it| {
+            it.seek_inner(target)?;
+            if !it.valid {
+                it.seek_to_last_inner()
+            } else if (it.comparator)(&it.key, target) == Ordering::Greater {
+                it.prev_inner()
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    fn next(&mut self) -> Result<()> {
+        debug_assert!(self.valid, "next() on an invalid BlockIter");
+        self.moving(|it| it.parse_next().map(drop))
+    }
+
+    fn prev(&mut self) -> Result<()> {
+        debug_assert!(self.valid, "prev() on an invalid BlockIter");
+        self.moving(Self::prev_inner)
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    fn value(&self) -> &[u8] {
+        self.block
+            .entries()
+            .get(self.value.0..self.value.1)
+            .unwrap_or_default()
+    }
+}
