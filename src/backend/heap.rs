@@ -232,13 +232,18 @@ impl HeapStore {
         handles: &[SnapshotHandle],
         range: KeyGroupRange,
     ) -> Result<()> {
+        // Check against what is registered and against the earlier handles' descriptors; register
+        // only after every check passed, so a failed restore registers nothing half way.
+        let mut seen: HashMap<&str, &StateDescriptor> = HashMap::new();
         for handle in handles {
             for descriptor in &handle.states {
                 if let Some(&id) = self.by_name.get(&descriptor.name) {
                     self.state(id)?.descriptor.check_compatible(descriptor)?;
                 }
+                if let Some(earlier) = seen.insert(&descriptor.name, descriptor) {
+                    earlier.check_compatible(descriptor)?;
+                }
             }
-            // Register after checking, so a failed restore registers nothing half way.
         }
         for handle in handles {
             for descriptor in &handle.states {
