@@ -134,18 +134,27 @@ impl HeapStore {
             .ok_or(Error::UnknownState(id.0))
     }
 
-    /// Checks the key's group and runs incremental cleanup on the state.
+    /// Checks the key's group and returns the state.
     fn access(&mut self, id: StateId, key: &[u8]) -> Result<&mut HeapState> {
         check_key_group(key, &self.config.key_group_range)?;
+        self.state_mut(id)
+    }
+
+    /// Incremental TTL cleanup, run once an access has done its work. Cleaning before the access
+    /// would remove an expired entry right before the read that may still return it
+    /// (`ReturnExpiredIfNotCleanedUp`), so that visibility could never be observed.
+    fn cleanup_after_access(&mut self, id: StateId) {
         let now = self.config.clock.now_ms();
-        let state = self.state_mut(id)?;
-        state.incremental_cleanup(now);
-        Ok(state)
+        if let Ok(state) = self.state_mut(id) {
+            state.incremental_cleanup(now);
+        }
     }
 
     /// See [`super::StateBackend::get`].
     pub fn get(&mut self, id: StateId, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.access(id, key)?.map.get(key).cloned())
+        let value = self.access(id, key)?.map.get(key).cloned();
+        self.cleanup_after_access(id);
+        Ok(value)
     }
 
     /// See [`super::StateBackend::put`].
@@ -153,12 +162,14 @@ impl HeapStore {
         self.access(id, key)?
             .map
             .insert(key.to_vec(), value.to_vec());
+        self.cleanup_after_access(id);
         Ok(())
     }
 
     /// See [`super::StateBackend::delete`].
     pub fn delete(&mut self, id: StateId, key: &[u8]) -> Result<()> {
         self.access(id, key)?.map.remove(key);
+        self.cleanup_after_access(id);
         Ok(())
     }
 
@@ -171,6 +182,7 @@ impl HeapStore {
                 state.map.insert(key.to_vec(), operand.to_vec());
             }
         }
+        self.cleanup_after_access(id);
         Ok(())
     }
 
@@ -220,13 +232,18 @@ impl HeapStore {
         handles: &[SnapshotHandle],
         range: KeyGroupRange,
     ) -> Result<()> {
+        // Check against what is registered and against the earlier handles' descriptors; register
+        // only after every check passed, so a failed restore registers nothing half way.
+        let mut seen: HashMap<&str, &StateDescriptor> = HashMap::new();
         for handle in handles {
             for descriptor in &handle.states {
                 if let Some(&id) = self.by_name.get(&descriptor.name) {
                     self.state(id)?.descriptor.check_compatible(descriptor)?;
                 }
+                if let Some(earlier) = seen.insert(&descriptor.name, descriptor) {
+                    earlier.check_compatible(descriptor)?;
+                }
             }
-            // Register after checking, so a failed restore registers nothing half way.
         }
         for handle in handles {
             for descriptor in &handle.states {

@@ -1,0 +1,94 @@
+//! The conformance suite every backend passes: each test is written once, generic over a
+//! [`BackendFactory`], and `conformance_suite!(name, Factory);` instantiates all of them for one
+//! backend. Covered: every state kind through the typed API and the byte-level trait, namespaces,
+//! TTL in every mode, snapshot/restore exactness, rescaling, bad input, and a model test.
+//!
+//! To add a backend, implement [`BackendFactory`] (build it from a `BackendConfig` and a scratch
+//! directory) and add one `conformance_suite!` line at the bottom of this file.
+
+#[path = "conformance/errors.rs"]
+mod errors;
+#[path = "conformance/harness.rs"]
+mod harness;
+#[path = "conformance/model.rs"]
+mod model;
+#[path = "conformance/snapshot.rs"]
+mod snapshot;
+#[path = "conformance/ttl.rs"]
+mod ttl;
+#[path = "conformance/typed.rs"]
+mod typed;
+
+use std::path::Path;
+
+use flowstate::{BackendConfig, MemoryBackend, Result, StateBackend};
+
+pub use harness::BackendFactory;
+
+/// Instantiates every conformance test for one backend: `conformance_suite!(module, Factory);`.
+macro_rules! conformance_suite {
+    ($name:ident, $factory:ty) => {
+        mod $name {
+            use super::*;
+
+            conformance_suite!(@tests $factory;
+                typed::value_state_get_update_clear,
+                typed::list_state_add_get_update_clear,
+                typed::map_state_operations,
+                typed::reducing_state_add_get_clear,
+                typed::aggregating_state_add_get_clear_merge,
+                typed::namespaces_keep_state_apart,
+                typed::keys_lists_keys_of_a_state_in_a_namespace,
+                ttl::value_on_create_and_write,
+                ttl::value_on_read_and_write,
+                ttl::value_return_expired_once,
+                ttl::list_per_element_ttl,
+                ttl::map_per_entry_ttl,
+                ttl::reducing_and_aggregating_ttl,
+                ttl::snapshot_leaves_out_expired,
+                ttl::incremental_cleanup_removes_unread_keys,
+                snapshot::restore_returns_exactly_the_snapshot,
+                snapshot::snapshot_ignores_writes_after_its_synchronous_part,
+                snapshot::rescale_split_and_merge,
+                snapshot::rescale_three_to_two,
+                errors::state_without_current_key,
+                errors::incompatible_registration,
+                errors::foreign_key_groups,
+                errors::unknown_state_id,
+                errors::bad_restore_handles,
+                errors::handles_that_disagree_on_a_state,
+                errors::garbage_values_are_errors,
+            );
+
+            proptest::proptest! {
+                #![proptest_config(model::config())]
+                #[test]
+                fn model_matches_btreemap(ops in model::ops()) {
+                    model::run::<$factory>(ops)?;
+                }
+            }
+        }
+    };
+    (@tests $factory:ty; $($module:ident :: $test:ident),* $(,)?) => {
+        mod cases {
+            use super::*;
+            $(
+                #[test]
+                fn $test() {
+                    $module::$test::<$factory>();
+                }
+            )*
+        }
+    };
+}
+
+/// [`MemoryBackend`]: the scratch directory is not needed.
+pub struct MemoryFactory;
+
+impl BackendFactory for MemoryFactory {
+    fn create(config: BackendConfig, _scratch: &Path) -> Result<Box<dyn StateBackend>> {
+        Ok(Box::new(MemoryBackend::new(config)))
+    }
+}
+
+conformance_suite!(memory, MemoryFactory);
