@@ -338,11 +338,7 @@ mod tests {
 
     type Decoded = (u32, Vec<u8>, Vec<u8>);
 
-    fn decode(
-        bytes: &[u8],
-        groups: KeyGroupRange,
-        states: u32,
-    ) -> Result<Vec<Decoded>> {
+    fn decode(bytes: &[u8], groups: KeyGroupRange, states: u32) -> Result<Vec<Decoded>> {
         let mut out = Vec::new();
         let expected = ExpectedFile {
             checkpoint_id: 9,
