@@ -70,6 +70,9 @@ impl CheckpointStorage for CountingStorage {
     fn publish_metadata(&self, checkpoint_id: u64, bytes: &[u8]) -> flowstate::Result<()> {
         self.inner.publish_metadata(checkpoint_id, bytes)
     }
+    fn unpublish_metadata(&self, checkpoint_id: u64) -> flowstate::Result<()> {
+        self.inner.unpublish_metadata(checkpoint_id)
+    }
 }
 
 type Contents = BTreeMap<(String, Vec<u8>), Vec<u8>>;
@@ -158,7 +161,7 @@ fn snapshot_mutate_restore_round_trip() {
     };
     assert!(!files.is_empty() && files.len() <= 32);
     backend
-        .restore(&[handle.clone()], KeyGroupRange::all(32))
+        .restore(std::slice::from_ref(&handle), KeyGroupRange::all(32))
         .unwrap();
     assert_eq!(contents(&mut backend), before);
 
@@ -203,7 +206,9 @@ fn rescale_one_to_two_reads_only_owned_files() {
         let counting = CountingStorage::new(dir.path());
         let mut target = FsBackend::new(config(64, range), counting.clone()).unwrap();
         counting.reads.lock().clear(); // the start-up scan read every _metadata
-        target.restore(&[handle.clone()], range).unwrap();
+        target
+            .restore(std::slice::from_ref(&handle), range)
+            .unwrap();
         let mut reads = counting.reads.lock().clone();
         reads.sort();
         let mut expected: Vec<String> = files

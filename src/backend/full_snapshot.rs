@@ -20,8 +20,8 @@ use super::heap::StateMap;
 pub const FULL_SNAPSHOT_MAGIC: [u8; 8] = *b"FLWSFULL";
 /// The format version this code writes and the newest it reads. FORMAT.md §5.
 pub const FULL_SNAPSHOT_VERSION: u32 = 1;
-/// A block is closed once its payload reaches this many bytes (so it holds at most this plus
-/// one entry).
+/// The entries of one block take at most this many bytes, unless a single entry is larger (it
+/// then sits alone in its block).
 pub const BLOCK_TARGET_LEN: usize = 64 << 10;
 
 // Record types: the first payload byte of every record. On disk: never change; FORMAT.md §5.

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use crate::error::{Error, Result};
 
 use super::registry::CheckpointRegistry;
-use super::storage::{checkpoint_dir, metadata_path};
+use super::storage::checkpoint_dir;
 
 /// Completed checkpoints kept by default (Flink's `state.checkpoints.num-retained` is 1; three
 /// leaves room to fall back past a damaged one).
@@ -75,7 +75,7 @@ pub fn apply(registry: &mut CheckpointRegistry, retained: usize) -> Result<Reten
     let mut released = BTreeSet::new();
     for id in &planned.discard {
         // `_metadata` first: from here on the checkpoint is incomplete, never half deleted.
-        storage.delete(&metadata_path(*id))?;
+        storage.unpublish_metadata(*id)?;
         storage.delete_all(&checkpoint_dir(*id))?;
         if let Some((_, freed)) = registry.remove_completed(*id) {
             released.extend(freed);

@@ -119,6 +119,10 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// Atomically and durably puts `bytes` in place as `chk-<checkpoint_id>/_metadata`, after
     /// making every data file written before it durable (FORMAT.md §10).
     fn publish_metadata(&self, checkpoint_id: u64, bytes: &[u8]) -> Result<()>;
+
+    /// Durably removes `chk-<checkpoint_id>/_metadata`: once this returns, the checkpoint is
+    /// incomplete even across a crash, so its files may go (FORMAT.md §10). Missing is fine.
+    fn unpublish_metadata(&self, checkpoint_id: u64) -> Result<()>;
 }
 
 /// [`CheckpointStorage`] on a local directory (layout in FORMAT.md §4).
@@ -350,6 +354,12 @@ impl CheckpointStorage for LocalDirStorage {
         fs::rename(&temp, &target).map_err(|e| Error::io(&target, e))?;
         sync_dir(&dir)
     }
+
+    fn unpublish_metadata(&self, checkpoint_id: u64) -> Result<()> {
+        self.delete(&metadata_path(checkpoint_id))?;
+        let dir = self.root.join(checkpoint_dir(checkpoint_id));
+        if dir.is_dir() { sync_dir(&dir) } else { Ok(()) }
+    }
 }
 
 fn list_into(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
@@ -419,6 +429,10 @@ mod tests {
         );
         assert_eq!(storage.file_size("chk-3/a").unwrap(), 11);
         storage.publish_metadata(3, b"meta").unwrap();
+        storage.publish_metadata(4, b"meta").unwrap();
+        storage.unpublish_metadata(4).unwrap();
+        storage.unpublish_metadata(4).unwrap();
+        storage.delete_all("chk-4").unwrap();
         assert_eq!(
             storage.list("").unwrap(),
             ["chk-3/_metadata", "chk-3/a", "shared/s1"]
