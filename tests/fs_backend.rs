@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use proptest::prelude::*;
 
 use flowstate::backend::SnapshotData;
+use flowstate::backend::fs::latest_snapshot_handle;
 use flowstate::checkpoint::storage::{CheckpointFileWriter, CheckpointStorage, LocalDirStorage};
 use flowstate::keys::{composite_key, key_group_for_key};
 use flowstate::ttl::wrap;
@@ -309,6 +310,10 @@ fn retention_keeps_three_of_five_and_start_up_removes_incomplete() {
         .write_file("chk-6/kg-00000-00000", b"partial")
         .unwrap();
     store.write_file("chk-6/_metadata.tmp", b"partial").unwrap();
+    // A reader that is not the writer finds the latest without cleaning anything up.
+    let handle = latest_snapshot_handle(store.as_ref()).unwrap().unwrap();
+    assert_eq!(handle.checkpoint_id, 5);
+    assert!(store.exists("chk-6/_metadata.tmp").unwrap());
     let mut restarted = FsBackend::new(config(4, KeyGroupRange::all(4)), store.clone()).unwrap();
     assert_eq!(restarted.recovery_report().removed_incomplete, [6]);
     assert_eq!(store.children("").unwrap(), ["chk-3", "chk-4", "chk-5"]);
