@@ -36,8 +36,8 @@ pub mod state;
 pub mod ttl;
 
 pub use backend::{
-    BackendConfig, BackendKind, MemoryBackend, SnapshotHandle, SnapshotTask, StateBackend,
-    StateDescriptor, StateId, StateKind,
+    BackendConfig, BackendKind, FsBackend, MemoryBackend, SnapshotHandle, SnapshotTask,
+    StateBackend, StateDescriptor, StateId, StateKind,
 };
 pub use error::{Error, Result};
 pub use keys::KeyGroupRange;

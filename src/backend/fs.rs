@@ -1,3 +1,473 @@
-//! FsBackend: heap state whose snapshots are full snapshot files in checkpoint storage.
+//! [`FsBackend`]: heap state whose snapshots are full snapshot files in checkpoint storage.
 //!
-//! Not yet implemented: see the open issue that owns this module.
+//! Like Flink's HashMapStateBackend with filesystem checkpoint storage. State lives in the same
+//! [`HeapStore`] as the memory backend; the synchronous part of a snapshot is
+//! [`HeapStore::freeze`] (an O(states) clone of persistent maps) and the asynchronous part writes
+//! one file per run of `key_groups_per_file` key groups (FORMAT.md §5), then publishes
+//! `_metadata` (§4) and applies retention. A checkpoint exists once its `_metadata` is durable.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::full_snapshot::{
+    ExpectedFile, decode_full_snapshot_file, has_entries, write_full_snapshot_file,
+};
+use super::heap::{HeapSnapshot, HeapStore, StateMap};
+use super::{
+    BackendConfig, BackendKind, EntryIter, FileRef, SnapshotData, SnapshotHandle, SnapshotTask,
+    StateBackend, StateDescriptor, StateId, check_restore_handles,
+};
+use crate::checkpoint::metadata::{CheckpointFile, CheckpointMetadata};
+use crate::checkpoint::registry::{CheckpointRegistry, RecoveryReport, read_metadata};
+use crate::checkpoint::retention::{self, DEFAULT_RETAINED_CHECKPOINTS};
+use crate::checkpoint::storage::{
+    CheckpointStorage, LocalDirStorage, checkpoint_dir, metadata_path, parse_checkpoint_dir,
+};
+use crate::error::{Error, Result};
+use crate::keys::KeyGroupRange;
+use crate::ttl::SharedClock;
+
+/// Key groups per snapshot file by default: one, so a restore into any smaller key-group range
+/// reads only the files of the groups it owns.
+pub const DEFAULT_KEY_GROUPS_PER_FILE: u16 = 1;
+
+/// Heap state with full snapshots written as files to a [`CheckpointStorage`].
+///
+/// One `FsBackend` writes to a storage root: creating it scans the root and removes incomplete
+/// checkpoints (FORMAT.md §4.4).
+///
+/// ```
+/// use std::sync::Arc;
+/// use flowstate::{BackendConfig, FsBackend, StateBackend, StateDescriptor, StateKind};
+/// use flowstate::checkpoint::storage::LocalDirStorage;
+/// use flowstate::keys::{composite_key, key_group_for_key};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let storage = Arc::new(LocalDirStorage::open(dir.path())?);
+/// let mut backend = FsBackend::new(BackendConfig::default(), storage.clone())?;
+/// let counts = backend.register(&StateDescriptor::new("counts", StateKind::Value))?;
+/// let key = composite_key(key_group_for_key(b"alice", 128), b"alice", b"", b"");
+/// backend.put(counts, &key, b"1")?;
+/// let handle = backend.snapshot(1)?.run()?;
+/// backend.put(counts, &key, b"2")?;
+///
+/// let mut restored = FsBackend::new(BackendConfig::default(), storage)?;
+/// assert_eq!(restored.restore_latest()?, Some(1));
+/// let counts = restored.register(&StateDescriptor::new("counts", StateKind::Value))?;
+/// assert_eq!(restored.get(counts, &key)?, Some(b"1".to_vec()));
+/// # let _ = handle;
+/// # Ok::<(), flowstate::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct FsBackend {
+    store: HeapStore,
+    storage: Arc<dyn CheckpointStorage>,
+    registry: Arc<Mutex<CheckpointRegistry>>,
+    recovery: RecoveryReport,
+    retained: usize,
+    key_groups_per_file: u16,
+}
+
+impl FsBackend {
+    /// An empty backend writing checkpoints to `storage`. Scans `storage` first: incomplete
+    /// checkpoints and unreferenced files are removed (see [`FsBackend::recovery_report`]).
+    pub fn new(config: BackendConfig, storage: Arc<dyn CheckpointStorage>) -> Result<Self> {
+        let (registry, recovery) = CheckpointRegistry::open(storage.clone())?;
+        Ok(FsBackend {
+            store: HeapStore::new(config),
+            storage,
+            registry: Arc::new(Mutex::new(registry)),
+            recovery,
+            retained: DEFAULT_RETAINED_CHECKPOINTS,
+            key_groups_per_file: DEFAULT_KEY_GROUPS_PER_FILE,
+        })
+    }
+
+    /// Keeps the newest `retained` completed checkpoints (default
+    /// [`DEFAULT_RETAINED_CHECKPOINTS`]); 0 counts as 1.
+    pub fn with_retained_checkpoints(mut self, retained: usize) -> Self {
+        self.retained = retained.max(1);
+        self
+    }
+
+    /// Writes one snapshot file per aligned run of `key_groups` key groups (default
+    /// [`DEFAULT_KEY_GROUPS_PER_FILE`]); 0 counts as 1. Larger runs mean fewer files, but a
+    /// restore into a smaller range then also reads the other groups of a run it partly owns.
+    pub fn with_key_groups_per_file(mut self, key_groups: u16) -> Self {
+        self.key_groups_per_file = key_groups.max(1);
+        self
+    }
+
+    /// The checkpoint storage.
+    pub fn storage(&self) -> &Arc<dyn CheckpointStorage> {
+        &self.storage
+    }
+
+    /// What the start-up scan of the storage found and removed.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Ids of the completed checkpoints in the storage, ascending.
+    pub fn completed_checkpoints(&self) -> Vec<u64> {
+        self.registry.lock().completed_ids()
+    }
+
+    /// Restores the newest completed checkpoint of the storage into this backend's key-group
+    /// range; returns its id, or `None` (and changes nothing) when there is none.
+    pub fn restore_latest(&mut self) -> Result<Option<u64>> {
+        let latest = self.registry.lock().latest_completed().cloned();
+        let Some(metadata) = latest else {
+            return Ok(None);
+        };
+        let handle = snapshot_handle(self.storage.as_ref(), &metadata);
+        let range = self.store.config().key_group_range;
+        self.restore(&[handle], range)?;
+        Ok(Some(metadata.checkpoint_id))
+    }
+}
+
+/// The snapshot handle of a completed checkpoint described by `metadata` in `storage`.
+pub fn snapshot_handle(
+    storage: &dyn CheckpointStorage,
+    metadata: &CheckpointMetadata,
+) -> SnapshotHandle {
+    SnapshotHandle {
+        backend: metadata.backend,
+        checkpoint_id: metadata.checkpoint_id,
+        max_parallelism: metadata.max_parallelism,
+        key_group_range: metadata.key_group_range,
+        states: metadata.states.clone(),
+        data: SnapshotData::Files {
+            root: storage.location(),
+            files: metadata.files.iter().map(|f| f.file.clone()).collect(),
+        },
+    }
+}
+
+/// The handle of the newest checkpoint in `storage` whose `_metadata` decodes, without changing
+/// the storage (no clean-up): for a reader that is not the storage's writer.
+pub fn latest_snapshot_handle(storage: &dyn CheckpointStorage) -> Result<Option<SnapshotHandle>> {
+    let mut ids: Vec<u64> = storage
+        .children("")?
+        .iter()
+        .filter_map(|name| parse_checkpoint_dir(name))
+        .collect();
+    ids.sort_unstable();
+    for id in ids.into_iter().rev() {
+        if !storage.exists(&metadata_path(id))? {
+            continue;
+        }
+        match read_metadata(storage, id) {
+            Ok(metadata) => return Ok(Some(snapshot_handle(storage, &metadata))),
+            Err(Error::Corruption { .. }) => continue,
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(None)
+}
+
+/// The aligned runs of `per_file` key groups that cover `range`, clipped to it.
+fn file_ranges(range: KeyGroupRange, per_file: u16) -> impl Iterator<Item = KeyGroupRange> {
+    let per_file = u32::from(per_file.max(1));
+    let (first, last) = (u32::from(range.first()), u32::from(range.last()));
+    let mut start = first;
+    std::iter::from_fn(move || {
+        if start > last {
+            return None;
+        }
+        let end = ((start / per_file + 1) * per_file - 1).min(last);
+        let run = KeyGroupRange::new(start as u16, end as u16).ok();
+        start = end + 1;
+        run
+    })
+}
+
+struct FsSnapshotTask {
+    checkpoint_id: u64,
+    max_parallelism: u16,
+    frozen: HeapSnapshot,
+    clock: SharedClock,
+    storage: Arc<dyn CheckpointStorage>,
+    registry: Arc<Mutex<CheckpointRegistry>>,
+    retained: usize,
+    key_groups_per_file: u16,
+}
+
+impl SnapshotTask for FsSnapshotTask {
+    fn run(self: Box<Self>) -> Result<SnapshotHandle> {
+        let id = self.checkpoint_id;
+        if self.storage.exists(&metadata_path(id))? {
+            return Err(Error::invalid(format!(
+                "checkpoint {id} is already completed in {}; checkpoint ids must not be reused",
+                self.storage.location()
+            )));
+        }
+        let now = self.clock.now_ms();
+        let mut frozen = self.frozen;
+        frozen.drop_expired(now);
+        let (descriptors, maps): (Vec<StateDescriptor>, Vec<StateMap>) =
+            frozen.states.into_iter().unzip();
+        let mut files = Vec::new();
+        for key_groups in file_ranges(frozen.key_group_range, self.key_groups_per_file) {
+            if !has_entries(&maps, key_groups) {
+                continue;
+            }
+            let path = format!(
+                "{}/kg-{:05}-{:05}",
+                checkpoint_dir(id),
+                key_groups.first(),
+                key_groups.last()
+            );
+            let mut writer = self.storage.create_file(&path)?;
+            let (size, crc32) = write_full_snapshot_file(writer.as_mut(), id, key_groups, &maps)?;
+            let written = writer.finish()?;
+            debug_assert_eq!(written, size);
+            files.push(CheckpointFile {
+                file: FileRef {
+                    path,
+                    size,
+                    crc32,
+                    key_groups,
+                },
+                shared: false,
+            });
+        }
+        let metadata = CheckpointMetadata {
+            checkpoint_id: id,
+            backend: BackendKind::Fs,
+            max_parallelism: self.max_parallelism,
+            key_group_range: frozen.key_group_range,
+            timestamp_ms: now,
+            states: descriptors,
+            files,
+            extra: Vec::new(),
+        };
+        self.storage.publish_metadata(id, &metadata.encode())?;
+        let handle = snapshot_handle(self.storage.as_ref(), &metadata);
+        let mut registry = self.registry.lock();
+        registry.add_completed(metadata);
+        retention::apply(&mut registry, self.retained)?;
+        Ok(handle)
+    }
+}
+
+/// A verified file of a handle, ready to decode.
+struct VerifiedFile {
+    path: String,
+    bytes: Vec<u8>,
+    expected: ExpectedFile,
+    /// State names by the file's state index.
+    states: Arc<Vec<StateDescriptor>>,
+}
+
+impl FsBackend {
+    /// The storage a handle's files live in: ours, or a local directory named by its root.
+    fn storage_for(&self, root: &str) -> Result<Arc<dyn CheckpointStorage>> {
+        if root == self.storage.location() {
+            return Ok(self.storage.clone());
+        }
+        if Path::new(root).is_dir() {
+            return Ok(Arc::new(LocalDirStorage::open(root)?));
+        }
+        Err(Error::invalid(format!(
+            "snapshot files live in '{root}', which is neither this backend's storage nor a local directory"
+        )))
+    }
+
+    /// Reads `_metadata` and every file of `handle` whose key groups meet `range`, verifying
+    /// size, crc32 and the whole file structure before anything is restored.
+    fn verify_handle(
+        &self,
+        handle: &SnapshotHandle,
+        range: KeyGroupRange,
+        out: &mut Vec<VerifiedFile>,
+    ) -> Result<()> {
+        let SnapshotData::Files { root, files } = &handle.data else {
+            return Err(Error::invalid(
+                "an fs-backend handle must reference files, found in-memory data",
+            ));
+        };
+        let storage = self.storage_for(root)?;
+        let metadata = read_metadata(storage.as_ref(), handle.checkpoint_id)?;
+        let listed: Vec<&FileRef> = metadata.files.iter().map(|f| &f.file).collect();
+        if metadata.backend != handle.backend
+            || metadata.max_parallelism != handle.max_parallelism
+            || metadata.key_group_range != handle.key_group_range
+            || metadata.states != handle.states
+            || listed != files.iter().collect::<Vec<_>>()
+        {
+            return Err(Error::invalid(format!(
+                "{} does not describe the snapshot handle of checkpoint {}",
+                metadata_path(handle.checkpoint_id),
+                handle.checkpoint_id
+            )));
+        }
+        let states = Arc::new(metadata.states.clone());
+        let state_count =
+            u32::try_from(states.len()).map_err(|_| Error::invalid("too many states"))?;
+        for file in listed
+            .into_iter()
+            .filter(|f| f.key_groups.intersect(&range).is_some())
+        {
+            let path = file.path.as_str();
+            let size = storage.file_size(path)?;
+            if size != file.size {
+                return Err(Error::corruption(
+                    path,
+                    size.min(file.size),
+                    format!("file is {size} bytes, _metadata says {}", file.size),
+                ));
+            }
+            let bytes = storage.read_file(path)?;
+            let crc = crc32fast::hash(&bytes);
+            if bytes.len() as u64 != file.size || crc != file.crc32 {
+                return Err(Error::corruption(
+                    path,
+                    0,
+                    format!(
+                        "crc32 {crc:#010x} of {} bytes does not match _metadata's {:#010x} of {} bytes",
+                        bytes.len(),
+                        file.crc32,
+                        file.size
+                    ),
+                ));
+            }
+            let expected = ExpectedFile {
+                checkpoint_id: handle.checkpoint_id,
+                key_groups: file.key_groups,
+                state_count,
+            };
+            decode_full_snapshot_file(&bytes, path, &expected, |_, _, _| Ok(()))?;
+            out.push(VerifiedFile {
+                path: file.path.clone(),
+                bytes,
+                expected,
+                states: states.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl StateBackend for FsBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Fs
+    }
+
+    fn config(&self) -> &BackendConfig {
+        self.store.config()
+    }
+
+    fn register(&mut self, descriptor: &StateDescriptor) -> Result<StateId> {
+        self.store.register(descriptor)
+    }
+
+    fn states(&self) -> Vec<StateDescriptor> {
+        self.store.states()
+    }
+
+    fn get(&mut self, state: StateId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.store.get(state, key)
+    }
+
+    fn put(&mut self, state: StateId, key: &[u8], value: &[u8]) -> Result<()> {
+        self.store.put(state, key, value)
+    }
+
+    fn delete(&mut self, state: StateId, key: &[u8]) -> Result<()> {
+        self.store.delete(state, key)
+    }
+
+    fn merge(&mut self, state: StateId, key: &[u8], operand: &[u8]) -> Result<()> {
+        self.store.merge(state, key, operand)
+    }
+
+    fn scan_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<EntryIter<'_>> {
+        self.store.scan_prefix(state, prefix)
+    }
+
+    fn delete_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<()> {
+        self.store.delete_prefix(state, prefix)
+    }
+
+    fn snapshot(&mut self, checkpoint_id: u64) -> Result<Box<dyn SnapshotTask>> {
+        let config = self.store.config();
+        Ok(Box::new(FsSnapshotTask {
+            checkpoint_id,
+            max_parallelism: config.max_parallelism,
+            clock: config.clock.clone(),
+            frozen: self.store.freeze(),
+            storage: self.storage.clone(),
+            registry: self.registry.clone(),
+            retained: self.retained,
+            key_groups_per_file: self.key_groups_per_file,
+        }))
+    }
+
+    fn restore(
+        &mut self,
+        handles: &[SnapshotHandle],
+        key_group_range: KeyGroupRange,
+    ) -> Result<()> {
+        check_restore_handles(
+            BackendKind::Fs,
+            self.store.config().max_parallelism,
+            handles,
+            key_group_range,
+        )?;
+        let mut verified = Vec::new();
+        for handle in handles {
+            self.verify_handle(handle, key_group_range, &mut verified)?;
+        }
+        // Everything was checked: from here on a failure would be a bug, not bad input.
+        self.store.begin_restore(handles, key_group_range)?;
+        for file in &verified {
+            let ids: Vec<Option<StateId>> = file
+                .states
+                .iter()
+                .map(|d| self.store.id_of(&d.name))
+                .collect();
+            let store = &mut self.store;
+            decode_full_snapshot_file(
+                &file.bytes,
+                &file.path,
+                &file.expected,
+                |index, key, value| {
+                    let id = ids.get(index as usize).copied().flatten().ok_or_else(|| {
+                        Error::invalid(format!(
+                            "state index {index} of {} is not registered",
+                            file.path
+                        ))
+                    })?;
+                    store
+                        .restore_entry(id, key.to_vec(), value.to_vec())
+                        .map(|_| ())
+                },
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_ranges_are_aligned_and_clipped() {
+        let r = |a, b| KeyGroupRange::new(a, b).unwrap();
+        let runs: Vec<_> = file_ranges(r(3, 17), 8)
+            .map(|g| (g.first(), g.last()))
+            .collect();
+        assert_eq!(runs, [(3, 7), (8, 15), (16, 17)]);
+        let runs: Vec<_> = file_ranges(r(65534, 65535), 1)
+            .map(|g| (g.first(), g.last()))
+            .collect();
+        assert_eq!(runs, [(65534, 65534), (65535, 65535)]);
+        assert_eq!(file_ranges(r(0, 32767), 1).count(), 32768);
+        assert_eq!(file_ranges(r(0, 127), 200).count(), 1);
+    }
+}

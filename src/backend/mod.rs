@@ -7,6 +7,7 @@
 //! the snapshot's contents restricted to the restoring key-group range.
 
 pub mod fs;
+pub mod full_snapshot;
 pub mod heap;
 pub mod memory;
 
@@ -21,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::keys::{DEFAULT_MAX_PARALLELISM, KeyGroupRange, check_max_parallelism};
 use crate::ttl::{SharedClock, TtlConfig, UpdateType, Visibility, system_clock};
 
+pub use fs::FsBackend;
 pub use heap::HeapSnapshot;
 pub use memory::MemoryBackend;
 

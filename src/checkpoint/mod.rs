@@ -1,6 +1,8 @@
-//! Checkpoint storage, `_metadata`, retention and canonical savepoints (FORMAT.md §4–§6).
+//! Checkpoint storage, `_metadata`, the registry of completed checkpoints, retention and
+//! canonical savepoints (FORMAT.md §4–§6, §10).
 
 pub mod metadata;
+pub mod registry;
 pub mod retention;
 pub mod savepoint;
 pub mod storage;

@@ -1,3 +1,448 @@
-//! Checkpoint storage: where checkpoint files live (a local directory).
+//! Checkpoint storage: where checkpoint files live (FORMAT.md §4, §10).
 //!
-//! Not yet implemented: see the open issue that owns this module.
+//! [`CheckpointStorage`] is the small file-access trait every checkpoint writer and reader goes
+//! through (a local directory now, an object store later), so it assumes no rename for data
+//! files: only a checkpoint's `_metadata` is published atomically. [`LocalDirStorage`] keeps
+//! the invariant that a `chk-<id>/_metadata` in place is durable together with every file it names.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Name of the file that makes a checkpoint directory a completed checkpoint.
+pub const METADATA_FILE_NAME: &str = "_metadata";
+
+/// Suffix of temporary files; anything ending in it is incomplete and removed at start-up.
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// Directory (prefix) of files shared by several checkpoints.
+pub const SHARED_DIR: &str = "shared";
+
+/// Prefix of a checkpoint's directory name: `chk-<id>`.
+pub const CHECKPOINT_DIR_PREFIX: &str = "chk-";
+
+/// The directory of checkpoint `checkpoint_id`, relative to the storage root: `chk-<id>`.
+pub fn checkpoint_dir(checkpoint_id: u64) -> String {
+    format!("{CHECKPOINT_DIR_PREFIX}{checkpoint_id}")
+}
+
+/// The `_metadata` path of checkpoint `checkpoint_id`: `chk-<id>/_metadata`.
+pub fn metadata_path(checkpoint_id: u64) -> String {
+    format!("{}/{METADATA_FILE_NAME}", checkpoint_dir(checkpoint_id))
+}
+
+/// The checkpoint id of a directory name `chk-<id>` (decimal, no sign, no leading zeros).
+pub fn parse_checkpoint_dir(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(CHECKPOINT_DIR_PREFIX)?;
+    let id: u64 = digits.parse().ok()?;
+    (digits == id.to_string()).then_some(id)
+}
+
+/// Checks a storage path: relative, `/`-separated, no empty, `.` or `..` component, no `\` or NUL.
+///
+/// Every path a [`CheckpointStorage`] is given, and every path read from a `_metadata` file,
+/// goes through this check, so a corrupt or hostile path can never leave the storage root.
+pub fn validate_path(path: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::invalid(format!("storage path '{path}' {why}")));
+    if path.is_empty() {
+        return bad("is empty");
+    }
+    if path.starts_with('/') {
+        return bad("is absolute");
+    }
+    if path.contains('\\') || path.contains('\0') {
+        return bad("contains '\\' or NUL");
+    }
+    for component in path.split('/') {
+        if component.is_empty() || component == "." || component == ".." {
+            return bad("has an empty, '.' or '..' component");
+        }
+    }
+    Ok(())
+}
+
+/// A file being written; durable once [`CheckpointFileWriter::finish`] returns.
+pub trait CheckpointFileWriter: Send {
+    /// Appends `bytes`.
+    fn write_all(&mut self, bytes: &[u8]) -> Result<()>;
+    /// Flushes and fsyncs the file; returns its size in bytes.
+    fn finish(self: Box<Self>) -> Result<u64>;
+}
+
+/// Where checkpoint files live. Paths are relative to the storage root and checked with
+/// [`validate_path`]; prefixes name directories (`""` is the root).
+///
+/// Data files are written once under their final name (no rename is assumed, so an object store
+/// can implement this). The only atomic step is [`CheckpointStorage::publish_metadata`]: a
+/// checkpoint exists exactly when its `_metadata` does.
+pub trait CheckpointStorage: Send + Sync + fmt::Debug {
+    /// Where the storage is, for handles and messages (a directory path or a URI).
+    fn location(&self) -> String;
+
+    /// Writes a whole data file and fsyncs it before returning.
+    fn write_file(&self, path: &str, bytes: &[u8]) -> Result<()> {
+        let mut writer = self.create_file(path)?;
+        writer.write_all(bytes)?;
+        writer.finish().map(|_| ())
+    }
+
+    /// Creates (or truncates) a data file for streaming writes.
+    fn create_file(&self, path: &str) -> Result<Box<dyn CheckpointFileWriter>>;
+
+    /// Reads a whole file.
+    fn read_file(&self, path: &str) -> Result<Vec<u8>>;
+
+    /// Reads `len` bytes at `offset`; reading past the end is [`Error::Corruption`].
+    fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+
+    /// The size of a file in bytes.
+    fn file_size(&self, path: &str) -> Result<u64>;
+
+    /// Whether a file exists.
+    fn exists(&self, path: &str) -> Result<bool>;
+
+    /// Every file under the directory `prefix` (recursively), as sorted paths relative to the root.
+    fn list(&self, prefix: &str) -> Result<Vec<String>>;
+
+    /// Names of the immediate children (files and directories) of the directory `prefix`, sorted.
+    fn children(&self, prefix: &str) -> Result<Vec<String>>;
+
+    /// Deletes a file; a missing file is not an error.
+    fn delete(&self, path: &str) -> Result<()>;
+
+    /// Deletes every file under the directory `prefix` and the directory itself; missing is fine.
+    fn delete_all(&self, prefix: &str) -> Result<()>;
+
+    /// Atomically and durably puts `bytes` in place as `chk-<checkpoint_id>/_metadata`, after
+    /// making every data file written before it durable (FORMAT.md §10).
+    fn publish_metadata(&self, checkpoint_id: u64, bytes: &[u8]) -> Result<()>;
+
+    /// Durably removes `chk-<checkpoint_id>/_metadata`: once this returns, the checkpoint is
+    /// incomplete even across a crash, so its files may go (FORMAT.md §10). Missing is fine.
+    fn unpublish_metadata(&self, checkpoint_id: u64) -> Result<()>;
+}
+
+/// [`CheckpointStorage`] on a local directory (layout in FORMAT.md §4).
+///
+/// ```
+/// use flowstate::checkpoint::storage::{CheckpointStorage, LocalDirStorage};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let storage = LocalDirStorage::open(dir.path())?;
+/// storage.write_file("chk-1/kg-0", b"data")?;
+/// storage.publish_metadata(1, b"metadata bytes")?;
+/// assert_eq!(storage.list("chk-1")?, ["chk-1/_metadata", "chk-1/kg-0"]);
+/// # Ok::<(), flowstate::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct LocalDirStorage {
+    root: PathBuf,
+}
+
+impl LocalDirStorage {
+    /// Opens (creating if needed) checkpoint storage rooted at `root`.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        Ok(LocalDirStorage { root })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn resolve(&self, path: &str) -> Result<PathBuf> {
+        validate_path(path)?;
+        Ok(self.root.join(path))
+    }
+
+    fn resolve_prefix(&self, prefix: &str) -> Result<PathBuf> {
+        if prefix.is_empty() {
+            Ok(self.root.clone())
+        } else {
+            self.resolve(prefix)
+        }
+    }
+
+    /// Creates the parent directories of `full`, fsyncing each directory that gained an entry,
+    /// so a file's directory chain is durable once the file is.
+    fn create_parents(&self, full: &Path) -> Result<()> {
+        let Some(parent) = full.parent() else {
+            return Ok(());
+        };
+        if parent.is_dir() {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        let mut dir = parent;
+        while !dir.is_dir() {
+            missing.push(dir.to_path_buf());
+            match dir.parent() {
+                Some(p) => dir = p,
+                None => break,
+            }
+        }
+        for created in missing.iter().rev() {
+            match fs::create_dir(created) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(created, e)),
+            }
+            if let Some(p) = created.parent() {
+                sync_dir(p)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// fsyncs a directory so the entries created or renamed in it are durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+struct LocalFileWriter {
+    path: PathBuf,
+    file: File,
+    written: u64,
+}
+
+impl CheckpointFileWriter for LocalFileWriter {
+    fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file
+            .write_all(bytes)
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<u64> {
+        self.file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        Ok(self.written)
+    }
+}
+
+impl CheckpointStorage for LocalDirStorage {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn create_file(&self, path: &str) -> Result<Box<dyn CheckpointFileWriter>> {
+        let full = self.resolve(path)?;
+        self.create_parents(&full)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&full)
+            .map_err(|e| Error::io(&full, e))?;
+        Ok(Box::new(LocalFileWriter {
+            path: full,
+            file,
+            written: 0,
+        }))
+    }
+
+    fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        let full = self.resolve(path)?;
+        fs::read(&full).map_err(|e| Error::io(&full, e))
+    }
+
+    fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let full = self.resolve(path)?;
+        let size = self.file_size(path)?;
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::corruption(
+                path,
+                offset,
+                format!("range of {len} bytes at {offset} exceeds the file size {size}"),
+            ));
+        }
+        let mut file = File::open(&full).map_err(|e| Error::io(&full, e))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| Error::io(&full, e))?;
+        // `len` was checked against the file's real size, so this allocation is bounded by it.
+        let mut out =
+            vec![0u8; usize::try_from(len).map_err(|_| Error::invalid("range too large"))?];
+        file.read_exact(&mut out).map_err(|e| Error::io(&full, e))?;
+        Ok(out)
+    }
+
+    fn file_size(&self, path: &str) -> Result<u64> {
+        let full = self.resolve(path)?;
+        fs::metadata(&full)
+            .map(|m| m.len())
+            .map_err(|e| Error::io(&full, e))
+    }
+
+    fn exists(&self, path: &str) -> Result<bool> {
+        let full = self.resolve(path)?;
+        full.try_exists().map_err(|e| Error::io(&full, e))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let dir = self.resolve_prefix(prefix)?;
+        let mut out = Vec::new();
+        if dir.is_dir() {
+            list_into(&dir, prefix, &mut out)?;
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn children(&self, prefix: &str) -> Result<Vec<String>> {
+        let dir = self.resolve_prefix(prefix)?;
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            if let Some(name) = entry.file_name().to_str() {
+                out.push(name.to_string());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn delete(&self, path: &str) -> Result<()> {
+        let full = self.resolve(path)?;
+        match fs::remove_file(&full) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&full, e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn delete_all(&self, prefix: &str) -> Result<()> {
+        if prefix.is_empty() {
+            return Err(Error::invalid(
+                "refusing to delete the whole checkpoint storage",
+            ));
+        }
+        let full = self.resolve(prefix)?;
+        match fs::remove_dir_all(&full) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&full, e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn publish_metadata(&self, checkpoint_id: u64, bytes: &[u8]) -> Result<()> {
+        // FORMAT.md §10: data files were fsynced when written; make their directory entries
+        // durable, then write the temp file, fsync it, rename it, fsync the directory.
+        let dir_name = checkpoint_dir(checkpoint_id);
+        let dir = self.root.join(&dir_name);
+        self.create_parents(&dir.join(METADATA_FILE_NAME))?;
+        let shared = self.root.join(SHARED_DIR);
+        if shared.is_dir() {
+            sync_dir(&shared)?;
+        }
+        sync_dir(&dir)?;
+        let temp = dir.join(format!("{METADATA_FILE_NAME}{TEMP_SUFFIX}"));
+        let target = dir.join(METADATA_FILE_NAME);
+        {
+            let mut file = File::create(&temp).map_err(|e| Error::io(&temp, e))?;
+            file.write_all(bytes).map_err(|e| Error::io(&temp, e))?;
+            file.sync_all().map_err(|e| Error::io(&temp, e))?;
+        }
+        fs::rename(&temp, &target).map_err(|e| Error::io(&target, e))?;
+        sync_dir(&dir)
+    }
+
+    fn unpublish_metadata(&self, checkpoint_id: u64) -> Result<()> {
+        self.delete(&metadata_path(checkpoint_id))?;
+        let dir = self.root.join(checkpoint_dir(checkpoint_id));
+        if dir.is_dir() { sync_dir(&dir) } else { Ok(()) }
+    }
+}
+
+fn list_into(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let relative = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let file_type = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
+        if file_type.is_dir() {
+            list_into(&entry.path(), &relative, out)?;
+        } else {
+            out.push(relative);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_validated() {
+        for bad in ["", "/abs", "a/../b", "..", "a//b", "a/./b", "a\\b", "a/"] {
+            assert!(validate_path(bad).is_err(), "{bad:?}");
+        }
+        for good in ["chk-1/_metadata", "shared/000012.sst", "x"] {
+            validate_path(good).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalDirStorage::open(dir.path()).unwrap();
+        assert!(storage.write_file("../escape", b"x").is_err());
+        assert!(storage.read_file("/etc/passwd").is_err());
+    }
+
+    #[test]
+    fn checkpoint_dir_names() {
+        assert_eq!(parse_checkpoint_dir("chk-17"), Some(17));
+        assert_eq!(
+            parse_checkpoint_dir(&checkpoint_dir(u64::MAX)),
+            Some(u64::MAX)
+        );
+        for bad in ["chk-", "chk-01", "chk--1", "chk-+1", "chk-1x", "shared"] {
+            assert_eq!(parse_checkpoint_dir(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn write_read_list_delete_publish() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalDirStorage::open(dir.path()).unwrap();
+        storage.write_file("chk-3/a", b"hello world").unwrap();
+        storage.write_file("shared/s1", b"s").unwrap();
+        assert_eq!(storage.read_file("chk-3/a").unwrap(), b"hello world");
+        assert_eq!(storage.read_range("chk-3/a", 6, 5).unwrap(), b"world");
+        assert!(
+            storage
+                .read_range("chk-3/a", 6, 6)
+                .unwrap_err()
+                .is_corruption()
+        );
+        assert_eq!(storage.file_size("chk-3/a").unwrap(), 11);
+        storage.publish_metadata(3, b"meta").unwrap();
+        storage.publish_metadata(4, b"meta").unwrap();
+        storage.unpublish_metadata(4).unwrap();
+        storage.unpublish_metadata(4).unwrap();
+        storage.delete_all("chk-4").unwrap();
+        assert_eq!(
+            storage.list("").unwrap(),
+            ["chk-3/_metadata", "chk-3/a", "shared/s1"]
+        );
+        assert_eq!(storage.children("").unwrap(), ["chk-3", "shared"]);
+        assert!(storage.exists(&metadata_path(3)).unwrap());
+        storage.delete("chk-3/a").unwrap();
+        storage.delete("chk-3/a").unwrap();
+        storage.delete_all("chk-3").unwrap();
+        assert_eq!(storage.list("").unwrap(), ["shared/s1"]);
+        assert!(storage.delete_all("").is_err());
+    }
+}
