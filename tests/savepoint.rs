@@ -112,7 +112,10 @@ fn expired_entries_are_not_written_and_mismatches_are_refused() {
     b.put(id, &old, &flowstate::ttl::wrap(900, b"x")).unwrap();
     b.put(id, &new, &flowstate::ttl::wrap(1_000, b"y")).unwrap();
     write_savepoint(&mut b, &path(&dir, "sp")).unwrap();
-    let mut target = MemoryBackend::new(config(KeyGroupRange::all(DEFAULT_MAX_PARALLELISM)));
+    // The target reads the same clock: on the wall clock every entry would be long expired.
+    let mut target = MemoryBackend::new(
+        config(KeyGroupRange::all(DEFAULT_MAX_PARALLELISM)).with_clock(clock.clone()),
+    );
     restore_savepoint(&mut target, &[path(&dir, "sp")]).unwrap();
     let keys: Vec<_> = contents(&mut target)[0]
         .1
