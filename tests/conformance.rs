@@ -92,3 +92,18 @@ impl BackendFactory for MemoryFactory {
 }
 
 conformance_suite!(memory, MemoryFactory);
+
+/// [`FsBackend`](flowstate::FsBackend) writing full snapshots into its scratch directory.
+pub struct FsFactory;
+
+impl BackendFactory for FsFactory {
+    fn create(config: BackendConfig, scratch: &Path) -> Result<Box<dyn StateBackend>> {
+        let storage = flowstate::checkpoint::storage::LocalDirStorage::open(scratch)?;
+        Ok(Box::new(flowstate::FsBackend::new(
+            config,
+            std::sync::Arc::new(storage),
+        )?))
+    }
+}
+
+conformance_suite!(fs, FsFactory);
