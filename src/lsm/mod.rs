@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod block_cache;
 pub mod compaction;
+pub mod db_iter;
 pub mod format;
 pub mod iterator;
 pub mod manifest;
