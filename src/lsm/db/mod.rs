@@ -170,8 +170,6 @@ struct Core {
     frozen: Vec<FrozenBatch>,
     tables: HashMap<u64, Arc<TableFile>>,
     next_file_number: u64,
-    /// A manual compaction or checkpoint wants the background thread to stay out.
-    manual_compaction: bool,
 }
 
 impl Core {
@@ -182,10 +180,18 @@ impl Core {
     }
 }
 
-#[derive(Debug)]
 struct WriterState {
     wal: WalWriter,
     last_sequence: u64,
+}
+
+impl std::fmt::Debug for WriterState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterState")
+            .field("log_number", &self.wal.log_number())
+            .field("last_sequence", &self.last_sequence)
+            .finish()
+    }
 }
 
 /// What a reader needs of one column family, frozen in time.
@@ -221,6 +227,8 @@ struct DbInner {
     shutdown: AtomicBool,
     background_error: Mutex<Option<String>>,
     counters: Counters,
+    /// Held while a compaction runs: one at a time, background or manual.
+    compaction_lock: Mutex<()>,
     _lock: File,
 }
 

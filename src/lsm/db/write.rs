@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::{ColumnFamily, CfState, DbInner, FrozenBatch, WriterState};
 use crate::error::{Error, Result};
-use crate::lsm::batch::{BatchOp, WriteBatch};
+use crate::lsm::batch::WriteBatch;
 use crate::lsm::memtable::Memtable;
 use crate::lsm::options::CfOptions;
 use crate::lsm::version::VersionEdit;
@@ -28,7 +28,6 @@ pub(super) fn write(inner: &DbInner, mut batch: WriteBatch) -> Result<()> {
     {
         let sv = inner.current();
         for (_, op) in batch.iter() {
-            let op = op?;
             if !sv.cfs.contains_key(&op.cf()) {
                 return Err(Error::invalid(format!("unknown column family id {}", op.cf())));
             }
@@ -39,16 +38,11 @@ pub(super) fn write(inner: &DbInner, mut batch: WriteBatch) -> Result<()> {
     writer.wal.append(&batch)?;
     let sv = inner.current();
     for (sequence, op) in batch.iter() {
-        let op = op?;
         let Some(cf) = sv.cfs.get(&op.cf()) else {
             continue; // Dropped after validation; the WAL record is ignored on replay too.
         };
         let (key, value) = op.key_value();
-        if let BatchOp::RangeDelete { .. } = op {
-            cf.memtable.insert(key, sequence, op.kind(), value);
-        } else {
-            cf.memtable.insert(key, sequence, op.kind(), value);
-        }
+        cf.memtable.insert(key, sequence, op.kind(), value);
     }
     writer.last_sequence = batch.last_sequence();
     inner

@@ -1,0 +1,464 @@
+//! Background work: flushing frozen memtables to L0 and running compactions, and installing
+//! their results with one manifest edit each.
+//!
+//! Order of durability for every change: new SST files are fsynced by their builder, the
+//! directory is fsynced, then the edit naming them is appended to the manifest and fsynced,
+//! and only then do readers see the new version. Files an edit removes are deleted when the last
+//! reader lets go of them (`TableFile`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{Core, DbInner};
+use crate::error::{Error, Result};
+use crate::lsm::compaction::job::{self, JobParams};
+use crate::lsm::compaction::picker;
+use crate::lsm::format::{compare_internal, parse_internal_key};
+use crate::lsm::iterator::InternalIterator;
+use crate::lsm::manifest::{Manifest, sync_dir};
+use crate::lsm::memtable::Memtable;
+use crate::lsm::merge_iter::MergingIterator;
+use crate::lsm::options::CfOptions;
+use crate::lsm::sst::builder::{SstBuilder, SstMetadata};
+use crate::lsm::table::{TableFile, sst_file_name};
+use crate::lsm::version::{FileMeta, NUM_LEVELS, RangeTombstone, VersionEdit};
+use crate::lsm::wal::parse_wal_file_name;
+
+/// How often an idle background thread looks for periodic work.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// The background thread's loop: flushes first, then compactions, until shutdown.
+pub(super) fn run(inner: &Arc<DbInner>) {
+    loop {
+        {
+            let mut core = inner.core.lock();
+            while !inner.shutdown.load(Ordering::Acquire)
+                && core.frozen.is_empty()
+                && next_compaction(inner, &core).is_none()
+            {
+                inner.work.wait_for(&mut core, IDLE_POLL);
+            }
+        }
+        if inner.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = step(inner) {
+            *inner.background_error.lock() = Some(e.to_string());
+            let _core = inner.core.lock();
+            inner.work.notify_all();
+            return;
+        }
+    }
+}
+
+/// One unit of background work; false when there was nothing to do.
+fn step(inner: &DbInner) -> Result<bool> {
+    if flush_one(inner)? {
+        return Ok(true);
+    }
+    let _compacting = inner.compaction_lock.lock();
+    let job = {
+        let core = inner.core.lock();
+        next_compaction(inner, &core)
+    };
+    match job {
+        Some(job) => {
+            run_compaction(inner, job)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Runs flushes and compactions on this thread until none is due.
+pub(super) fn run_until_idle(inner: &DbInner) -> Result<()> {
+    while step(inner)? {}
+    Ok(())
+}
+
+/// Blocks until every frozen memtable is flushed.
+pub(super) fn wait_for_flushes(inner: &DbInner, has_background: bool) -> Result<()> {
+    if !has_background {
+        while flush_one(inner)? {}
+        return Ok(());
+    }
+    let mut core = inner.core.lock();
+    while !core.frozen.is_empty() {
+        drop(core);
+        inner.check_background_error()?;
+        core = inner.core.lock();
+        inner.work.notify_all();
+        inner.work.wait_for(&mut core, Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Writes a memtable's point entries as SST `number` in `dir`; returns its metadata (None when
+/// it has no point entries) and its range tombstones.
+pub(super) fn build_table(
+    dir: &Path,
+    number: u64,
+    memtable: &Memtable,
+    options: &CfOptions,
+    now_ms: u64,
+) -> Result<(Option<FileMeta>, Vec<RangeTombstone>)> {
+    let mut tombstones = Vec::new();
+    let mut iter = memtable.range_tombstone_iter();
+    iter.seek_to_first()?;
+    while iter.valid() {
+        let key = parse_internal_key(iter.key(), "memtable", 0)?;
+        tombstones.push(RangeTombstone {
+            start: key.user_key.to_vec(),
+            end: iter.value().to_vec(),
+            sequence: key.sequence,
+        });
+        iter.next()?;
+    }
+    let mut iter = memtable.iter();
+    iter.seek_to_first()?;
+    if !iter.valid() {
+        return Ok((None, tombstones));
+    }
+    let path = dir.join(sst_file_name(number));
+    let mut builder = SstBuilder::create(&path, options.sst.clone())?;
+    builder.set_creation_time(now_ms);
+    while iter.valid() {
+        builder.add(iter.key(), iter.value())?;
+        iter.next()?;
+    }
+    Ok((Some(file_meta(number, builder.finish()?)), tombstones))
+}
+
+fn file_meta(number: u64, sst: SstMetadata) -> FileMeta {
+    let p = sst.properties;
+    FileMeta {
+        number,
+        size: sst.file_size,
+        crc32: sst.file_crc32,
+        smallest: p.smallest_key,
+        largest: p.largest_key,
+        smallest_seq: p.smallest_seq,
+        largest_seq: p.largest_seq,
+        entries: p.entry_count,
+        created_ms: p.creation_time_ms,
+    }
+}
+
+/// Flushes the oldest frozen batch of memtables; false when there is none.
+fn flush_one(inner: &DbInner) -> Result<bool> {
+    let batch = {
+        let core = inner.core.lock();
+        match core.frozen.first() {
+            Some(batch) => batch.clone(),
+            None => return Ok(false),
+        }
+    };
+    let now = inner.options.clock.now_ms();
+    let mut edit = VersionEdit::default();
+    let mut written = 0u64;
+    for (cf, memtable) in &batch.memtables {
+        let (number, options) = {
+            let mut core = inner.core.lock();
+            let Some(state) = core.cfs.get(cf) else { continue };
+            let options = state.options.clone();
+            (core.allocate_file_number(), options)
+        };
+        let (meta, tombstones) = build_table(&inner.dir, number, memtable, &options, now)?;
+        if let Some(meta) = meta {
+            written += meta.size;
+            edit.new_files.push((*cf, 0, meta));
+        }
+        edit.tombstones_added.extend(tombstones.into_iter().map(|t| (*cf, t)));
+    }
+    sync_dir(&inner.dir)?;
+    let mut core = inner.core.lock();
+    // Column families dropped meanwhile take no files.
+    let live_cfs: Vec<u32> = core.cfs.keys().copied().collect();
+    edit.new_files.retain(|(cf, _, _)| live_cfs.contains(cf));
+    edit.tombstones_added.retain(|(cf, _)| live_cfs.contains(cf));
+    edit.cf_log_numbers = live_cfs.iter().map(|cf| (*cf, batch.next_log_number)).collect();
+    edit.last_sequence = Some(batch.last_sequence);
+    log_and_apply(inner, &mut core, &edit)?;
+    core.frozen.remove(0);
+    inner.install_super_version(&core);
+    let min_log = core.version.cfs.values().map(|c| c.log_number).min().unwrap_or(0);
+    drop(core);
+    inner.counters.flush_bytes_written.fetch_add(written, Ordering::Relaxed);
+    delete_wals_below(&inner.dir, min_log);
+    let _core = inner.core.lock();
+    inner.work.notify_all();
+    Ok(true)
+}
+
+fn delete_wals_below(dir: &Path, min_log: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if let Some(number) = name.to_str().and_then(parse_wal_file_name) {
+            if number < min_log {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Appends `edit` to the manifest (with the current next file number), then applies it to the
+/// core: new tables are registered, removed ones marked obsolete. Rolls the manifest when large.
+pub(super) fn log_and_apply(inner: &DbInner, core: &mut Core, edit: &VersionEdit) -> Result<()> {
+    let mut edit = edit.clone();
+    edit.next_file_number = Some(core.next_file_number);
+    let version = core.version.apply(&edit, "live version edit", 0)?;
+    core.manifest.append(&edit)?;
+    for (_, _, meta) in &edit.new_files {
+        if core.tables.contains_key(&meta.number) {
+            continue; // A trivial move: the same file at another level.
+        }
+        if let Some(file) = version.cfs.values().flat_map(|c| c.files()).find(|f| f.number == meta.number) {
+            core.tables.insert(
+                meta.number,
+                TableFile::new(&inner.dir, file.clone(), Some(inner.cache.clone())),
+            );
+        }
+    }
+    let live: std::collections::HashSet<u64> = version.live_file_numbers().into_iter().collect();
+    let gone: Vec<u64> = core.tables.keys().filter(|n| !live.contains(n)).copied().collect();
+    for number in gone {
+        if let Some(table) = core.tables.remove(&number) {
+            table.mark_obsolete();
+        }
+    }
+    core.version = Arc::new(version);
+    if core.manifest.size() > inner.options.max_manifest_size {
+        let number = core.allocate_file_number();
+        let mut snapshot = (*core.version).clone();
+        snapshot.next_file_number = core.next_file_number;
+        core.manifest = Manifest::create(&inner.dir, number, &snapshot)?;
+    }
+    Ok(())
+}
+
+/// A compaction to run: input files with their levels, merged into `output_level`.
+#[derive(Debug)]
+struct Job {
+    cf: u32,
+    output_level: usize,
+    inputs: Vec<(usize, Arc<FileMeta>)>,
+    bottommost: bool,
+    /// One input file and nothing below it overlaps: move the file to the output level
+    /// without rewriting it (RocksDB's trivial move), which costs no I/O and uploads nothing new.
+    trivial_move: bool,
+    /// For manual compactions: the (widened) user-key range every overlapping file of which is
+    /// an input; `None` ends are unbounded.
+    range: Option<(Option<Vec<u8>>, Option<Vec<u8>>)>,
+}
+
+fn next_compaction(inner: &DbInner, core: &Core) -> Option<Job> {
+    let now = inner.options.clock.now_ms();
+    for (id, cf) in &core.version.cfs {
+        let options = core.cfs.get(id)?.options.clone();
+        if let Some(task) = picker::pick(*id, cf, &options.compaction) {
+            return Some(Job {
+                cf: *id,
+                output_level: task.output_level,
+                inputs: task
+                    .inputs
+                    .iter()
+                    .map(|f| (task.level, f.clone()))
+                    .chain(task.next_inputs.iter().map(|f| (task.output_level, f.clone())))
+                    .collect(),
+                bottommost: task.bottommost,
+                trivial_move: task.inputs.len() == 1
+                    && task.next_inputs.is_empty()
+                    && task.level != task.output_level,
+                range: None,
+            });
+        }
+        if let Some(period) = options.periodic_compaction_ms {
+            let cold = cf
+                .levels
+                .iter()
+                .enumerate()
+                .flat_map(|(level, files)| files.iter().map(move |f| (level, f)))
+                .find(|(_, f)| f.created_ms.saturating_add(period) <= now);
+            if let Some((level, file)) = cold {
+                if let Some(task) = picker::pick_file(*id, cf, level, file.number) {
+                    return Some(Job {
+                        cf: *id,
+                        output_level: task.output_level,
+                        inputs: task
+                            .inputs
+                            .iter()
+                            .map(|f| (task.level, f.clone()))
+                            .chain(task.next_inputs.iter().map(|f| (task.output_level, f.clone())))
+                            .collect(),
+                        bottommost: task.bottommost,
+                        trivial_move: false,
+                        range: None,
+                    });
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Manual compaction of `[start, end]`: every file overlapping the range — widened until no
+/// file outside it overlaps what is taken — at every level is merged into the deepest level
+/// that holds one, so the result is bottommost and tombstones and filtered entries leave disk.
+pub(super) fn compact_range(inner: &DbInner, cf: u32, start: Option<&[u8]>, end: Option<&[u8]>) -> Result<()> {
+    super::write::freeze_memtables(inner)?;
+    wait_for_flushes(inner, true_if_background(inner))?;
+    let _compacting = inner.compaction_lock.lock();
+    let job = {
+        let core = inner.core.lock();
+        let Some(version) = core.version.cfs.get(&cf) else {
+            return Err(Error::invalid(format!("unknown column family id {cf}")));
+        };
+        let mut lo = start.map(<[u8]>::to_vec);
+        let mut hi = end.map(<[u8]>::to_vec);
+        let mut inputs: Vec<(usize, Arc<FileMeta>)>;
+        loop {
+            inputs = version
+                .levels
+                .iter()
+                .enumerate()
+                .flat_map(|(level, files)| files.iter().map(move |f| (level, f.clone())))
+                .filter(|(_, f)| f.overlaps(lo.as_deref(), hi.as_deref()))
+                .collect();
+            let new_lo = inputs.iter().map(|(_, f)| f.smallest_user_key()).min().map(<[u8]>::to_vec);
+            let new_hi = inputs.iter().map(|(_, f)| f.largest_user_key()).max().map(<[u8]>::to_vec);
+            let widened_lo = match (&lo, &new_lo) {
+                (Some(l), Some(n)) if n < l => Some(n.clone()),
+                _ => lo.clone(),
+            };
+            let widened_hi = match (&hi, &new_hi) {
+                (Some(h), Some(n)) if n > h => Some(n.clone()),
+                _ => hi.clone(),
+            };
+            if widened_lo == lo && widened_hi == hi {
+                break;
+            }
+            lo = widened_lo;
+            hi = widened_hi;
+        }
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        let output_level = inputs.iter().map(|(l, _)| *l).max().unwrap_or(0).max(1).min(NUM_LEVELS - 1);
+        Job {
+            cf,
+            output_level,
+            inputs,
+            bottommost: true,
+            trivial_move: false,
+            range: Some((lo, hi)),
+        }
+    };
+    run_compaction(inner, job)
+}
+
+fn true_if_background(inner: &DbInner) -> bool {
+    inner.options.background_work
+}
+
+/// Merges a job's inputs into new files of its output level and installs the result.
+fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
+    if job.trivial_move {
+        return move_file(inner, &job);
+    }
+    let (tables, options, tombstones) = {
+        let core = inner.core.lock();
+        let Some(state) = core.cfs.get(&job.cf) else { return Ok(()) };
+        let tables: Vec<Arc<TableFile>> = job
+            .inputs
+            .iter()
+            .filter_map(|(_, f)| core.tables.get(&f.number).cloned())
+            .collect();
+        if tables.len() != job.inputs.len() {
+            return Ok(()); // The version moved on; the picker will look again.
+        }
+        let tombstones = core.version.cfs.get(&job.cf).map(|c| c.tombstones.clone()).unwrap_or_default();
+        (tables, state.options.clone(), tombstones)
+    };
+    let mut children: Vec<Box<dyn InternalIterator>> = Vec::with_capacity(tables.len());
+    for table in &tables {
+        children.push(Box::new(table.reader()?.iter()));
+    }
+    let mut merged = MergingIterator::new(children, compare_internal);
+    merged.seek_to_first()?;
+    let snapshots = inner.snapshot_sequences();
+    let params = JobParams {
+        level: job.output_level,
+        bottommost: job.bottommost,
+        snapshots: &snapshots,
+        tombstones: &tombstones,
+        merge_operator: options.merge_operator.as_deref(),
+        filter: options.compaction_filter.as_deref(),
+        sst_options: &options.sst,
+        target_file_size: options.compaction.target_file_size,
+        now_ms: inner.options.clock.now_ms(),
+    };
+    let mut new_file = || -> Result<(u64, std::path::PathBuf)> {
+        let number = inner.core.lock().allocate_file_number();
+        Ok((number, inner.dir.join(sst_file_name(number))))
+    };
+    let output = job::run(&mut merged, &params, &mut new_file)?;
+    drop(merged);
+    sync_dir(&inner.dir)?;
+    let read: u64 = job.inputs.iter().map(|(_, f)| f.size).sum();
+    let mut edit = VersionEdit {
+        deleted_files: job.inputs.iter().map(|(level, f)| (job.cf, *level as u8, f.number)).collect(),
+        ..VersionEdit::default()
+    };
+    for (number, sst) in output.files {
+        edit.new_files.push((job.cf, job.output_level as u8, file_meta(number, sst)));
+    }
+    if let Some((lo, hi)) = &job.range {
+        // A tombstone inside the range: every file it could cover was an input and was rewritten
+        // without what it deleted — unless a snapshot older than the tombstone kept some of it.
+        let oldest_snapshot = snapshots.first().copied().unwrap_or(u64::MAX);
+        for t in &tombstones {
+            let inside = lo.as_deref().is_none_or(|l| l <= t.start.as_slice())
+                && hi.as_deref().is_none_or(|h| t.end.as_slice() <= h);
+            if inside && t.sequence <= oldest_snapshot {
+                edit.tombstones_removed.push((job.cf, t.clone()));
+            }
+        }
+    }
+    let mut core = inner.core.lock();
+    if !core.cfs.contains_key(&job.cf) {
+        return Ok(());
+    }
+    log_and_apply(inner, &mut core, &edit)?;
+    inner.install_super_version(&core);
+    inner.counters.compaction_bytes_read.fetch_add(read, Ordering::Relaxed);
+    inner
+        .counters
+        .compaction_bytes_written
+        .fetch_add(output.bytes_written, Ordering::Relaxed);
+    inner.work.notify_all();
+    Ok(())
+}
+
+/// A trivial move: the file changes level in the manifest and nowhere else.
+fn move_file(inner: &DbInner, job: &Job) -> Result<()> {
+    let mut edit = VersionEdit::default();
+    for (level, file) in &job.inputs {
+        edit.deleted_files.push((job.cf, *level as u8, file.number));
+        edit.new_files.push((job.cf, job.output_level as u8, (**file).clone()));
+    }
+    let mut core = inner.core.lock();
+    let still_there = core.version.cfs.get(&job.cf).is_some_and(|cf| {
+        job.inputs
+            .iter()
+            .all(|(level, f)| cf.levels[*level].iter().any(|g| g.number == f.number))
+    });
+    if still_there {
+        log_and_apply(inner, &mut core, &edit)?;
+        inner.install_super_version(&core);
+    }
+    inner.work.notify_all();
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! Opening a store: lock, rebuild the version from the manifest, replay the WAL into fresh L0
+//! files, start a new WAL and manifest, and delete whatever no version needs.
+//!
+//! Recovery writes nothing the old state depends on until the new manifest is durable: a crash
+//! at any point of it leaves either the old manifest and WALs (replayed again) or the new ones.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use super::background::build_table;
+use super::{CfState, Core, Counters, DEFAULT_CF, DbInner, SuperVersion, WriterState};
+use crate::error::{Error, Result};
+use crate::lsm::block_cache::BlockCache;
+use crate::lsm::manifest::{self, Manifest, sync_dir};
+use crate::lsm::memtable::Memtable;
+use crate::lsm::options::Options;
+use crate::lsm::table::{TableFile, parse_sst_file_name};
+use crate::lsm::version::{Version, VersionEdit};
+use crate::lsm::wal::{WalRecovery, WalWriter, parse_wal_file_name, wal_file_name};
+
+/// Name of the lock file that keeps a second process out.
+pub const LOCK_FILE: &str = "LOCK";
+
+pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
+    if !dir.exists() {
+        if !options.create_if_missing {
+            return Err(Error::invalid(format!(
+                "no store at {} and create_if_missing is false",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let lock = lock_dir(dir)?;
+    let cache = Arc::new(BlockCache::new(options.block_cache_size));
+
+    let version = match manifest::recover(dir)? {
+        Some((version, _)) => version,
+        None if options.create_if_missing => {
+            let edit = VersionEdit {
+                cf_added: vec![(0, DEFAULT_CF.to_string())],
+                next_cf_id: Some(1),
+                next_file_number: Some(1),
+                ..VersionEdit::default()
+            };
+            Version::default().apply(&edit, "new store", 0)?
+        }
+        None => {
+            return Err(Error::invalid(format!(
+                "{} has no CURRENT file and create_if_missing is false",
+                dir.display()
+            )));
+        }
+    };
+    let mut next_file_number = version.next_file_number.max(1);
+    let names = list_dir(dir)?;
+    let mut wals: Vec<u64> = names.iter().filter_map(|n| parse_wal_file_name(n)).collect();
+    wals.sort_unstable();
+    next_file_number = next_file_number.max(wals.last().map_or(0, |w| w + 1));
+
+    // Replay every WAL that may hold unflushed writes of some column family.
+    let memtables: BTreeMap<u32, Memtable> = version.cfs.keys().map(|id| (*id, Memtable::new())).collect();
+    let min_log = version.cfs.values().map(|c| c.log_number).min().unwrap_or(0);
+    let mut last_sequence = version.last_sequence;
+    for &number in wals.iter().filter(|&&n| n >= min_log) {
+        let path = dir.join(wal_file_name(number));
+        let recovered = WalRecovery::read(&path, options.wal_recovery)?;
+        for batch in &recovered.batches {
+            for (sequence, op) in batch.iter() {
+                let Some(cf) = version.cfs.get(&op.cf()) else { continue };
+                if number < cf.log_number {
+                    continue;
+                }
+                if let Some(memtable) = memtables.get(&op.cf()) {
+                    let (key, value) = op.key_value();
+                    memtable.insert(key, sequence, op.kind(), value);
+                }
+            }
+            last_sequence = last_sequence.max(batch.last_sequence());
+        }
+    }
+
+    // Write what was replayed to L0, then start a new WAL and manifest.
+    let now = options.clock.now_ms();
+    let mut edit = VersionEdit::default();
+    for (id, memtable) in &memtables {
+        if memtable.is_empty() {
+            continue;
+        }
+        let name = version.cfs.get(id).map(|c| c.name.clone()).unwrap_or_default();
+        let cf_options = options.cf(&name);
+        let number = next_file_number;
+        next_file_number += 1;
+        let (meta, tombstones) = build_table(dir, number, memtable, &cf_options, now)?;
+        if let Some(meta) = meta {
+            edit.new_files.push((*id, 0, meta));
+        }
+        edit.tombstones_added.extend(tombstones.into_iter().map(|t| (*id, t)));
+    }
+    let log_number = next_file_number;
+    let manifest_number = next_file_number + 1;
+    next_file_number += 2;
+    edit.cf_log_numbers = version.cfs.keys().map(|id| (*id, log_number)).collect();
+    edit.last_sequence = Some(last_sequence);
+    edit.next_file_number = Some(next_file_number);
+    sync_dir(dir)?;
+    let version = version.apply(&edit, "recovery", 0)?;
+    let manifest = Manifest::create(dir, manifest_number, &version)?;
+    let wal = WalWriter::create(&dir.join(wal_file_name(log_number)), log_number, options.wal_sync)?;
+
+    // Everything else is garbage of earlier runs or crashes.
+    let live: std::collections::HashSet<u64> = version.live_file_numbers().into_iter().collect();
+    for name in &names {
+        let obsolete = parse_wal_file_name(name).is_some_and(|n| n < log_number)
+            || parse_sst_file_name(name).is_some_and(|n| !live.contains(&n))
+            || (name.starts_with("MANIFEST-") && *name != manifest::manifest_file_name(manifest_number))
+            || name.ends_with(".tmp");
+        if obsolete {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+    }
+    sync_dir(dir)?;
+
+    let mut tables = HashMap::new();
+    for cf in version.cfs.values() {
+        for file in cf.files() {
+            tables.insert(file.number, TableFile::new(dir, file.clone(), Some(cache.clone())));
+        }
+    }
+    let cfs = version
+        .cfs
+        .iter()
+        .map(|(id, c)| {
+            (
+                *id,
+                CfState {
+                    name: c.name.clone(),
+                    options: Arc::new(options.cf(&c.name)),
+                    memtable: Arc::new(Memtable::new()),
+                },
+            )
+        })
+        .collect();
+    let core = Core {
+        version: Arc::new(version),
+        manifest,
+        cfs,
+        frozen: Vec::new(),
+        tables,
+        next_file_number,
+    };
+    let inner = DbInner {
+        dir: dir.to_path_buf(),
+        options,
+        cache,
+        writer: Mutex::new(WriterState { wal, last_sequence }),
+        core: Mutex::new(core),
+        work: Condvar::new(),
+        super_version: RwLock::new(Arc::new(SuperVersion { cfs: BTreeMap::new() })),
+        visible_sequence: AtomicU64::new(last_sequence),
+        snapshots: Mutex::new(BTreeMap::new()),
+        shutdown: AtomicBool::new(false),
+        background_error: Mutex::new(None),
+        counters: Counters::default(),
+        compaction_lock: Mutex::new(()),
+        _lock: lock,
+    };
+    inner.install_super_version(&inner.core.lock());
+    Ok(inner)
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::invalid(format!(
+            "the store at {} is in use by another process (its LOCK file is held)",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if let Some(name) = entry.file_name().to_str() {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
+}

@@ -1,0 +1,106 @@
+//! Example-based tests of `lsm::Db`: what a user of the store relies on.
+
+use flowstate::lsm::batch::WriteBatch;
+use flowstate::lsm::{CfOptions, Db, Options, ReadOptions};
+
+fn options() -> Options {
+    Options {
+        write_buffer_size: 4 << 10,
+        ..Options::default()
+    }
+}
+
+#[test]
+fn put_get_delete_survive_reopen_and_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), options()).unwrap();
+        let cf = db.default_cf();
+        for i in 0..500u32 {
+            db.put(&cf, &i.to_be_bytes(), format!("v{i}").as_bytes()).unwrap();
+        }
+        db.delete(&cf, &7u32.to_be_bytes()).unwrap();
+        assert_eq!(db.get(&cf, &8u32.to_be_bytes()).unwrap(), Some(b"v8".to_vec()));
+        assert_eq!(db.get(&cf, &7u32.to_be_bytes()).unwrap(), None);
+        db.flush(true).unwrap();
+        db.put(&cf, b"after-flush", b"x").unwrap();
+        assert!(db.stats().column_families[0].files_per_level[0] > 0);
+    }
+    let db = Db::open(dir.path(), options()).unwrap();
+    let cf = db.default_cf();
+    assert_eq!(db.get(&cf, &8u32.to_be_bytes()).unwrap(), Some(b"v8".to_vec()));
+    assert_eq!(db.get(&cf, &7u32.to_be_bytes()).unwrap(), None);
+    assert_eq!(db.get(&cf, b"after-flush").unwrap(), Some(b"x".to_vec()));
+    let all: Vec<_> = {
+        let mut it = db.iter(&cf, ReadOptions::default()).unwrap();
+        it.seek_to_first().unwrap();
+        it.entries().map(Result::unwrap).collect()
+    };
+    assert_eq!(all.len(), 500);
+}
+
+#[test]
+fn merge_snapshot_range_delete_and_column_families() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
+    let lists = db.create_cf("lists", CfOptions::default()).unwrap();
+    db.merge(&lists, b"k", b"a").unwrap();
+    let snap = db.snapshot();
+    db.merge(&lists, b"k", b"b").unwrap();
+    assert_eq!(db.get(&lists, b"k").unwrap(), Some(b"ab".to_vec()));
+    assert_eq!(db.get_opt(&lists, b"k", &ReadOptions::default().at(&snap)).unwrap(), Some(b"a".to_vec()));
+    db.flush(true).unwrap();
+    db.merge(&lists, b"k", b"c").unwrap();
+    assert_eq!(db.get(&lists, b"k").unwrap(), Some(b"abc".to_vec()));
+
+    let cf = db.default_cf();
+    let mut batch = WriteBatch::new();
+    for k in [b"a", b"b", b"c", b"d"] {
+        batch.put(cf.id(), k, b"1").unwrap();
+    }
+    db.write(batch).unwrap();
+    db.delete_range(&cf, b"b", b"d").unwrap();
+    let keys: Vec<Vec<u8>> = {
+        let mut it = db.iter(&cf, ReadOptions::default()).unwrap();
+        it.seek_to_first().unwrap();
+        it.entries().map(|e| e.unwrap().0).collect()
+    };
+    assert_eq!(keys, vec![b"a".to_vec(), b"d".to_vec()]);
+    db.flush(true).unwrap();
+    assert_eq!(db.get(&cf, b"c").unwrap(), None);
+    drop(snap);
+
+    let names: Vec<String> = db.column_families().iter().map(|c| c.name().to_string()).collect();
+    assert_eq!(names, vec!["default", "lists"]);
+    db.drop_cf(&lists).unwrap();
+    assert!(db.get(&lists, b"k").is_err());
+    drop(db);
+    let db = Db::open(dir.path(), options()).unwrap();
+    assert!(db.cf("lists").is_none());
+    assert_eq!(db.get(&db.default_cf(), b"a").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(db.get(&db.default_cf(), b"c").unwrap(), None);
+}
+
+#[test]
+fn checkpoint_opens_as_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("db"), options()).unwrap();
+    let cf = db.default_cf();
+    for i in 0..300u32 {
+        db.put(&cf, &i.to_be_bytes(), &[1; 40]).unwrap();
+    }
+    let live = db.checkpoint(&dir.path().join("chk")).unwrap();
+    assert!(!live.files.is_empty());
+    db.put(&cf, b"later", b"x").unwrap();
+    let copy = Db::open(&dir.path().join("chk"), options()).unwrap();
+    assert_eq!(copy.get(&copy.default_cf(), &5u32.to_be_bytes()).unwrap(), Some(vec![1; 40]));
+    assert_eq!(copy.get(&copy.default_cf(), b"later").unwrap(), None);
+}
+
+#[test]
+fn second_open_is_refused_while_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let _db = Db::open(dir.path(), options()).unwrap();
+    let err = Db::open(dir.path(), options()).unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+}
