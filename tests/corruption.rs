@@ -201,7 +201,7 @@ fn every_damaged_file_is_reported_never_restored() {
                 Damage::Append => file.set_len(original.len() as u64).unwrap(),
             }
             attempts += 1;
-            if attempts % 16 == 0 {
+            if attempts.is_multiple_of(16) {
                 assert_eq!(
                     contents(&mut target),
                     sentinel,

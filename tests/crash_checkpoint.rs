@@ -51,7 +51,7 @@ fn step(n: u64) -> Vec<Write> {
     let mut out = Vec::new();
     for j in 0..WRITES_PER_STEP {
         let h = mix(n * 1_000 + j);
-        let value = (h % 7 != 0).then(|| [n.to_le_bytes(), j.to_le_bytes()].concat());
+        let value = (!h.is_multiple_of(7)).then(|| [n.to_le_bytes(), j.to_le_bytes()].concat());
         out.push(("values".to_string(), key(h % KEYS), value));
     }
     // A list element frame (FORMAT.md §3.2): length 1, then the low byte of `n`.

@@ -44,16 +44,19 @@ fn value(i: u64) -> Vec<u8> {
 fn child(dir: &str) {
     let db = Db::open(std::path::Path::new(dir), options()).expect("child open");
     let cf = db.default_cf();
-    let next = db
-        .get(&cf, b"last")
-        .expect("read last")
-        .map_or(0, |v| u64::from_be_bytes(v[..8].try_into().expect("8 bytes")) + 1);
+    let next = db.get(&cf, b"last").expect("read last").map_or(0, |v| {
+        u64::from_be_bytes(v[..8].try_into().expect("8 bytes")) + 1
+    });
     for i in next.. {
         let mut batch = flowstate::lsm::batch::WriteBatch::new();
-        batch.put(cf.id(), format!("k{:04}", i % KEYS).as_bytes(), &value(i)).expect("put");
+        batch
+            .put(cf.id(), format!("k{:04}", i % KEYS).as_bytes(), &value(i))
+            .expect("put");
         batch.put(cf.id(), b"last", &value(i)).expect("put");
         if i % 7 == 0 {
-            batch.delete(cf.id(), format!("k{:04}", (i + 3) % KEYS).as_bytes()).expect("delete");
+            batch
+                .delete(cf.id(), format!("k{:04}", (i + 3) % KEYS).as_bytes())
+                .expect("delete");
         }
         db.write(batch).expect("write");
         println!("{i}");
@@ -91,10 +94,17 @@ fn killed_writer_recovers_an_acknowledged_prefix() {
     let exe = std::env::current_exe().unwrap();
     let mut acked_max: Option<u64> = None;
     for round in 0..rounds {
-        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let run_for = Duration::from_millis(100 + (rng >> 33) % 400);
         let mut child = Command::new(&exe)
-            .args(["--exact", "killed_writer_recovers_an_acknowledged_prefix", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "killed_writer_recovers_an_acknowledged_prefix",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -116,19 +126,29 @@ fn killed_writer_recovers_an_acknowledged_prefix() {
         if let Some(i) = reader.join().unwrap() {
             acked_max = Some(acked_max.map_or(i, |m: u64| m.max(i)));
         }
-        let db = Db::open(dir.path(), options()).unwrap_or_else(|e| panic!("round {round} seed {seed}: {e}"));
+        let db = Db::open(dir.path(), options())
+            .unwrap_or_else(|e| panic!("round {round} seed {seed}: {e}"));
         let cf = db.default_cf();
         let last = db
             .get(&cf, b"last")
             .unwrap()
             .map(|v| u64::from_be_bytes(v[..8].try_into().unwrap()));
         if let Some(acked) = acked_max {
-            let last = last.unwrap_or_else(|| panic!("round {round} seed {seed}: acknowledged {acked} but store is empty"));
-            assert!(last >= acked, "round {round} seed {seed}: acknowledged {acked}, store ends at {last}");
+            let last = last.unwrap_or_else(|| {
+                panic!("round {round} seed {seed}: acknowledged {acked} but store is empty")
+            });
+            assert!(
+                last >= acked,
+                "round {round} seed {seed}: acknowledged {acked}, store ends at {last}"
+            );
             let mut it = db.iter(&cf, Default::default()).unwrap();
             it.seek_to_first().unwrap();
-            let actual: std::collections::BTreeMap<_, _> = it.entries().map(Result::unwrap).collect();
-            assert!(actual == expected(last), "round {round} seed {seed}: contents differ from batches 0..={last}");
+            let actual: std::collections::BTreeMap<_, _> =
+                it.entries().map(Result::unwrap).collect();
+            assert!(
+                actual == expected(last),
+                "round {round} seed {seed}: contents differ from batches 0..={last}"
+            );
             acked_max = Some(last);
         }
     }

@@ -17,10 +17,14 @@ fn put_get_delete_survive_reopen_and_flush() {
         let db = Db::open(dir.path(), options()).unwrap();
         let cf = db.default_cf();
         for i in 0..500u32 {
-            db.put(&cf, &i.to_be_bytes(), format!("v{i}").as_bytes()).unwrap();
+            db.put(&cf, &i.to_be_bytes(), format!("v{i}").as_bytes())
+                .unwrap();
         }
         db.delete(&cf, &7u32.to_be_bytes()).unwrap();
-        assert_eq!(db.get(&cf, &8u32.to_be_bytes()).unwrap(), Some(b"v8".to_vec()));
+        assert_eq!(
+            db.get(&cf, &8u32.to_be_bytes()).unwrap(),
+            Some(b"v8".to_vec())
+        );
         assert_eq!(db.get(&cf, &7u32.to_be_bytes()).unwrap(), None);
         db.flush(true).unwrap();
         db.put(&cf, b"after-flush", b"x").unwrap();
@@ -28,7 +32,10 @@ fn put_get_delete_survive_reopen_and_flush() {
     }
     let db = Db::open(dir.path(), options()).unwrap();
     let cf = db.default_cf();
-    assert_eq!(db.get(&cf, &8u32.to_be_bytes()).unwrap(), Some(b"v8".to_vec()));
+    assert_eq!(
+        db.get(&cf, &8u32.to_be_bytes()).unwrap(),
+        Some(b"v8".to_vec())
+    );
     assert_eq!(db.get(&cf, &7u32.to_be_bytes()).unwrap(), None);
     assert_eq!(db.get(&cf, b"after-flush").unwrap(), Some(b"x".to_vec()));
     let all: Vec<_> = {
@@ -48,7 +55,11 @@ fn merge_snapshot_range_delete_and_column_families() {
     let snap = db.snapshot();
     db.merge(&lists, b"k", b"b").unwrap();
     assert_eq!(db.get(&lists, b"k").unwrap(), Some(b"ab".to_vec()));
-    assert_eq!(db.get_opt(&lists, b"k", &ReadOptions::default().at(&snap)).unwrap(), Some(b"a".to_vec()));
+    assert_eq!(
+        db.get_opt(&lists, b"k", &ReadOptions::default().at(&snap))
+            .unwrap(),
+        Some(b"a".to_vec())
+    );
     db.flush(true).unwrap();
     db.merge(&lists, b"k", b"c").unwrap();
     assert_eq!(db.get(&lists, b"k").unwrap(), Some(b"abc".to_vec()));
@@ -70,7 +81,11 @@ fn merge_snapshot_range_delete_and_column_families() {
     assert_eq!(db.get(&cf, b"c").unwrap(), None);
     drop(snap);
 
-    let names: Vec<String> = db.column_families().iter().map(|c| c.name().to_string()).collect();
+    let names: Vec<String> = db
+        .column_families()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
     assert_eq!(names, vec!["default", "lists"]);
     db.drop_cf(&lists).unwrap();
     assert!(db.get(&lists, b"k").is_err());
@@ -93,7 +108,10 @@ fn checkpoint_opens_as_a_store() {
     assert!(!live.files.is_empty());
     db.put(&cf, b"later", b"x").unwrap();
     let copy = Db::open(&dir.path().join("chk"), options()).unwrap();
-    assert_eq!(copy.get(&copy.default_cf(), &5u32.to_be_bytes()).unwrap(), Some(vec![1; 40]));
+    assert_eq!(
+        copy.get(&copy.default_cf(), &5u32.to_be_bytes()).unwrap(),
+        Some(vec![1; 40])
+    );
     assert_eq!(copy.get(&copy.default_cf(), b"later").unwrap(), None);
 }
 
@@ -103,4 +121,34 @@ fn second_open_is_refused_while_locked() {
     let _db = Db::open(dir.path(), options()).unwrap();
     let err = Db::open(dir.path(), options()).unwrap_err();
     assert!(err.to_string().contains("in use"), "{err}");
+}
+
+/// Regression (found by `lsm_crash`): a flush or compaction killed after creating its output
+/// SST but before the manifest recorded the next file number left an orphan `<n>.sst`; the next
+/// open handed out the same number for the replayed WAL and failed with "File exists". Open
+/// now numbers new files above every file found in the directory.
+#[test]
+fn orphan_files_from_a_crash_do_not_collide_with_new_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), options()).unwrap();
+        db.put(&db.default_cf(), b"k", b"v").unwrap();
+    }
+    // Plant orphans with the next numbers the store would hand out.
+    for n in 1..40u64 {
+        let name = dir.path().join(format!("{n:06}.sst"));
+        if !name.exists() && !dir.path().join(format!("{n:06}.wal")).exists() {
+            std::fs::write(&name, b"half-written").unwrap();
+        }
+    }
+    {
+        let db = Db::open(dir.path(), options()).unwrap();
+        db.put(&db.default_cf(), b"k2", b"v2").unwrap();
+    }
+    let db = Db::open(dir.path(), options()).unwrap();
+    assert_eq!(db.get(&db.default_cf(), b"k").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(
+        db.get(&db.default_cf(), b"k2").unwrap(),
+        Some(b"v2".to_vec())
+    );
 }

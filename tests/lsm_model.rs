@@ -99,7 +99,12 @@ impl Harness {
             db.create_cf("one", options().default_cf_options).unwrap(),
             db.create_cf("two", options().default_cf_options).unwrap(),
         ];
-        Harness { dir, db: Some(db), cfs, snapshots: Vec::new() }
+        Harness {
+            dir,
+            db: Some(db),
+            cfs,
+            snapshots: Vec::new(),
+        }
     }
 
     fn db(&self) -> &Db {
@@ -107,8 +112,19 @@ impl Harness {
     }
 }
 
-fn scan(db: &Db, cf: &ColumnFamily, lo: &[u8], hi: &[u8], reverse: bool, snap: Option<&Snapshot>) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut options = ReadOptions { lower_bound: Some(lo.to_vec()), upper_bound: Some(hi.to_vec()), ..ReadOptions::default() };
+fn scan(
+    db: &Db,
+    cf: &ColumnFamily,
+    lo: &[u8],
+    hi: &[u8],
+    reverse: bool,
+    snap: Option<&Snapshot>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut options = ReadOptions {
+        lower_bound: Some(lo.to_vec()),
+        upper_bound: Some(hi.to_vec()),
+        ..ReadOptions::default()
+    };
     if let Some(s) = snap {
         options = options.at(s);
     }
@@ -138,7 +154,8 @@ fn model_scan(model: &Model, cf: usize, lo: &[u8], hi: &[u8]) -> Vec<(Vec<u8>, V
         .collect()
 }
 
-fn run(ops: Vec<Op>) {
+/// Runs `ops`; returns the number of files below L0 at the end.
+fn run(ops: Vec<Op>) -> usize {
     let mut h = Harness::open(tempfile::tempdir().unwrap());
     let mut model: Model = BTreeMap::new();
     for op in ops {
@@ -154,7 +171,10 @@ fn run(ops: Vec<Op>) {
             Op::DeleteRange(c, a, b) => {
                 let (lo, hi) = ordered(a, b);
                 h.db().delete_range(&h.cfs[c], &lo, &hi).unwrap();
-                let doomed: Vec<_> = model.range((c, lo.clone())..(c, hi.clone())).map(|(k, _)| k.clone()).collect();
+                let doomed: Vec<_> = model
+                    .range((c, lo.clone())..(c, hi.clone()))
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 for k in doomed {
                     model.remove(&k);
                 }
@@ -182,11 +202,19 @@ fn run(ops: Vec<Op>) {
                 }
             }
             Op::Get(c, k) => {
-                assert_eq!(h.db().get(&h.cfs[c], &key(k)).unwrap(), model.get(&(c, key(k))).cloned(), "get {c} {:?}", key(k));
+                assert_eq!(
+                    h.db().get(&h.cfs[c], &key(k)).unwrap(),
+                    model.get(&(c, key(k))).cloned(),
+                    "get {c} {:?}",
+                    key(k)
+                );
             }
             Op::Scan(c, a, b, reverse) => {
                 let (lo, hi) = ordered(a, b);
-                assert_eq!(scan(h.db(), &h.cfs[c], &lo, &hi, reverse, None), model_scan(&model, c, &lo, &hi));
+                assert_eq!(
+                    scan(h.db(), &h.cfs[c], &lo, &hi, reverse, None),
+                    model_scan(&model, c, &lo, &hi)
+                );
             }
             Op::TakeSnapshot => {
                 let s = h.db().snapshot();
@@ -194,7 +222,10 @@ fn run(ops: Vec<Op>) {
             }
             Op::ReadSnapshot(c, k) => {
                 if let Some((s, m)) = h.snapshots.first() {
-                    let got = h.db().get_opt(&h.cfs[c], &key(k), &ReadOptions::default().at(s)).unwrap();
+                    let got = h
+                        .db()
+                        .get_opt(&h.cfs[c], &key(k), &ReadOptions::default().at(s))
+                        .unwrap();
                     assert_eq!(got, m.get(&(c, key(k))).cloned(), "snapshot get");
                     let all = scan(h.db(), &h.cfs[c], b"", b"z", k % 2 == 0, Some(s));
                     assert_eq!(all, model_scan(m, c, b"", b"z"), "snapshot scan");
@@ -214,14 +245,27 @@ fn run(ops: Vec<Op>) {
                 h.snapshots.clear();
                 h.db.take();
                 let db = Db::open(h.dir.path(), options()).unwrap();
-                h.cfs = vec![db.default_cf(), db.cf("one").unwrap(), db.cf("two").unwrap()];
+                h.cfs = vec![
+                    db.default_cf(),
+                    db.cf("one").unwrap(),
+                    db.cf("two").unwrap(),
+                ];
                 h.db = Some(db);
             }
         }
     }
     for c in 0..3 {
-        assert_eq!(scan(h.db(), &h.cfs[c], b"", b"z", false, None), model_scan(&model, c, b"", b"z"));
+        assert_eq!(
+            scan(h.db(), &h.cfs[c], b"", b"z", false, None),
+            model_scan(&model, c, b"", b"z")
+        );
     }
+    h.db()
+        .stats()
+        .column_families
+        .iter()
+        .map(|c| c.files_per_level[1..].iter().sum::<usize>())
+        .sum()
 }
 
 proptest! {
@@ -230,4 +274,31 @@ proptest! {
     fn db_matches_btreemap_model(ops in proptest::collection::vec(op(), 1..120)) {
         run(ops);
     }
+}
+
+/// The model test only means something if flushes and compactions really happen: a long
+/// deterministic run must reach levels below L0, and still agree with the model.
+#[test]
+fn long_run_reaches_deep_levels_and_matches_the_model() {
+    let mut rng: u64 = 0x5eed;
+    let mut next = move || {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) as u8
+    };
+    let mut ops = Vec::new();
+    for _ in 0..4000 {
+        let (c, k, v) = ((next() % 3) as usize, next(), next());
+        ops.push(match next() % 10 {
+            0..=5 => Op::Put(c, k, v),
+            6 => Op::Delete(c, k),
+            7 => Op::Merge(c, k, v),
+            8 => Op::Get(c, k),
+            _ => Op::Background,
+        });
+    }
+    ops.push(Op::Scan(0, 0, 23, true));
+    let deep = run(ops);
+    assert!(deep > 0, "no file ever left L0");
 }

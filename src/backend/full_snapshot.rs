@@ -241,10 +241,10 @@ pub fn decode_full_snapshot_file(
                             ),
                         ));
                     }
-                    if let Some((last_state, last_key)) = last {
-                        if (last_state, last_key) >= (state_index, key) {
-                            return Err(c.error_at(entry_at, "entries out of (state, key) order"));
-                        }
+                    if let Some((last_state, last_key)) = last
+                        && (last_state, last_key) >= (state_index, key)
+                    {
+                        return Err(c.error_at(entry_at, "entries out of (state, key) order"));
                     }
                     last = Some((state_index, key));
                     visit(state_index, key, value)?;

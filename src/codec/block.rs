@@ -73,14 +73,14 @@ pub fn seal(payload: &[u8], compression: Compression) -> Vec<u8> {
     );
     let mut out = Vec::with_capacity(payload.len() + BLOCK_TRAILER_LEN);
     let mut kind = TYPE_NONE;
-    if let Compression::Zstd { level } = compression {
-        if let Ok(frame) = zstd::bulk::compress(payload, level) {
-            let size = varint_len(payload.len() as u64) + frame.len();
-            if size < payload.len() - payload.len() / 8 {
-                put_varint64(&mut out, payload.len() as u64);
-                out.extend_from_slice(&frame);
-                kind = TYPE_ZSTD;
-            }
+    if let Compression::Zstd { level } = compression
+        && let Ok(frame) = zstd::bulk::compress(payload, level)
+    {
+        let size = varint_len(payload.len() as u64) + frame.len();
+        if size < payload.len() - payload.len() / 8 {
+            put_varint64(&mut out, payload.len() as u64);
+            out.extend_from_slice(&frame);
+            kind = TYPE_ZSTD;
         }
     }
     if kind == TYPE_NONE {

@@ -435,11 +435,11 @@ impl Iterator for Entries {
         if self.done {
             return None;
         }
-        if self.started {
-            if let Err(error) = self.iter.next() {
-                self.done = true;
-                return Some(Err(error));
-            }
+        if self.started
+            && let Err(error) = self.iter.next()
+        {
+            self.done = true;
+            return Some(Err(error));
         }
         self.started = true;
         if !self.iter.valid() {

@@ -507,7 +507,7 @@ mod tests {
                     let mut round = 0u64;
                     loop {
                         let snapshot = published.load(Ordering::Acquire);
-                        let forward = (round + reader) % 2 == 0;
+                        let forward = (round + reader).is_multiple_of(2);
                         let entries = walk(&mut mem.iter(), forward);
                         let keys: Vec<&[u8]> = entries.iter().map(|(k, _)| k.as_slice()).collect();
                         let sorted = keys.windows(2).all(|w| {

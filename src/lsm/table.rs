@@ -61,7 +61,11 @@ impl TableFile {
         if let Some(reader) = self.reader.get() {
             return Ok(reader);
         }
-        let opened = Arc::new(SstReader::open(&self.path, self.meta.number, self.cache.clone())?);
+        let opened = Arc::new(SstReader::open(
+            &self.path,
+            self.meta.number,
+            self.cache.clone(),
+        )?);
         // Another thread may have opened it meanwhile; either reader is fine.
         Ok(self.reader.get_or_init(|| opened))
     }

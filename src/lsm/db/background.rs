@@ -122,7 +122,7 @@ pub(super) fn build_table(
         return Ok((None, tombstones));
     }
     let path = dir.join(sst_file_name(number));
-    let mut builder = SstBuilder::create(&path, options.sst.clone())?;
+    let mut builder = SstBuilder::create(&path, options.sst)?;
     builder.set_creation_time(now_ms);
     while iter.valid() {
         builder.add(iter.key(), iter.value())?;
@@ -161,7 +161,9 @@ fn flush_one(inner: &DbInner) -> Result<bool> {
     for (cf, memtable) in &batch.memtables {
         let (number, options) = {
             let mut core = inner.core.lock();
-            let Some(state) = core.cfs.get(cf) else { continue };
+            let Some(state) = core.cfs.get(cf) else {
+                continue;
+            };
             let options = state.options.clone();
             (core.allocate_file_number(), options)
         };
@@ -170,22 +172,36 @@ fn flush_one(inner: &DbInner) -> Result<bool> {
             written += meta.size;
             edit.new_files.push((*cf, 0, meta));
         }
-        edit.tombstones_added.extend(tombstones.into_iter().map(|t| (*cf, t)));
+        edit.tombstones_added
+            .extend(tombstones.into_iter().map(|t| (*cf, t)));
     }
     sync_dir(&inner.dir)?;
     let mut core = inner.core.lock();
     // Column families dropped meanwhile take no files.
     let live_cfs: Vec<u32> = core.cfs.keys().copied().collect();
     edit.new_files.retain(|(cf, _, _)| live_cfs.contains(cf));
-    edit.tombstones_added.retain(|(cf, _)| live_cfs.contains(cf));
-    edit.cf_log_numbers = live_cfs.iter().map(|cf| (*cf, batch.next_log_number)).collect();
+    edit.tombstones_added
+        .retain(|(cf, _)| live_cfs.contains(cf));
+    edit.cf_log_numbers = live_cfs
+        .iter()
+        .map(|cf| (*cf, batch.next_log_number))
+        .collect();
     edit.last_sequence = Some(batch.last_sequence);
     log_and_apply(inner, &mut core, &edit)?;
     core.frozen.remove(0);
     inner.install_super_version(&core);
-    let min_log = core.version.cfs.values().map(|c| c.log_number).min().unwrap_or(0);
+    let min_log = core
+        .version
+        .cfs
+        .values()
+        .map(|c| c.log_number)
+        .min()
+        .unwrap_or(0);
     drop(core);
-    inner.counters.flush_bytes_written.fetch_add(written, Ordering::Relaxed);
+    inner
+        .counters
+        .flush_bytes_written
+        .fetch_add(written, Ordering::Relaxed);
     delete_wals_below(&inner.dir, min_log);
     let _core = inner.core.lock();
     inner.work.notify_all();
@@ -193,13 +209,15 @@ fn flush_one(inner: &DbInner) -> Result<bool> {
 }
 
 fn delete_wals_below(dir: &Path, min_log: u64) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        if let Some(number) = name.to_str().and_then(parse_wal_file_name) {
-            if number < min_log {
-                let _ = std::fs::remove_file(entry.path());
-            }
+        if let Some(number) = name.to_str().and_then(parse_wal_file_name)
+            && number < min_log
+        {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }
@@ -215,7 +233,12 @@ pub(super) fn log_and_apply(inner: &DbInner, core: &mut Core, edit: &VersionEdit
         if core.tables.contains_key(&meta.number) {
             continue; // A trivial move: the same file at another level.
         }
-        if let Some(file) = version.cfs.values().flat_map(|c| c.files()).find(|f| f.number == meta.number) {
+        if let Some(file) = version
+            .cfs
+            .values()
+            .flat_map(|c| c.files())
+            .find(|f| f.number == meta.number)
+        {
             core.tables.insert(
                 meta.number,
                 TableFile::new(&inner.dir, file.clone(), Some(inner.cache.clone())),
@@ -223,7 +246,12 @@ pub(super) fn log_and_apply(inner: &DbInner, core: &mut Core, edit: &VersionEdit
         }
     }
     let live: std::collections::HashSet<u64> = version.live_file_numbers().into_iter().collect();
-    let gone: Vec<u64> = core.tables.keys().filter(|n| !live.contains(n)).copied().collect();
+    let gone: Vec<u64> = core
+        .tables
+        .keys()
+        .filter(|n| !live.contains(n))
+        .copied()
+        .collect();
     for number in gone {
         if let Some(table) = core.tables.remove(&number) {
             table.mark_obsolete();
@@ -239,6 +267,9 @@ pub(super) fn log_and_apply(inner: &DbInner, core: &mut Core, edit: &VersionEdit
     Ok(())
 }
 
+/// A user-key range; `None` ends are unbounded.
+type KeyRange = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// A compaction to run: input files with their levels, merged into `output_level`.
 #[derive(Debug)]
 struct Job {
@@ -251,7 +282,7 @@ struct Job {
     trivial_move: bool,
     /// For manual compactions: the (widened) user-key range every overlapping file of which is
     /// an input; `None` ends are unbounded.
-    range: Option<(Option<Vec<u8>>, Option<Vec<u8>>)>,
+    range: Option<KeyRange>,
 }
 
 fn next_compaction(inner: &DbInner, core: &Core) -> Option<Job> {
@@ -266,7 +297,11 @@ fn next_compaction(inner: &DbInner, core: &Core) -> Option<Job> {
                     .inputs
                     .iter()
                     .map(|f| (task.level, f.clone()))
-                    .chain(task.next_inputs.iter().map(|f| (task.output_level, f.clone())))
+                    .chain(
+                        task.next_inputs
+                            .iter()
+                            .map(|f| (task.output_level, f.clone())),
+                    )
                     .collect(),
                 bottommost: task.bottommost,
                 trivial_move: task.inputs.len() == 1
@@ -282,22 +317,26 @@ fn next_compaction(inner: &DbInner, core: &Core) -> Option<Job> {
                 .enumerate()
                 .flat_map(|(level, files)| files.iter().map(move |f| (level, f)))
                 .find(|(_, f)| f.created_ms.saturating_add(period) <= now);
-            if let Some((level, file)) = cold {
-                if let Some(task) = picker::pick_file(*id, cf, level, file.number) {
-                    return Some(Job {
-                        cf: *id,
-                        output_level: task.output_level,
-                        inputs: task
-                            .inputs
-                            .iter()
-                            .map(|f| (task.level, f.clone()))
-                            .chain(task.next_inputs.iter().map(|f| (task.output_level, f.clone())))
-                            .collect(),
-                        bottommost: task.bottommost,
-                        trivial_move: false,
-                        range: None,
-                    });
-                }
+            if let Some((level, file)) = cold
+                && let Some(task) = picker::pick_file(*id, cf, level, file.number)
+            {
+                return Some(Job {
+                    cf: *id,
+                    output_level: task.output_level,
+                    inputs: task
+                        .inputs
+                        .iter()
+                        .map(|f| (task.level, f.clone()))
+                        .chain(
+                            task.next_inputs
+                                .iter()
+                                .map(|f| (task.output_level, f.clone())),
+                        )
+                        .collect(),
+                    bottommost: task.bottommost,
+                    trivial_move: false,
+                    range: None,
+                });
             }
         }
     }
@@ -307,7 +346,12 @@ fn next_compaction(inner: &DbInner, core: &Core) -> Option<Job> {
 /// Manual compaction of `[start, end]`: every file overlapping the range — widened until no
 /// file outside it overlaps what is taken — at every level is merged into the deepest level
 /// that holds one, so the result is bottommost and tombstones and filtered entries leave disk.
-pub(super) fn compact_range(inner: &DbInner, cf: u32, start: Option<&[u8]>, end: Option<&[u8]>) -> Result<()> {
+pub(super) fn compact_range(
+    inner: &DbInner,
+    cf: u32,
+    start: Option<&[u8]>,
+    end: Option<&[u8]>,
+) -> Result<()> {
     super::write::freeze_memtables(inner)?;
     wait_for_flushes(inner, true_if_background(inner))?;
     let _compacting = inner.compaction_lock.lock();
@@ -327,8 +371,16 @@ pub(super) fn compact_range(inner: &DbInner, cf: u32, start: Option<&[u8]>, end:
                 .flat_map(|(level, files)| files.iter().map(move |f| (level, f.clone())))
                 .filter(|(_, f)| f.overlaps(lo.as_deref(), hi.as_deref()))
                 .collect();
-            let new_lo = inputs.iter().map(|(_, f)| f.smallest_user_key()).min().map(<[u8]>::to_vec);
-            let new_hi = inputs.iter().map(|(_, f)| f.largest_user_key()).max().map(<[u8]>::to_vec);
+            let new_lo = inputs
+                .iter()
+                .map(|(_, f)| f.smallest_user_key())
+                .min()
+                .map(<[u8]>::to_vec);
+            let new_hi = inputs
+                .iter()
+                .map(|(_, f)| f.largest_user_key())
+                .max()
+                .map(<[u8]>::to_vec);
             let widened_lo = match (&lo, &new_lo) {
                 (Some(l), Some(n)) if n < l => Some(n.clone()),
                 _ => lo.clone(),
@@ -346,7 +398,12 @@ pub(super) fn compact_range(inner: &DbInner, cf: u32, start: Option<&[u8]>, end:
         if inputs.is_empty() {
             return Ok(());
         }
-        let output_level = inputs.iter().map(|(l, _)| *l).max().unwrap_or(0).max(1).min(NUM_LEVELS - 1);
+        let output_level = inputs
+            .iter()
+            .map(|(l, _)| *l)
+            .max()
+            .unwrap_or(0)
+            .clamp(1, NUM_LEVELS - 1);
         Job {
             cf,
             output_level,
@@ -370,7 +427,9 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
     }
     let (tables, options, tombstones) = {
         let core = inner.core.lock();
-        let Some(state) = core.cfs.get(&job.cf) else { return Ok(()) };
+        let Some(state) = core.cfs.get(&job.cf) else {
+            return Ok(());
+        };
         let tables: Vec<Arc<TableFile>> = job
             .inputs
             .iter()
@@ -379,7 +438,12 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
         if tables.len() != job.inputs.len() {
             return Ok(()); // The version moved on; the picker will look again.
         }
-        let tombstones = core.version.cfs.get(&job.cf).map(|c| c.tombstones.clone()).unwrap_or_default();
+        let tombstones = core
+            .version
+            .cfs
+            .get(&job.cf)
+            .map(|c| c.tombstones.clone())
+            .unwrap_or_default();
         (tables, state.options.clone(), tombstones)
     };
     let mut children: Vec<Box<dyn InternalIterator>> = Vec::with_capacity(tables.len());
@@ -409,11 +473,16 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
     sync_dir(&inner.dir)?;
     let read: u64 = job.inputs.iter().map(|(_, f)| f.size).sum();
     let mut edit = VersionEdit {
-        deleted_files: job.inputs.iter().map(|(level, f)| (job.cf, *level as u8, f.number)).collect(),
+        deleted_files: job
+            .inputs
+            .iter()
+            .map(|(level, f)| (job.cf, *level as u8, f.number))
+            .collect(),
         ..VersionEdit::default()
     };
     for (number, sst) in output.files {
-        edit.new_files.push((job.cf, job.output_level as u8, file_meta(number, sst)));
+        edit.new_files
+            .push((job.cf, job.output_level as u8, file_meta(number, sst)));
     }
     if let Some((lo, hi)) = &job.range {
         // A tombstone inside the range: every file it could cover was an input and was rewritten
@@ -433,7 +502,10 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
     }
     log_and_apply(inner, &mut core, &edit)?;
     inner.install_super_version(&core);
-    inner.counters.compaction_bytes_read.fetch_add(read, Ordering::Relaxed);
+    inner
+        .counters
+        .compaction_bytes_read
+        .fetch_add(read, Ordering::Relaxed);
     inner
         .counters
         .compaction_bytes_written
@@ -447,7 +519,8 @@ fn move_file(inner: &DbInner, job: &Job) -> Result<()> {
     let mut edit = VersionEdit::default();
     for (level, file) in &job.inputs {
         edit.deleted_files.push((job.cf, *level as u8, file.number));
-        edit.new_files.push((job.cf, job.output_level as u8, (**file).clone()));
+        edit.new_files
+            .push((job.cf, job.output_level as u8, (**file).clone()));
     }
     let mut core = inner.core.lock();
     let still_there = core.version.cfs.get(&job.cf).is_some_and(|cf| {

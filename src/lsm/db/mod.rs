@@ -343,7 +343,12 @@ impl Db {
     }
 
     /// The value of `key` with read options (e.g. at a snapshot).
-    pub fn get_opt(&self, cf: &ColumnFamily, key: &[u8], options: &ReadOptions) -> Result<Option<Vec<u8>>> {
+    pub fn get_opt(
+        &self,
+        cf: &ColumnFamily,
+        key: &[u8],
+        options: &ReadOptions,
+    ) -> Result<Option<Vec<u8>>> {
         read::get(&self.inner, cf, key, options)
     }
 
@@ -379,7 +384,12 @@ impl Db {
 
     /// Compacts every file of `cf` overlapping `[start, end]` (None = unbounded) down to the
     /// last level, dropping what tombstones, TTL filters and overwrites made dead.
-    pub fn compact_range(&self, cf: &ColumnFamily, start: Option<&[u8]>, end: Option<&[u8]>) -> Result<()> {
+    pub fn compact_range(
+        &self,
+        cf: &ColumnFamily,
+        start: Option<&[u8]>,
+        end: Option<&[u8]>,
+    ) -> Result<()> {
         background::compact_range(&self.inner, cf.id, start, end)
     }
 

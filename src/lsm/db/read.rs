@@ -170,7 +170,9 @@ fn collect_from_table(
 
 /// Whether a range tombstone visible at `snapshot` deletes (`key`, `sequence`).
 fn covered(view: &CfView, key: &[u8], sequence: u64, snapshot: u64) -> bool {
-    view.tombstones.iter().any(|t| t.covers(key, sequence, snapshot))
+    view.tombstones
+        .iter()
+        .any(|t| t.covers(key, sequence, snapshot))
         || std::iter::once(&view.memtable)
             .chain(view.frozen.iter())
             .any(|m| m.is_covered(key, sequence, snapshot))
@@ -213,6 +215,10 @@ impl DbIterator {
         self.iter.seek_for_prev(key)
     }
     /// Moves to the next key.
+    #[expect(
+        clippy::should_implement_trait,
+        reason = "a fallible cursor step, named like LevelDB's; `entries()` is the Iterator"
+    )]
     pub fn next(&mut self) -> Result<()> {
         self.iter.next()
     }
@@ -223,9 +229,9 @@ impl DbIterator {
     /// Every (key, value) from the current position forward.
     pub fn entries(self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> {
         let pinned = self._pinned;
-        self.iter.entries().map(move |e| {
+        // The closure owns the pin, so the files stay alive as long as the iterator.
+        self.iter.entries().inspect(move |_| {
             let _ = &pinned;
-            e
         })
     }
 }
@@ -263,7 +269,9 @@ pub(super) fn iter(inner: &DbInner, cf: &ColumnFamily, options: ReadOptions) -> 
     };
     let iter = DbIter::new(Box::new(merged), snapshot)
         .with_merge_operator(view.options.merge_operator.clone())
-        .with_range_tombstones(Box::new(move |key, sequence| tombstone_view.covers(key, sequence)))
+        .with_range_tombstones(Box::new(move |key, sequence| {
+            tombstone_view.covers(key, sequence)
+        }))
         .with_bounds(options.lower_bound, options.upper_bound);
     Ok(DbIterator {
         iter,

@@ -59,20 +59,44 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
     };
     let mut next_file_number = version.next_file_number.max(1);
     let names = list_dir(dir)?;
-    let mut wals: Vec<u64> = names.iter().filter_map(|n| parse_wal_file_name(n)).collect();
+    let mut wals: Vec<u64> = names
+        .iter()
+        .filter_map(|n| parse_wal_file_name(n))
+        .collect();
     wals.sort_unstable();
-    next_file_number = next_file_number.max(wals.last().map_or(0, |w| w + 1));
+    // Files a crash left behind (an unfinished flush or compaction) may carry numbers the
+    // manifest never recorded: hand out numbers above every file in the directory.
+    let highest = names
+        .iter()
+        .filter_map(|n| {
+            parse_wal_file_name(n)
+                .or_else(|| parse_sst_file_name(n))
+                .or_else(|| n.strip_prefix("MANIFEST-").and_then(|m| m.parse().ok()))
+        })
+        .max();
+    next_file_number = next_file_number.max(highest.map_or(0, |h| h + 1));
 
     // Replay every WAL that may hold unflushed writes of some column family.
-    let memtables: BTreeMap<u32, Memtable> = version.cfs.keys().map(|id| (*id, Memtable::new())).collect();
-    let min_log = version.cfs.values().map(|c| c.log_number).min().unwrap_or(0);
+    let memtables: BTreeMap<u32, Memtable> = version
+        .cfs
+        .keys()
+        .map(|id| (*id, Memtable::new()))
+        .collect();
+    let min_log = version
+        .cfs
+        .values()
+        .map(|c| c.log_number)
+        .min()
+        .unwrap_or(0);
     let mut last_sequence = version.last_sequence;
     for &number in wals.iter().filter(|&&n| n >= min_log) {
         let path = dir.join(wal_file_name(number));
         let recovered = WalRecovery::read(&path, options.wal_recovery)?;
         for batch in &recovered.batches {
             for (sequence, op) in batch.iter() {
-                let Some(cf) = version.cfs.get(&op.cf()) else { continue };
+                let Some(cf) = version.cfs.get(&op.cf()) else {
+                    continue;
+                };
                 if number < cf.log_number {
                     continue;
                 }
@@ -92,7 +116,11 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
         if memtable.is_empty() {
             continue;
         }
-        let name = version.cfs.get(id).map(|c| c.name.clone()).unwrap_or_default();
+        let name = version
+            .cfs
+            .get(id)
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
         let cf_options = options.cf(&name);
         let number = next_file_number;
         next_file_number += 1;
@@ -100,7 +128,8 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
         if let Some(meta) = meta {
             edit.new_files.push((*id, 0, meta));
         }
-        edit.tombstones_added.extend(tombstones.into_iter().map(|t| (*id, t)));
+        edit.tombstones_added
+            .extend(tombstones.into_iter().map(|t| (*id, t)));
     }
     let log_number = next_file_number;
     let manifest_number = next_file_number + 1;
@@ -111,14 +140,19 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
     sync_dir(dir)?;
     let version = version.apply(&edit, "recovery", 0)?;
     let manifest = Manifest::create(dir, manifest_number, &version)?;
-    let wal = WalWriter::create(&dir.join(wal_file_name(log_number)), log_number, options.wal_sync)?;
+    let wal = WalWriter::create(
+        &dir.join(wal_file_name(log_number)),
+        log_number,
+        options.wal_sync,
+    )?;
 
     // Everything else is garbage of earlier runs or crashes.
     let live: std::collections::HashSet<u64> = version.live_file_numbers().into_iter().collect();
     for name in &names {
         let obsolete = parse_wal_file_name(name).is_some_and(|n| n < log_number)
             || parse_sst_file_name(name).is_some_and(|n| !live.contains(&n))
-            || (name.starts_with("MANIFEST-") && *name != manifest::manifest_file_name(manifest_number))
+            || (name.starts_with("MANIFEST-")
+                && *name != manifest::manifest_file_name(manifest_number))
             || name.ends_with(".tmp");
         if obsolete {
             let _ = std::fs::remove_file(dir.join(name));
@@ -129,7 +163,10 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
     let mut tables = HashMap::new();
     for cf in version.cfs.values() {
         for file in cf.files() {
-            tables.insert(file.number, TableFile::new(dir, file.clone(), Some(cache.clone())));
+            tables.insert(
+                file.number,
+                TableFile::new(dir, file.clone(), Some(cache.clone())),
+            );
         }
     }
     let cfs = version
@@ -161,7 +198,9 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
         writer: Mutex::new(WriterState { wal, last_sequence }),
         core: Mutex::new(core),
         work: Condvar::new(),
-        super_version: RwLock::new(Arc::new(SuperVersion { cfs: BTreeMap::new() })),
+        super_version: RwLock::new(Arc::new(SuperVersion {
+            cfs: BTreeMap::new(),
+        })),
         visible_sequence: AtomicU64::new(last_sequence),
         snapshots: Mutex::new(BTreeMap::new()),
         shutdown: AtomicBool::new(false),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{ColumnFamily, CfState, DbInner, FrozenBatch, WriterState};
+use super::{CfState, ColumnFamily, DbInner, FrozenBatch, WriterState};
 use crate::error::{Error, Result};
 use crate::lsm::batch::WriteBatch;
 use crate::lsm::memtable::Memtable;
@@ -29,7 +29,10 @@ pub(super) fn write(inner: &DbInner, mut batch: WriteBatch) -> Result<()> {
         let sv = inner.current();
         for (_, op) in batch.iter() {
             if !sv.cfs.contains_key(&op.cf()) {
-                return Err(Error::invalid(format!("unknown column family id {}", op.cf())));
+                return Err(Error::invalid(format!(
+                    "unknown column family id {}",
+                    op.cf()
+                )));
             }
         }
     }
@@ -64,7 +67,8 @@ fn make_room(inner: &DbInner, writer: &mut WriterState) -> Result<()> {
             .cfs
             .values()
             .any(|c| c.levels[0].len() >= inner.options.level0_stop_writes);
-        let frozen_blocked = full && core.frozen.len() + 1 >= inner.options.max_write_buffers.max(2);
+        let frozen_blocked =
+            full && core.frozen.len() + 1 >= inner.options.max_write_buffers.max(2);
         if l0_blocked || frozen_blocked {
             inner.counters.write_stalls.fetch_add(1, Ordering::Relaxed);
             if !inner.options.background_work {
@@ -87,11 +91,7 @@ fn make_room(inner: &DbInner, writer: &mut WriterState) -> Result<()> {
 }
 
 /// Freezes every non-empty memtable and rolls the WAL (both locks held).
-fn freeze_locked(
-    inner: &DbInner,
-    writer: &mut WriterState,
-    core: &mut super::Core,
-) -> Result<()> {
+fn freeze_locked(inner: &DbInner, writer: &mut WriterState, core: &mut super::Core) -> Result<()> {
     let memtables: Vec<(u32, Arc<Memtable>)> = core
         .cfs
         .iter()
@@ -169,13 +169,18 @@ pub(super) fn create_cf(inner: &DbInner, name: &str, options: CfOptions) -> Resu
 
 pub(super) fn drop_cf(inner: &DbInner, cf: &ColumnFamily) -> Result<()> {
     if cf.id == 0 {
-        return Err(Error::invalid("the default column family cannot be dropped"));
+        return Err(Error::invalid(
+            "the default column family cannot be dropped",
+        ));
     }
     let _writer = inner.writer.lock();
     inner.check_background_error()?;
     let mut core = inner.core.lock();
     if !core.cfs.contains_key(&cf.id) {
-        return Err(Error::invalid(format!("column family '{}' does not exist", cf.name)));
+        return Err(Error::invalid(format!(
+            "column family '{}' does not exist",
+            cf.name
+        )));
     }
     let edit = VersionEdit {
         cf_dropped: vec![cf.id],

@@ -89,12 +89,12 @@ impl SstOptions {
                 self.bloom_bits_per_key
             )));
         }
-        if let Compression::Zstd { level } = self.compression {
-            if !(1..=22).contains(&level) {
-                return Err(Error::invalid(format!(
-                    "zstd level must be in 1..=22, got {level}"
-                )));
-            }
+        if let Compression::Zstd { level } = self.compression
+            && !(1..=22).contains(&level)
+        {
+            return Err(Error::invalid(format!(
+                "zstd level must be in 1..=22, got {level}"
+            )));
         }
         Ok(())
     }

@@ -63,10 +63,10 @@ impl SstFile {
 
     /// The data block at `handle`, from the cache if it has it.
     pub(crate) fn data_block(&self, handle: BlockHandle) -> Result<Arc<Block>> {
-        if let Some(cache) = &self.cache {
-            if let Some(block) = cache.get(self.file_number, handle.offset) {
-                return Ok(block);
-            }
+        if let Some(cache) = &self.cache
+            && let Some(block) = cache.get(self.file_number, handle.offset)
+        {
+            return Ok(block);
         }
         let block = Arc::new(self.decode_block(handle, 0, self.data_end(), "data block")?);
         if let Some(cache) = &self.cache {
