@@ -69,6 +69,20 @@ pub fn read_record(input: &[u8]) -> std::result::Result<(&[u8], usize), RecordEr
     Ok((payload, RECORD_HEADER_LEN + len as usize))
 }
 
+/// Whether a record that seems to run past the end of the input is in fact complete with a
+/// damaged length field: the bytes after its header, taken whole as the payload, match its
+/// crc32. A torn append leaves only a prefix of the payload, whose crc matches with probability
+/// 2^-32, so log readers treat a match as corruption rather than a torn tail (FORMAT.md §1.2).
+pub fn length_damaged(rest: &[u8]) -> bool {
+    match rest.split_first_chunk::<RECORD_HEADER_LEN>() {
+        Some((header, payload)) => {
+            let stored = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+            crc32(payload) == stored
+        }
+        None => false,
+    }
+}
+
 /// Reads one record that must be complete; any failure is [`Error::Corruption`] at `offset`.
 pub fn decode_record<'a>(input: &'a [u8], file: &str, offset: u64) -> Result<(&'a [u8], usize)> {
     read_record(input).map_err(|e| match e {
@@ -207,6 +221,11 @@ mod tests {
         let mut huge = buf.clone();
         huge[3] = 0xff;
         assert!(matches!(read_record(&huge), Err(RecordError::Corrupt(_))));
+        let mut long = buf.clone();
+        long[1] = 1; // The length now says 261 bytes, but the whole 5-byte record is there.
+        assert_eq!(read_record(&long), Err(RecordError::Truncated));
+        assert!(length_damaged(&long));
+        assert!(!length_damaged(&buf[..buf.len() - 1]), "a real torn append");
         let err = decode_records(&[buf.as_slice(), &bad].concat(), "f").unwrap_err();
         match err {
             Error::Corruption { offset, .. } => assert_eq!(offset, buf.len() as u64),

@@ -43,7 +43,7 @@ struct Version {
 
 /// A cursor over user keys and their resolved values at a snapshot.
 ///
-/// Invariant, while valid: moving [`Direction::Forward`] the inner iterator sits on the first
+/// Invariant, while valid: moving forward the inner iterator sits on the first
 /// entry after every version of the current user key; moving backward it sits on the last entry
 /// of the previous user key. The inner iterator is re-seeked only when the direction changes.
 ///

@@ -128,8 +128,10 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Rebuilds the version from the manifest `CURRENT` names. A torn last record (the file ends
-/// inside it) is an edit that was never acknowledged and is ignored; any other damage is
-/// corruption naming the manifest and offset.
+/// inside it) is an edit that was never acknowledged and is ignored — except the first edit,
+/// which was durable before the manifest became current; any other damage is corruption naming
+/// the manifest and offset. (A flipped bit in the length field of the last record looks like a
+/// torn append and drops that edit: the record framing's crc covers the payload only.)
 pub fn recover(dir: &Path) -> Result<Option<(Version, u64)>> {
     let Some(name) = read_current(dir)? else {
         return Ok(None);
@@ -152,11 +154,23 @@ pub fn replay(bytes: &[u8], file: &str) -> Result<Version> {
     let mut pos = 0usize;
     let mut version = Version::default();
     let mut first = true;
+    let mut edits = 0usize;
     while pos < bytes.len() {
         let rest = &bytes[pos..];
         let (payload, used) = match read_record(rest) {
             Ok(ok) => ok,
-            Err(RecordError::Truncated) if !first => break,
+            // Only an append can be torn: the snapshot edit that opens every manifest was
+            // fsynced before CURRENT named the file, so it must be whole.
+            Err(RecordError::Truncated) if !first && edits > 0 => {
+                if crate::codec::record::length_damaged(rest) {
+                    return Err(Error::corruption(
+                        file,
+                        pos as u64,
+                        "record length field damaged (the whole record is present)",
+                    ));
+                }
+                break;
+            }
             Err(RecordError::Truncated) => {
                 return Err(Error::corruption(
                     file,
@@ -192,11 +206,26 @@ pub fn replay(bytes: &[u8], file: &str) -> Result<Version> {
         } else {
             let edit = VersionEdit::decode(payload, file, base)?;
             version = version.apply(&edit, file, pos as u64)?;
+            edits += 1;
         }
         pos += used;
     }
     if first {
         return Err(Error::corruption(file, 0, "empty manifest"));
+    }
+    if edits == 0 {
+        return Err(Error::corruption(
+            file,
+            pos as u64,
+            "manifest holds no version (its first edit is missing)",
+        ));
+    }
+    if version.cf_id("default") != Some(0) {
+        return Err(Error::corruption(
+            file,
+            pos as u64,
+            "manifest has no default column family",
+        ));
     }
     Ok(version)
 }

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::codec::record::{RECORD_HEADER_LEN, RecordError, read_record};
+use crate::codec::record::{RECORD_HEADER_LEN, RecordError, length_damaged, read_record};
 use crate::error::{Error, Result};
 use crate::lsm::batch::{BATCH_HEADER_LEN, MAX_BATCH_LEN, WriteBatch};
 use crate::lsm::format::MAX_SEQUENCE;
@@ -227,6 +227,10 @@ impl WalReader {
             crc_valid: false,
         };
         let (payload, used) = read_record(rest).map_err(|e| match e {
+            RecordError::Truncated if length_damaged(rest) => BadRecord {
+                what: "record length field damaged (the whole record is present)".to_string(),
+                crc_valid: true,
+            },
             RecordError::Truncated => framing("the file ends inside the record".to_string()),
             RecordError::Corrupt(what) => framing(what),
         })?;
