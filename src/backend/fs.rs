@@ -16,8 +16,8 @@ use super::full_snapshot::{
 };
 use super::heap::{HeapSnapshot, HeapStore, StateMap};
 use super::{
-    BackendConfig, BackendKind, EntryIter, FileRef, SnapshotData, SnapshotHandle, SnapshotTask,
-    StateBackend, StateDescriptor, StateId, check_restore_handles,
+    BackendConfig, BackendKind, FileRef, SnapshotData, SnapshotHandle, SnapshotTask, StateBackend,
+    StateDescriptor, StateId, check_restore_handles,
 };
 use crate::checkpoint::metadata::{CheckpointFile, CheckpointMetadata};
 use crate::checkpoint::registry::{CheckpointRegistry, RecoveryReport, read_metadata};
@@ -357,41 +357,7 @@ impl StateBackend for FsBackend {
         BackendKind::Fs
     }
 
-    fn config(&self) -> &BackendConfig {
-        self.store.config()
-    }
-
-    fn register(&mut self, descriptor: &StateDescriptor) -> Result<StateId> {
-        self.store.register(descriptor)
-    }
-
-    fn states(&self) -> Vec<StateDescriptor> {
-        self.store.states()
-    }
-
-    fn get(&mut self, state: StateId, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.store.get(state, key)
-    }
-
-    fn put(&mut self, state: StateId, key: &[u8], value: &[u8]) -> Result<()> {
-        self.store.put(state, key, value)
-    }
-
-    fn delete(&mut self, state: StateId, key: &[u8]) -> Result<()> {
-        self.store.delete(state, key)
-    }
-
-    fn merge(&mut self, state: StateId, key: &[u8], operand: &[u8]) -> Result<()> {
-        self.store.merge(state, key, operand)
-    }
-
-    fn scan_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<EntryIter<'_>> {
-        self.store.scan_prefix(state, prefix)
-    }
-
-    fn delete_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<()> {
-        self.store.delete_prefix(state, prefix)
-    }
+    super::heap::delegate_to_heap_store!(store);
 
     fn snapshot(&mut self, checkpoint_id: u64) -> Result<Box<dyn SnapshotTask>> {
         let config = self.store.config();

@@ -73,6 +73,79 @@ impl HeapSnapshot {
     }
 }
 
+/// Implements every key-addressed method of `StateBackend` (and `config`, `register`, `states`)
+/// by delegating to the `HeapStore` in field `$field`: the memory and fs backends differ only in
+/// how they snapshot and restore.
+macro_rules! delegate_to_heap_store {
+    ($field:ident) => {
+        fn config(&self) -> &$crate::backend::BackendConfig {
+            self.$field.config()
+        }
+
+        fn register(
+            &mut self,
+            descriptor: &$crate::backend::StateDescriptor,
+        ) -> $crate::error::Result<$crate::backend::StateId> {
+            self.$field.register(descriptor)
+        }
+
+        fn states(&self) -> Vec<$crate::backend::StateDescriptor> {
+            self.$field.states()
+        }
+
+        fn get(
+            &mut self,
+            state: $crate::backend::StateId,
+            key: &[u8],
+        ) -> $crate::error::Result<Option<Vec<u8>>> {
+            self.$field.get(state, key)
+        }
+
+        fn put(
+            &mut self,
+            state: $crate::backend::StateId,
+            key: &[u8],
+            value: &[u8],
+        ) -> $crate::error::Result<()> {
+            self.$field.put(state, key, value)
+        }
+
+        fn delete(
+            &mut self,
+            state: $crate::backend::StateId,
+            key: &[u8],
+        ) -> $crate::error::Result<()> {
+            self.$field.delete(state, key)
+        }
+
+        fn merge(
+            &mut self,
+            state: $crate::backend::StateId,
+            key: &[u8],
+            operand: &[u8],
+        ) -> $crate::error::Result<()> {
+            self.$field.merge(state, key, operand)
+        }
+
+        fn scan_prefix(
+            &mut self,
+            state: $crate::backend::StateId,
+            prefix: &[u8],
+        ) -> $crate::error::Result<$crate::backend::EntryIter<'_>> {
+            self.$field.scan_prefix(state, prefix)
+        }
+
+        fn delete_prefix(
+            &mut self,
+            state: $crate::backend::StateId,
+            prefix: &[u8],
+        ) -> $crate::error::Result<()> {
+            self.$field.delete_prefix(state, prefix)
+        }
+    };
+}
+pub(crate) use delegate_to_heap_store;
+
 /// The heap store: registered states and their maps.
 #[derive(Debug)]
 pub struct HeapStore {

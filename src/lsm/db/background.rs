@@ -285,30 +285,41 @@ struct Job {
     range: Option<KeyRange>,
 }
 
+impl Job {
+    /// A job for a picker task; `may_move` allows a trivial move (never for periodic
+    /// compactions, whose point is to rewrite the file through the compaction filter).
+    fn from_task(task: picker::CompactionTask, may_move: bool) -> Job {
+        let trivial_move = may_move
+            && task.inputs.len() == 1
+            && task.next_inputs.is_empty()
+            && task.level != task.output_level;
+        let inputs = task
+            .inputs
+            .iter()
+            .map(|f| (task.level, f.clone()))
+            .chain(
+                task.next_inputs
+                    .iter()
+                    .map(|f| (task.output_level, f.clone())),
+            )
+            .collect();
+        Job {
+            cf: task.cf,
+            output_level: task.output_level,
+            inputs,
+            bottommost: task.bottommost,
+            trivial_move,
+            range: None,
+        }
+    }
+}
+
 fn next_compaction(inner: &DbInner, core: &Core) -> Option<Job> {
     let now = inner.options.clock.now_ms();
     for (id, cf) in &core.version.cfs {
         let options = core.cfs.get(id)?.options.clone();
         if let Some(task) = picker::pick(*id, cf, &options.compaction) {
-            return Some(Job {
-                cf: *id,
-                output_level: task.output_level,
-                inputs: task
-                    .inputs
-                    .iter()
-                    .map(|f| (task.level, f.clone()))
-                    .chain(
-                        task.next_inputs
-                            .iter()
-                            .map(|f| (task.output_level, f.clone())),
-                    )
-                    .collect(),
-                bottommost: task.bottommost,
-                trivial_move: task.inputs.len() == 1
-                    && task.next_inputs.is_empty()
-                    && task.level != task.output_level,
-                range: None,
-            });
+            return Some(Job::from_task(task, true));
         }
         if let Some(period) = options.periodic_compaction_ms {
             let cold = cf
@@ -320,23 +331,7 @@ fn next_compaction(inner: &DbInner, core: &Core) -> Option<Job> {
             if let Some((level, file)) = cold
                 && let Some(task) = picker::pick_file(*id, cf, level, file.number)
             {
-                return Some(Job {
-                    cf: *id,
-                    output_level: task.output_level,
-                    inputs: task
-                        .inputs
-                        .iter()
-                        .map(|f| (task.level, f.clone()))
-                        .chain(
-                            task.next_inputs
-                                .iter()
-                                .map(|f| (task.output_level, f.clone())),
-                        )
-                        .collect(),
-                    bottommost: task.bottommost,
-                    trivial_move: false,
-                    range: None,
-                });
+                return Some(Job::from_task(task, false));
             }
         }
     }
