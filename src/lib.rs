@@ -45,3 +45,8 @@ pub use state::{
     AggregateFunction, AggregatingState, KeyedState, ListState, MapState, ReducingState, ValueState,
 };
 pub use ttl::{Clock, ManualClock, SystemClock, TtlConfig, UpdateType, Visibility};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
