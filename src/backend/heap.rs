@@ -217,9 +217,12 @@ impl HeapStore {
     /// would remove an expired entry right before the read that may still return it
     /// (`ReturnExpiredIfNotCleanedUp`), so that visibility could never be observed.
     fn cleanup_after_access(&mut self, id: StateId) {
-        let now = self.config.clock.now_ms();
-        if let Ok(state) = self.state_mut(id) {
-            state.incremental_cleanup(now);
+        let clock = &self.config.clock;
+        if let Some(state) = self.states.get_mut(id.0 as usize)
+            && state.descriptor.ttl.is_some()
+        {
+            // Only TTL states pay for reading the clock.
+            state.incremental_cleanup(clock.now_ms());
         }
     }
 

@@ -95,8 +95,13 @@ pub(crate) fn put(
     key: &[u8],
     payload: &[u8],
 ) -> Result<()> {
-    let stored = encode(ttl, ctx.now_ms(), payload);
-    ctx.backend.put(id, key, &stored)
+    match ttl {
+        Some(ttl) => {
+            let stored = encode(Some(ttl), ctx.now_ms(), payload);
+            ctx.backend.put(id, key, &stored)
+        }
+        None => ctx.backend.put(id, key, payload),
+    }
 }
 
 /// Reads a list's element payloads, dropping expired elements from storage.
