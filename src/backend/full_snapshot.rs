@@ -7,8 +7,8 @@
 
 use std::ops::Bound;
 
-use crate::checkpoint::metadata::Cursor;
 use crate::checkpoint::storage::CheckpointFileWriter;
+use crate::codec::cursor::Cursor;
 use crate::codec::record::{MAX_RECORD_LEN, decode_record, put_record};
 use crate::codec::varint::{put_varint32, varint_len};
 use crate::error::{Error, Result};
@@ -177,7 +177,7 @@ pub fn decode_full_snapshot_file(
     mut visit: impl FnMut(u32, &[u8], &[u8]) -> Result<()>,
 ) -> Result<u64> {
     let mut preamble = Cursor::new(bytes, file, 0);
-    if preamble.take(8, "magic")? != FULL_SNAPSHOT_MAGIC {
+    if preamble.bytes(8, "magic")? != FULL_SNAPSHOT_MAGIC {
         return Err(Error::corruption(
             file,
             0,
@@ -210,7 +210,7 @@ pub fn decode_full_snapshot_file(
         let mut c = Cursor::new(payload, file, at);
         match c.u8("record type")? {
             RECORD_BLOCK => {
-                let state_index = c.varint32("state index")?;
+                let state_index = c.varint32()?;
                 if state_index >= expected.state_count {
                     return Err(c.error_at(
                         at + 1,
@@ -221,16 +221,16 @@ pub fn decode_full_snapshot_file(
                     ));
                 }
                 let count_at = c.offset();
-                let count = c.varint32("entry count")?;
+                let count = c.varint32()?;
                 if count == 0 {
                     return Err(c.error_at(count_at, "empty block"));
                 }
                 for _ in 0..count {
                     let entry_at = c.offset();
-                    let key_len = c.varint32("key length")?;
-                    let key = c.take(key_len as usize, "key")?;
-                    let value_len = c.varint32("value length")?;
-                    let value = c.take(value_len as usize, "value")?;
+                    let key_len = c.varint32()?;
+                    let key = c.bytes(key_len as usize, "key")?;
+                    let value_len = c.varint32()?;
+                    let value = c.bytes(value_len as usize, "value")?;
                     let parsed = CompositeKey::decode(key, file, entry_at)?;
                     if !expected.key_groups.contains(parsed.key_group) {
                         return Err(c.error_at(

@@ -7,12 +7,12 @@
 
 use std::collections::HashSet;
 
-use crate::backend::{BackendKind, FileRef, StateDescriptor, StateKind};
+use crate::backend::{BackendKind, FileRef, StateDescriptor};
+use crate::codec::cursor::Cursor;
 use crate::codec::record::crc32;
-use crate::codec::varint::{get_varint32, get_varint64, put_varint32, put_varint64};
+use crate::codec::varint::{put_varint32, put_varint64};
 use crate::error::{Error, Result};
 use crate::keys::{KeyGroupRange, check_max_parallelism};
-use crate::ttl::{TtlConfig, UpdateType, Visibility};
 
 use super::storage::{SHARED_DIR, checkpoint_dir, validate_path};
 
@@ -73,18 +73,7 @@ impl CheckpointMetadata {
         put_range(&mut body, &self.key_group_range);
         put_varint32(&mut body, self.states.len() as u32);
         for state in &self.states {
-            put_string(&mut body, &state.name);
-            body.push(state.kind.tag());
-            match &state.ttl {
-                None => body.push(0),
-                Some(ttl) => {
-                    body.push(1);
-                    body.extend_from_slice(&ttl.ttl_ms.to_le_bytes());
-                    body.push(update_type_tag(ttl.update_type));
-                    body.push(visibility_tag(ttl.visibility));
-                }
-            }
-            put_string(&mut body, &state.serializer);
+            state.encode(&mut body);
         }
         put_varint32(&mut body, self.files.len() as u32);
         for entry in &self.files {
@@ -111,7 +100,7 @@ impl CheckpointMetadata {
     /// crc32 first, then every field (FORMAT.md §4.3 lists what a reader must reject).
     pub fn decode(bytes: &[u8], file: &str) -> Result<Self> {
         let mut header = Cursor::new(bytes, file, 0);
-        if header.take(8, "magic")? != METADATA_MAGIC {
+        if header.bytes(8, "magic")? != METADATA_MAGIC {
             return Err(Error::corruption(
                 file,
                 0,
@@ -170,14 +159,14 @@ fn decode_body(mut c: Cursor<'_>) -> Result<CheckpointMetadata> {
     let at = c.offset();
     let max_parallelism = check_max_parallelism(u32::from(c.u16_le("max parallelism")?))
         .map_err(|_| c.error_at(at, "max parallelism outside 1..=32768"))?;
-    let key_group_range = c.range(max_parallelism, "checkpoint key-group range")?;
+    let key_group_range = read_range(&mut c, max_parallelism, "checkpoint key-group range")?;
 
     let state_count = c.count(MIN_STATE_LEN, "state count")?;
     let mut states = Vec::with_capacity(state_count);
     let mut names = HashSet::with_capacity(state_count);
     for _ in 0..state_count {
         let at = c.offset();
-        let state = decode_state(&mut c)?;
+        let state = StateDescriptor::decode(&mut c)?;
         if !names.insert(state.name.clone()) {
             return Err(c.error_at(at, format!("state '{}' listed twice", state.name)));
         }
@@ -195,9 +184,9 @@ fn decode_body(mut c: Cursor<'_>) -> Result<CheckpointMetadata> {
         if validate_path(&path).is_err() {
             return Err(c.error_at(at, format!("invalid file path '{path}'")));
         }
-        let size = c.varint64("file size")?;
+        let size = c.varint64()?;
         let crc = c.u32_le("file crc32")?;
-        let key_groups = c.range(max_parallelism, "file key-group range")?;
+        let key_groups = read_range(&mut c, max_parallelism, "file key-group range")?;
         let at_flag = c.offset();
         let shared = match c.u8("ownership")? {
             0 => false,
@@ -225,8 +214,8 @@ fn decode_body(mut c: Cursor<'_>) -> Result<CheckpointMetadata> {
             shared,
         });
     }
-    let extra_len = c.varint32("extra length")?;
-    let extra = c.take(extra_len as usize, "extra")?.to_vec();
+    let extra_len = c.varint32()?;
+    let extra = c.bytes(extra_len as usize, "extra")?.to_vec();
     if !c.is_empty() {
         return Err(c.error_at(c.offset(), "trailing bytes after the extra field"));
     }
@@ -242,65 +231,6 @@ fn decode_body(mut c: Cursor<'_>) -> Result<CheckpointMetadata> {
     })
 }
 
-fn decode_state(c: &mut Cursor<'_>) -> Result<StateDescriptor> {
-    let at = c.offset();
-    let name = c.string("state name")?;
-    if name.is_empty() {
-        return Err(c.error_at(at, "empty state name"));
-    }
-    let at = c.offset();
-    let kind = StateKind::from_tag(c.u8("state kind")?)
-        .ok_or_else(|| c.error_at(at, "unknown state kind tag"))?;
-    let at = c.offset();
-    let ttl = match c.u8("TTL flag")? {
-        0 => None,
-        1 => {
-            let ttl_ms = c.u64_le("TTL ms")?;
-            let at = c.offset();
-            let update_type = match c.u8("TTL update type")? {
-                0 => UpdateType::OnCreateAndWrite,
-                1 => UpdateType::OnReadAndWrite,
-                _ => return Err(c.error_at(at, "unknown TTL update type")),
-            };
-            let at = c.offset();
-            let visibility = match c.u8("TTL visibility")? {
-                0 => Visibility::NeverReturnExpired,
-                1 => Visibility::ReturnExpiredIfNotCleanedUp,
-                _ => return Err(c.error_at(at, "unknown TTL visibility")),
-            };
-            Some(TtlConfig {
-                ttl_ms,
-                update_type,
-                visibility,
-            })
-        }
-        _ => return Err(c.error_at(at, "TTL flag is neither 0 nor 1")),
-    };
-    let serializer = c.string("serializer id")?;
-    Ok(StateDescriptor {
-        name,
-        kind,
-        ttl,
-        serializer,
-    })
-}
-
-/// On disk: never change (FORMAT.md §4.3).
-fn update_type_tag(update_type: UpdateType) -> u8 {
-    match update_type {
-        UpdateType::OnCreateAndWrite => 0,
-        UpdateType::OnReadAndWrite => 1,
-    }
-}
-
-/// On disk: never change (FORMAT.md §4.3).
-fn visibility_tag(visibility: Visibility) -> u8 {
-    match visibility {
-        Visibility::NeverReturnExpired => 0,
-        Visibility::ReturnExpiredIfNotCleanedUp => 1,
-    }
-}
-
 fn put_string(out: &mut Vec<u8>, s: &str) {
     put_varint32(out, s.len() as u32);
     out.extend_from_slice(s.as_bytes());
@@ -311,152 +241,28 @@ fn put_range(out: &mut Vec<u8>, range: &KeyGroupRange) {
     out.extend_from_slice(&range.last().to_le_bytes());
 }
 
-/// A bounds-checked reader over bytes that came from `file`, starting at file offset `base`.
-/// Every read checks the bytes left first and reports the absolute offset on failure.
-pub(crate) struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-    file: &'a str,
-    base: u64,
-}
-
-impl<'a> Cursor<'a> {
-    /// A cursor over `bytes`, which sit at offset `base` of `file`.
-    pub(crate) fn new(bytes: &'a [u8], file: &'a str, base: u64) -> Self {
-        Cursor {
-            bytes,
-            pos: 0,
-            file,
-            base,
-        }
+/// Reads a `first u16 LE | last u16 LE` key-group range that must lie inside
+/// `0..max_parallelism` (FORMAT.md §4.3); `what` names the field in errors.
+fn read_range(c: &mut Cursor<'_>, max_parallelism: u16, what: &str) -> Result<KeyGroupRange> {
+    let at = c.offset();
+    let first = c.u16_le(what)?;
+    let last = c.u16_le(what)?;
+    if first > last || last >= max_parallelism {
+        return Err(c.error_at(
+            at,
+            format!(
+                "{what} {first}..={last} is empty or exceeds max parallelism {max_parallelism}"
+            ),
+        ));
     }
-
-    /// The absolute file offset of the next byte.
-    pub(crate) fn offset(&self) -> u64 {
-        self.base + self.pos as u64
-    }
-
-    /// Bytes not yet read.
-    pub(crate) fn remaining(&self) -> usize {
-        self.bytes.len().saturating_sub(self.pos)
-    }
-
-    /// True when every byte was read.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.remaining() == 0
-    }
-
-    /// A corruption error at absolute offset `at`.
-    pub(crate) fn error_at(&self, at: u64, what: impl Into<String>) -> Error {
-        Error::corruption(self.file, at, what)
-    }
-
-    /// The next `len` bytes.
-    pub(crate) fn take(&mut self, len: usize, what: &str) -> Result<&'a [u8]> {
-        let rest = self.bytes.get(self.pos..).unwrap_or_default();
-        let out = rest.get(..len).ok_or_else(|| {
-            self.error_at(
-                self.offset(),
-                format!("{what}: needs {len} bytes, {} left", rest.len()),
-            )
-        })?;
-        self.pos += len;
-        Ok(out)
-    }
-
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        let bytes = self.take(N, what)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(bytes);
-        Ok(out)
-    }
-
-    /// One byte.
-    pub(crate) fn u8(&mut self, what: &str) -> Result<u8> {
-        Ok(self.array::<1>(what)?[0])
-    }
-
-    /// A `u16 LE`.
-    pub(crate) fn u16_le(&mut self, what: &str) -> Result<u16> {
-        self.array(what).map(u16::from_le_bytes)
-    }
-
-    /// A `u32 LE`.
-    pub(crate) fn u32_le(&mut self, what: &str) -> Result<u32> {
-        self.array(what).map(u32::from_le_bytes)
-    }
-
-    /// A `u64 LE`.
-    pub(crate) fn u64_le(&mut self, what: &str) -> Result<u64> {
-        self.array(what).map(u64::from_le_bytes)
-    }
-
-    /// A varint `u64`.
-    pub(crate) fn varint64(&mut self, what: &str) -> Result<u64> {
-        let at = self.offset();
-        let rest = self.bytes.get(self.pos..).unwrap_or_default();
-        let (value, used) = get_varint64(rest, self.file, at)
-            .map_err(|_| self.error_at(at, format!("{what}: bad varint")))?;
-        self.pos += used;
-        Ok(value)
-    }
-
-    /// A varint `u32`.
-    pub(crate) fn varint32(&mut self, what: &str) -> Result<u32> {
-        let at = self.offset();
-        let rest = self.bytes.get(self.pos..).unwrap_or_default();
-        let (value, used) = get_varint32(rest, self.file, at)
-            .map_err(|_| self.error_at(at, format!("{what}: bad varint")))?;
-        self.pos += used;
-        Ok(value)
-    }
-
-    /// A varint count of items that each take at least `min_len` bytes; a count the bytes left
-    /// cannot hold is corruption, so the caller may size a `Vec` by it.
-    pub(crate) fn count(&mut self, min_len: usize, what: &str) -> Result<usize> {
-        let at = self.offset();
-        let count = self.varint32(what)? as usize;
-        if count > self.remaining() / min_len.max(1) {
-            return Err(self.error_at(
-                at,
-                format!(
-                    "{what} {count} cannot fit in the {} bytes left",
-                    self.remaining()
-                ),
-            ));
-        }
-        Ok(count)
-    }
-
-    /// A `varint len | UTF-8 bytes` string.
-    pub(crate) fn string(&mut self, what: &str) -> Result<String> {
-        let len = self.varint32(what)? as usize;
-        let at = self.offset();
-        let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| self.error_at(at, format!("{what} is not UTF-8")))
-    }
-
-    /// A `first u16 LE | last u16 LE` key-group range inside `0..max_parallelism`.
-    pub(crate) fn range(&mut self, max_parallelism: u16, what: &str) -> Result<KeyGroupRange> {
-        let at = self.offset();
-        let first = self.u16_le(what)?;
-        let last = self.u16_le(what)?;
-        if first > last || last >= max_parallelism {
-            return Err(self.error_at(
-                at,
-                format!(
-                    "{what} {first}..={last} is empty or exceeds max parallelism {max_parallelism}"
-                ),
-            ));
-        }
-        KeyGroupRange::new(first, last).map_err(|_| self.error_at(at, what.to_string()))
-    }
+    KeyGroupRange::new(first, last).map_err(|_| c.error_at(at, what.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::StateKind;
+    use crate::ttl::{TtlConfig, UpdateType, Visibility};
     use proptest::prelude::*;
 
     fn sample() -> CheckpointMetadata {

@@ -6,3 +6,4 @@ pub mod registry;
 pub mod retention;
 pub mod savepoint;
 pub mod storage;
+pub mod verify;

@@ -47,6 +47,12 @@ impl<'a> Cursor<'a> {
         Error::corruption(self.file, self.offset(), what)
     }
 
+    /// A corruption error at absolute offset `at` of the cursor's file (a field that started
+    /// before the current position).
+    pub fn error_at(&self, at: u64, what: impl Into<String>) -> Error {
+        Error::corruption(self.file, at, what)
+    }
+
     /// The file name errors carry.
     pub fn file(&self) -> &'a str {
         self.file

@@ -1,8 +1,9 @@
 //! LEB128 varints (FORMAT.md §1.1): the length prefix of every variable-size field.
 //!
 //! Encoding is unsigned little-endian base-128: seven bits per byte, low group first, high bit
-//! set on every byte but the last. Decoding rejects overlong forms that overflow the target width
-//! and truncated input, returning [`Error::Corruption`] with the offset of the varint.
+//! set on every byte but the last. Decoding rejects overlong forms (a zero last byte after
+//! others), forms that overflow the target width, and truncated input, returning
+//! [`Error::Corruption`] with the offset of the varint.
 
 use crate::error::{Error, Result};
 
@@ -47,6 +48,11 @@ pub fn get_varint64(input: &[u8], file: &str, offset: u64) -> Result<(u64, usize
         }
         value |= group << (7 * i);
         if byte & 0x80 == 0 {
+            // A last byte of 0 after others adds nothing: an overlong form (FORMAT.md §1.1),
+            // which no writer produces, so that every value has exactly one encoding.
+            if byte == 0 && i > 0 {
+                return Err(Error::corruption(file, offset, "overlong varint"));
+            }
             return Ok((value, i + 1));
         }
     }
@@ -94,6 +100,10 @@ mod tests {
         let mut v = Vec::new();
         put_varint64(&mut v, u64::from(u32::MAX) + 1);
         assert!(get_varint32(&v, "t", 0).unwrap_err().is_corruption());
+        for overlong in [&[0x80, 0x00][..], &[0x9c, 0x00], &[0xac, 0x82, 0x00]] {
+            let e = get_varint64(overlong, "t", 0).unwrap_err();
+            assert!(e.to_string().contains("overlong"), "{overlong:?}: {e}");
+        }
     }
 
     proptest! {
