@@ -74,7 +74,11 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
 
     fn encode(&self, ctx: &super::Context, values: &[T]) -> Result<Vec<u8>> {
         // Only TTL states pay for reading the clock.
-        let now = if self.handle.ttl.is_some() { ctx.now_ms() } else { 0 };
+        let now = if self.handle.ttl.is_some() {
+            ctx.now_ms()
+        } else {
+            0
+        };
         let mut out = Vec::new();
         for value in values {
             ttl::push_element(&mut out, self.handle.ttl.as_ref(), now, &to_bytes(value)?);
