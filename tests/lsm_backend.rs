@@ -181,13 +181,10 @@ fn value(round: u64, i: u64) -> Vec<u8> {
     out
 }
 
-#[test]
-fn incremental_checkpoints_upload_about_the_changed_bytes() {
+/// Fills 20,000 keys, checkpoints, then 20 rounds of changing `changes` keys and checkpointing;
+/// returns (bytes uploaded, delta bytes, base switches) of the 20 rounds and checks each round.
+fn incremental_rounds(options: LsmBackendOptions, changes: u64, test: &str) -> (u64, u64, usize) {
     let dir = tempfile::tempdir().unwrap();
-    let options = LsmBackendOptions {
-        min_materialization_bytes: 0,
-        ..LsmBackendOptions::default()
-    };
     let mut b = lsm_in(
         dir.path(),
         config(KeyGroupRange::all(MAX_PARALLELISM)),
@@ -203,29 +200,29 @@ fn incremental_checkpoints_upload_about_the_changed_bytes() {
     b.snapshot(1).unwrap().run().unwrap();
     let first = b.last_checkpoint_stats().unwrap();
     assert!(first.uploaded_bytes > 1_000_000, "{first:?}");
-    let mut rng = seed("incremental_checkpoints");
-    let (mut uploaded, mut deltas) = (0u64, 0u64);
+    let mut rng = seed(test);
+    let (mut uploaded, mut deltas, mut switches) = (0u64, 0u64, 0usize);
     for round in 1..=20u64 {
-        for _ in 0..KEYS / 100 {
+        for _ in 0..changes {
             rng = mix(rng);
             b.put(v, &key(rng % KEYS), &value(round, rng)).unwrap();
         }
         b.snapshot(round + 1).unwrap().run().unwrap();
         let stats = b.last_checkpoint_stats().unwrap();
         eprintln!("round {round}: {stats:?}");
-        // Changed data: 200 values of ~125 bytes with their keys, about 25 KB.
-        assert!(stats.delta_bytes > 0 && stats.delta_bytes < 60_000, "{stats:?}");
+        // Changed data: `changes` values of ~125 bytes with their keys.
+        assert!(
+            stats.delta_bytes > 0 && stats.delta_bytes < changes * 300,
+            "{stats:?}"
+        );
         assert!(
             stats.uploaded_bytes <= 10 * stats.delta_bytes,
             "round {round}: {stats:?}"
         );
         uploaded += stats.uploaded_bytes;
         deltas += stats.delta_bytes;
+        switches += usize::from(stats.base_switched);
     }
-    assert!(
-        uploaded <= 2 * deltas + deltas / 10,
-        "20 rounds uploaded {uploaded} bytes for {deltas} changed bytes"
-    );
     // The latest checkpoint restores exactly.
     let expected = contents(&mut b);
     let mut restored = lsm_in(
@@ -242,6 +239,38 @@ fn incremental_checkpoints_upload_about_the_changed_bytes() {
         )
         .unwrap();
     assert_eq!(contents(&mut restored), expected);
+    (uploaded, deltas, switches)
+}
+
+#[test]
+fn incremental_checkpoints_upload_about_the_changed_bytes() {
+    let options = LsmBackendOptions {
+        min_materialization_bytes: 0,
+        ..LsmBackendOptions::default()
+    };
+    let (uploaded, deltas, _) = incremental_rounds(options, 200, "incremental_checkpoints");
+    assert!(
+        uploaded <= 2 * deltas + deltas / 10,
+        "20 rounds uploaded {uploaded} bytes for {deltas} changed bytes"
+    );
+}
+
+#[test]
+fn rematerialized_bases_keep_uploads_bounded() {
+    // 10% of the keys change per round: the deltas outgrow 5% of the base at once, and the
+    // target is materialized within the budget while compaction rewrites the store.
+    let options = LsmBackendOptions {
+        delta_ratio: 0.05,
+        min_materialization_bytes: 16 << 10,
+        target_file_size: 64 << 10,
+        ..LsmBackendOptions::default()
+    };
+    let (uploaded, deltas, switches) = incremental_rounds(options, 2_000, "rematerialized_bases");
+    assert!(switches >= 1, "no base switch in 20 rounds");
+    assert!(
+        uploaded <= 2 * deltas + deltas / 10,
+        "20 rounds uploaded {uploaded} bytes for {deltas} changed bytes"
+    );
 }
 
 #[test]
@@ -289,7 +318,10 @@ fn shared_files_are_reference_counted_under_retention() {
     assert!(report.removed_files.is_empty(), "{report:?}");
     assert_eq!(report.completed, [7, 8]);
     for path in storage.list("shared").unwrap() {
-        assert_eq!(registry.shared_references(&path), b.shared_references(&path));
+        assert_eq!(
+            registry.shared_references(&path),
+            b.shared_references(&path)
+        );
     }
     // Both retained checkpoints restore exactly.
     for id in [7u64, 8] {
@@ -541,7 +573,12 @@ fn killed_checkpointing_restores_latest_complete_checkpoint() {
         rng = mix(rng);
         let delay = Duration::from_millis(200 + rng % 600);
         let mut child = Command::new(&exe)
-            .args(["--exact", "lsm_crash_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "lsm_crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -572,7 +609,10 @@ fn killed_checkpointing_restores_latest_complete_checkpoint() {
         }
         complete.sort_unstable();
         let newest = complete.last().copied().unwrap_or(0);
-        assert!(newest >= latest, "round {round}: checkpoint {latest} was lost");
+        assert!(
+            newest >= latest,
+            "round {round}: checkpoint {latest} was lost"
+        );
         let mut b = crash_backend(dir.path());
         latest = b.restore_latest().unwrap().unwrap_or(0);
         assert_eq!(latest, newest);
@@ -584,7 +624,11 @@ fn killed_checkpointing_restores_latest_complete_checkpoint() {
                 KeyGroupRange::all(MAX_PARALLELISM),
             )
             .unwrap();
-            assert_eq!(contents(&mut b), model(*id), "round {round}: checkpoint {id}");
+            assert_eq!(
+                contents(&mut b),
+                model(*id),
+                "round {round}: checkpoint {id}"
+            );
         }
         eprintln!("round {round}: killed after {delay:?}; latest {latest}");
     }

@@ -38,8 +38,9 @@ use crate::lsm::version::{FileMeta, RangeTombstone};
 use crate::lsm::{Db, FlushOutput, LiveFiles};
 use crate::ttl::SharedClock;
 
-/// Unused credit carries over, up to this many budgets: a file larger than one budget still gets
-/// uploaded, and no checkpoint uploads more than this many budgets of target bytes.
+/// Unused credit carries over while a target is pending, up to this many budgets: a file larger
+/// than one budget still gets uploaded, and no checkpoint uploads more than this many budgets of
+/// target bytes (a file larger than the cap is uploaded once the credit reaches the cap).
 pub const CREDIT_CAP: u64 = 8;
 
 /// A file in checkpoint storage.
@@ -429,6 +430,10 @@ impl LsmSnapshotTask {
             base = Some(new_base);
             target = None;
             stats.base_switched = true;
+        }
+        if target.is_none() {
+            // Credit is earned only while a target waits: no burst from idle rounds.
+            credit = 0;
         }
         let Some(base) = base else {
             return Err(Error::invalid(format!(

@@ -50,6 +50,9 @@ pub const POINT_DELETE_LIMIT: usize = 64;
 /// Default lower bound of the bytes of the materialization target one checkpoint uploads: 4 MiB.
 pub const DEFAULT_MIN_MATERIALIZATION_BYTES: u64 = 4 << 20;
 
+/// Default size at which compaction output files are cut: 4 MiB.
+pub const DEFAULT_TARGET_FILE_SIZE: u64 = 4 << 20;
+
 /// Options of an [`LsmBackend`], with documented defaults.
 #[derive(Clone, Debug)]
 pub struct LsmBackendOptions {
@@ -73,6 +76,10 @@ pub struct LsmBackendOptions {
     pub max_delta_files_per_cf: usize,
     /// A checkpoint uploads up to max(its delta bytes, this) of the target (default 4 MiB).
     pub min_materialization_bytes: u64,
+    /// Compaction output files are cut at about this size (default 4 MiB). Small files make
+    /// sharing between checkpoints finer and keep every file within one checkpoint's upload
+    /// credit (`CREDIT_CAP` × `min_materialization_bytes`).
+    pub target_file_size: u64,
     /// Run flushes and compactions on a background thread (default true).
     pub background_work: bool,
 }
@@ -89,6 +96,7 @@ impl Default for LsmBackendOptions {
             delta_ratio: 1.0,
             max_delta_files_per_cf: 100,
             min_materialization_bytes: DEFAULT_MIN_MATERIALIZATION_BYTES,
+            target_file_size: DEFAULT_TARGET_FILE_SIZE,
             background_work: true,
         }
     }
@@ -307,6 +315,7 @@ fn cf_options(
     descriptor: &StateDescriptor,
 ) -> CfOptions {
     let mut cf = CfOptions::default();
+    cf.compaction.target_file_size = options.target_file_size.max(1);
     cf.sst.compression = options
         .state_compression
         .iter()
