@@ -488,7 +488,10 @@ const CRASH_KEYS: u64 = 400;
 
 /// The writes of step `n`, a pure function of `n`: `Some(v)` puts (or appends to "l"),
 /// `None` deletes.
-fn step(n: u64) -> Vec<(&'static str, Vec<u8>, Option<Vec<u8>>)> {
+/// One write of a step: state, key, value (`None` deletes).
+type StepWrite = (&'static str, Vec<u8>, Option<Vec<u8>>);
+
+fn step(n: u64) -> Vec<StepWrite> {
     let mut out = Vec::new();
     for j in 0..60 {
         let h = mix(n * 1_000 + j);

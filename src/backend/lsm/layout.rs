@@ -324,7 +324,7 @@ mod tests {
                     role: FileRole::Delta,
                     level: 0,
                     file_index: 1,
-                    meta: meta(9, b"\0\x02", b"\0\x02"),
+                    meta: meta(9, b"\0\x02a", b"\0\x02b"),
                 },
             ],
             tombstones: vec![LayoutTombstone {
