@@ -36,7 +36,7 @@ pub mod state;
 pub mod ttl;
 
 pub use backend::{
-    BackendConfig, BackendKind, FsBackend, MemoryBackend, SnapshotHandle, SnapshotTask,
+    BackendConfig, BackendKind, FsBackend, LsmBackend, MemoryBackend, SnapshotHandle, SnapshotTask,
     StateBackend, StateDescriptor, StateId, StateKind,
 };
 pub use error::{Error, Result};

@@ -107,3 +107,24 @@ impl BackendFactory for FsFactory {
 }
 
 conformance_suite!(fs, FsFactory);
+
+/// [`LsmBackend`](flowstate::LsmBackend): its store and its checkpoints both in the scratch
+/// directory. Expired entries leave through the compaction filter, not incremental cleanup.
+pub struct LsmFactory;
+
+impl BackendFactory for LsmFactory {
+    const INCREMENTAL_TTL_CLEANUP: bool = false;
+
+    fn create(config: BackendConfig, scratch: &Path) -> Result<Box<dyn StateBackend>> {
+        let storage =
+            flowstate::checkpoint::storage::LocalDirStorage::open(scratch.join("checkpoints"))?;
+        Ok(Box::new(flowstate::LsmBackend::new(
+            config,
+            &scratch.join("work"),
+            std::sync::Arc::new(storage),
+            flowstate::backend::lsm::LsmBackendOptions::default(),
+        )?))
+    }
+}
+
+conformance_suite!(lsm, LsmFactory);

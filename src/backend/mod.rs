@@ -9,6 +9,7 @@
 pub mod fs;
 pub mod full_snapshot;
 pub mod heap;
+pub mod lsm;
 pub mod memory;
 
 use std::fmt;
@@ -24,6 +25,7 @@ use crate::ttl::{SharedClock, TtlConfig, UpdateType, Visibility, system_clock};
 
 pub use fs::FsBackend;
 pub use heap::HeapSnapshot;
+pub use lsm::LsmBackend;
 pub use memory::MemoryBackend;
 
 /// The id a backend hands out when a state is registered; valid for that backend only.

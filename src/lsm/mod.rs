@@ -18,5 +18,7 @@ pub mod table;
 pub mod version;
 pub mod wal;
 
-pub use db::{ColumnFamily, Db, DbIterator, DbStats, LiveFiles, ReadOptions, Snapshot};
+pub use db::{
+    ColumnFamily, Db, DbIterator, DbStats, FlushOutput, LiveFile, LiveFiles, ReadOptions, Snapshot,
+};
 pub use options::{CfOptions, Options};

@@ -188,6 +188,13 @@ fn flush_one(inner: &DbInner) -> Result<bool> {
         .collect();
     edit.last_sequence = Some(batch.last_sequence);
     log_and_apply(inner, &mut core, &edit)?;
+    if let Some(log) = inner.flush_log.lock().as_mut() {
+        log.push(super::checkpoint::flush_output(
+            &core,
+            batch.last_sequence,
+            &edit,
+        ));
+    }
     core.frozen.remove(0);
     inner.install_super_version(&core);
     let min_log = core

@@ -77,6 +77,54 @@ pub(super) fn live_files(inner: &DbInner) -> LiveFiles {
     }
 }
 
+/// The files one flush added: captured when [`super::Db::capture_flushes`] is on, pinned against
+/// deletion until dropped (an incremental checkpoint uploads them as the changelog of the
+/// interval even if a compaction already replaced them).
+#[derive(Debug)]
+pub struct FlushOutput {
+    /// The flush holds exactly the writes with sequences above the previous flush's
+    /// `last_sequence` and at or below this one.
+    pub last_sequence: u64,
+    /// The new L0 files (at most one per column family).
+    pub files: Vec<LiveFile>,
+    /// Range tombstones the flush added to the version, by column family name.
+    pub tombstones: Vec<(String, crate::lsm::version::RangeTombstone)>,
+    _pins: Vec<Arc<TableFile>>,
+}
+
+/// Builds the [`FlushOutput`] of a flush edit just applied (core lock held by the caller).
+pub(super) fn flush_output(
+    core: &super::Core,
+    last_sequence: u64,
+    edit: &crate::lsm::version::VersionEdit,
+) -> FlushOutput {
+    let name = |cf: &u32| core.cfs.get(cf).map(|c| c.name.clone()).unwrap_or_default();
+    let mut files = Vec::new();
+    let mut pins = Vec::new();
+    for (cf, level, meta) in &edit.new_files {
+        if let Some(table) = core.tables.get(&meta.number) {
+            pins.push(table.clone());
+            files.push(LiveFile {
+                cf: name(cf),
+                cf_id: *cf,
+                level: usize::from(*level),
+                meta: table.meta().clone(),
+                path: table.path().to_path_buf(),
+            });
+        }
+    }
+    FlushOutput {
+        last_sequence,
+        files,
+        tombstones: edit
+            .tombstones_added
+            .iter()
+            .map(|(cf, t)| (name(cf), t.clone()))
+            .collect(),
+        _pins: pins,
+    }
+}
+
 /// Hard-links (or copies) `from` to `to` and makes the new name durable.
 pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
     if std::fs::hard_link(from, to).is_ok() {

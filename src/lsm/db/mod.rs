@@ -29,7 +29,7 @@ use crate::lsm::table::TableFile;
 use crate::lsm::version::{NUM_LEVELS, RangeTombstone, Version};
 use crate::lsm::wal::WalWriter;
 
-pub use checkpoint::{LiveFile, LiveFiles};
+pub use checkpoint::{FlushOutput, LiveFile, LiveFiles};
 pub use read::{DbIterator, ReadOptions};
 
 /// Name of the column family every store has.
@@ -229,6 +229,8 @@ struct DbInner {
     counters: Counters,
     /// Held while a compaction runs: one at a time, background or manual.
     compaction_lock: Mutex<()>,
+    /// Outputs of flushes since the last `take_flushed`, when capturing is on.
+    flush_log: Mutex<Option<Vec<FlushOutput>>>,
     _lock: File,
 }
 
@@ -410,6 +412,28 @@ impl Db {
     /// while the result is alive (the base of incremental checkpoints).
     pub fn live_files(&self) -> LiveFiles {
         checkpoint::live_files(&self.inner)
+    }
+
+    /// Blocks until every memtable frozen so far is flushed (without freezing anything new).
+    pub fn wait_for_flushes(&self) -> Result<()> {
+        let has_background = self.background.lock().is_some();
+        background::wait_for_flushes(&self.inner, has_background)
+    }
+
+    /// From now on, every flush's output is recorded (and its files pinned) until
+    /// [`Db::take_flushed`] hands it out: the changelog an incremental checkpoint uploads.
+    pub fn capture_flushes(&self) {
+        self.inner.flush_log.lock().get_or_insert_with(Vec::new);
+    }
+
+    /// The flushes recorded since the last call, oldest first (empty when not capturing).
+    pub fn take_flushed(&self) -> Vec<FlushOutput> {
+        self.inner
+            .flush_log
+            .lock()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Counters and sizes.

@@ -1,0 +1,591 @@
+//! Incremental checkpoints of the LSM backend with bounded upload bytes (FORMAT.md §11).
+//!
+//! DESIGN. Uploading every live SST not yet in storage (plain SST sharing) makes compaction
+//! churn show up in checkpoints: one L1→L2 compaction can rewrite far more than the interval
+//! changed. So a checkpoint is a *base* — the files of one earlier version, all uploaded — plus
+//! *deltas*: the outputs of every flush since that base (the store captures them, pinned, as
+//! they are made; a flush's output is the changelog of its interval). Each checkpoint uploads its
+//! new deltas plus at most a budget (credit earned at max(delta bytes, a minimum) per checkpoint,
+//! capped at `CREDIT_CAP` budgets) of a pending *materialization target*: a pinned later version.
+//! Once every file of the target is uploaded, the checkpoint switches its base to it and drops
+//! the deltas it contains. A new target is taken when the deltas outgrow `delta_ratio` × the
+//! base's bytes. Per checkpoint: delta bytes + at most `CREDIT_CAP` budgets; on average: delta
+//! bytes + at most delta bytes / `delta_ratio`. Files keep their numbers, so a target file that
+//! is an uploaded delta (not yet compacted) costs nothing.
+//!
+//! Invariants: the in-memory state (uploaded files, base, deltas) changes only after `_metadata`
+//! is published, so a failed checkpoint leaves nothing a later one relies on; every file a
+//! checkpoint's layout names is listed in its `_metadata` (reference counted by the registry).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::layout::{CheckpointLayout, FileRole, LayoutFile, LayoutTombstone};
+use super::{CF_PREFIX, LsmBackendOptions};
+use crate::backend::{
+    BackendKind, FileRef, SnapshotHandle, SnapshotTask, StateDescriptor, fs::snapshot_handle,
+};
+use crate::checkpoint::metadata::{CheckpointFile, CheckpointMetadata};
+use crate::checkpoint::registry::CheckpointRegistry;
+use crate::checkpoint::retention;
+use crate::checkpoint::storage::{CheckpointStorage, SHARED_DIR, metadata_path};
+use crate::error::{Error, Result};
+use crate::keys::{KeyGroupRange, key_group_of};
+use crate::lsm::version::{FileMeta, RangeTombstone};
+use crate::lsm::{Db, FlushOutput, LiveFiles};
+use crate::ttl::SharedClock;
+
+/// Unused credit carries over while a target is pending, up to this many budgets: a file larger
+/// than one budget still gets uploaded, and no checkpoint uploads more than this many budgets of
+/// target bytes (a file larger than the cap is uploaded once the credit reaches the cap).
+pub const CREDIT_CAP: u64 = 8;
+
+/// A file in checkpoint storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct UploadedFile {
+    pub path: String,
+    pub size: u64,
+    pub crc32: u32,
+}
+
+/// A file a checkpoint's layout names: column family name, level, metadata.
+#[derive(Clone, Debug)]
+pub(super) struct CkptFile {
+    pub cf: String,
+    pub level: u8,
+    pub meta: Arc<FileMeta>,
+}
+
+type Tombstones = Vec<(String, RangeTombstone)>;
+
+#[derive(Clone, Debug)]
+pub(super) struct Base {
+    pub sequence: u64,
+    pub files: Vec<CkptFile>,
+    pub tombstones: Tombstones,
+}
+
+#[derive(Clone, Debug)]
+struct Delta {
+    sequence: u64,
+    files: Vec<CkptFile>,
+    tombstones: Tombstones,
+}
+
+#[derive(Debug)]
+pub(super) struct Target {
+    pub live: LiveFiles,
+}
+
+impl Target {
+    fn files(&self) -> Vec<CkptFile> {
+        self.live
+            .files
+            .iter()
+            .filter(|f| f.cf.starts_with(CF_PREFIX))
+            .map(|f| CkptFile {
+                cf: f.cf.clone(),
+                level: f.level as u8,
+                meta: f.meta.clone(),
+            })
+            .collect()
+    }
+
+    fn tombstones(&self) -> Tombstones {
+        self.live
+            .version
+            .cfs
+            .values()
+            .filter(|c| c.name.starts_with(CF_PREFIX))
+            .flat_map(|c| c.tombstones.iter().map(|t| (c.name.clone(), t.clone())))
+            .collect()
+    }
+
+    fn as_base(&self) -> Base {
+        Base {
+            sequence: self.live.sequence,
+            files: self.files(),
+            tombstones: self.tombstones(),
+        }
+    }
+}
+
+/// What one checkpoint uploaded and references.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// The checkpoint.
+    pub checkpoint_id: u64,
+    /// Files uploaded by this checkpoint.
+    pub uploaded_files: usize,
+    /// Bytes uploaded by this checkpoint (deltas and target).
+    pub uploaded_bytes: u64,
+    /// Bytes of the flush outputs (deltas) this checkpoint added.
+    pub delta_bytes: u64,
+    /// Bytes of materialization-target files uploaded.
+    pub materialized_bytes: u64,
+    /// Bytes of every file the checkpoint references.
+    pub referenced_bytes: u64,
+    /// Delta files in the checkpoint's layout.
+    pub delta_files: usize,
+    /// Whether this checkpoint switched to a new base.
+    pub base_switched: bool,
+}
+
+/// The incremental-checkpoint state of one backend, shared with its snapshot tasks.
+#[derive(Debug)]
+pub(super) struct Incremental {
+    /// Names the shared files of the current store: `shared/<store_id:016x>-<number>.sst`.
+    pub store_id: u64,
+    /// Bumped by every restore; a task of an older store refuses to run.
+    pub epoch: u32,
+    /// Files the last published checkpoint lists, by local file number.
+    pub uploaded: HashMap<u64, UploadedFile>,
+    /// The complete base (None after a restore whose files are not all in this storage).
+    pub base: Option<Base>,
+    deltas: Vec<Delta>,
+    /// Flush outputs captured and not yet in a published checkpoint.
+    pending: Vec<FlushOutput>,
+    pub target: Option<Target>,
+    credit: u64,
+    pub last_stats: Option<CheckpointStats>,
+}
+
+impl Incremental {
+    pub fn new(store_id: u64) -> Self {
+        Incremental {
+            store_id,
+            epoch: 0,
+            uploaded: HashMap::new(),
+            base: Some(Base {
+                sequence: 0,
+                files: Vec::new(),
+                tombstones: Vec::new(),
+            }),
+            deltas: Vec::new(),
+            pending: Vec::new(),
+            target: None,
+            credit: 0,
+            last_stats: None,
+        }
+    }
+
+    /// Starts over on a restored store: `live` is its whole version, `uploaded` the files of it
+    /// that this storage already holds.
+    pub fn reset(&mut self, store_id: u64, live: LiveFiles, uploaded: HashMap<u64, UploadedFile>) {
+        let target = Target { live };
+        let complete = target
+            .files()
+            .iter()
+            .all(|f| uploaded.contains_key(&f.meta.number));
+        self.store_id = store_id;
+        self.epoch += 1;
+        self.uploaded = uploaded;
+        self.deltas.clear();
+        self.pending.clear();
+        self.credit = 0;
+        if complete {
+            self.base = Some(target.as_base());
+            self.target = None;
+        } else {
+            self.base = None;
+            self.target = Some(target);
+        }
+    }
+
+    fn shared_path(&self, number: u64) -> String {
+        format!("{SHARED_DIR}/{:016x}-{number:06}.sst", self.store_id)
+    }
+}
+
+/// The asynchronous part of an LSM snapshot.
+pub(super) struct LsmSnapshotTask {
+    pub checkpoint_id: u64,
+    pub sequence: u64,
+    pub epoch: u32,
+    pub max_parallelism: u16,
+    pub key_group_range: KeyGroupRange,
+    pub states: Vec<StateDescriptor>,
+    pub clock: SharedClock,
+    pub db: Arc<Db>,
+    pub storage: Arc<dyn CheckpointStorage>,
+    pub registry: Arc<Mutex<CheckpointRegistry>>,
+    pub incremental: Arc<Mutex<Incremental>>,
+    pub retained: usize,
+    pub options: LsmBackendOptions,
+}
+
+/// Copies a local SST into storage at `path`, checking size and crc32 against `meta`.
+fn upload(
+    storage: &dyn CheckpointStorage,
+    local: &std::path::Path,
+    meta: &FileMeta,
+    path: &str,
+) -> Result<UploadedFile> {
+    let mut file = std::fs::File::open(local).map_err(|e| Error::io(local, e))?;
+    let mut writer = storage.create_file(path)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer).map_err(|e| Error::io(local, e))?;
+        if n == 0 {
+            break;
+        }
+        let chunk = buffer.get(..n).unwrap_or_default();
+        hasher.update(chunk);
+        writer.write_all(chunk)?;
+        size += n as u64;
+    }
+    writer.finish()?;
+    let crc32 = hasher.finalize();
+    if size != meta.size || crc32 != meta.crc32 {
+        return Err(Error::corruption(
+            local.display(),
+            0,
+            format!(
+                "SST is {size} bytes with crc32 {crc32:#010x}; the manifest says {} bytes, {:#010x}",
+                meta.size, meta.crc32
+            ),
+        ));
+    }
+    Ok(UploadedFile {
+        path: path.to_string(),
+        size,
+        crc32,
+    })
+}
+
+/// The key groups of a file's user-key range.
+fn file_key_groups(meta: &FileMeta, fallback: KeyGroupRange) -> KeyGroupRange {
+    match (
+        key_group_of(meta.smallest_user_key()),
+        key_group_of(meta.largest_user_key()),
+    ) {
+        (Some(a), Some(b)) if a <= b => KeyGroupRange::new(a, b).unwrap_or(fallback),
+        _ => fallback,
+    }
+}
+
+impl SnapshotTask for LsmSnapshotTask {
+    fn run(self: Box<Self>) -> Result<SnapshotHandle> {
+        let incremental = self.incremental.clone();
+        let mut inc = incremental.lock();
+        self.run_locked(&mut inc)
+    }
+}
+
+impl LsmSnapshotTask {
+    fn run_locked(&self, inc: &mut Incremental) -> Result<SnapshotHandle> {
+        let id = self.checkpoint_id;
+        if inc.epoch != self.epoch {
+            return Err(Error::invalid(format!(
+                "checkpoint {id} was started before the backend was restored; it cannot complete"
+            )));
+        }
+        if self.storage.exists(&metadata_path(id))? {
+            return Err(Error::invalid(format!(
+                "checkpoint {id} is already completed in {}; checkpoint ids must not be reused",
+                self.storage.location()
+            )));
+        }
+        self.db.wait_for_flushes()?;
+        inc.pending.extend(self.db.take_flushed());
+        if inc.base.is_none() && inc.target.is_none() {
+            inc.target = Some(Target {
+                live: self.db.live_files(),
+            });
+        }
+        let floor = match (&inc.base, &inc.target) {
+            (Some(b), _) => b.sequence,
+            (None, Some(t)) => t.live.sequence,
+            (None, None) => 0,
+        };
+        if inc.base.is_none() && floor > self.sequence {
+            return Err(Error::invalid(format!(
+                "checkpoint {id} cannot be formed: the store moved past its sequence before the \
+                 first full upload; take the next checkpoint"
+            )));
+        }
+
+        let mut new_uploads: HashMap<u64, UploadedFile> = HashMap::new();
+        let mut stats = CheckpointStats {
+            checkpoint_id: id,
+            ..CheckpointStats::default()
+        };
+        // 1. Deltas: every captured flush in (floor, sequence].
+        let mut deltas = inc.deltas.clone();
+        for out in inc
+            .pending
+            .iter()
+            .filter(|o| o.last_sequence > floor && o.last_sequence <= self.sequence)
+        {
+            let mut files = Vec::new();
+            for f in out.files.iter().filter(|f| f.cf.starts_with(CF_PREFIX)) {
+                let number = f.meta.number;
+                if !inc.uploaded.contains_key(&number) && !new_uploads.contains_key(&number) {
+                    let path = inc.shared_path(number);
+                    let up = upload(self.storage.as_ref(), &f.path, &f.meta, &path)?;
+                    stats.uploaded_files += 1;
+                    stats.uploaded_bytes += up.size;
+                    stats.delta_bytes += up.size;
+                    new_uploads.insert(number, up);
+                }
+                files.push(CkptFile {
+                    cf: f.cf.clone(),
+                    level: 0,
+                    meta: f.meta.clone(),
+                });
+            }
+            let tombstones = out
+                .tombstones
+                .iter()
+                .filter(|(cf, _)| cf.starts_with(CF_PREFIX))
+                .cloned()
+                .collect();
+            deltas.push(Delta {
+                sequence: out.last_sequence,
+                files,
+                tombstones,
+            });
+        }
+
+        // 2. A new target when the deltas outgrew the base.
+        let base_bytes: u64 = inc
+            .base
+            .as_ref()
+            .map_or(0, |b| b.files.iter().map(|f| f.meta.size).sum());
+        let delta_bytes: u64 = deltas
+            .iter()
+            .flat_map(|d| &d.files)
+            .map(|f| f.meta.size)
+            .sum();
+        let mut per_cf: BTreeMap<&str, usize> = BTreeMap::new();
+        for f in deltas.iter().flat_map(|d| &d.files) {
+            *per_cf.entry(f.cf.as_str()).or_insert(0) += 1;
+        }
+        let too_many = per_cf
+            .values()
+            .any(|&n| n > self.options.max_delta_files_per_cf);
+        let mut target = inc.target.take();
+        if target.is_none()
+            && (delta_bytes as f64 > self.options.delta_ratio * base_bytes as f64 || too_many)
+        {
+            target = Some(Target {
+                live: self.db.live_files(),
+            });
+        }
+
+        // 3. Materialize within the budget.
+        let mut credit = inc.credit;
+        if let Some(t) = &target {
+            let full = inc.base.is_none();
+            let budget = stats
+                .delta_bytes
+                .max(self.options.min_materialization_bytes)
+                .max(1);
+            let cap = budget.saturating_mul(CREDIT_CAP);
+            credit = credit.saturating_add(budget).min(cap);
+            let mut files = t
+                .live
+                .files
+                .iter()
+                .filter(|f| f.cf.starts_with(CF_PREFIX))
+                .collect::<Vec<_>>();
+            // Deep levels first: they change least, so their uploads are least likely wasted.
+            files.sort_by(|a, b| {
+                b.level
+                    .cmp(&a.level)
+                    .then(a.meta.number.cmp(&b.meta.number))
+            });
+            for f in files {
+                let number = f.meta.number;
+                if inc.uploaded.contains_key(&number) || new_uploads.contains_key(&number) {
+                    continue;
+                }
+                if !full && f.meta.size > credit && credit < cap {
+                    continue;
+                }
+                let path = inc.shared_path(number);
+                let up = upload(self.storage.as_ref(), &f.path, &f.meta, &path)?;
+                credit = credit.saturating_sub(up.size);
+                stats.uploaded_files += 1;
+                stats.uploaded_bytes += up.size;
+                stats.materialized_bytes += up.size;
+                new_uploads.insert(number, up);
+            }
+        }
+
+        // 4. Switch the base once the target is whole and not newer than this checkpoint.
+        let is_up = |n: &u64| inc.uploaded.contains_key(n) || new_uploads.contains_key(n);
+        let mut base = inc.base.clone();
+        if let Some(t) = &target
+            && t.live.sequence <= self.sequence
+            && t.files().iter().all(|f| is_up(&f.meta.number))
+        {
+            let new_base = t.as_base();
+            deltas.retain(|d| d.sequence > new_base.sequence);
+            base = Some(new_base);
+            target = None;
+            stats.base_switched = true;
+        }
+        if target.is_none() {
+            // Credit is earned only while a target waits: no burst from idle rounds.
+            credit = 0;
+        }
+        let Some(base) = base else {
+            return Err(Error::invalid(format!(
+                "checkpoint {id}: the first full upload after a restore did not complete"
+            )));
+        };
+
+        // 5. The checkpoint: base + deltas (+ staged target files, so they stay referenced).
+        let (metadata, listed) =
+            self.describe(inc, &new_uploads, &base, &deltas, target.as_ref())?;
+        stats.referenced_bytes = metadata.files.iter().map(|f| f.file.size).sum();
+        stats.delta_files = deltas.iter().map(|d| d.files.len()).sum();
+        self.storage.publish_metadata(id, &metadata.encode())?;
+        let handle = snapshot_handle(self.storage.as_ref(), &metadata);
+        {
+            let mut registry = self.registry.lock();
+            registry.add_completed(metadata);
+            retention::apply(&mut registry, self.retained)?;
+            // Published: commit. A file the registry no longer counts (checkpoint ids out of
+            // order let retention discard this very checkpoint) forces a full upload next time.
+            let lost = listed
+                .values()
+                .any(|f| registry.shared_references(&f.path) == 0);
+            inc.uploaded = listed;
+            inc.deltas = deltas;
+            inc.base = Some(base);
+            inc.target = target;
+            inc.credit = credit;
+            let sequence = self.sequence;
+            inc.pending.retain(|o| o.last_sequence > sequence);
+            if lost {
+                inc.uploaded
+                    .retain(|_, f| registry.shared_references(&f.path) > 0);
+                inc.base = None;
+                inc.deltas.clear();
+                inc.target = None;
+            }
+        }
+        inc.last_stats = Some(stats);
+        Ok(handle)
+    }
+
+    /// The `_metadata` of the checkpoint and the files it lists by local number.
+    fn describe(
+        &self,
+        inc: &Incremental,
+        new_uploads: &HashMap<u64, UploadedFile>,
+        base: &Base,
+        deltas: &[Delta],
+        target: Option<&Target>,
+    ) -> Result<(CheckpointMetadata, HashMap<u64, UploadedFile>)> {
+        let column_families: Vec<(String, String)> = self
+            .states
+            .iter()
+            .map(|d| (d.name.clone(), super::cf_name(&d.name)))
+            .collect();
+        let cf_index = |cf: &str| -> Result<u32> {
+            column_families
+                .iter()
+                .position(|(_, n)| n == cf)
+                .map(|i| i as u32)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "column family '{cf}' has data in the checkpoint but no registered state"
+                    ))
+                })
+        };
+        let lookup = |n: u64| {
+            inc.uploaded
+                .get(&n)
+                .or_else(|| new_uploads.get(&n))
+                .cloned()
+        };
+        let mut files: Vec<CheckpointFile> = Vec::new();
+        let mut listed: HashMap<u64, UploadedFile> = HashMap::new();
+        let mut index_of: HashMap<u64, u32> = HashMap::new();
+        let fallback = self.key_group_range;
+        let mut list = |meta: &FileMeta, files: &mut Vec<CheckpointFile>| -> Result<u32> {
+            if let Some(i) = index_of.get(&meta.number) {
+                return Ok(*i);
+            }
+            let up = lookup(meta.number).ok_or_else(|| {
+                Error::invalid(format!(
+                    "file {} of the checkpoint was never uploaded",
+                    meta.number
+                ))
+            })?;
+            let i = files.len() as u32;
+            files.push(CheckpointFile {
+                file: FileRef {
+                    path: up.path.clone(),
+                    size: up.size,
+                    crc32: up.crc32,
+                    key_groups: file_key_groups(meta, fallback),
+                },
+                shared: true,
+            });
+            listed.insert(meta.number, up);
+            index_of.insert(meta.number, i);
+            Ok(i)
+        };
+        let mut layout = CheckpointLayout {
+            sequence: self.sequence,
+            base_sequence: base.sequence,
+            instance_id: inc.store_id,
+            column_families: column_families.clone(),
+            ..CheckpointLayout::default()
+        };
+        let roles = base.files.iter().map(|f| (FileRole::Base, f)).chain(
+            deltas
+                .iter()
+                .flat_map(|d| d.files.iter().map(|f| (FileRole::Delta, f))),
+        );
+        for (role, f) in roles {
+            layout.files.push(LayoutFile {
+                cf: cf_index(&f.cf)?,
+                role,
+                level: if role == FileRole::Base { f.level } else { 0 },
+                file_index: list(&f.meta, &mut files)?,
+                meta: (*f.meta).clone(),
+            });
+        }
+        let tombstones = base
+            .tombstones
+            .iter()
+            .chain(deltas.iter().flat_map(|d| d.tombstones.iter()));
+        for (cf, t) in tombstones {
+            let entry = LayoutTombstone {
+                cf: cf_index(cf)?,
+                tombstone: t.clone(),
+            };
+            if !layout.tombstones.contains(&entry) {
+                layout.tombstones.push(entry);
+            }
+        }
+        if let Some(t) = target {
+            for f in t.files() {
+                if lookup(f.meta.number).is_some() {
+                    list(&f.meta, &mut files)?;
+                }
+            }
+        }
+        let metadata = CheckpointMetadata {
+            checkpoint_id: self.checkpoint_id,
+            backend: BackendKind::Lsm,
+            max_parallelism: self.max_parallelism,
+            key_group_range: self.key_group_range,
+            timestamp_ms: self.clock.now_ms(),
+            states: self.states.clone(),
+            files,
+            extra: layout.encode(),
+        };
+        Ok((metadata, listed))
+    }
+}

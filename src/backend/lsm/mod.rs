@@ -1,0 +1,504 @@
+//! [`LsmBackend`]: keyed state in the `lsm` store on local disk, with incremental checkpoints.
+//!
+//! Like Flink's EmbeddedRocksDBStateBackend: one column family per state, composite keys as user
+//! keys, list append as a merge (no read), TTL cleanup by a compaction filter. Checkpoints upload
+//! only SST files checkpoint storage does not hold yet (`checkpoint.rs`, DESIGN note there and
+//! FORMAT.md §11); restore links the files into a fresh store and clips it to the key groups it
+//! owns (`restore.rs`). Invariant: the store holds only keys of the backend's key-group range.
+
+mod checkpoint;
+pub mod layout;
+mod restore;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use self::checkpoint::{Incremental, LsmSnapshotTask};
+use super::{
+    BackendConfig, BackendKind, EntryIter, SnapshotHandle, SnapshotTask, StateBackend,
+    StateDescriptor, StateId, StateKind, check_key_group,
+};
+use crate::checkpoint::registry::{CheckpointRegistry, RecoveryReport};
+use crate::checkpoint::retention::DEFAULT_RETAINED_CHECKPOINTS;
+use crate::checkpoint::storage::CheckpointStorage;
+use crate::codec::block::Compression;
+use crate::error::{Error, Result};
+use crate::keys::KeyGroupRange;
+use crate::lsm::batch::WriteBatch;
+use crate::lsm::db_iter::prefix_upper_bound;
+use crate::lsm::merge::{CompactionFilter, FilterDecision};
+use crate::lsm::options::{DEFAULT_BLOCK_CACHE_SIZE, DEFAULT_WRITE_BUFFER_SIZE};
+use crate::lsm::{CfOptions, ColumnFamily, Db, Options, ReadOptions};
+use crate::ttl::{SharedClock, TtlConfig, drop_expired};
+
+pub use checkpoint::CheckpointStats;
+pub use layout::CheckpointLayout;
+
+/// Prefix of a state's column family name: `state:<name>` (so no state collides with the
+/// store's `default` column family).
+pub const CF_PREFIX: &str = "state:";
+
+/// `delete_prefix` over at most this many keys deletes them one by one; a larger one writes a
+/// range tombstone (tombstones stay in the version until a manual compaction, so many small
+/// ones would slow every read).
+pub const POINT_DELETE_LIMIT: usize = 64;
+
+/// Default lower bound of the bytes of the materialization target one checkpoint uploads: 4 MiB.
+pub const DEFAULT_MIN_MATERIALIZATION_BYTES: u64 = 4 << 20;
+
+/// Default size at which compaction output files are cut: 4 MiB.
+pub const DEFAULT_TARGET_FILE_SIZE: u64 = 4 << 20;
+
+/// Options of an [`LsmBackend`], with documented defaults.
+#[derive(Clone, Debug)]
+pub struct LsmBackendOptions {
+    /// Memtable size before a flush (default 64 MiB, the store's default).
+    pub write_buffer_size: usize,
+    /// Block cache capacity (default 64 MiB).
+    pub block_cache_size: usize,
+    /// Compression of SST data blocks of every state (default zstd level 3).
+    pub compression: Compression,
+    /// Per-state overrides of `compression`, by state name.
+    pub state_compression: Vec<(String, Compression)>,
+    /// Completed checkpoints kept (default [`DEFAULT_RETAINED_CHECKPOINTS`]; 0 counts as 1).
+    pub retained_checkpoints: usize,
+    /// TTL states get `periodic_compaction_ms = ttl` so cold files meet the TTL filter within a
+    /// bounded time (FLINK-30854; default true).
+    pub ttl_periodic_compaction: bool,
+    /// A new materialization target is taken once the deltas exceed this fraction of the base's
+    /// bytes (default 1.0: the average upload stays at most twice the changed data).
+    pub delta_ratio: f64,
+    /// ... or once one column family has this many delta files (default 100).
+    pub max_delta_files_per_cf: usize,
+    /// A checkpoint uploads up to max(its delta bytes, this) of the target (default 4 MiB).
+    pub min_materialization_bytes: u64,
+    /// Compaction output files are cut at about this size (default 4 MiB). Small files make
+    /// sharing between checkpoints finer and keep every file within one checkpoint's upload
+    /// credit (`CREDIT_CAP` × `min_materialization_bytes`).
+    pub target_file_size: u64,
+    /// Run flushes and compactions on a background thread (default true).
+    pub background_work: bool,
+}
+
+impl Default for LsmBackendOptions {
+    fn default() -> Self {
+        LsmBackendOptions {
+            write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
+            block_cache_size: DEFAULT_BLOCK_CACHE_SIZE,
+            compression: Compression::Zstd { level: 3 },
+            state_compression: Vec::new(),
+            retained_checkpoints: DEFAULT_RETAINED_CHECKPOINTS,
+            ttl_periodic_compaction: true,
+            delta_ratio: 1.0,
+            max_delta_files_per_cf: 100,
+            min_materialization_bytes: DEFAULT_MIN_MATERIALIZATION_BYTES,
+            target_file_size: DEFAULT_TARGET_FILE_SIZE,
+            background_work: true,
+        }
+    }
+}
+
+/// Drops expired TTL values (and expired list elements) during compaction.
+#[derive(Debug)]
+pub struct TtlCompactionFilter {
+    ttl: TtlConfig,
+    is_list: bool,
+    clock: SharedClock,
+}
+
+impl TtlCompactionFilter {
+    /// A filter for a state of `kind` with `ttl`, reading time from `clock`.
+    pub fn new(ttl: TtlConfig, kind: StateKind, clock: SharedClock) -> Self {
+        TtlCompactionFilter {
+            ttl,
+            is_list: kind == StateKind::List,
+            clock,
+        }
+    }
+}
+
+impl CompactionFilter for TtlCompactionFilter {
+    fn filter(&self, _level: usize, _key: &[u8], value: &[u8]) -> FilterDecision {
+        // A value that is not a well-formed envelope is kept: cleanup never destroys what it
+        // cannot read.
+        match drop_expired(self.is_list, &self.ttl, value, self.clock.now_ms()) {
+            Ok(None) => FilterDecision::Remove,
+            Ok(Some(kept)) if kept != value => FilterDecision::Change(kept),
+            _ => FilterDecision::Keep,
+        }
+    }
+}
+
+/// Keyed state in the log-structured store with incremental checkpoints.
+///
+/// One `LsmBackend` writes to one checkpoint storage root (creating it scans the root and
+/// removes incomplete checkpoints, FORMAT.md §4.4). Its store lives in a fresh directory under
+/// `working_dir`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use flowstate::{BackendConfig, LsmBackend, StateBackend, StateDescriptor, StateKind};
+/// use flowstate::backend::lsm::LsmBackendOptions;
+/// use flowstate::checkpoint::storage::LocalDirStorage;
+/// use flowstate::keys::{composite_key, key_group_for_key};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let storage = Arc::new(LocalDirStorage::open(dir.path().join("checkpoints"))?);
+/// let work = dir.path().join("work");
+/// let mut backend =
+///     LsmBackend::new(BackendConfig::default(), &work, storage.clone(), LsmBackendOptions::default())?;
+/// let counts = backend.register(&StateDescriptor::new("counts", StateKind::Value))?;
+/// let key = composite_key(key_group_for_key(b"alice", 128), b"alice", b"", b"");
+/// backend.put(counts, &key, b"1")?;
+/// backend.snapshot(1)?.run()?;
+/// backend.put(counts, &key, b"2")?;
+///
+/// let mut restored =
+///     LsmBackend::new(BackendConfig::default(), &work, storage, LsmBackendOptions::default())?;
+/// assert_eq!(restored.restore_latest()?, Some(1));
+/// let counts = restored.register(&StateDescriptor::new("counts", StateKind::Value))?;
+/// assert_eq!(restored.get(counts, &key)?, Some(b"1".to_vec()));
+/// # Ok::<(), flowstate::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct LsmBackend {
+    config: BackendConfig,
+    options: LsmBackendOptions,
+    working_dir: PathBuf,
+    db_dir: PathBuf,
+    db: Arc<Db>,
+    storage: Arc<dyn CheckpointStorage>,
+    registry: Arc<Mutex<CheckpointRegistry>>,
+    recovery: RecoveryReport,
+    states: Vec<(StateDescriptor, ColumnFamily)>,
+    by_name: HashMap<String, StateId>,
+    incremental: Arc<Mutex<Incremental>>,
+    instance_id: u64,
+    stores_opened: u32,
+}
+
+/// A random 64-bit id (no RNG crate: the std hasher's random keys, the time and the pid).
+fn random_instance_id() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+impl LsmBackend {
+    /// An empty backend whose store lives under `working_dir` and whose checkpoints go to
+    /// `storage`. Scans `storage` first (see [`LsmBackend::recovery_report`]).
+    pub fn new(
+        config: BackendConfig,
+        working_dir: &Path,
+        storage: Arc<dyn CheckpointStorage>,
+        options: LsmBackendOptions,
+    ) -> Result<Self> {
+        let (registry, recovery) = CheckpointRegistry::open(storage.clone())?;
+        let instance_id = random_instance_id();
+        std::fs::create_dir_all(working_dir).map_err(|e| Error::io(working_dir, e))?;
+        let db_dir = working_dir.join(format!("db-{instance_id:016x}-0"));
+        if db_dir.exists() {
+            std::fs::remove_dir_all(&db_dir).map_err(|e| Error::io(&db_dir, e))?;
+        }
+        let db = Db::open(&db_dir, store_options(&options, &config, &[]))?;
+        db.capture_flushes();
+        Ok(LsmBackend {
+            config,
+            options,
+            working_dir: working_dir.to_path_buf(),
+            db_dir,
+            db: Arc::new(db),
+            storage,
+            registry: Arc::new(Mutex::new(registry)),
+            recovery,
+            states: Vec::new(),
+            by_name: HashMap::new(),
+            incremental: Arc::new(Mutex::new(Incremental::new(instance_id))),
+            instance_id,
+            stores_opened: 0,
+        })
+    }
+
+    /// The store (for statistics, manual compaction and tests).
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    /// The checkpoint storage.
+    pub fn storage(&self) -> &Arc<dyn CheckpointStorage> {
+        &self.storage
+    }
+
+    /// What the start-up scan of the storage found and removed.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Ids of the completed checkpoints in the storage, ascending.
+    pub fn completed_checkpoints(&self) -> Vec<u64> {
+        self.registry.lock().completed_ids()
+    }
+
+    /// How many completed checkpoints reference the shared file `path`.
+    pub fn shared_references(&self, path: &str) -> u32 {
+        self.registry.lock().shared_references(path)
+    }
+
+    /// What the last successful checkpoint uploaded and referenced.
+    pub fn last_checkpoint_stats(&self) -> Option<CheckpointStats> {
+        self.incremental.lock().last_stats.clone()
+    }
+
+    /// The random id of this backend instance (it prefixes its shared file names).
+    pub fn instance_id(&self) -> u64 {
+        self.instance_id
+    }
+
+    /// The column family of `state`.
+    pub fn column_family(&self, state: StateId) -> Result<&ColumnFamily> {
+        self.states
+            .get(state.0 as usize)
+            .map(|(_, cf)| cf)
+            .ok_or(Error::UnknownState(state.0))
+    }
+
+    /// Restores the newest completed checkpoint of the storage into this backend's key-group
+    /// range; returns its id, or `None` (and changes nothing) when there is none.
+    pub fn restore_latest(&mut self) -> Result<Option<u64>> {
+        let latest = self.registry.lock().latest_completed().cloned();
+        let Some(metadata) = latest else {
+            return Ok(None);
+        };
+        let handle = super::fs::snapshot_handle(self.storage.as_ref(), &metadata);
+        let range = self.config.key_group_range;
+        self.restore(&[handle], range)?;
+        Ok(Some(metadata.checkpoint_id))
+    }
+
+    /// Store options with the column-family options of every registered state and of
+    /// `descriptors`.
+    fn db_options(&self, descriptors: &[StateDescriptor]) -> Options {
+        let all: Vec<StateDescriptor> = self
+            .states
+            .iter()
+            .map(|(d, _)| d.clone())
+            .chain(descriptors.iter().cloned())
+            .collect();
+        store_options(&self.options, &self.config, &all)
+    }
+
+    fn cf_of(&self, state: StateId) -> Result<&ColumnFamily> {
+        self.column_family(state)
+    }
+
+    /// Checks the key's group and returns the state's column family.
+    fn access(&self, state: StateId, key: &[u8]) -> Result<&ColumnFamily> {
+        check_key_group(key, &self.config.key_group_range)?;
+        self.cf_of(state)
+    }
+}
+
+/// The options of a state's column family: compression, and for TTL states the TTL compaction
+/// filter and periodic compaction.
+fn cf_options(
+    options: &LsmBackendOptions,
+    config: &BackendConfig,
+    descriptor: &StateDescriptor,
+) -> CfOptions {
+    let mut cf = CfOptions::default();
+    cf.compaction.target_file_size = options.target_file_size.max(1);
+    cf.sst.compression = options
+        .state_compression
+        .iter()
+        .find(|(name, _)| *name == descriptor.name)
+        .map_or(options.compression, |(_, c)| *c);
+    if let Some(ttl) = descriptor.ttl {
+        cf.compaction_filter = Some(Arc::new(TtlCompactionFilter::new(
+            ttl,
+            descriptor.kind,
+            config.clock.clone(),
+        )));
+        if options.ttl_periodic_compaction {
+            cf.periodic_compaction_ms = Some(ttl.ttl_ms.max(1));
+        }
+    }
+    cf
+}
+
+/// Store options for a backend with states `descriptors`.
+fn store_options(
+    options: &LsmBackendOptions,
+    config: &BackendConfig,
+    descriptors: &[StateDescriptor],
+) -> Options {
+    let mut cf_list: Vec<(String, CfOptions)> = Vec::new();
+    for d in descriptors {
+        let name = cf_name(&d.name);
+        if !cf_list.iter().any(|(n, _)| *n == name) {
+            cf_list.push((name, cf_options(options, config, d)));
+        }
+    }
+    Options {
+        write_buffer_size: options.write_buffer_size,
+        block_cache_size: options.block_cache_size,
+        clock: config.clock.clone(),
+        background_work: options.background_work,
+        cf_options: cf_list,
+        ..Options::default()
+    }
+}
+
+/// The column family name of state `name`.
+pub fn cf_name(state: &str) -> String {
+    format!("{CF_PREFIX}{state}")
+}
+
+/// The user-key range `[lower, upper)` of `range`'s key groups (`None` = unbounded above).
+fn key_group_bounds(range: &KeyGroupRange) -> (Vec<u8>, Option<Vec<u8>>) {
+    (
+        range.start_key().to_vec(),
+        range.end_key().map(|k| k.to_vec()),
+    )
+}
+
+impl StateBackend for LsmBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Lsm
+    }
+
+    fn config(&self) -> &BackendConfig {
+        &self.config
+    }
+
+    fn register(&mut self, descriptor: &StateDescriptor) -> Result<StateId> {
+        if descriptor.name.is_empty() {
+            return Err(Error::invalid("state name must not be empty"));
+        }
+        if let Some(&id) = self.by_name.get(&descriptor.name) {
+            let (existing, _) = self
+                .states
+                .get(id.0 as usize)
+                .ok_or(Error::UnknownState(id.0))?;
+            existing.check_compatible(descriptor)?;
+            return Ok(id);
+        }
+        let id = StateId(
+            u32::try_from(self.states.len()).map_err(|_| Error::invalid("too many states"))?,
+        );
+        let cf = self.db.create_cf(
+            &cf_name(&descriptor.name),
+            cf_options(&self.options, &self.config, descriptor),
+        )?;
+        self.states.push((descriptor.clone(), cf));
+        self.by_name.insert(descriptor.name.clone(), id);
+        Ok(id)
+    }
+
+    fn states(&self) -> Vec<StateDescriptor> {
+        self.states.iter().map(|(d, _)| d.clone()).collect()
+    }
+
+    fn get(&mut self, state: StateId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let cf = self.access(state, key)?;
+        self.db.get(cf, key)
+    }
+
+    fn put(&mut self, state: StateId, key: &[u8], value: &[u8]) -> Result<()> {
+        let cf = self.access(state, key)?;
+        self.db.put(cf, key, value)
+    }
+
+    fn delete(&mut self, state: StateId, key: &[u8]) -> Result<()> {
+        let cf = self.access(state, key)?;
+        self.db.delete(cf, key)
+    }
+
+    fn merge(&mut self, state: StateId, key: &[u8], operand: &[u8]) -> Result<()> {
+        let cf = self.access(state, key)?;
+        self.db.merge(cf, key, operand)
+    }
+
+    fn scan_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<EntryIter<'_>> {
+        let cf = self.cf_of(state)?;
+        let mut iter = self.db.iter(cf, ReadOptions::prefix(prefix))?;
+        iter.seek_to_first()?;
+        Ok(Box::new(iter.entries()))
+    }
+
+    fn delete_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<()> {
+        let cf = self.cf_of(state)?.clone();
+        // Clip to the key groups this backend owns: a short prefix never deletes (with a
+        // sequence number of this store) keys another backend's checkpoint may bring in.
+        let (kg_lower, kg_upper) = key_group_bounds(&self.config.key_group_range);
+        let lower = std::cmp::max(prefix.to_vec(), kg_lower);
+        let upper = match (prefix_upper_bound(prefix), kg_upper) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => vec![0xff; 3],
+        };
+        if lower >= upper {
+            return Ok(());
+        }
+        let options = ReadOptions {
+            snapshot: None,
+            lower_bound: Some(lower.clone()),
+            upper_bound: Some(upper.clone()),
+        };
+        let mut keys = Vec::new();
+        let mut iter = self.db.iter(&cf, options)?;
+        iter.seek_to_first()?;
+        for entry in iter.entries() {
+            let (key, _) = entry?;
+            keys.push(key);
+            if keys.len() > POINT_DELETE_LIMIT {
+                return self.db.delete_range(&cf, &lower, &upper);
+            }
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::new();
+        for key in &keys {
+            batch.delete(cf.id(), key)?;
+        }
+        self.db.write(batch)
+    }
+
+    fn snapshot(&mut self, checkpoint_id: u64) -> Result<Box<dyn SnapshotTask>> {
+        // Synchronous part: freeze the memtables (no I/O that grows with state).
+        let sequence = self.db.flush(false)?;
+        Ok(Box::new(LsmSnapshotTask {
+            checkpoint_id,
+            sequence,
+            epoch: self.incremental.lock().epoch,
+            max_parallelism: self.config.max_parallelism,
+            key_group_range: self.config.key_group_range,
+            states: self.states(),
+            clock: self.config.clock.clone(),
+            db: self.db.clone(),
+            storage: self.storage.clone(),
+            registry: self.registry.clone(),
+            incremental: self.incremental.clone(),
+            retained: self.options.retained_checkpoints.max(1),
+            options: self.options.clone(),
+        }))
+    }
+
+    fn restore(
+        &mut self,
+        handles: &[SnapshotHandle],
+        key_group_range: KeyGroupRange,
+    ) -> Result<()> {
+        restore::restore(self, handles, key_group_range)
+    }
+}

@@ -1,0 +1,390 @@
+//! Restore of the LSM backend: verify each handle's `_metadata` and layout, bring the SSTs into a
+//! fresh store directory (hard link, else copy; size and crc32 checked), write a manifest naming
+//! them, open the store, and clip it to the key groups it now owns.
+//!
+//! Rescaling relies on invariant I: a checkpoint's files hold keys of its own key-group range
+//! only. Files of different handles then never overlap, keep their levels side by side, and a
+//! range tombstone over key groups outside the target removes exactly the unwanted keys; those
+//! ranges are compacted before `restore` returns, so the restored store keeps invariant I too.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::checkpoint::UploadedFile;
+use super::layout::{CheckpointLayout, FileRole};
+use super::{LsmBackend, cf_name, random_instance_id};
+use crate::backend::{
+    BackendKind, SnapshotData, SnapshotHandle, StateDescriptor, StateId, check_restore_handles,
+};
+use crate::checkpoint::metadata::CheckpointMetadata;
+use crate::checkpoint::registry::read_metadata;
+use crate::checkpoint::storage::{CheckpointStorage, LocalDirStorage, metadata_path};
+use crate::error::{Error, Result};
+use crate::keys::{KeyGroupRange, key_group_of};
+use crate::lsm::Db;
+use crate::lsm::db::DEFAULT_CF;
+use crate::lsm::manifest::{Manifest, sync_dir};
+use crate::lsm::table::sst_file_name;
+use crate::lsm::version::{FileMeta, RangeTombstone, Version, VersionEdit};
+
+/// One verified handle.
+struct Source {
+    storage: Arc<dyn CheckpointStorage>,
+    ours: bool,
+    metadata: CheckpointMetadata,
+    layout: CheckpointLayout,
+    /// The handle's key groups that the target owns.
+    keep: KeyGroupRange,
+}
+
+/// The storage a handle's files live in: ours, or a local directory named by its root.
+fn storage_for(backend: &LsmBackend, root: &str) -> Result<(Arc<dyn CheckpointStorage>, bool)> {
+    if root == backend.storage.location() {
+        return Ok((backend.storage.clone(), true));
+    }
+    if Path::new(root).is_dir() {
+        return Ok((Arc::new(LocalDirStorage::open(root)?), false));
+    }
+    Err(Error::invalid(format!(
+        "snapshot files live in '{root}', which is neither this backend's storage nor a local directory"
+    )))
+}
+
+fn read_source(
+    backend: &LsmBackend,
+    handle: &SnapshotHandle,
+    keep: KeyGroupRange,
+) -> Result<Source> {
+    let SnapshotData::Files { root, files } = &handle.data else {
+        return Err(Error::invalid(
+            "an lsm-backend handle must reference files, found in-memory data",
+        ));
+    };
+    let (storage, ours) = storage_for(backend, root)?;
+    let metadata = read_metadata(storage.as_ref(), handle.checkpoint_id)?;
+    let listed: Vec<_> = metadata.files.iter().map(|f| &f.file).collect();
+    let meta_path = metadata_path(handle.checkpoint_id);
+    if metadata.backend != handle.backend
+        || metadata.max_parallelism != handle.max_parallelism
+        || metadata.key_group_range != handle.key_group_range
+        || metadata.states != handle.states
+        || listed != files.iter().collect::<Vec<_>>()
+    {
+        return Err(Error::invalid(format!(
+            "{meta_path} does not describe the snapshot handle of checkpoint {}",
+            handle.checkpoint_id
+        )));
+    }
+    let label = format!("{meta_path} (LSM layout)");
+    let layout = CheckpointLayout::decode(&metadata.extra, &label, 0)?;
+    for (state, _) in &layout.column_families {
+        if !metadata.states.iter().any(|d| d.name == *state) {
+            return Err(Error::corruption(
+                &label,
+                0,
+                format!("layout names state '{state}' that _metadata does not list"),
+            ));
+        }
+    }
+    for f in &layout.files {
+        let entry = metadata.files.get(f.file_index as usize).ok_or_else(|| {
+            Error::corruption(
+                &label,
+                0,
+                format!("file index {} out of range", f.file_index),
+            )
+        })?;
+        if entry.file.size != f.meta.size || entry.file.crc32 != f.meta.crc32 {
+            return Err(Error::corruption(
+                &label,
+                0,
+                format!(
+                    "file '{}' disagrees with _metadata on size or crc32",
+                    entry.file.path
+                ),
+            ));
+        }
+    }
+    Ok(Source {
+        storage,
+        ours,
+        metadata,
+        layout,
+        keep,
+    })
+}
+
+/// The key groups of a file from its key range, or corruption.
+fn file_key_groups(meta: &FileMeta, label: &str) -> Result<KeyGroupRange> {
+    let bad = || {
+        Error::corruption(
+            label,
+            0,
+            format!("file {} has keys without a key group", meta.number),
+        )
+    };
+    let first = key_group_of(meta.smallest_user_key()).ok_or_else(bad)?;
+    let last = key_group_of(meta.largest_user_key()).ok_or_else(bad)?;
+    KeyGroupRange::new(first, last).map_err(|_| bad())
+}
+
+/// Brings one file into `dir` as `<number>.sst` and checks its size and crc32.
+fn fetch(source: &Source, path: &str, meta: &FileMeta, dir: &Path, number: u64) -> Result<()> {
+    let local = dir.join(sst_file_name(number));
+    let linked = Path::new(&source.storage.location()).join(path);
+    if !(linked.is_file() && std::fs::hard_link(&linked, &local).is_ok()) {
+        let bytes = source.storage.read_file(path)?;
+        std::fs::write(&local, &bytes).map_err(|e| Error::io(&local, e))?;
+    }
+    let bytes = std::fs::read(&local).map_err(|e| Error::io(&local, e))?;
+    let crc = crc32fast::hash(&bytes);
+    if bytes.len() as u64 != meta.size || crc != meta.crc32 {
+        return Err(Error::corruption(
+            path,
+            0,
+            format!(
+                "{} bytes with crc32 {crc:#010x}; _metadata says {} bytes, {:#010x}",
+                bytes.len(),
+                meta.size,
+                meta.crc32
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `[start, end)` of a tombstone clipped to the keys of `range`; None when nothing is left.
+fn clip(t: &RangeTombstone, range: &KeyGroupRange, limit: &[u8]) -> Option<RangeTombstone> {
+    let lower = range.start_key().to_vec();
+    let upper = range
+        .end_key()
+        .map_or_else(|| limit.to_vec(), |k| k.to_vec());
+    let start = t.start.clone().max(lower);
+    let end = t.end.clone().min(upper);
+    (start < end).then_some(RangeTombstone {
+        start,
+        end,
+        sequence: t.sequence,
+    })
+}
+
+pub(super) fn restore(
+    backend: &mut LsmBackend,
+    handles: &[SnapshotHandle],
+    target: KeyGroupRange,
+) -> Result<()> {
+    let max_parallelism = backend.config.max_parallelism;
+    check_restore_handles(BackendKind::Lsm, max_parallelism, handles, target)?;
+    // States: registered ones keep their ids; every handle's must agree with them and each other.
+    let mut states: Vec<StateDescriptor> = backend.states.iter().map(|(d, _)| d.clone()).collect();
+    for handle in handles {
+        for d in &handle.states {
+            match states.iter().find(|s| s.name == d.name) {
+                Some(existing) => existing.check_compatible(d)?,
+                None => states.push(d.clone()),
+            }
+        }
+    }
+    let mut sources = Vec::new();
+    for handle in handles {
+        if let Some(keep) = handle.key_group_range.intersect(&target) {
+            sources.push(read_source(backend, handle, keep)?);
+        }
+    }
+    // Every valid composite key sorts below this one (key group max_parallelism).
+    let limit = KeyGroupRange::all(max_parallelism)
+        .end_key()
+        .map_or_else(|| vec![0xff; 3], |k| k.to_vec());
+
+    let store_id = random_instance_id();
+    backend.stores_opened += 1;
+    let dir: PathBuf = backend
+        .working_dir
+        .join(format!("db-{store_id:016x}-{}", backend.stores_opened));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let built = build_store(&sources, &states, target, &limit, &dir);
+    let (edit, uploaded, clipped) = match built {
+        Ok(ok) => ok,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
+    let opened = (|| -> Result<Db> {
+        let version = Version::default().apply(&edit, "restored layout", 0)?;
+        sync_dir(&dir)?;
+        let manifest_number = version.next_file_number;
+        let mut version = version;
+        version.next_file_number = manifest_number + 1;
+        Manifest::create(&dir, manifest_number, &version)?;
+        let db = Db::open(&dir, backend.db_options(&states))?;
+        for (lo, hi) in &clipped {
+            for cf in db.column_families() {
+                db.compact_range(&cf, Some(lo), Some(hi))?;
+            }
+        }
+        // Like a full snapshot, a restore leaves out what expired: the TTL filter runs over
+        // every TTL state once (the only restore step whose cost grows with the data).
+        for d in states.iter().filter(|d| d.ttl.is_some()) {
+            if let Some(cf) = db.cf(&cf_name(&d.name)) {
+                db.compact_range(&cf, None, None)?;
+            }
+        }
+        Ok(db)
+    })();
+    let db = match opened {
+        Ok(db) => db,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
+    // Committed: swap the store in.
+    db.capture_flushes();
+    let mut new_states = Vec::with_capacity(states.len());
+    let mut by_name = HashMap::new();
+    for (i, d) in states.into_iter().enumerate() {
+        let cf = db
+            .cf(&cf_name(&d.name))
+            .ok_or_else(|| Error::invalid(format!("restored store lacks state '{}'", d.name)))?;
+        by_name.insert(d.name.clone(), StateId(i as u32));
+        new_states.push((d, cf));
+    }
+    let live = db.live_files();
+    let old = std::mem::replace(&mut backend.db, Arc::new(db));
+    let old_dir = std::mem::replace(&mut backend.db_dir, dir);
+    if Arc::strong_count(&old) == 1 {
+        old.close()?;
+        drop(old);
+        let _ = std::fs::remove_dir_all(&old_dir);
+    }
+    backend.states = new_states;
+    backend.by_name = by_name;
+    backend.config.key_group_range = target;
+    backend.incremental.lock().reset(store_id, live, uploaded);
+    Ok(())
+}
+
+/// Key ranges restored data may hold outside the target: (start, end) user keys.
+type Clipped = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Fetches the files of every source into `dir` and returns the version edit that names them,
+/// the files this storage already holds (by new local number), and the ranges to clip.
+fn build_store(
+    sources: &[Source],
+    states: &[StateDescriptor],
+    target: KeyGroupRange,
+    limit: &[u8],
+    dir: &Path,
+) -> Result<(VersionEdit, HashMap<u64, UploadedFile>, Clipped)> {
+    let mut edit = VersionEdit {
+        cf_added: vec![(0, DEFAULT_CF.to_string())],
+        ..VersionEdit::default()
+    };
+    let mut cf_ids: HashMap<String, u32> = HashMap::new();
+    for (i, d) in states.iter().enumerate() {
+        let id = i as u32 + 1;
+        edit.cf_added.push((id, cf_name(&d.name)));
+        cf_ids.insert(d.name.clone(), id);
+    }
+    edit.next_cf_id = Some(states.len() as u32 + 1);
+    let mut uploaded = HashMap::new();
+    let mut number = 0u64;
+    let mut max_sequence = 0u64;
+    let mut outside = false;
+    for source in sources {
+        let label = metadata_path(source.metadata.checkpoint_id);
+        let layout = &source.layout;
+        max_sequence = max_sequence.max(layout.sequence);
+        let cf_of = |index: u32| -> Result<u32> {
+            let (state, _) = layout
+                .column_families
+                .get(index as usize)
+                .ok_or_else(|| Error::corruption(&label, 0, "column family index out of range"))?;
+            cf_ids
+                .get(state)
+                .copied()
+                .ok_or_else(|| Error::invalid(format!("state '{state}' is not registered")))
+        };
+        for f in &layout.files {
+            let groups = file_key_groups(&f.meta, &label)?;
+            if groups.intersect(&source.keep).is_none() {
+                continue; // Wholly outside the key groups this backend now owns.
+            }
+            if groups.intersect(&target) != Some(groups) {
+                outside = true;
+            }
+            let entry = source
+                .metadata
+                .files
+                .get(f.file_index as usize)
+                .ok_or_else(|| Error::corruption(&label, 0, "file index out of range"))?;
+            number += 1;
+            fetch(source, &entry.file.path, &f.meta, dir, number)?;
+            if source.ours {
+                uploaded.insert(
+                    number,
+                    UploadedFile {
+                        path: entry.file.path.clone(),
+                        size: entry.file.size,
+                        crc32: entry.file.crc32,
+                    },
+                );
+            }
+            max_sequence = max_sequence.max(f.meta.largest_seq);
+            let level = if f.role == FileRole::Delta {
+                0
+            } else {
+                f.level
+            };
+            let mut meta = f.meta.clone();
+            meta.number = number;
+            edit.new_files.push((cf_of(f.cf)?, level, meta));
+        }
+        // A tombstone deletes only keys of its own handle: the same sequence number may mean
+        // different moments in different handles.
+        for t in &layout.tombstones {
+            max_sequence = max_sequence.max(t.tombstone.sequence);
+            if let Some(clipped) = clip(&t.tombstone, &source.keep, limit) {
+                edit.tombstones_added.push((cf_of(t.cf)?, clipped));
+            }
+        }
+    }
+    // Sequence numbers of different handles may collide. That is harmless: every user key lives
+    // in one key group, hence in the files and tombstones of one handle only (invariant I and
+    // the clipping above), so versions of one key are never compared across handles. The store
+    // must only number new writes above every restored one.
+    let mut clipped = Vec::new();
+    if outside {
+        let clip_sequence = max_sequence + 1;
+        let start = target.start_key().to_vec();
+        if target.first() > 0 {
+            clipped.push((vec![0, 0], start));
+        }
+        if let Some(end) = target.end_key().map(|k| k.to_vec())
+            && end.as_slice() < limit
+        {
+            clipped.push((end, limit.to_vec()));
+        }
+        for id in cf_ids.values() {
+            for (lo, hi) in &clipped {
+                edit.tombstones_added.push((
+                    *id,
+                    RangeTombstone {
+                        start: lo.clone(),
+                        end: hi.clone(),
+                        sequence: clip_sequence,
+                    },
+                ));
+            }
+        }
+        max_sequence = clip_sequence;
+    }
+    edit.last_sequence = Some(max_sequence);
+    edit.next_file_number = Some(number + 1);
+    Ok((edit, uploaded, clipped))
+}

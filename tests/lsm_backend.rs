@@ -1,0 +1,650 @@
+//! The LSM backend beyond the conformance suite: TTL cleanup by the compaction filter (reads,
+//! savepoints, disk, periodic compaction of cold files), incremental checkpoints whose upload
+//! bytes stay bounded by the changed data, shared-file reference counts under retention,
+//! byte-exact restore, rescaling 2→1, 1→3 and 3→2 against a model, a savepoint round trip
+//! memory → lsm → fs → memory, and a crash-during-checkpoint kill test.
+//!
+//! Randomized parts read `FLOWSTATE_SEED`; the kill test does 4 kills by default and 60 with
+//! `FLOWSTATE_SOAK=1 cargo test --test lsm_backend killed`.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flowstate::backend::fs::snapshot_handle;
+use flowstate::backend::lsm::LsmBackendOptions;
+use flowstate::checkpoint::registry::{CheckpointRegistry, read_metadata};
+use flowstate::checkpoint::savepoint::{restore_savepoint, write_savepoint};
+use flowstate::checkpoint::storage::{
+    CheckpointStorage, LocalDirStorage, metadata_path, parse_checkpoint_dir,
+};
+use flowstate::keys::{composite_key, key_group_for_key};
+use flowstate::ttl::wrap;
+use flowstate::{
+    BackendConfig, FsBackend, KeyGroupRange, LsmBackend, ManualClock, MemoryBackend,
+    SnapshotHandle, StateBackend, StateDescriptor, StateKind, TtlConfig,
+};
+
+const MAX_PARALLELISM: u16 = 128;
+
+type Contents = BTreeMap<(String, Vec<u8>), Vec<u8>>;
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("FLOWSTATE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("{test}: FLOWSTATE_SEED={seed}");
+    seed
+}
+
+fn key(index: u64) -> Vec<u8> {
+    let user = format!("key-{index}");
+    composite_key(
+        key_group_for_key(user.as_bytes(), MAX_PARALLELISM),
+        user.as_bytes(),
+        b"",
+        b"",
+    )
+}
+
+fn range(first: u16, last: u16) -> KeyGroupRange {
+    KeyGroupRange::new(first, last).unwrap()
+}
+
+fn config(r: KeyGroupRange) -> BackendConfig {
+    BackendConfig::new(u32::from(MAX_PARALLELISM), r).unwrap()
+}
+
+fn lsm_in(dir: &Path, config: BackendConfig, options: LsmBackendOptions) -> LsmBackend {
+    let storage: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::open(dir.join("checkpoints")).unwrap());
+    LsmBackend::new(config, &dir.join("work"), storage, options).unwrap()
+}
+
+fn contents(backend: &mut dyn StateBackend) -> Contents {
+    let mut out = Contents::new();
+    for descriptor in backend.states() {
+        let id = backend.register(&descriptor).unwrap();
+        for entry in backend.scan_prefix(id, &[]).unwrap() {
+            let (k, v) = entry.unwrap();
+            out.insert((descriptor.name.clone(), k), v);
+        }
+    }
+    out
+}
+
+fn restrict(contents: &Contents, r: KeyGroupRange) -> Contents {
+    contents
+        .iter()
+        .filter(|((_, k), _)| r.contains(u16::from_be_bytes([k[0], k[1]])))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+#[test]
+fn ttl_entries_vanish_from_reads_savepoints_and_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let cfg = config(KeyGroupRange::all(MAX_PARALLELISM)).with_clock(clock.clone());
+    let mut b = lsm_in(dir.path(), cfg, LsmBackendOptions::default());
+    let ttl = TtlConfig::new(Duration::from_millis(100));
+    let v = b
+        .register(&StateDescriptor::new("v", StateKind::Value).with_ttl(ttl))
+        .unwrap();
+    let plain = b
+        .register(&StateDescriptor::new("plain", StateKind::Value))
+        .unwrap();
+    for i in 0..200 {
+        b.put(v, &key(i), &wrap(clock.now_ms_for_test(), b"payload"))
+            .unwrap();
+        b.put(plain, &key(i), b"kept").unwrap();
+    }
+    b.db().flush(true).unwrap();
+    clock.advance(150);
+    // A savepoint leaves out what expired.
+    let sp = dir.path().join("sp");
+    let stats = write_savepoint(&mut b, &sp).unwrap();
+    assert_eq!(stats.entries, 200, "only the plain state's entries");
+    // Manual compaction drops them from disk.
+    let cf = b.column_family(v).unwrap().clone();
+    b.db().compact_range(&cf, None, None).unwrap();
+    assert_eq!(b.scan_prefix(v, &[]).unwrap().count(), 0);
+    assert_eq!(b.scan_prefix(plain, &[]).unwrap().count(), 200);
+    let live = b.db().live_files();
+    assert!(live.files.iter().all(|f| f.cf != cf.name()), "no file of v");
+}
+
+#[test]
+fn periodic_compaction_cleans_a_cold_file_within_the_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let cfg = config(KeyGroupRange::all(MAX_PARALLELISM)).with_clock(clock.clone());
+    let mut b = lsm_in(dir.path(), cfg, LsmBackendOptions::default());
+    let ttl = TtlConfig::new(Duration::from_millis(1_000));
+    let l = b
+        .register(&StateDescriptor::new("l", StateKind::List).with_ttl(ttl))
+        .unwrap();
+    for i in 0..50 {
+        let mut element = Vec::new();
+        flowstate::ttl::push_list_element(&mut element, &wrap(1_000_000, b"e"));
+        b.merge(l, &key(i), &element).unwrap();
+    }
+    b.db().flush(true).unwrap();
+    let cf = b.column_family(l).unwrap().clone();
+    let files_of = |b: &LsmBackend| {
+        b.db()
+            .live_files()
+            .files
+            .iter()
+            .filter(|f| f.cf == cf.name())
+            .count()
+    };
+    assert_eq!(files_of(&b), 1);
+    // Nothing touches the file; once it is older than the period, the background thread
+    // compacts it and the TTL filter drops every expired list.
+    clock.advance(1_001);
+    let start = Instant::now();
+    while files_of(&b) > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "cold file not compacted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(b.scan_prefix(l, &[]).unwrap().count(), 0);
+}
+
+/// Fills `keys` values of ~100 incompressible-ish bytes.
+fn value(round: u64, i: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(100);
+    let mut z = mix(round * 1_000_003 + i);
+    while out.len() < 100 {
+        out.extend_from_slice(&z.to_le_bytes());
+        z = mix(z);
+    }
+    out
+}
+
+/// Fills 20,000 keys, checkpoints, then 20 rounds of changing `changes` keys and checkpointing;
+/// returns (bytes uploaded, delta bytes, base switches) of the 20 rounds and checks each round.
+fn incremental_rounds(options: LsmBackendOptions, changes: u64, test: &str) -> (u64, u64, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = lsm_in(
+        dir.path(),
+        config(KeyGroupRange::all(MAX_PARALLELISM)),
+        options,
+    );
+    let v = b
+        .register(&StateDescriptor::new("v", StateKind::Value))
+        .unwrap();
+    const KEYS: u64 = 20_000;
+    for i in 0..KEYS {
+        b.put(v, &key(i), &value(0, i)).unwrap();
+    }
+    b.snapshot(1).unwrap().run().unwrap();
+    let first = b.last_checkpoint_stats().unwrap();
+    assert!(first.uploaded_bytes > 1_000_000, "{first:?}");
+    let mut rng = seed(test);
+    let (mut uploaded, mut deltas, mut switches) = (0u64, 0u64, 0usize);
+    for round in 1..=20u64 {
+        for _ in 0..changes {
+            rng = mix(rng);
+            b.put(v, &key(rng % KEYS), &value(round, rng)).unwrap();
+        }
+        b.snapshot(round + 1).unwrap().run().unwrap();
+        let stats = b.last_checkpoint_stats().unwrap();
+        eprintln!("round {round}: {stats:?}");
+        // Changed data: `changes` values of ~125 bytes with their keys.
+        assert!(
+            stats.delta_bytes > 0 && stats.delta_bytes < changes * 300,
+            "{stats:?}"
+        );
+        assert!(
+            stats.uploaded_bytes <= 10 * stats.delta_bytes,
+            "round {round}: {stats:?}"
+        );
+        uploaded += stats.uploaded_bytes;
+        deltas += stats.delta_bytes;
+        switches += usize::from(stats.base_switched);
+    }
+    // The latest checkpoint restores exactly.
+    let expected = contents(&mut b);
+    let mut restored = lsm_in(
+        &dir.path().join("r"),
+        config(KeyGroupRange::all(MAX_PARALLELISM)),
+        LsmBackendOptions::default(),
+    );
+    let storage = b.storage().clone();
+    let metadata = read_metadata(storage.as_ref(), 21).unwrap();
+    restored
+        .restore(
+            &[snapshot_handle(storage.as_ref(), &metadata)],
+            KeyGroupRange::all(MAX_PARALLELISM),
+        )
+        .unwrap();
+    assert_eq!(contents(&mut restored), expected);
+    (uploaded, deltas, switches)
+}
+
+#[test]
+fn incremental_checkpoints_upload_about_the_changed_bytes() {
+    let options = LsmBackendOptions {
+        min_materialization_bytes: 0,
+        ..LsmBackendOptions::default()
+    };
+    let (uploaded, deltas, _) = incremental_rounds(options, 200, "incremental_checkpoints");
+    assert!(
+        uploaded <= 2 * deltas + deltas / 10,
+        "20 rounds uploaded {uploaded} bytes for {deltas} changed bytes"
+    );
+}
+
+#[test]
+fn rematerialized_bases_keep_uploads_bounded() {
+    // 10% of the keys change per round: the deltas outgrow 5% of the base at once, and the
+    // target is materialized within the budget while compaction rewrites the store.
+    let options = LsmBackendOptions {
+        delta_ratio: 0.05,
+        min_materialization_bytes: 16 << 10,
+        target_file_size: 64 << 10,
+        ..LsmBackendOptions::default()
+    };
+    let (uploaded, deltas, switches) = incremental_rounds(options, 2_000, "rematerialized_bases");
+    assert!(switches >= 1, "no base switch in 20 rounds");
+    assert!(
+        uploaded <= 2 * deltas + deltas / 10,
+        "20 rounds uploaded {uploaded} bytes for {deltas} changed bytes"
+    );
+}
+
+#[test]
+fn shared_files_are_reference_counted_under_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LsmBackendOptions {
+        retained_checkpoints: 2,
+        ..LsmBackendOptions::default()
+    };
+    let mut b = lsm_in(
+        dir.path(),
+        config(KeyGroupRange::all(MAX_PARALLELISM)),
+        options,
+    );
+    let v = b
+        .register(&StateDescriptor::new("v", StateKind::Value))
+        .unwrap();
+    let storage = b.storage().clone();
+    let mut models = BTreeMap::new();
+    for id in 1..=8u64 {
+        for i in 0..300 {
+            b.put(v, &key(i * 7 % 1000 + id), &value(id, i)).unwrap();
+        }
+        b.snapshot(id).unwrap().run().unwrap();
+        models.insert(id, contents(&mut b));
+        let completed = b.completed_checkpoints();
+        assert_eq!(completed.len(), (id as usize).min(2));
+        // Every shared file in storage is referenced by a retained checkpoint, and every file a
+        // retained checkpoint lists exists.
+        let mut listed = BTreeMap::new();
+        for c in &completed {
+            for f in read_metadata(storage.as_ref(), *c).unwrap().files {
+                assert!(storage.exists(&f.file.path).unwrap());
+                *listed.entry(f.file.path).or_insert(0u32) += 1;
+            }
+        }
+        for path in storage.list("shared").unwrap() {
+            let refs = listed.get(&path).copied().unwrap_or(0);
+            assert!(refs > 0, "unreferenced shared file {path}");
+            assert_eq!(b.shared_references(&path), refs, "{path}");
+        }
+    }
+    // Reopening the storage rebuilds the same counts and removes nothing.
+    let (registry, report) = CheckpointRegistry::open(storage.clone()).unwrap();
+    assert!(report.removed_files.is_empty(), "{report:?}");
+    assert_eq!(report.completed, [7, 8]);
+    for path in storage.list("shared").unwrap() {
+        assert_eq!(
+            registry.shared_references(&path),
+            b.shared_references(&path)
+        );
+    }
+    // Both retained checkpoints restore exactly.
+    for id in [7u64, 8] {
+        let mut r = lsm_in(
+            &dir.path().join(format!("r{id}")),
+            config(KeyGroupRange::all(MAX_PARALLELISM)),
+            LsmBackendOptions::default(),
+        );
+        let m = read_metadata(storage.as_ref(), id).unwrap();
+        r.restore(
+            &[snapshot_handle(storage.as_ref(), &m)],
+            KeyGroupRange::all(MAX_PARALLELISM),
+        )
+        .unwrap();
+        assert_eq!(contents(&mut r), models[&id], "checkpoint {id}");
+    }
+}
+
+/// Applies seeded random writes (puts, deletes, list appends, a prefix delete) for keys the
+/// backend owns to it and to `model`.
+fn random_writes(
+    b: &mut LsmBackend,
+    model: &mut Contents,
+    rng: &mut u64,
+    count: usize,
+    round: u64,
+) {
+    let v = b
+        .register(&StateDescriptor::new("v", StateKind::Value))
+        .unwrap();
+    let l = b
+        .register(&StateDescriptor::new("l", StateKind::List))
+        .unwrap();
+    let owned = b.config().key_group_range;
+    let mut done = 0;
+    while done < count {
+        *rng = mix(*rng);
+        let k = key(*rng % 400);
+        if !owned.contains(u16::from_be_bytes([k[0], k[1]])) {
+            continue;
+        }
+        done += 1;
+        match *rng % 10 {
+            0 => {
+                b.delete(v, &k).unwrap();
+                model.remove(&("v".to_string(), k));
+            }
+            1..=3 => {
+                let operand = vec![1, round as u8];
+                b.merge(l, &k, &operand).unwrap();
+                model
+                    .entry(("l".to_string(), k))
+                    .or_default()
+                    .extend_from_slice(&operand);
+            }
+            4 => {
+                b.delete_prefix(l, &k).unwrap();
+                model.remove(&("l".to_string(), k));
+            }
+            _ => {
+                let val = value(round, *rng)[..20].to_vec();
+                b.put(v, &k, &val).unwrap();
+                model.insert(("v".to_string(), k), val);
+            }
+        }
+    }
+}
+
+fn checkpoint(b: &mut LsmBackend, id: u64) -> SnapshotHandle {
+    b.snapshot(id).unwrap().run().unwrap()
+}
+
+#[test]
+fn rescale_two_to_one_to_three_to_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = seed("rescale");
+    let mut model = Contents::new();
+    let mut n = 0;
+    let mut fresh = |r: KeyGroupRange| {
+        n += 1;
+        lsm_in(
+            &dir.path().join(format!("b{n}")),
+            config(r),
+            LsmBackendOptions::default(),
+        )
+    };
+    // Two tasks, each with a few checkpoints so there are bases, deltas and compactions.
+    let halves = [range(0, 63), range(64, 127)];
+    let mut handles = Vec::new();
+    for r in halves {
+        let mut b = fresh(r);
+        for id in 1..=3 {
+            random_writes(&mut b, &mut model, &mut rng, 300, id);
+            let h = checkpoint(&mut b, id);
+            if id == 3 {
+                handles.push(h);
+            }
+        }
+        assert_eq!(contents(&mut b), restrict(&model, r));
+    }
+    // 2 -> 1.
+    let all = KeyGroupRange::all(MAX_PARALLELISM);
+    let mut one = fresh(all);
+    one.restore(&handles, all).unwrap();
+    assert_eq!(contents(&mut one), model, "2 -> 1");
+    random_writes(&mut one, &mut model, &mut rng, 300, 10);
+    let h = checkpoint(&mut one, 10);
+    // 1 -> 3.
+    let thirds = [range(0, 41), range(42, 84), range(85, 127)];
+    let mut handles = Vec::new();
+    for r in thirds {
+        let mut b = fresh(r);
+        b.restore(std::slice::from_ref(&h), r).unwrap();
+        assert_eq!(contents(&mut b), restrict(&model, r), "1 -> 3 at {r}");
+        random_writes(&mut b, &mut model, &mut rng, 200, 11);
+        handles.push(checkpoint(&mut b, 11));
+    }
+    // 3 -> 2.
+    for r in halves {
+        let mut b = fresh(r);
+        b.restore(&handles, r).unwrap();
+        assert_eq!(contents(&mut b), restrict(&model, r), "3 -> 2 at {r}");
+        random_writes(&mut b, &mut model, &mut rng, 100, 12);
+        assert_eq!(contents(&mut b), restrict(&model, r), "writes after 3 -> 2");
+    }
+}
+
+#[test]
+fn savepoint_round_trip_memory_lsm_fs_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = KeyGroupRange::all(MAX_PARALLELISM);
+    let mut memory = MemoryBackend::new(config(all));
+    let v = memory
+        .register(&StateDescriptor::new("v", StateKind::Value))
+        .unwrap();
+    let l = memory
+        .register(&StateDescriptor::new("l", StateKind::List))
+        .unwrap();
+    for i in 0..500 {
+        memory.put(v, &key(i), &value(1, i)[..30]).unwrap();
+        memory.merge(l, &key(i % 50), &[1, i as u8]).unwrap();
+    }
+    let original = contents(&mut memory);
+    let sp = |name: &str| -> PathBuf { dir.path().join(name) };
+    write_savepoint(&mut memory, &sp("m")).unwrap();
+    let mut lsm = lsm_in(&sp("lsm"), config(all), LsmBackendOptions::default());
+    restore_savepoint(&mut lsm, &[sp("m")]).unwrap();
+    assert_eq!(contents(&mut lsm), original);
+    write_savepoint(&mut lsm, &sp("l")).unwrap();
+    let storage = Arc::new(LocalDirStorage::open(sp("fs")).unwrap());
+    let mut fs = FsBackend::new(config(all), storage).unwrap();
+    restore_savepoint(&mut fs, &[sp("l")]).unwrap();
+    assert_eq!(contents(&mut fs), original);
+    write_savepoint(&mut fs, &sp("f")).unwrap();
+    let mut back = MemoryBackend::new(config(all));
+    restore_savepoint(&mut back, &[sp("f")]).unwrap();
+    assert_eq!(contents(&mut back), original);
+}
+
+// ---- Kill test -----------------------------------------------------------------------------
+
+const CHILD_ENV: &str = "FLOWSTATE_LSM_CRASH_CHILD_DIR";
+const CRASH_KEYS: u64 = 400;
+
+/// The writes of step `n`, a pure function of `n`: `Some(v)` puts (or appends to "l"),
+/// `None` deletes.
+/// One write of a step: state, key, value (`None` deletes).
+type StepWrite = (&'static str, Vec<u8>, Option<Vec<u8>>);
+
+fn step(n: u64) -> Vec<StepWrite> {
+    let mut out = Vec::new();
+    for j in 0..60 {
+        let h = mix(n * 1_000 + j);
+        let v = (!h.is_multiple_of(7)).then(|| [n.to_le_bytes(), j.to_le_bytes()].concat());
+        out.push(("v", key(h % CRASH_KEYS), v));
+    }
+    out.push(("l", key(n % 50), Some(vec![1, n as u8])));
+    out
+}
+
+fn model(n: u64) -> Contents {
+    let mut m = Contents::new();
+    for i in 1..=n {
+        for (state, k, v) in step(i) {
+            let slot = (state.to_string(), k);
+            match v {
+                None => {
+                    m.remove(&slot);
+                }
+                Some(v) if state == "l" => m.entry(slot).or_default().extend_from_slice(&v),
+                Some(v) => {
+                    m.insert(slot, v);
+                }
+            }
+        }
+    }
+    m
+}
+
+fn crash_backend(dir: &Path) -> LsmBackend {
+    let options = LsmBackendOptions {
+        write_buffer_size: 64 << 10,
+        retained_checkpoints: 2,
+        min_materialization_bytes: 16 << 10,
+        ..LsmBackendOptions::default()
+    };
+    let mut b = lsm_in(dir, config(KeyGroupRange::all(MAX_PARALLELISM)), options);
+    b.register(&StateDescriptor::new("v", StateKind::Value))
+        .unwrap();
+    b.register(&StateDescriptor::new("l", StateKind::List))
+        .unwrap();
+    b
+}
+
+/// The child: resume from the latest completed checkpoint, then step and checkpoint forever.
+#[test]
+fn lsm_crash_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return; // not re-executed by the parent
+    };
+    let mut b = crash_backend(Path::new(&dir));
+    let start = b.restore_latest().unwrap().unwrap_or(0);
+    assert_eq!(contents(&mut b), model(start), "child restored wrong state");
+    let v = b
+        .register(&StateDescriptor::new("v", StateKind::Value))
+        .unwrap();
+    let l = b
+        .register(&StateDescriptor::new("l", StateKind::List))
+        .unwrap();
+    for n in start + 1.. {
+        for (state, k, val) in step(n) {
+            match (state, val) {
+                (_, None) => b.delete(v, &k).unwrap(),
+                ("l", Some(x)) => b.merge(l, &k, &x).unwrap(),
+                (_, Some(x)) => b.put(v, &k, &x).unwrap(),
+            }
+        }
+        b.snapshot(n).unwrap().run().unwrap();
+    }
+}
+
+#[test]
+fn killed_checkpointing_restores_latest_complete_checkpoint() {
+    let soak = std::env::var("FLOWSTATE_SOAK").is_ok_and(|v| v == "1");
+    let kills = if soak { 60 } else { 4 };
+    let mut rng = seed("lsm killed_checkpointing");
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalDirStorage::open(dir.path().join("checkpoints")).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut latest = 0u64;
+    for round in 0..kills {
+        rng = mix(rng);
+        let delay = Duration::from_millis(200 + rng % 600);
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "lsm_crash_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("round {round}: child exited by itself ({status}):\n{err}");
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let mut complete = Vec::new();
+        for name in storage.children("").unwrap() {
+            if let Some(id) = parse_checkpoint_dir(&name)
+                && storage.exists(&metadata_path(id)).unwrap()
+            {
+                read_metadata(&storage, id).unwrap();
+                complete.push(id);
+            }
+        }
+        complete.sort_unstable();
+        let newest = complete.last().copied().unwrap_or(0);
+        assert!(
+            newest >= latest,
+            "round {round}: checkpoint {latest} was lost"
+        );
+        let mut b = crash_backend(dir.path());
+        latest = b.restore_latest().unwrap().unwrap_or(0);
+        assert_eq!(latest, newest);
+        assert_eq!(contents(&mut b), model(latest), "round {round}: {latest}");
+        for id in complete.iter().rev().skip(1) {
+            let m = read_metadata(&storage, *id).unwrap();
+            b.restore(
+                &[snapshot_handle(&storage, &m)],
+                KeyGroupRange::all(MAX_PARALLELISM),
+            )
+            .unwrap();
+            assert_eq!(
+                contents(&mut b),
+                model(*id),
+                "round {round}: checkpoint {id}"
+            );
+        }
+        eprintln!("round {round}: killed after {delay:?}; latest {latest}");
+    }
+    assert!(latest > 0, "the child never completed a checkpoint");
+}
+
+/// `ManualClock::now_ms` through the `Clock` trait.
+trait NowForTest {
+    fn now_ms_for_test(&self) -> u64;
+}
+
+impl NowForTest for ManualClock {
+    fn now_ms_for_test(&self) -> u64 {
+        flowstate::Clock::now_ms(self)
+    }
+}
