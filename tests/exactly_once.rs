@@ -13,8 +13,8 @@ use std::time::Duration;
 use flowstate::engine::demo::generate_input;
 use flowstate::engine::output_check::{check_output, committed_lines, expected_output};
 use flowstate::engine::{
-    BackendChoice, CheckpointOptions, FailurePoint, FailureSchedule, JobConfig, RestartStrategy,
-    run_job,
+    BackendChoice, CheckpointOptions, CheckpointStatus, FailurePoint, FailureSchedule, JobConfig,
+    RestartStrategy, run_job,
 };
 use proptest::prelude::*;
 
@@ -84,7 +84,10 @@ fn run_case(
     }
     let expected = expected_output(&dir.path().join("input")).unwrap();
     let verdict = check_output(&dir.path().join("out"), &expected).unwrap();
-    prop_assert!(verdict.is_exact(), "{failures:?} p={parallelism} resume={resume_at:?}: {verdict:?}");
+    prop_assert!(
+        verdict.is_exact(),
+        "{failures:?} p={parallelism} resume={resume_at:?}: {verdict:?}"
+    );
     // A rerun after the job finished is a no-op.
     let again = run_job(&config(dir.path(), backend, parallelism)).unwrap();
     prop_assert!(again.already_finished);
@@ -140,7 +143,11 @@ fn failure_free_and_failing_runs_commit_the_same_lines() {
     assert_eq!(clean_lines.len(), 3_000);
     assert_eq!(clean_lines, committed_lines(&failing.join("out")).unwrap());
     let expected = expected_output(&clean.join("input")).unwrap();
-    assert!(check_output(&clean.join("out"), &expected).unwrap().is_exact());
+    assert!(
+        check_output(&clean.join("out"), &expected)
+            .unwrap()
+            .is_exact()
+    );
 }
 
 /// A checkpoint whose snapshot outlives the timeout is aborted and the job still finishes.
@@ -153,9 +160,25 @@ fn slow_snapshots_time_out_and_the_job_goes_on() {
     config.checkpoints.tolerable_failures = u32::MAX;
     config.checkpoints.interval = Some(Duration::from_millis(10));
     config.failures =
-        Arc::new(FailureSchedule::none().with_async_snapshot_delay(Duration::from_millis(2)));
+        Arc::new(FailureSchedule::none().with_slow_async_snapshots(3, Duration::from_millis(30)));
     let summary = run_job(&config).unwrap();
     assert_eq!(summary.events, 2_000);
+    let timed_out = summary
+        .history
+        .iter()
+        .filter(|r| r.status == CheckpointStatus::Aborted("timed out".into()))
+        .count();
+    assert!(timed_out >= 1, "{:?}", summary.history);
+    assert!(
+        summary
+            .history
+            .iter()
+            .any(|r| r.status == CheckpointStatus::Completed)
+    );
     let expected = expected_output(&dir.path().join("input")).unwrap();
-    assert!(check_output(&dir.path().join("out"), &expected).unwrap().is_exact());
+    assert!(
+        check_output(&dir.path().join("out"), &expected)
+            .unwrap()
+            .is_exact()
+    );
 }

@@ -137,7 +137,10 @@ mod tests {
         let mut aligner = BarrierAligner::new(1);
         assert_eq!(aligned(aligner.on_barrier(0, 1).unwrap()), Some(1));
         assert_eq!(aligner.blocked(), [false]);
-        assert!(aligner.on_barrier(0, 1).is_err(), "a barrier id never repeats");
+        assert!(
+            aligner.on_barrier(0, 1).is_err(),
+            "a barrier id never repeats"
+        );
     }
 
     #[test]
@@ -145,8 +148,14 @@ mod tests {
         let mut aligner = BarrierAligner::new(3);
         assert_eq!(aligner.on_barrier(1, 4).unwrap(), Alignment::Pending);
         assert_eq!(aligner.blocked(), [false, true, false]);
-        assert!(aligner.on_barrier(1, 4).is_err(), "a blocked input is not read");
-        assert!(aligner.on_barrier(0, 5).is_err(), "barrier 5 before 4 aligned");
+        assert!(
+            aligner.on_barrier(1, 4).is_err(),
+            "a blocked input is not read"
+        );
+        assert!(
+            aligner.on_barrier(0, 5).is_err(),
+            "barrier 5 before 4 aligned"
+        );
         assert_eq!(aligner.on_barrier(2, 4).unwrap(), Alignment::Pending);
         assert_eq!(aligner.blocked(), [false, true, true]);
         assert_eq!(aligned(aligner.on_barrier(0, 4).unwrap()), Some(4));

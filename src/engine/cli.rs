@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::BackendChoice;
 use super::coordinator::{CheckpointOptions, completion_rate, format_table};
 use super::job::{JobConfig, JobSummary, run_job};
-use super::BackendChoice;
 
 /// Arguments of `flowstate run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -99,7 +99,9 @@ pub fn format_summary(summary: &JobSummary) -> String {
     let (completed, aborted, rate) = completion_rate(&summary.history);
     let resumed = summary
         .resumed_from
-        .map_or("started fresh".to_string(), |id| format!("resumed from checkpoint {id}"));
+        .map_or("started fresh".to_string(), |id| {
+            format!("resumed from checkpoint {id}")
+        });
     let mut out = format!(
         "job finished: {} events, {} rejected lines, final checkpoint {}\n\
          this run: {resumed}; {} records processed in {:.2} s ({:.0} events/s); \

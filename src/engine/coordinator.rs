@@ -165,7 +165,8 @@ impl CheckpointCoordinator {
                 return None;
             }
             let interval = self.options.interval?;
-            let since = |t: Option<Instant>| t.map_or(Duration::MAX, |t| now.saturating_duration_since(t));
+            let since =
+                |t: Option<Instant>| t.map_or(Duration::MAX, |t| now.saturating_duration_since(t));
             if since(self.last_trigger) < interval
                 || since(self.last_completion) < self.options.min_pause
             {
@@ -194,7 +195,12 @@ impl CheckpointCoordinator {
     }
 
     /// Operator `task` acknowledged `id`.
-    pub fn ack_operator(&mut self, id: u64, task: usize, ack: OperatorAck) -> Option<CompletedCheckpoint> {
+    pub fn ack_operator(
+        &mut self,
+        id: u64,
+        task: usize,
+        ack: OperatorAck,
+    ) -> Option<CompletedCheckpoint> {
         *self.pending.get_mut(&id)?.operators.get_mut(task)? = Some(ack);
         self.try_complete(id)
     }
@@ -269,7 +275,9 @@ impl CheckpointCoordinator {
     fn try_complete(&mut self, id: u64) -> Option<CompletedCheckpoint> {
         let pending = self.pending.get(&id)?;
         let source = pending.source?;
-        if pending.operators.iter().any(Option::is_none) || pending.sinks.iter().any(Option::is_none) {
+        if pending.operators.iter().any(Option::is_none)
+            || pending.sinks.iter().any(Option::is_none)
+        {
             return None;
         }
         let pending = self.pending.remove(&id)?;
@@ -414,13 +422,21 @@ mod tests {
         let ms = |n| t0 + Duration::from_millis(n);
         let mut c = CheckpointCoordinator::new(options(), 1, 1, 1);
         assert_eq!(c.poll_trigger(t0, false), Some(1));
-        assert_eq!(c.poll_trigger(ms(200), false), None, "one in flight at most");
+        assert_eq!(
+            c.poll_trigger(ms(200), false),
+            None,
+            "one in flight at most"
+        );
         let done = complete(&mut c, 1).expect("all acks in");
         assert_eq!(done.record.output_bytes, 10);
         c.record_completed(done.record, ms(200));
         assert_eq!(c.poll_trigger(ms(220), false), None, "min pause");
         assert_eq!(c.poll_trigger(ms(250), false), Some(2));
-        assert_eq!(c.poll_trigger(ms(260), true), None, "final waits for the pending one");
+        assert_eq!(
+            c.poll_trigger(ms(260), true),
+            None,
+            "final waits for the pending one"
+        );
     }
 
     #[test]
@@ -433,7 +449,9 @@ mod tests {
         assert_eq!(c.pending(), 1);
         c.check_timeouts(ms(501)).expect("one failure is tolerated");
         assert_eq!(c.pending(), 0);
-        assert!(matches!(c.history[0].status, CheckpointStatus::Aborted(ref w) if w == "timed out"));
+        assert!(
+            matches!(c.history[0].status, CheckpointStatus::Aborted(ref w) if w == "timed out")
+        );
         // A late acknowledgement of the aborted checkpoint is ignored.
         assert!(complete(&mut c, 1).is_none());
         assert_eq!(c.poll_trigger(ms(600), false), Some(2));
@@ -443,7 +461,10 @@ mod tests {
         assert_eq!(c.poll_trigger(ms(700), false), Some(3));
         c.check_timeouts(ms(1300)).unwrap();
         assert_eq!(c.poll_trigger(ms(1400), false), Some(4));
-        assert!(c.check_timeouts(ms(2000)).is_err(), "two in a row exceed the tolerance");
+        assert!(
+            c.check_timeouts(ms(2000)).is_err(),
+            "two in a row exceed the tolerance"
+        );
         let (completed, aborted, rate) = completion_rate(&c.history);
         assert_eq!((completed, aborted), (1, 3));
         assert!((rate - 0.25).abs() < 1e-9);
@@ -459,10 +480,16 @@ mod tests {
         opts.tolerable_failures = 0;
         let mut c = CheckpointCoordinator::new(opts, 1, 1, 7);
         assert_eq!(c.poll_trigger(t0, false), Some(7));
-        assert_eq!(c.poll_trigger(t0 + Duration::from_millis(100), false), Some(8));
+        assert_eq!(
+            c.poll_trigger(t0 + Duration::from_millis(100), false),
+            Some(8)
+        );
         assert!(complete(&mut c, 8).is_some());
         assert_eq!(c.pending(), 0, "7 was subsumed");
-        assert_eq!(c.poll_trigger(t0 + Duration::from_millis(200), false), Some(9));
+        assert_eq!(
+            c.poll_trigger(t0 + Duration::from_millis(200), false),
+            Some(9)
+        );
         assert!(c.decline(9, "disk full", t0).is_err());
     }
 }

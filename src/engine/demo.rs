@@ -52,11 +52,7 @@ pub fn generate_input(path: &Path, events: u64, keys: u64, seed: u64) -> Result<
 /// Runs the demo; `Ok(true)` when the output is exactly right.
 pub fn demo_command(events: u64, keys: u64, kills: u32, seed: u64) -> Result<bool> {
     let started = Instant::now();
-    let dir = std::env::temp_dir().join(format!(
-        "flowstate-demo-{}-{}",
-        std::process::id(),
-        seed
-    ));
+    let dir = std::env::temp_dir().join(format!("flowstate-demo-{}-{}", std::process::id(), seed));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let result = demo_in(&dir, events, keys, kills, seed, started);
@@ -64,7 +60,14 @@ pub fn demo_command(events: u64, keys: u64, kills: u32, seed: u64) -> Result<boo
     result
 }
 
-fn demo_in(dir: &Path, events: u64, keys: u64, kills: u32, seed: u64, started: Instant) -> Result<bool> {
+fn demo_in(
+    dir: &Path,
+    events: u64,
+    keys: u64,
+    kills: u32,
+    seed: u64,
+    started: Instant,
+) -> Result<bool> {
     let input = dir.join("input.txt");
     let output = dir.join("out");
     let state = dir.join("state");
@@ -104,7 +107,10 @@ fn demo_in(dir: &Path, events: u64, keys: u64, kills: u32, seed: u64, started: I
             let _ = out.read_to_string(&mut stdout);
         }
         let status = child.wait().map_err(|e| Error::io("flowstate run", e))?;
-        println!("run {}: parallelism {parallelism}, exited with {status}", run + 1);
+        println!(
+            "run {}: parallelism {parallelism}, exited with {status}",
+            run + 1
+        );
         if status.success() {
             summary = stdout;
             break;
@@ -116,7 +122,11 @@ fn demo_in(dir: &Path, events: u64, keys: u64, kills: u32, seed: u64, started: I
     println!(
         "verdict: {} — {} committed lines over {} keys vs {} expected: {} missing, {} unexpected; \
          rejected side output: {} missing, {} unexpected; {killed} SIGKILLs; {:.1} s",
-        if verdict.is_exact() { "EXACTLY ONCE" } else { "MISMATCH" },
+        if verdict.is_exact() {
+            "EXACTLY ONCE"
+        } else {
+            "MISMATCH"
+        },
         verdict.lines,
         expected.keys,
         expected.lines.len(),
@@ -129,7 +139,13 @@ fn demo_in(dir: &Path, events: u64, keys: u64, kills: u32, seed: u64, started: I
     Ok(verdict.is_exact())
 }
 
-fn spawn_run(exe: &Path, input: &Path, output: &Path, state: &Path, parallelism: u16) -> Result<Child> {
+fn spawn_run(
+    exe: &Path,
+    input: &Path,
+    output: &Path,
+    state: &Path,
+    parallelism: u16,
+) -> Result<Child> {
     Command::new(exe)
         .arg("run")
         .arg("--input")
@@ -148,15 +164,27 @@ fn spawn_run(exe: &Path, input: &Path, output: &Path, state: &Path, parallelism:
 
 /// Waits until the child committed a new file (then a little more, at random) or exited;
 /// returns whether it exited.
-fn wait_for_progress(child: &mut Child, output: &Path, before: usize, rng: &mut SplitMix) -> Result<bool> {
+fn wait_for_progress(
+    child: &mut Child,
+    output: &Path,
+    before: usize,
+    rng: &mut SplitMix,
+) -> Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if child.try_wait().map_err(|e| Error::io("flowstate run", e))?.is_some() {
+        if child
+            .try_wait()
+            .map_err(|e| Error::io("flowstate run", e))?
+            .is_some()
+        {
             return Ok(true);
         }
         if committed_files(output)?.len() > before {
             std::thread::sleep(Duration::from_millis(rng.below(150)));
-            return Ok(child.try_wait().map_err(|e| Error::io("flowstate run", e))?.is_some());
+            return Ok(child
+                .try_wait()
+                .map_err(|e| Error::io("flowstate run", e))?
+                .is_some());
         }
         std::thread::sleep(Duration::from_millis(2));
     }

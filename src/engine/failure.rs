@@ -57,7 +57,8 @@ pub struct FailureSchedule {
     armed: AtomicBool,
     counters: [AtomicU64; 8],
     failures: Mutex<Vec<(FailurePoint, u64)>>,
-    async_snapshot_delay: Mutex<Option<Duration>>,
+    /// (remaining delayed snapshots, delay).
+    async_snapshot_delay: Mutex<Option<(u64, Duration)>>,
 }
 
 impl FailureSchedule {
@@ -69,20 +70,30 @@ impl FailureSchedule {
     /// Fails at each `(point, occurrence)`.
     pub fn new(failures: Vec<(FailurePoint, u64)>) -> Self {
         let schedule = Self::default();
-        schedule.armed.store(!failures.is_empty(), Ordering::Relaxed);
+        schedule
+            .armed
+            .store(!failures.is_empty(), Ordering::Relaxed);
         *schedule.failures.lock() = failures;
         schedule
     }
 
-    /// Makes every asynchronous snapshot part sleep `delay` first (to provoke timeouts).
-    pub fn with_async_snapshot_delay(self, delay: Duration) -> Self {
-        *self.async_snapshot_delay.lock() = Some(delay);
+    /// Makes the first `count` asynchronous snapshot parts sleep `delay` first (to provoke
+    /// timeouts).
+    pub fn with_slow_async_snapshots(self, count: u64, delay: Duration) -> Self {
+        *self.async_snapshot_delay.lock() = Some((count, delay));
         self
     }
 
-    /// The delay to apply to asynchronous snapshot parts, if any.
+    /// The delay to apply to the next asynchronous snapshot part, if any.
     pub fn async_snapshot_delay(&self) -> Option<Duration> {
-        *self.async_snapshot_delay.lock()
+        let mut slot = self.async_snapshot_delay.lock();
+        match slot.as_mut() {
+            Some((remaining, delay)) if *remaining > 0 => {
+                *remaining -= 1;
+                Some(*delay)
+            }
+            _ => None,
+        }
     }
 
     /// Counts one occurrence of `point`; an error if a failure is scheduled for it.

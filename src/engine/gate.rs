@@ -207,7 +207,10 @@ mod tests {
         let handle = std::thread::spawn(move || sender.send(Message::Record(2)));
         std::thread::sleep(Duration::from_millis(20));
         assert!(!handle.is_finished(), "second send must wait for room");
-        assert_eq!(gate.recv(&[false]), Some(GateEvent::Message(0, Message::Record(1))));
+        assert_eq!(
+            gate.recv(&[false]),
+            Some(GateEvent::Message(0, Message::Record(1)))
+        );
         assert_eq!(handle.join().unwrap(), Ok(()));
         let sender = gate.sender(0);
         let handle = std::thread::spawn(move || sender.send(Message::Record(3)));

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::coordinator::{CheckpointCoordinator, CheckpointOptions, CheckpointRecord, CompletedCheckpoint};
+use super::coordinator::{
+    CheckpointCoordinator, CheckpointOptions, CheckpointRecord, CompletedCheckpoint,
+};
 use super::failure::{FailurePoint, FailureSchedule};
 use super::gate::InputGate;
 use super::operator::{OperatorTask, run_snapshot_thread};
@@ -84,7 +86,11 @@ pub struct JobConfig {
 
 impl JobConfig {
     /// A config with default checkpointing, restarts, parallelism 1 and the fs backend.
-    pub fn new(input: impl Into<PathBuf>, output: impl Into<PathBuf>, state: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        input: impl Into<PathBuf>,
+        output: impl Into<PathBuf>,
+        state: impl Into<PathBuf>,
+    ) -> Self {
         JobConfig {
             input: input.into(),
             output: output.into(),
@@ -174,7 +180,10 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
     let mut store = JobStore::open(&state_dir, config.backend, config.checkpoints.retained)?;
     let max_parallelism = match (store.latest(), config.max_parallelism) {
         (Some(latest), requested) => {
-            let had = latest.handles.first().map_or(DEFAULT_MAX_PARALLELISM, |h| h.max_parallelism);
+            let had = latest
+                .handles
+                .first()
+                .map_or(DEFAULT_MAX_PARALLELISM, |h| h.max_parallelism);
             if let Some(requested) = requested.filter(|r| *r != had) {
                 return Err(Error::invalid(format!(
                     "the checkpoints in {} were taken with --max-parallelism {had}; it cannot \
@@ -231,7 +240,9 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
                 }
                 eprintln!(
                     "task failure: {e}; restarting from checkpoint {} (restart {restarts} of {})",
-                    store.latest().map_or("none (from the start)".to_string(), |c| c.id.to_string()),
+                    store
+                        .latest()
+                        .map_or("none (from the start)".to_string(), |c| c.id.to_string()),
                     config.restart.max_restarts
                 );
                 std::thread::sleep(config.restart.delay);
@@ -279,9 +290,16 @@ fn read_finished(state_dir: &Path) -> Result<Option<(u64, SourcePosition)>> {
         return Ok(None);
     }
     let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let fields: Vec<u64> = text.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
     let [id, events, rejected] = fields[..] else {
-        return Err(Error::corruption(path.display(), 0, "expected '<checkpoint> <events> <rejected>'"));
+        return Err(Error::corruption(
+            path.display(),
+            0,
+            "expected '<checkpoint> <events> <rejected>'",
+        ));
     };
     let position = SourcePosition {
         events,
@@ -378,7 +396,9 @@ impl Attempt<'_> {
             }
             keyed.push(state);
         }
-        let position = restore.as_ref().map_or_else(SourcePosition::default, |c| c.source);
+        let position = restore
+            .as_ref()
+            .map_or_else(SourcePosition::default, |c| c.source);
         let operator_gates: Vec<OperatorGate> = (0..parallelism)
             .map(|_| InputGate::new(1, config.channel_capacity))
             .collect();
@@ -418,9 +438,12 @@ impl Attempt<'_> {
                 };
                 let events = events_tx.clone();
                 scope.spawn(move || {
-                    task_body(format!("operator {}", operator.index), &events, cancel, || {
-                        operator.run()
-                    })
+                    task_body(
+                        format!("operator {}", operator.index),
+                        &events,
+                        cancel,
+                        || operator.run(),
+                    )
                 });
                 let events = events_tx.clone();
                 scope.spawn(move || {
@@ -590,10 +613,14 @@ impl CoordinatorLoop<'_, '_> {
             }
             if config.progress && last_progress.elapsed() >= Duration::from_secs(1) {
                 let processed = self.attempt.processed.load(Ordering::Relaxed);
-                let rate = (processed - last_processed) as f64 / last_progress.elapsed().as_secs_f64();
-                let last = self.coordinator.history.iter().rev().find(|r| {
-                    r.status == super::coordinator::CheckpointStatus::Completed
-                });
+                let rate =
+                    (processed - last_processed) as f64 / last_progress.elapsed().as_secs_f64();
+                let last = self
+                    .coordinator
+                    .history
+                    .iter()
+                    .rev()
+                    .find(|r| r.status == super::coordinator::CheckpointStatus::Completed);
                 eprintln!(
                     "[{:>6.1}s] {processed} events processed, {rate:.0} events/s, last checkpoint {}",
                     self.attempt.started.elapsed().as_secs_f64(),

@@ -88,9 +88,8 @@ impl std::str::FromStr for BackendChoice {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        Self::parse(s).ok_or_else(|| {
-            Error::invalid(format!("unknown backend '{s}' (expected memory or fs)"))
-        })
+        Self::parse(s)
+            .ok_or_else(|| Error::invalid(format!("unknown backend '{s}' (expected memory or fs)")))
     }
 }
 

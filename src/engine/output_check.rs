@@ -34,7 +34,11 @@ pub fn expected_output(input: &Path) -> Result<ExpectedOutput> {
     let mut number = 0u64;
     loop {
         line.clear();
-        if reader.read_until(b'\n', &mut line).map_err(|e| Error::io(input, e))? == 0 {
+        if reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::io(input, e))?
+            == 0
+        {
             break;
         }
         number += 1;
@@ -67,7 +71,12 @@ pub fn committed_lines(dir: &Path) -> Result<Vec<Vec<u8>>> {
     let mut lines = Vec::new();
     for path in committed_files(dir)? {
         let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        lines.extend(bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
+        lines.extend(
+            bytes
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec),
+        );
     }
     lines.sort_unstable();
     Ok(lines)
@@ -146,7 +155,10 @@ mod tests {
     #[test]
     fn diff_counts_missing_and_duplicates() {
         let v = |s: &[&str]| s.iter().map(|l| l.as_bytes().to_vec()).collect::<Vec<_>>();
-        assert_eq!(diff(&v(&["a", "b", "c"]), &v(&["a", "b", "b", "d"])), (1, 2));
+        assert_eq!(
+            diff(&v(&["a", "b", "c"]), &v(&["a", "b", "b", "d"])),
+            (1, 2)
+        );
         assert_eq!(diff(&v(&["a"]), &v(&["a"])), (0, 0));
     }
 }

@@ -234,7 +234,11 @@ pub fn committed_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
-        if entry.file_name().to_str().is_some_and(|n| n.starts_with("part-")) {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("part-"))
+        {
             out.push(entry.path());
         }
     }
@@ -275,12 +279,18 @@ mod tests {
         sink.write(&batch("a,2,3\n")).unwrap();
         sink.pre_commit(2, &none).unwrap();
         sink.pre_commit(3, &none).unwrap(); // empty epoch: no file
-        assert_eq!(names(dir.path()), [".part-0-1.pending", ".part-0-2.pending"]);
+        assert_eq!(
+            names(dir.path()),
+            [".part-0-1.pending", ".part-0-2.pending"]
+        );
         sink.commit(1, &none).unwrap();
         assert_eq!(names(dir.path()), [".part-0-2.pending", "part-0-1"]);
         sink.commit(3, &none).unwrap();
         assert_eq!(names(dir.path()), ["part-0-1", "part-0-2"]);
-        assert_eq!(fs::read_to_string(dir.path().join("part-0-2")).unwrap(), "a,2,3\n");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("part-0-2")).unwrap(),
+            "a,2,3\n"
+        );
     }
 
     #[test]
@@ -300,9 +310,18 @@ mod tests {
         drop(sink);
         // Checkpoint 2 completed but the crash came before the commit; 3 never completed.
         let report = reconcile(dir.path(), 2).unwrap();
-        assert_eq!(report, Reconciled { committed: 4, discarded: 3 });
+        assert_eq!(
+            report,
+            Reconciled {
+                committed: 4,
+                discarded: 3
+            }
+        );
         assert_eq!(names(dir.path()), ["part-3-1", "part-3-2"]);
-        assert_eq!(names(&dir.path().join(REJECTED_DIR)), ["part-3-1", "part-3-2"]);
+        assert_eq!(
+            names(&dir.path().join(REJECTED_DIR)),
+            ["part-3-1", "part-3-2"]
+        );
         assert_eq!(reconcile(dir.path(), 2).unwrap(), Reconciled::default());
     }
 

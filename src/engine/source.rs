@@ -123,7 +123,10 @@ impl SourceTask<'_> {
                     let _ = self.events.send(CoordinatorEvent::SourceExhausted);
                     announced = true;
                 }
-                match self.control.recv_timeout(std::time::Duration::from_millis(20)) {
+                match self
+                    .control
+                    .recv_timeout(std::time::Duration::from_millis(20))
+                {
                     Ok(c) => Some(c),
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
@@ -221,7 +224,10 @@ mod tests {
     #[test]
     fn parses_valid_lines_and_rejects_the_rest() {
         assert_eq!(parse_line(b"alice,5"), Some((&b"alice"[..], 5)));
-        assert_eq!(parse_line(b"a b,-9223372036854775808"), Some((&b"a b"[..], i64::MIN)));
+        assert_eq!(
+            parse_line(b"a b,-9223372036854775808"),
+            Some((&b"a b"[..], i64::MIN))
+        );
         let long = [b'k'; MAX_KEY_LEN];
         let mut ok = long.to_vec();
         ok.extend_from_slice(b",1");

@@ -122,7 +122,12 @@ impl JobStore {
 
     /// Makes `checkpoint` the newest completed one (durably for persistent backends) and
     /// applies retention.
-    pub fn add(&mut self, checkpoint: JobCheckpoint, max_parallelism: u16, now_ms: u64) -> Result<()> {
+    pub fn add(
+        &mut self,
+        checkpoint: JobCheckpoint,
+        max_parallelism: u16,
+        now_ms: u64,
+    ) -> Result<()> {
         if let Some(registry) = self.registry.as_mut() {
             let metadata = encode(&checkpoint, max_parallelism, now_ms, &self.state_dir)?;
             registry
@@ -132,7 +137,10 @@ impl JobStore {
             retention::apply(registry, self.retained)?;
         }
         self.retained_checkpoints.push(checkpoint);
-        let excess = self.retained_checkpoints.len().saturating_sub(self.retained);
+        let excess = self
+            .retained_checkpoints
+            .len()
+            .saturating_sub(self.retained);
         self.retained_checkpoints.drain(..excess);
         Ok(())
     }
@@ -215,7 +223,10 @@ fn encode(
 }
 
 fn decode(metadata: &CheckpointMetadata, state_dir: &Path) -> Result<JobCheckpoint> {
-    let file = format!("{JOB_DIR}/{}/_metadata", checkpoint_dir(metadata.checkpoint_id));
+    let file = format!(
+        "{JOB_DIR}/{}/_metadata",
+        checkpoint_dir(metadata.checkpoint_id)
+    );
     let bad = |what: String| Error::corruption(&file, 0, format!("engine record: {what}"));
     let record: JobRecord =
         postcard::from_bytes(&metadata.extra).map_err(|e| bad(e.to_string()))?;
@@ -230,7 +241,9 @@ fn decode(metadata: &CheckpointMetadata, state_dir: &Path) -> Result<JobCheckpoi
             || h.max_parallelism != metadata.max_parallelism
             || h.backend != metadata.backend
         {
-            return Err(bad(format!("task handle with key groups {range} does not fit the job")));
+            return Err(bad(format!(
+                "task handle with key groups {range} does not fit the job"
+            )));
         }
         let root = if Path::new(&h.root).is_absolute() {
             PathBuf::from(&h.root)
@@ -264,7 +277,11 @@ pub fn next_generation(state_dir: &Path) -> Result<u64> {
     if tasks.is_dir() {
         for entry in fs::read_dir(&tasks).map_err(|e| Error::io(&tasks, e))? {
             let entry = entry.map_err(|e| Error::io(&tasks, e))?;
-            if let Some(n) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(n) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 next = next.max(n + 1);
             }
         }
