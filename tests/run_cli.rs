@@ -88,7 +88,8 @@ fn kill_rounds(rounds: u32, seed: u64) {
         for attempt in 0.. {
             assert!(attempt < 200, "round {round}: no finish after 200 attempts");
             let mut child = spawn(dir.path(), parallelism, "fs");
-            let delay = Duration::from_millis(20 + rng.below(250));
+            // Growing delays: a run always finishes eventually, whatever its start-up costs.
+            let delay = Duration::from_millis(20 + rng.below(250) + 40 * attempt);
             match kill_after(&mut child, delay) {
                 Some(0) => break,
                 Some(code) => {

@@ -77,8 +77,14 @@ impl BackendChoice {
             BackendChoice::Memory => Box::new(MemoryBackend::new(config)),
             BackendChoice::Fs => {
                 let storage = Arc::new(LocalDirStorage::open(root)?);
-                // The engine applies retention itself (job-level), so the backend keeps all.
-                Box::new(FsBackend::new(config, storage)?.with_retained_checkpoints(usize::MAX))
+                // The engine applies retention itself (job-level), so the backend keeps all;
+                // 16 key groups per file: fewer fsyncs per checkpoint, still fine-grained
+                // enough that a rescaled task reads little it does not own.
+                Box::new(
+                    FsBackend::new(config, storage)?
+                        .with_retained_checkpoints(usize::MAX)
+                        .with_key_groups_per_file(16),
+                )
             }
         })
     }
