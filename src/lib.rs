@@ -27,6 +27,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod codec;
+pub mod engine;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -1,18 +1,18 @@
 //! The `flowstate` command-line tool.
 //!
-//! `demo` runs a small keyed job on typed state, snapshots, rescales and checks the totals;
+//! `run` runs the reference exactly-once job (see `flowstate::engine::cli`); `demo` runs it as a
+//! child process, SIGKILLs it mid-run, reruns it until it finishes and checks the output;
 //! `verify` checks every checkpoint under a checkpoint-storage directory without changing it.
 //! Usage errors exit 2, runtime errors (and damaged checkpoints) 1; nothing here exits by panic.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use flowstate::checkpoint::storage::LocalDirStorage;
 use flowstate::checkpoint::verify::{CheckpointStatus, VerifyReport, verify_storage};
-use flowstate::keys::{DEFAULT_MAX_PARALLELISM, KeyGroupRange};
-use flowstate::{BackendConfig, KeyedState, MemoryBackend, StateBackend};
+use flowstate::engine::cli::{RunArgs, run_command};
+use flowstate::engine::demo::demo_command;
 
 #[derive(Parser)]
 #[command(
@@ -27,14 +27,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a small keyed counting job, snapshot it, restore it at another parallelism, check it.
+    /// Run the exactly-once counting job: input `key,value` lines, output `key,count,sum` lines.
+    Run(RunArgs),
+    /// Run the job as a child process, SIGKILL it mid-run, rerun it until it finishes, verify.
     Demo {
         /// Number of events to generate.
-        #[arg(long, default_value_t = 200_000)]
+        #[arg(long, default_value_t = 300_000)]
         events: u64,
         /// Number of distinct keys.
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 20_000)]
         keys: u64,
+        /// SIGKILLs to deliver before letting a run finish.
+        #[arg(long, default_value_t = 2)]
+        kills: u32,
+        /// Seed of the generated input and kill timing.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
     },
     /// Check every checkpoint under a checkpoint-storage directory: each `chk-<id>/_metadata`
     /// decodes, and every file it lists (shared ones too) is present with the listed size and
@@ -54,20 +62,25 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let result = match cli.command {
-        Command::Demo { events, keys } => demo(events, keys.max(1)),
-        Command::Verify { checkpoint_dir } => return verify(&checkpoint_dir),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
+    match cli.command {
+        Command::Run(args) => ExitCode::from(run_command(&args)),
+        Command::Verify { checkpoint_dir } => verify(&checkpoint_dir),
+        Command::Demo {
+            events,
+            keys,
+            kills,
+            seed,
+        } => match demo_command(events, keys.max(1), kills, seed) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
-/// Prints one line per checkpoint (and one per further damaged file) and a summary.
 fn verify(dir: &std::path::Path) -> ExitCode {
     // `LocalDirStorage::open` would create a missing directory: check first, change nothing.
     if !dir.is_dir() {
@@ -137,61 +150,5 @@ fn human_bytes(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-/// Counts events per key on one task, snapshots, restores into two tasks and checks every total.
-fn demo(events: u64, keys: u64) -> flowstate::Result<()> {
-    let started = Instant::now();
-    let max = DEFAULT_MAX_PARALLELISM;
-    let keyed = KeyedState::new(MemoryBackend::new(BackendConfig::new(
-        u32::from(max),
-        KeyGroupRange::all(max),
-    )?));
-    let count = keyed.value_state::<(u64, i64)>("count_sum")?;
-    for i in 0..events {
-        let key = format!("key-{}", i.wrapping_mul(2_654_435_761) % keys);
-        keyed.set_current_key(&key)?;
-        let (n, sum) = count.value()?.unwrap_or((0, 0));
-        count.update(&(n + 1, sum + (i % 100) as i64))?;
-    }
-    let handle = keyed.snapshot(1)?.run()?;
-    println!("processed {events} events over {keys} keys on 1 task, snapshot 1 taken");
-
-    let mut restored_total = 0u64;
-    for index in 0..2 {
-        let range = KeyGroupRange::for_operator(max, 2, index)?;
-        let config = BackendConfig::new(u32::from(max), range)?;
-        let task = KeyedState::new(MemoryBackend::new(config));
-        task.restore(std::slice::from_ref(&handle), range)?;
-        let state = task.value_state::<(u64, i64)>("count_sum")?;
-        let owned: Vec<String> = task.keys("count_sum")?;
-        for key in &owned {
-            task.set_current_key(key)?;
-            restored_total += state.value()?.map_or(0, |(n, _)| n);
-        }
-        let entries =
-            task.with_backend(|b: &mut dyn StateBackend| -> flowstate::Result<usize> {
-                let id = b.register(&flowstate::StateDescriptor::new(
-                    "count_sum",
-                    flowstate::StateKind::Value,
-                ))?;
-                Ok(b.scan_prefix(id, &[])?.count())
-            })?;
-        println!("task {index} of 2 owns key groups {range}: {entries} keys restored");
-    }
-    let verdict = if restored_total == events {
-        "OK"
-    } else {
-        "MISMATCH"
-    };
-    println!(
-        "verdict: {verdict} ({restored_total} of {events} events accounted for after rescale 1 -> 2) in {:.2?}",
-        started.elapsed()
-    );
-    if restored_total == events {
-        Ok(())
-    } else {
-        Err(flowstate::Error::invalid("demo totals do not match"))
     }
 }

@@ -1,0 +1,192 @@
+//! `flowstate demo`: runs `flowstate run` as a child process, SIGKILLs it mid-run, reruns it
+//! (with changing parallelism) until it finishes, and checks the committed output exactly.
+
+use std::fs;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::output_check::{check_output, expected_output};
+use super::sink::committed_files;
+use crate::error::{Error, Result};
+
+/// A small deterministic generator (splitmix64).
+#[derive(Debug, Clone)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// Writes an input of `events` valid events over `keys` keys plus a few invalid lines.
+pub fn generate_input(path: &Path, events: u64, keys: u64, seed: u64) -> Result<()> {
+    let file = fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut out = BufWriter::new(file);
+    let mut rng = SplitMix(seed);
+    let invalid = ["not a valid line", "k,abc", ",5", "x,1,2", "key-1, 7"];
+    for i in 0..events {
+        if i % 50_000 == 25_000 {
+            let line = invalid[(i / 50_000) as usize % invalid.len()];
+            writeln!(out, "{line}").map_err(|e| Error::io(path, e))?;
+        }
+        let key = rng.below(keys.max(1));
+        let value = rng.below(2001) as i64 - 1000;
+        writeln!(out, "key-{key},{value}").map_err(|e| Error::io(path, e))?;
+    }
+    out.flush().map_err(|e| Error::io(path, e))
+}
+
+/// Runs the demo; `Ok(true)` when the output is exactly right.
+pub fn demo_command(events: u64, keys: u64, kills: u32, seed: u64) -> Result<bool> {
+    let started = Instant::now();
+    let dir = std::env::temp_dir().join(format!("flowstate-demo-{}-{}", std::process::id(), seed));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let result = demo_in(&dir, events, keys, kills, seed, started);
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+fn demo_in(
+    dir: &Path,
+    events: u64,
+    keys: u64,
+    kills: u32,
+    seed: u64,
+    started: Instant,
+) -> Result<bool> {
+    let input = dir.join("input.txt");
+    let output = dir.join("out");
+    let state = dir.join("state");
+    generate_input(&input, events, keys, seed)?;
+    println!(
+        "generated {events} events over {keys} keys (plus invalid lines) in {}",
+        input.display()
+    );
+    let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
+    let mut rng = SplitMix(seed ^ 0xD1B5_4A32_D192_ED03);
+    let parallelisms = [2u16, 3, 1, 4];
+    let mut killed = 0u32;
+    let mut summary = String::new();
+    for run in 0.. {
+        if started.elapsed() > Duration::from_secs(50) {
+            return Err(Error::invalid("demo took too long"));
+        }
+        let parallelism = parallelisms[run % parallelisms.len()];
+        let mut child = spawn_run(&exe, &input, &output, &state, parallelism)?;
+        if killed < kills {
+            let before = committed_files(&output)?.len();
+            let exited = wait_for_progress(&mut child, &output, before, &mut rng)?;
+            if !exited {
+                let _ = child.kill();
+                let _ = child.wait();
+                killed += 1;
+                println!(
+                    "run {}: parallelism {parallelism}, SIGKILLed mid-run ({} committed files so far)",
+                    run + 1,
+                    committed_files(&output)?.len()
+                );
+                continue;
+            }
+        }
+        let mut stdout = String::new();
+        if let Some(mut out) = child.stdout.take() {
+            let _ = out.read_to_string(&mut stdout);
+        }
+        let status = child.wait().map_err(|e| Error::io("flowstate run", e))?;
+        println!(
+            "run {}: parallelism {parallelism}, exited with {status}",
+            run + 1
+        );
+        if status.success() {
+            summary = stdout;
+            break;
+        }
+    }
+    println!("\nlast run's summary:\n{summary}");
+    let expected = expected_output(&input)?;
+    let verdict = check_output(&output, &expected)?;
+    println!(
+        "verdict: {} — {} committed lines over {} keys vs {} expected: {} missing, {} unexpected; \
+         rejected side output: {} missing, {} unexpected; {killed} SIGKILLs; {:.1} s",
+        if verdict.is_exact() {
+            "EXACTLY ONCE"
+        } else {
+            "MISMATCH"
+        },
+        verdict.lines,
+        expected.keys,
+        expected.lines.len(),
+        verdict.missing,
+        verdict.unexpected,
+        verdict.rejected_missing,
+        verdict.rejected_unexpected,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(verdict.is_exact())
+}
+
+fn spawn_run(
+    exe: &Path,
+    input: &Path,
+    output: &Path,
+    state: &Path,
+    parallelism: u16,
+) -> Result<Child> {
+    Command::new(exe)
+        .arg("run")
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .arg("--state")
+        .arg(state)
+        .args(["--checkpoint-interval-ms", "100", "--quiet"])
+        .args(["--parallelism", &parallelism.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| Error::io(PathBuf::from(exe), e))
+}
+
+/// Waits until the child committed a new file (then a little more, at random) or exited;
+/// returns whether it exited.
+fn wait_for_progress(
+    child: &mut Child,
+    output: &Path,
+    before: usize,
+    rng: &mut SplitMix,
+) -> Result<bool> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if child
+            .try_wait()
+            .map_err(|e| Error::io("flowstate run", e))?
+            .is_some()
+        {
+            return Ok(true);
+        }
+        if committed_files(output)?.len() > before {
+            std::thread::sleep(Duration::from_millis(rng.below(150)));
+            return Ok(child
+                .try_wait()
+                .map_err(|e| Error::io("flowstate run", e))?
+                .is_some());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(false)
+}

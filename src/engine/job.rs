@@ -1,0 +1,695 @@
+//! [`run_job`]: runs the reference job (per-key running count and sum) through failures.
+//!
+//! One attempt = one source thread, and per operator task an operator thread, a snapshot
+//! thread and a sink thread, all in a thread scope; the calling thread is the checkpoint
+//! coordinator. Any task failure cancels the attempt (gates closed, threads joined); the job
+//! then restarts from the latest completed checkpoint: state restored into the (possibly new)
+//! parallelism by key group, source rewound, sink output reconciled.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::coordinator::{
+    CheckpointCoordinator, CheckpointOptions, CheckpointRecord, CompletedCheckpoint,
+};
+use super::failure::{FailurePoint, FailureSchedule};
+use super::gate::InputGate;
+use super::operator::{OperatorTask, run_snapshot_thread};
+use super::sink::{self, SinkBatch, SinkControl, TwoPhaseFileSink};
+use super::source::{Event, SourceControl, SourcePosition, SourceTask};
+use super::store::{self, JobCheckpoint, JobStore};
+use super::{BackendChoice, CoordinatorEvent, OperatorControl};
+use crate::backend::{BackendConfig, SnapshotData};
+use crate::error::{Error, Result};
+use crate::keys::{DEFAULT_MAX_PARALLELISM, KeyGroupRange, check_max_parallelism};
+use crate::state::KeyedState;
+
+/// Marker file: the job finished (holds the final checkpoint id and counts).
+pub const FINISHED_FILE: &str = "FINISHED";
+/// Marker file: a memory-backend run is (or was, if it crashed) in progress.
+pub const MEMORY_RUN_FILE: &str = "MEMORY_BACKEND_RUN";
+/// Lock file held while a job runs on the state directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Fixed-delay restart strategy.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartStrategy {
+    /// Restarts allowed after failures (within one `run_job` call).
+    pub max_restarts: u32,
+    /// Pause before each restart.
+    pub delay: Duration,
+}
+
+impl Default for RestartStrategy {
+    /// 10 restarts, 100 ms apart.
+    fn default() -> Self {
+        RestartStrategy {
+            max_restarts: 10,
+            delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Everything a job run needs.
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    /// Input file of `key,value` lines.
+    pub input: PathBuf,
+    /// Output directory (committed `part-*` files, `rejected/`).
+    pub output: PathBuf,
+    /// State directory (checkpoints, task state, lock).
+    pub state: PathBuf,
+    /// Operator state backend.
+    pub backend: BackendChoice,
+    /// Operator (and sink) parallelism.
+    pub parallelism: u16,
+    /// Number of key groups; `None`: the resumed checkpoint's, or the default 128.
+    pub max_parallelism: Option<u16>,
+    /// Checkpointing options.
+    pub checkpoints: CheckpointOptions,
+    /// Restart strategy.
+    pub restart: RestartStrategy,
+    /// Failure injection (tests).
+    pub failures: Arc<FailureSchedule>,
+    /// Print progress to stderr once a second.
+    pub progress: bool,
+    /// Capacity of every task input, in messages (batches).
+    pub channel_capacity: usize,
+}
+
+impl JobConfig {
+    /// A config with default checkpointing, restarts, parallelism 1 and the fs backend.
+    pub fn new(
+        input: impl Into<PathBuf>,
+        output: impl Into<PathBuf>,
+        state: impl Into<PathBuf>,
+    ) -> Self {
+        JobConfig {
+            input: input.into(),
+            output: output.into(),
+            state: state.into(),
+            backend: BackendChoice::Fs,
+            parallelism: 1,
+            max_parallelism: None,
+            checkpoints: CheckpointOptions::default(),
+            restart: RestartStrategy::default(),
+            failures: Arc::new(FailureSchedule::none()),
+            progress: false,
+            channel_capacity: 16,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct JobSummary {
+    /// Valid events in the input.
+    pub events: u64,
+    /// Rejected lines in the input.
+    pub rejected: u64,
+    /// The job had already finished: nothing was run.
+    pub already_finished: bool,
+    /// The checkpoint the run resumed from at start, if any.
+    pub resumed_from: Option<u64>,
+    /// Restores from a checkpoint (at start and after failures).
+    pub restores: u32,
+    /// Records processed by operators in this run (replays included).
+    pub records_processed: u64,
+    /// Wall time of this run.
+    pub elapsed: Duration,
+    /// Every checkpoint that ended in this run.
+    pub history: Vec<CheckpointRecord>,
+    /// The final checkpoint id.
+    pub final_checkpoint: u64,
+}
+
+impl JobSummary {
+    /// Records processed per second of wall time.
+    pub fn events_per_second(&self) -> f64 {
+        self.records_processed as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs the job to completion: resumes from `config.state` if a previous run left completed
+/// checkpoints, restarts after failures, and returns once all output is committed.
+pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
+    let started = Instant::now();
+    if config.parallelism == 0 {
+        return Err(Error::invalid("parallelism must be at least 1"));
+    }
+    fs::create_dir_all(&config.state).map_err(|e| Error::io(&config.state, e))?;
+    let state_dir = fs::canonicalize(&config.state).map_err(|e| Error::io(&config.state, e))?;
+    let _lock = lock_state_dir(&state_dir)?;
+    fs::create_dir_all(&config.output).map_err(|e| Error::io(&config.output, e))?;
+    let mut summary = JobSummary {
+        events: 0,
+        rejected: 0,
+        already_finished: false,
+        resumed_from: None,
+        restores: 0,
+        records_processed: 0,
+        elapsed: Duration::ZERO,
+        history: Vec::new(),
+        final_checkpoint: 0,
+    };
+    if let Some((id, position)) = read_finished(&state_dir)? {
+        sink::reconcile(&config.output, id)?;
+        summary.already_finished = true;
+        summary.final_checkpoint = id;
+        summary.events = position.events;
+        summary.rejected = position.rejected;
+        summary.elapsed = started.elapsed();
+        return Ok(summary);
+    }
+    let memory_marker = state_dir.join(MEMORY_RUN_FILE);
+    if memory_marker.exists() {
+        return Err(Error::invalid(format!(
+            "{} was used by a --backend memory run that did not finish; its checkpoints lived in \
+             that process's memory and are gone, so it cannot resume. Delete --state and --output \
+             to start over (or use --backend fs to survive crashes)",
+            state_dir.display()
+        )));
+    }
+    let mut store = JobStore::open(&state_dir, config.backend, config.checkpoints.retained)?;
+    let max_parallelism = match (store.latest(), config.max_parallelism) {
+        (Some(latest), requested) => {
+            let had = latest
+                .handles
+                .first()
+                .map_or(DEFAULT_MAX_PARALLELISM, |h| h.max_parallelism);
+            if let Some(requested) = requested.filter(|r| *r != had) {
+                return Err(Error::invalid(format!(
+                    "the checkpoints in {} were taken with --max-parallelism {had}; it cannot \
+                     change to {requested}",
+                    state_dir.display()
+                )));
+            }
+            had
+        }
+        (None, requested) => {
+            check_max_parallelism(u32::from(requested.unwrap_or(DEFAULT_MAX_PARALLELISM)))?
+        }
+    };
+    if config.parallelism > max_parallelism {
+        return Err(Error::invalid(format!(
+            "parallelism {} exceeds max parallelism {max_parallelism}",
+            config.parallelism
+        )));
+    }
+    if store.latest().is_none() && !sink::committed_files(&config.output)?.is_empty() {
+        return Err(Error::invalid(format!(
+            "{} already holds committed output but {} has no checkpoint to resume from; use an \
+             empty --output",
+            config.output.display(),
+            state_dir.display()
+        )));
+    }
+    if !config.backend.persistent() {
+        write_durably(&memory_marker, b"memory backend run in progress\n")?;
+    }
+    summary.resumed_from = store.latest().map(|c| c.id);
+    let processed = AtomicU64::new(0);
+    let mut restarts = 0u32;
+    let final_position = loop {
+        if store.latest().is_some() {
+            summary.restores += 1;
+        }
+        let attempt = Attempt {
+            config,
+            state_dir: &state_dir,
+            max_parallelism,
+            processed: &processed,
+            started,
+        };
+        match attempt.run(&mut store, &mut summary.history) {
+            Ok(done) => break done,
+            Err(e) => {
+                restarts += 1;
+                if restarts > config.restart.max_restarts {
+                    return Err(Error::invalid(format!(
+                        "job failed after {} restarts: {e}",
+                        restarts - 1
+                    )));
+                }
+                eprintln!(
+                    "task failure: {e}; restarting from checkpoint {} (restart {restarts} of {})",
+                    store
+                        .latest()
+                        .map_or("none (from the start)".to_string(), |c| c.id.to_string()),
+                    config.restart.max_restarts
+                );
+                std::thread::sleep(config.restart.delay);
+            }
+        }
+    };
+    let (final_id, position) = final_position;
+    write_durably(
+        &state_dir.join(FINISHED_FILE),
+        format!("{final_id} {} {}\n", position.events, position.rejected).as_bytes(),
+    )?;
+    if memory_marker.exists() {
+        fs::remove_file(&memory_marker).map_err(|e| Error::io(&memory_marker, e))?;
+    }
+    summary.final_checkpoint = final_id;
+    summary.events = position.events;
+    summary.rejected = position.rejected;
+    summary.records_processed = processed.load(Ordering::Relaxed);
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+fn lock_state_dir(state_dir: &Path) -> Result<File> {
+    let path = state_dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::invalid(format!(
+            "state directory {} is in use by another flowstate run (lock {})",
+            state_dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
+}
+
+fn read_finished(state_dir: &Path) -> Result<Option<(u64, SourcePosition)>> {
+    let path = state_dir.join(FINISHED_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let [id, events, rejected] = fields[..] else {
+        return Err(Error::corruption(
+            path.display(),
+            0,
+            "expected '<checkpoint> <events> <rejected>'",
+        ));
+    };
+    let position = SourcePosition {
+        events,
+        rejected,
+        exhausted: true,
+        ..SourcePosition::default()
+    };
+    Ok(Some((id, position)))
+}
+
+/// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, directory fsync.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let temp = path.with_extension("tmp");
+    {
+        let mut file = File::create(&temp).map_err(|e| Error::io(&temp, e))?;
+        file.write_all(bytes).map_err(|e| Error::io(&temp, e))?;
+        file.sync_all().map_err(|e| Error::io(&temp, e))?;
+    }
+    fs::rename(&temp, path).map_err(|e| Error::io(path, e))?;
+    match path.parent() {
+        Some(dir) => sink::sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One attempt: tasks from the latest checkpoint until finished or failed.
+struct Attempt<'a> {
+    config: &'a JobConfig,
+    state_dir: &'a Path,
+    max_parallelism: u16,
+    processed: &'a AtomicU64,
+    started: Instant,
+}
+
+type OperatorGate = InputGate<Vec<Event>, OperatorControl>;
+type SinkGate = InputGate<SinkBatch, SinkControl>;
+
+/// Runs `body` as task `name`: reports an error or panic as `Failed` (unless cancelled), then
+/// `Exited`.
+fn task_body(
+    name: String,
+    events: &Sender<CoordinatorEvent>,
+    cancelled: &AtomicBool,
+    body: impl FnOnce() -> Result<()>,
+) {
+    let result = catch_unwind(AssertUnwindSafe(body))
+        .unwrap_or_else(|_| Err(Error::invalid(format!("task {name} panicked"))));
+    if let Err(error) = result
+        && !cancelled.load(Ordering::Relaxed)
+    {
+        let _ = events.send(CoordinatorEvent::Failed { task: name, error });
+    }
+    let _ = events.send(CoordinatorEvent::Exited);
+}
+
+impl Attempt<'_> {
+    /// Returns the final checkpoint's id and source position.
+    fn run(
+        &self,
+        store: &mut JobStore,
+        history: &mut Vec<CheckpointRecord>,
+    ) -> Result<(u64, SourcePosition)> {
+        let config = self.config;
+        let parallelism = config.parallelism;
+        let restore = store.latest().cloned();
+        let restored_id = restore.as_ref().map_or(0, |c| c.id);
+        sink::reconcile(&config.output, restored_id)?;
+        let generation = store::next_generation(self.state_dir)?;
+        store::remove_unreferenced_generations(
+            self.state_dir,
+            generation,
+            &store.referenced_roots(),
+        )?;
+        let mut keyed = Vec::with_capacity(usize::from(parallelism));
+        for index in 0..parallelism {
+            let range = KeyGroupRange::for_operator(self.max_parallelism, parallelism, index)?;
+            let backend_config = BackendConfig::new(u32::from(self.max_parallelism), range)?;
+            let root = store::task_root(self.state_dir, generation, usize::from(index));
+            let state = KeyedState::from_boxed(config.backend.create(backend_config, &root)?);
+            if let Some(checkpoint) = &restore {
+                let handles: Vec<_> = checkpoint
+                    .handles
+                    .iter()
+                    .filter(|h| h.key_group_range.intersect(&range).is_some())
+                    .cloned()
+                    .collect();
+                state.restore(&handles, range)?;
+            }
+            keyed.push(state);
+        }
+        let position = restore
+            .as_ref()
+            .map_or_else(SourcePosition::default, |c| c.source);
+        let operator_gates: Vec<OperatorGate> = (0..parallelism)
+            .map(|_| InputGate::new(1, config.channel_capacity))
+            .collect();
+        let sink_gates: Vec<SinkGate> = (0..parallelism)
+            .map(|_| InputGate::new(1, config.channel_capacity))
+            .collect();
+        let (events_tx, events_rx) = mpsc::channel::<CoordinatorEvent>();
+        let (source_tx, source_rx) = mpsc::channel::<SourceControl>();
+        let cancelled = AtomicBool::new(false);
+        let failures: &FailureSchedule = &config.failures;
+        let tasks = 1 + 3 * usize::from(parallelism);
+
+        std::thread::scope(|scope| {
+            let source = SourceTask {
+                input: &config.input,
+                position,
+                outputs: operator_gates.iter().map(|g| g.sender(0)).collect(),
+                control: source_rx,
+                events: events_tx.clone(),
+                max_parallelism: self.max_parallelism,
+                failures,
+                cancelled: &cancelled,
+            };
+            let (events, cancel) = (events_tx.clone(), &cancelled);
+            scope.spawn(move || task_body("source".into(), &events, cancel, || source.run()));
+            for (index, state) in keyed.into_iter().enumerate() {
+                let (snapshot_tx, snapshot_rx) = mpsc::channel();
+                let operator = OperatorTask {
+                    index,
+                    keyed: state,
+                    gate: operator_gates[index].clone(),
+                    inputs: 1,
+                    sink: sink_gates[index].sender(0),
+                    snapshots: snapshot_tx,
+                    failures,
+                    processed: self.processed,
+                };
+                let events = events_tx.clone();
+                scope.spawn(move || {
+                    task_body(
+                        format!("operator {}", operator.index),
+                        &events,
+                        cancel,
+                        || operator.run(),
+                    )
+                });
+                let events = events_tx.clone();
+                scope.spawn(move || {
+                    task_body(format!("snapshot {index}"), &events, cancel, || {
+                        run_snapshot_thread(index, snapshot_rx, &events, failures)
+                    })
+                });
+                let gate = sink_gates[index].clone();
+                let events = events_tx.clone();
+                let output = config.output.clone();
+                scope.spawn(move || {
+                    task_body(format!("sink {index}"), &events, cancel, || {
+                        run_sink(index, &output, restored_id, gate, &events, failures)
+                    })
+                });
+            }
+            let mut coordinator = CheckpointCoordinator::new(
+                config.checkpoints.clone(),
+                usize::from(parallelism),
+                usize::from(parallelism),
+                restored_id + 1,
+            );
+            let mut run = CoordinatorLoop {
+                attempt: self,
+                store,
+                coordinator: &mut coordinator,
+                operator_gates: &operator_gates,
+                sink_gates: &sink_gates,
+                source: &source_tx,
+                generation,
+                previous_files: BTreeSet::new(),
+                finished: None,
+            };
+            let outcome = run.run(&events_rx, tasks);
+            if outcome.is_err() {
+                cancelled.store(true, Ordering::Relaxed);
+                for gate in &operator_gates {
+                    gate.close();
+                }
+                for gate in &sink_gates {
+                    gate.close();
+                }
+                coordinator.abort_all("job attempt failed", Instant::now());
+            }
+            history.append(&mut coordinator.history);
+            outcome
+        })
+    }
+}
+
+fn run_sink(
+    index: usize,
+    output: &Path,
+    restored_id: u64,
+    gate: SinkGate,
+    events: &Sender<CoordinatorEvent>,
+    failures: &FailureSchedule,
+) -> Result<()> {
+    use super::gate::{GateEvent, Message};
+    let mut sink = TwoPhaseFileSink::open(output, index as u16, restored_id)?;
+    while let Some(event) = gate.recv(&[false]) {
+        match event {
+            GateEvent::Control(SinkControl::Complete(id)) => sink.commit(id, failures)?,
+            GateEvent::Control(SinkControl::Finish) => return Ok(()),
+            GateEvent::Message(_, Message::Record(batch)) => {
+                failures.check(FailurePoint::SinkWrite)?;
+                sink.write(&batch)?;
+            }
+            GateEvent::Message(_, Message::Barrier(id)) => {
+                let bytes = sink.pre_commit(id, failures)?;
+                let _ = events.send(CoordinatorEvent::SinkAck {
+                    checkpoint_id: id,
+                    task: index,
+                    bytes,
+                });
+            }
+            GateEvent::Message(_, Message::End) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+struct CoordinatorLoop<'a, 'b> {
+    attempt: &'a Attempt<'b>,
+    store: &'a mut JobStore,
+    coordinator: &'a mut CheckpointCoordinator,
+    operator_gates: &'a [OperatorGate],
+    sink_gates: &'a [SinkGate],
+    source: &'a Sender<SourceControl>,
+    generation: u64,
+    /// (root, path) of every file the previous completed checkpoint referenced.
+    previous_files: BTreeSet<(String, String)>,
+    finished: Option<(u64, SourcePosition)>,
+}
+
+impl CoordinatorLoop<'_, '_> {
+    fn run(
+        &mut self,
+        events: &mpsc::Receiver<CoordinatorEvent>,
+        tasks: usize,
+    ) -> Result<(u64, SourcePosition)> {
+        let config = self.attempt.config;
+        let mut exhausted = false;
+        let mut exited = 0;
+        let mut last_progress = Instant::now();
+        let mut last_processed = self.attempt.processed.load(Ordering::Relaxed);
+        loop {
+            match events.recv_timeout(Duration::from_millis(2)) {
+                Ok(event) => match event {
+                    CoordinatorEvent::SourceExhausted => exhausted = true,
+                    CoordinatorEvent::SourceAck {
+                        checkpoint_id,
+                        position,
+                    } => {
+                        let done = self.coordinator.ack_source(checkpoint_id, position);
+                        self.on_complete(done)?;
+                    }
+                    CoordinatorEvent::OperatorAck {
+                        checkpoint_id,
+                        task,
+                        ack,
+                    } => {
+                        let done = self.coordinator.ack_operator(checkpoint_id, task, ack);
+                        self.on_complete(done)?;
+                    }
+                    CoordinatorEvent::SinkAck {
+                        checkpoint_id,
+                        task,
+                        bytes,
+                    } => {
+                        let done = self.coordinator.ack_sink(checkpoint_id, task, bytes);
+                        self.on_complete(done)?;
+                    }
+                    CoordinatorEvent::Decline {
+                        checkpoint_id,
+                        task,
+                        reason,
+                    } => {
+                        let reason = format!("operator {task}: {reason}");
+                        self.coordinator
+                            .decline(checkpoint_id, &reason, Instant::now())?;
+                    }
+                    CoordinatorEvent::Failed { task, error } => {
+                        return Err(Error::invalid(format!("{task} failed: {error}")));
+                    }
+                    CoordinatorEvent::Exited => {
+                        exited += 1;
+                        if exited == tasks {
+                            return self.finished.ok_or_else(|| {
+                                Error::invalid("every task ended before the final checkpoint")
+                            });
+                        }
+                    }
+                },
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::invalid("every task ended unexpectedly"));
+                }
+            }
+            if self.finished.is_none() {
+                let now = Instant::now();
+                self.coordinator.check_timeouts(now)?;
+                if let Some(id) = self.coordinator.poll_trigger(now, exhausted) {
+                    // A send error means the source ended: its failure event follows.
+                    let _ = self.source.send(SourceControl::InjectBarrier(id));
+                }
+            }
+            if config.progress && last_progress.elapsed() >= Duration::from_secs(1) {
+                let processed = self.attempt.processed.load(Ordering::Relaxed);
+                let rate =
+                    (processed - last_processed) as f64 / last_progress.elapsed().as_secs_f64();
+                let last = self
+                    .coordinator
+                    .history
+                    .iter()
+                    .rev()
+                    .find(|r| r.status == super::coordinator::CheckpointStatus::Completed);
+                eprintln!(
+                    "[{:>6.1}s] {processed} events processed, {rate:.0} events/s, last checkpoint {}",
+                    self.attempt.started.elapsed().as_secs_f64(),
+                    last.map_or("none".to_string(), |r| format!(
+                        "{} ({:.1} ms)",
+                        r.id,
+                        r.duration.as_secs_f64() * 1e3
+                    ))
+                );
+                last_progress = Instant::now();
+                last_processed = processed;
+            }
+        }
+    }
+
+    fn on_complete(&mut self, done: Option<CompletedCheckpoint>) -> Result<()> {
+        let Some(done) = done else {
+            return Ok(());
+        };
+        let attempt = self.attempt;
+        let mut record = done.record;
+        let mut files = BTreeSet::new();
+        for handle in &done.handles {
+            if let SnapshotData::Files { root, files: refs } = &handle.data {
+                for file in refs {
+                    record.state_size += file.size;
+                    let key = (root.clone(), file.path.clone());
+                    if !self.previous_files.contains(&key) {
+                        record.bytes_written += file.size;
+                    }
+                    files.insert(key);
+                }
+            }
+        }
+        self.previous_files = files;
+        let checkpoint = JobCheckpoint {
+            id: done.id,
+            source: done.source,
+            handles: done.handles,
+        };
+        self.store
+            .add(checkpoint, attempt.max_parallelism, now_ms())?;
+        self.coordinator.record_completed(record, Instant::now());
+        attempt
+            .config
+            .failures
+            .check(FailurePoint::AfterCheckpointPersisted)?;
+        for gate in self.sink_gates {
+            let _ = gate.control(SinkControl::Complete(done.id));
+        }
+        for gate in self.operator_gates {
+            let _ = gate.control(OperatorControl::Complete(done.id));
+        }
+        if attempt.config.backend.persistent() {
+            let keep = self.store.retained_ids();
+            for task in 0..self.operator_gates.len() {
+                let root = store::task_root(attempt.state_dir, self.generation, task);
+                store::remove_task_checkpoints(&root, &keep, done.id)?;
+            }
+            store::remove_unreferenced_generations(
+                attempt.state_dir,
+                self.generation,
+                &self.store.referenced_roots(),
+            )?;
+        }
+        if done.source.exhausted {
+            self.finished = Some((done.id, done.source));
+            let _ = self.source.send(SourceControl::Finish);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,344 @@
+//! The two-phase file sink: output is invisible until the checkpoint that covers it completes.
+//!
+//! Per task and epoch the sink writes `.part-<task>-<after>.inprogress` (after = the barrier
+//! that opened the epoch). On barrier n it flushes, fsyncs and renames the file to
+//! `.part-<task>-<n>.pending` and fsyncs the directory (pre-commit); when checkpoint n completes it
+//! renames every pending file of epoch <= n to `part-<task>-<epoch>` (commit). On restore from
+//! checkpoint c, [`reconcile`] commits pending files of epochs <= c and deletes every other
+//! hidden part file, so committed output is exactly the output of completed checkpoints.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::failure::{FailurePoint, FailureSchedule};
+use crate::error::{Error, Result};
+
+/// Sub-directory of the output directory for rejected lines.
+pub const REJECTED_DIR: &str = "rejected";
+
+/// Output of one batch of records: result lines and rejected lines, each `\n`-terminated.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SinkBatch {
+    /// `key,count,sum` lines.
+    pub lines: Vec<u8>,
+    /// `line_number,original_line` lines for the side output.
+    pub rejected: Vec<u8>,
+}
+
+/// Control messages from the coordinator to a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkControl {
+    /// Checkpoint n completed: commit pending epochs <= n.
+    Complete(u64),
+    /// The job is done: stop after the controls queued before this one.
+    Finish,
+}
+
+/// The committed name of epoch `epoch` of task `task`.
+pub fn committed_name(task: u16, epoch: u64) -> String {
+    format!("part-{task}-{epoch}")
+}
+
+fn pending_name(task: u16, epoch: u64) -> String {
+    format!(".part-{task}-{epoch}.pending")
+}
+
+/// `(task, epoch)` of a pending file name.
+fn parse_pending(name: &str) -> Option<(u16, u64)> {
+    let body = name.strip_prefix(".part-")?.strip_suffix(".pending")?;
+    let (task, epoch) = body.split_once('-')?;
+    Some((task.parse().ok()?, epoch.parse().ok()?))
+}
+
+/// fsyncs a directory so renames in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// One output directory's open epoch file.
+#[derive(Debug)]
+struct EpochWriter {
+    dir: PathBuf,
+    open: Option<(PathBuf, BufWriter<File>)>,
+}
+
+impl EpochWriter {
+    fn write(&mut self, task: u16, after: u64, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if self.open.is_none() {
+            let path = self.dir.join(format!(".part-{task}-{after}.inprogress"));
+            let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+            self.open = Some((path, BufWriter::with_capacity(1 << 16, file)));
+        }
+        if let Some((path, writer)) = self.open.as_mut() {
+            writer.write_all(bytes).map_err(|e| Error::io(&*path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Closes the epoch: durable under its pending name. Returns the pending path and size.
+    fn pre_commit(&mut self, task: u16, epoch: u64) -> Result<Option<(PathBuf, u64)>> {
+        let Some((path, writer)) = self.open.take() else {
+            return Ok(None);
+        };
+        let file = writer
+            .into_inner()
+            .map_err(|e| Error::io(&path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&path, e))?;
+        let size = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        let pending = self.dir.join(pending_name(task, epoch));
+        fs::rename(&path, &pending).map_err(|e| Error::io(&pending, e))?;
+        sync_dir(&self.dir)?;
+        Ok(Some((pending, size)))
+    }
+}
+
+/// The sink of one task.
+#[derive(Debug)]
+pub struct TwoPhaseFileSink {
+    task: u16,
+    /// The barrier that opened the current epoch.
+    after: u64,
+    main: EpochWriter,
+    rejected: EpochWriter,
+    /// Pre-committed files: (epoch, pending path, committed path).
+    pending: Vec<(u64, PathBuf, PathBuf)>,
+}
+
+impl TwoPhaseFileSink {
+    /// The sink of task `task` writing into `dir` (and `dir/rejected`), resuming after
+    /// checkpoint `restored` (0 for a fresh start). Call [`reconcile`] before.
+    pub fn open(dir: &Path, task: u16, restored: u64) -> Result<Self> {
+        let rejected = dir.join(REJECTED_DIR);
+        fs::create_dir_all(&rejected).map_err(|e| Error::io(&rejected, e))?;
+        Ok(TwoPhaseFileSink {
+            task,
+            after: restored,
+            main: EpochWriter {
+                dir: dir.to_path_buf(),
+                open: None,
+            },
+            rejected: EpochWriter {
+                dir: rejected,
+                open: None,
+            },
+            pending: Vec::new(),
+        })
+    }
+
+    /// Appends a batch to the current epoch.
+    pub fn write(&mut self, batch: &SinkBatch) -> Result<()> {
+        self.main.write(self.task, self.after, &batch.lines)?;
+        self.rejected.write(self.task, self.after, &batch.rejected)
+    }
+
+    /// Barrier `epoch` passed: make the epoch's output durable under pending names. Returns
+    /// the bytes pre-committed.
+    pub fn pre_commit(&mut self, epoch: u64, failures: &FailureSchedule) -> Result<u64> {
+        let mut bytes = 0;
+        for writer in [&mut self.main, &mut self.rejected] {
+            if let Some((pending, size)) = writer.pre_commit(self.task, epoch)? {
+                let dir = writer.dir.clone();
+                self.pending
+                    .push((epoch, pending, dir.join(committed_name(self.task, epoch))));
+                bytes += size;
+            }
+        }
+        self.after = epoch;
+        failures.check(FailurePoint::SinkPreCommit)?;
+        Ok(bytes)
+    }
+
+    /// Checkpoint `checkpoint_id` completed: make every pending epoch <= it visible.
+    pub fn commit(&mut self, checkpoint_id: u64, failures: &FailureSchedule) -> Result<()> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut kept = Vec::new();
+        for (epoch, pending, committed) in std::mem::take(&mut self.pending) {
+            if epoch > checkpoint_id {
+                kept.push((epoch, pending, committed));
+                continue;
+            }
+            fs::rename(&pending, &committed).map_err(|e| Error::io(&committed, e))?;
+            failures.check(FailurePoint::SinkCommit)?;
+            if let Some(dir) = committed.parent()
+                && !dirs.iter().any(|d| d == dir)
+            {
+                dirs.push(dir.to_path_buf());
+            }
+        }
+        self.pending = kept;
+        for dir in dirs {
+            sync_dir(&dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`reconcile`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Pending files committed.
+    pub committed: usize,
+    /// Hidden part files deleted.
+    pub discarded: usize,
+}
+
+/// Brings `dir` (and `dir/rejected`) in line with completed checkpoint `completed` (0: none):
+/// pending epochs <= `completed` are committed, every other hidden part file is deleted.
+/// Idempotent, so a crash during it is repaired by running it again.
+pub fn reconcile(dir: &Path, completed: u64) -> Result<Reconciled> {
+    let mut report = Reconciled::default();
+    for dir in [dir.to_path_buf(), dir.join(REJECTED_DIR)] {
+        if !dir.is_dir() {
+            continue;
+        }
+        let mut changed = false;
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with(".part-") {
+                continue;
+            }
+            let path = entry.path();
+            match parse_pending(name) {
+                Some((task, epoch)) if epoch <= completed => {
+                    let target = dir.join(committed_name(task, epoch));
+                    fs::rename(&path, &target).map_err(|e| Error::io(&target, e))?;
+                    report.committed += 1;
+                }
+                _ => {
+                    fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                    report.discarded += 1;
+                }
+            }
+            changed = true;
+        }
+        if changed {
+            sync_dir(&dir)?;
+        }
+    }
+    Ok(report)
+}
+
+/// Names of the committed part files of `dir`, sorted.
+pub fn committed_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if !dir.is_dir() {
+        return Ok(out);
+    }
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("part-"))
+        {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut out: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn batch(lines: &str) -> SinkBatch {
+        SinkBatch {
+            lines: lines.as_bytes().to_vec(),
+            rejected: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn pre_commit_hides_commit_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = FailureSchedule::none();
+        let mut sink = TwoPhaseFileSink::open(dir.path(), 0, 0).unwrap();
+        sink.write(&batch("a,1,1\n")).unwrap();
+        assert_eq!(names(dir.path()), [".part-0-0.inprogress"]);
+        assert_eq!(sink.pre_commit(1, &none).unwrap(), 6);
+        sink.write(&batch("a,2,3\n")).unwrap();
+        sink.pre_commit(2, &none).unwrap();
+        sink.pre_commit(3, &none).unwrap(); // empty epoch: no file
+        assert_eq!(
+            names(dir.path()),
+            [".part-0-1.pending", ".part-0-2.pending"]
+        );
+        sink.commit(1, &none).unwrap();
+        assert_eq!(names(dir.path()), [".part-0-2.pending", "part-0-1"]);
+        sink.commit(3, &none).unwrap();
+        assert_eq!(names(dir.path()), ["part-0-1", "part-0-2"]);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("part-0-2")).unwrap(),
+            "a,2,3\n"
+        );
+    }
+
+    #[test]
+    fn reconcile_commits_completed_and_discards_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = FailureSchedule::none();
+        let mut sink = TwoPhaseFileSink::open(dir.path(), 3, 0).unwrap();
+        for epoch in 1..=3 {
+            sink.write(&SinkBatch {
+                lines: format!("k,{epoch},0\n").into_bytes(),
+                rejected: format!("{epoch},bad\n").into_bytes(),
+            })
+            .unwrap();
+            sink.pre_commit(epoch, &none).unwrap();
+        }
+        sink.write(&batch("k,4,0\n")).unwrap(); // in progress at the crash
+        drop(sink);
+        // Checkpoint 2 completed but the crash came before the commit; 3 never completed.
+        let report = reconcile(dir.path(), 2).unwrap();
+        assert_eq!(
+            report,
+            Reconciled {
+                committed: 4,
+                discarded: 3
+            }
+        );
+        assert_eq!(names(dir.path()), ["part-3-1", "part-3-2"]);
+        assert_eq!(
+            names(&dir.path().join(REJECTED_DIR)),
+            ["part-3-1", "part-3-2"]
+        );
+        assert_eq!(reconcile(dir.path(), 2).unwrap(), Reconciled::default());
+    }
+
+    #[test]
+    fn failed_commit_is_finished_by_reconcile() {
+        let dir = tempfile::tempdir().unwrap();
+        let fail = FailureSchedule::new(vec![(FailurePoint::SinkCommit, 1)]);
+        let mut sink = TwoPhaseFileSink::open(dir.path(), 0, 0).unwrap();
+        sink.write(&SinkBatch {
+            lines: b"a,1,1\n".to_vec(),
+            rejected: b"2,x\n".to_vec(),
+        })
+        .unwrap();
+        sink.pre_commit(1, &fail).unwrap();
+        assert!(sink.commit(1, &fail).is_err());
+        reconcile(dir.path(), 1).unwrap();
+        assert_eq!(names(dir.path()), ["part-0-1"]);
+        assert_eq!(names(&dir.path().join(REJECTED_DIR)), ["part-0-1"]);
+    }
+}

@@ -1,0 +1,254 @@
+//! The replayable file source: reads `key,value` lines in order and routes them by key group.
+//!
+//! Its position (byte offset, line number, counts) is part of every checkpoint; restoring seeks
+//! back to it, so the records after a checkpoint are read again exactly as the first time. Lines
+//! that are not a valid event become rejected records for the side output. Records go out in
+//! per-operator batches; every batch is flushed before a barrier, keeping the barrier's cut exact.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+
+use serde::{Deserialize, Serialize};
+
+use super::failure::{FailurePoint, FailureSchedule};
+use super::gate::{GateSender, Message};
+use super::{CoordinatorEvent, OperatorControl};
+use crate::error::{Error, Result};
+use crate::keys::{key_group_for_key, operator_index_for_key_group};
+
+/// Longest key in bytes.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// Records per batch sent to an operator.
+const BATCH_RECORDS: usize = 256;
+
+/// Where the source is in its input, and what it has seen so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcePosition {
+    /// Byte offset of the next line to read.
+    pub offset: u64,
+    /// Lines read so far (the next line's number is `line + 1`).
+    pub line: u64,
+    /// Valid events read so far.
+    pub events: u64,
+    /// Rejected lines read so far.
+    pub rejected: u64,
+    /// The whole input has been read.
+    pub exhausted: bool,
+}
+
+/// One record from the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A valid `key,value` event.
+    Valid {
+        /// The key's bytes (UTF-8, no comma, 1..=256 bytes).
+        key: Vec<u8>,
+        /// The value.
+        value: i64,
+    },
+    /// A line that is not a valid event.
+    Rejected {
+        /// 1-based line number.
+        line: u64,
+        /// The line without its terminator.
+        text: Vec<u8>,
+    },
+}
+
+/// Control messages from the coordinator to the source.
+#[derive(Debug)]
+pub enum SourceControl {
+    /// Emit barrier `n` (after everything read so far).
+    InjectBarrier(u64),
+    /// The job is done: send end-of-input downstream and stop.
+    Finish,
+}
+
+/// Parses one line (terminator already removed) into `(key, value)`.
+pub fn parse_line(line: &[u8]) -> Option<(&[u8], i64)> {
+    let comma = line.iter().position(|b| *b == b',')?;
+    let (key, rest) = line.split_at(comma);
+    let value = rest.get(1..)?;
+    if key.is_empty() || key.len() > MAX_KEY_LEN || std::str::from_utf8(key).is_err() {
+        return None;
+    }
+    let value = std::str::from_utf8(value).ok()?.parse::<i64>().ok()?;
+    Some((key, value))
+}
+
+/// The source task: reads `input` from `position`, sends batches to `outputs` (one per operator)
+/// routed by key group, and answers barrier injections from `control`.
+pub struct SourceTask<'a> {
+    /// The input file.
+    pub input: &'a Path,
+    /// Where to start.
+    pub position: SourcePosition,
+    /// One sender per operator task.
+    pub outputs: Vec<GateSender<Vec<Event>, OperatorControl>>,
+    /// Barrier injections and finish.
+    pub control: Receiver<SourceControl>,
+    /// Acknowledgements and failures.
+    pub events: Sender<CoordinatorEvent>,
+    /// The job's max parallelism (number of key groups).
+    pub max_parallelism: u16,
+    /// Failure injection.
+    pub failures: &'a FailureSchedule,
+    /// Set when the attempt is cancelled.
+    pub cancelled: &'a AtomicBool,
+}
+
+impl SourceTask<'_> {
+    /// Runs until finished or cancelled.
+    pub fn run(mut self) -> Result<()> {
+        let file = File::open(self.input).map_err(|e| Error::io(self.input, e))?;
+        let mut reader = BufReader::with_capacity(1 << 16, file);
+        reader
+            .seek(SeekFrom::Start(self.position.offset))
+            .map_err(|e| Error::io(self.input, e))?;
+        let parallelism = self.outputs.len() as u16;
+        let mut batches: Vec<Vec<Event>> = vec![Vec::new(); self.outputs.len()];
+        let mut line = Vec::new();
+        let mut announced = false;
+        loop {
+            if self.cancelled.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let control = if self.position.exhausted {
+                if !announced {
+                    self.flush(&mut batches)?;
+                    let _ = self.events.send(CoordinatorEvent::SourceExhausted);
+                    announced = true;
+                }
+                match self
+                    .control
+                    .recv_timeout(std::time::Duration::from_millis(20))
+                {
+                    Ok(c) => Some(c),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+                }
+            } else {
+                self.control.try_recv().ok()
+            };
+            if let Some(control) = control {
+                self.flush(&mut batches)?;
+                match control {
+                    SourceControl::InjectBarrier(id) => {
+                        let _ = self.events.send(CoordinatorEvent::SourceAck {
+                            checkpoint_id: id,
+                            position: self.position,
+                        });
+                        for output in &self.outputs {
+                            output.send(Message::Barrier(id)).map_err(|_| cancelled())?;
+                        }
+                    }
+                    SourceControl::Finish => {
+                        for output in &self.outputs {
+                            output.send(Message::End).map_err(|_| cancelled())?;
+                        }
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+            line.clear();
+            let read = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| Error::io(self.input, e))?;
+            if read == 0 {
+                self.position.exhausted = true;
+                continue;
+            }
+            self.failures.check(FailurePoint::SourceRecord)?;
+            self.position.offset += read as u64;
+            self.position.line += 1;
+            let text = strip_terminator(&line);
+            let (target, event) = match parse_line(text) {
+                Some((key, value)) => {
+                    self.position.events += 1;
+                    let key_group = key_group_for_key(key, self.max_parallelism);
+                    let target =
+                        operator_index_for_key_group(self.max_parallelism, parallelism, key_group);
+                    let key = key.to_vec();
+                    (usize::from(target), Event::Valid { key, value })
+                }
+                None => {
+                    self.position.rejected += 1;
+                    let target = (self.position.line % u64::from(parallelism.max(1))) as usize;
+                    let text = text.to_vec();
+                    let line = self.position.line;
+                    (target, Event::Rejected { line, text })
+                }
+            };
+            let batch = &mut batches[target];
+            batch.push(event);
+            if batch.len() >= BATCH_RECORDS {
+                let full = std::mem::take(batch);
+                self.outputs[target]
+                    .send(Message::Record(full))
+                    .map_err(|_| cancelled())?;
+            }
+        }
+    }
+
+    fn flush(&self, batches: &mut [Vec<Event>]) -> Result<()> {
+        for (batch, output) in batches.iter_mut().zip(&self.outputs) {
+            if !batch.is_empty() {
+                output
+                    .send(Message::Record(std::mem::take(batch)))
+                    .map_err(|_| cancelled())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The line without its `\n` (and a `\r` before it).
+fn strip_terminator(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+pub(crate) fn cancelled() -> Error {
+    Error::invalid("task cancelled")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_valid_lines_and_rejects_the_rest() {
+        assert_eq!(parse_line(b"alice,5"), Some((&b"alice"[..], 5)));
+        assert_eq!(
+            parse_line(b"a b,-9223372036854775808"),
+            Some((&b"a b"[..], i64::MIN))
+        );
+        let long = [b'k'; MAX_KEY_LEN];
+        let mut ok = long.to_vec();
+        ok.extend_from_slice(b",1");
+        assert!(parse_line(&ok).is_some());
+        let mut too_long = vec![b'k'; MAX_KEY_LEN + 1];
+        too_long.extend_from_slice(b",1");
+        for bad in [
+            &b""[..],
+            b"nocomma",
+            b",5",
+            b"k,",
+            b"k,1,2",
+            b"k, 1",
+            b"k,9223372036854775808",
+            b"\xff,1",
+            b"k,1.5",
+            &too_long,
+        ] {
+            assert_eq!(parse_line(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(strip_terminator(b"a,1\r\n"), b"a,1");
+        assert_eq!(strip_terminator(b"a,1"), b"a,1");
+    }
+}
