@@ -70,7 +70,7 @@ fn run_case(
     let schedule = Arc::new(FailureSchedule::new(failures.clone()));
     let mut first = config(dir.path(), backend, parallelism);
     first.failures = schedule.clone();
-    if let (Some(_), BackendChoice::Fs) = (resume_at, backend) {
+    if let (Some(_), BackendChoice::Fs | BackendChoice::Lsm) = (resume_at, backend) {
         // Stop at the first failure, then resume in a new "process" at another parallelism.
         first.restart.max_restarts = 0;
         if run_job(&first).is_err() {
@@ -116,7 +116,21 @@ proptest! {
         run_case(BackendChoice::Fs, failures, parallelism, resume_at, seed)?;
     }
 
-    // LSM: add `fn lsm_backend_output_is_exactly_once` calling run_case(BackendChoice::Lsm, ...).
+}
+
+proptest! {
+    // `PROPTEST_CASES=256 cargo test --release --test exactly_once lsm` for more.
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn lsm_backend_output_is_exactly_once(
+        failures in schedule(),
+        parallelism in 1u16..=3,
+        resume_at in prop::option::of(1u16..=4),
+        seed in any::<u64>(),
+    ) {
+        run_case(BackendChoice::Lsm, failures, parallelism, resume_at, seed)?;
+    }
 }
 
 /// The failure-free run commits exactly the lines the input implies, and a run with failures

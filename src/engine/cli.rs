@@ -21,8 +21,9 @@ pub struct RunArgs {
     /// State directory: checkpoints and task state; rerun with the same one to resume.
     #[arg(long)]
     pub state: PathBuf,
-    /// State backend: fs (default) or memory (cannot resume after a crash).
-    #[arg(long, default_value = "fs", value_parser = parse_backend)]
+    /// State backend: lsm (default, incremental checkpoints), fs (heap state, full checkpoints)
+    /// or memory (cannot resume after a crash).
+    #[arg(long, default_value = "lsm", value_parser = parse_backend)]
     pub backend: BackendChoice,
     /// Operator and sink parallelism (may change between reruns: state is rescaled).
     #[arg(long, default_value_t = 1)]
@@ -43,7 +44,7 @@ pub struct RunArgs {
 
 fn parse_backend(name: &str) -> Result<BackendChoice, String> {
     BackendChoice::parse(name)
-        .ok_or_else(|| format!("unknown backend '{name}' (expected fs or memory)"))
+        .ok_or_else(|| format!("unknown backend '{name}' (expected lsm, fs or memory)"))
 }
 
 /// Runs `flowstate run`; returns the process exit code.

@@ -95,7 +95,7 @@ impl JobConfig {
             input: input.into(),
             output: output.into(),
             state: state.into(),
-            backend: BackendChoice::Fs,
+            backend: BackendChoice::Lsm,
             parallelism: 1,
             max_parallelism: None,
             checkpoints: CheckpointOptions::default(),

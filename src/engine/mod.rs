@@ -21,6 +21,7 @@ pub mod store;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::backend::lsm::{LsmBackend, LsmBackendOptions};
 use crate::backend::{BackendConfig, BackendKind, FsBackend, MemoryBackend, StateBackend};
 use crate::checkpoint::storage::LocalDirStorage;
 use crate::error::{Error, Result};
@@ -37,6 +38,9 @@ pub enum BackendChoice {
     Memory,
     /// [`FsBackend`]: heap state, full snapshots in the task's storage root.
     Fs,
+    /// [`LsmBackend`]: state in the log-structured store next to the task's storage root,
+    /// incremental checkpoints sharing SST files. The default.
+    Lsm,
 }
 
 impl BackendChoice {
@@ -45,14 +49,16 @@ impl BackendChoice {
         match self {
             BackendChoice::Memory => "memory",
             BackendChoice::Fs => "fs",
+            BackendChoice::Lsm => "lsm",
         }
     }
 
-    /// The choice named `name` (`memory`, `fs`).
+    /// The choice named `name` (`memory`, `fs`, `lsm`).
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "memory" => Some(BackendChoice::Memory),
             "fs" => Some(BackendChoice::Fs),
+            "lsm" => Some(BackendChoice::Lsm),
             _ => None,
         }
     }
@@ -62,6 +68,7 @@ impl BackendChoice {
         match self {
             BackendChoice::Memory => BackendKind::Memory,
             BackendChoice::Fs => BackendKind::Fs,
+            BackendChoice::Lsm => BackendKind::Lsm,
         }
     }
 
@@ -85,6 +92,26 @@ impl BackendChoice {
                         .with_retained_checkpoints(usize::MAX)
                         .with_key_groups_per_file(16),
                 )
+            }
+            BackendChoice::Lsm => {
+                let storage = Arc::new(LocalDirStorage::open(root)?);
+                // The working store sits beside the task's storage root, inside the same
+                // generation directory, so generation clean-up removes both together.
+                let mut working = root.as_os_str().to_owned();
+                working.push(".work");
+                let options = LsmBackendOptions {
+                    write_buffer_size: 16 << 20,
+                    block_cache_size: 16 << 20,
+                    // The engine applies retention itself (job-level): the backend keeps all.
+                    retained_checkpoints: usize::MAX,
+                    ..LsmBackendOptions::default()
+                };
+                Box::new(LsmBackend::new(
+                    config,
+                    Path::new(&working),
+                    storage,
+                    options,
+                )?)
             }
         })
     }
