@@ -76,10 +76,29 @@ pub fn operator_index_for_key_group(max_parallelism: u16, parallelism: u16, key_
 }
 
 /// A contiguous, non-empty, inclusive range of key groups owned by one task.
+///
+/// Deserializing checks `first <= last`, so a range read from disk is as valid as one built
+/// with [`KeyGroupRange::new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawKeyGroupRange")]
 pub struct KeyGroupRange {
     first: u16,
     last: u16,
+}
+
+/// The serialized form of a [`KeyGroupRange`], checked on the way in.
+#[derive(Deserialize)]
+struct RawKeyGroupRange {
+    first: u16,
+    last: u16,
+}
+
+impl TryFrom<RawKeyGroupRange> for KeyGroupRange {
+    type Error = Error;
+
+    fn try_from(raw: RawKeyGroupRange) -> Result<Self> {
+        KeyGroupRange::new(raw.first, raw.last)
+    }
 }
 
 impl KeyGroupRange {
@@ -300,6 +319,17 @@ mod tests {
         assert!(KeyGroupRange::for_operator(128, 0, 0).is_err());
         assert!(KeyGroupRange::for_operator(128, 129, 0).is_err());
         assert!(KeyGroupRange::for_operator(128, 2, 2).is_err());
+    }
+
+    #[test]
+    fn deserialize_rejects_empty_ranges() {
+        let good = postcard::to_allocvec(&KeyGroupRange::new(3, 9).unwrap()).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<KeyGroupRange>(&good).unwrap(),
+            KeyGroupRange::new(3, 9).unwrap()
+        );
+        let bad = postcard::to_allocvec(&(9u16, 3u16)).unwrap();
+        assert!(postcard::from_bytes::<KeyGroupRange>(&bad).is_err());
     }
 
     #[test]
