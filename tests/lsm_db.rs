@@ -224,3 +224,39 @@ fn compacted_files_live_until_the_last_reader_lets_go() {
     );
     assert!(db.stats().block_cache_hits + db.stats().block_cache_misses > 0);
 }
+
+/// With `disable_wal` no WAL file is written; flushed data survives a reopen, unflushed data
+/// does not (the documented trade).
+#[test]
+fn disabled_wal_writes_no_log_and_keeps_flushed_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_wal = || Options {
+        disable_wal: true,
+        ..options()
+    };
+    {
+        let db = Db::open(dir.path(), no_wal()).unwrap();
+        let cf = db.default_cf();
+        db.put(&cf, b"flushed", b"1").unwrap();
+        db.flush(true).unwrap();
+        db.put(&cf, b"unflushed", b"2").unwrap();
+        assert_eq!(db.get(&cf, b"unflushed").unwrap(), Some(b"2".to_vec()));
+        let wals = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "wal")
+            })
+            .count();
+        assert_eq!(wals, 0);
+    }
+    let db = Db::open(dir.path(), no_wal()).unwrap();
+    assert_eq!(
+        db.get(&db.default_cf(), b"flushed").unwrap(),
+        Some(b"1".to_vec())
+    );
+    assert_eq!(db.get(&db.default_cf(), b"unflushed").unwrap(), None);
+}

@@ -55,6 +55,11 @@ pub struct Options {
     pub level0_stop_writes: usize,
     /// Capacity of the block cache for decompressed blocks (default 64 MiB).
     pub block_cache_size: usize,
+    /// Write no WAL at all (RocksDB's `disableWAL`): writes are faster and a memtable switch
+    /// does no file I/O, but everything not yet flushed is lost when the process dies. For users
+    /// whose durability comes from elsewhere, such as a state backend restoring from checkpoints
+    /// (default false).
+    pub disable_wal: bool,
     /// When the WAL is fsynced (default: on `sync_wal`/`flush` only, like RocksDB's
     /// `sync = false`; use [`SyncMode::EveryBatch`] for per-write durability against power loss).
     pub wal_sync: SyncMode,
@@ -82,6 +87,7 @@ impl Default for Options {
             max_write_buffers: 2,
             level0_stop_writes: 24,
             block_cache_size: DEFAULT_BLOCK_CACHE_SIZE,
+            disable_wal: false,
             wal_sync: SyncMode::Manual,
             wal_recovery: RecoveryMode::TolerateTornTail,
             max_manifest_size: 4 << 20,

@@ -353,6 +353,9 @@ fn store_options(
         clock: config.clock.clone(),
         background_work: options.background_work,
         cf_options: cf_list,
+        // A state backend's durability is its checkpoints: restore never reads the working
+        // store's WAL, so writing one would only slow writes and the snapshot's sync phase.
+        disable_wal: true,
         ..Options::default()
     }
 }

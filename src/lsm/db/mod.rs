@@ -181,14 +181,26 @@ impl Core {
 }
 
 struct WriterState {
-    wal: WalWriter,
+    /// The current WAL; `None` with `Options::disable_wal`.
+    wal: Option<WalWriter>,
+    /// Number of the current WAL (allocated even without a WAL: column families' log numbers).
+    log_number: u64,
     last_sequence: u64,
+}
+
+impl WriterState {
+    fn sync(&mut self) -> Result<()> {
+        match &mut self.wal {
+            Some(wal) => wal.sync(),
+            None => Ok(()),
+        }
+    }
 }
 
 impl std::fmt::Debug for WriterState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriterState")
-            .field("log_number", &self.wal.log_number())
+            .field("log_number", &self.log_number)
             .field("last_sequence", &self.last_sequence)
             .finish()
     }
@@ -336,7 +348,7 @@ impl Db {
 
     /// fsyncs the WAL: every write acknowledged before survives power loss.
     pub fn sync_wal(&self) -> Result<()> {
-        self.inner.writer.lock().wal.sync()
+        self.inner.writer.lock().sync()
     }
 
     /// The value of `key`, as of now.
@@ -453,7 +465,7 @@ impl Db {
             let _ = handle.join();
         }
         let mut writer = self.inner.writer.lock();
-        writer.wal.sync()
+        writer.sync()
     }
 }
 

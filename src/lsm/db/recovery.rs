@@ -140,11 +140,15 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
     sync_dir(dir)?;
     let version = version.apply(&edit, "recovery", 0)?;
     let manifest = Manifest::create(dir, manifest_number, &version)?;
-    let wal = WalWriter::create(
-        &dir.join(wal_file_name(log_number)),
-        log_number,
-        options.wal_sync,
-    )?;
+    let wal = if options.disable_wal {
+        None
+    } else {
+        Some(WalWriter::create(
+            &dir.join(wal_file_name(log_number)),
+            log_number,
+            options.wal_sync,
+        )?)
+    };
 
     // Everything else is garbage of earlier runs or crashes.
     let live: std::collections::HashSet<u64> = version.live_file_numbers().into_iter().collect();
@@ -195,7 +199,11 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
         dir: dir.to_path_buf(),
         options,
         cache,
-        writer: Mutex::new(WriterState { wal, last_sequence }),
+        writer: Mutex::new(WriterState {
+            wal,
+            log_number,
+            last_sequence,
+        }),
         core: Mutex::new(core),
         work: Condvar::new(),
         super_version: RwLock::new(Arc::new(SuperVersion {

@@ -38,7 +38,9 @@ pub(super) fn write(inner: &DbInner, mut batch: WriteBatch) -> Result<()> {
     }
     make_room(inner, &mut writer)?;
     batch.set_base_sequence(writer.last_sequence + 1)?;
-    writer.wal.append(&batch)?;
+    if let Some(wal) = &mut writer.wal {
+        wal.append(&batch)?;
+    }
     let sv = inner.current();
     for (sequence, op) in batch.iter() {
         let Some(cf) = sv.cfs.get(&op.cf()) else {
@@ -102,11 +104,14 @@ fn freeze_locked(inner: &DbInner, writer: &mut WriterState, core: &mut super::Co
         return Ok(());
     }
     let log_number = core.allocate_file_number();
-    let path = inner.dir.join(wal_file_name(log_number));
-    let wal = WalWriter::create(&path, log_number, inner.options.wal_sync)?;
-    // The old WAL keeps what was written to it; make it durable before it stops growing.
-    writer.wal.sync()?;
-    writer.wal = wal;
+    if !inner.options.disable_wal {
+        let path = inner.dir.join(wal_file_name(log_number));
+        let wal = WalWriter::create(&path, log_number, inner.options.wal_sync)?;
+        // The old WAL keeps what was written to it; make it durable before it stops growing.
+        writer.sync()?;
+        writer.wal = Some(wal);
+    }
+    writer.log_number = log_number;
     for (id, _) in &memtables {
         if let Some(cf) = core.cfs.get_mut(id) {
             cf.memtable = Arc::new(Memtable::new());
@@ -148,7 +153,7 @@ pub(super) fn create_cf(inner: &DbInner, name: &str, options: CfOptions) -> Resu
     let edit = VersionEdit {
         next_cf_id: Some(id + 1),
         cf_added: vec![(id, name.to_string())],
-        cf_log_numbers: vec![(id, _writer.wal.log_number())],
+        cf_log_numbers: vec![(id, _writer.log_number)],
         ..VersionEdit::default()
     };
     super::background::log_and_apply(inner, &mut core, &edit)?;
