@@ -288,7 +288,7 @@ fn long_run_reaches_deep_levels_and_matches_the_model() {
         (rng >> 33) as u8
     };
     let mut ops = Vec::new();
-    for _ in 0..4000 {
+    for _ in 0..2500 {
         let (c, k, v) = ((next() % 3) as usize, next(), next());
         ops.push(match next() % 10 {
             0..=5 => Op::Put(c, k, v),

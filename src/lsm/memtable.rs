@@ -180,6 +180,16 @@ impl Memtable {
             .is_some_and(|tombstone| tombstone > sequence)
     }
 
+    /// Calls `f(internal_key, value)` for every point entry in order, in one pass over the
+    /// skiplist (a flush: [`MemtableIter`] re-searches on every step so it can outlive borrows,
+    /// which costs O(log n) per entry).
+    pub fn for_each_entry(&self, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        for entry in self.points.iter() {
+            f(&entry.key().0, entry.value())?;
+        }
+        Ok(())
+    }
+
     /// An iterator over the point entries (internal key -> value), valid while others insert.
     pub fn iter(&self) -> MemtableIter {
         MemtableIter::new(Arc::clone(&self.points))

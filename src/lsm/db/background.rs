@@ -116,18 +116,13 @@ pub(super) fn build_table(
         });
         iter.next()?;
     }
-    let mut iter = memtable.iter();
-    iter.seek_to_first()?;
-    if !iter.valid() {
+    if memtable.len() == memtable.range_tombstone_count() {
         return Ok((None, tombstones));
     }
     let path = dir.join(sst_file_name(number));
     let mut builder = SstBuilder::create(&path, options.sst)?;
     builder.set_creation_time(now_ms);
-    while iter.valid() {
-        builder.add(iter.key(), iter.value())?;
-        iter.next()?;
-    }
+    memtable.for_each_entry(|key, value| builder.add(key, value))?;
     Ok((Some(file_meta(number, builder.finish()?)), tombstones))
 }
 
