@@ -2,13 +2,15 @@
 //!
 //! `run` runs the reference exactly-once job (see `flowstate::engine::cli`); `demo` runs it as a
 //! child process, SIGKILLs it mid-run, reruns it until it finishes and checks the output;
-//! `verify` checks every checkpoint under a checkpoint-storage directory without changing it.
+//! `verify` checks every checkpoint under a checkpoint-storage directory without changing it;
+//! `inspect` lists checkpoints, their sizes and shared files, or diffs two (`checkpoint::inspect`).
 //! Usage errors exit 2, runtime errors (and damaged checkpoints) 1; nothing here exits by panic.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use flowstate::checkpoint::inspect::inspect_command;
 use flowstate::checkpoint::storage::LocalDirStorage;
 use flowstate::checkpoint::verify::{CheckpointStatus, VerifyReport, verify_storage};
 use flowstate::engine::cli::{RunArgs, run_command};
@@ -51,6 +53,20 @@ enum Command {
         /// The checkpoint-storage root (the directory holding `chk-<id>/` and `shared/`).
         checkpoint_dir: PathBuf,
     },
+    /// List the checkpoints under a checkpoint-storage directory: id, time (UTC), backend,
+    /// states, full size, bytes new since the previous completed checkpoint, file count, then
+    /// files by reference count. `--diff A B` compares the files of two checkpoints. Read only.
+    /// Exits 0, 1 if the directory cannot be read or a `_metadata` is damaged, 2 on usage errors.
+    Inspect {
+        /// The checkpoint-storage root (the directory holding `chk-<id>/` and `shared/`).
+        checkpoint_dir: PathBuf,
+        /// Compare checkpoints A and B: files only in A, only in B, and in both.
+        #[arg(long, num_args = 2, value_names = ["A", "B"])]
+        diff: Option<Vec<u64>>,
+        /// List every referenced file with its reference count.
+        #[arg(long, conflicts_with = "diff")]
+        files: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +81,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => ExitCode::from(run_command(&args)),
         Command::Verify { checkpoint_dir } => verify(&checkpoint_dir),
+        Command::Inspect {
+            checkpoint_dir,
+            diff,
+            files,
+        } => ExitCode::from(inspect_command(&checkpoint_dir, diff.as_deref(), files)),
         Command::Demo {
             events,
             keys,

@@ -1,6 +1,7 @@
 //! Checkpoint storage, `_metadata`, the registry of completed checkpoints, retention and
 //! canonical savepoints (FORMAT.md §4–§6, §10).
 
+pub mod inspect;
 pub mod metadata;
 pub mod registry;
 pub mod retention;
