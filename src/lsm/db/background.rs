@@ -29,14 +29,26 @@ use crate::lsm::wal::parse_wal_file_name;
 /// How often an idle background thread looks for periodic work.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
-/// The background thread's loop: flushes first, then compactions, until shutdown.
-pub(super) fn run(inner: &Arc<DbInner>) {
+/// The kind of work a background thread does. Flushes get their own thread so a long
+/// compaction never delays them: a checkpoint waits for a flush, never for a compaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Worker {
+    /// Writes frozen memtables to L0.
+    Flush,
+    /// Runs picked compactions.
+    Compaction,
+}
+
+/// A background thread's loop, until shutdown.
+pub(super) fn run(inner: &Arc<DbInner>, worker: Worker) {
     loop {
         {
             let mut core = inner.core.lock();
             while !inner.shutdown.load(Ordering::Acquire)
-                && core.frozen.is_empty()
-                && next_compaction(inner, &core).is_none()
+                && !match worker {
+                    Worker::Flush => !core.frozen.is_empty(),
+                    Worker::Compaction => next_compaction(inner, &core).is_some(),
+                }
             {
                 inner.work.wait_for(&mut core, IDLE_POLL);
             }
@@ -44,7 +56,11 @@ pub(super) fn run(inner: &Arc<DbInner>) {
         if inner.shutdown.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) = step(inner) {
+        let done = match worker {
+            Worker::Flush => flush_one(inner),
+            Worker::Compaction => compact_one(inner),
+        };
+        if let Err(e) = done {
             *inner.background_error.lock() = Some(e.to_string());
             let _core = inner.core.lock();
             inner.work.notify_all();
@@ -58,6 +74,11 @@ fn step(inner: &DbInner) -> Result<bool> {
     if flush_one(inner)? {
         return Ok(true);
     }
+    compact_one(inner)
+}
+
+/// Runs the compaction due most, if any.
+fn compact_one(inner: &DbInner) -> Result<bool> {
     let _compacting = inner.compaction_lock.lock();
     let job = {
         let core = inner.core.lock();
@@ -143,6 +164,8 @@ fn file_meta(number: u64, sst: SstMetadata) -> FileMeta {
 
 /// Flushes the oldest frozen batch of memtables; false when there is none.
 fn flush_one(inner: &DbInner) -> Result<bool> {
+    // One flush at a time: a batch must be flushed once, and batches in order.
+    let _flushing = inner.flush_lock.lock();
     let batch = {
         let core = inner.core.lock();
         match core.frozen.first() {

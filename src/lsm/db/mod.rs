@@ -3,7 +3,7 @@
 //! Concurrency: writers are serialized by the writer lock (which owns the WAL); the core lock
 //! guards the version, memtables and manifest and is held only briefly; readers take an
 //! `Arc<SuperVersion>` (memtables + files) and never wait for a flush or a compaction. One
-//! background thread flushes frozen memtables and runs compactions.
+//! background thread flushes frozen memtables, another runs compactions.
 
 mod background;
 mod checkpoint;
@@ -142,7 +142,7 @@ struct Counters {
 #[derive(Debug)]
 pub struct Db {
     inner: Arc<DbInner>,
-    background: Mutex<Option<JoinHandle<()>>>,
+    background: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// Memtables frozen together at one switch, flushed together by one version edit.
@@ -241,6 +241,8 @@ struct DbInner {
     counters: Counters,
     /// Held while a compaction runs: one at a time, background or manual.
     compaction_lock: Mutex<()>,
+    /// Held while a flush runs: frozen batches are flushed one at a time, in order.
+    flush_lock: Mutex<()>,
     /// Outputs of flushes since the last `take_flushed`, when capturing is on.
     flush_log: Mutex<Option<Vec<FlushOutput>>>,
     _lock: File,
@@ -250,16 +252,20 @@ impl Db {
     /// Opens the store in `dir`, creating it if allowed, replaying the WAL into fresh L0 files.
     pub fn open(dir: &Path, options: Options) -> Result<Db> {
         let inner = Arc::new(recovery::open(dir, options)?);
-        let background = if inner.options.background_work {
-            let worker = inner.clone();
-            let handle = std::thread::Builder::new()
-                .name("flowstate-lsm-bg".into())
-                .spawn(move || background::run(&worker))
-                .map_err(|e| Error::io(dir, e))?;
-            Some(handle)
-        } else {
-            None
-        };
+        let mut background = Vec::new();
+        if inner.options.background_work {
+            for (name, worker) in [
+                ("flowstate-lsm-flush", background::Worker::Flush),
+                ("flowstate-lsm-compact", background::Worker::Compaction),
+            ] {
+                let shared = inner.clone();
+                let handle = std::thread::Builder::new()
+                    .name(name.into())
+                    .spawn(move || background::run(&shared, worker))
+                    .map_err(|e| Error::io(dir, e))?;
+                background.push(handle);
+            }
+        }
         Ok(Db {
             inner,
             background: Mutex::new(background),
@@ -391,7 +397,7 @@ impl Db {
     pub fn flush(&self, wait: bool) -> Result<u64> {
         let sequence = write::freeze_memtables(&self.inner)?;
         if wait {
-            background::wait_for_flushes(&self.inner, self.background.lock().is_some())?;
+            background::wait_for_flushes(&self.inner, !self.background.lock().is_empty())?;
         }
         Ok(sequence)
     }
@@ -428,7 +434,7 @@ impl Db {
 
     /// Blocks until every memtable frozen so far is flushed (without freezing anything new).
     pub fn wait_for_flushes(&self) -> Result<()> {
-        let has_background = self.background.lock().is_some();
+        let has_background = !self.background.lock().is_empty();
         background::wait_for_flushes(&self.inner, has_background)
     }
 
@@ -461,7 +467,7 @@ impl Db {
             let _core = self.inner.core.lock();
             self.inner.work.notify_all();
         }
-        if let Some(handle) = self.background.lock().take() {
+        for handle in std::mem::take(&mut *self.background.lock()) {
             let _ = handle.join();
         }
         let mut writer = self.inner.writer.lock();

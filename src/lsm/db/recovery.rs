@@ -215,6 +215,7 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
         background_error: Mutex::new(None),
         counters: Counters::default(),
         compaction_lock: Mutex::new(()),
+        flush_lock: Mutex::new(()),
         flush_log: Mutex::new(None),
         _lock: lock,
     };
