@@ -53,10 +53,16 @@ awk -F'\t' '
             } else {
                 f = rate["flowstate" SUBSEP w]; r = rate["rocksdb" SUBSEP w]; j = rate["fjall" SUBSEP w]
                 printf "%-18s %12s/s %12s/s %12s/s %12s %12s\n", w, f, r, j, ratio(f, r), ratio(f, j)
+                f = field(extra["flowstate" SUBSEP w], "ops_per_cpu_s"); r = field(extra["rocksdb" SUBSEP w], "ops_per_cpu_s"); j = field(extra["fjall" SUBSEP w], "ops_per_cpu_s")
+                printf "%-18s %14s %14s %14s %12s %12s\n", "  per CPU-second", f, r, j, ratio(f, r), ratio(f, j)
             }
         }
         f = field(extra["flowstate" SUBSEP "memory"], "peak_rss_kib"); r = field(extra["rocksdb" SUBSEP "memory"], "peak_rss_kib"); j = field(extra["fjall" SUBSEP "memory"], "peak_rss_kib")
         printf "%-18s %12sKiB %12sKiB %12sKiB %12s %12s\n", "peak RSS", f, r, j, ratio(f, r), ratio(f, j)
+        f = field(extra["flowstate" SUBSEP "memory"], "peak_anon_kib"); r = field(extra["rocksdb" SUBSEP "memory"], "peak_anon_kib"); j = field(extra["fjall" SUBSEP "memory"], "peak_anon_kib")
+        printf "%-18s %12sKiB %12sKiB %12sKiB %12s %12s\n", "peak anon RSS", f, r, j, ratio(f, r), ratio(f, j)
+        f = field(extra["flowstate" SUBSEP "memory"], "rss_file_kib"); r = field(extra["rocksdb" SUBSEP "memory"], "rss_file_kib"); j = field(extra["fjall" SUBSEP "memory"], "rss_file_kib")
+        printf "%-18s %12sKiB %12sKiB %12sKiB %12s %12s\n", "file RSS at end", f, r, j, ratio(f, r), ratio(f, j)
         f = field(extra["flowstate" SUBSEP "memory"], "db_bytes"); r = field(extra["rocksdb" SUBSEP "memory"], "db_bytes"); j = field(extra["fjall" SUBSEP "memory"], "db_bytes")
         printf "%-18s %14s %14s %14s %12s %12s\n", "db bytes at end", f, r, j, ratio(f, r), ratio(f, j)
     }' "$OUT"

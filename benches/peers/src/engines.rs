@@ -78,10 +78,7 @@ impl Engine for Flowstate {
         Ok(self.db.put(&self.cf, key, value)?)
     }
     fn get(&self, key: &[u8]) -> Res<bool> {
-        Ok(self
-            .db
-            .get(&self.cf, key)?
-            .is_some_and(|v| !v.is_empty()))
+        Ok(self.db.get(&self.cf, key)?.is_some_and(|v| !v.is_empty()))
     }
     fn scan_prefix(&self, prefix: &[u8]) -> Res<u64> {
         let mut iter = self
@@ -231,7 +228,14 @@ impl Engine for Fjall {
     fn checkpoint(&self, dir: &Path) -> Res<()> {
         self.partition.rotate_memtable_and_wait()?;
         self.keyspace.persist(fjall::PersistMode::SyncAll)?;
-        copy_tree(self.partition.path().parent().and_then(Path::parent).unwrap_or(self.partition.path()), dir)
+        copy_tree(
+            self.partition
+                .path()
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(self.partition.path()),
+            dir,
+        )
     }
 }
 

@@ -8,6 +8,8 @@ mod engines;
 use std::collections::HashSet;
 use std::error::Error;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
@@ -98,7 +100,11 @@ impl Rng {
         self.next() % n
     }
     fn fill(&mut self, buf: &mut [u8], compressible: bool) {
-        let random = if compressible { buf.len() / 2 } else { buf.len() };
+        let random = if compressible {
+            buf.len() / 2
+        } else {
+            buf.len()
+        };
         for chunk in buf[..random].chunks_mut(8) {
             let r = self.next().to_le_bytes();
             chunk.copy_from_slice(&r[..chunk.len()]);
@@ -123,14 +129,40 @@ fn key(i: u64, groups: u16) -> [u8; 16] {
 
 struct Report {
     engine: &'static str,
+    cpu: std::cell::Cell<f64>,
+}
+
+/// User plus system CPU seconds of this process, all threads (`/proc/self/stat`, 100 Hz).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 impl Report {
-    /// `RESULT engine workload ops seconds ops_per_sec extra`
+    /// `RESULT engine workload ops seconds ops_per_sec extra`, where extra ends with the
+    /// process CPU time (all threads) since the previous line: on a shared machine the CPU
+    /// cost is steadier than wall time.
     fn line(&self, workload: &str, ops: u64, seconds: f64, extra: &str) {
-        let rate = if seconds > 0.0 { ops as f64 / seconds } else { 0.0 };
+        let rate = if seconds > 0.0 {
+            ops as f64 / seconds
+        } else {
+            0.0
+        };
+        let cpu = cpu_seconds();
+        let used = cpu - self.cpu.replace(cpu);
+        let per_cpu = if used > 0.0 { ops as f64 / used } else { 0.0 };
         println!(
-            "RESULT\t{}\t{workload}\t{ops}\t{seconds:.3}\t{rate:.0}\t{extra}",
+            "RESULT\t{}\t{workload}\t{ops}\t{seconds:.6}\t{rate:.0}\t{extra} cpu_s={used:.2} \
+             ops_per_cpu_s={per_cpu:.0}",
             self.engine
         );
     }
@@ -228,7 +260,13 @@ fn files_by_inode(dir: &Path) -> Res<Vec<(u64, u64)>> {
     Ok(out)
 }
 
-fn checkpoints(db: &dyn Engine, args: &Args, rng: &mut Rng, report: &Report, dir: &Path) -> Res<()> {
+fn checkpoints(
+    db: &dyn Engine,
+    args: &Args,
+    rng: &mut Rng,
+    report: &Report,
+    dir: &Path,
+) -> Res<()> {
     let first = dir.join("checkpoint-1");
     let start = Instant::now();
     db.checkpoint(&first)?;
@@ -296,7 +334,21 @@ fn run(args: &Args, root: &Path) -> Res<()> {
         EngineName::Rocksdb => Box::new(engines::Rocks::open(&data, &settings)?),
         EngineName::Fjall => Box::new(engines::Fjall::open(&data, &settings)?),
     };
-    let report = Report { engine: db.name() };
+    let report = Report {
+        engine: db.name(),
+        cpu: std::cell::Cell::new(cpu_seconds()),
+    };
+    let peak_anon = Arc::new(AtomicU64::new(0));
+    {
+        // The kernel keeps no high-water mark of anonymous memory: sample it every 10 ms.
+        let peak_anon = Arc::clone(&peak_anon);
+        std::thread::spawn(move || {
+            loop {
+                peak_anon.fetch_max(status_kib("RssAnon:"), Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        });
+    }
     let mut rng = Rng::new(args.seed);
     let w = args.workload;
     fill(db.as_ref(), args, &mut rng, &report)?;
@@ -313,12 +365,16 @@ fn run(args: &Args, root: &Path) -> Res<()> {
         overwrite(db.as_ref(), args, &mut rng, &report)?;
     }
     let disk = dir_size(&data);
+    peak_anon.fetch_max(status_kib("RssAnon:"), Ordering::Relaxed);
     let rss = status_kib("VmRSS:");
+    let rss_file = status_kib("RssFile:");
     drop(db);
     println!(
-        "RESULT\t{}\tmemory\t0\t0\t0\tpeak_rss_kib={} rss_kib={rss} db_bytes={disk}",
+        "RESULT\t{}\tmemory\t0\t0\t0\tpeak_rss_kib={} peak_anon_kib={} rss_kib={rss} \
+         rss_file_kib={rss_file} db_bytes={disk}",
         report.engine,
         status_kib("VmHWM:"),
+        peak_anon.load(Ordering::Relaxed),
     );
     Ok(())
 }
