@@ -93,31 +93,26 @@ pub fn seal(payload: &[u8], compression: Compression) -> Vec<u8> {
 }
 
 thread_local! {
-    /// One zstd compression context per thread and level: creating one per block (as
-    /// `zstd::bulk::compress` does) showed up in flush and compaction profiles.
-    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-        const { RefCell::new(None) };
-}
-
-/// Compresses `payload` at `level` with this thread's reused context.
-fn zstd_compress(payload: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
-        }
-        match slot.as_mut() {
-            Some((_, compressor)) => compressor.compress(payload),
-            None => zstd::bulk::compress(payload, level),
-        }
-    })
-}
-
-thread_local! {
     /// One zstd decompression context per thread: creating one per block would dominate the cost
     /// of decoding small blocks.
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { RefCell::new(None) };
+    /// One zstd compression context per thread and level, for the same reason (a fresh context
+    /// per 4 KiB block was ~4% of a fill's CPU time); the frames are the same bytes.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+}
+
+/// Compresses `payload` into one zstd frame at `level`, reusing this thread's context.
+fn zstd_compress(payload: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let compressor = match slot.as_mut() {
+            Some((current, c)) if *current == level => c,
+            _ => &mut slot.insert((level, zstd::bulk::Compressor::new(level)?)).1,
+        };
+        compressor.compress(payload)
+    })
 }
 
 /// Decompresses `frame`, which must expand to exactly `declared` bytes (at most MAX_BLOCK_SIZE).

@@ -39,7 +39,18 @@ pub fn varint_len(mut value: u64) -> usize {
 /// Decodes a `u64` varint from the front of `input`; returns the value and the bytes consumed.
 ///
 /// `file` and `offset` only label the error: `offset` is the position of `input[0]` in the file.
+#[inline]
 pub fn get_varint64(input: &[u8], file: &str, offset: u64) -> Result<(u64, usize)> {
+    // Fast path: block entry lengths are almost always one byte.
+    if let Some(&byte) = input.first()
+        && byte < 0x80
+    {
+        return Ok((u64::from(byte), 1));
+    }
+    get_varint64_slow(input, file, offset)
+}
+
+fn get_varint64_slow(input: &[u8], file: &str, offset: u64) -> Result<(u64, usize)> {
     let mut value: u64 = 0;
     for (i, &byte) in input.iter().enumerate().take(MAX_VARINT64_LEN) {
         let group = u64::from(byte & 0x7f);
@@ -68,6 +79,7 @@ pub fn get_varint64(input: &[u8], file: &str, offset: u64) -> Result<(u64, usize
 }
 
 /// Decodes a `u32` varint from the front of `input`; returns the value and the bytes consumed.
+#[inline]
 pub fn get_varint32(input: &[u8], file: &str, offset: u64) -> Result<(u32, usize)> {
     let (value, used) = get_varint64(input, file, offset)?;
     let value = u32::try_from(value)

@@ -109,6 +109,16 @@ pub(super) fn get(
         }
     }
     let covered = |sequence: u64| covered(view, key, sequence, snapshot);
+    // The common case, one put: hand its value over instead of copying it again in `resolve`.
+    if let [only] = found.as_slice()
+        && only.kind == ValueKind::Put
+        && only.sequence <= snapshot
+    {
+        if covered(only.sequence) {
+            return Ok(None);
+        }
+        return Ok(found.pop().map(|f| f.value));
+    }
     let merge = view.options.merge_operator.as_deref();
     Ok(resolve(
         key,
