@@ -194,35 +194,39 @@ fn flush_one(inner: &DbInner) -> Result<bool> {
             .extend(tombstones.into_iter().map(|t| (*cf, t)));
     }
     sync_dir(&inner.dir)?;
-    let mut core = inner.core.lock();
-    // Column families dropped meanwhile take no files.
-    let live_cfs: Vec<u32> = core.cfs.keys().copied().collect();
-    edit.new_files.retain(|(cf, _, _)| live_cfs.contains(cf));
-    edit.tombstones_added
-        .retain(|(cf, _)| live_cfs.contains(cf));
-    edit.cf_log_numbers = live_cfs
-        .iter()
-        .map(|cf| (*cf, batch.next_log_number))
-        .collect();
-    edit.last_sequence = Some(batch.last_sequence);
-    log_and_apply(inner, &mut core, &edit)?;
-    if let Some(log) = inner.flush_log.lock().as_mut() {
-        log.push(super::checkpoint::flush_output(
-            &core,
-            batch.last_sequence,
-            &edit,
-        ));
-    }
-    core.frozen.remove(0);
-    inner.install_super_version(&core);
-    let min_log = core
-        .version
-        .cfs
-        .values()
-        .map(|c| c.log_number)
-        .min()
-        .unwrap_or(0);
-    drop(core);
+    let min_log = log_and_apply(
+        inner,
+        |core| {
+            // Column families dropped meanwhile take no files.
+            let live_cfs: Vec<u32> = core.cfs.keys().copied().collect();
+            edit.new_files.retain(|(cf, _, _)| live_cfs.contains(cf));
+            edit.tombstones_added
+                .retain(|(cf, _)| live_cfs.contains(cf));
+            edit.cf_log_numbers = live_cfs
+                .iter()
+                .map(|cf| (*cf, batch.next_log_number))
+                .collect();
+            edit.last_sequence = Some(batch.last_sequence);
+            Some((edit, ()))
+        },
+        |core, edit, ()| {
+            if let Some(log) = inner.flush_log.lock().as_mut() {
+                log.push(super::checkpoint::flush_output(
+                    core,
+                    batch.last_sequence,
+                    edit,
+                ));
+            }
+            core.frozen.remove(0);
+            core.version
+                .cfs
+                .values()
+                .map(|c| c.log_number)
+                .min()
+                .unwrap_or(0)
+        },
+    )?
+    .unwrap_or(0);
     inner
         .counters
         .flush_bytes_written
@@ -247,13 +251,32 @@ fn delete_wals_below(dir: &Path, min_log: u64) {
     }
 }
 
-/// Appends `edit` to the manifest (with the current next file number), then applies it to the
-/// core: new tables are registered, removed ones marked obsolete. Rolls the manifest when large.
-pub(super) fn log_and_apply(inner: &DbInner, core: &mut Core, edit: &VersionEdit) -> Result<()> {
-    let mut edit = edit.clone();
-    edit.next_file_number = Some(core.next_file_number);
-    let version = core.version.apply(&edit, "live version edit", 0)?;
-    core.manifest.append(&edit)?;
+/// Logs and applies one version edit.
+///
+/// `prepare` builds the edit from the core as it is (`None`: nothing to do). The manifest
+/// append and its fsync then run with no core lock held, so writers, memtable switches (the
+/// synchronous part of a checkpoint) and readers never wait for that I/O; `finish` runs under
+/// the core lock right after the new version is in place, with the edit and what `prepare`
+/// handed over. Installers are serialized by the manifest lock, so the version `prepare` saw is
+/// still current when the edit is applied. Lock order: writer, then manifest, then core.
+/// Returns `finish`'s result, or `None` when `prepare` had nothing to do.
+pub(super) fn log_and_apply<T, R>(
+    inner: &DbInner,
+    prepare: impl FnOnce(&Core) -> Option<(VersionEdit, T)>,
+    finish: impl FnOnce(&mut Core, &VersionEdit, T) -> R,
+) -> Result<Option<R>> {
+    let mut manifest = inner.manifest.lock();
+    let (edit, version, handed) = {
+        let core = inner.core.lock();
+        let Some((mut edit, handed)) = prepare(&core) else {
+            return Ok(None);
+        };
+        edit.next_file_number = Some(core.next_file_number);
+        let version = core.version.apply(&edit, "live version edit", 0)?;
+        (edit, version, handed)
+    };
+    manifest.append(&edit)?;
+    let mut core = inner.core.lock();
     for (_, _, meta) in &edit.new_files {
         if core.tables.contains_key(&meta.number) {
             continue; // A trivial move: the same file at another level.
@@ -283,13 +306,16 @@ pub(super) fn log_and_apply(inner: &DbInner, core: &mut Core, edit: &VersionEdit
         }
     }
     core.version = Arc::new(version);
-    if core.manifest.size() > inner.options.max_manifest_size {
+    let result = finish(&mut core, &edit, handed);
+    inner.install_super_version(&core);
+    if manifest.size() > inner.options.max_manifest_size {
         let number = core.allocate_file_number();
         let mut snapshot = (*core.version).clone();
         snapshot.next_file_number = core.next_file_number;
-        core.manifest = Manifest::create(&inner.dir, number, &snapshot)?;
+        drop(core);
+        *manifest = Manifest::create(&inner.dir, number, &snapshot)?;
     }
-    Ok(())
+    Ok(Some(result))
 }
 
 /// A user-key range; `None` ends are unbounded.
@@ -516,12 +542,11 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
             }
         }
     }
-    let mut core = inner.core.lock();
-    if !core.cfs.contains_key(&job.cf) {
-        return Ok(());
-    }
-    log_and_apply(inner, &mut core, &edit)?;
-    inner.install_super_version(&core);
+    log_and_apply(
+        inner,
+        |core| core.cfs.contains_key(&job.cf).then_some((edit, ())),
+        |_, _, ()| {},
+    )?;
     inner
         .counters
         .compaction_bytes_read
@@ -542,16 +567,19 @@ fn move_file(inner: &DbInner, job: &Job) -> Result<()> {
         edit.new_files
             .push((job.cf, job.output_level as u8, (**file).clone()));
     }
-    let mut core = inner.core.lock();
-    let still_there = core.version.cfs.get(&job.cf).is_some_and(|cf| {
-        job.inputs
-            .iter()
-            .all(|(level, f)| cf.levels[*level].iter().any(|g| g.number == f.number))
-    });
-    if still_there {
-        log_and_apply(inner, &mut core, &edit)?;
-        inner.install_super_version(&core);
-    }
+    log_and_apply(
+        inner,
+        |core| {
+            let still_there = core.version.cfs.get(&job.cf).is_some_and(|cf| {
+                job.inputs
+                    .iter()
+                    .all(|(level, f)| cf.levels[*level].iter().any(|g| g.number == f.number))
+            });
+            still_there.then_some((edit, ()))
+        },
+        |_, _, ()| {},
+    )?;
+    let _core = inner.core.lock();
     inner.work.notify_all();
     Ok(())
 }

@@ -165,7 +165,6 @@ struct CfState {
 #[derive(Debug)]
 struct Core {
     version: Arc<Version>,
-    manifest: Manifest,
     cfs: BTreeMap<u32, CfState>,
     frozen: Vec<FrozenBatch>,
     tables: HashMap<u64, Arc<TableFile>>,
@@ -230,6 +229,9 @@ struct DbInner {
     options: Options,
     cache: Arc<BlockCache>,
     writer: Mutex<WriterState>,
+    /// The live manifest; held by whoever installs a version edit (see
+    /// `background::log_and_apply`), so edits are appended and applied one at a time.
+    manifest: Mutex<Manifest>,
     core: Mutex<Core>,
     /// Signalled when background work may be due, and when a flush or compaction finished.
     work: Condvar,

@@ -189,7 +189,6 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
         .collect();
     let core = Core {
         version: Arc::new(version),
-        manifest,
         cfs,
         frozen: Vec::new(),
         tables,
@@ -199,6 +198,7 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
         dir: dir.to_path_buf(),
         options,
         cache,
+        manifest: Mutex::new(manifest),
         writer: Mutex::new(WriterState {
             wal,
             log_number,

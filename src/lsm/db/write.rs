@@ -140,32 +140,40 @@ pub(super) fn create_cf(inner: &DbInner, name: &str, options: CfOptions) -> Resu
     if name.is_empty() {
         return Err(Error::invalid("column family name must not be empty"));
     }
-    let _writer = inner.writer.lock();
+    // The writer lock keeps other creations out until this one is installed.
+    let writer = inner.writer.lock();
     inner.check_background_error()?;
-    let mut core = inner.core.lock();
-    if let Some((id, c)) = core.cfs.iter().find(|(_, c)| c.name == name) {
+    if let Some((id, c)) = inner.core.lock().cfs.iter().find(|(_, c)| c.name == name) {
         return Ok(ColumnFamily {
             id: *id,
             name: c.name.clone(),
         });
     }
-    let id = core.version.next_cf_id;
-    let edit = VersionEdit {
-        next_cf_id: Some(id + 1),
-        cf_added: vec![(id, name.to_string())],
-        cf_log_numbers: vec![(id, _writer.log_number)],
-        ..VersionEdit::default()
-    };
-    super::background::log_and_apply(inner, &mut core, &edit)?;
-    core.cfs.insert(
-        id,
-        CfState {
-            name: name.to_string(),
-            options: Arc::new(options),
-            memtable: Arc::new(Memtable::new()),
+    let created = super::background::log_and_apply(
+        inner,
+        |core| {
+            let id = core.version.next_cf_id;
+            let edit = VersionEdit {
+                next_cf_id: Some(id + 1),
+                cf_added: vec![(id, name.to_string())],
+                cf_log_numbers: vec![(id, writer.log_number)],
+                ..VersionEdit::default()
+            };
+            Some((edit, id))
         },
-    );
-    inner.install_super_version(&core);
+        |core, _, id| {
+            core.cfs.insert(
+                id,
+                CfState {
+                    name: name.to_string(),
+                    options: Arc::new(options),
+                    memtable: Arc::new(Memtable::new()),
+                },
+            );
+            id
+        },
+    )?;
+    let id = created.ok_or_else(|| Error::invalid("column family creation had nothing to do"))?;
     Ok(ColumnFamily {
         id,
         name: name.to_string(),
@@ -180,22 +188,29 @@ pub(super) fn drop_cf(inner: &DbInner, cf: &ColumnFamily) -> Result<()> {
     }
     let _writer = inner.writer.lock();
     inner.check_background_error()?;
-    let mut core = inner.core.lock();
-    if !core.cfs.contains_key(&cf.id) {
+    let dropped = super::background::log_and_apply(
+        inner,
+        |core| {
+            core.cfs.contains_key(&cf.id).then(|| {
+                let edit = VersionEdit {
+                    cf_dropped: vec![cf.id],
+                    ..VersionEdit::default()
+                };
+                (edit, ())
+            })
+        },
+        |core, _, ()| {
+            core.cfs.remove(&cf.id);
+            for batch in &mut core.frozen {
+                batch.memtables.retain(|(id, _)| *id != cf.id);
+            }
+        },
+    )?;
+    if dropped.is_none() {
         return Err(Error::invalid(format!(
             "column family '{}' does not exist",
             cf.name
         )));
     }
-    let edit = VersionEdit {
-        cf_dropped: vec![cf.id],
-        ..VersionEdit::default()
-    };
-    super::background::log_and_apply(inner, &mut core, &edit)?;
-    core.cfs.remove(&cf.id);
-    for batch in &mut core.frozen {
-        batch.memtables.retain(|(id, _)| *id != cf.id);
-    }
-    inner.install_super_version(&core);
     Ok(())
 }
