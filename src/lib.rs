@@ -32,6 +32,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;
+pub mod lock;
 pub mod lsm;
 pub mod state;
 pub mod ttl;

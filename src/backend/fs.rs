@@ -313,28 +313,12 @@ impl FsBackend {
             .filter(|f| f.key_groups.intersect(&range).is_some())
         {
             let path = file.path.as_str();
-            let size = storage.file_size(path)?;
-            if size != file.size {
-                return Err(Error::corruption(
-                    path,
-                    size.min(file.size),
-                    format!("file is {size} bytes, _metadata says {}", file.size),
-                ));
-            }
-            let bytes = storage.read_file(path)?;
-            let crc = crc32fast::hash(&bytes);
-            if bytes.len() as u64 != file.size || crc != file.crc32 {
-                return Err(Error::corruption(
-                    path,
-                    0,
-                    format!(
-                        "crc32 {crc:#010x} of {} bytes does not match _metadata's {:#010x} of {} bytes",
-                        bytes.len(),
-                        file.crc32,
-                        file.size
-                    ),
-                ));
-            }
+            let bytes = crate::checkpoint::storage::read_listed(
+                storage.as_ref(),
+                path,
+                file.size,
+                file.crc32,
+            )?;
             let expected = ExpectedFile {
                 checkpoint_id: handle.checkpoint_id,
                 key_groups: file.key_groups,

@@ -125,6 +125,44 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     fn unpublish_metadata(&self, checkpoint_id: u64) -> Result<()>;
 }
 
+/// Checks `bytes`, the content of `path`, against the size and CRC-32 its `_metadata` lists.
+pub fn check_listed(path: &str, bytes: &[u8], size: u64, crc32: u32) -> Result<()> {
+    let actual = crc32fast::hash(bytes);
+    if bytes.len() as u64 != size || actual != crc32 {
+        return Err(Error::corruption(
+            path,
+            0,
+            format!(
+                "crc32 mismatch: file has {} bytes with crc32 {actual:#010x}, _metadata says {size} \
+                 bytes with {crc32:#010x}",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads `path` from `storage` and checks it against the size and CRC-32 its `_metadata` lists.
+/// The size is checked first, so a wrong file is never read whole into memory.
+pub fn read_listed(
+    storage: &dyn CheckpointStorage,
+    path: &str,
+    size: u64,
+    crc32: u32,
+) -> Result<Vec<u8>> {
+    let actual = storage.file_size(path)?;
+    if actual != size {
+        return Err(Error::corruption(
+            path,
+            actual.min(size),
+            format!("file is {actual} bytes, _metadata says {size}"),
+        ));
+    }
+    let bytes = storage.read_file(path)?;
+    check_listed(path, &bytes, size, crc32)?;
+    Ok(bytes)
+}
+
 /// [`CheckpointStorage`] on a local directory (layout in FORMAT.md §4).
 ///
 /// ```

@@ -16,7 +16,7 @@ use crate::lsm::sst::SstReader;
 
 use super::metadata::{CheckpointFile, CheckpointMetadata};
 use super::registry::read_metadata;
-use super::storage::{CheckpointStorage, metadata_path, parse_checkpoint_dir};
+use super::storage::{CheckpointStorage, metadata_path, parse_checkpoint_dir, read_listed};
 
 /// One damaged or missing file: which, where in it, and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,27 +154,7 @@ fn verify_file(
     if !storage.exists(path)? {
         return Err(Error::corruption(path, 0, "missing: _metadata lists it"));
     }
-    // The size is checked before reading, so a wrong file is never read whole into memory.
-    let size = storage.file_size(path)?;
-    if size != file.size {
-        return Err(Error::corruption(
-            path,
-            size.min(file.size),
-            format!("file is {size} bytes, _metadata says {}", file.size),
-        ));
-    }
-    let bytes = storage.read_file(path)?;
-    let crc = crc32fast::hash(&bytes);
-    if bytes.len() as u64 != file.size || crc != file.crc32 {
-        return Err(Error::corruption(
-            path,
-            0,
-            format!(
-                "crc32 mismatch: file has {crc:#010x}, _metadata says {:#010x}",
-                file.crc32
-            ),
-        ));
-    }
+    let bytes = read_listed(storage, path, file.size, file.crc32)?;
     if metadata.backend == BackendKind::Fs && !entry.shared {
         let expected = ExpectedFile {
             checkpoint_id: metadata.checkpoint_id,

@@ -7,7 +7,7 @@
 //! parallelism by key group, source rewound, sink output reconciled.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -267,21 +267,13 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
 
 fn lock_state_dir(state_dir: &Path) -> Result<File> {
     let path = state_dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::invalid(format!(
+    crate::lock::try_lock_file(&path)?.ok_or_else(|| {
+        Error::invalid(format!(
             "state directory {} is in use by another flowstate run (lock {})",
             state_dir.display(),
             path.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
-    }
+        ))
+    })
 }
 
 fn read_finished(state_dir: &Path) -> Result<Option<(u64, SourcePosition)>> {

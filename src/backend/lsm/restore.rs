@@ -138,20 +138,7 @@ fn fetch(source: &Source, path: &str, meta: &FileMeta, dir: &Path, number: u64) 
         std::fs::write(&local, &bytes).map_err(|e| Error::io(&local, e))?;
     }
     let bytes = std::fs::read(&local).map_err(|e| Error::io(&local, e))?;
-    let crc = crc32fast::hash(&bytes);
-    if bytes.len() as u64 != meta.size || crc != meta.crc32 {
-        return Err(Error::corruption(
-            path,
-            0,
-            format!(
-                "{} bytes with crc32 {crc:#010x}; _metadata says {} bytes, {:#010x}",
-                bytes.len(),
-                meta.size,
-                meta.crc32
-            ),
-        ));
-    }
-    Ok(())
+    crate::checkpoint::storage::check_listed(path, &bytes, meta.size, meta.crc32)
 }
 
 /// `[start, end)` of a tombstone clipped to the keys of `range`; None when nothing is left.

@@ -5,7 +5,7 @@
 //! at any point of it leaves either the old manifest and WALs (replayed again) or the new ones.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -224,21 +224,12 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
 }
 
 fn lock_dir(dir: &Path) -> Result<File> {
-    let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::invalid(format!(
+    crate::lock::try_lock_file(&dir.join(LOCK_FILE))?.ok_or_else(|| {
+        Error::invalid(format!(
             "the store at {} is in use by another process (its LOCK file is held)",
             dir.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
-    }
+        ))
+    })
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<String>> {
