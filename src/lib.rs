@@ -2,12 +2,16 @@
 //!
 //! An embeddable keyed-state storage engine for stream processors: per-key value, list, map,
 //! reducing and aggregating state with namespaces and TTL, behind one [`StateBackend`] trait with
-//! a memory backend (heap state, in-memory snapshots), and consistent snapshots that restore
-//! into any key-group range (rescaling).
+//! three backends — [`MemoryBackend`] (heap state, in-memory snapshots), [`FsBackend`] (heap
+//! state, full snapshots as files) and [`LsmBackend`] (state in the log-structured store
+//! [`lsm::Db`], incremental checkpoints) — and consistent snapshots that restore into any
+//! key-group range (rescaling). [`engine`] runs pipelines on them with exactly-once results.
 //!
 //! Layers, from the bottom: [`codec`] (byte building blocks), [`keys`] (key groups and the
-//! composite key), [`ttl`] (TTL config, clock, value envelope), [`backend`] (the trait and its
-//! implementations), [`state`] (typed state handles). See `DESIGN.md` and `FORMAT.md`.
+//! composite key), [`ttl`] (TTL config, clock, value envelope), [`lsm`] (the store),
+//! [`checkpoint`] (checkpoint storage, metadata, savepoints), [`backend`] (the trait and its
+//! implementations), [`state`] (typed state handles), [`engine`] (barrier snapshots). See
+//! `DESIGN.md` and `FORMAT.md`.
 //!
 //! ```
 //! use flowstate::{KeyedState, MemoryBackend, BackendConfig};
