@@ -648,3 +648,28 @@ impl NowForTest for ManualClock {
         flowstate::Clock::now_ms(self)
     }
 }
+
+/// A store left in the working directory by a backend that died (here: a directory whose LOCK
+/// nobody holds) is removed when a new backend starts; a live backend's store is not.
+#[test]
+fn stale_working_stores_are_removed_live_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let working = dir.path().join("work");
+    let config = flowstate::BackendConfig::new(128, flowstate::KeyGroupRange::all(128)).unwrap();
+    let storage = |name: &str| {
+        std::sync::Arc::new(
+            flowstate::checkpoint::storage::LocalDirStorage::open(dir.path().join(name)).unwrap(),
+        )
+    };
+    let live =
+        flowstate::LsmBackend::new(config.clone(), &working, storage("a"), Default::default())
+            .unwrap();
+    let stale = working.join("db-00000000deadbeef-0");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("LOCK"), b"").unwrap();
+    std::fs::write(stale.join("000007.sst"), b"leftover").unwrap();
+    let _second =
+        flowstate::LsmBackend::new(config, &working, storage("b"), Default::default()).unwrap();
+    assert!(!stale.exists(), "stale store kept");
+    assert!(live.db().path().exists(), "live store removed");
+}

@@ -205,6 +205,7 @@ impl LsmBackend {
         let (registry, recovery) = CheckpointRegistry::open(storage.clone())?;
         let instance_id = random_instance_id();
         std::fs::create_dir_all(working_dir).map_err(|e| Error::io(working_dir, e))?;
+        remove_stale_stores(working_dir)?;
         let db_dir = working_dir.join(format!("db-{instance_id:016x}-0"));
         if db_dir.exists() {
             std::fs::remove_dir_all(&db_dir).map_err(|e| Error::io(&db_dir, e))?;
@@ -332,6 +333,30 @@ fn cf_options(
         }
     }
     cf
+}
+
+/// Deletes the stores (`db-*` directories) a crashed or dropped backend left in `working_dir`:
+/// a store whose `LOCK` nobody holds belongs to no live backend (a live store holds its lock,
+/// also against other backends of this process), and the working store is never part of a
+/// checkpoint, so nothing is lost.
+fn remove_stale_stores(working_dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(working_dir).map_err(|e| Error::io(working_dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(working_dir, e))?;
+        let path = entry.path();
+        let is_store = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("db-"));
+        if !is_store || !path.is_dir() {
+            continue;
+        }
+        let lock = path.join(crate::lsm::db::LOCK_FILE);
+        if crate::lock::try_lock_file(&lock)?.is_some() {
+            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Store options for a backend with states `descriptors`.

@@ -31,6 +31,7 @@ use crate::lsm::wal::WalWriter;
 
 pub use checkpoint::{FlushOutput, LiveFile, LiveFiles};
 pub use read::{DbIterator, ReadOptions};
+pub use recovery::LOCK_FILE;
 
 /// Name of the column family every store has.
 pub const DEFAULT_CF: &str = "default";
