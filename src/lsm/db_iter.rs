@@ -310,23 +310,7 @@ impl DbIter {
             {
                 return Ok(());
             }
-            self.key.clear();
-            self.key.extend_from_slice(first.user_key);
-            self.versions.clear();
-            self.arena.clear();
-            while self.inner.valid() {
-                let entry = parse(self.inner.key())?;
-                if entry.user_key != self.key.as_slice() {
-                    break;
-                }
-                collect(
-                    &mut self.versions,
-                    &mut self.arena,
-                    &entry,
-                    self.inner.value(),
-                );
-                self.inner.next()?;
-            }
+            self.collect_versions(true)?;
             // Collected newest first.
             if self.resolve_collected(false) {
                 return Ok(());
@@ -356,26 +340,38 @@ impl DbIter {
             {
                 return Ok(());
             }
-            self.key.clear();
-            self.key.extend_from_slice(last.user_key);
-            self.versions.clear();
-            self.arena.clear();
-            while self.inner.valid() {
-                let entry = parse(self.inner.key())?;
-                if entry.user_key != self.key.as_slice() {
-                    break;
-                }
-                collect(
-                    &mut self.versions,
-                    &mut self.arena,
-                    &entry,
-                    self.inner.value(),
-                );
-                self.inner.prev()?;
-            }
+            self.collect_versions(false)?;
             // Collected oldest first.
             if self.resolve_collected(true) {
                 return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Collects every version of the user key the inner iterator is on, moving forward (newest
+    /// first) or backward (oldest first), and leaves it on the first entry past them.
+    fn collect_versions(&mut self, forward: bool) -> Result<()> {
+        let current = parse(self.inner.key())?;
+        self.key.clear();
+        self.key.extend_from_slice(current.user_key);
+        self.versions.clear();
+        self.arena.clear();
+        while self.inner.valid() {
+            let entry = parse(self.inner.key())?;
+            if entry.user_key != self.key.as_slice() {
+                break;
+            }
+            collect(
+                &mut self.versions,
+                &mut self.arena,
+                &entry,
+                self.inner.value(),
+            );
+            if forward {
+                self.inner.next()?;
+            } else {
+                self.inner.prev()?;
             }
         }
         Ok(())
