@@ -177,6 +177,8 @@ pub struct LsmBackend {
     states: Vec<(StateDescriptor, ColumnFamily)>,
     by_name: HashMap<String, StateId>,
     incremental: Arc<Mutex<Incremental>>,
+    /// `Incremental::epoch` as of the last restore (only restores change it).
+    epoch: u32,
     instance_id: u64,
     stores_opened: u32,
 }
@@ -224,6 +226,7 @@ impl LsmBackend {
             states: Vec::new(),
             by_name: HashMap::new(),
             incremental: Arc::new(Mutex::new(Incremental::new(instance_id))),
+            epoch: 0,
             instance_id,
             stores_opened: 0,
         })
@@ -508,7 +511,8 @@ impl StateBackend for LsmBackend {
         Ok(Box::new(LsmSnapshotTask {
             checkpoint_id,
             sequence,
-            epoch: self.incremental.lock().epoch,
+            // Not read through the lock: a running async part holds it for its whole upload.
+            epoch: self.epoch,
             max_parallelism: self.config.max_parallelism,
             key_group_range: self.config.key_group_range,
             states: self.states(),

@@ -252,7 +252,11 @@ pub(super) fn restore(
     backend.states = new_states;
     backend.by_name = by_name;
     backend.config.key_group_range = target;
-    backend.incremental.lock().reset(store_id, live, uploaded);
+    {
+        let mut incremental = backend.incremental.lock();
+        incremental.reset(store_id, live, uploaded);
+        backend.epoch = incremental.epoch;
+    }
     Ok(())
 }
 
