@@ -80,11 +80,11 @@ where
     pub fn merge_namespaces<N: Serialize>(&self, target: &N, sources: &[N]) -> Result<()> {
         let mut ctx = self.handle.lock();
         let ttl_config = self.handle.ttl.as_ref();
-        let saved = std::mem::take(&mut ctx.namespace);
+        let saved = ctx.namespace.clone();
         let result = (|| {
             let mut merged: Option<ACC> = None;
             for source in sources {
-                ctx.namespace = to_bytes(source)?;
+                ctx.set_namespace_bytes(to_bytes(source)?);
                 let key = ctx.composite(&[])?;
                 if let Some(bytes) = ttl::get(&mut ctx, self.handle.id, ttl_config, &key)? {
                     let acc = from_bytes(&bytes)?;
@@ -96,7 +96,7 @@ where
                 }
             }
             let Some(merged) = merged else { return Ok(()) };
-            ctx.namespace = to_bytes(target)?;
+            ctx.set_namespace_bytes(to_bytes(target)?);
             let key = ctx.composite(&[])?;
             let merged = match ttl::get(&mut ctx, self.handle.id, ttl_config, &key)? {
                 Some(bytes) => self.function.merge(from_bytes(&bytes)?, merged),
@@ -110,7 +110,7 @@ where
                 &to_bytes(&merged)?,
             )
         })();
-        ctx.namespace = saved;
+        ctx.set_namespace_bytes(saved);
         result
     }
 

@@ -92,17 +92,51 @@ pub(crate) struct Context {
     current_key: Option<(u16, Vec<u8>)>,
     /// Serialized current namespace (empty bytes: the default namespace).
     namespace: Vec<u8>,
+    /// The composite key of the current key and namespace (no user key), kept in step with
+    /// both so the hot path encodes it once per key, not once per access. Empty when no key is
+    /// set (a composite key is never empty).
+    prefix: Vec<u8>,
 }
 
 impl Context {
+    fn no_key() -> Error {
+        Error::invalid("no current key: call KeyedState::set_current_key before using state")
+    }
+
+    /// Re-encodes `prefix` after the current key or namespace changed.
+    fn refresh_prefix(&mut self) {
+        self.prefix.clear();
+        if let Some((key_group, key)) = &self.current_key {
+            encode_composite_key(&mut self.prefix, *key_group, key, &self.namespace, &[]);
+        }
+    }
+
+    fn set_namespace_bytes(&mut self, namespace: Vec<u8>) {
+        self.namespace = namespace;
+        self.refresh_prefix();
+    }
+
     /// The composite key of the current key and namespace with `user_key` appended.
     fn composite(&self, user_key: &[u8]) -> Result<Vec<u8>> {
-        let (key_group, key) = self.current_key.as_ref().ok_or_else(|| {
-            Error::invalid("no current key: call KeyedState::set_current_key before using state")
-        })?;
-        let mut out = Vec::new();
-        encode_composite_key(&mut out, *key_group, key, &self.namespace, user_key);
+        if self.prefix.is_empty() {
+            return Err(Self::no_key());
+        }
+        let mut out = Vec::with_capacity(self.prefix.len() + user_key.len());
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(user_key);
         Ok(out)
+    }
+
+    /// Runs `f` with the composite key of the current key and namespace, without copying it.
+    fn with_key<R>(&mut self, f: impl FnOnce(&mut Context, &[u8]) -> Result<R>) -> Result<R> {
+        if self.prefix.is_empty() {
+            return Err(Self::no_key());
+        }
+        let key = std::mem::take(&mut self.prefix);
+        let result = f(self, &key);
+        // `f` cannot change the key or namespace (only `KeyedState` does), so this is still it.
+        self.prefix = key;
+        result
     }
 
     fn now_ms(&self) -> u64 {
@@ -142,6 +176,7 @@ impl KeyedState {
                 backend,
                 current_key: None,
                 namespace: Vec::new(),
+                prefix: Vec::new(),
             })),
         }
     }
@@ -161,9 +196,19 @@ impl KeyedState {
         if !config.key_group_range.contains(key_group) {
             let range = config.key_group_range;
             ctx.current_key = None;
+            ctx.refresh_prefix();
             return Err(Error::KeyGroupOutOfRange { key_group, range });
         }
-        ctx.current_key = Some((key_group, key.to_vec()));
+        match &mut ctx.current_key {
+            // Reuse the buffer: keys change on every record.
+            Some((group, current)) => {
+                *group = key_group;
+                current.clear();
+                current.extend_from_slice(key);
+            }
+            None => ctx.current_key = Some((key_group, key.to_vec())),
+        }
+        ctx.refresh_prefix();
         Ok(())
     }
 
@@ -175,13 +220,13 @@ impl KeyedState {
     /// Sets the namespace (e.g. a window) that state handles read and write.
     pub fn set_current_namespace<N: Serialize + ?Sized>(&self, namespace: &N) -> Result<()> {
         let bytes = to_bytes(namespace)?;
-        self.context.lock().namespace = bytes;
+        self.context.lock().set_namespace_bytes(bytes);
         Ok(())
     }
 
     /// Goes back to the default (empty) namespace.
     pub fn set_default_namespace(&self) {
-        self.context.lock().namespace.clear();
+        self.context.lock().set_namespace_bytes(Vec::new());
     }
 
     /// A [`ValueState`].
@@ -299,6 +344,7 @@ impl KeyedState {
     ) -> Result<()> {
         let mut ctx = self.context.lock();
         ctx.current_key = None;
+        ctx.refresh_prefix();
         ctx.backend.restore(handles, key_group_range)
     }
 

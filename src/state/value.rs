@@ -27,8 +27,8 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     /// The value of the current key and namespace, if set (and not expired).
     pub fn value(&self) -> Result<Option<T>> {
         let mut ctx = self.handle.lock();
-        let key = ctx.composite(&[])?;
-        ttl::get(&mut ctx, self.handle.id, self.handle.ttl.as_ref(), &key)?
+        let (id, ttl_config) = (self.handle.id, self.handle.ttl.as_ref());
+        ctx.with_key(|ctx, key| ttl::get(ctx, id, ttl_config, key))?
             .map(|bytes| from_bytes(&bytes))
             .transpose()
     }
@@ -37,14 +37,8 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     pub fn update(&self, value: &T) -> Result<()> {
         let payload = to_bytes(value)?;
         let mut ctx = self.handle.lock();
-        let key = ctx.composite(&[])?;
-        ttl::put(
-            &mut ctx,
-            self.handle.id,
-            self.handle.ttl.as_ref(),
-            &key,
-            &payload,
-        )
+        let (id, ttl_config) = (self.handle.id, self.handle.ttl.as_ref());
+        ctx.with_key(|ctx, key| ttl::put(ctx, id, ttl_config, key, &payload))
     }
 
     /// Removes the value of the current key and namespace.
