@@ -86,13 +86,42 @@ pub fn write_full_snapshot_file(
     key_groups: KeyGroupRange,
     states: &[StateMap],
 ) -> Result<(u64, u32)> {
+    let state_count =
+        u32::try_from(states.len()).map_err(|_| Error::invalid("too many states to snapshot"))?;
+    write_full_snapshot_file_from(
+        out,
+        checkpoint_id,
+        key_groups,
+        state_count,
+        &mut |index, emit| {
+            if let Some(map) = states.get(index) {
+                for (key, value) in entries_in(map, key_groups) {
+                    emit(key, value)?;
+                }
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Calls `emit(key, value)` for every entry of one state, in key order.
+pub type EntrySource<'a> =
+    dyn FnMut(usize, &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> + 'a;
+
+/// Writes one full snapshot file like [`write_full_snapshot_file`], taking each state's entries
+/// in `key_groups` from `entries(state_index, emit)` (any backend can feed it).
+pub fn write_full_snapshot_file_from(
+    out: &mut dyn CheckpointFileWriter,
+    checkpoint_id: u64,
+    key_groups: KeyGroupRange,
+    state_count: u32,
+    entries: &mut EntrySource<'_>,
+) -> Result<(u64, u32)> {
     let mut w = HashingWriter {
         inner: out,
         hasher: crc32fast::Hasher::new(),
         size: 0,
     };
-    let state_count =
-        u32::try_from(states.len()).map_err(|_| Error::invalid("too many states to snapshot"))?;
     let mut preamble = Vec::with_capacity(PREAMBLE_LEN);
     preamble.extend_from_slice(&FULL_SNAPSHOT_MAGIC);
     preamble.extend_from_slice(&FULL_SNAPSHOT_VERSION.to_le_bytes());
@@ -106,10 +135,10 @@ pub fn write_full_snapshot_file(
     write_record(&mut w, &header)?;
 
     let (mut block_count, mut entry_count) = (0u64, 0u64);
-    let mut entries = Vec::with_capacity(BLOCK_TARGET_LEN);
-    for (index, map) in states.iter().enumerate() {
+    let mut block = Vec::with_capacity(BLOCK_TARGET_LEN);
+    for index in 0..state_count {
         let mut in_block = 0u32;
-        for (key, value) in entries_in(map, key_groups) {
+        entries(index as usize, &mut |key, value| {
             let entry_len = varint_len(key.len() as u64)
                 + key.len()
                 + varint_len(value.len() as u64)
@@ -120,23 +149,24 @@ pub fn write_full_snapshot_file(
                     "entry of {entry_len} bytes exceeds the largest snapshot block ({MAX_RECORD_LEN} bytes)"
                 )));
             }
-            if in_block > 0 && entries.len() + entry_len > BLOCK_TARGET_LEN {
-                write_block(&mut w, index as u32, in_block, &entries)?;
+            if in_block > 0 && block.len() + entry_len > BLOCK_TARGET_LEN {
+                write_block(&mut w, index, in_block, &block)?;
                 block_count += 1;
-                entries.clear();
+                block.clear();
                 in_block = 0;
             }
-            put_varint32(&mut entries, key.len() as u32);
-            entries.extend_from_slice(key);
-            put_varint32(&mut entries, value.len() as u32);
-            entries.extend_from_slice(value);
+            put_varint32(&mut block, key.len() as u32);
+            block.extend_from_slice(key);
+            put_varint32(&mut block, value.len() as u32);
+            block.extend_from_slice(value);
             in_block += 1;
             entry_count += 1;
-        }
+            Ok(())
+        })?;
         if in_block > 0 {
-            write_block(&mut w, index as u32, in_block, &entries)?;
+            write_block(&mut w, index, in_block, &block)?;
             block_count += 1;
-            entries.clear();
+            block.clear();
         }
     }
     let mut footer = Vec::with_capacity(FOOTER_PAYLOAD_LEN);
