@@ -128,3 +128,27 @@ impl BackendFactory for LsmFactory {
 }
 
 conformance_suite!(lsm, LsmFactory);
+
+/// [`LsmBackend`](flowstate::LsmBackend) with full checkpoints (full snapshot files).
+pub struct LsmFullFactory;
+
+impl BackendFactory for LsmFullFactory {
+    const INCREMENTAL_TTL_CLEANUP: bool = false;
+
+    fn create(config: BackendConfig, scratch: &Path) -> Result<Box<dyn StateBackend>> {
+        let storage =
+            flowstate::checkpoint::storage::LocalDirStorage::open(scratch.join("checkpoints"))?;
+        let options = flowstate::backend::lsm::LsmBackendOptions {
+            full_checkpoints: true,
+            ..Default::default()
+        };
+        Ok(Box::new(flowstate::LsmBackend::new(
+            config,
+            &scratch.join("work"),
+            std::sync::Arc::new(storage),
+            options,
+        )?))
+    }
+}
+
+conformance_suite!(lsm_full, LsmFullFactory);

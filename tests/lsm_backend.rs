@@ -673,3 +673,75 @@ fn stale_working_stores_are_removed_live_ones_kept() {
     assert!(!stale.exists(), "stale store kept");
     assert!(live.db().path().exists(), "live store removed");
 }
+
+/// Full checkpoints (an option): only owned full snapshot files, nothing shared, sound for
+/// `verify`; an incremental-mode backend restores them into the same contents, 1 -> 2 as well.
+#[test]
+fn full_checkpoints_are_self_contained_and_restore_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = LsmBackendOptions {
+        full_checkpoints: true,
+        ..LsmBackendOptions::default()
+    };
+    let mut backend = lsm_in(&dir.path().join("a"), config(range(0, 127)), full);
+    let values = backend
+        .register(&StateDescriptor::new("values", StateKind::Value))
+        .unwrap();
+    let lists = backend
+        .register(&StateDescriptor::new("lists", StateKind::List))
+        .unwrap();
+    for i in 0..3000u64 {
+        backend.put(values, &key(i), &i.to_le_bytes()).unwrap();
+        if i % 5 == 0 {
+            backend.merge(lists, &key(i), &[1, i as u8]).unwrap();
+        }
+    }
+    let first = backend.snapshot(1).unwrap().run().unwrap();
+    backend.delete(values, &key(7)).unwrap();
+    let handle = backend.snapshot(2).unwrap().run().unwrap();
+    let expected = contents(&mut backend);
+
+    let storage = LocalDirStorage::open(dir.path().join("a/checkpoints")).unwrap();
+    let listed = read_metadata(&storage, 2).unwrap();
+    assert!(
+        listed
+            .files
+            .iter()
+            .all(|f| !f.shared && f.file.path.starts_with("chk-2/"))
+    );
+    assert!(
+        !dir.path().join("a/checkpoints/shared").exists()
+            || std::fs::read_dir(dir.path().join("a/checkpoints/shared"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+    let report = flowstate::checkpoint::verify::verify_storage(&storage).unwrap();
+    assert!(report.is_sound(), "{report:?}");
+    drop(first);
+
+    let mut whole = lsm_in(
+        &dir.path().join("b"),
+        config(range(0, 127)),
+        LsmBackendOptions::default(),
+    );
+    whole
+        .restore(std::slice::from_ref(&handle), range(0, 127))
+        .unwrap();
+    assert_eq!(contents(&mut whole), expected);
+
+    let mut merged: Contents = BTreeMap::new();
+    for (i, part) in [range(0, 63), range(64, 127)].into_iter().enumerate() {
+        let mut half = lsm_in(
+            &dir.path().join(format!("half{i}")),
+            config(part),
+            LsmBackendOptions::default(),
+        );
+        half.restore(std::slice::from_ref(&handle), part).unwrap();
+        for ((state, k), v) in contents(&mut half) {
+            assert!(part.contains(u16::from_be_bytes([k[0], k[1]])));
+            merged.insert((state, k), v);
+        }
+    }
+    assert_eq!(merged, expected);
+}

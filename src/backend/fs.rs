@@ -170,7 +170,10 @@ pub fn latest_snapshot_handle(storage: &dyn CheckpointStorage) -> Result<Option<
 }
 
 /// The aligned runs of `per_file` key groups that cover `range`, clipped to it.
-fn file_ranges(range: KeyGroupRange, per_file: u16) -> impl Iterator<Item = KeyGroupRange> {
+pub(crate) fn file_ranges(
+    range: KeyGroupRange,
+    per_file: u16,
+) -> impl Iterator<Item = KeyGroupRange> {
     let per_file = u32::from(per_file.max(1));
     let (first, last) = (u32::from(range.first()), u32::from(range.last()));
     let mut start = first;

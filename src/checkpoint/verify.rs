@@ -155,7 +155,7 @@ fn verify_file(
         return Err(Error::corruption(path, 0, "missing: _metadata lists it"));
     }
     let bytes = read_listed(storage, path, file.size, file.crc32)?;
-    if metadata.backend == BackendKind::Fs && !entry.shared {
+    if !entry.shared && matches!(metadata.backend, BackendKind::Fs | BackendKind::Lsm) {
         let expected = ExpectedFile {
             checkpoint_id: metadata.checkpoint_id,
             key_groups: file.key_groups,

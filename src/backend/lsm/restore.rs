@@ -33,7 +33,8 @@ struct Source {
     storage: Arc<dyn CheckpointStorage>,
     ours: bool,
     metadata: CheckpointMetadata,
-    layout: CheckpointLayout,
+    /// The SST layout; `None` for a full checkpoint (full snapshot files, `super::full`).
+    layout: Option<CheckpointLayout>,
     /// The handle's key groups that the target owns.
     keep: KeyGroupRange,
 }
@@ -76,6 +77,15 @@ fn read_source(
             handle.checkpoint_id
         )));
     }
+    if metadata.extra.is_empty() {
+        return Ok(Source {
+            storage,
+            ours,
+            metadata,
+            layout: None,
+            keep,
+        });
+    }
     let label = format!("{meta_path} (LSM layout)");
     let layout = CheckpointLayout::decode(&metadata.extra, &label, 0)?;
     for (state, _) in &layout.column_families {
@@ -110,7 +120,7 @@ fn read_source(
         storage,
         ours,
         metadata,
-        layout,
+        layout: Some(layout),
         keep,
     })
 }
@@ -209,6 +219,9 @@ pub(super) fn restore(
         version.next_file_number = manifest_number + 1;
         Manifest::create(&dir, manifest_number, &version)?;
         let db = Db::open(&dir, backend.db_options(&states))?;
+        for source in sources.iter().filter(|s| s.layout.is_none()) {
+            super::full::load(&db, source.storage.as_ref(), &source.metadata, source.keep)?;
+        }
         for (lo, hi) in &clipped {
             for cf in db.column_families() {
                 db.compact_range(&cf, Some(lo), Some(hi))?;
@@ -289,7 +302,9 @@ fn build_store(
     let mut outside = false;
     for source in sources {
         let label = metadata_path(source.metadata.checkpoint_id);
-        let layout = &source.layout;
+        let Some(layout) = &source.layout else {
+            continue; // A full checkpoint: loaded into the opened store (`super::full`).
+        };
         max_sequence = max_sequence.max(layout.sequence);
         let cf_of = |index: u32| -> Result<u32> {
             let (state, _) = layout
