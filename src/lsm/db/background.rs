@@ -100,19 +100,11 @@ pub(super) fn run_until_idle(inner: &DbInner) -> Result<()> {
 }
 
 /// Blocks until every frozen memtable is flushed.
-pub(super) fn wait_for_flushes(inner: &DbInner, has_background: bool) -> Result<()> {
-    if !has_background {
-        while flush_one(inner)? {}
-        return Ok(());
-    }
-    let mut core = inner.core.lock();
-    while !core.frozen.is_empty() {
-        drop(core);
-        inner.check_background_error()?;
-        core = inner.core.lock();
-        inner.work.notify_all();
-        inner.work.wait_for(&mut core, Duration::from_millis(20));
-    }
+/// Flushes every frozen memtable on this thread; a flush the flush thread is running is waited
+/// for (the flush lock), then whatever is left is flushed here.
+pub(super) fn wait_for_flushes(inner: &DbInner) -> Result<()> {
+    inner.check_background_error()?;
+    while flush_one(inner)? {}
     Ok(())
 }
 
@@ -300,19 +292,28 @@ pub(super) fn log_and_apply<T, R>(
         .filter(|n| !live.contains(n))
         .copied()
         .collect();
+    let mut retired_tables = Vec::new();
     for number in gone {
         if let Some(table) = core.tables.remove(&number) {
             table.mark_obsolete();
+            retired_tables.push(table);
         }
     }
     core.version = Arc::new(version);
     let result = finish(&mut core, &edit, handed);
-    inner.install_super_version(&core);
-    if manifest.size() > inner.options.max_manifest_size {
+    let retired = inner.install_super_version(&core);
+    let rollover = (manifest.size() > inner.options.max_manifest_size).then(|| {
         let number = core.allocate_file_number();
         let mut snapshot = (*core.version).clone();
         snapshot.next_file_number = core.next_file_number;
-        drop(core);
+        (number, snapshot)
+    });
+    drop(core);
+    // Unlinking obsolete files and evicting their blocks happens here, after the core lock is
+    // released: under it, it stalled writers and memtable switches by milliseconds.
+    drop(retired);
+    drop(retired_tables);
+    if let Some((number, snapshot)) = rollover {
         *manifest = Manifest::create(&inner.dir, number, &snapshot)?;
     }
     Ok(Some(result))
@@ -398,8 +399,8 @@ pub(super) fn compact_range(
     start: Option<&[u8]>,
     end: Option<&[u8]>,
 ) -> Result<()> {
-    super::write::freeze_memtables(inner)?;
-    wait_for_flushes(inner, true_if_background(inner))?;
+    super::write::freeze_memtables(inner, true)?;
+    wait_for_flushes(inner)?;
     let _compacting = inner.compaction_lock.lock();
     let job = {
         let core = inner.core.lock();
@@ -460,10 +461,6 @@ pub(super) fn compact_range(
         }
     };
     run_compaction(inner, job)
-}
-
-fn true_if_background(inner: &DbInner) -> bool {
-    inner.options.background_work
 }
 
 /// Merges a job's inputs into new files of its output level and installs the result.

@@ -395,12 +395,15 @@ impl Db {
         self.inner.visible_sequence.load(Ordering::Acquire)
     }
 
-    /// Freezes every non-empty memtable and, with `wait`, blocks until they are flushed to L0.
-    /// Returns the sequence the flushed files cover.
+    /// Freezes every non-empty memtable and, with `wait`, flushes them to L0 before returning
+    /// (on this thread, or by waiting for the flush thread). Without `wait` the call does no I/O
+    /// and wakes no thread — the synchronous part of a checkpoint — and the frozen memtables are
+    /// flushed by the next `wait_for_flushes` or by the flush thread's next look (within
+    /// 500 ms). Returns the sequence the frozen memtables cover.
     pub fn flush(&self, wait: bool) -> Result<u64> {
-        let sequence = write::freeze_memtables(&self.inner)?;
+        let sequence = write::freeze_memtables(&self.inner, false)?;
         if wait {
-            background::wait_for_flushes(&self.inner, !self.background.lock().is_empty())?;
+            background::wait_for_flushes(&self.inner)?;
         }
         Ok(sequence)
     }
@@ -437,8 +440,7 @@ impl Db {
 
     /// Blocks until every memtable frozen so far is flushed (without freezing anything new).
     pub fn wait_for_flushes(&self) -> Result<()> {
-        let has_background = !self.background.lock().is_empty();
-        background::wait_for_flushes(&self.inner, has_background)
+        background::wait_for_flushes(&self.inner)
     }
 
     /// From now on, every flush's output is recorded (and its files pinned) until
@@ -498,7 +500,10 @@ impl DbInner {
     }
 
     /// Rebuilds the readers' view from the core (call with the core lock held).
-    fn install_super_version(&self, core: &Core) {
+    /// Returns the view it replaced: drop it after releasing the core lock, since the last
+    /// reference to an obsolete file deletes it (I/O that must not stall the core lock).
+    #[must_use = "drop the retired view after releasing the core lock"]
+    fn install_super_version(&self, core: &Core) -> Arc<SuperVersion> {
         let mut cfs = BTreeMap::new();
         for (id, state) in &core.cfs {
             let mut frozen: Vec<Arc<Memtable>> = core
@@ -532,7 +537,10 @@ impl DbInner {
                 },
             );
         }
-        *self.super_version.write() = Arc::new(SuperVersion { cfs });
+        std::mem::replace(
+            &mut *self.super_version.write(),
+            Arc::new(SuperVersion { cfs }),
+        )
     }
 
     fn current(&self) -> Arc<SuperVersion> {

@@ -219,7 +219,8 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
         flush_log: Mutex::new(None),
         _lock: lock,
     };
-    inner.install_super_version(&inner.core.lock());
+    let initial = inner.install_super_version(&inner.core.lock());
+    drop(initial);
     Ok(inner)
 }
 

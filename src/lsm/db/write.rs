@@ -86,14 +86,21 @@ fn make_room(inner: &DbInner, writer: &mut WriterState) -> Result<()> {
             continue;
         }
         if full {
-            freeze_locked(inner, writer, &mut core)?;
+            let retired = freeze_locked(inner, writer, &mut core, true)?;
+            drop(core);
+            drop(retired);
         }
         return Ok(());
     }
 }
 
 /// Freezes every non-empty memtable and rolls the WAL (both locks held).
-fn freeze_locked(inner: &DbInner, writer: &mut WriterState, core: &mut super::Core) -> Result<()> {
+fn freeze_locked(
+    inner: &DbInner,
+    writer: &mut WriterState,
+    core: &mut super::Core,
+    notify: bool,
+) -> Result<Option<Arc<super::SuperVersion>>> {
     let memtables: Vec<(u32, Arc<Memtable>)> = core
         .cfs
         .iter()
@@ -101,7 +108,7 @@ fn freeze_locked(inner: &DbInner, writer: &mut WriterState, core: &mut super::Co
         .map(|(id, c)| (*id, c.memtable.clone()))
         .collect();
     if memtables.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let log_number = core.allocate_file_number();
     if !inner.options.disable_wal {
@@ -122,17 +129,24 @@ fn freeze_locked(inner: &DbInner, writer: &mut WriterState, core: &mut super::Co
         next_log_number: log_number,
         last_sequence: writer.last_sequence,
     });
-    inner.install_super_version(core);
-    inner.work.notify_all();
-    Ok(())
+    let retired = inner.install_super_version(core);
+    if notify {
+        inner.work.notify_all();
+    }
+    Ok(Some(retired))
 }
 
 /// Freezes the memtables now (for `flush` and checkpoints); returns the sequence they cover.
-pub(super) fn freeze_memtables(inner: &DbInner) -> Result<u64> {
+/// Without `notify` the flush thread is not woken (it finds the batch on its next poll, or a
+/// caller of `wait_for_flushes` flushes it): waking it would let it preempt this thread on a
+/// busy machine, and the synchronous part of a checkpoint must stay short.
+pub(super) fn freeze_memtables(inner: &DbInner, notify: bool) -> Result<u64> {
     let mut writer = inner.writer.lock();
     inner.check_background_error()?;
     let mut core = inner.core.lock();
-    freeze_locked(inner, &mut writer, &mut core)?;
+    let retired = freeze_locked(inner, &mut writer, &mut core, notify)?;
+    drop(core);
+    drop(retired);
     Ok(writer.last_sequence)
 }
 
