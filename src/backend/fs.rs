@@ -201,60 +201,111 @@ struct FsSnapshotTask {
 
 impl SnapshotTask for FsSnapshotTask {
     fn run(self: Box<Self>) -> Result<SnapshotHandle> {
-        let id = self.checkpoint_id;
-        if self.storage.exists(&metadata_path(id))? {
-            return Err(Error::invalid(format!(
-                "checkpoint {id} is already completed in {}; checkpoint ids must not be reused",
-                self.storage.location()
-            )));
-        }
         let now = self.clock.now_ms();
         let mut frozen = self.frozen;
         frozen.drop_expired(now);
+        let range = frozen.key_group_range;
         let (descriptors, maps): (Vec<StateDescriptor>, Vec<StateMap>) =
             frozen.states.into_iter().unzip();
-        let mut files = Vec::new();
-        for key_groups in file_ranges(frozen.key_group_range, self.key_groups_per_file) {
-            if !has_entries(&maps, key_groups) {
-                continue;
-            }
-            let path = format!(
-                "{}/kg-{:05}-{:05}",
-                checkpoint_dir(id),
-                key_groups.first(),
-                key_groups.last()
-            );
-            let mut writer = self.storage.create_file(&path)?;
-            let (size, crc32) = write_full_snapshot_file(writer.as_mut(), id, key_groups, &maps)?;
-            let written = writer.finish()?;
-            debug_assert_eq!(written, size);
-            files.push(CheckpointFile {
-                file: FileRef {
-                    path,
-                    size,
-                    crc32,
-                    key_groups,
-                },
-                shared: false,
-            });
-        }
-        let metadata = CheckpointMetadata {
-            checkpoint_id: id,
+        let spec = FullCheckpoint {
+            storage: &self.storage,
+            registry: &self.registry,
+            retained: self.retained,
+            checkpoint_id: self.checkpoint_id,
             backend: BackendKind::Fs,
             max_parallelism: self.max_parallelism,
-            key_group_range: frozen.key_group_range,
+            key_group_range: range,
             timestamp_ms: now,
             states: descriptors,
-            files,
-            extra: Vec::new(),
+            key_groups_per_file: self.key_groups_per_file,
         };
-        self.storage.publish_metadata(id, &metadata.encode())?;
-        let handle = snapshot_handle(self.storage.as_ref(), &metadata);
-        let mut registry = self.registry.lock();
-        registry.add_completed(metadata);
-        retention::apply(&mut registry, self.retained)?;
-        Ok(handle)
+        write_full_checkpoint(
+            spec,
+            &mut |key_groups| Ok(has_entries(&maps, key_groups)),
+            &mut |out, id, key_groups| write_full_snapshot_file(out, id, key_groups, &maps),
+        )
     }
+}
+
+/// What a full checkpoint is: where it goes and the fields of its `_metadata`.
+pub(crate) struct FullCheckpoint<'a> {
+    pub storage: &'a Arc<dyn CheckpointStorage>,
+    pub registry: &'a Mutex<CheckpointRegistry>,
+    pub retained: usize,
+    pub checkpoint_id: u64,
+    pub backend: BackendKind,
+    pub max_parallelism: u16,
+    pub key_group_range: KeyGroupRange,
+    pub timestamp_ms: u64,
+    pub states: Vec<StateDescriptor>,
+    pub key_groups_per_file: u16,
+}
+
+/// Writes one full snapshot file of (checkpoint id, key groups) to the writer; returns its size
+/// and crc32.
+pub(crate) type FileWrite<'a> = dyn FnMut(
+        &mut dyn crate::checkpoint::storage::CheckpointFileWriter,
+        u64,
+        KeyGroupRange,
+    ) -> Result<(u64, u32)>
+    + 'a;
+
+/// Writes a full checkpoint (FORMAT.md §5): one file per run of key groups for which
+/// `has_entries` says yes, written by `write_file(out, checkpoint_id, key_groups)`, then publishes
+/// `_metadata` and applies retention. Shared by the fs backend and the LSM backend's full mode.
+pub(crate) fn write_full_checkpoint(
+    spec: FullCheckpoint<'_>,
+    has_entries: &mut dyn FnMut(KeyGroupRange) -> Result<bool>,
+    write_file: &mut FileWrite<'_>,
+) -> Result<SnapshotHandle> {
+    let id = spec.checkpoint_id;
+    if spec.storage.exists(&metadata_path(id))? {
+        return Err(Error::invalid(format!(
+            "checkpoint {id} is already completed in {}; checkpoint ids must not be reused",
+            spec.storage.location()
+        )));
+    }
+    let mut files = Vec::new();
+    for key_groups in file_ranges(spec.key_group_range, spec.key_groups_per_file) {
+        if !has_entries(key_groups)? {
+            continue;
+        }
+        let path = format!(
+            "{}/kg-{:05}-{:05}",
+            checkpoint_dir(id),
+            key_groups.first(),
+            key_groups.last()
+        );
+        let mut writer = spec.storage.create_file(&path)?;
+        let (size, crc32) = write_file(writer.as_mut(), id, key_groups)?;
+        let written = writer.finish()?;
+        debug_assert_eq!(written, size);
+        files.push(CheckpointFile {
+            file: FileRef {
+                path,
+                size,
+                crc32,
+                key_groups,
+            },
+            shared: false,
+        });
+    }
+    let metadata = CheckpointMetadata {
+        checkpoint_id: id,
+        backend: spec.backend,
+        max_parallelism: spec.max_parallelism,
+        key_group_range: spec.key_group_range,
+        timestamp_ms: spec.timestamp_ms,
+        states: spec.states,
+        files,
+        extra: Vec::new(),
+    };
+    spec.storage.publish_metadata(id, &metadata.encode())?;
+    let handle = snapshot_handle(spec.storage.as_ref(), &metadata);
+    let mut registry = spec.registry.lock();
+    registry.add_completed(metadata);
+    retention::apply(&mut registry, spec.retained)?;
+    Ok(handle)
 }
 
 /// A verified file of a handle, ready to decode.

@@ -10,17 +10,14 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::backend::fs::{file_ranges, snapshot_handle};
+use crate::backend::fs::{FullCheckpoint, write_full_checkpoint};
 use crate::backend::full_snapshot::{
     ExpectedFile, decode_full_snapshot_file, write_full_snapshot_file_from,
 };
-use crate::backend::{
-    BackendKind, FileRef, SnapshotHandle, SnapshotTask, StateDescriptor, StateKind,
-};
-use crate::checkpoint::metadata::{CheckpointFile, CheckpointMetadata};
+use crate::backend::{BackendKind, SnapshotHandle, SnapshotTask, StateDescriptor, StateKind};
+use crate::checkpoint::metadata::CheckpointMetadata;
 use crate::checkpoint::registry::CheckpointRegistry;
-use crate::checkpoint::retention;
-use crate::checkpoint::storage::{CheckpointStorage, checkpoint_dir, metadata_path, read_listed};
+use crate::checkpoint::storage::{CheckpointStorage, read_listed};
 use crate::error::{Error, Result};
 use crate::keys::{KeyGroupRange, key_group_of};
 use crate::lsm::batch::WriteBatch;
@@ -69,85 +66,56 @@ impl FullSnapshotTask {
 
 impl SnapshotTask for FullSnapshotTask {
     fn run(self: Box<Self>) -> Result<SnapshotHandle> {
-        let id = self.checkpoint_id;
-        if self.storage.exists(&metadata_path(id))? {
-            return Err(Error::invalid(format!(
-                "checkpoint {id} is already completed in {}; checkpoint ids must not be reused",
-                self.storage.location()
-            )));
-        }
         let now = self.clock.now_ms();
         let state_count = u32::try_from(self.states.len())
             .map_err(|_| Error::invalid("too many states to snapshot"))?;
-        let mut files = Vec::new();
-        for key_groups in file_ranges(self.key_group_range, KEY_GROUPS_PER_FILE) {
-            if !self.has_entries(key_groups)? {
-                continue;
-            }
-            let path = format!(
-                "{}/kg-{:05}-{:05}",
-                checkpoint_dir(id),
-                key_groups.first(),
-                key_groups.last()
-            );
-            let mut writer = self.storage.create_file(&path)?;
-            let (size, crc32) = write_full_snapshot_file_from(
-                writer.as_mut(),
-                id,
-                key_groups,
-                state_count,
-                &mut |index, emit| {
-                    let Some((descriptor, cf)) = self.states.get(index) else {
-                        return Ok(());
-                    };
-                    let is_list = descriptor.kind == StateKind::List;
-                    let mut it = self.db.iter(cf, self.bounds(key_groups))?;
-                    it.seek_to_first()?;
-                    while it.valid() {
-                        // Expired entries are not written (a value that is not a well-formed
-                        // envelope is kept: never drop what cannot be read).
-                        match descriptor
-                            .ttl
-                            .as_ref()
-                            .map(|ttl| drop_expired(is_list, ttl, it.value(), now))
-                        {
-                            Some(Ok(None)) => {}
-                            Some(Ok(Some(kept))) => emit(it.key(), &kept)?,
-                            _ => emit(it.key(), it.value())?,
-                        }
-                        it.next()?;
-                    }
-                    Ok(())
-                },
-            )?;
-            let written = writer.finish()?;
-            debug_assert_eq!(written, size);
-            files.push(CheckpointFile {
-                file: FileRef {
-                    path,
-                    size,
-                    crc32,
-                    key_groups,
-                },
-                shared: false,
-            });
-        }
-        let metadata = CheckpointMetadata {
-            checkpoint_id: id,
+        let spec = FullCheckpoint {
+            storage: &self.storage,
+            registry: &self.registry,
+            retained: self.retained,
+            checkpoint_id: self.checkpoint_id,
             backend: BackendKind::Lsm,
             max_parallelism: self.max_parallelism,
             key_group_range: self.key_group_range,
             timestamp_ms: now,
             states: self.states.iter().map(|(d, _)| d.clone()).collect(),
-            files,
-            extra: Vec::new(),
+            key_groups_per_file: KEY_GROUPS_PER_FILE,
         };
-        self.storage.publish_metadata(id, &metadata.encode())?;
-        let handle = snapshot_handle(self.storage.as_ref(), &metadata);
-        let mut registry = self.registry.lock();
-        registry.add_completed(metadata);
-        retention::apply(&mut registry, self.retained)?;
-        Ok(handle)
+        write_full_checkpoint(
+            spec,
+            &mut |key_groups| self.has_entries(key_groups),
+            &mut |out, id, key_groups| {
+                write_full_snapshot_file_from(
+                    out,
+                    id,
+                    key_groups,
+                    state_count,
+                    &mut |index, emit| {
+                        let Some((descriptor, cf)) = self.states.get(index) else {
+                            return Ok(());
+                        };
+                        let is_list = descriptor.kind == StateKind::List;
+                        let mut it = self.db.iter(cf, self.bounds(key_groups))?;
+                        it.seek_to_first()?;
+                        while it.valid() {
+                            // Expired entries are not written (a value that is not a well-formed
+                            // envelope is kept: never drop what cannot be read).
+                            match descriptor
+                                .ttl
+                                .as_ref()
+                                .map(|ttl| drop_expired(is_list, ttl, it.value(), now))
+                            {
+                                Some(Ok(None)) => {}
+                                Some(Ok(Some(kept))) => emit(it.key(), &kept)?,
+                                _ => emit(it.key(), it.value())?,
+                            }
+                            it.next()?;
+                        }
+                        Ok(())
+                    },
+                )
+            },
+        )
     }
 }
 
