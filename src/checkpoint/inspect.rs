@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use super::metadata::CheckpointMetadata;
 use super::registry::read_metadata;
 use super::storage::{CheckpointStorage, LocalDirStorage, metadata_path, parse_checkpoint_dir};
-use super::verify::FileProblem;
+use super::verify::{FileProblem, problem};
 
 /// What `_metadata` says about one completed checkpoint, and what it adds to the previous one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,22 +153,6 @@ fn load(storage: &dyn CheckpointStorage, checkpoint_id: u64) -> Result<Option<Ch
         return Ok(None);
     }
     read_metadata(storage, checkpoint_id).map(Some)
-}
-
-/// A [`FileProblem`] from an error about `path` (a corruption error keeps its file and offset).
-fn problem(path: &str, error: Error) -> FileProblem {
-    match error {
-        Error::Corruption { file, offset, what } => FileProblem {
-            path: file,
-            offset,
-            what,
-        },
-        other => FileProblem {
-            path: path.to_string(),
-            offset: 0,
-            what: other.to_string(),
-        },
-    }
 }
 
 impl Inventory {

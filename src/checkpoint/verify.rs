@@ -173,7 +173,7 @@ fn verify_file(
 
 /// A [`FileProblem`] from an error about `path` (a corruption error keeps its own file and
 /// offset).
-fn problem(path: &str, error: Error) -> FileProblem {
+pub(crate) fn problem(path: &str, error: Error) -> FileProblem {
     match error {
         Error::Corruption { file, offset, what } => FileProblem {
             path: file,

@@ -25,29 +25,25 @@ pub(super) fn write(inner: &DbInner, mut batch: WriteBatch) -> Result<()> {
     }
     let mut writer = inner.writer.lock();
     inner.check_background_error()?;
-    {
-        let sv = inner.current();
-        for (_, op) in batch.iter() {
-            if !sv.cfs.contains_key(&op.cf()) {
-                return Err(Error::invalid(format!(
-                    "unknown column family id {}",
-                    op.cf()
-                )));
-            }
-        }
-    }
     make_room(inner, &mut writer)?;
+    // One view for validation and insertion: column families change only under the writer
+    // lock, which this thread holds, so the view stays right for the whole batch.
+    let sv = inner.current();
+    if let Some((_, op)) = batch.iter().find(|(_, op)| !sv.cfs.contains_key(&op.cf())) {
+        return Err(Error::invalid(format!(
+            "unknown column family id {}",
+            op.cf()
+        )));
+    }
     batch.set_base_sequence(writer.last_sequence + 1)?;
     if let Some(wal) = &mut writer.wal {
         wal.append(&batch)?;
     }
-    let sv = inner.current();
     for (sequence, op) in batch.iter() {
-        let Some(cf) = sv.cfs.get(&op.cf()) else {
-            continue; // Dropped after validation; the WAL record is ignored on replay too.
-        };
-        let (key, value) = op.key_value();
-        cf.memtable.insert(key, sequence, op.kind(), value);
+        if let Some(cf) = sv.cfs.get(&op.cf()) {
+            let (key, value) = op.key_value();
+            cf.memtable.insert(key, sequence, op.kind(), value);
+        }
     }
     writer.last_sequence = batch.last_sequence();
     inner
