@@ -24,6 +24,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::layout::{CheckpointLayout, FileRole, LayoutFile, LayoutTombstone};
+use super::local_recovery::LocalCopies;
 use super::{CF_PREFIX, LsmBackendOptions};
 use crate::backend::{
     BackendKind, FileRef, SnapshotHandle, SnapshotTask, StateDescriptor, fs::snapshot_handle,
@@ -34,6 +35,7 @@ use crate::checkpoint::retention;
 use crate::checkpoint::storage::{CheckpointStorage, SHARED_DIR, metadata_path};
 use crate::error::{Error, Result};
 use crate::keys::{KeyGroupRange, key_group_of};
+use crate::lsm::table::sst_file_name;
 use crate::lsm::version::{FileMeta, RangeTombstone};
 use crate::lsm::{Db, FlushOutput, LiveFiles};
 use crate::ttl::SharedClock;
@@ -418,6 +420,9 @@ impl LsmSnapshotTask {
             }
         }
 
+        // Local recovery: copies of this checkpoint's new files, linked while they are pinned.
+        self.keep_local_copies(&new_uploads);
+
         // 4. Switch the base once the target is whole and not newer than this checkpoint.
         let is_up = |n: &u64| inc.uploaded.contains_key(n) || new_uploads.contains_key(n);
         let mut base = inc.base.clone();
@@ -473,7 +478,33 @@ impl LsmSnapshotTask {
             }
         }
         inc.last_stats = Some(stats);
+        self.prune_local_copies();
         Ok(handle)
+    }
+
+    /// Links the local SSTs of `new_uploads` into the local-recovery directory, if configured.
+    /// A copy that cannot be made is only a missed shortcut: restore downloads that file.
+    fn keep_local_copies(&self, new_uploads: &HashMap<u64, UploadedFile>) {
+        let Some(base) = &self.options.local_recovery_dir else {
+            return;
+        };
+        let location = self.storage.location();
+        let copies = LocalCopies::new(base, &location);
+        for (number, up) in new_uploads {
+            let local = self.db.path().join(sst_file_name(*number));
+            // Errors are ignored on purpose: the checkpoint itself is complete without copies.
+            let _ = copies.keep(&location, &up.path, &local);
+        }
+    }
+
+    /// Drops local copies no retained checkpoint lists any more.
+    fn prune_local_copies(&self) {
+        let Some(base) = &self.options.local_recovery_dir else {
+            return;
+        };
+        let copies = LocalCopies::new(base, &self.storage.location());
+        let registry = self.registry.lock();
+        let _ = copies.prune(SHARED_DIR, |path| registry.shared_references(path) > 0);
     }
 
     /// The `_metadata` of the checkpoint and the files it lists by local number.

@@ -9,6 +9,7 @@
 mod checkpoint;
 mod full;
 pub mod layout;
+pub mod local_recovery;
 mod restore;
 
 use std::collections::HashMap;
@@ -38,6 +39,7 @@ use crate::ttl::{SharedClock, TtlConfig, drop_expired};
 
 pub use checkpoint::CheckpointStats;
 pub use layout::CheckpointLayout;
+pub use restore::RestoreStats;
 
 /// Prefix of a state's column family name: `state:<name>` (so no state collides with the
 /// store's `default` column family).
@@ -87,6 +89,11 @@ pub struct LsmBackendOptions {
     /// state as full snapshot files (FORMAT.md §5), so a checkpoint depends on no other and on no
     /// SST format; each costs the whole state, like Flink's full RocksDB snapshots.
     pub full_checkpoints: bool,
+    /// Local recovery (Flink's `state.backend.local-recovery`; default off): keep hard-linked
+    /// copies of the SSTs each checkpoint lists under this directory, and restore from a copy
+    /// whose size and crc32 match instead of downloading it (`local_recovery`, FORMAT.md §11.6).
+    /// Worth it when checkpoint storage is remote; it must be on the working store's file system.
+    pub local_recovery_dir: Option<PathBuf>,
 }
 
 impl Default for LsmBackendOptions {
@@ -104,6 +111,7 @@ impl Default for LsmBackendOptions {
             target_file_size: DEFAULT_TARGET_FILE_SIZE,
             background_work: true,
             full_checkpoints: false,
+            local_recovery_dir: None,
         }
     }
 }
@@ -187,6 +195,7 @@ pub struct LsmBackend {
     epoch: u32,
     instance_id: u64,
     stores_opened: u32,
+    last_restore: Option<Box<RestoreStats>>,
 }
 
 /// A random 64-bit id (no RNG crate: the std hasher's random keys, the time and the pid).
@@ -235,6 +244,7 @@ impl LsmBackend {
             epoch: 0,
             instance_id,
             stores_opened: 0,
+            last_restore: None,
         })
     }
 
@@ -266,6 +276,11 @@ impl LsmBackend {
     /// What the last successful checkpoint uploaded and referenced.
     pub fn last_checkpoint_stats(&self) -> Option<CheckpointStats> {
         self.incremental.lock().last_stats.clone()
+    }
+
+    /// What the last restore fetched and from where (local copies, links or downloads).
+    pub fn last_restore_stats(&self) -> Option<RestoreStats> {
+        self.last_restore.as_deref().cloned()
     }
 
     /// The random id of this backend instance (it prefixes its shared file names).

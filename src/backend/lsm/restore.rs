@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::checkpoint::UploadedFile;
 use super::layout::{CheckpointLayout, FileRole};
+use super::local_recovery::LocalCopies;
 use super::{LsmBackend, cf_name, random_instance_id};
 use crate::backend::{
     BackendKind, SnapshotData, SnapshotHandle, StateDescriptor, StateId, check_restore_handles,
@@ -37,6 +38,8 @@ struct Source {
     layout: Option<CheckpointLayout>,
     /// The handle's key groups that the target owns.
     keep: KeyGroupRange,
+    /// Local-recovery copies of the storage's files, when local recovery is on.
+    copies: Option<LocalCopies>,
 }
 
 /// The storage a handle's files live in: ours, or a local directory named by its root.
@@ -63,6 +66,11 @@ fn read_source(
         ));
     };
     let (storage, ours) = storage_for(backend, root)?;
+    let copies = backend
+        .options
+        .local_recovery_dir
+        .as_ref()
+        .map(|base| LocalCopies::new(base, &storage.location()));
     let metadata = read_metadata(storage.as_ref(), handle.checkpoint_id)?;
     let listed: Vec<_> = metadata.files.iter().map(|f| &f.file).collect();
     let meta_path = metadata_path(handle.checkpoint_id);
@@ -84,6 +92,7 @@ fn read_source(
             metadata,
             layout: None,
             keep,
+            copies,
         });
     }
     let label = format!("{meta_path} (LSM layout)");
@@ -122,6 +131,7 @@ fn read_source(
         metadata,
         layout: Some(layout),
         keep,
+        copies,
     })
 }
 
@@ -139,16 +149,79 @@ fn file_key_groups(meta: &FileMeta, label: &str) -> Result<KeyGroupRange> {
     KeyGroupRange::new(first, last).map_err(|_| bad())
 }
 
-/// Brings one file into `dir` as `<number>.sst` and checks its size and crc32.
-fn fetch(source: &Source, path: &str, meta: &FileMeta, dir: &Path, number: u64) -> Result<()> {
+/// What a restore brought into the new store, and from where.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// The checkpoints restored from (one per handle that overlaps the target range).
+    pub checkpoint_ids: Vec<u64>,
+    /// SST files placed in the new store.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files taken from local-recovery copies (no download).
+    pub local_files: u64,
+    /// Bytes taken from local-recovery copies.
+    pub local_bytes: u64,
+    /// Files hard-linked from checkpoint storage on the local file system (no copy).
+    pub linked_files: u64,
+    /// Bytes hard-linked from checkpoint storage.
+    pub linked_bytes: u64,
+    /// Files read from checkpoint storage: SSTs not found locally, and full-checkpoint files.
+    pub downloaded_files: u64,
+    /// Bytes read from checkpoint storage.
+    pub downloaded_bytes: u64,
+    /// Wall time of the whole restore.
+    pub duration: std::time::Duration,
+}
+
+/// Brings one file into `dir` as `<number>.sst` and checks its size and crc32: from a local
+/// copy if one matches, else by hard link from local storage, else by reading it from storage.
+fn fetch(
+    source: &Source,
+    path: &str,
+    meta: &FileMeta,
+    dir: &Path,
+    number: u64,
+    stats: &mut RestoreStats,
+) -> Result<()> {
     let local = dir.join(sst_file_name(number));
+    let check = || -> Result<()> {
+        let bytes = std::fs::read(&local).map_err(|e| Error::io(&local, e))?;
+        crate::checkpoint::storage::check_listed(path, &bytes, meta.size, meta.crc32)
+    };
+    stats.files += 1;
+    stats.bytes += meta.size;
+    if let Some(copies) = &source.copies
+        && let Some(copy) = copies.find(path, meta.size)
+        && std::fs::hard_link(&copy, &local).is_ok()
+    {
+        if check().is_ok() {
+            stats.local_files += 1;
+            stats.local_bytes += meta.size;
+            return Ok(());
+        }
+        // A stale or damaged copy: drop it and fetch the file from storage.
+        std::fs::remove_file(&local).map_err(|e| Error::io(&local, e))?;
+        copies.discard(path)?;
+    }
     let linked = Path::new(&source.storage.location()).join(path);
-    if !(linked.is_file() && std::fs::hard_link(&linked, &local).is_ok()) {
+    if linked.is_file() && std::fs::hard_link(&linked, &local).is_ok() {
+        stats.linked_files += 1;
+        stats.linked_bytes += meta.size;
+    } else {
         let bytes = source.storage.read_file(path)?;
         std::fs::write(&local, &bytes).map_err(|e| Error::io(&local, e))?;
+        stats.downloaded_files += 1;
+        stats.downloaded_bytes += bytes.len() as u64;
     }
-    let bytes = std::fs::read(&local).map_err(|e| Error::io(&local, e))?;
-    crate::checkpoint::storage::check_listed(path, &bytes, meta.size, meta.crc32)
+    check()?;
+    if source.ours
+        && let Some(copies) = &source.copies
+    {
+        // The next restore on this machine need not download it again.
+        let _ = copies.keep(&source.storage.location(), path, &local);
+    }
+    Ok(())
 }
 
 /// `[start, end)` of a tombstone clipped to the keys of `range`; None when nothing is left.
@@ -171,6 +244,7 @@ pub(super) fn restore(
     handles: &[SnapshotHandle],
     target: KeyGroupRange,
 ) -> Result<()> {
+    let started = std::time::Instant::now();
     let max_parallelism = backend.config.max_parallelism;
     check_restore_handles(BackendKind::Lsm, max_parallelism, handles, target)?;
     // States: registered ones keep their ids; every handle's must agree with them and each other.
@@ -203,7 +277,21 @@ pub(super) fn restore(
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let built = build_store(&sources, &states, target, &limit, &dir);
+    let mut stats = RestoreStats {
+        checkpoint_ids: sources.iter().map(|s| s.metadata.checkpoint_id).collect(),
+        ..RestoreStats::default()
+    };
+    for source in sources.iter().filter(|s| s.layout.is_none()) {
+        // A full checkpoint is read from storage whole (`super::full::load`).
+        stats.downloaded_files += source.metadata.files.len() as u64;
+        stats.downloaded_bytes += source
+            .metadata
+            .files
+            .iter()
+            .map(|f| f.file.size)
+            .sum::<u64>();
+    }
+    let built = build_store(&sources, &states, target, &limit, &dir, &mut stats);
     let (edit, uploaded, clipped) = match built {
         Ok(ok) => ok,
         Err(e) => {
@@ -264,6 +352,8 @@ pub(super) fn restore(
     }
     backend.states = new_states;
     backend.by_name = by_name;
+    stats.duration = started.elapsed();
+    backend.last_restore = Some(Box::new(stats));
     backend.config.key_group_range = target;
     {
         let mut incremental = backend.incremental.lock();
@@ -284,6 +374,7 @@ fn build_store(
     target: KeyGroupRange,
     limit: &[u8],
     dir: &Path,
+    stats: &mut RestoreStats,
 ) -> Result<(VersionEdit, HashMap<u64, UploadedFile>, Clipped)> {
     let mut edit = VersionEdit {
         cf_added: vec![(0, DEFAULT_CF.to_string())],
@@ -330,7 +421,7 @@ fn build_store(
                 .get(f.file_index as usize)
                 .ok_or_else(|| Error::corruption(&label, 0, "file index out of range"))?;
             number += 1;
-            fetch(source, &entry.file.path, &f.meta, dir, number)?;
+            fetch(source, &entry.file.path, &f.meta, dir, number, stats)?;
             if source.ours {
                 uploaded.insert(
                     number,

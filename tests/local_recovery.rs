@@ -1,0 +1,291 @@
+//! Local recovery of the LSM backend: with checkpoints in a storage that is not a local directory
+//! (here a wrapper that counts the bytes read, as an object store would bill them), a restore on
+//! the same machine takes the SSTs from the local copies whose size and crc32 match, downloads
+//! only what is missing or damaged, reports both in `RestoreStats`, and prunes copies no retained
+//! checkpoint lists.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use flowstate::backend::lsm::LsmBackendOptions;
+use flowstate::backend::lsm::local_recovery::root_key;
+use flowstate::checkpoint::registry::read_metadata;
+use flowstate::checkpoint::storage::{CheckpointFileWriter, CheckpointStorage, LocalDirStorage};
+use flowstate::keys::{composite_key, key_group_for_key};
+use flowstate::{BackendConfig, LsmBackend, Result, StateBackend, StateDescriptor, StateKind};
+
+/// Checkpoint storage that is not reachable by path (so restore cannot hard-link from it) and
+/// counts the bytes read from it.
+#[derive(Debug)]
+struct RemoteStorage {
+    inner: LocalDirStorage,
+    read: AtomicU64,
+}
+
+impl CheckpointStorage for RemoteStorage {
+    fn location(&self) -> String {
+        "remote://test-bucket/job".to_string()
+    }
+    fn create_file(&self, path: &str) -> Result<Box<dyn CheckpointFileWriter>> {
+        self.inner.create_file(path)
+    }
+    fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        let bytes = self.inner.read_file(path)?;
+        self.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
+    }
+    fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.read.fetch_add(len, Ordering::Relaxed);
+        self.inner.read_range(path, offset, len)
+    }
+    fn file_size(&self, path: &str) -> Result<u64> {
+        self.inner.file_size(path)
+    }
+    fn exists(&self, path: &str) -> Result<bool> {
+        self.inner.exists(path)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner.list(prefix)
+    }
+    fn children(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner.children(prefix)
+    }
+    fn delete(&self, path: &str) -> Result<()> {
+        self.inner.delete(path)
+    }
+    fn delete_all(&self, prefix: &str) -> Result<()> {
+        self.inner.delete_all(prefix)
+    }
+    fn publish_metadata(&self, checkpoint_id: u64, bytes: &[u8]) -> Result<()> {
+        self.inner.publish_metadata(checkpoint_id, bytes)
+    }
+    fn unpublish_metadata(&self, checkpoint_id: u64) -> Result<()> {
+        self.inner.unpublish_metadata(checkpoint_id)
+    }
+}
+
+fn key(i: u64) -> Vec<u8> {
+    let user = format!("key-{i}");
+    composite_key(
+        key_group_for_key(user.as_bytes(), 128),
+        user.as_bytes(),
+        b"",
+        b"",
+    )
+}
+
+fn options(local: Option<&Path>) -> LsmBackendOptions {
+    LsmBackendOptions {
+        write_buffer_size: 64 << 10,
+        target_file_size: 64 << 10,
+        retained_checkpoints: 2,
+        local_recovery_dir: local.map(Path::to_path_buf),
+        ..LsmBackendOptions::default()
+    }
+}
+
+fn contents(backend: &mut LsmBackend) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let id = backend
+        .register(&StateDescriptor::new("counts", StateKind::Value))
+        .unwrap();
+    backend
+        .scan_prefix(id, &[])
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect()
+}
+
+/// Writes `rounds` rounds of 2000 keys with a checkpoint after each; returns the model.
+fn write_rounds(backend: &mut LsmBackend, rounds: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let id = backend
+        .register(&StateDescriptor::new("counts", StateKind::Value))
+        .unwrap();
+    let mut model = BTreeMap::new();
+    for round in 1..=rounds {
+        for i in 0..2000u64 {
+            let k = key((i * 7 + round * 13) % 5000);
+            let v = format!("round {round} value {i:0>90}").into_bytes();
+            backend.put(id, &k, &v).unwrap();
+            model.insert(k, v);
+        }
+        backend.snapshot(round).unwrap().run().unwrap();
+    }
+    model
+}
+
+fn local_copies(local: &Path, storage: &RemoteStorage) -> Vec<std::path::PathBuf> {
+    let dir = local.join(root_key(&storage.location())).join("shared");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+#[test]
+fn restore_uses_matching_local_copies_and_downloads_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local-recovery");
+    let storage = Arc::new(RemoteStorage {
+        inner: LocalDirStorage::open(dir.path().join("remote")).unwrap(),
+        read: AtomicU64::new(0),
+    });
+    let mut first = LsmBackend::new(
+        BackendConfig::default(),
+        &dir.path().join("work-1"),
+        storage.clone(),
+        options(Some(&local)),
+    )
+    .unwrap();
+    let model = write_rounds(&mut first, 4);
+    drop(first);
+    let copies = local_copies(&local, &storage);
+    assert!(!copies.is_empty(), "checkpoints keep local copies");
+
+    // Same machine, new process: everything comes from the local copies.
+    let mut second = LsmBackend::new(
+        BackendConfig::default(),
+        &dir.path().join("work-2"),
+        storage.clone(),
+        options(Some(&local)),
+    )
+    .unwrap();
+    let read_before = storage.read.load(Ordering::Relaxed);
+    assert_eq!(second.restore_latest().unwrap(), Some(4));
+    let stats = second.last_restore_stats().unwrap();
+    assert_eq!(stats.checkpoint_ids, vec![4]);
+    assert!(stats.files > 0 && stats.bytes > 0);
+    assert_eq!((stats.downloaded_files, stats.downloaded_bytes), (0, 0));
+    assert_eq!(
+        (stats.local_files, stats.local_bytes),
+        (stats.files, stats.bytes)
+    );
+    // Only `_metadata` was read from storage.
+    let metadata_bytes = storage.read.load(Ordering::Relaxed) - read_before;
+    assert!(
+        metadata_bytes < stats.bytes / 4,
+        "read {metadata_bytes} bytes"
+    );
+    assert_eq!(contents(&mut second), model);
+    drop(second);
+
+    // A damaged copy (same size, other bytes) and a missing one are downloaded; the rest is local.
+    let listed = read_metadata(storage.as_ref(), 4).unwrap().files;
+    let copies: Vec<_> = local_copies(&local, &storage)
+        .into_iter()
+        .filter(|p| {
+            let name = format!("shared/{}", p.file_name().unwrap().to_str().unwrap());
+            listed.iter().any(|f| f.file.path == name)
+        })
+        .collect();
+    assert!(copies.len() >= 2, "{copies:?}");
+    let damaged = &copies[0];
+    let mut bytes = std::fs::read(damaged).unwrap();
+    bytes[10] ^= 0xff;
+    // Break the hard link first so the store's own file (if any) stays intact.
+    std::fs::remove_file(damaged).unwrap();
+    std::fs::write(damaged, &bytes).unwrap();
+    let missing = &copies[1];
+    let missing_size = std::fs::metadata(missing).unwrap().len();
+    std::fs::remove_file(missing).unwrap();
+    let mut third = LsmBackend::new(
+        BackendConfig::default(),
+        &dir.path().join("work-3"),
+        storage.clone(),
+        options(Some(&local)),
+    )
+    .unwrap();
+    assert_eq!(third.restore_latest().unwrap(), Some(4));
+    let stats = third.last_restore_stats().unwrap();
+    assert_eq!(stats.downloaded_files, 2, "{stats:?}");
+    assert_eq!(stats.downloaded_bytes, bytes.len() as u64 + missing_size);
+    assert_eq!(stats.local_files, stats.files - 2);
+    assert_eq!(
+        stats.local_bytes + stats.downloaded_bytes + stats.linked_bytes,
+        stats.bytes
+    );
+    assert_eq!(contents(&mut third), model);
+    drop(third);
+    // The downloads replaced the bad copies: the next restore is all local again.
+    let mut fourth = LsmBackend::new(
+        BackendConfig::default(),
+        &dir.path().join("work-4"),
+        storage.clone(),
+        options(Some(&local)),
+    )
+    .unwrap();
+    fourth.restore_latest().unwrap();
+    let stats = fourth.last_restore_stats().unwrap();
+    assert_eq!(stats.downloaded_bytes, 0, "{stats:?}");
+    assert_eq!(contents(&mut fourth), model);
+}
+
+#[test]
+fn without_local_recovery_everything_is_downloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(RemoteStorage {
+        inner: LocalDirStorage::open(dir.path().join("remote")).unwrap(),
+        read: AtomicU64::new(0),
+    });
+    let mut first = LsmBackend::new(
+        BackendConfig::default(),
+        &dir.path().join("work-1"),
+        storage.clone(),
+        options(None),
+    )
+    .unwrap();
+    let model = write_rounds(&mut first, 2);
+    drop(first);
+    let mut second = LsmBackend::new(
+        BackendConfig::default(),
+        &dir.path().join("work-2"),
+        storage.clone(),
+        options(None),
+    )
+    .unwrap();
+    let read_before = storage.read.load(Ordering::Relaxed);
+    second.restore_latest().unwrap();
+    let stats = second.last_restore_stats().unwrap();
+    assert_eq!(stats.local_files, 0);
+    assert_eq!(
+        (stats.downloaded_files, stats.downloaded_bytes),
+        (stats.files, stats.bytes)
+    );
+    assert!(storage.read.load(Ordering::Relaxed) - read_before >= stats.bytes);
+    assert_eq!(contents(&mut second), model);
+}
+
+#[test]
+fn copies_not_listed_by_a_retained_checkpoint_are_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local-recovery");
+    let storage = Arc::new(RemoteStorage {
+        inner: LocalDirStorage::open(dir.path().join("remote")).unwrap(),
+        read: AtomicU64::new(0),
+    });
+    let mut backend = LsmBackend::new(
+        BackendConfig::default(),
+        &dir.path().join("work"),
+        storage.clone(),
+        options(Some(&local)),
+    )
+    .unwrap();
+    write_rounds(&mut backend, 12);
+    let copies = local_copies(&local, &storage);
+    let shared: Vec<String> = storage.list("shared").unwrap();
+    let names = |paths: &[std::path::PathBuf]| -> Vec<String> {
+        paths
+            .iter()
+            .map(|p| format!("shared/{}", p.file_name().unwrap().to_str().unwrap()))
+            .collect()
+    };
+    // Every copy is a file some retained checkpoint lists (retention deleted the others from
+    // storage, and pruning from the local copies).
+    for name in names(&copies) {
+        assert!(backend.shared_references(&name) > 0, "{name} kept");
+        assert!(shared.contains(&name), "{name} is in storage");
+    }
+    assert!(copies.len() <= shared.len());
+}
