@@ -16,8 +16,12 @@ use flowstate::engine::sink::committed_files;
 const EXE: &str = env!("CARGO_BIN_EXE_flowstate");
 
 fn run_args(dir: &Path, parallelism: u16, backend: &str) -> Vec<String> {
+    run_args_with(dir, parallelism, backend, &[])
+}
+
+fn run_args_with(dir: &Path, parallelism: u16, backend: &str, extra: &[String]) -> Vec<String> {
     let p = |name: &str| dir.join(name).display().to_string();
-    vec![
+    let mut args: Vec<String> = vec![
         "run".into(),
         "--input".into(),
         p("input"),
@@ -32,12 +36,14 @@ fn run_args(dir: &Path, parallelism: u16, backend: &str) -> Vec<String> {
         "--checkpoint-interval-ms".into(),
         "20".into(),
         "--quiet".into(),
-    ]
+    ];
+    args.extend(extra.iter().cloned());
+    args
 }
 
-fn spawn(dir: &Path, parallelism: u16, backend: &str) -> Child {
+fn spawn(dir: &Path, parallelism: u16, backend: &str, extra: &[String]) -> Child {
     Command::new(EXE)
-        .args(run_args(dir, parallelism, backend))
+        .args(run_args_with(dir, parallelism, backend, extra))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -78,16 +84,18 @@ fn kill_after(child: &mut Child, delay: Duration) -> Option<i32> {
     None
 }
 
-fn kill_rounds(rounds: u32, seed: u64) {
+/// Kill rounds of `--backend backend` with the extra arguments `extra(dir)`.
+fn kill_rounds(rounds: u32, seed: u64, backend: &str, extra: &dyn Fn(&Path) -> Vec<String>) {
     for round in 0..rounds {
         let dir = tempfile::tempdir().unwrap();
+        let extra = extra(dir.path());
         let mut rng = SplitMix(seed.wrapping_add(u64::from(round)));
         generate_input(&dir.path().join("input"), 40_000, 2_000, rng.next_u64()).unwrap();
         let mut kills = 0;
         let mut parallelism = 1 + rng.below(3) as u16;
         for attempt in 0.. {
             assert!(attempt < 200, "round {round}: no finish after 200 attempts");
-            let mut child = spawn(dir.path(), parallelism, "fs");
+            let mut child = spawn(dir.path(), parallelism, backend, &extra);
             // Growing delays: a run always finishes eventually, whatever its start-up costs.
             let delay = Duration::from_millis(20 + rng.below(250) + 40 * attempt);
             match kill_after(&mut child, delay) {
@@ -111,7 +119,10 @@ fn kill_rounds(rounds: u32, seed: u64) {
             verdict.is_exact(),
             "round {round} ({kills} kills): {verdict:?}"
         );
-        let again = run(dir.path(), 2, "fs");
+        let again = Command::new(EXE)
+            .args(run_args_with(dir.path(), 2, backend, &extra))
+            .output()
+            .unwrap();
         assert_eq!(again.status.code(), Some(0));
         assert!(String::from_utf8_lossy(&again.stdout).contains("already finished"));
         assert!(
@@ -125,7 +136,21 @@ fn kill_rounds(rounds: u32, seed: u64) {
 #[test]
 fn sigkill_at_random_moments_then_resume_is_exactly_once() {
     let soak = std::env::var("FLOWSTATE_SOAK").is_ok_and(|v| v == "1");
-    kill_rounds(if soak { 40 } else { 2 }, seed());
+    kill_rounds(if soak { 40 } else { 2 }, seed(), "fs", &|_| Vec::new());
+}
+
+#[test]
+fn sigkill_with_checkpoints_in_separate_storage_is_exactly_once() {
+    // --checkpoint-storage outside --state: task roots are storage locations, the LSM working
+    // stores and local-recovery copies stay in --state.
+    let soak = std::env::var("FLOWSTATE_SOAK").is_ok_and(|v| v == "1");
+    let storage = |dir: &Path| {
+        vec![
+            "--checkpoint-storage".to_string(),
+            dir.join("checkpoints").display().to_string(),
+        ]
+    };
+    kill_rounds(if soak { 20 } else { 1 }, seed(), "lsm", &storage);
 }
 
 #[test]
@@ -177,7 +202,7 @@ fn state_dir_in_use_fails_at_once() {
 fn memory_backend_refuses_to_resume_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     generate_input(&dir.path().join("input"), 400_000, 1_000, 5).unwrap();
-    let mut child = spawn(dir.path(), 1, "memory");
+    let mut child = spawn(dir.path(), 1, "memory", &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while committed_files(&dir.path().join("out")).unwrap().is_empty() {
         assert!(Instant::now() < deadline);

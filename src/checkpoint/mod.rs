@@ -7,4 +7,5 @@ pub mod registry;
 pub mod retention;
 pub mod savepoint;
 pub mod storage;
+pub mod uri;
 pub mod verify;

@@ -21,6 +21,12 @@ pub struct RunArgs {
     /// State directory: checkpoints and task state; rerun with the same one to resume.
     #[arg(long)]
     pub state: PathBuf,
+    /// Where checkpoints go: a storage URI (`s3://bucket/prefix`, `file:///path`, …) or a
+    /// directory; default: inside --state. Credentials and endpoint come from the environment
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION). Working files,
+    /// the lock and local-recovery copies stay in --state.
+    #[arg(long, value_name = "URI")]
+    pub checkpoint_storage: Option<String>,
     /// State backend: lsm (default, incremental checkpoints), fs (heap state, full checkpoints)
     /// or memory (cannot resume after a crash).
     #[arg(long, default_value = "lsm", value_parser = parse_backend)]
@@ -66,7 +72,15 @@ pub fn run_command(args: &RunArgs) -> u8 {
         );
         return 2;
     }
+    if args.checkpoint_storage.is_some() && !args.backend.persistent() {
+        eprintln!(
+            "error: --checkpoint-storage needs a persistent backend (--backend lsm or fs); the \
+             memory backend keeps its checkpoints in process memory"
+        );
+        return 2;
+    }
     let mut config = JobConfig::new(&args.input, &args.output, &args.state);
+    config.checkpoint_storage = args.checkpoint_storage.clone();
     config.backend = args.backend;
     config.parallelism = args.parallelism;
     config.max_parallelism = args.max_parallelism;

@@ -21,10 +21,11 @@ use super::coordinator::{
 };
 use super::failure::{FailurePoint, FailureSchedule};
 use super::gate::InputGate;
+use super::location::CheckpointBase;
 use super::operator::{OperatorTask, run_snapshot_thread};
 use super::sink::{self, SinkBatch, SinkControl, TwoPhaseFileSink};
 use super::source::{Event, SourceControl, SourcePosition, SourceTask};
-use super::store::{self, JobCheckpoint, JobStore};
+use super::store::{JobCheckpoint, JobStore};
 use super::{BackendChoice, CoordinatorEvent, OperatorControl};
 use crate::backend::{BackendConfig, SnapshotData};
 use crate::error::{Error, Result};
@@ -66,6 +67,9 @@ pub struct JobConfig {
     pub output: PathBuf,
     /// State directory (checkpoints, task state, lock).
     pub state: PathBuf,
+    /// Where checkpoints go instead of `state` (a storage URI such as `s3://bucket/prefix`, or
+    /// a directory); `None`: under `state`. Working stores and the lock stay in `state`.
+    pub checkpoint_storage: Option<String>,
     /// Operator state backend.
     pub backend: BackendChoice,
     /// Operator (and sink) parallelism.
@@ -95,6 +99,7 @@ impl JobConfig {
             input: input.into(),
             output: output.into(),
             state: state.into(),
+            checkpoint_storage: None,
             backend: BackendChoice::Lsm,
             parallelism: 1,
             max_parallelism: None,
@@ -177,7 +182,11 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
             state_dir.display()
         )));
     }
-    let mut store = JobStore::open(&state_dir, config.backend, config.checkpoints.retained)?;
+    let base = match &config.checkpoint_storage {
+        Some(uri) if config.backend.persistent() => CheckpointBase::remote(uri, &state_dir)?,
+        _ => CheckpointBase::local(&state_dir)?,
+    };
+    let mut store = JobStore::open(&base, config.backend, config.checkpoints.retained)?;
     let max_parallelism = match (store.latest(), config.max_parallelism) {
         (Some(latest), requested) => {
             let had = latest
@@ -223,7 +232,7 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
         }
         let attempt = Attempt {
             config,
-            state_dir: &state_dir,
+            base: &base,
             max_parallelism,
             processed: &processed,
             started,
@@ -326,7 +335,7 @@ fn now_ms() -> u64 {
 /// One attempt: tasks from the latest checkpoint until finished or failed.
 struct Attempt<'a> {
     config: &'a JobConfig,
-    state_dir: &'a Path,
+    base: &'a CheckpointBase,
     max_parallelism: u16,
     processed: &'a AtomicU64,
     started: Instant,
@@ -365,17 +374,14 @@ impl Attempt<'_> {
         let restore = store.latest().cloned();
         let restored_id = restore.as_ref().map_or(0, |c| c.id);
         sink::reconcile(&config.output, restored_id)?;
-        let generation = store::next_generation(self.state_dir)?;
-        store::remove_unreferenced_generations(
-            self.state_dir,
-            generation,
-            &store.referenced_roots(),
-        )?;
+        let generation = self.base.next_generation()?;
+        self.base
+            .remove_unreferenced_generations(generation, &store.referenced_roots())?;
         let mut keyed = Vec::with_capacity(usize::from(parallelism));
         for index in 0..parallelism {
             let range = KeyGroupRange::for_operator(self.max_parallelism, parallelism, index)?;
             let backend_config = BackendConfig::new(u32::from(self.max_parallelism), range)?;
-            let root = store::task_root(self.state_dir, generation, usize::from(index));
+            let root = self.base.task(generation, usize::from(index))?;
             let state = KeyedState::from_boxed(config.backend.create(backend_config, &root)?);
             if let Some(checkpoint) = &restore {
                 let handles: Vec<_> = checkpoint
@@ -669,14 +675,12 @@ impl CoordinatorLoop<'_, '_> {
         if attempt.config.backend.persistent() {
             let keep = self.store.retained_ids();
             for task in 0..self.operator_gates.len() {
-                let root = store::task_root(attempt.state_dir, self.generation, task);
-                store::remove_task_checkpoints(&root, &keep, done.id)?;
+                let root = attempt.base.task(self.generation, task)?;
+                CheckpointBase::remove_task_checkpoints(&root, &keep, done.id)?;
             }
-            store::remove_unreferenced_generations(
-                attempt.state_dir,
-                self.generation,
-                &self.store.referenced_roots(),
-            )?;
+            attempt
+                .base
+                .remove_unreferenced_generations(self.generation, &self.store.referenced_roots())?;
         }
         if done.source.exhausted {
             self.finished = Some((done.id, done.source));

@@ -12,18 +12,16 @@ pub mod demo;
 pub mod failure;
 pub mod gate;
 pub mod job;
+pub mod location;
 pub mod operator;
 pub mod output_check;
 pub mod sink;
 pub mod source;
 pub mod store;
 
-use std::path::Path;
-use std::sync::Arc;
-
+use self::location::TaskRoot;
 use crate::backend::lsm::{LsmBackend, LsmBackendOptions};
 use crate::backend::{BackendConfig, BackendKind, FsBackend, MemoryBackend, StateBackend};
-use crate::checkpoint::storage::LocalDirStorage;
 use crate::error::{Error, Result};
 
 pub use coordinator::{CheckpointOptions, CheckpointRecord, CheckpointStatus};
@@ -77,39 +75,34 @@ impl BackendChoice {
         !matches!(self, BackendChoice::Memory)
     }
 
-    /// A backend for one task; persistent backends write their checkpoints under `root`,
+    /// A backend for one task; persistent backends write their checkpoints to `root`'s storage,
     /// which belongs to this task alone.
-    pub fn create(self, config: BackendConfig, root: &Path) -> Result<Box<dyn StateBackend>> {
+    pub fn create(self, config: BackendConfig, root: &TaskRoot) -> Result<Box<dyn StateBackend>> {
         Ok(match self {
             BackendChoice::Memory => Box::new(MemoryBackend::new(config)),
             BackendChoice::Fs => {
-                let storage = Arc::new(LocalDirStorage::open(root)?);
                 // The engine applies retention itself (job-level), so the backend keeps all;
                 // 16 key groups per file: fewer fsyncs per checkpoint, still fine-grained
                 // enough that a rescaled task reads little it does not own.
                 Box::new(
-                    FsBackend::new(config, storage)?
+                    FsBackend::new(config, root.storage.clone())?
                         .with_retained_checkpoints(usize::MAX)
                         .with_key_groups_per_file(16),
                 )
             }
             BackendChoice::Lsm => {
-                let storage = Arc::new(LocalDirStorage::open(root)?);
-                // The working store sits beside the task's storage root, inside the same
-                // generation directory, so generation clean-up removes both together.
-                let mut working = root.as_os_str().to_owned();
-                working.push(".work");
                 let options = LsmBackendOptions {
                     write_buffer_size: 16 << 20,
                     block_cache_size: 16 << 20,
                     // The engine applies retention itself (job-level): the backend keeps all.
                     retained_checkpoints: usize::MAX,
+                    local_recovery_dir: root.local_recovery_dir.clone(),
                     ..LsmBackendOptions::default()
                 };
                 Box::new(LsmBackend::new(
                     config,
-                    Path::new(&working),
-                    storage,
+                    &root.working_dir,
+                    root.storage.clone(),
                     options,
                 )?)
             }

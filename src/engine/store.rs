@@ -1,39 +1,35 @@
 //! Job checkpoints: the per-task snapshot handles plus the source position, kept in memory
-//! (memory backend) or durably in `<state>/job/` (persistent backends), with retention.
+//! (memory backend) or durably in `<base>/job/` (persistent backends; the base is the state
+//! directory or `--checkpoint-storage`, `location.rs`), with retention.
 //!
 //! A persistent job checkpoint is a `_metadata` file (FORMAT.md §4.3) in its own checkpoint
-//! storage `<state>/job`, published atomically; its `extra` field holds the engine's record
+//! storage `<base>/job`, published atomically; its `extra` field holds the engine's record
 //! (version u32 = 1, then the postcard encoding of the source position and one handle per task:
 //! backend, checkpoint id, max parallelism, key groups, states, storage root relative to the
-//! state directory, files). Task state lives in `<state>/tasks/<generation>/t<task>/`, one
+//! base, files). Task state lives in `<base>/tasks/<generation>/t<task>/`, one
 //! storage root per task and job attempt, so no two writers ever share a root.
 
 use std::collections::BTreeSet;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::BackendChoice;
+use super::location::{CheckpointBase, JOB_DIR};
 use super::source::SourcePosition;
 use crate::backend::{BackendKind, FileRef, SnapshotData, SnapshotHandle, StateDescriptor};
 use crate::checkpoint::metadata::CheckpointMetadata;
 use crate::checkpoint::registry::CheckpointRegistry;
 use crate::checkpoint::retention;
 use crate::checkpoint::storage::{
-    CheckpointStorage, LocalDirStorage, checkpoint_dir, parse_checkpoint_dir, validate_path,
+    CheckpointStorage, checkpoint_dir, metadata_path, parse_checkpoint_dir, validate_path,
 };
 use crate::error::{Error, Result};
 use crate::keys::KeyGroupRange;
 
 /// Version of the engine record in `extra`. On disk: never change meaning; bump for a new layout.
 const JOB_RECORD_VERSION: u32 = 1;
-
-/// Directory (under the state directory) of job checkpoints.
-pub const JOB_DIR: &str = "job";
-/// Directory (under the state directory) of task state roots.
-pub const TASKS_DIR: &str = "tasks";
 
 /// A completed job checkpoint.
 #[derive(Debug, Clone)]
@@ -68,7 +64,7 @@ struct PersistedHandle {
 /// Where completed job checkpoints are kept.
 #[derive(Debug)]
 pub struct JobStore {
-    state_dir: PathBuf,
+    base: CheckpointBase,
     retained: usize,
     /// Retained checkpoints, oldest first (all backends keep them here too).
     retained_checkpoints: Vec<JobCheckpoint>,
@@ -76,38 +72,37 @@ pub struct JobStore {
 }
 
 impl JobStore {
-    /// Opens the store of `state_dir` (canonical path) for `backend`.
-    pub fn open(state_dir: &Path, backend: BackendChoice, retained: usize) -> Result<Self> {
+    /// Opens the job checkpoints under `base` for `backend`.
+    pub fn open(base: &CheckpointBase, backend: BackendChoice, retained: usize) -> Result<Self> {
         let mut store = JobStore {
-            state_dir: state_dir.to_path_buf(),
+            base: base.clone(),
             retained: retained.max(1),
             retained_checkpoints: Vec::new(),
             registry: None,
         };
-        let job_dir = state_dir.join(JOB_DIR);
         if !backend.persistent() {
-            if job_dir.is_dir() && has_checkpoints(&job_dir)? {
+            if base.is_local() && has_checkpoints(base.job_storage()?.as_ref())? {
                 return Err(Error::invalid(format!(
                     "{} holds checkpoints of a persistent backend; rerun with the backend that \
                      wrote them (--backend fs or lsm), or use a fresh --state",
-                    state_dir.display()
+                    base.location()
                 )));
             }
             return Ok(store);
         }
-        let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::open(&job_dir)?);
+        let storage: Arc<dyn CheckpointStorage> = base.job_storage()?;
         let (registry, _report) = CheckpointRegistry::open(storage.clone())?;
         for id in registry.completed_ids() {
             if let Some(metadata) = registry.get(id) {
                 if metadata.backend != backend.kind() {
                     return Err(Error::invalid(format!(
                         "{} holds checkpoints of the {} backend; rerun with --backend {}",
-                        state_dir.display(),
+                        base.location(),
                         metadata.backend,
                         metadata.backend
                     )));
                 }
-                let checkpoint = decode(metadata, state_dir)?;
+                let checkpoint = decode(metadata, base)?;
                 store.retained_checkpoints.push(checkpoint);
             }
         }
@@ -129,7 +124,7 @@ impl JobStore {
         now_ms: u64,
     ) -> Result<()> {
         if let Some(registry) = self.registry.as_mut() {
-            let metadata = encode(&checkpoint, max_parallelism, now_ms, &self.state_dir)?;
+            let metadata = encode(&checkpoint, max_parallelism, now_ms, &self.base)?;
             registry
                 .storage()
                 .publish_metadata(checkpoint.id, &metadata.encode())?;
@@ -151,12 +146,12 @@ impl JobStore {
     }
 
     /// Task storage roots the retained checkpoints reference.
-    pub fn referenced_roots(&self) -> BTreeSet<PathBuf> {
+    pub fn referenced_roots(&self) -> BTreeSet<String> {
         let mut roots = BTreeSet::new();
         for checkpoint in &self.retained_checkpoints {
             for handle in &checkpoint.handles {
                 if let SnapshotData::Files { root, .. } = &handle.data {
-                    roots.insert(PathBuf::from(root));
+                    roots.insert(root.clone());
                 }
             }
         }
@@ -164,12 +159,10 @@ impl JobStore {
     }
 }
 
-fn has_checkpoints(dir: &Path) -> Result<bool> {
-    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        if let Some(name) = entry.file_name().to_str()
-            && parse_checkpoint_dir(name).is_some()
-            && entry.path().join("_metadata").exists()
+fn has_checkpoints(storage: &dyn CheckpointStorage) -> Result<bool> {
+    for name in storage.children("")? {
+        if let Some(id) = parse_checkpoint_dir(&name)
+            && storage.exists(&metadata_path(id))?
         {
             return Ok(true);
         }
@@ -181,7 +174,7 @@ fn encode(
     checkpoint: &JobCheckpoint,
     max_parallelism: u16,
     now_ms: u64,
-    state_dir: &Path,
+    base: &CheckpointBase,
 ) -> Result<CheckpointMetadata> {
     let mut handles = Vec::with_capacity(checkpoint.handles.len());
     let mut backend = BackendKind::Memory;
@@ -190,10 +183,7 @@ fn encode(
             return Err(Error::invalid("only file-based snapshots can be persisted"));
         };
         backend = handle.backend;
-        let root = Path::new(root)
-            .strip_prefix(state_dir)
-            .map(|r| r.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| root.clone());
+        let root = base.relative(root).unwrap_or(root).to_string();
         handles.push(PersistedHandle {
             backend: handle.backend,
             checkpoint_id: handle.checkpoint_id,
@@ -222,7 +212,7 @@ fn encode(
     })
 }
 
-fn decode(metadata: &CheckpointMetadata, state_dir: &Path) -> Result<JobCheckpoint> {
+fn decode(metadata: &CheckpointMetadata, base: &CheckpointBase) -> Result<JobCheckpoint> {
     let file = format!(
         "{JOB_DIR}/{}/_metadata",
         checkpoint_dir(metadata.checkpoint_id)
@@ -245,11 +235,11 @@ fn decode(metadata: &CheckpointMetadata, state_dir: &Path) -> Result<JobCheckpoi
                 "task handle with key groups {range} does not fit the job"
             )));
         }
-        let root = if Path::new(&h.root).is_absolute() {
-            PathBuf::from(&h.root)
+        let root = if Path::new(&h.root).is_absolute() || h.root.contains("://") {
+            h.root.clone()
         } else {
             validate_path(&h.root).map_err(|e| bad(e.to_string()))?;
-            state_dir.join(&h.root)
+            base.join(&h.root)
         };
         handles.push(SnapshotHandle {
             backend: h.backend,
@@ -258,7 +248,7 @@ fn decode(metadata: &CheckpointMetadata, state_dir: &Path) -> Result<JobCheckpoi
             key_group_range: range,
             states: h.states,
             data: SnapshotData::Files {
-                root: root.display().to_string(),
+                root,
                 files: h.files,
             },
         });
@@ -268,77 +258,4 @@ fn decode(metadata: &CheckpointMetadata, state_dir: &Path) -> Result<JobCheckpoi
         source: record.source,
         handles,
     })
-}
-
-/// The next task-root generation under `<state>/tasks` (one more than the largest there).
-pub fn next_generation(state_dir: &Path) -> Result<u64> {
-    let tasks = state_dir.join(TASKS_DIR);
-    let mut next = 1;
-    if tasks.is_dir() {
-        for entry in fs::read_dir(&tasks).map_err(|e| Error::io(&tasks, e))? {
-            let entry = entry.map_err(|e| Error::io(&tasks, e))?;
-            if let Some(n) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                next = next.max(n + 1);
-            }
-        }
-    }
-    Ok(next)
-}
-
-/// The storage root of `task` in generation `generation`.
-pub fn task_root(state_dir: &Path, generation: u64, task: usize) -> PathBuf {
-    state_dir
-        .join(TASKS_DIR)
-        .join(format!("{generation:06}"))
-        .join(format!("t{task}"))
-}
-
-/// Deletes every generation directory under `<state>/tasks` other than `current` that no
-/// root in `referenced` lies in.
-pub fn remove_unreferenced_generations(
-    state_dir: &Path,
-    current: u64,
-    referenced: &BTreeSet<PathBuf>,
-) -> Result<()> {
-    let tasks = state_dir.join(TASKS_DIR);
-    if !tasks.is_dir() {
-        return Ok(());
-    }
-    for entry in fs::read_dir(&tasks).map_err(|e| Error::io(&tasks, e))? {
-        let entry = entry.map_err(|e| Error::io(&tasks, e))?;
-        let path = entry.path();
-        let is_current = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u64>().ok())
-            == Some(current);
-        if is_current || referenced.iter().any(|root| root.starts_with(&path)) {
-            continue;
-        }
-        fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-    }
-    Ok(())
-}
-
-/// Deletes the checkpoints below `below` in task root `root` that are not in `keep`
-/// (`_metadata` first, so a crash leaves an incomplete checkpoint, never a broken one).
-pub fn remove_task_checkpoints(root: &Path, keep: &BTreeSet<u64>, below: u64) -> Result<()> {
-    if !root.is_dir() {
-        return Ok(());
-    }
-    let storage = LocalDirStorage::open(root)?;
-    for name in storage.children("")? {
-        if let Some(id) = parse_checkpoint_dir(&name)
-            && id < below
-            && !keep.contains(&id)
-        {
-            storage.unpublish_metadata(id)?;
-            storage.delete_all(&name)?;
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,252 @@
+//! Where a job's checkpoints live: under the local state directory (the default) or at a
+//! checkpoint-storage URI such as `s3://bucket/prefix` (`flowstate run --checkpoint-storage`).
+//!
+//! [`CheckpointBase`] owns the layout of FORMAT.md §12.1 relative to that base — `job/` (job
+//! checkpoints) and `tasks/<generation>/t<task>` (one storage root per task and attempt) — and the
+//! local directories that stay on this machine whatever the base: working stores and local-recovery
+//! copies. Task roots are storage locations (strings), so a handle's root reopens its storage.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::backend::lsm::local_recovery::ROOT_FILE_NAME;
+use crate::checkpoint::storage::{
+    CheckpointStorage, LocalDirStorage, parse_checkpoint_dir, validate_path,
+};
+use crate::error::{Error, Result};
+
+/// Directory (under the base) of job checkpoints.
+pub const JOB_DIR: &str = "job";
+/// Directory (under the base) of task state roots.
+pub const TASKS_DIR: &str = "tasks";
+/// Directory (under the local state directory) of working stores when the base is remote.
+pub const WORK_DIR: &str = "work";
+/// Directory (under the local state directory) of local-recovery copies when the base is remote.
+pub const LOCAL_RECOVERY_DIR: &str = "local-recovery";
+
+/// Opens the checkpoint storage at `location`: a URI (`s3://…`, `memory://…`, `file://…`) or a
+/// local directory path.
+pub fn open_location(location: &str) -> Result<Arc<dyn CheckpointStorage>> {
+    crate::checkpoint::uri::open_storage(location)
+}
+
+/// One task's storage and local directories for one attempt.
+#[derive(Debug, Clone)]
+pub struct TaskRoot {
+    /// Where its checkpoints go.
+    pub storage: Arc<dyn CheckpointStorage>,
+    /// Its working store directory (LSM backend).
+    pub working_dir: PathBuf,
+    /// Local-recovery copies (LSM backend), when checkpoints are remote.
+    pub local_recovery_dir: Option<PathBuf>,
+}
+
+/// The base of a job's checkpoints.
+#[derive(Debug, Clone)]
+pub struct CheckpointBase {
+    /// The base location, without a trailing `/`.
+    location: String,
+    /// Whether the base is the local state directory.
+    local: bool,
+    storage: Arc<dyn CheckpointStorage>,
+    state_dir: PathBuf,
+    /// Task-root storages opened so far (an object-store client is not free to make).
+    opened: Arc<Mutex<HashMap<String, Arc<dyn CheckpointStorage>>>>,
+}
+
+impl CheckpointBase {
+    /// The local default: checkpoints under `state_dir` (a canonical path).
+    pub fn local(state_dir: &Path) -> Result<Self> {
+        Ok(CheckpointBase {
+            location: state_dir.display().to_string(),
+            local: true,
+            storage: Arc::new(LocalDirStorage::open(state_dir)?),
+            state_dir: state_dir.to_path_buf(),
+            opened: Arc::default(),
+        })
+    }
+
+    /// Checkpoints at `uri` (`s3://bucket/prefix`, …); `state_dir` keeps the local parts.
+    pub fn remote(uri: &str, state_dir: &Path) -> Result<Self> {
+        let location = uri.trim_end_matches('/').to_string();
+        Ok(CheckpointBase {
+            storage: open_location(&location)?,
+            location,
+            local: false,
+            state_dir: state_dir.to_path_buf(),
+            opened: Arc::default(),
+        })
+    }
+
+    /// The base location (a directory path or a URI).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Whether checkpoints are on the local state directory.
+    pub fn is_local(&self) -> bool {
+        self.local
+    }
+
+    /// The location of `relative` (a storage path) under the base.
+    pub fn join(&self, relative: &str) -> String {
+        format!("{}/{relative}", self.location)
+    }
+
+    /// `root` relative to the base when it lies under it, for storing in job records.
+    pub fn relative<'a>(&self, root: &'a str) -> Option<&'a str> {
+        root.strip_prefix(self.location.as_str())?.strip_prefix('/')
+    }
+
+    /// The storage of job checkpoints (`<base>/job`).
+    pub fn job_storage(&self) -> Result<Arc<dyn CheckpointStorage>> {
+        open_location(&self.join(JOB_DIR))
+    }
+
+    /// The storage root of `task` in `generation`: `<base>/tasks/<generation:06>/t<task>`.
+    pub fn task_root(&self, generation: u64, task: usize) -> String {
+        self.join(&format!("{TASKS_DIR}/{generation:06}/t{task}"))
+    }
+
+    /// The storage at `location`, opened once per base.
+    fn open_root(&self, location: &str) -> Result<Arc<dyn CheckpointStorage>> {
+        let mut opened = self.opened.lock();
+        if let Some(storage) = opened.get(location) {
+            return Ok(storage.clone());
+        }
+        let storage = open_location(location)?;
+        opened.insert(location.to_string(), storage.clone());
+        Ok(storage)
+    }
+
+    /// The storage and local directories of `task` in `generation`.
+    pub fn task(&self, generation: u64, task: usize) -> Result<TaskRoot> {
+        let location = self.task_root(generation, task);
+        if self.local {
+            // The working store sits beside the task's storage root, inside the same generation
+            // directory, so generation clean-up removes both together.
+            return Ok(TaskRoot {
+                storage: self.open_root(&location)?,
+                working_dir: PathBuf::from(format!("{location}.work")),
+                local_recovery_dir: None,
+            });
+        }
+        Ok(TaskRoot {
+            storage: self.open_root(&location)?,
+            working_dir: self
+                .state_dir
+                .join(WORK_DIR)
+                .join(format!("{generation:06}"))
+                .join(format!("t{task}")),
+            local_recovery_dir: Some(self.state_dir.join(LOCAL_RECOVERY_DIR)),
+        })
+    }
+
+    /// The next generation: one more than the largest under `<base>/tasks`.
+    pub fn next_generation(&self) -> Result<u64> {
+        let mut next = 1;
+        for name in self.storage.children(TASKS_DIR)? {
+            if let Ok(n) = name.parse::<u64>() {
+                next = next.max(n + 1);
+            }
+        }
+        Ok(next)
+    }
+
+    /// Deletes every generation other than `current` that no root in `referenced` lies in,
+    /// with its local working stores and local-recovery copies.
+    pub fn remove_unreferenced_generations(
+        &self,
+        current: u64,
+        referenced: &BTreeSet<String>,
+    ) -> Result<()> {
+        let in_use = |generation: &str| {
+            let prefix = self.join(&format!("{TASKS_DIR}/{generation}/"));
+            generation.parse::<u64>().ok() == Some(current)
+                || referenced.iter().any(|root| root.starts_with(&prefix))
+        };
+        for name in self.storage.children(TASKS_DIR)? {
+            if in_use(&name) {
+                continue;
+            }
+            if validate_path(&name).is_ok() {
+                let prefix = self.join(&format!("{TASKS_DIR}/{name}/"));
+                self.opened
+                    .lock()
+                    .retain(|root, _| !root.starts_with(&prefix));
+                self.storage.delete_all(&format!("{TASKS_DIR}/{name}"))?;
+            }
+        }
+        if !self.local {
+            let work = self.state_dir.join(WORK_DIR);
+            for name in local_children(&work)? {
+                if !in_use(&name) {
+                    remove_dir(&work.join(name))?;
+                }
+            }
+            let copies = self.state_dir.join(LOCAL_RECOVERY_DIR);
+            for name in local_children(&copies)? {
+                let dir = copies.join(&name);
+                let root = fs::read_to_string(dir.join(ROOT_FILE_NAME)).unwrap_or_default();
+                let generation = self
+                    .relative(&root)
+                    .and_then(|r| r.strip_prefix(&format!("{TASKS_DIR}/")))
+                    .and_then(|r| r.split('/').next())
+                    .unwrap_or("");
+                if !in_use(generation) {
+                    remove_dir(&dir)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the checkpoints below `below` in task root `root` that are not in `keep`
+    /// (`_metadata` first, so a crash leaves an incomplete checkpoint, never a broken one).
+    pub fn remove_task_checkpoints(
+        root: &TaskRoot,
+        keep: &BTreeSet<u64>,
+        below: u64,
+    ) -> Result<()> {
+        let storage = &root.storage;
+        for name in storage.children("")? {
+            if let Some(id) = parse_checkpoint_dir(&name)
+                && id < below
+                && !keep.contains(&id)
+            {
+                storage.unpublish_metadata(id)?;
+                storage.delete_all(&name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Names of the entries of a local directory; a missing directory has none.
+fn local_children(dir: &Path) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if let Some(name) = entry.file_name().to_str() {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+fn remove_dir(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
