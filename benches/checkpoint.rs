@@ -48,6 +48,7 @@ struct Rig {
     next_checkpoint: u64,
     rng: u64,
     version: u64,
+    last_sync_runq: Duration,
 }
 
 fn storage_dir(dir: &Path) -> PathBuf {
@@ -160,6 +161,7 @@ impl Rig {
             next_checkpoint: 1,
             rng: 0x2545_f491_4f6c_dd1d,
             version: 0,
+            last_sync_runq: Duration::ZERO,
         }
     }
 
@@ -183,15 +185,17 @@ impl Rig {
     }
 
     /// Takes one checkpoint; returns (sync, async, bytes added to storage, WAL bytes the
-    /// freeze synced).
+    /// freeze synced). The run-queue wait of the sync phase goes to `last_sync_runq`.
     fn checkpoint(&mut self) -> (Duration, Duration, u64, u64) {
         let before = files(&storage_dir(self.dir.path()));
         let wal = newest_wal_len(self.dir.path());
         let id = self.next_checkpoint;
         self.next_checkpoint += 1;
+        let runq = run_queue_wait();
         let start = Instant::now();
         let task = self.backend.state().snapshot(id).expect("snapshot");
         let sync = start.elapsed();
+        self.last_sync_runq = run_queue_wait().saturating_sub(runq);
         let start = Instant::now();
         task.run().expect("checkpoint");
         let run = start.elapsed();
@@ -218,6 +222,16 @@ impl Rig {
         let _ = std::fs::remove_dir_all(self.dir.path().join("restore"));
         elapsed
     }
+}
+
+/// Time this thread has spent runnable but waiting for a CPU (Linux
+/// `/proc/thread-self/schedstat`, second field; zero elsewhere): how much of a sync phase was
+/// the scheduler's, not the backend's.
+fn run_queue_wait() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
 }
 
 /// Every file under `dir` (recursively) with its size, by path.
@@ -255,6 +269,8 @@ fn newest_wal_len(dir: &Path) -> u64 {
 #[derive(Default)]
 struct Samples {
     sync: Vec<Duration>,
+    /// Run-queue wait during each sync phase.
+    sync_runq: Vec<Duration>,
     run: Vec<Duration>,
     bytes: Vec<u64>,
     changed_compressed: Vec<u64>,
@@ -297,6 +313,7 @@ fn measure(rig: &mut Rig, rate: f64) -> Samples {
         samples.changed_compressed.push(rig.change(rate));
         let (sync, run, bytes, wal) = rig.checkpoint();
         samples.sync.push(sync);
+        samples.sync_runq.push(rig.last_sync_runq);
         samples.run.push(run);
         samples.bytes.push(bytes);
         samples.wal.push(wal);
@@ -329,8 +346,14 @@ fn report_size(kind: BackendKind, bytes: u64) {
             .zip(&s.changed_compressed)
             .map(|(b, c)| *b as f64 / (*c).max(1) as f64)
             .fold(0.0, f64::max);
+        let slowest = s
+            .sync
+            .iter()
+            .zip(&s.sync_runq)
+            .max_by_key(|(sync, _)| **sync)
+            .map_or(0.0, |(_, runq)| runq.as_secs_f64() * 1000.0);
         println!(
-            "| {kind} | {} MB | {}% | {:.2} / {:.2} | {:.1} / {:.1} | {} / {} | {} | {:.1}x / {:.1}x | {} | {} | {:.0} | {warm} |",
+            "| {kind} | {} MB | {}% | {:.2} / {:.2} ({slowest:.2}) | {:.1} / {:.1} | {} / {} | {} | {:.1}x / {:.1}x | {} | {} | {:.0} | {warm} |",
             bytes / MB,
             rate * 100.0,
             mean_ms(&s.sync),
@@ -382,7 +405,7 @@ fn report() {
         _ => vec![BackendKind::Fs, BackendKind::Lsm],
     };
     println!(
-        "{CHECKPOINTS} checkpoints per row; a / b = mean / max per checkpoint; bytes = new files in checkpoint storage; \
+        "{CHECKPOINTS} checkpoints per row; a / b = mean / max per checkpoint; (c) = of the slowest sync, ms spent waiting for a CPU (run queue); bytes = new files in checkpoint storage; \
          changed = zstd-3 size of the changed keys and values of one interval; ratio = bytes / changed"
     );
     println!(
