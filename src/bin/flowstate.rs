@@ -8,10 +8,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use flowstate::checkpoint::inspect::inspect_command;
-use flowstate::checkpoint::storage::LocalDirStorage;
+use flowstate::checkpoint::storage::{CheckpointStorage, LocalDirStorage};
+use flowstate::checkpoint::uri::open_storage;
 use flowstate::checkpoint::verify::{CheckpointStatus, VerifyReport, verify_storage};
 use flowstate::engine::cli::{RunArgs, run_command};
 use flowstate::engine::demo::demo_command;
@@ -51,7 +53,12 @@ enum Command {
     /// crc32 and decodes. Read only. Exits 0 if every completed checkpoint is sound, else 1.
     Verify {
         /// The checkpoint-storage root (the directory holding `chk-<id>/` and `shared/`).
-        checkpoint_dir: PathBuf,
+        #[arg(required_unless_present = "checkpoint_storage")]
+        checkpoint_dir: Option<PathBuf>,
+        /// The root as a storage URI instead (`s3://bucket/prefix/...`, `file:///path`); the
+        /// credentials come from the environment as for `run`.
+        #[arg(long, value_name = "URI", conflicts_with = "checkpoint_dir")]
+        checkpoint_storage: Option<String>,
     },
     /// List the checkpoints under a checkpoint-storage directory: id, time (UTC), backend,
     /// states, full size, bytes new since the previous completed checkpoint, file count, then
@@ -59,7 +66,11 @@ enum Command {
     /// Exits 0, 1 if the directory cannot be read or a `_metadata` is damaged, 2 on usage errors.
     Inspect {
         /// The checkpoint-storage root (the directory holding `chk-<id>/` and `shared/`).
-        checkpoint_dir: PathBuf,
+        #[arg(required_unless_present = "checkpoint_storage")]
+        checkpoint_dir: Option<PathBuf>,
+        /// The root as a storage URI instead (`s3://bucket/prefix/...`, `file:///path`).
+        #[arg(long, value_name = "URI", conflicts_with = "checkpoint_dir")]
+        checkpoint_storage: Option<String>,
         /// Compare checkpoints A and B: files only in A, only in B, and in both.
         #[arg(long, num_args = 2, value_names = ["A", "B"])]
         diff: Option<Vec<u64>>,
@@ -80,12 +91,24 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => ExitCode::from(run_command(&args)),
-        Command::Verify { checkpoint_dir } => verify(&checkpoint_dir),
+        Command::Verify {
+            checkpoint_dir,
+            checkpoint_storage,
+        } => match open_root(checkpoint_dir, checkpoint_storage) {
+            Ok(storage) => verify(storage.as_ref()),
+            Err(code) => ExitCode::from(code),
+        },
         Command::Inspect {
             checkpoint_dir,
+            checkpoint_storage,
             diff,
             files,
-        } => ExitCode::from(inspect_command(&checkpoint_dir, diff.as_deref(), files)),
+        } => match open_root(checkpoint_dir, checkpoint_storage) {
+            Ok(storage) => {
+                ExitCode::from(inspect_command(storage.as_ref(), diff.as_deref(), files))
+            }
+            Err(code) => ExitCode::from(code),
+        },
         Command::Demo {
             events,
             keys,
@@ -102,13 +125,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn verify(dir: &std::path::Path) -> ExitCode {
-    // `LocalDirStorage::open` would create a missing directory: check first, change nothing.
-    if !dir.is_dir() {
-        eprintln!("error: {} is not a directory", dir.display());
-        return ExitCode::from(2);
-    }
-    let report = match LocalDirStorage::open(dir).and_then(|s| verify_storage(&s)) {
+/// Opens the checkpoint storage to read: an existing directory, or a URI. Prints the error and
+/// returns the exit code (2 usage, 1 runtime) when it cannot.
+fn open_root(dir: Option<PathBuf>, uri: Option<String>) -> Result<Arc<dyn CheckpointStorage>, u8> {
+    let opened = match (dir, uri) {
+        (Some(dir), _) => {
+            // `LocalDirStorage::open` would create a missing directory: check first, change nothing.
+            if !dir.is_dir() {
+                eprintln!("error: {} is not a directory", dir.display());
+                return Err(2);
+            }
+            LocalDirStorage::open(&dir).map(|s| Arc::new(s) as Arc<dyn CheckpointStorage>)
+        }
+        (None, Some(uri)) => open_storage(&uri),
+        (None, None) => {
+            eprintln!("error: give a checkpoint directory or --checkpoint-storage URI");
+            return Err(2);
+        }
+    };
+    opened.map_err(|e| {
+        eprintln!("error: {e}");
+        1
+    })
+}
+
+fn verify(storage: &dyn CheckpointStorage) -> ExitCode {
+    let report = match verify_storage(storage) {
         Ok(report) => report,
         Err(e) => {
             eprintln!("error: {e}");

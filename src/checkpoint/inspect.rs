@@ -7,14 +7,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
-use std::path::Path;
 
 use crate::backend::{BackendKind, FileRef};
 use crate::error::{Error, Result};
 
 use super::metadata::CheckpointMetadata;
 use super::registry::read_metadata;
-use super::storage::{CheckpointStorage, LocalDirStorage, metadata_path, parse_checkpoint_dir};
+use super::storage::{CheckpointStorage, metadata_path, parse_checkpoint_dir};
 use super::verify::{FileProblem, problem};
 
 /// What `_metadata` says about one completed checkpoint, and what it adds to the previous one.
@@ -359,21 +358,13 @@ impl CheckpointDiff {
 /// errors to stderr, and returns the exit status: 0, 1 when the directory cannot be read or a
 /// `_metadata` is damaged, 2 on usage errors (not a directory, `--diff` without two ids or
 /// naming a checkpoint that has no `_metadata`).
-pub fn inspect_command(dir: &Path, diff: Option<&[u64]>, every_file: bool) -> u8 {
-    // `LocalDirStorage::open` would create a missing directory: check first, change nothing.
-    if !dir.is_dir() {
-        eprintln!("error: {} is not a directory", dir.display());
-        return 2;
-    }
-    let storage = match LocalDirStorage::open(dir) {
-        Ok(storage) => storage,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
-    };
+pub fn inspect_command(
+    storage: &dyn CheckpointStorage,
+    diff: Option<&[u64]>,
+    every_file: bool,
+) -> u8 {
     match diff {
-        None => match inspect_storage(&storage) {
+        None => match inspect_storage(storage) {
             Ok(inventory) => {
                 print!("{}", inventory.render(every_file));
                 if inventory.is_sound() {
@@ -388,7 +379,7 @@ pub fn inspect_command(dir: &Path, diff: Option<&[u64]>, every_file: bool) -> u8
                 1
             }
         },
-        Some(&[from, to]) => match diff_checkpoints(&storage, from, to) {
+        Some(&[from, to]) => match diff_checkpoints(storage, from, to) {
             Ok(diff) => {
                 print!("{}", diff.render());
                 0
