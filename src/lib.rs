@@ -38,6 +38,7 @@ pub mod fuzzing;
 pub mod keys;
 pub mod lock;
 pub mod lsm;
+pub mod observe;
 pub mod state;
 pub mod ttl;
 

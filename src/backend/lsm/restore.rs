@@ -171,6 +171,9 @@ pub(super) fn restore(
     handles: &[SnapshotHandle],
     target: KeyGroupRange,
 ) -> Result<()> {
+    let started = std::time::Instant::now();
+    let _span =
+        tracing::info_span!("restore", backend = "lsm", handles = handles.len(), %target).entered();
     let max_parallelism = backend.config.max_parallelism;
     check_restore_handles(BackendKind::Lsm, max_parallelism, handles, target)?;
     // States: registered ones keep their ids; every handle's must agree with them and each other.
@@ -211,6 +214,8 @@ pub(super) fn restore(
             return Err(e);
         }
     };
+    // Bytes brought into the new store from checkpoint storage (linked or copied).
+    let fetched: u64 = edit.new_files.iter().map(|(_, _, f)| f.size).sum();
     let opened = (|| -> Result<Db> {
         let version = Version::default().apply(&edit, "restored layout", 0)?;
         sync_dir(&dir)?;
@@ -270,6 +275,13 @@ pub(super) fn restore(
         incremental.reset(store_id, live, uploaded);
         backend.epoch = incremental.epoch;
     }
+    let elapsed = started.elapsed();
+    tracing::info!(
+        bytes = fetched,
+        duration_ms = elapsed.as_secs_f64() * 1e3,
+        "lsm restore finished"
+    );
+    crate::observe::restore_finished("lsm", elapsed, fetched);
     Ok(())
 }
 
