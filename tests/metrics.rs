@@ -181,8 +181,8 @@ fn fs_checkpoint_records_key_and_value_bytes_per_state() {
     )
     .unwrap();
     // 400 composite keys of at least 8 bytes with varint counts; 100 names of ~28 bytes.
-    assert!(count >= 400.0 * 8.0 && count < 400.0 * 64.0, "{count}");
-    assert!(name >= 100.0 * 30.0 && name < 100.0 * 80.0, "{name}");
+    assert!((400.0 * 8.0..400.0 * 64.0).contains(&count), "{count}");
+    assert!((100.0 * 30.0..100.0 * 80.0).contains(&name), "{name}");
 }
 
 #[test]

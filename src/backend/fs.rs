@@ -482,7 +482,7 @@ impl StateBackend for FsBackend {
         tracing::info!(
             files = verified.len(),
             bytes = read,
-            duration_ms = elapsed.as_secs_f64() * 1e3,
+            duration = ?elapsed,
             "fs restore finished"
         );
         crate::observe::restore_finished("fs", elapsed, read);

@@ -222,9 +222,9 @@ impl CheckpointCoordinator {
         tracing::debug!(
             checkpoint_id = id,
             task,
-            sync_ms = sync.as_secs_f64() * 1e3,
-            async_ms = asynchronous.as_secs_f64() * 1e3,
-            alignment_ms = alignment.as_secs_f64() * 1e3,
+            sync = ?sync,
+            asynchronous = ?asynchronous,
+            alignment = ?alignment,
             "operator acknowledged checkpoint"
         );
         self.try_complete(id)
@@ -276,7 +276,7 @@ impl CheckpointCoordinator {
         self.last_completion = Some(now);
         tracing::info!(
             checkpoint_id = record.id,
-            duration_ms = record.duration.as_secs_f64() * 1e3,
+            duration = ?record.duration,
             bytes_written = record.bytes_written,
             state_size = record.state_size,
             "checkpoint completed"

@@ -131,8 +131,8 @@ impl OperatorTask<'_> {
         tracing::debug!(
             checkpoint_id,
             task = self.index,
-            sync_ms = sync.as_secs_f64() * 1e3,
-            alignment_ms = alignment.as_secs_f64() * 1e3,
+            sync = ?sync,
+            alignment = ?alignment,
             "checkpoint sync part done"
         );
         self.snapshots
@@ -173,7 +173,7 @@ pub fn run_snapshot_thread(
             Ok(_) => tracing::debug!(
                 checkpoint_id = job.checkpoint_id,
                 task,
-                async_ms = started.elapsed().as_secs_f64() * 1e3,
+                asynchronous = ?started.elapsed(),
                 "checkpoint async part done"
             ),
             Err(e) => tracing::warn!(

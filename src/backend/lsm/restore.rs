@@ -278,7 +278,7 @@ pub(super) fn restore(
     let elapsed = started.elapsed();
     tracing::info!(
         bytes = fetched,
-        duration_ms = elapsed.as_secs_f64() * 1e3,
+        duration = ?elapsed,
         "lsm restore finished"
     );
     crate::observe::restore_finished("lsm", elapsed, fetched);

@@ -229,7 +229,7 @@ fn flush_one(inner: &DbInner) -> Result<bool> {
         memtables = batch.memtables.len(),
         bytes = written,
         last_sequence = batch.last_sequence,
-        duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        duration = ?started.elapsed(),
         "flush finished"
     );
     delete_wals_below(&inner.dir, min_log);
@@ -570,7 +570,7 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
         bytes_in = read,
         bytes_out = output.bytes_written,
         manual = job.range.is_some(),
-        duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        duration = ?started.elapsed(),
         "compaction finished"
     );
     inner.work.notify_all();
