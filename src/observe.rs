@@ -242,7 +242,8 @@ pub fn write_stall() {
 /// A restore of `backend` (`memory`, `fs`, `lsm`) finished after `duration`, having brought
 /// `bytes_downloaded` bytes in from checkpoint storage. What counts as brought in is the
 /// backend's: fs reads every file it restores; lsm counts the SST files it links or copies into
-/// its new store (a hard link moves no data, so on local storage this is an upper bound).
+/// its new store (a hard link moves no data, so on local storage this is an upper bound);
+/// memory reports 0.
 pub fn restore_finished(backend: &'static str, duration: Duration, bytes_downloaded: u64) {
     histogram!(RESTORE_DURATION_SECONDS, "backend" => backend).record(duration.as_secs_f64());
     counter!(RESTORE_DOWNLOADED_BYTES_TOTAL, "backend" => backend).increment(bytes_downloaded);
