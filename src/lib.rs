@@ -10,7 +10,8 @@
 //! Layers, from the bottom: [`codec`] (byte building blocks), [`keys`] (key groups and the
 //! composite key), [`ttl`] (TTL config, clock, value envelope), [`lsm`] (the store),
 //! [`checkpoint`] (checkpoint storage, metadata, savepoints), [`backend`] (the trait and its
-//! implementations), [`state`] (typed state handles), [`engine`] (barrier snapshots). See
+//! implementations), [`state`] (typed state handles), [`engine`] (barrier snapshots).
+//! [`observe`] names the metrics every layer records through the `metrics` facade. See
 //! `DESIGN.md` and `FORMAT.md`.
 //!
 //! ```
@@ -38,6 +39,7 @@ pub mod fuzzing;
 pub mod keys;
 pub mod lock;
 pub mod lsm;
+pub mod observe;
 pub mod state;
 pub mod ttl;
 

@@ -31,6 +31,7 @@ fn config(dir: &Path, backend: BackendChoice, parallelism: u16) -> JobConfig {
         max_concurrent: 2,
         retained: 2,
         tolerable_failures: 1,
+        ..CheckpointOptions::default()
     };
     config.restart = RestartStrategy {
         max_restarts: 20,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::full_snapshot::{
-    ExpectedFile, decode_full_snapshot_file, has_entries, write_full_snapshot_file,
+    ExpectedFile, decode_full_snapshot_file, entries_in, has_entries, write_full_snapshot_file_from,
 };
 use super::heap::{HeapSnapshot, HeapStore, StateMap};
 use super::{
@@ -207,6 +207,10 @@ impl SnapshotTask for FsSnapshotTask {
         let range = frozen.key_group_range;
         let (descriptors, maps): (Vec<StateDescriptor>, Vec<StateMap>) =
             frozen.states.into_iter().unzip();
+        let state_count =
+            u32::try_from(maps.len()).map_err(|_| Error::invalid("too many states to snapshot"))?;
+        let names: Vec<String> = descriptors.iter().map(|d| d.name.clone()).collect();
+        let mut sizes = vec![0u64; maps.len()];
         let spec = FullCheckpoint {
             storage: &self.storage,
             registry: &self.registry,
@@ -219,11 +223,24 @@ impl SnapshotTask for FsSnapshotTask {
             states: descriptors,
             key_groups_per_file: self.key_groups_per_file,
         };
-        write_full_checkpoint(
+        let handle = write_full_checkpoint(
             spec,
             &mut |key_groups| Ok(has_entries(&maps, key_groups)),
-            &mut |out, id, key_groups| write_full_snapshot_file(out, id, key_groups, &maps),
-        )
+            &mut |out, id, key_groups| {
+                write_full_snapshot_file_from(out, id, key_groups, state_count, &mut |i, emit| {
+                    let (Some(map), Some(size)) = (maps.get(i), sizes.get_mut(i)) else {
+                        return Ok(());
+                    };
+                    for (key, value) in entries_in(map, key_groups) {
+                        *size += (key.len() + value.len()) as u64;
+                        emit(key, value)?;
+                    }
+                    Ok(())
+                })
+            },
+        )?;
+        crate::observe::full_state_sizes(&names, range, &sizes);
+        Ok(handle)
     }
 }
 
@@ -416,6 +433,14 @@ impl StateBackend for FsBackend {
         handles: &[SnapshotHandle],
         key_group_range: KeyGroupRange,
     ) -> Result<()> {
+        let started = std::time::Instant::now();
+        let _span = tracing::info_span!(
+            "restore",
+            backend = "fs",
+            handles = handles.len(),
+            target = %key_group_range
+        )
+        .entered();
         check_restore_handles(
             BackendKind::Fs,
             self.store.config().max_parallelism,
@@ -452,6 +477,15 @@ impl StateBackend for FsBackend {
                 },
             )?;
         }
+        let read: u64 = verified.iter().map(|f| f.bytes.len() as u64).sum();
+        let elapsed = started.elapsed();
+        tracing::info!(
+            files = verified.len(),
+            bytes = read,
+            duration = ?elapsed,
+            "fs restore finished"
+        );
+        crate::observe::restore_finished("fs", elapsed, read);
         Ok(())
     }
 }

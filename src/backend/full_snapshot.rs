@@ -65,7 +65,8 @@ pub fn has_entries(states: &[StateMap], key_groups: KeyGroupRange) -> bool {
         .any(|m| entries_in(m, key_groups).next().is_some())
 }
 
-fn entries_in(
+/// The entries of `map` in `key_groups`, in key order.
+pub(crate) fn entries_in(
     map: &StateMap,
     key_groups: KeyGroupRange,
 ) -> impl Iterator<Item = (&Vec<u8>, &Vec<u8>)> {

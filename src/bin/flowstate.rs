@@ -89,6 +89,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    flowstate::engine::cli::install_log_subscriber();
     match cli.command {
         Command::Run(args) => ExitCode::from(run_command(&args)),
         Command::Verify {

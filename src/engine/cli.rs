@@ -1,13 +1,29 @@
-//! `flowstate run`: command-line arguments and the summary it prints.
+//! `flowstate run`: command-line arguments, the summary it prints, and the process-wide log
+//! subscriber and Prometheus exporter the binary installs (the library itself installs neither).
 //!
 //! Exit codes: 0 done (or already done), 1 runtime error, 2 usage error; never a panic.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
 use super::BackendChoice;
 use super::coordinator::{CheckpointOptions, completion_rate, format_table};
+use super::growth::GrowthAlert;
 use super::job::{JobConfig, JobSummary, run_job};
+use crate::observe;
+
+/// The log filter when `RUST_LOG` is unset or invalid: warnings and errors only, so progress
+/// lines and the summary stay readable.
+pub const DEFAULT_LOG_FILTER: &str = "warn";
+
+/// Histogram buckets of the `*_seconds` metrics: 0.5 ms to 60 s.
+const SECONDS_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
 
 /// Arguments of `flowstate run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -46,6 +62,17 @@ pub struct RunArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Serve the metrics in Prometheus text format at `http://ADDR/metrics` while the job runs
+    /// (e.g. 127.0.0.1:9898).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Warn when the state size grew by more than this fraction (0.5 = 50 %) over the last
+    /// `--state-growth-window` completed checkpoints. Off by default.
+    #[arg(long, value_name = "FRACTION")]
+    pub state_growth_alert: Option<f64>,
+    /// Completed checkpoints the growth alert looks back over.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub state_growth_window: usize,
 }
 
 fn parse_backend(name: &str) -> Result<BackendChoice, String> {
@@ -79,6 +106,22 @@ pub fn run_command(args: &RunArgs) -> u8 {
         );
         return 2;
     }
+    if let Some(fraction) = args.state_growth_alert
+        && !(fraction.is_finite() && fraction > 0.0)
+    {
+        eprintln!("error: --state-growth-alert must be a fraction above 0 (e.g. 0.5 for 50%)");
+        return 2;
+    }
+    if args.state_growth_window == 0 {
+        eprintln!("error: --state-growth-window must be at least 1");
+        return 2;
+    }
+    if let Some(addr) = args.metrics_addr
+        && let Err(e) = serve_metrics(addr)
+    {
+        eprintln!("error: {e}");
+        return 1;
+    }
     let mut config = JobConfig::new(&args.input, &args.output, &args.state);
     config.checkpoint_storage = args.checkpoint_storage.clone();
     config.backend = args.backend;
@@ -89,6 +132,10 @@ pub fn run_command(args: &RunArgs) -> u8 {
         interval: (args.checkpoint_interval_ms > 0)
             .then(|| Duration::from_millis(args.checkpoint_interval_ms)),
         retained: args.retained,
+        growth_alert: args.state_growth_alert.map(|fraction| GrowthAlert {
+            fraction,
+            checkpoints: args.state_growth_window,
+        }),
         ..CheckpointOptions::default()
     };
     match run_job(&config) {
@@ -132,4 +179,43 @@ pub fn format_summary(summary: &JobSummary) -> String {
     );
     out.push_str(&format_table(&summary.history, 12));
     out
+}
+
+/// Installs the process-wide `tracing` subscriber: formatted events on stderr, filtered by
+/// `RUST_LOG` (e.g. `RUST_LOG=flowstate=debug`), else [`DEFAULT_LOG_FILTER`]. Does nothing if a
+/// subscriber is already installed.
+pub fn install_log_subscriber() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Installs the Prometheus exporter as the process-wide metrics recorder, serving
+/// `GET /metrics` (any path, in fact) on `addr` from a background thread for the rest of the
+/// process, and describes every flowstate metric. An error names the address when it cannot be
+/// bound (in use, not local) or when a recorder is already installed.
+pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
+    let builder = PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(observe::CHECKPOINT_WRITTEN_BYTES.into()),
+                &bytes_buckets(),
+            )
+        })
+        .map_err(|e| format!("cannot configure the metrics exporter: {e}"))?;
+    builder
+        .install()
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    observe::describe();
+    Ok(())
+}
+
+/// Histogram buckets of checkpoint bytes: 1 KiB to 16 GiB, powers of 4.
+fn bytes_buckets() -> Vec<f64> {
+    (0..13).map(|i| 1024.0 * 4f64.powi(i)).collect()
 }

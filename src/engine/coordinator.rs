@@ -10,9 +10,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use super::growth::GrowthAlert;
 use super::source::SourcePosition;
 use crate::backend::SnapshotHandle;
 use crate::error::{Error, Result};
+use crate::observe;
 
 /// Checkpointing options (Flink's names).
 #[derive(Debug, Clone)]
@@ -29,10 +31,14 @@ pub struct CheckpointOptions {
     pub retained: usize,
     /// Consecutive failed (aborted or declined) checkpoints tolerated before the job fails.
     pub tolerable_failures: u32,
+    /// Warn (and raise `flowstate_state_growth_alert_active`) when the state size grew by more
+    /// than a fraction over the last completed checkpoints; `None`: off.
+    pub growth_alert: Option<GrowthAlert>,
 }
 
 impl Default for CheckpointOptions {
-    /// 200 ms interval, 60 s timeout, no pause, 1 concurrent, 3 retained, 3 tolerable failures.
+    /// 200 ms interval, 60 s timeout, no pause, 1 concurrent, 3 retained, 3 tolerable failures,
+    /// no growth alert.
     fn default() -> Self {
         CheckpointOptions {
             interval: Some(Duration::from_millis(200)),
@@ -41,6 +47,7 @@ impl Default for CheckpointOptions {
             max_concurrent: 1,
             retained: 3,
             tolerable_failures: 3,
+            growth_alert: None,
         }
     }
 }
@@ -122,6 +129,8 @@ pub struct CheckpointCoordinator {
     last_trigger: Option<Instant>,
     last_completion: Option<Instant>,
     consecutive_failures: u32,
+    /// The growth alert holds (raised and not cleared since).
+    growth_alert_active: bool,
     /// Every checkpoint that ended, in the order they ended.
     pub history: Vec<CheckpointRecord>,
 }
@@ -139,6 +148,7 @@ impl CheckpointCoordinator {
             last_trigger: None,
             last_completion: None,
             consecutive_failures: 0,
+            growth_alert_active: false,
             history: Vec::new(),
         }
     }
@@ -185,12 +195,18 @@ impl CheckpointCoordinator {
                 sinks: vec![None; self.sinks],
             },
         );
+        tracing::debug!(checkpoint_id = id, final_input, "checkpoint triggered");
         Some(id)
     }
 
     /// The source acknowledged `id` at `position`.
     pub fn ack_source(&mut self, id: u64, position: SourcePosition) -> Option<CompletedCheckpoint> {
         self.pending.get_mut(&id)?.source = Some(position);
+        tracing::trace!(
+            checkpoint_id = id,
+            events = position.events,
+            "source acknowledged"
+        );
         self.try_complete(id)
     }
 
@@ -201,13 +217,23 @@ impl CheckpointCoordinator {
         task: usize,
         ack: OperatorAck,
     ) -> Option<CompletedCheckpoint> {
+        let (sync, asynchronous, alignment) = (ack.sync, ack.asynchronous, ack.alignment);
         *self.pending.get_mut(&id)?.operators.get_mut(task)? = Some(ack);
+        tracing::debug!(
+            checkpoint_id = id,
+            task,
+            sync = ?sync,
+            asynchronous = ?asynchronous,
+            alignment = ?alignment,
+            "operator acknowledged checkpoint"
+        );
         self.try_complete(id)
     }
 
     /// Sink `task` pre-committed `bytes` for `id`.
     pub fn ack_sink(&mut self, id: u64, task: usize, bytes: u64) -> Option<CompletedCheckpoint> {
         *self.pending.get_mut(&id)?.sinks.get_mut(task)? = Some(bytes);
+        tracing::trace!(checkpoint_id = id, task, bytes, "sink pre-committed");
         self.try_complete(id)
     }
 
@@ -243,11 +269,72 @@ impl CheckpointCoordinator {
         }
     }
 
-    /// Records that a completed checkpoint is durable (with its final statistics).
+    /// Records that a completed checkpoint is durable (with its final statistics): counts it in
+    /// the metrics and evaluates the growth alert.
     pub fn record_completed(&mut self, record: CheckpointRecord, now: Instant) {
         self.consecutive_failures = 0;
         self.last_completion = Some(now);
+        tracing::info!(
+            checkpoint_id = record.id,
+            duration = ?record.duration,
+            bytes_written = record.bytes_written,
+            state_size = record.state_size,
+            "checkpoint completed"
+        );
+        observe::checkpoint_completed(&observe::CheckpointSample {
+            duration: record.duration,
+            sync: record.sync,
+            asynchronous: record.asynchronous,
+            alignment: record.alignment,
+            bytes_written: record.bytes_written,
+            state_size: record.state_size,
+        });
         self.history.push(record);
+        self.check_growth();
+    }
+
+    /// Raises the growth alert on entering it (a warning and the metric), clears it on leaving.
+    fn check_growth(&mut self) {
+        let Some(alert) = self.options.growth_alert else {
+            return;
+        };
+        let sizes: Vec<u64> = self
+            .history
+            .iter()
+            .filter(|r| r.status == CheckpointStatus::Completed)
+            .map(|r| r.state_size)
+            .collect();
+        match alert.exceeded(&sizes) {
+            Some(growth) if !self.growth_alert_active => {
+                self.growth_alert_active = true;
+                let newest = sizes.last().copied().unwrap_or(0);
+                let old = sizes
+                    .len()
+                    .checked_sub(alert.checkpoints.max(1) + 1)
+                    .and_then(|i| sizes.get(i))
+                    .copied()
+                    .unwrap_or(0);
+                tracing::warn!(
+                    "state size grew by {:.1}% ({old} -> {newest} bytes) over the last {} \
+                     completed checkpoints, more than the {:.1}% alert threshold",
+                    growth * 100.0,
+                    alert.checkpoints.max(1),
+                    alert.fraction * 100.0
+                );
+                observe::state_growth_alert(true);
+            }
+            None if self.growth_alert_active => {
+                self.growth_alert_active = false;
+                tracing::info!("state size growth back under the alert threshold");
+                observe::state_growth_alert(false);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the state-size growth alert holds.
+    pub fn growth_alert_active(&self) -> bool {
+        self.growth_alert_active
     }
 
     fn check_tolerance(&self) -> Result<()> {
@@ -266,7 +353,11 @@ impl CheckpointCoordinator {
         };
         if counts {
             self.consecutive_failures += 1;
+            tracing::warn!(checkpoint_id = id, reason = %reason, "checkpoint failed");
+        } else {
+            tracing::debug!(checkpoint_id = id, reason = %reason, "checkpoint aborted");
         }
+        observe::checkpoint_ended_incomplete(counts);
         let mut record = empty_record(id, CheckpointStatus::Aborted(reason));
         record.duration = now.saturating_duration_since(pending.triggered);
         self.history.push(record);
@@ -413,6 +504,7 @@ mod tests {
             max_concurrent: 1,
             retained: 1,
             tolerable_failures: 1,
+            growth_alert: None,
         }
     }
 

@@ -247,6 +247,13 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
                         restarts - 1
                     )));
                 }
+                crate::observe::job_restarted();
+                tracing::info!(
+                    error = %e,
+                    restart = restarts,
+                    checkpoint = store.latest().map(|c| c.id),
+                    "task failure: restarting the job"
+                );
                 eprintln!(
                     "task failure: {e}; restarting from checkpoint {} (restart {restarts} of {})",
                     store
@@ -373,6 +380,16 @@ impl Attempt<'_> {
         let parallelism = config.parallelism;
         let restore = store.latest().cloned();
         let restored_id = restore.as_ref().map_or(0, |c| c.id);
+        if let Some(checkpoint) = &restore
+            && checkpoint.handles.len() != usize::from(parallelism)
+        {
+            tracing::info!(
+                checkpoint = checkpoint.id,
+                from = checkpoint.handles.len(),
+                to = parallelism,
+                "rescaling operator state"
+            );
+        }
         sink::reconcile(&config.output, restored_id)?;
         let generation = self.base.next_generation()?;
         self.base

@@ -11,6 +11,7 @@ pub mod coordinator;
 pub mod demo;
 pub mod failure;
 pub mod gate;
+pub mod growth;
 pub mod job;
 pub mod location;
 pub mod operator;
@@ -26,6 +27,7 @@ use crate::error::{Error, Result};
 
 pub use coordinator::{CheckpointOptions, CheckpointRecord, CheckpointStatus};
 pub use failure::{FailurePoint, FailureSchedule};
+pub use growth::GrowthAlert;
 pub use job::{JobConfig, JobSummary, RestartStrategy, run_job};
 
 /// Which state backend the job's operators use. Adding a backend is one variant here, one arm

@@ -128,6 +128,13 @@ impl OperatorTask<'_> {
         let started = Instant::now();
         let task = self.keyed.snapshot(checkpoint_id)?;
         let sync = started.elapsed();
+        tracing::debug!(
+            checkpoint_id,
+            task = self.index,
+            sync = ?sync,
+            alignment = ?alignment,
+            "checkpoint sync part done"
+        );
         self.snapshots
             .send(SnapshotJob {
                 checkpoint_id,
@@ -155,9 +162,27 @@ pub fn run_snapshot_thread(
             std::thread::sleep(delay);
         }
         let started = Instant::now();
-        let result = failures
-            .check(FailurePoint::AsyncSnapshot)
-            .and_then(|()| job.task.run());
+        let span =
+            tracing::debug_span!("checkpoint_async", checkpoint_id = job.checkpoint_id, task);
+        let result = span.in_scope(|| {
+            failures
+                .check(FailurePoint::AsyncSnapshot)
+                .and_then(|()| job.task.run())
+        });
+        match &result {
+            Ok(_) => tracing::debug!(
+                checkpoint_id = job.checkpoint_id,
+                task,
+                asynchronous = ?started.elapsed(),
+                "checkpoint async part done"
+            ),
+            Err(e) => tracing::warn!(
+                checkpoint_id = job.checkpoint_id,
+                task,
+                error = %e,
+                "checkpoint async part failed; declining"
+            ),
+        }
         let event = match result {
             Ok(handle) => CoordinatorEvent::OperatorAck {
                 checkpoint_id: job.checkpoint_id,

@@ -219,6 +219,27 @@ pub(super) struct LsmSnapshotTask {
     pub options: LsmBackendOptions,
 }
 
+/// SST bytes per state (every registered state, 0 if it has no file) that `base` and `deltas`
+/// reference: the state sizes of the checkpoint they form.
+fn state_sizes<'a>(
+    states: &'a [StateDescriptor],
+    base: &Base,
+    deltas: &[Delta],
+) -> Vec<(&'a str, u64)> {
+    let mut sizes: Vec<(&str, u64)> = states.iter().map(|d| (d.name.as_str(), 0)).collect();
+    for f in base
+        .files
+        .iter()
+        .chain(deltas.iter().flat_map(|d| &d.files))
+    {
+        let state = f.cf.strip_prefix(CF_PREFIX).unwrap_or(&f.cf);
+        if let Some((_, bytes)) = sizes.iter_mut().find(|(name, _)| *name == state) {
+            *bytes += f.meta.size;
+        }
+    }
+    sizes
+}
+
 /// Copies a local SST into storage at `path`, checking size and crc32 against `meta`.
 fn upload(
     storage: &dyn CheckpointStorage,
@@ -451,6 +472,7 @@ impl LsmSnapshotTask {
             self.describe(inc, &new_uploads, &base, &deltas, target.as_ref())?;
         stats.referenced_bytes = metadata.files.iter().map(|f| f.file.size).sum();
         stats.delta_files = deltas.iter().map(|d| d.files.len()).sum();
+        let state_sizes = state_sizes(&self.states, &base, &deltas);
         self.storage.publish_metadata(id, &metadata.encode())?;
         let handle = snapshot_handle(self.storage.as_ref(), &metadata);
         {
@@ -476,6 +498,20 @@ impl LsmSnapshotTask {
                 inc.deltas.clear();
                 inc.target = None;
             }
+        }
+        tracing::debug!(
+            checkpoint_id = id,
+            uploaded_files = stats.uploaded_files,
+            uploaded_bytes = stats.uploaded_bytes,
+            delta_bytes = stats.delta_bytes,
+            materialized_bytes = stats.materialized_bytes,
+            referenced_bytes = stats.referenced_bytes,
+            base_switched = stats.base_switched,
+            "lsm incremental checkpoint written"
+        );
+        let range = (self.key_group_range.first(), self.key_group_range.last());
+        for (state, bytes) in state_sizes {
+            crate::observe::state_size(state, range, bytes);
         }
         inc.last_stats = Some(stats);
         self.prune_local_copies();

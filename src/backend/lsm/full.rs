@@ -69,6 +69,8 @@ impl SnapshotTask for FullSnapshotTask {
         let now = self.clock.now_ms();
         let state_count = u32::try_from(self.states.len())
             .map_err(|_| Error::invalid("too many states to snapshot"))?;
+        let names: Vec<String> = self.states.iter().map(|(d, _)| d.name.clone()).collect();
+        let mut sizes = vec![0u64; self.states.len()];
         let spec = FullCheckpoint {
             storage: &self.storage,
             registry: &self.registry,
@@ -81,7 +83,7 @@ impl SnapshotTask for FullSnapshotTask {
             states: self.states.iter().map(|(d, _)| d.clone()).collect(),
             key_groups_per_file: KEY_GROUPS_PER_FILE,
         };
-        write_full_checkpoint(
+        let handle = write_full_checkpoint(
             spec,
             &mut |key_groups| self.has_entries(key_groups),
             &mut |out, id, key_groups| {
@@ -91,8 +93,14 @@ impl SnapshotTask for FullSnapshotTask {
                     key_groups,
                     state_count,
                     &mut |index, emit| {
-                        let Some((descriptor, cf)) = self.states.get(index) else {
+                        let (Some((descriptor, cf)), Some(size)) =
+                            (self.states.get(index), sizes.get_mut(index))
+                        else {
                             return Ok(());
+                        };
+                        let mut emit = |key: &[u8], value: &[u8]| {
+                            *size += (key.len() + value.len()) as u64;
+                            emit(key, value)
                         };
                         let is_list = descriptor.kind == StateKind::List;
                         let mut it = self.db.iter(cf, self.bounds(key_groups))?;
@@ -115,7 +123,9 @@ impl SnapshotTask for FullSnapshotTask {
                     },
                 )
             },
-        )
+        )?;
+        crate::observe::full_state_sizes(&names, self.key_group_range, &sizes);
+        Ok(handle)
     }
 }
 

@@ -245,6 +245,8 @@ pub(super) fn restore(
     target: KeyGroupRange,
 ) -> Result<()> {
     let started = std::time::Instant::now();
+    let _span =
+        tracing::info_span!("restore", backend = "lsm", handles = handles.len(), %target).entered();
     let max_parallelism = backend.config.max_parallelism;
     check_restore_handles(BackendKind::Lsm, max_parallelism, handles, target)?;
     // States: registered ones keep their ids; every handle's must agree with them and each other.
@@ -352,14 +354,23 @@ pub(super) fn restore(
     }
     backend.states = new_states;
     backend.by_name = by_name;
-    stats.duration = started.elapsed();
-    backend.last_restore = Some(Box::new(stats));
     backend.config.key_group_range = target;
     {
         let mut incremental = backend.incremental.lock();
         incremental.reset(store_id, live, uploaded);
         backend.epoch = incremental.epoch;
     }
+    stats.duration = started.elapsed();
+    tracing::info!(
+        bytes = stats.bytes,
+        downloaded = stats.downloaded_bytes,
+        local_recovery = stats.local_bytes,
+        linked = stats.linked_bytes,
+        duration = ?stats.duration,
+        "lsm restore finished"
+    );
+    crate::observe::restore_finished("lsm", stats.duration, stats.downloaded_bytes);
+    backend.last_restore = Some(Box::new(stats));
     Ok(())
 }
 

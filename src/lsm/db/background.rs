@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Core, DbInner};
 use crate::error::{Error, Result};
@@ -165,6 +165,7 @@ fn flush_one(inner: &DbInner) -> Result<bool> {
             None => return Ok(false),
         }
     };
+    let started = Instant::now();
     let now = inner.options.clock.now_ms();
     let mut edit = VersionEdit::default();
     let mut written = 0u64;
@@ -223,6 +224,14 @@ fn flush_one(inner: &DbInner) -> Result<bool> {
         .counters
         .flush_bytes_written
         .fetch_add(written, Ordering::Relaxed);
+    crate::observe::flush_finished(written);
+    tracing::debug!(
+        memtables = batch.memtables.len(),
+        bytes = written,
+        last_sequence = batch.last_sequence,
+        duration = ?started.elapsed(),
+        "flush finished"
+    );
     delete_wals_below(&inner.dir, min_log);
     let _core = inner.core.lock();
     inner.work.notify_all();
@@ -468,6 +477,7 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
     if job.trivial_move {
         return move_file(inner, &job);
     }
+    let started = Instant::now();
     let (tables, options, tombstones) = {
         let core = inner.core.lock();
         let Some(state) = core.cfs.get(&job.cf) else {
@@ -552,6 +562,17 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
         .counters
         .compaction_bytes_written
         .fetch_add(output.bytes_written, Ordering::Relaxed);
+    crate::observe::compaction_finished(read, output.bytes_written);
+    tracing::debug!(
+        cf = job.cf,
+        output_level = job.output_level,
+        input_files = job.inputs.len(),
+        bytes_in = read,
+        bytes_out = output.bytes_written,
+        manual = job.range.is_some(),
+        duration = ?started.elapsed(),
+        "compaction finished"
+    );
     inner.work.notify_all();
     Ok(())
 }
@@ -564,7 +585,7 @@ fn move_file(inner: &DbInner, job: &Job) -> Result<()> {
         edit.new_files
             .push((job.cf, job.output_level as u8, (**file).clone()));
     }
-    log_and_apply(
+    let moved = log_and_apply(
         inner,
         |core| {
             let still_there = core.version.cfs.get(&job.cf).is_some_and(|cf| {
@@ -576,6 +597,15 @@ fn move_file(inner: &DbInner, job: &Job) -> Result<()> {
         },
         |_, _, ()| {},
     )?;
+    if moved.is_some() {
+        crate::observe::compaction_finished(0, 0);
+        tracing::debug!(
+            cf = job.cf,
+            output_level = job.output_level,
+            files = job.inputs.len(),
+            "trivial move"
+        );
+    }
     let _core = inner.core.lock();
     inner.work.notify_all();
     Ok(())

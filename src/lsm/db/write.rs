@@ -69,6 +69,8 @@ fn make_room(inner: &DbInner, writer: &mut WriterState) -> Result<()> {
             full && core.frozen.len() + 1 >= inner.options.max_write_buffers.max(2);
         if l0_blocked || frozen_blocked {
             inner.counters.write_stalls.fetch_add(1, Ordering::Relaxed);
+            crate::observe::write_stall();
+            tracing::trace!(l0_blocked, frozen_blocked, "write stall");
             if !inner.options.background_work {
                 // Nobody else will flush: do it here rather than wait forever.
                 drop(core);
