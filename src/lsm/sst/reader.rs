@@ -4,6 +4,7 @@
 //! are checked when first read (and all of them by [`SstReader::verify`]). Decoded blocks may
 //! borrow from the map, which they keep alive; an optional [`BlockCache`] shares them.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use crate::codec::block::{Block, SharedBytes, unseal};
+use crate::codec::block::{Block, BlockIter, SharedBytes, unseal};
 use crate::codec::record::crc32;
 use crate::error::{Error, Result};
 use crate::lsm::block_cache::BlockCache;
@@ -20,7 +21,9 @@ use crate::lsm::format::{
 };
 use crate::lsm::iterator::InternalIterator;
 use crate::lsm::sst::bloom::BloomFilter;
-use crate::lsm::sst::format::{BlockHandle, FOOTER_LEN, Footer, SstProperties, seek_key};
+use crate::lsm::sst::format::{
+    BlockHandle, FOOTER_LEN, Footer, SstProperties, encode_seek_key, seek_key,
+};
 use crate::lsm::sst::iter::SstIter;
 
 /// The newest version of a user key visible at a snapshot, as stored in one file.
@@ -32,6 +35,19 @@ pub struct SstEntry {
     pub kind: ValueKind,
     /// The stored value (empty for a Delete).
     pub value: Vec<u8>,
+}
+
+/// Buffers a thread's point lookups reuse: the seek key and the index and data block keys.
+#[derive(Default)]
+struct LookupBuffers {
+    target: Vec<u8>,
+    index_key: Vec<u8>,
+    data_key: Vec<u8>,
+}
+
+thread_local! {
+    /// Taken by a lookup and put back after it (a nested lookup would find fresh ones).
+    static LOOKUP_BUFFERS: Cell<LookupBuffers> = Cell::new(LookupBuffers::default());
 }
 
 /// The shared state of an open file; iterators hold it through an `Arc`.
@@ -215,10 +231,68 @@ impl SstReader {
     }
 
     /// The newest entry for `user_key` with sequence <= `snapshot_seq`, if the file has one.
+    ///
+    /// Searches the index block, then the one data block it names, directly (no [`SstIter`]),
+    /// building keys in buffers this thread reuses across lookups.
     pub fn get(&self, user_key: &[u8], snapshot_seq: u64) -> Result<Option<SstEntry>> {
         if !self.may_contain(user_key) {
             return Ok(None);
         }
+        let mut buffers = LOOKUP_BUFFERS.take();
+        let result = self.search(user_key, snapshot_seq, &mut buffers);
+        LOOKUP_BUFFERS.set(buffers);
+        result
+    }
+
+    fn search(
+        &self,
+        user_key: &[u8],
+        snapshot_seq: u64,
+        buffers: &mut LookupBuffers,
+    ) -> Result<Option<SstEntry>> {
+        let file = &self.file;
+        encode_seek_key(&mut buffers.target, user_key, snapshot_seq);
+        let target = &buffers.target;
+        let index_key = std::mem::take(&mut buffers.index_key);
+        let mut index =
+            BlockIter::with_key_buffer(Arc::clone(&file.index), compare_internal, index_key);
+        index.seek(target)?;
+        let handle = if index.valid() {
+            Some(file.decode_handle(index.value(), file.footer.index.offset)?)
+        } else {
+            None
+        };
+        buffers.index_key = index.into_key_buffer();
+        // Index keys are the blocks' last keys: no block ends at or after the target.
+        let Some(handle) = handle else {
+            return Ok(None);
+        };
+        let data_key = std::mem::take(&mut buffers.data_key);
+        let mut data =
+            BlockIter::with_key_buffer(file.data_block(handle)?, compare_internal, data_key);
+        data.seek(target)?;
+        let found = if data.valid() {
+            let parsed = parse_internal_key(data.key(), &file.label, handle.offset)?;
+            (parsed.user_key == user_key).then(|| SstEntry {
+                sequence: parsed.sequence,
+                kind: parsed.kind,
+                value: data.value().to_vec(),
+            })
+        } else {
+            // The block's last key is at or after the target, so this is a damaged file: read
+            // it the long way, which reports the damage or skips to the next block.
+            None
+        };
+        let fallback = !data.valid();
+        buffers.data_key = data.into_key_buffer();
+        if fallback {
+            return self.get_by_iterator(user_key, snapshot_seq);
+        }
+        Ok(found)
+    }
+
+    /// [`SstReader::get`] through an [`SstIter`].
+    fn get_by_iterator(&self, user_key: &[u8], snapshot_seq: u64) -> Result<Option<SstEntry>> {
         let mut iter = self.iter();
         iter.seek(&seek_key(user_key, snapshot_seq))?;
         if !iter.valid() {
