@@ -2,7 +2,9 @@
 //! `valgrind --tool=callgrind --toggle-collect='*lsm_phases::phase_*'` (repeatable whatever the
 //! machine load): random puts into the memtable, gets from the memtable, a flush, gets from SSTs.
 //! Usage: `cargo run --release --example lsm_phases -- [keys]` (default 100k; 16-byte keys,
-//! 100-byte values, zstd, 10-bit bloom, like `benches/lsm.rs`).
+//! 100-byte values, zstd, 10-bit bloom, like `benches/lsm.rs`). `FLOWSTATE_MMAP_READS=1` reads
+//! SSTs through memory maps, `FLOWSTATE_CACHE_MB=n` sizes the block cache; peak and final RSS
+//! are printed at the end.
 
 use std::path::Path;
 
@@ -73,6 +75,13 @@ fn run(dir: &Path, keys: u64) {
     options.default_cf_options.sst.compression = Compression::Zstd { level: 3 };
     options.default_cf_options.sst.bloom_bits_per_key = 10;
     options.background_work = false;
+    options.allow_mmap_reads = std::env::var_os("FLOWSTATE_MMAP_READS").is_some();
+    if let Some(mb) = std::env::var("FLOWSTATE_CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        options.block_cache_size = mb << 20;
+    }
     let db = Db::open(dir, options).expect("open");
     let t = std::time::Instant::now();
     phase_fill(&db, keys);
@@ -88,8 +97,15 @@ fn run(dir: &Path, keys: u64) {
     let sst_read = t.elapsed();
     println!(
         "keys {keys}: fill {fill:?}, memtable reads {mem_read:?} ({memtable_hits} hits), \
-         flush {flush:?}, sst reads {sst_read:?} ({sst_hits} hits)"
+         flush {flush:?}, sst reads {sst_read:?} ({sst_hits} hits); mmap reads {}",
+        db.stats().block_cache_misses > 0 && std::env::var_os("FLOWSTATE_MMAP_READS").is_some()
     );
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    for line in status.lines() {
+        if line.starts_with("VmHWM") || line.starts_with("RssAnon") || line.starts_with("RssFile") {
+            println!("{line}");
+        }
+    }
 }
 
 fn main() {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::codec::block::{Block, BlockIter, SharedBytes, unseal};
-use crate::codec::record::crc32;
 use crate::error::{Error, Result};
 use crate::lsm::block_cache::BlockCache;
 use crate::lsm::format::{
@@ -25,6 +24,7 @@ use crate::lsm::sst::format::{
     BlockHandle, FOOTER_LEN, Footer, SstProperties, encode_seek_key, seek_key,
 };
 use crate::lsm::sst::iter::SstIter;
+use crate::lsm::sst::storage::Storage;
 
 /// The newest version of a user key visible at a snapshot, as stored in one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub(crate) struct SstFile {
     pub(crate) label: Arc<str>,
     path: PathBuf,
     file_number: u64,
-    map: SharedBytes,
+    storage: Storage,
     pub(crate) footer: Footer,
     pub(crate) index: Arc<Block>,
     filter: BloomFilter,
@@ -64,17 +64,13 @@ pub(crate) struct SstFile {
 }
 
 impl SstFile {
-    fn bytes(&self) -> &[u8] {
-        (*self.map).as_ref()
-    }
-
     /// End of the data blocks: the filter block follows them.
     pub(crate) fn data_end(&self) -> u64 {
         self.footer.filter.offset
     }
 
     fn decode_block(&self, handle: BlockHandle, start: u64, end: u64, what: &str) -> Result<Block> {
-        decode_block(&self.map, &self.label, handle, (start, end), what)
+        decode_block(&self.storage, &self.label, handle, (start, end), what)
     }
 
     /// The data block at `handle`, from the cache if it has it.
@@ -114,9 +110,21 @@ impl std::fmt::Debug for SstReader {
 }
 
 impl SstReader {
-    /// Opens the SST at `path`. `file_number` keys its blocks in `cache` and must be unique among
-    /// the files sharing that cache.
+    /// Opens the SST at `path` through a memory map. `file_number` keys its blocks in `cache` and
+    /// must be unique among the files sharing that cache.
     pub fn open(path: &Path, file_number: u64, cache: Option<Arc<BlockCache>>) -> Result<Self> {
+        SstReader::open_with(path, file_number, cache, true)
+    }
+
+    /// Opens the SST at `path`, reading it through a memory map when `mmap` is true and with
+    /// positioned reads (`pread`) into the blocks otherwise (then only the block cache holds its
+    /// data in this process's memory).
+    pub fn open_with(
+        path: &Path,
+        file_number: u64,
+        cache: Option<Arc<BlockCache>>,
+        mmap: bool,
+    ) -> Result<Self> {
         let label: Arc<str> = Arc::from(path.display().to_string());
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
@@ -126,6 +134,14 @@ impl SstReader {
                 0,
                 format!("file of {len} bytes is shorter than the {FOOTER_LEN}-byte SST footer"),
             ));
+        }
+        if !mmap {
+            let storage = Storage::File {
+                file,
+                len,
+                path: Arc::from(path),
+            };
+            return SstReader::from_storage(storage, label, path, file_number, cache);
         }
         // SAFETY: SST files are immutable once published: flowstate never truncates, rewrites or
         // appends to a file after `SstBuilder::finish`, and deletes it only by unlinking, which
@@ -146,35 +162,54 @@ impl SstReader {
         file_number: u64,
         cache: Option<Arc<BlockCache>>,
     ) -> Result<Self> {
-        let bytes: &[u8] = (*map).as_ref();
-        let footer_offset = bytes.len().checked_sub(FOOTER_LEN).ok_or_else(|| {
-            Error::corruption(
-                &*label,
-                0,
-                format!(
-                    "file of {} bytes is shorter than the {FOOTER_LEN}-byte SST footer",
-                    bytes.len()
-                ),
-            )
-        })?;
-        let footer_bytes = bytes
-            .get(footer_offset..)
-            .and_then(|b| <&[u8; FOOTER_LEN]>::try_from(b).ok())
-            .ok_or_else(|| Error::corruption(&*label, 0, "footer out of range"))?;
-        let footer = Footer::decode(footer_bytes, &label, footer_offset as u64)?;
-        check_layout(&footer, footer_offset as u64, &label)?;
+        SstReader::from_storage(Storage::Mapped(map), label, path, file_number, cache)
+    }
 
-        let filter_bytes = unseal(slice(bytes, footer.filter), &label, footer.filter.offset)?;
+    fn from_storage(
+        storage: Storage,
+        label: Arc<str>,
+        path: &Path,
+        file_number: u64,
+        cache: Option<Arc<BlockCache>>,
+    ) -> Result<Self> {
+        let footer_offset = storage
+            .len()
+            .checked_sub(FOOTER_LEN as u64)
+            .ok_or_else(|| {
+                Error::corruption(
+                    &*label,
+                    0,
+                    format!(
+                        "file of {} bytes is shorter than the {FOOTER_LEN}-byte SST footer",
+                        storage.len()
+                    ),
+                )
+            })?;
+        let footer_bytes = storage.read(footer_offset, FOOTER_LEN, &label)?;
+        let footer_bytes = <&[u8; FOOTER_LEN]>::try_from(&*footer_bytes)
+            .map_err(|_| Error::corruption(&*label, 0, "footer out of range"))?;
+        let footer = Footer::decode(footer_bytes, &label, footer_offset)?;
+        check_layout(&footer, footer_offset, &label)?;
+
+        let stored_filter =
+            storage.read(footer.filter.offset, footer.filter.size as usize, &label)?;
+        let filter_bytes = unseal(&stored_filter, &label, footer.filter.offset)?;
         let filter = BloomFilter::decode(&filter_bytes, &label, footer.filter.offset)?;
-        let end = footer_offset as u64;
-        let properties = decode_block(&map, &label, footer.properties, (0, end), "properties")?;
+        let end = footer_offset;
+        let properties = decode_block(&storage, &label, footer.properties, (0, end), "properties")?;
         let properties = SstProperties::decode(Arc::new(properties))?;
-        let index = Arc::new(decode_block(&map, &label, footer.index, (0, end), "index")?);
+        let index = Arc::new(decode_block(
+            &storage,
+            &label,
+            footer.index,
+            (0, end),
+            "index",
+        )?);
         let file = SstFile {
             label,
             path: path.to_path_buf(),
             file_number,
-            map,
+            storage,
             footer,
             index,
             filter,
@@ -208,7 +243,7 @@ impl SstReader {
 
     /// Size of the file in bytes.
     pub fn file_size(&self) -> u64 {
-        self.file.bytes().len() as u64
+        self.file.storage.len()
     }
 
     /// False if the file certainly holds no version of `user_key` (bloom filter).
@@ -315,8 +350,8 @@ impl SstReader {
     }
 
     /// CRC-32 of the whole file (compare with [`SstMetadata::file_crc32`](super::SstMetadata)).
-    pub fn file_crc32(&self) -> u32 {
-        crc32(self.file.bytes())
+    pub fn file_crc32(&self) -> Result<u32> {
+        self.file.storage.crc32(&self.file.label)
     }
 
     /// Reads and checks every block, bypassing the cache: checksums, that the data blocks tile
@@ -392,27 +427,14 @@ impl SstReader {
 
 /// Decodes the stored block at `handle`, which must lie within `[range.0, range.1)`.
 fn decode_block(
-    map: &SharedBytes,
+    storage: &Storage,
     label: &Arc<str>,
     handle: BlockHandle,
     range: (u64, u64),
     what: &str,
 ) -> Result<Block> {
     handle.check_within(range.0, range.1, what, label)?;
-    Block::decode_shared(
-        Arc::clone(map),
-        handle.offset as usize,
-        handle.end() as usize,
-        Arc::clone(label),
-        handle.offset,
-    )
-}
-
-/// The stored bytes at `handle` (validated by `check_layout` first).
-fn slice(bytes: &[u8], handle: BlockHandle) -> &[u8] {
-    bytes
-        .get(handle.offset as usize..handle.end() as usize)
-        .unwrap_or_default()
+    storage.decode_block(handle, label)
 }
 
 /// Checks that filter, properties and index follow each other and end at the footer.
