@@ -2,9 +2,9 @@
 //! turns them into an SST.
 //!
 //! Built on `crossbeam_skiplist::SkipSet`, so reads, writes and iterators run concurrently
-//! through `&self`. Point entries and range tombstones live in two skiplists of `entry::Entry`s (internal
-//! key and value in one allocation, `lsm::format` order); each (user key, sequence) is inserted
-//! once and never removed.
+//! through `&self`. Point entries and range tombstones live in two skiplists of `entry::Entry`s
+//! (internal key and value in one allocation, `lsm::format` order); each (user key, sequence) is
+//! inserted once and never removed.
 
 mod entry;
 
