@@ -12,9 +12,22 @@ fn options() -> Options {
 
 #[test]
 fn put_get_delete_survive_reopen_and_flush() {
+    put_get_delete_round(options());
+}
+
+/// The same through memory-mapped SSTs (the default reads them with `pread`).
+#[test]
+fn put_get_delete_survive_reopen_and_flush_with_mmap_reads() {
+    put_get_delete_round(Options {
+        allow_mmap_reads: true,
+        ..options()
+    });
+}
+
+fn put_get_delete_round(options: Options) {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = Db::open(dir.path(), options()).unwrap();
+        let db = Db::open(dir.path(), options.clone()).unwrap();
         let cf = db.default_cf();
         for i in 0..500u32 {
             db.put(&cf, &i.to_be_bytes(), format!("v{i}").as_bytes())
@@ -30,7 +43,7 @@ fn put_get_delete_survive_reopen_and_flush() {
         db.put(&cf, b"after-flush", b"x").unwrap();
         assert!(db.stats().column_families[0].files_per_level[0] > 0);
     }
-    let db = Db::open(dir.path(), options()).unwrap();
+    let db = Db::open(dir.path(), options).unwrap();
     let cf = db.default_cf();
     assert_eq!(
         db.get(&cf, &8u32.to_be_bytes()).unwrap(),

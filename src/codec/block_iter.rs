@@ -51,6 +51,20 @@ impl BlockIter {
         }
     }
 
+    /// An unpositioned iterator over `block` that builds its keys in `key_buffer` (whose
+    /// contents are discarded): point lookups reuse one buffer instead of allocating per block.
+    pub fn with_key_buffer(block: Arc<Block>, comparator: Comparator, key_buffer: Vec<u8>) -> Self {
+        let mut iter = BlockIter::new(block, comparator);
+        iter.key = key_buffer;
+        iter.key.clear();
+        iter
+    }
+
+    /// Gives the key buffer back (see [`BlockIter::with_key_buffer`]).
+    pub fn into_key_buffer(self) -> Vec<u8> {
+        self.key
+    }
+
     /// The block this iterator walks.
     pub fn block(&self) -> &Arc<Block> {
         &self.block

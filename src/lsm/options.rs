@@ -74,6 +74,10 @@ pub struct Options {
     pub default_cf_options: CfOptions,
     /// Time source for file creation times and periodic compaction.
     pub clock: SharedClock,
+    /// Read SST files through memory maps (RocksDB's `allow_mmap_reads`; default false). With
+    /// false, data blocks are read with `pread` into the block cache: file pages then stay in the
+    /// kernel's page cache, outside this process's RSS, instead of counting in it once touched.
+    pub allow_mmap_reads: bool,
     /// Run flushes and compactions on a background thread (default true). With false they run
     /// only through `flush`/`compact_range`/`run_background_work` (deterministic tests).
     pub background_work: bool,
@@ -94,6 +98,7 @@ impl Default for Options {
             cf_options: Vec::new(),
             default_cf_options: CfOptions::default(),
             clock: system_clock(),
+            allow_mmap_reads: false,
             background_work: true,
         }
     }

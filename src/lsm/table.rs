@@ -30,17 +30,26 @@ pub struct TableFile {
     meta: Arc<FileMeta>,
     path: PathBuf,
     cache: Option<Arc<BlockCache>>,
+    /// Read through a memory map (else with `pread`): `Options::allow_mmap_reads`.
+    mmap: bool,
     reader: OnceLock<Arc<SstReader>>,
     obsolete: AtomicBool,
 }
 
 impl TableFile {
-    /// A table for `meta` in `dir`; the file is opened (mapped) on first use.
-    pub fn new(dir: &Path, meta: Arc<FileMeta>, cache: Option<Arc<BlockCache>>) -> Arc<Self> {
+    /// A table for `meta` in `dir`; the file is opened on first use, and read through a memory
+    /// map when `mmap` is true, with `pread` otherwise.
+    pub fn new(
+        dir: &Path,
+        meta: Arc<FileMeta>,
+        cache: Option<Arc<BlockCache>>,
+        mmap: bool,
+    ) -> Arc<Self> {
         Arc::new(TableFile {
             path: dir.join(sst_file_name(meta.number)),
             meta,
             cache,
+            mmap,
             reader: OnceLock::new(),
             obsolete: AtomicBool::new(false),
         })
@@ -61,10 +70,11 @@ impl TableFile {
         if let Some(reader) = self.reader.get() {
             return Ok(reader);
         }
-        let opened = Arc::new(SstReader::open(
+        let opened = Arc::new(SstReader::open_with(
             &self.path,
             self.meta.number,
             self.cache.clone(),
+            self.mmap,
         )?);
         // Another thread may have opened it meanwhile; either reader is fine.
         Ok(self.reader.get_or_init(|| opened))

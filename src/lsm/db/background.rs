@@ -290,7 +290,12 @@ pub(super) fn log_and_apply<T, R>(
         {
             core.tables.insert(
                 meta.number,
-                TableFile::new(&inner.dir, file.clone(), Some(inner.cache.clone())),
+                TableFile::new(
+                    &inner.dir,
+                    file.clone(),
+                    Some(inner.cache.clone()),
+                    inner.options.allow_mmap_reads,
+                ),
             );
         }
     }

@@ -73,17 +73,15 @@ pub(super) fn get(
     let mut found: Vec<Found> = Vec::new();
     let mut done = false;
     for memtable in std::iter::once(&view.memtable).chain(view.frozen.iter()) {
-        for entry in memtable.versions(key, snapshot) {
-            done = entry.kind != ValueKind::Merge;
+        memtable.for_each_version(key, snapshot, |sequence, kind, value| {
+            done = kind != ValueKind::Merge;
             found.push(Found {
-                sequence: entry.sequence,
-                kind: entry.kind,
-                value: entry.value.to_vec(),
+                sequence,
+                kind,
+                value: value.to_vec(),
             });
-            if done {
-                break;
-            }
-        }
+            !done
+        });
         if done {
             break;
         }

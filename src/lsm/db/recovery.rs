@@ -169,7 +169,12 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
         for file in cf.files() {
             tables.insert(
                 file.number,
-                TableFile::new(dir, file.clone(), Some(cache.clone())),
+                TableFile::new(
+                    dir,
+                    file.clone(),
+                    Some(cache.clone()),
+                    options.allow_mmap_reads,
+                ),
             );
         }
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{CfState, ColumnFamily, DbInner, FrozenBatch, WriterState};
+use super::{CfState, ColumnFamily, DbInner, FrozenBatch, SuperVersion, WriterState};
 use crate::error::{Error, Result};
 use crate::lsm::batch::WriteBatch;
 use crate::lsm::memtable::Memtable;
@@ -25,10 +25,13 @@ pub(super) fn write(inner: &DbInner, mut batch: WriteBatch) -> Result<()> {
     }
     let mut writer = inner.writer.lock();
     inner.check_background_error()?;
-    make_room(inner, &mut writer)?;
-    // One view for validation and insertion: column families change only under the writer
-    // lock, which this thread holds, so the view stays right for the whole batch.
-    let sv = inner.current();
+    // One view for validation and insertion: column families and memtables change only under
+    // the writer lock, which this thread holds, so the view stays right for the whole batch.
+    let mut sv = inner.current();
+    if needs_room(inner, &sv) {
+        make_room(inner, &mut writer)?;
+        sv = inner.current();
+    }
     if let Some((_, op)) = batch.iter().find(|(_, op)| !sv.cfs.contains_key(&op.cf())) {
         return Err(Error::invalid(format!(
             "unknown column family id {}",
@@ -50,6 +53,17 @@ pub(super) fn write(inner: &DbInner, mut batch: WriteBatch) -> Result<()> {
         .visible_sequence
         .store(writer.last_sequence, Ordering::Release);
     Ok(())
+}
+
+/// The fast path of [`make_room`], without the core lock: whether a memtable of `sv` is full or
+/// a column family has reached the L0 stop trigger. Memtables are switched only under the writer
+/// lock, so the caller's view has the current ones; a flush may add an L0 file after the view
+/// was taken, which lets at most this one write through before the next one stalls.
+fn needs_room(inner: &DbInner, sv: &SuperVersion) -> bool {
+    sv.cfs.values().any(|c| {
+        c.memtable.approximate_memory_usage() >= inner.options.write_buffer_size
+            || c.levels[0].len() >= inner.options.level0_stop_writes
+    })
 }
 
 /// Waits while too many memtables or L0 files are pending, and freezes full memtables.

@@ -266,11 +266,17 @@ impl SstProperties {
 /// The internal key that sorts before every version of `user_key` visible at `snapshot_seq`:
 /// `user_key | (snapshot_seq << 8 | 0xff) BE`. Seeking to it lands on the newest visible version.
 pub fn seek_key(user_key: &[u8], snapshot_seq: u64) -> Vec<u8> {
-    let trailer = (snapshot_seq.min(MAX_SEQUENCE) << 8) | 0xff;
     let mut key = Vec::with_capacity(user_key.len() + TRAILER_LEN);
-    key.extend_from_slice(user_key);
-    key.extend_from_slice(&trailer.to_be_bytes());
+    encode_seek_key(&mut key, user_key, snapshot_seq);
     key
+}
+
+/// Replaces the contents of `out` with [`seek_key`]`(user_key, snapshot_seq)`.
+pub fn encode_seek_key(out: &mut Vec<u8>, user_key: &[u8], snapshot_seq: u64) {
+    let trailer = (snapshot_seq.min(MAX_SEQUENCE) << 8) | 0xff;
+    out.clear();
+    out.extend_from_slice(user_key);
+    out.extend_from_slice(&trailer.to_be_bytes());
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub mod builder;
 pub mod format;
 pub mod iter;
 pub mod reader;
+mod storage;
 
 pub use builder::{SstBuilder, SstMetadata};
 pub use format::{BlockHandle, Footer, SstProperties};

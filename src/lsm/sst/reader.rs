@@ -4,6 +4,7 @@
 //! are checked when first read (and all of them by [`SstReader::verify`]). Decoded blocks may
 //! borrow from the map, which they keep alive; an optional [`BlockCache`] shares them.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -11,8 +12,7 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use crate::codec::block::{Block, SharedBytes, unseal};
-use crate::codec::record::crc32;
+use crate::codec::block::{Block, BlockIter, SharedBytes, unseal};
 use crate::error::{Error, Result};
 use crate::lsm::block_cache::BlockCache;
 use crate::lsm::format::{
@@ -20,8 +20,11 @@ use crate::lsm::format::{
 };
 use crate::lsm::iterator::InternalIterator;
 use crate::lsm::sst::bloom::BloomFilter;
-use crate::lsm::sst::format::{BlockHandle, FOOTER_LEN, Footer, SstProperties, seek_key};
+use crate::lsm::sst::format::{
+    BlockHandle, FOOTER_LEN, Footer, SstProperties, encode_seek_key, seek_key,
+};
 use crate::lsm::sst::iter::SstIter;
+use crate::lsm::sst::storage::Storage;
 
 /// The newest version of a user key visible at a snapshot, as stored in one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,12 +37,25 @@ pub struct SstEntry {
     pub value: Vec<u8>,
 }
 
+/// Buffers a thread's point lookups reuse: the seek key and the index and data block keys.
+#[derive(Default)]
+struct LookupBuffers {
+    target: Vec<u8>,
+    index_key: Vec<u8>,
+    data_key: Vec<u8>,
+}
+
+thread_local! {
+    /// Taken by a lookup and put back after it (a nested lookup would find fresh ones).
+    static LOOKUP_BUFFERS: Cell<LookupBuffers> = Cell::new(LookupBuffers::default());
+}
+
 /// The shared state of an open file; iterators hold it through an `Arc`.
 pub(crate) struct SstFile {
     pub(crate) label: Arc<str>,
     path: PathBuf,
     file_number: u64,
-    map: SharedBytes,
+    storage: Storage,
     pub(crate) footer: Footer,
     pub(crate) index: Arc<Block>,
     filter: BloomFilter,
@@ -48,17 +64,13 @@ pub(crate) struct SstFile {
 }
 
 impl SstFile {
-    fn bytes(&self) -> &[u8] {
-        (*self.map).as_ref()
-    }
-
     /// End of the data blocks: the filter block follows them.
     pub(crate) fn data_end(&self) -> u64 {
         self.footer.filter.offset
     }
 
     fn decode_block(&self, handle: BlockHandle, start: u64, end: u64, what: &str) -> Result<Block> {
-        decode_block(&self.map, &self.label, handle, (start, end), what)
+        decode_block(&self.storage, &self.label, handle, (start, end), what)
     }
 
     /// The data block at `handle`, from the cache if it has it.
@@ -98,9 +110,21 @@ impl std::fmt::Debug for SstReader {
 }
 
 impl SstReader {
-    /// Opens the SST at `path`. `file_number` keys its blocks in `cache` and must be unique among
-    /// the files sharing that cache.
+    /// Opens the SST at `path` through a memory map. `file_number` keys its blocks in `cache` and
+    /// must be unique among the files sharing that cache.
     pub fn open(path: &Path, file_number: u64, cache: Option<Arc<BlockCache>>) -> Result<Self> {
+        SstReader::open_with(path, file_number, cache, true)
+    }
+
+    /// Opens the SST at `path`, reading it through a memory map when `mmap` is true and with
+    /// positioned reads (`pread`) into the blocks otherwise (then only the block cache holds its
+    /// data in this process's memory).
+    pub fn open_with(
+        path: &Path,
+        file_number: u64,
+        cache: Option<Arc<BlockCache>>,
+        mmap: bool,
+    ) -> Result<Self> {
         let label: Arc<str> = Arc::from(path.display().to_string());
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
@@ -110,6 +134,14 @@ impl SstReader {
                 0,
                 format!("file of {len} bytes is shorter than the {FOOTER_LEN}-byte SST footer"),
             ));
+        }
+        if !mmap {
+            let storage = Storage::File {
+                file,
+                len,
+                path: Arc::from(path),
+            };
+            return SstReader::from_storage(storage, label, path, file_number, cache);
         }
         // SAFETY: SST files are immutable once published: flowstate never truncates, rewrites or
         // appends to a file after `SstBuilder::finish`, and deletes it only by unlinking, which
@@ -130,35 +162,54 @@ impl SstReader {
         file_number: u64,
         cache: Option<Arc<BlockCache>>,
     ) -> Result<Self> {
-        let bytes: &[u8] = (*map).as_ref();
-        let footer_offset = bytes.len().checked_sub(FOOTER_LEN).ok_or_else(|| {
-            Error::corruption(
-                &*label,
-                0,
-                format!(
-                    "file of {} bytes is shorter than the {FOOTER_LEN}-byte SST footer",
-                    bytes.len()
-                ),
-            )
-        })?;
-        let footer_bytes = bytes
-            .get(footer_offset..)
-            .and_then(|b| <&[u8; FOOTER_LEN]>::try_from(b).ok())
-            .ok_or_else(|| Error::corruption(&*label, 0, "footer out of range"))?;
-        let footer = Footer::decode(footer_bytes, &label, footer_offset as u64)?;
-        check_layout(&footer, footer_offset as u64, &label)?;
+        SstReader::from_storage(Storage::Mapped(map), label, path, file_number, cache)
+    }
 
-        let filter_bytes = unseal(slice(bytes, footer.filter), &label, footer.filter.offset)?;
+    fn from_storage(
+        storage: Storage,
+        label: Arc<str>,
+        path: &Path,
+        file_number: u64,
+        cache: Option<Arc<BlockCache>>,
+    ) -> Result<Self> {
+        let footer_offset = storage
+            .len()
+            .checked_sub(FOOTER_LEN as u64)
+            .ok_or_else(|| {
+                Error::corruption(
+                    &*label,
+                    0,
+                    format!(
+                        "file of {} bytes is shorter than the {FOOTER_LEN}-byte SST footer",
+                        storage.len()
+                    ),
+                )
+            })?;
+        let footer_bytes = storage.read(footer_offset, FOOTER_LEN, &label)?;
+        let footer_bytes = <&[u8; FOOTER_LEN]>::try_from(&*footer_bytes)
+            .map_err(|_| Error::corruption(&*label, 0, "footer out of range"))?;
+        let footer = Footer::decode(footer_bytes, &label, footer_offset)?;
+        check_layout(&footer, footer_offset, &label)?;
+
+        let stored_filter =
+            storage.read(footer.filter.offset, footer.filter.size as usize, &label)?;
+        let filter_bytes = unseal(&stored_filter, &label, footer.filter.offset)?;
         let filter = BloomFilter::decode(&filter_bytes, &label, footer.filter.offset)?;
-        let end = footer_offset as u64;
-        let properties = decode_block(&map, &label, footer.properties, (0, end), "properties")?;
+        let end = footer_offset;
+        let properties = decode_block(&storage, &label, footer.properties, (0, end), "properties")?;
         let properties = SstProperties::decode(Arc::new(properties))?;
-        let index = Arc::new(decode_block(&map, &label, footer.index, (0, end), "index")?);
+        let index = Arc::new(decode_block(
+            &storage,
+            &label,
+            footer.index,
+            (0, end),
+            "index",
+        )?);
         let file = SstFile {
             label,
             path: path.to_path_buf(),
             file_number,
-            map,
+            storage,
             footer,
             index,
             filter,
@@ -192,7 +243,7 @@ impl SstReader {
 
     /// Size of the file in bytes.
     pub fn file_size(&self) -> u64 {
-        self.file.bytes().len() as u64
+        self.file.storage.len()
     }
 
     /// False if the file certainly holds no version of `user_key` (bloom filter).
@@ -215,10 +266,68 @@ impl SstReader {
     }
 
     /// The newest entry for `user_key` with sequence <= `snapshot_seq`, if the file has one.
+    ///
+    /// Searches the index block, then the one data block it names, directly (no [`SstIter`]),
+    /// building keys in buffers this thread reuses across lookups.
     pub fn get(&self, user_key: &[u8], snapshot_seq: u64) -> Result<Option<SstEntry>> {
         if !self.may_contain(user_key) {
             return Ok(None);
         }
+        let mut buffers = LOOKUP_BUFFERS.take();
+        let result = self.search(user_key, snapshot_seq, &mut buffers);
+        LOOKUP_BUFFERS.set(buffers);
+        result
+    }
+
+    fn search(
+        &self,
+        user_key: &[u8],
+        snapshot_seq: u64,
+        buffers: &mut LookupBuffers,
+    ) -> Result<Option<SstEntry>> {
+        let file = &self.file;
+        encode_seek_key(&mut buffers.target, user_key, snapshot_seq);
+        let target = &buffers.target;
+        let index_key = std::mem::take(&mut buffers.index_key);
+        let mut index =
+            BlockIter::with_key_buffer(Arc::clone(&file.index), compare_internal, index_key);
+        index.seek(target)?;
+        let handle = if index.valid() {
+            Some(file.decode_handle(index.value(), file.footer.index.offset)?)
+        } else {
+            None
+        };
+        buffers.index_key = index.into_key_buffer();
+        // Index keys are the blocks' last keys: no block ends at or after the target.
+        let Some(handle) = handle else {
+            return Ok(None);
+        };
+        let data_key = std::mem::take(&mut buffers.data_key);
+        let mut data =
+            BlockIter::with_key_buffer(file.data_block(handle)?, compare_internal, data_key);
+        data.seek(target)?;
+        let found = if data.valid() {
+            let parsed = parse_internal_key(data.key(), &file.label, handle.offset)?;
+            (parsed.user_key == user_key).then(|| SstEntry {
+                sequence: parsed.sequence,
+                kind: parsed.kind,
+                value: data.value().to_vec(),
+            })
+        } else {
+            // The block's last key is at or after the target, so this is a damaged file: read
+            // it the long way, which reports the damage or skips to the next block.
+            None
+        };
+        let fallback = !data.valid();
+        buffers.data_key = data.into_key_buffer();
+        if fallback {
+            return self.get_by_iterator(user_key, snapshot_seq);
+        }
+        Ok(found)
+    }
+
+    /// [`SstReader::get`] through an [`SstIter`].
+    fn get_by_iterator(&self, user_key: &[u8], snapshot_seq: u64) -> Result<Option<SstEntry>> {
         let mut iter = self.iter();
         iter.seek(&seek_key(user_key, snapshot_seq))?;
         if !iter.valid() {
@@ -241,8 +350,8 @@ impl SstReader {
     }
 
     /// CRC-32 of the whole file (compare with [`SstMetadata::file_crc32`](super::SstMetadata)).
-    pub fn file_crc32(&self) -> u32 {
-        crc32(self.file.bytes())
+    pub fn file_crc32(&self) -> Result<u32> {
+        self.file.storage.crc32(&self.file.label)
     }
 
     /// Reads and checks every block, bypassing the cache: checksums, that the data blocks tile
@@ -318,27 +427,14 @@ impl SstReader {
 
 /// Decodes the stored block at `handle`, which must lie within `[range.0, range.1)`.
 fn decode_block(
-    map: &SharedBytes,
+    storage: &Storage,
     label: &Arc<str>,
     handle: BlockHandle,
     range: (u64, u64),
     what: &str,
 ) -> Result<Block> {
     handle.check_within(range.0, range.1, what, label)?;
-    Block::decode_shared(
-        Arc::clone(map),
-        handle.offset as usize,
-        handle.end() as usize,
-        Arc::clone(label),
-        handle.offset,
-    )
-}
-
-/// The stored bytes at `handle` (validated by `check_layout` first).
-fn slice(bytes: &[u8], handle: BlockHandle) -> &[u8] {
-    bytes
-        .get(handle.offset as usize..handle.end() as usize)
-        .unwrap_or_default()
+    storage.decode_block(handle, label)
 }
 
 /// Checks that filter, properties and index follow each other and end at the footer.

@@ -1,52 +1,31 @@
 //! The memtable: one column family's recent writes, ordered by internal key, before a flush
 //! turns them into an SST.
 //!
-//! Built on `crossbeam_skiplist::SkipMap`, so reads, writes and iterators run concurrently
-//! through `&self`. Point entries and range tombstones live in two skiplists of internal keys
-//! (`lsm::format`); each (user key, sequence) is inserted once and never removed.
+//! Built on `crossbeam_skiplist::SkipSet`, so reads, writes and iterators run concurrently
+//! through `&self`. Point entries and range tombstones live in two skiplists of `entry::Entry`s
+//! (internal key and value in one allocation, `lsm::format` order); each (user key, sequence) is
+//! inserted once and never removed.
+
+mod entry;
 
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crossbeam_skiplist::SkipMap;
+use crossbeam_skiplist::SkipSet;
 
 use crate::error::Result;
-use crate::lsm::format::{
-    MAX_SEQUENCE, TRAILER_LEN, ValueKind, compare_internal, encode_internal_key,
-};
+use crate::lsm::format::{MAX_SEQUENCE, TRAILER_LEN, ValueKind, trailer};
 use crate::lsm::iterator::InternalIterator;
+use entry::Entry;
 
 /// Bytes charged per entry on top of its key and value in
-/// [`Memtable::approximate_memory_usage`]: a skiplist node with its average tower, and the
-/// reference-counted allocations of the key and the value.
+/// [`Memtable::approximate_memory_usage`]: a skiplist node with its average tower and the
+/// entry's inline prefix, trailer and pointer, and the header of the one allocation holding the
+/// key and the value.
 pub const ENTRY_OVERHEAD: usize = 80;
 
-/// An internal key in a skiplist, ordered by [`compare_internal`]; cheap to clone.
-#[derive(Clone, Debug)]
-struct TableKey(Arc<[u8]>);
-
-impl PartialEq for TableKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == std::cmp::Ordering::Equal
-    }
-}
-
-impl Eq for TableKey {}
-
-impl Ord for TableKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        compare_internal(&self.0, &other.0)
-    }
-}
-
-impl PartialOrd for TableKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-type Table = SkipMap<TableKey, Arc<[u8]>>;
+type Table = SkipSet<Entry>;
 
 /// One version of a user key, as stored in the memtable.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,9 +55,9 @@ pub struct MemtableEntry {
 /// ```
 #[derive(Debug)]
 pub struct Memtable {
-    /// Put, Delete and Merge entries: internal key -> value.
+    /// Put, Delete and Merge entries: internal key and value.
     points: Arc<Table>,
-    /// Range tombstones: internal key of (start, sequence, RangeDelete) -> end (exclusive).
+    /// Range tombstones: internal key of (start, sequence, RangeDelete) and end (exclusive).
     range_tombstones: Arc<Table>,
     memory: AtomicUsize,
     smallest_sequence: AtomicU64,
@@ -95,8 +74,8 @@ impl Memtable {
     /// An empty memtable.
     pub fn new() -> Self {
         Memtable {
-            points: Arc::new(SkipMap::new()),
-            range_tombstones: Arc::new(SkipMap::new()),
+            points: Arc::new(SkipSet::new()),
+            range_tombstones: Arc::new(SkipSet::new()),
             memory: AtomicUsize::new(0),
             smallest_sequence: AtomicU64::new(u64::MAX),
             largest_sequence: AtomicU64::new(0),
@@ -113,13 +92,11 @@ impl Memtable {
             sequence <= MAX_SEQUENCE,
             "sequence {sequence} exceeds MAX_SEQUENCE"
         );
-        let mut key = Vec::with_capacity(user_key.len() + TRAILER_LEN);
-        encode_internal_key(&mut key, user_key, sequence, kind);
         let table = match kind {
             ValueKind::RangeDelete => &self.range_tombstones,
             _ => &self.points,
         };
-        table.insert(TableKey(key.into()), value.into());
+        table.insert(Entry::new(user_key, trailer(sequence, kind), value));
         self.memory.fetch_add(
             user_key.len() + TRAILER_LEN + value.len() + ENTRY_OVERHEAD,
             Ordering::Relaxed,
@@ -142,17 +119,39 @@ impl Memtable {
         user_key: &'a [u8],
         snapshot: u64,
     ) -> impl Iterator<Item = MemtableEntry> + 'a {
-        let start = TableKey(lookup_key(user_key, snapshot).into());
         self.points
-            .range((Bound::Included(start), Bound::Unbounded))
+            .range((
+                Bound::Included(lookup_probe(user_key, snapshot)),
+                Bound::Unbounded,
+            ))
             .map_while(move |entry| {
-                let (key, sequence, kind) = split_key(&entry.key().0)?;
-                (key == user_key).then(|| MemtableEntry {
-                    sequence,
-                    kind,
-                    value: entry.value().clone(),
+                let entry = entry.value();
+                (entry.user_key() == user_key).then(|| MemtableEntry {
+                    sequence: entry.sequence(),
+                    kind: entry.kind(),
+                    value: entry.value().into(),
                 })
             })
+    }
+
+    /// Calls `f(sequence, kind, value)` for the versions of `user_key` with sequence at most
+    /// `snapshot`, newest first, while `f` returns true: [`Memtable::versions`] without copying
+    /// each value into a new allocation (the read path copies it once, into its result).
+    pub fn for_each_version(
+        &self,
+        user_key: &[u8],
+        snapshot: u64,
+        mut f: impl FnMut(u64, ValueKind, &[u8]) -> bool,
+    ) {
+        let probe = lookup_probe(user_key, snapshot);
+        let mut next = self.points.lower_bound(Bound::Included(&probe));
+        while let Some(node) = next {
+            let entry = node.value();
+            if entry.user_key() != user_key || !f(entry.sequence(), entry.kind(), entry.value()) {
+                return;
+            }
+            next = node.next();
+        }
     }
 
     /// The largest sequence of a range tombstone visible at `snapshot` (sequence at most
@@ -162,13 +161,17 @@ impl Memtable {
     /// Scans the tombstones starting at or before `user_key`: cheap for the few range deletes a
     /// memtable usually holds.
     pub fn max_covering_tombstone_sequence(&self, user_key: &[u8], snapshot: u64) -> Option<u64> {
+        if self.range_tombstones.is_empty() {
+            return None;
+        }
         // The smallest trailer sorts last, so this bound takes every start <= user_key.
-        let last = TableKey(lookup_key_with_trailer(user_key, 0).into());
+        let last = Entry::probe(user_key, 0);
         self.range_tombstones
             .range((Bound::Unbounded, Bound::Included(last)))
             .filter_map(|entry| {
-                let (_, sequence, _) = split_key(&entry.key().0)?;
-                (sequence <= snapshot && user_key < &entry.value()[..]).then_some(sequence)
+                let entry = entry.value();
+                let sequence = entry.sequence();
+                (sequence <= snapshot && user_key < entry.value()).then_some(sequence)
             })
             .max()
     }
@@ -184,8 +187,9 @@ impl Memtable {
     /// skiplist (a flush: [`MemtableIter`] re-searches on every step so it can outlive borrows,
     /// which costs O(log n) per entry).
     pub fn for_each_entry(&self, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
-        for entry in self.points.iter() {
-            f(&entry.key().0, entry.value())?;
+        for node in self.points.iter() {
+            let entry = node.value();
+            f(entry.internal_key(), entry.value())?;
         }
         Ok(())
     }
@@ -229,35 +233,34 @@ impl Memtable {
     }
 }
 
+/// The seek trailer for reads at `snapshot`: sorts before every version with sequence at most
+/// `snapshot`, and after every newer one (kind byte 0xff, like LevelDB's `kValueTypeForSeek`).
+fn lookup_trailer(snapshot: u64) -> u64 {
+    (snapshot.min(MAX_SEQUENCE) << 8) | 0xff
+}
+
+fn lookup_probe(user_key: &[u8], snapshot: u64) -> Entry {
+    Entry::probe(user_key, lookup_trailer(snapshot))
+}
+
 /// The seek key for reads at `snapshot`: sorts before every version of `user_key` with
 /// sequence at most `snapshot`, and after every newer one (kind byte 0xff, like LevelDB's
 /// `kValueTypeForSeek`).
 pub fn lookup_key(user_key: &[u8], snapshot: u64) -> Vec<u8> {
-    lookup_key_with_trailer(user_key, (snapshot.min(MAX_SEQUENCE) << 8) | 0xff)
-}
-
-fn lookup_key_with_trailer(user_key: &[u8], trailer: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(user_key.len() + TRAILER_LEN);
     key.extend_from_slice(user_key);
-    key.extend_from_slice(&trailer.to_be_bytes());
+    key.extend_from_slice(&lookup_trailer(snapshot).to_be_bytes());
     key
 }
 
-/// Splits an internal key this module encoded; `None` is unreachable for stored keys.
-fn split_key(internal: &[u8]) -> Option<(&[u8], u64, ValueKind)> {
-    let parsed = crate::lsm::format::parse_internal_key(internal, "memtable", 0).ok();
-    debug_assert!(parsed.is_some(), "memtable holds a malformed internal key");
-    parsed.map(|p| (p.user_key, p.sequence, p.kind))
-}
-
-/// A cursor over one of a memtable's skiplists, in [`compare_internal`] order.
+/// A cursor over one of a memtable's skiplists, in `compare_internal` order.
 ///
 /// It holds the current entry (reference-counted, no copy) and re-seeks from it on each move,
 /// so it stays correct while other threads insert: `next` goes to the smallest key after the
 /// current one as the table is at that moment, and may therefore see newer inserts.
 pub struct MemtableIter {
     table: Arc<Table>,
-    current: Option<(TableKey, Arc<[u8]>)>,
+    current: Option<Entry>,
 }
 
 impl MemtableIter {
@@ -268,12 +271,8 @@ impl MemtableIter {
         }
     }
 
-    fn set(&mut self, entry: Option<crossbeam_skiplist::map::Entry<'_, TableKey, Arc<[u8]>>>) {
-        self.current = entry.map(|e| (e.key().clone(), e.value().clone()));
-    }
-
-    fn target(target: &[u8]) -> TableKey {
-        TableKey(Arc::from(target))
+    fn set(&mut self, entry: Option<crossbeam_skiplist::set::Entry<'_, Entry>>) {
+        self.current = entry.map(|e| e.value().clone());
     }
 }
 
@@ -296,47 +295,47 @@ impl InternalIterator for MemtableIter {
 
     fn seek(&mut self, target: &[u8]) -> Result<()> {
         let table = Arc::clone(&self.table);
-        self.set(table.lower_bound(Bound::Included(&Self::target(target))));
+        self.set(table.lower_bound(Bound::Included(&Entry::probe_internal(target))));
         Ok(())
     }
 
     fn seek_for_prev(&mut self, target: &[u8]) -> Result<()> {
         let table = Arc::clone(&self.table);
-        self.set(table.upper_bound(Bound::Included(&Self::target(target))));
+        self.set(table.upper_bound(Bound::Included(&Entry::probe_internal(target))));
         Ok(())
     }
 
     fn next(&mut self) -> Result<()> {
         debug_assert!(self.valid(), "next on an invalid memtable iterator");
-        if let Some((key, _)) = self.current.take() {
+        if let Some(current) = self.current.take() {
             let table = Arc::clone(&self.table);
-            self.set(table.lower_bound(Bound::Excluded(&key)));
+            self.set(table.lower_bound(Bound::Excluded(&current)));
         }
         Ok(())
     }
 
     fn prev(&mut self) -> Result<()> {
         debug_assert!(self.valid(), "prev on an invalid memtable iterator");
-        if let Some((key, _)) = self.current.take() {
+        if let Some(current) = self.current.take() {
             let table = Arc::clone(&self.table);
-            self.set(table.upper_bound(Bound::Excluded(&key)));
+            self.set(table.upper_bound(Bound::Excluded(&current)));
         }
         Ok(())
     }
 
     fn key(&self) -> &[u8] {
-        self.current.as_ref().map_or(&[], |(k, _)| &k.0)
+        self.current.as_ref().map_or(&[], Entry::internal_key)
     }
 
     fn value(&self) -> &[u8] {
-        self.current.as_ref().map_or(&[], |(_, v)| v)
+        self.current.as_ref().map_or(&[], Entry::value)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lsm::format::{InternalKey, internal_key};
+    use crate::lsm::format::{InternalKey, compare_internal, internal_key};
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -411,7 +410,14 @@ mod tests {
                     .collect();
                 let got: Vec<MemtableEntry> = mem.versions(&key, snapshot).collect();
                 prop_assert_eq!(mem.get(&key, snapshot), want.first().cloned());
-                prop_assert_eq!(got, want);
+                prop_assert_eq!(got, want.clone());
+                let mut visited = Vec::new();
+                mem.for_each_version(&key, snapshot, |sequence, kind, value| {
+                    visited.push(MemtableEntry { sequence, kind, value: value.into() });
+                    kind == ValueKind::Merge
+                });
+                let until_non_merge = want.iter().position(|e| e.kind != ValueKind::Merge).map_or(want.len(), |i| i + 1);
+                prop_assert_eq!(visited, want[..until_non_merge].to_vec());
 
                 // Seeks to arbitrary targets, including ones that are no valid internal key.
                 let mut target = key.clone();

@@ -1,0 +1,118 @@
+//! A small, deterministic LSM workload split into phases for instruction counting with
+//! `valgrind --tool=callgrind --toggle-collect='*lsm_phases::phase_*'` (repeatable whatever the
+//! machine load): random puts into the memtable, gets from the memtable, a flush, gets from SSTs.
+//! Usage: `cargo run --release --example lsm_phases -- [keys]` (default 100k; 16-byte keys,
+//! 100-byte values, zstd, 10-bit bloom, like `benches/lsm.rs`). `FLOWSTATE_MMAP_READS=1` reads
+//! SSTs through memory maps, `FLOWSTATE_CACHE_MB=n` sizes the block cache; peak and final RSS
+//! are printed at the end.
+
+use std::path::Path;
+
+use flowstate::codec::block::Compression;
+use flowstate::lsm::{Db, Options};
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn key(i: u64) -> [u8; 16] {
+    let h = mix(i);
+    let mut k = [0u8; 16];
+    k[..2].copy_from_slice(&((h % 64) as u16).to_be_bytes());
+    k[2..10].copy_from_slice(&h.to_be_bytes());
+    k[10..].copy_from_slice(&i.to_be_bytes()[2..]);
+    k
+}
+
+fn value(i: u64) -> [u8; 100] {
+    let mut v = [0u8; 100];
+    for (n, chunk) in v.chunks_mut(8).enumerate() {
+        let r = mix(i.wrapping_mul(31).wrapping_add(n as u64)).to_le_bytes();
+        chunk.copy_from_slice(&r[..chunk.len()]);
+    }
+    v
+}
+
+#[inline(never)]
+fn phase_fill(db: &Db, keys: u64) {
+    let cf = db.default_cf();
+    for i in 0..keys {
+        db.put(&cf, &key(mix(i) % keys), &value(i)).expect("put");
+    }
+}
+
+#[inline(never)]
+fn phase_read(db: &Db, keys: u64, salt: u64) -> usize {
+    let cf = db.default_cf();
+    let mut found = 0;
+    for i in 0..keys {
+        let k = key(mix(i ^ salt) % keys);
+        found += usize::from(db.get(&cf, &k).expect("get").is_some());
+    }
+    found
+}
+
+#[inline(never)]
+fn phase_memtable_read(db: &Db, keys: u64) -> usize {
+    phase_read(db, keys, 0x5555)
+}
+
+#[inline(never)]
+fn phase_sst_read(db: &Db, keys: u64) -> usize {
+    phase_read(db, keys, 0xaaaa)
+}
+
+#[inline(never)]
+fn phase_flush(db: &Db) {
+    db.flush(true).expect("flush");
+}
+
+fn run(dir: &Path, keys: u64) {
+    let mut options = Options::default();
+    options.default_cf_options.sst.compression = Compression::Zstd { level: 3 };
+    options.default_cf_options.sst.bloom_bits_per_key = 10;
+    options.background_work = false;
+    options.allow_mmap_reads = std::env::var_os("FLOWSTATE_MMAP_READS").is_some();
+    if let Some(mb) = std::env::var("FLOWSTATE_CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        options.block_cache_size = mb << 20;
+    }
+    let db = Db::open(dir, options).expect("open");
+    let t = std::time::Instant::now();
+    phase_fill(&db, keys);
+    let fill = t.elapsed();
+    let t = std::time::Instant::now();
+    let memtable_hits = phase_memtable_read(&db, keys);
+    let mem_read = t.elapsed();
+    let t = std::time::Instant::now();
+    phase_flush(&db);
+    let flush = t.elapsed();
+    let t = std::time::Instant::now();
+    let sst_hits = phase_sst_read(&db, keys);
+    let sst_read = t.elapsed();
+    println!(
+        "keys {keys}: fill {fill:?}, memtable reads {mem_read:?} ({memtable_hits} hits), \
+         flush {flush:?}, sst reads {sst_read:?} ({sst_hits} hits); mmap reads {}",
+        db.stats().block_cache_misses > 0 && std::env::var_os("FLOWSTATE_MMAP_READS").is_some()
+    );
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    for line in status.lines() {
+        if line.starts_with("VmHWM") || line.starts_with("RssAnon") || line.starts_with("RssFile") {
+            println!("{line}");
+        }
+    }
+}
+
+fn main() {
+    let keys = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(dir.path(), keys);
+}
