@@ -26,6 +26,9 @@ pub const INCREMENTAL_CLEANUP_ENTRIES: usize = 5;
 /// from by tools and tests (the heap store itself keeps [`StateTable`]s).
 pub type StateMap = OrdMap<Vec<u8>, Vec<u8>>;
 
+/// Receives one (key, value) entry.
+pub type EntryEmit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+
 /// Key groups an access may visit looking for entries to check, beyond the entries it checks:
 /// bounds the cost of cleanup in a table of mostly empty key groups.
 const CLEANUP_GROUPS_PER_ACCESS: usize = 2 * INCREMENTAL_CLEANUP_ENTRIES;
@@ -86,7 +89,7 @@ impl HeapSnapshot {
         index: usize,
         key_groups: KeyGroupRange,
         now_ms: u64,
-        emit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+        emit: &mut EntryEmit<'_>,
     ) -> Result<()> {
         let Some((descriptor, table)) = self.states.get(index) else {
             return Ok(());

@@ -16,6 +16,12 @@ use crate::keys::{KeyGroupRange, key_group_of};
 /// owned by the live table alone is overwritten or appended to in place.
 pub type KeyGroupMap = HashMap<Arc<[u8]>, Arc<Vec<u8>>, KeyHasherBuilder>;
 
+/// One entry of a [`KeyGroupMap`], borrowed.
+pub type SharedEntry<'a> = (&'a Arc<[u8]>, &'a Arc<Vec<u8>>);
+
+/// A key and what happens to it: a new value, or `None` for removal.
+type EntryChange = (Arc<[u8]>, Option<Vec<u8>>);
+
 /// One heap state: a [`KeyGroupMap`] per key group of its range. Cloning is O(key groups) and
 /// shares every entry; a clone is an immutable view as long as the other side only writes
 /// through the methods here (which copy a shared key group before changing it).
@@ -149,7 +155,7 @@ impl StateTable {
     }
 
     /// Entries of `key_group` whose key starts with `prefix`, sorted by key.
-    pub fn sorted_group(&self, key_group: u16, prefix: &[u8]) -> Vec<(&Arc<[u8]>, &Arc<Vec<u8>>)> {
+    pub fn sorted_group(&self, key_group: u16, prefix: &[u8]) -> Vec<SharedEntry<'_>> {
         let Some(group) = self.group(key_group) else {
             return Vec::new();
         };
@@ -214,7 +220,7 @@ impl StateTable {
         let Some(group) = self.groups.get_mut(slot) else {
             return;
         };
-        let changes: Vec<(Arc<[u8]>, Option<Vec<u8>>)> = group
+        let changes: Vec<EntryChange> = group
             .iter()
             .filter_map(|(k, v)| change(v).map(|kept| (k.clone(), kept)))
             .collect();
