@@ -245,15 +245,19 @@ impl HeapStore {
     }
 
     fn state(&self, id: StateId) -> Result<&HeapState> {
-        self.states
-            .get(id.0 as usize)
-            .ok_or_else(|| Error::UnknownState(id.0))
+        // Not `ok_or`: that builds (and drops) an error on every access.
+        match self.states.get(id.0 as usize) {
+            Some(state) => Ok(state),
+            None => Err(Error::UnknownState(id.0)),
+        }
     }
 
     fn state_mut(&mut self, id: StateId) -> Result<&mut HeapState> {
-        self.states
-            .get_mut(id.0 as usize)
-            .ok_or_else(|| Error::UnknownState(id.0))
+        // Not `ok_or`: that builds (and drops) an error on every access.
+        match self.states.get_mut(id.0 as usize) {
+            Some(state) => Ok(state),
+            None => Err(Error::UnknownState(id.0)),
+        }
     }
 
     /// Checks the key's group and returns the state.
