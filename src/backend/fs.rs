@@ -2,8 +2,9 @@
 //!
 //! Like Flink's HashMapStateBackend with filesystem checkpoint storage. State lives in the same
 //! [`HeapStore`] as the memory backend; the synchronous part of a snapshot is
-//! [`HeapStore::freeze`] (an O(states) clone of persistent maps) and the asynchronous part writes
-//! one file per run of `key_groups_per_file` key groups (FORMAT.md §5), then publishes
+//! [`HeapStore::freeze`] (a clone of copy-on-write tables, one `Arc` per key group) and the
+//! asynchronous part writes one file per run of `key_groups_per_file` key groups (FORMAT.md §5),
+//! sorting each key group's entries there, then publishes
 //! `_metadata` (§4) and applies retention. A checkpoint exists once its `_metadata` is durable.
 
 use std::path::Path;
@@ -12,9 +13,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::full_snapshot::{
-    ExpectedFile, decode_full_snapshot_file, entries_in, has_entries, write_full_snapshot_file_from,
+    ExpectedFile, decode_full_snapshot_file, write_full_snapshot_file_from,
 };
-use super::heap::{HeapSnapshot, HeapStore, StateMap};
+use super::heap::{HeapSnapshot, HeapStore};
 use super::{
     BackendConfig, BackendKind, FileRef, SnapshotData, SnapshotHandle, SnapshotTask, StateBackend,
     StateDescriptor, StateId, check_restore_handles,
@@ -202,15 +203,14 @@ struct FsSnapshotTask {
 impl SnapshotTask for FsSnapshotTask {
     fn run(self: Box<Self>) -> Result<SnapshotHandle> {
         let now = self.clock.now_ms();
-        let mut frozen = self.frozen;
-        frozen.drop_expired(now);
+        let frozen = self.frozen;
         let range = frozen.key_group_range;
-        let (descriptors, maps): (Vec<StateDescriptor>, Vec<StateMap>) =
-            frozen.states.into_iter().unzip();
-        let state_count =
-            u32::try_from(maps.len()).map_err(|_| Error::invalid("too many states to snapshot"))?;
+        let descriptors: Vec<StateDescriptor> =
+            frozen.states.iter().map(|(d, _)| d.clone()).collect();
+        let state_count = u32::try_from(descriptors.len())
+            .map_err(|_| Error::invalid("too many states to snapshot"))?;
         let names: Vec<String> = descriptors.iter().map(|d| d.name.clone()).collect();
-        let mut sizes = vec![0u64; maps.len()];
+        let mut sizes = vec![0u64; descriptors.len()];
         let spec = FullCheckpoint {
             storage: &self.storage,
             registry: &self.registry,
@@ -223,19 +223,20 @@ impl SnapshotTask for FsSnapshotTask {
             states: descriptors,
             key_groups_per_file: self.key_groups_per_file,
         };
+        // Expired entries are left out while writing (no copy of the frozen tables), and each
+        // key group is sorted here, off the processing thread.
         let handle = write_full_checkpoint(
             spec,
-            &mut |key_groups| Ok(has_entries(&maps, key_groups)),
+            &mut |key_groups| Ok(frozen.has_live_entries(key_groups, now)),
             &mut |out, id, key_groups| {
-                write_full_snapshot_file_from(out, id, key_groups, state_count, &mut |i, emit| {
-                    let (Some(map), Some(size)) = (maps.get(i), sizes.get_mut(i)) else {
-                        return Ok(());
+                write_full_snapshot_file_from(out, id, key_groups, state_count, &mut |index, emit| {
+                    let mut counted = |key: &[u8], value: &[u8]| {
+                        if let Some(size) = sizes.get_mut(index) {
+                            *size += (key.len() + value.len()) as u64;
+                        }
+                        emit(key, value)
                     };
-                    for (key, value) in entries_in(map, key_groups) {
-                        *size += (key.len() + value.len()) as u64;
-                        emit(key, value)?;
-                    }
-                    Ok(())
+                    frozen.emit_live_entries(index, key_groups, now, &mut counted)
                 })
             },
         )?;

@@ -1,16 +1,17 @@
 //! Heap state shared by the memory and file-system backends.
 //!
-//! Each state is a persistent ordered map (`imbl::OrdMap`): cloning it is O(1) and later writes
-//! copy only the tree path they touch, so a snapshot's synchronous part is a clone per state and
-//! never a copy of the data (Flink's copy-on-write state map, at node granularity). TTL states
-//! get incremental cleanup: every access checks a few entries after a cursor and drops expired
-//! ones, so expired state does not pile up between snapshots.
+//! Each state is a [`StateTable`]: a copy-on-write hash map per key group, so point access is
+//! O(1) and a snapshot's synchronous part clones one `Arc` per key group, never the data
+//! (Flink's `CopyOnWriteStateMap`). Key order is produced only for prefix scans and snapshot
+//! files. TTL states get incremental cleanup: every access checks a few entries after a cursor
+//! and drops expired ones, so expired state does not pile up between snapshots.
 
 use std::collections::HashMap;
-use std::ops::Bound;
+use std::sync::Arc;
 
 use imbl::OrdMap;
 
+use super::state_table::StateTable;
 use super::{
     BackendConfig, EntryIter, SnapshotHandle, StateDescriptor, StateId, StateKind, check_key_group,
 };
@@ -21,50 +22,97 @@ use crate::ttl::drop_expired;
 /// Entries checked for expiry per access of a TTL state (Flink's `cleanupIncrementally` size).
 pub const INCREMENTAL_CLEANUP_ENTRIES: usize = 5;
 
-/// One state's ordered map from composite key to value bytes.
+/// An ordered map from composite key to value bytes: what full snapshot files are written
+/// from by tools and tests (the heap store itself keeps [`StateTable`]s).
 pub type StateMap = OrdMap<Vec<u8>, Vec<u8>>;
+
+/// Receives one (key, value) entry.
+pub type EntryEmit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+
+/// Key groups an access may visit looking for entries to check, beyond the entries it checks:
+/// bounds the cost of cleanup in a table of mostly empty key groups.
+const CLEANUP_GROUPS_PER_ACCESS: usize = 2 * INCREMENTAL_CLEANUP_ENTRIES;
 
 #[derive(Clone, Debug)]
 struct HeapState {
     descriptor: StateDescriptor,
-    map: StateMap,
-    /// Where incremental TTL cleanup resumes (exclusive); empty = from the start.
-    cleanup_cursor: Vec<u8>,
+    table: StateTable,
+    /// Key group (offset in the range) whose keys incremental TTL cleanup collects next.
+    cleanup_next_group: usize,
+    /// Keys of the current cleanup key group still to check.
+    cleanup_queue: Vec<Arc<[u8]>>,
 }
 
-/// A frozen copy of every state (structurally shared with the live maps).
+/// A frozen copy of every state (structurally shared with the live tables).
 #[derive(Clone, Debug)]
 pub struct HeapSnapshot {
     /// The key groups the snapshot covers.
     pub key_group_range: KeyGroupRange,
-    /// One (descriptor, map) per state, in state-id order.
-    pub states: Vec<(StateDescriptor, StateMap)>,
+    /// One (descriptor, table) per state, in state-id order.
+    pub states: Vec<(StateDescriptor, StateTable)>,
 }
 
 impl HeapSnapshot {
-    /// Removes expired TTL entries (and expired list elements) as of `now_ms`.
+    /// Removes expired TTL entries (and expired list elements) as of `now_ms`; copies only the
+    /// key groups that change.
     pub fn drop_expired(&mut self, now_ms: u64) {
-        for (descriptor, map) in &mut self.states {
+        for (descriptor, table) in &mut self.states {
             let Some(ttl) = descriptor.ttl else { continue };
             let is_list = descriptor.kind == StateKind::List;
-            let mut changes = Vec::new();
-            for (k, v) in map.iter() {
-                if let Some(kept) = expiry_change(is_list, &ttl, v, now_ms) {
-                    changes.push((k.clone(), kept));
-                }
-            }
-            for (k, kept) in changes {
-                match kept {
-                    Some(v) => map.insert(k, v),
-                    None => map.remove(&k),
-                };
+            for key_group in table.range().iter() {
+                table.rewrite_group(key_group, |v| expiry_change(is_list, &ttl, v, now_ms));
             }
         }
     }
 
+    /// Whether any state has an entry in `key_groups` that is not expired at `now_ms`.
+    pub fn has_live_entries(&self, key_groups: KeyGroupRange, now_ms: u64) -> bool {
+        self.states.iter().any(|(descriptor, table)| {
+            let ttl = descriptor.ttl;
+            let is_list = descriptor.kind == StateKind::List;
+            key_groups.iter().any(|key_group| {
+                table.group(key_group).is_some_and(|group| match ttl {
+                    None => !group.is_empty(),
+                    Some(ttl) => group
+                        .values()
+                        .any(|v| !matches!(expiry_change(is_list, &ttl, v, now_ms), Some(None))),
+                })
+            })
+        })
+    }
+
+    /// Calls `emit(key, value)` for every entry of state `index` in `key_groups`, in key order,
+    /// as expiry at `now_ms` leaves it (expired entries skipped, expired list elements dropped):
+    /// the entries a full snapshot file holds (FORMAT.md §5).
+    pub fn emit_live_entries(
+        &self,
+        index: usize,
+        key_groups: KeyGroupRange,
+        now_ms: u64,
+        emit: &mut EntryEmit<'_>,
+    ) -> Result<()> {
+        let Some((descriptor, table)) = self.states.get(index) else {
+            return Ok(());
+        };
+        let is_list = descriptor.kind == StateKind::List;
+        for key_group in key_groups.iter() {
+            for (key, value) in table.sorted_group(key_group, &[]) {
+                let change = descriptor
+                    .ttl
+                    .and_then(|ttl| expiry_change(is_list, &ttl, value, now_ms));
+                match change {
+                    None => emit(key, value)?,
+                    Some(Some(kept)) => emit(key, &kept)?,
+                    Some(None) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Number of entries over all states.
     pub fn len(&self) -> usize {
-        self.states.iter().map(|(_, m)| m.len()).sum()
+        self.states.iter().map(|(_, t)| t.len()).sum()
     }
 
     /// True when no state has an entry.
@@ -183,8 +231,9 @@ impl HeapStore {
         );
         self.states.push(HeapState {
             descriptor: descriptor.clone(),
-            map: StateMap::new(),
-            cleanup_cursor: Vec::new(),
+            table: StateTable::new(self.config.key_group_range),
+            cleanup_next_group: 0,
+            cleanup_queue: Vec::new(),
         });
         self.by_name.insert(descriptor.name.clone(), id);
         Ok(id)
@@ -196,15 +245,19 @@ impl HeapStore {
     }
 
     fn state(&self, id: StateId) -> Result<&HeapState> {
-        self.states
-            .get(id.0 as usize)
-            .ok_or(Error::UnknownState(id.0))
+        // Not `ok_or`: that builds (and drops) an error on every access.
+        match self.states.get(id.0 as usize) {
+            Some(state) => Ok(state),
+            None => Err(Error::UnknownState(id.0)),
+        }
     }
 
     fn state_mut(&mut self, id: StateId) -> Result<&mut HeapState> {
-        self.states
-            .get_mut(id.0 as usize)
-            .ok_or(Error::UnknownState(id.0))
+        // Not `ok_or`: that builds (and drops) an error on every access.
+        match self.states.get_mut(id.0 as usize) {
+            Some(state) => Ok(state),
+            None => Err(Error::UnknownState(id.0)),
+        }
     }
 
     /// Checks the key's group and returns the state.
@@ -228,75 +281,62 @@ impl HeapStore {
 
     /// See [`super::StateBackend::get`].
     pub fn get(&mut self, id: StateId, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let value = self.access(id, key)?.map.get(key).cloned();
+        let value = self.access(id, key)?.table.get(key).map(<[u8]>::to_vec);
         self.cleanup_after_access(id);
         Ok(value)
     }
 
     /// See [`super::StateBackend::put`].
     pub fn put(&mut self, id: StateId, key: &[u8], value: &[u8]) -> Result<()> {
-        self.access(id, key)?
-            .map
-            .insert(key.to_vec(), value.to_vec());
+        self.access(id, key)?.table.put(key, value);
         self.cleanup_after_access(id);
         Ok(())
     }
 
     /// See [`super::StateBackend::delete`].
     pub fn delete(&mut self, id: StateId, key: &[u8]) -> Result<()> {
-        self.access(id, key)?.map.remove(key);
+        self.access(id, key)?.table.remove(key);
         self.cleanup_after_access(id);
         Ok(())
     }
 
     /// See [`super::StateBackend::merge`].
     pub fn merge(&mut self, id: StateId, key: &[u8], operand: &[u8]) -> Result<()> {
-        let state = self.access(id, key)?;
-        match state.map.get_mut(key) {
-            Some(value) => value.extend_from_slice(operand),
-            None => {
-                state.map.insert(key.to_vec(), operand.to_vec());
-            }
-        }
+        self.access(id, key)?.table.append(key, operand);
         self.cleanup_after_access(id);
         Ok(())
     }
 
     /// See [`super::StateBackend::scan_prefix`].
+    ///
+    /// Sorts one key group's matching entries at a time: O(entries of the key groups the prefix
+    /// can reach), the price of O(1) point access.
     pub fn scan_prefix(&mut self, id: StateId, prefix: &[u8]) -> Result<EntryIter<'_>> {
-        let state = self.state(id)?;
+        let table = &self.state(id)?.table;
         let prefix = prefix.to_vec();
-        let iter = state
-            .map
-            .range::<_, [u8]>((Bound::Included(prefix.as_slice()), Bound::Unbounded))
-            .take_while(move |(k, _)| k.starts_with(&prefix))
-            .map(|(k, v)| Ok((k.clone(), v.clone())));
+        let iter = table.groups_for_prefix(&prefix).flat_map(move |key_group| {
+            table
+                .sorted_group(key_group, &prefix)
+                .into_iter()
+                .map(|(k, v)| Ok((k.to_vec(), v.to_vec())))
+        });
         Ok(Box::new(iter))
     }
 
     /// See [`super::StateBackend::delete_prefix`].
     pub fn delete_prefix(&mut self, id: StateId, prefix: &[u8]) -> Result<()> {
-        let state = self.state_mut(id)?;
-        let doomed: Vec<Vec<u8>> = state
-            .map
-            .range::<_, [u8]>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in doomed {
-            state.map.remove(&k);
-        }
+        self.state_mut(id)?.table.remove_prefix(prefix);
         Ok(())
     }
 
-    /// The synchronous part of a snapshot: an O(states) clone of the maps.
+    /// The synchronous part of a snapshot: an O(states x key groups) clone of the tables.
     pub fn freeze(&self) -> HeapSnapshot {
         HeapSnapshot {
             key_group_range: self.config.key_group_range,
             states: self
                 .states
                 .iter()
-                .map(|s| (s.descriptor.clone(), s.map.clone()))
+                .map(|s| (s.descriptor.clone(), s.table.clone()))
                 .collect(),
         }
     }
@@ -326,11 +366,12 @@ impl HeapStore {
                 self.register(descriptor)?;
             }
         }
-        for state in &mut self.states {
-            state.map = StateMap::new();
-            state.cleanup_cursor.clear();
-        }
         self.config.key_group_range = range;
+        for state in &mut self.states {
+            state.table = StateTable::new(range);
+            state.cleanup_next_group = 0;
+            state.cleanup_queue.clear();
+        }
         Ok(())
     }
 
@@ -339,33 +380,18 @@ impl HeapStore {
         self.by_name.get(name).copied()
     }
 
-    /// Adds the entries of `map` whose key group is in the store's range to state `id`.
-    /// `map_range` is the key-group range `map` covers: a map wholly inside the store's range
-    /// is unioned without looking at its entries.
-    pub fn restore_map(
-        &mut self,
-        id: StateId,
-        map: &StateMap,
-        map_range: KeyGroupRange,
-    ) -> Result<()> {
+    /// Adds the entries of `table` whose key group is in the store's range to state `id`. Key
+    /// groups are shared with `table`, not copied (a later write copies the group it changes).
+    pub fn restore_table(&mut self, id: StateId, table: &StateTable) -> Result<()> {
         let range = self.config.key_group_range;
         let state = self.state_mut(id)?;
-        if range.intersect(&map_range) == Some(map_range) {
-            state.map = if state.map.is_empty() {
-                map.clone()
-            } else {
-                std::mem::take(&mut state.map).union(map.clone())
-            };
+        let Some(overlap) = range.intersect(&table.range()) else {
             return Ok(());
-        }
-        let lower = range.start_key();
-        let upper = range.end_key();
-        let upper_bound = match &upper {
-            Some(u) => Bound::Excluded(u.as_slice()),
-            None => Bound::Unbounded,
         };
-        for (k, v) in map.range::<_, [u8]>((Bound::Included(lower.as_slice()), upper_bound)) {
-            state.map.insert(k.clone(), v.clone());
+        for key_group in overlap.iter() {
+            if let Some(group) = table.shared_group(key_group) {
+                state.table.adopt_group(key_group, group);
+            }
         }
         Ok(())
     }
@@ -376,47 +402,52 @@ impl HeapStore {
         let range = self.config.key_group_range;
         let keep = key_group_of(&key).is_some_and(|kg| range.contains(kg));
         if keep {
-            self.state_mut(id)?.map.insert(key, value);
+            self.state_mut(id)?.table.insert_owned(key, value);
         }
         Ok(keep)
     }
 }
 
 impl HeapState {
+    /// Checks up to [`INCREMENTAL_CLEANUP_ENTRIES`] entries, key group by key group (the keys of
+    /// one group are collected when the cursor enters it), visiting at most
+    /// [`CLEANUP_GROUPS_PER_ACCESS`] key groups.
     fn incremental_cleanup(&mut self, now_ms: u64) {
         let Some(ttl) = self.descriptor.ttl else {
             return;
         };
         let is_list = self.descriptor.kind == StateKind::List;
-        let start = if self.cleanup_cursor.is_empty() {
-            Bound::Unbounded
-        } else {
-            Bound::Excluded(self.cleanup_cursor.as_slice())
-        };
-        let mut last_checked = None;
+        let range = self.table.range();
+        let group_count = range.len() as usize;
         let mut checked = 0;
+        let mut groups_visited = 0;
         let mut changes = Vec::new();
-        for (k, v) in self
-            .map
-            .range::<_, [u8]>((start, Bound::Unbounded))
-            .take(INCREMENTAL_CLEANUP_ENTRIES)
-        {
-            if let Some(kept) = expiry_change(is_list, &ttl, v, now_ms) {
-                changes.push((k.clone(), kept));
-            }
-            last_checked = Some(k);
+        while checked < INCREMENTAL_CLEANUP_ENTRIES {
+            let Some(key) = self.cleanup_queue.pop() else {
+                if groups_visited == CLEANUP_GROUPS_PER_ACCESS || group_count == 0 {
+                    break;
+                }
+                groups_visited += 1;
+                let offset = self.cleanup_next_group % group_count;
+                self.cleanup_next_group = (offset + 1) % group_count;
+                let key_group = range.first() + offset as u16;
+                self.cleanup_queue = self.table.keys_of_group(key_group);
+                continue;
+            };
+            // Keys removed since the group was collected are simply gone.
+            let Some(value) = self.table.get(&key) else {
+                continue;
+            };
             checked += 1;
+            if let Some(kept) = expiry_change(is_list, &ttl, value, now_ms) {
+                changes.push((key, kept));
+            }
         }
-        // Wrap around to the start once the end is reached.
-        self.cleanup_cursor = match last_checked {
-            Some(k) if checked == INCREMENTAL_CLEANUP_ENTRIES => k.clone(),
-            _ => Vec::new(),
-        };
         for (k, kept) in changes {
             match kept {
-                Some(v) => self.map.insert(k, v),
-                None => self.map.remove(&k),
-            };
+                Some(v) => self.table.put(&k, &v),
+                None => self.table.remove(&k),
+            }
         }
     }
 }

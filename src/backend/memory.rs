@@ -2,8 +2,8 @@
 //!
 //! Like Flink's HashMapStateBackend with JobManager checkpoint storage: a snapshot survives a task
 //! failure (restore from the handle) but not a process crash. The synchronous part clones the
-//! persistent maps (O(states)); the asynchronous part drops expired TTL entries from the frozen
-//! copy.
+//! copy-on-write state tables (O(states x key groups)); the asynchronous part drops expired TTL
+//! entries from the frozen copy.
 
 use std::sync::Arc;
 
@@ -108,14 +108,14 @@ impl StateBackend for MemoryBackend {
         }
         self.store.begin_restore(handles, key_group_range)?;
         for snapshot in snapshots {
-            for (descriptor, map) in &snapshot.states {
+            for (descriptor, table) in &snapshot.states {
                 let id = self.store.id_of(&descriptor.name).ok_or_else(|| {
                     Error::invalid(format!(
                         "state '{}' vanished during restore",
                         descriptor.name
                     ))
                 })?;
-                self.store.restore_map(id, map, snapshot.key_group_range)?;
+                self.store.restore_table(id, table)?;
             }
         }
         // Nothing is downloaded: the snapshots are in this process's memory.

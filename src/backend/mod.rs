@@ -11,6 +11,7 @@ pub mod full_snapshot;
 pub mod heap;
 pub mod lsm;
 pub mod memory;
+pub mod state_table;
 
 use std::fmt;
 use std::sync::Arc;

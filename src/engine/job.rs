@@ -24,7 +24,7 @@ use super::gate::InputGate;
 use super::location::CheckpointBase;
 use super::operator::{OperatorTask, run_snapshot_thread};
 use super::sink::{self, SinkBatch, SinkControl, TwoPhaseFileSink};
-use super::source::{Event, SourceControl, SourcePosition, SourceTask};
+use super::source::{EventBatch, SourceControl, SourcePosition, SourceTask};
 use super::store::{JobCheckpoint, JobStore};
 use super::{BackendChoice, CoordinatorEvent, OperatorControl};
 use crate::backend::{BackendConfig, SnapshotData};
@@ -348,7 +348,7 @@ struct Attempt<'a> {
     started: Instant,
 }
 
-type OperatorGate = InputGate<Vec<Event>, OperatorControl>;
+type OperatorGate = InputGate<EventBatch, OperatorControl>;
 type SinkGate = InputGate<SinkBatch, SinkControl>;
 
 /// Runs `body` as task `name`: reports an error or panic as `Failed` (unless cancelled), then

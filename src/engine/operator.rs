@@ -5,7 +5,6 @@
 //! aligned barrier it takes the synchronous snapshot part, hands the asynchronous part to its
 //! snapshot thread, then forwards the barrier to its sink: processing never waits for the files.
 
-use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use super::coordinator::OperatorAck;
 use super::failure::{FailurePoint, FailureSchedule};
 use super::gate::{GateEvent, GateSender, InputGate, Message};
 use super::sink::{SinkBatch, SinkControl};
-use super::source::{Event, cancelled};
+use super::source::{Event, EventBatch, cancelled};
 use super::{CoordinatorEvent, OperatorControl};
 use crate::backend::SnapshotTask;
 use crate::error::Result;
@@ -43,7 +42,7 @@ pub struct OperatorTask<'a> {
     /// Its keyed state (backend restored already).
     pub keyed: KeyedState,
     /// Its input gate (one input per source task).
-    pub gate: InputGate<Vec<Event>, OperatorControl>,
+    pub gate: InputGate<EventBatch, OperatorControl>,
     /// Number of inputs.
     pub inputs: usize,
     /// Its sink's input.
@@ -70,7 +69,7 @@ impl OperatorTask<'_> {
                     self.keyed.notify_checkpoint_complete(id)?;
                 }
                 GateEvent::Message(_, Message::Record(batch)) => {
-                    let out = self.process(&state, batch)?;
+                    let out = self.process(&state, &batch)?;
                     self.sink
                         .send(Message::Record(out))
                         .map_err(|_| cancelled())?;
@@ -91,28 +90,41 @@ impl OperatorTask<'_> {
         }
     }
 
-    fn process(&self, state: &ValueState<(u64, i128)>, batch: Vec<Event>) -> Result<SinkBatch> {
-        let mut out = SinkBatch::default();
-        let records = batch.len() as u64;
-        for event in batch {
+    fn process(&self, state: &ValueState<(u64, i128)>, batch: &EventBatch) -> Result<SinkBatch> {
+        let mut out = SinkBatch {
+            // Lines are `key,count,sum`: the key plus at most ~60 bytes.
+            lines: Vec::with_capacity(batch.byte_len() + 24 * batch.len()),
+            rejected: Vec::new(),
+        };
+        for event in batch.iter() {
             self.failures.check(FailurePoint::OperatorRecord)?;
             match event {
-                Event::Valid { key, value } => {
-                    self.keyed.set_current_key_bytes(&key)?;
+                Event::Valid {
+                    key,
+                    key_group,
+                    value,
+                } => {
+                    self.keyed.set_current_key_bytes_in_group(key, key_group)?;
                     let (count, sum) = state.value()?.unwrap_or((0, 0));
                     let (count, sum) = (count + 1, sum + i128::from(value));
                     state.update(&(count, sum))?;
-                    out.lines.extend_from_slice(&key);
-                    let _ = writeln!(out.lines, ",{count},{sum}");
+                    out.lines.extend_from_slice(key);
+                    out.lines.push(b',');
+                    push_decimal(&mut out.lines, i128::from(count));
+                    out.lines.push(b',');
+                    push_decimal(&mut out.lines, sum);
+                    out.lines.push(b'\n');
                 }
                 Event::Rejected { line, text } => {
-                    let _ = write!(out.rejected, "{line},");
-                    out.rejected.extend_from_slice(&text);
+                    push_decimal(&mut out.rejected, i128::from(line));
+                    out.rejected.push(b',');
+                    out.rejected.extend_from_slice(text);
                     out.rejected.push(b'\n');
                 }
             }
         }
-        self.processed.fetch_add(records, Ordering::Relaxed);
+        self.processed
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         Ok(out)
     }
 
@@ -147,6 +159,32 @@ impl OperatorTask<'_> {
             .send(Message::Barrier(checkpoint_id))
             .map_err(|_| cancelled())
     }
+}
+
+/// Appends the decimal form of `n` (as `Display` writes it) to `out`, without the formatting
+/// machinery: one division per digit on u64 when the value fits, which it nearly always does.
+pub fn push_decimal(out: &mut Vec<u8>, n: i128) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    let mut magnitude = n.unsigned_abs();
+    let mut digits = [0u8; 40];
+    let mut at = digits.len();
+    while magnitude > u128::from(u64::MAX) {
+        at -= 1;
+        digits[at] = b'0' + (magnitude % 10) as u8;
+        magnitude /= 10;
+    }
+    let mut small = magnitude as u64;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (small % 10) as u8;
+        small /= 10;
+        if small == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// The snapshot thread of operator `task`: runs asynchronous parts in order and acknowledges
@@ -203,4 +241,30 @@ pub fn run_snapshot_thread(
         let _ = events.send(event);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_decimal_writes_what_display_writes() {
+        for n in [
+            0,
+            1,
+            -1,
+            9,
+            10,
+            -1000,
+            i128::from(u64::MAX),
+            i128::from(u64::MAX) + 1,
+            i128::from(i64::MIN),
+            i128::MIN,
+            i128::MAX,
+        ] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+    }
 }

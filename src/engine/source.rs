@@ -3,7 +3,9 @@
 //! Its position (byte offset, line number, counts) is part of every checkpoint; restoring seeks
 //! back to it, so the records after a checkpoint are read again exactly as the first time. Lines
 //! that are not a valid event become rejected records for the side output. Records go out in
-//! per-operator batches; every batch is flushed before a barrier, keeping the barrier's cut exact.
+//! per-operator [`EventBatch`]es (one buffer for all their bytes, no allocation per record),
+//! sent when full and flushed before every barrier and at the end, keeping the barrier's cut
+//! exact.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -24,6 +26,8 @@ pub const MAX_KEY_LEN: usize = 256;
 
 /// Records per batch sent to an operator.
 const BATCH_RECORDS: usize = 256;
+/// A batch is also sent once its record bytes reach this size (long rejected lines).
+const BATCH_BYTES: usize = 64 << 10;
 
 /// Where the source is in its input, and what it has seen so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,13 +44,15 @@ pub struct SourcePosition {
     pub exhausted: bool,
 }
 
-/// One record from the source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+/// One record from the source, borrowed from its [`EventBatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
     /// A valid `key,value` event.
     Valid {
         /// The key's bytes (UTF-8, no comma, 1..=256 bytes).
-        key: Vec<u8>,
+        key: &'a [u8],
+        /// The key's key group (computed once, by the source).
+        key_group: u16,
         /// The value.
         value: i64,
     },
@@ -55,8 +61,72 @@ pub enum Event {
         /// 1-based line number.
         line: u64,
         /// The line without its terminator.
-        text: Vec<u8>,
+        text: &'a [u8],
     },
+}
+
+/// What a batch keeps per record besides its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecordKind {
+    Valid { key_group: u16, value: i64 },
+    Rejected { line: u64 },
+}
+
+/// Records for one operator: their bytes (keys, rejected lines) in one buffer, so a batch costs
+/// two allocations whatever the number of records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventBatch {
+    bytes: Vec<u8>,
+    /// (end of the record's bytes in `bytes`, kind); a record starts where the previous ends.
+    records: Vec<(usize, RecordKind)>,
+}
+
+impl EventBatch {
+    /// Appends a valid event.
+    pub fn push_valid(&mut self, key: &[u8], key_group: u16, value: i64) {
+        self.bytes.extend_from_slice(key);
+        let kind = RecordKind::Valid { key_group, value };
+        self.records.push((self.bytes.len(), kind));
+    }
+
+    /// Appends a rejected line.
+    pub fn push_rejected(&mut self, line: u64, text: &[u8]) {
+        self.bytes.extend_from_slice(text);
+        self.records
+            .push((self.bytes.len(), RecordKind::Rejected { line }));
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Bytes of all records.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The records, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Event<'_>> {
+        let mut start = 0;
+        self.records.iter().map(move |&(end, kind)| {
+            let bytes = self.bytes.get(start..end).unwrap_or_default();
+            start = end;
+            match kind {
+                RecordKind::Valid { key_group, value } => Event::Valid {
+                    key: bytes,
+                    key_group,
+                    value,
+                },
+                RecordKind::Rejected { line } => Event::Rejected { line, text: bytes },
+            }
+        })
+    }
 }
 
 /// Control messages from the coordinator to the source.
@@ -88,7 +158,7 @@ pub struct SourceTask<'a> {
     /// Where to start.
     pub position: SourcePosition,
     /// One sender per operator task.
-    pub outputs: Vec<GateSender<Vec<Event>, OperatorControl>>,
+    pub outputs: Vec<GateSender<EventBatch, OperatorControl>>,
     /// Barrier injections and finish.
     pub control: Receiver<SourceControl>,
     /// Acknowledgements and failures.
@@ -110,7 +180,7 @@ impl SourceTask<'_> {
             .seek(SeekFrom::Start(self.position.offset))
             .map_err(|e| Error::io(self.input, e))?;
         let parallelism = self.outputs.len() as u16;
-        let mut batches: Vec<Vec<Event>> = vec![Vec::new(); self.outputs.len()];
+        let mut batches: Vec<EventBatch> = vec![EventBatch::default(); self.outputs.len()];
         let mut line = Vec::new();
         let mut announced = false;
         loop {
@@ -167,26 +237,32 @@ impl SourceTask<'_> {
             self.position.offset += read as u64;
             self.position.line += 1;
             let text = strip_terminator(&line);
-            let (target, event) = match parse_line(text) {
+            let target = match parse_line(text) {
                 Some((key, value)) => {
                     self.position.events += 1;
                     let key_group = key_group_for_key(key, self.max_parallelism);
-                    let target =
-                        operator_index_for_key_group(self.max_parallelism, parallelism, key_group);
-                    let key = key.to_vec();
-                    (usize::from(target), Event::Valid { key, value })
+                    let target = usize::from(operator_index_for_key_group(
+                        self.max_parallelism,
+                        parallelism,
+                        key_group,
+                    ));
+                    if let Some(batch) = batches.get_mut(target) {
+                        batch.push_valid(key, key_group, value);
+                    }
+                    target
                 }
                 None => {
                     self.position.rejected += 1;
                     let target = (self.position.line % u64::from(parallelism.max(1))) as usize;
-                    let text = text.to_vec();
-                    let line = self.position.line;
-                    (target, Event::Rejected { line, text })
+                    if let Some(batch) = batches.get_mut(target) {
+                        batch.push_rejected(self.position.line, text);
+                    }
+                    target
                 }
             };
-            let batch = &mut batches[target];
-            batch.push(event);
-            if batch.len() >= BATCH_RECORDS {
+            if let Some(batch) = batches.get_mut(target)
+                && (batch.len() >= BATCH_RECORDS || batch.byte_len() >= BATCH_BYTES)
+            {
                 let full = std::mem::take(batch);
                 self.outputs[target]
                     .send(Message::Record(full))
@@ -195,7 +271,7 @@ impl SourceTask<'_> {
         }
     }
 
-    fn flush(&self, batches: &mut [Vec<Event>]) -> Result<()> {
+    fn flush(&self, batches: &mut [EventBatch]) -> Result<()> {
         for (batch, output) in batches.iter_mut().zip(&self.outputs) {
             if !batch.is_empty() {
                 output
@@ -249,6 +325,37 @@ mod tests {
             assert_eq!(parse_line(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
         assert_eq!(strip_terminator(b"a,1\r\n"), b"a,1");
+    }
+
+    #[test]
+    fn batch_gives_back_its_records_in_order() {
+        let mut batch = EventBatch::default();
+        batch.push_valid(b"alice", 7, -3);
+        batch.push_rejected(2, b"");
+        batch.push_rejected(3, b"x,y");
+        batch.push_valid(b"b", 0, i64::MAX);
+        let events: Vec<Event<'_>> = batch.iter().collect();
+        assert_eq!(
+            events,
+            [
+                Event::Valid {
+                    key: b"alice",
+                    key_group: 7,
+                    value: -3
+                },
+                Event::Rejected { line: 2, text: b"" },
+                Event::Rejected {
+                    line: 3,
+                    text: b"x,y"
+                },
+                Event::Valid {
+                    key: b"b",
+                    key_group: 0,
+                    value: i64::MAX
+                },
+            ]
+        );
+        assert_eq!((batch.len(), batch.byte_len()), (4, 9));
         assert_eq!(strip_terminator(b"a,1"), b"a,1");
     }
 }

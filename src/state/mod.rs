@@ -96,6 +96,8 @@ pub(crate) struct Context {
     /// both so the hot path encodes it once per key, not once per access. Empty when no key is
     /// set (a composite key is never empty).
     prefix: Vec<u8>,
+    /// Reused buffer for serializing values (no allocation per update).
+    scratch: Vec<u8>,
 }
 
 impl Context {
@@ -142,6 +144,21 @@ impl Context {
     fn now_ms(&self) -> u64 {
         self.backend.config().clock.now_ms()
     }
+
+    /// Runs `f` with `value` serialized into the context's reused buffer.
+    fn with_serialized<T: Serialize + ?Sized, R>(
+        &mut self,
+        value: &T,
+        f: impl FnOnce(&mut Context, &[u8]) -> Result<R>,
+    ) -> Result<R> {
+        let mut buffer = std::mem::take(&mut self.scratch);
+        buffer.clear();
+        let buffer =
+            postcard::to_extend(value, buffer).map_err(|e| Error::Serialization(e.to_string()))?;
+        let result = f(self, &buffer);
+        self.scratch = buffer;
+        result
+    }
 }
 
 /// Keyed state of one task: a backend, the current key and the current namespace.
@@ -177,6 +194,7 @@ impl KeyedState {
                 current_key: None,
                 namespace: Vec::new(),
                 prefix: Vec::new(),
+                scratch: Vec::new(),
             })),
         }
     }
@@ -190,9 +208,20 @@ impl KeyedState {
 
     /// Sets the current key from its serialized bytes.
     pub fn set_current_key_bytes(&self, key: &[u8]) -> Result<()> {
+        let key_group = {
+            let ctx = self.context.lock();
+            key_group_for_key(key, ctx.backend.config().max_parallelism)
+        };
+        self.set_current_key_bytes_in_group(key, key_group)
+    }
+
+    /// Sets the current key from its serialized bytes and its key group, which the caller has
+    /// already computed with [`key_group_for_key`] for this backend's max parallelism (a record
+    /// router has: the hash is then computed once per record, not twice).
+    pub fn set_current_key_bytes_in_group(&self, key: &[u8], key_group: u16) -> Result<()> {
         let mut ctx = self.context.lock();
         let config = ctx.backend.config();
-        let key_group = key_group_for_key(key, config.max_parallelism);
+        debug_assert_eq!(key_group, key_group_for_key(key, config.max_parallelism));
         if !config.key_group_range.contains(key_group) {
             let range = config.key_group_range;
             ctx.current_key = None;

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Handle, from_bytes, to_bytes, ttl};
+use super::{Handle, from_bytes, ttl};
 use crate::error::Result;
 
 /// One value of type `T` per key and namespace (Flink's `ValueState`).
@@ -35,10 +35,11 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
 
     /// Sets the value of the current key and namespace.
     pub fn update(&self, value: &T) -> Result<()> {
-        let payload = to_bytes(value)?;
         let mut ctx = self.handle.lock();
         let (id, ttl_config) = (self.handle.id, self.handle.ttl.as_ref());
-        ctx.with_key(|ctx, key| ttl::put(ctx, id, ttl_config, key, &payload))
+        ctx.with_serialized(value, |ctx, payload| {
+            ctx.with_key(|ctx, key| ttl::put(ctx, id, ttl_config, key, payload))
+        })
     }
 
     /// Removes the value of the current key and namespace.
