@@ -3,8 +3,10 @@
 
 pub mod inspect;
 pub mod metadata;
+pub mod object_store;
 pub mod registry;
 pub mod retention;
 pub mod savepoint;
 pub mod storage;
+pub mod uri;
 pub mod verify;

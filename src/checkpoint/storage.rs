@@ -123,6 +123,12 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// Durably removes `chk-<checkpoint_id>/_metadata`: once this returns, the checkpoint is
     /// incomplete even across a crash, so its files may go (FORMAT.md §10). Missing is fine.
     fn unpublish_metadata(&self, checkpoint_id: u64) -> Result<()>;
+
+    /// How many files a checkpoint should upload at once: 1 for a local directory (the disk is
+    /// the bottleneck), more for an object store (each request waits on the network).
+    fn upload_parallelism(&self) -> usize {
+        1
+    }
 }
 
 /// Checks `bytes`, the content of `path`, against the size and CRC-32 its `_metadata` lists.

@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -258,6 +259,64 @@ fn upload(
     })
 }
 
+/// A file to upload: the local SST, its manifest metadata, its path in storage.
+struct UploadJob {
+    local: std::path::PathBuf,
+    meta: Arc<FileMeta>,
+    path: String,
+}
+
+fn upload_job(inc: &Incremental, local: &std::path::Path, meta: &Arc<FileMeta>) -> UploadJob {
+    UploadJob {
+        local: local.to_path_buf(),
+        meta: meta.clone(),
+        path: inc.shared_path(meta.number),
+    }
+}
+
+/// Uploads `jobs` with up to `storage.upload_parallelism()` in flight; returns the uploaded files
+/// by local file number, or the first error (the other workers stop taking new jobs).
+fn upload_all(
+    storage: &dyn CheckpointStorage,
+    jobs: Vec<UploadJob>,
+) -> Result<HashMap<u64, UploadedFile>> {
+    let workers = storage.upload_parallelism().clamp(1, jobs.len().max(1));
+    if workers == 1 {
+        let mut out = HashMap::new();
+        for job in &jobs {
+            out.insert(
+                job.meta.number,
+                upload(storage, &job.local, &job.meta, &job.path)?,
+            );
+        }
+        return Ok(out);
+    }
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results = Mutex::new(Vec::with_capacity(jobs.len()));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        break;
+                    };
+                    let result = upload(storage, &job.local, &job.meta, &job.path);
+                    if result.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    results.lock().push((job.meta.number, result));
+                }
+            });
+        }
+    });
+    let mut out = HashMap::new();
+    for (number, result) in results.into_inner() {
+        out.insert(number, result?);
+    }
+    Ok(out)
+}
+
 /// The key groups of a file's user-key range.
 fn file_key_groups(meta: &FileMeta, fallback: KeyGroupRange) -> KeyGroupRange {
     match (
@@ -310,7 +369,7 @@ impl LsmSnapshotTask {
             )));
         }
 
-        let mut new_uploads: HashMap<u64, UploadedFile> = HashMap::new();
+        let mut planned: BTreeMap<u64, UploadJob> = BTreeMap::new();
         let mut stats = CheckpointStats {
             checkpoint_id: id,
             ..CheckpointStats::default()
@@ -325,13 +384,11 @@ impl LsmSnapshotTask {
             let mut files = Vec::new();
             for f in out.files.iter().filter(|f| f.cf.starts_with(CF_PREFIX)) {
                 let number = f.meta.number;
-                if !inc.uploaded.contains_key(&number) && !new_uploads.contains_key(&number) {
-                    let path = inc.shared_path(number);
-                    let up = upload(self.storage.as_ref(), &f.path, &f.meta, &path)?;
+                if !inc.uploaded.contains_key(&number) && !planned.contains_key(&number) {
                     stats.uploaded_files += 1;
-                    stats.uploaded_bytes += up.size;
-                    stats.delta_bytes += up.size;
-                    new_uploads.insert(number, up);
+                    stats.uploaded_bytes += f.meta.size;
+                    stats.delta_bytes += f.meta.size;
+                    planned.insert(number, upload_job(inc, &f.path, &f.meta));
                 }
                 files.push(CkptFile {
                     cf: f.cf.clone(),
@@ -402,21 +459,22 @@ impl LsmSnapshotTask {
             });
             for f in files {
                 let number = f.meta.number;
-                if inc.uploaded.contains_key(&number) || new_uploads.contains_key(&number) {
+                if inc.uploaded.contains_key(&number) || planned.contains_key(&number) {
                     continue;
                 }
                 if !full && f.meta.size > credit && credit < cap {
                     continue;
                 }
-                let path = inc.shared_path(number);
-                let up = upload(self.storage.as_ref(), &f.path, &f.meta, &path)?;
-                credit = credit.saturating_sub(up.size);
+                credit = credit.saturating_sub(f.meta.size);
                 stats.uploaded_files += 1;
-                stats.uploaded_bytes += up.size;
-                stats.materialized_bytes += up.size;
-                new_uploads.insert(number, up);
+                stats.uploaded_bytes += f.meta.size;
+                stats.materialized_bytes += f.meta.size;
+                planned.insert(number, upload_job(inc, &f.path, &f.meta));
             }
         }
+        // Every planned file is uploaded (size and crc32 checked) before anything below uses
+        // it; a failed upload fails this checkpoint only (nothing in `inc` has changed).
+        let new_uploads = upload_all(self.storage.as_ref(), planned.into_values().collect())?;
 
         // 4. Switch the base once the target is whole and not newer than this checkpoint.
         let is_up = |n: &u64| inc.uploaded.contains_key(n) || new_uploads.contains_key(n);
@@ -448,6 +506,14 @@ impl LsmSnapshotTask {
         stats.delta_files = deltas.iter().map(|d| d.files.len()).sum();
         self.storage.publish_metadata(id, &metadata.encode())?;
         let handle = snapshot_handle(self.storage.as_ref(), &metadata);
+        // A delta uploaded by this checkpoint and dropped by its base switch (compacted into
+        // the new base) is referenced by no checkpoint: delete it now rather than leave an
+        // orphan until the next start-up scan. Best effort, for the same reason.
+        for (number, up) in &new_uploads {
+            if !listed.contains_key(number) {
+                let _ = self.storage.delete(&up.path);
+            }
+        }
         {
             let mut registry = self.registry.lock();
             registry.add_completed(metadata);
