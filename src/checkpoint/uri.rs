@@ -279,14 +279,18 @@ pub fn open_storage_with(
 }
 
 /// The storage the files of a snapshot handle with root `root` live in, and whether it is
-/// `own`: `own` itself when `root` is its location, a store reopened by URI, or an existing
-/// local directory (a missing one is an error, never created).
+/// `own`: `own` itself when `root` is its location, a store in the same service opened with
+/// `own`'s options and credentials ([`CheckpointStorage::open_sibling`]), a store opened by URI
+/// with the default options, or an existing local directory (a missing one is an error).
 pub fn storage_for_root(
     own: &Arc<dyn CheckpointStorage>,
     root: &str,
 ) -> Result<(Arc<dyn CheckpointStorage>, bool)> {
     if root == own.location() {
         return Ok((own.clone(), true));
+    }
+    if let Some(sibling) = own.open_sibling(root) {
+        return Ok((sibling?, false));
     }
     match Location::parse(root)? {
         Location::Dir { path } => {

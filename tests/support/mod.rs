@@ -97,7 +97,7 @@ pub fn random_writes(b: &mut dyn StateBackend, model: &mut Contents, rng: &mut u
             continue;
         }
         done += 1;
-        if *rng % 8 == 0 {
+        if (*rng).is_multiple_of(8) {
             b.delete(v, &k).unwrap();
             model.remove(&("v".to_string(), k));
         } else {
@@ -329,7 +329,9 @@ pub fn fs_round_trip(location: &str, options: &StorageOptions) {
     assert_eq!(contents(&mut restored), model);
     let other = open(&format!("{location}-other"), options);
     let mut elsewhere = FsBackend::new(config(all), other).unwrap();
-    elsewhere.restore(&[handle.clone()], all).unwrap();
+    elsewhere
+        .restore(std::slice::from_ref(&handle), all)
+        .unwrap();
     assert_eq!(contents(&mut elsewhere), model);
     let meta = read_metadata(storage.as_ref(), 3).unwrap();
     assert_eq!(

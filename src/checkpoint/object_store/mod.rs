@@ -32,6 +32,23 @@ struct Shared {
     runtime: tokio::runtime::Runtime,
     part_size: usize,
     upload_parallelism: usize,
+    /// What the storage was opened with, lent to [`CheckpointStorage::open_sibling`].
+    location: Location,
+    options: StorageOptions,
+}
+
+/// Whether an error message of the `object_store` crate reports HTTP 401/403 (its list and some
+/// other requests wrap them in `Error::Generic`).
+fn is_access_denied(e: &::object_store::Error) -> bool {
+    let text = e.to_string();
+    [
+        "403 Forbidden",
+        "401 Unauthorized",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
 }
 
 impl Shared {
@@ -81,6 +98,13 @@ impl Shared {
             }
             ::object_store::Error::PermissionDenied { .. }
             | ::object_store::Error::Unauthenticated { .. } => (
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "access denied to {} (check credentials / bucket policy): {e}",
+                    self.uri
+                ),
+            ),
+            _ if is_access_denied(&e) => (
                 io::ErrorKind::PermissionDenied,
                 format!(
                     "access denied to {} (check credentials / bucket policy): {e}",
@@ -162,6 +186,8 @@ impl ObjectStoreCheckpointStorage {
                 runtime,
                 part_size: options.part_size.max(1),
                 upload_parallelism: options.upload_parallelism.max(1),
+                location: location.clone(),
+                options: options.clone(),
             }),
         })
     }
@@ -360,5 +386,20 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
 
     fn upload_parallelism(&self) -> usize {
         self.shared.upload_parallelism
+    }
+
+    fn open_sibling(&self, location: &str) -> Option<Result<Arc<dyn CheckpointStorage>>> {
+        // Only a bucket of the same cloud service shares endpoint and credentials; memory and
+        // file locations need neither.
+        let Location::Cloud { scheme: own, .. } = &self.shared.location else {
+            return None;
+        };
+        match Location::parse(location) {
+            Ok(parsed @ Location::Cloud { scheme, .. }) if scheme == *own => Some(
+                ObjectStoreCheckpointStorage::open(&parsed, &self.shared.options)
+                    .map(|s| Arc::new(s) as Arc<dyn CheckpointStorage>),
+            ),
+            _ => None,
+        }
     }
 }
