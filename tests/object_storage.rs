@@ -55,7 +55,7 @@ fn lsm_incremental_checkpoints_round_trip_through_memory() {
 fn lsm_incremental_checkpoints_round_trip_through_file_uri() {
     let dir = tempfile::tempdir().unwrap();
     let uri = file_uri(&dir.path().join("store"));
-    lsm_incremental_round_trip(&uri, &StorageOptions::new(), &dir.path().join("work"), 4);
+    lsm_incremental_round_trip(&uri, &StorageOptions::new(), &dir.path().join("work"), 5);
 }
 
 #[test]
@@ -202,4 +202,19 @@ fn lsm_incremental_checkpoints_round_trip_through_local_dir() {
     let dir = tempfile::tempdir().unwrap();
     let loc = dir.path().join("store").display().to_string();
     lsm_incremental_round_trip(&loc, &StorageOptions::new(), &dir.path().join("work"), 5);
+}
+
+/// A caller running inside its own tokio runtime (async stream-processor code) can use the
+/// storage: its blocking calls must not panic with "cannot start a runtime from within a runtime".
+#[test]
+fn storage_calls_work_from_inside_a_tokio_runtime() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let storage = open_storage("memory://inside-runtime").unwrap();
+        storage.write_file("chk-1/a", b"bytes").unwrap();
+        assert_eq!(storage.read_file("chk-1/a").unwrap(), b"bytes");
+        assert_eq!(storage.list("").unwrap(), ["chk-1/a"]);
+    });
 }

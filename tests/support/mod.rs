@@ -261,7 +261,7 @@ pub fn lsm_incremental_round_trip(
         let now: std::collections::BTreeSet<_> =
             storage.list("shared").unwrap().into_iter().collect();
         assert!(
-            rounds < 4 || shared_seen.len() > now.len(),
+            rounds < 5 || shared_seen.len() > now.len(),
             "retention deleted no shared object ({} seen, {} now)",
             shared_seen.len(),
             now.len()

@@ -10,6 +10,7 @@ mod checkpoint;
 mod full;
 pub mod layout;
 mod restore;
+mod upload;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};

@@ -29,12 +29,37 @@ struct Shared {
     prefix: String,
     /// The normalized URI, [`CheckpointStorage::location`].
     uri: String,
-    runtime: tokio::runtime::Runtime,
+    runtime: OwnedRuntime,
     part_size: usize,
     upload_parallelism: usize,
     /// What the storage was opened with, lent to [`CheckpointStorage::open_sibling`].
     location: Location,
     options: StorageOptions,
+}
+
+/// The storage's tokio runtime. Dropped inside another runtime (the caller's async code) a
+/// runtime must not block on its workers, so it is then shut down in the background.
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for OwnedRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        // `Some` from construction until `drop`, which alone takes it.
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("runtime used after drop"))
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Whether an error message of the `object_store` crate reports HTTP 401/403 (its list and some
@@ -119,14 +144,30 @@ impl Shared {
         Error::io(uri, io::Error::new(kind, message))
     }
 
-    fn block_on<T>(
+    /// Runs `future` to completion on the storage's runtime. From inside another tokio runtime
+    /// (a caller's async code) `block_on` would panic, so there it runs on a scoped thread.
+    fn run<F>(&self, future: F) -> F::Output
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.runtime.block_on(future);
+        }
+        std::thread::scope(
+            |scope| match scope.spawn(|| self.runtime.block_on(future)).join() {
+                Ok(output) => output,
+                Err(panic) => std::panic::resume_unwind(panic),
+            },
+        )
+    }
+
+    fn block_on<T: Send>(
         &self,
         path: &str,
-        future: impl Future<Output = ::object_store::Result<T>>,
+        future: impl Future<Output = ::object_store::Result<T>> + Send,
     ) -> Result<T> {
-        self.runtime
-            .block_on(future)
-            .map_err(|e| self.error(path, e))
+        self.run(future).map_err(|e| self.error(path, e))
     }
 }
 
@@ -183,7 +224,7 @@ impl ObjectStoreCheckpointStorage {
                 store,
                 prefix,
                 uri,
-                runtime,
+                runtime: OwnedRuntime(Some(runtime)),
                 part_size: options.part_size.max(1),
                 upload_parallelism: options.upload_parallelism.max(1),
                 location: location.clone(),
@@ -195,7 +236,7 @@ impl ObjectStoreCheckpointStorage {
     /// Object metadata of `path`, None when it does not exist.
     fn head(&self, path: &str) -> Result<Option<u64>> {
         let key = self.shared.key(path)?;
-        match self.shared.runtime.block_on(self.shared.store.head(&key)) {
+        match self.shared.run(self.shared.store.head(&key)) {
             Ok(meta) => Ok(Some(meta.size)),
             Err(::object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.shared.error(path, e)),
@@ -206,9 +247,7 @@ impl ObjectStoreCheckpointStorage {
     fn delete_keys(&self, keys: Vec<ObjectPath>) -> Result<()> {
         let shared = &self.shared;
         let stream = futures_util::stream::iter(keys.into_iter().map(Ok)).boxed();
-        let results: Vec<_> = shared
-            .runtime
-            .block_on(shared.store.delete_stream(stream).collect::<Vec<_>>());
+        let results: Vec<_> = shared.run(shared.store.delete_stream(stream).collect::<Vec<_>>());
         for result in results {
             match result {
                 Ok(_) | Err(::object_store::Error::NotFound { .. }) => {}
@@ -305,7 +344,7 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let key = self.shared.prefix_key(prefix)?;
         let shared = &self.shared;
-        let listed = shared.runtime.block_on(
+        let listed = shared.run(
             shared
                 .store
                 .list(key.as_ref())
@@ -325,9 +364,7 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
     fn children(&self, prefix: &str) -> Result<Vec<String>> {
         let key = self.shared.prefix_key(prefix)?;
         let shared = &self.shared;
-        let listed = shared
-            .runtime
-            .block_on(shared.store.list_with_delimiter(key.as_ref()));
+        let listed = shared.run(shared.store.list_with_delimiter(key.as_ref()));
         let listed = match listed {
             Ok(listed) => listed,
             Err(::object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
@@ -346,7 +383,7 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
 
     fn delete(&self, path: &str) -> Result<()> {
         let key = self.shared.key(path)?;
-        match self.shared.runtime.block_on(self.shared.store.delete(&key)) {
+        match self.shared.run(self.shared.store.delete(&key)) {
             Ok(()) | Err(::object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.shared.error(path, e)),
         }

@@ -32,7 +32,7 @@ impl ObjectFileWriter {
     fn send_part(&mut self) -> Result<()> {
         let part = Bytes::from(std::mem::take(&mut self.buffer));
         let shared = self.shared.clone();
-        let result = shared.runtime.block_on(async {
+        let result = shared.run(async {
             if self.upload.is_none() {
                 let upload = shared.store.put_multipart(&self.key).await?;
                 self.upload = Some(WriteMultipart::new_with_chunk_size(
@@ -55,7 +55,7 @@ impl ObjectFileWriter {
     /// Aborts a started multipart upload (best effort: the store expires leftovers).
     fn abort(&mut self) {
         if let Some(upload) = self.upload.take() {
-            let _ = self.shared.runtime.block_on(upload.abort());
+            let _ = self.shared.run(upload.abort());
         }
     }
 }
@@ -81,10 +81,9 @@ impl CheckpointFileWriter for ObjectFileWriter {
         let last = Bytes::from(std::mem::take(&mut self.buffer));
         let result = match self.upload.take() {
             None => shared
-                .runtime
-                .block_on(shared.store.put(&self.key, PutPayload::from(last)))
+                .run(shared.store.put(&self.key, PutPayload::from(last)))
                 .map(|_| ()),
-            Some(mut upload) => shared.runtime.block_on(async {
+            Some(mut upload) => shared.run(async {
                 if !last.is_empty() {
                     upload.put(last);
                 }
