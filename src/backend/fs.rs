@@ -7,7 +7,6 @@
 //! sorting each key group's entries there, then publishes
 //! `_metadata` (§4) and applies retention. A checkpoint exists once its `_metadata` is durable.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -24,7 +23,7 @@ use crate::checkpoint::metadata::{CheckpointFile, CheckpointMetadata};
 use crate::checkpoint::registry::{CheckpointRegistry, RecoveryReport, read_metadata};
 use crate::checkpoint::retention::{self, DEFAULT_RETAINED_CHECKPOINTS};
 use crate::checkpoint::storage::{
-    CheckpointStorage, LocalDirStorage, checkpoint_dir, metadata_path, parse_checkpoint_dir,
+    CheckpointStorage, checkpoint_dir, metadata_path, parse_checkpoint_dir,
 };
 use crate::error::{Error, Result};
 use crate::keys::KeyGroupRange;
@@ -336,17 +335,9 @@ struct VerifiedFile {
 }
 
 impl FsBackend {
-    /// The storage a handle's files live in: ours, or a local directory named by its root.
+    /// The storage a handle's files live in: ours, a store reopened by URI, or a local directory.
     fn storage_for(&self, root: &str) -> Result<Arc<dyn CheckpointStorage>> {
-        if root == self.storage.location() {
-            return Ok(self.storage.clone());
-        }
-        if Path::new(root).is_dir() {
-            return Ok(Arc::new(LocalDirStorage::open(root)?));
-        }
-        Err(Error::invalid(format!(
-            "snapshot files live in '{root}', which is neither this backend's storage nor a local directory"
-        )))
+        crate::checkpoint::uri::storage_for_root(&self.storage, root).map(|(storage, _)| storage)
     }
 
     /// Reads `_metadata` and every file of `handle` whose key groups meet `range`, verifying

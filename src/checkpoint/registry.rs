@@ -1,7 +1,8 @@
 //! The registry of completed checkpoints and the reference counts of shared files.
 //!
 //! Opening it scans checkpoint storage (FORMAT.md §4.4): a `chk-<id>` directory is a completed
-//! checkpoint exactly when its `_metadata` decodes; everything else (incomplete directories, temp
+//! checkpoint exactly when its `_metadata` decodes and every file it lists exists with the listed
+//! size; everything else (incomplete directories, temp
 //! files, files no completed checkpoint references) is removed. Afterwards it keeps, for every
 //! file under `shared/`, how many completed checkpoints reference it.
 
@@ -72,6 +73,40 @@ pub fn read_metadata(
     Ok(metadata)
 }
 
+/// The size of `path`, None when it does not exist.
+fn size_if_present(storage: &dyn CheckpointStorage, path: &str) -> Result<Option<u64>> {
+    match storage.file_size(path) {
+        Ok(size) => Ok(Some(size)),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(other) => Err(other),
+    }
+}
+
+/// Whether every file `metadata` lists exists with its listed size (FORMAT.md §4.4, §4.5): on
+/// an object store a `_metadata` alone does not make a checkpoint complete. `sizes` caches the
+/// sizes of files already looked up (shared files are listed by many checkpoints).
+fn all_listed_present(
+    storage: &dyn CheckpointStorage,
+    metadata: &CheckpointMetadata,
+    sizes: &mut BTreeMap<String, Option<u64>>,
+) -> Result<bool> {
+    for listed in &metadata.files {
+        let path = &listed.file.path;
+        let size = match sizes.get(path) {
+            Some(size) => *size,
+            None => {
+                let size = size_if_present(storage, path)?;
+                sizes.insert(path.clone(), size);
+                size
+            }
+        };
+        if size != Some(listed.file.size) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 impl CheckpointRegistry {
     /// Scans `storage`, removes everything that is not part of a completed checkpoint, and
     /// returns the registry of the completed ones.
@@ -92,6 +127,7 @@ impl CheckpointRegistry {
             }
         }
         checkpoint_ids.sort_unstable();
+        let mut sizes = BTreeMap::new();
         for id in checkpoint_ids {
             let complete = match storage.exists(&metadata_path(id))? {
                 false => None,
@@ -101,9 +137,17 @@ impl CheckpointRegistry {
                     Err(other) => return Err(other),
                 },
             };
+            let complete = match complete {
+                Some(metadata) if all_listed_present(storage.as_ref(), &metadata, &mut sizes)? => {
+                    Some(metadata)
+                }
+                _ => None,
+            };
             match complete {
                 Some(metadata) => registry.add_completed(metadata),
                 None => {
+                    // `_metadata` first, as in retention: never a completed checkpoint half gone.
+                    storage.unpublish_metadata(id)?;
                     storage.delete_all(&checkpoint_dir(id))?;
                     report.removed_incomplete.push(id);
                 }

@@ -9,6 +9,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
@@ -123,6 +124,20 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// Durably removes `chk-<checkpoint_id>/_metadata`: once this returns, the checkpoint is
     /// incomplete even across a crash, so its files may go (FORMAT.md §10). Missing is fine.
     fn unpublish_metadata(&self, checkpoint_id: u64) -> Result<()>;
+
+    /// How many files a checkpoint should upload at once: 1 for a local directory (the disk is
+    /// the bottleneck), more for an object store (each request waits on the network).
+    fn upload_parallelism(&self) -> usize {
+        1
+    }
+
+    /// Opens `location`, another place in the same service (a snapshot handle's root), with this
+    /// storage's options and credentials; None when this storage has none to lend (a local
+    /// directory), and the caller opens `location` with the defaults.
+    fn open_sibling(&self, location: &str) -> Option<Result<Arc<dyn CheckpointStorage>>> {
+        let _ = location;
+        None
+    }
 }
 
 /// Checks `bytes`, the content of `path`, against the size and CRC-32 its `_metadata` lists.

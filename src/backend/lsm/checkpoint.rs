@@ -18,13 +18,13 @@
 //! checkpoint's layout names is listed in its `_metadata` (reference counted by the registry).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::layout::{CheckpointLayout, FileRole, LayoutFile, LayoutTombstone};
 use super::local_recovery::LocalCopies;
+use super::upload::{UploadJob, upload_all};
 use super::{CF_PREFIX, LsmBackendOptions};
 use crate::backend::{
     BackendKind, FileRef, SnapshotHandle, SnapshotTask, StateDescriptor, fs::snapshot_handle,
@@ -240,45 +240,12 @@ fn state_sizes<'a>(
     sizes
 }
 
-/// Copies a local SST into storage at `path`, checking size and crc32 against `meta`.
-fn upload(
-    storage: &dyn CheckpointStorage,
-    local: &std::path::Path,
-    meta: &FileMeta,
-    path: &str,
-) -> Result<UploadedFile> {
-    let mut file = std::fs::File::open(local).map_err(|e| Error::io(local, e))?;
-    let mut writer = storage.create_file(path)?;
-    let mut hasher = crc32fast::Hasher::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buffer).map_err(|e| Error::io(local, e))?;
-        if n == 0 {
-            break;
-        }
-        let chunk = buffer.get(..n).unwrap_or_default();
-        hasher.update(chunk);
-        writer.write_all(chunk)?;
-        size += n as u64;
+fn upload_job(inc: &Incremental, local: &std::path::Path, meta: &Arc<FileMeta>) -> UploadJob {
+    UploadJob {
+        local: local.to_path_buf(),
+        meta: meta.clone(),
+        path: inc.shared_path(meta.number),
     }
-    writer.finish()?;
-    let crc32 = hasher.finalize();
-    if size != meta.size || crc32 != meta.crc32 {
-        return Err(Error::corruption(
-            local.display(),
-            0,
-            format!(
-                "SST is {size} bytes with crc32 {crc32:#010x}; the manifest says {} bytes, {:#010x}",
-                meta.size, meta.crc32
-            ),
-        ));
-    }
-    Ok(UploadedFile {
-        path: path.to_string(),
-        size,
-        crc32,
-    })
 }
 
 /// The key groups of a file's user-key range.
@@ -333,7 +300,7 @@ impl LsmSnapshotTask {
             )));
         }
 
-        let mut new_uploads: HashMap<u64, UploadedFile> = HashMap::new();
+        let mut planned: BTreeMap<u64, UploadJob> = BTreeMap::new();
         let mut stats = CheckpointStats {
             checkpoint_id: id,
             ..CheckpointStats::default()
@@ -348,13 +315,11 @@ impl LsmSnapshotTask {
             let mut files = Vec::new();
             for f in out.files.iter().filter(|f| f.cf.starts_with(CF_PREFIX)) {
                 let number = f.meta.number;
-                if !inc.uploaded.contains_key(&number) && !new_uploads.contains_key(&number) {
-                    let path = inc.shared_path(number);
-                    let up = upload(self.storage.as_ref(), &f.path, &f.meta, &path)?;
+                if !inc.uploaded.contains_key(&number) && !planned.contains_key(&number) {
                     stats.uploaded_files += 1;
-                    stats.uploaded_bytes += up.size;
-                    stats.delta_bytes += up.size;
-                    new_uploads.insert(number, up);
+                    stats.uploaded_bytes += f.meta.size;
+                    stats.delta_bytes += f.meta.size;
+                    planned.insert(number, upload_job(inc, &f.path, &f.meta));
                 }
                 files.push(CkptFile {
                     cf: f.cf.clone(),
@@ -425,21 +390,22 @@ impl LsmSnapshotTask {
             });
             for f in files {
                 let number = f.meta.number;
-                if inc.uploaded.contains_key(&number) || new_uploads.contains_key(&number) {
+                if inc.uploaded.contains_key(&number) || planned.contains_key(&number) {
                     continue;
                 }
                 if !full && f.meta.size > credit && credit < cap {
                     continue;
                 }
-                let path = inc.shared_path(number);
-                let up = upload(self.storage.as_ref(), &f.path, &f.meta, &path)?;
-                credit = credit.saturating_sub(up.size);
+                credit = credit.saturating_sub(f.meta.size);
                 stats.uploaded_files += 1;
-                stats.uploaded_bytes += up.size;
-                stats.materialized_bytes += up.size;
-                new_uploads.insert(number, up);
+                stats.uploaded_bytes += f.meta.size;
+                stats.materialized_bytes += f.meta.size;
+                planned.insert(number, upload_job(inc, &f.path, &f.meta));
             }
         }
+        // Every planned file is uploaded (size and crc32 checked) before anything below uses
+        // it; a failed upload fails this checkpoint only (nothing in `inc` has changed).
+        let new_uploads = upload_all(self.storage.as_ref(), planned.into_values().collect())?;
 
         // Local recovery: copies of this checkpoint's new files, linked while they are pinned.
         self.keep_local_copies(&new_uploads);
@@ -475,6 +441,14 @@ impl LsmSnapshotTask {
         let state_sizes = state_sizes(&self.states, &base, &deltas);
         self.storage.publish_metadata(id, &metadata.encode())?;
         let handle = snapshot_handle(self.storage.as_ref(), &metadata);
+        // A delta uploaded by this checkpoint and dropped by its base switch (compacted into
+        // the new base) is referenced by no checkpoint: delete it now rather than leave an
+        // orphan until the next start-up scan. Best effort, for the same reason.
+        for (number, up) in &new_uploads {
+            if !listed.contains_key(number) {
+                let _ = self.storage.delete(&up.path);
+            }
+        }
         {
             let mut registry = self.registry.lock();
             registry.add_completed(metadata);

@@ -11,6 +11,7 @@ mod full;
 pub mod layout;
 pub mod local_recovery;
 mod restore;
+mod upload;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};

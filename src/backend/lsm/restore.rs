@@ -20,7 +20,8 @@ use crate::backend::{
 };
 use crate::checkpoint::metadata::CheckpointMetadata;
 use crate::checkpoint::registry::read_metadata;
-use crate::checkpoint::storage::{CheckpointStorage, LocalDirStorage, metadata_path};
+use crate::checkpoint::storage::{CheckpointStorage, metadata_path};
+use crate::checkpoint::uri::storage_for_root;
 use crate::error::{Error, Result};
 use crate::keys::{KeyGroupRange, key_group_of};
 use crate::lsm::Db;
@@ -42,17 +43,9 @@ struct Source {
     copies: Option<LocalCopies>,
 }
 
-/// The storage a handle's files live in: ours, or a local directory named by its root.
+/// The storage a handle's files live in: ours, a store reopened by URI, or a local directory.
 fn storage_for(backend: &LsmBackend, root: &str) -> Result<(Arc<dyn CheckpointStorage>, bool)> {
-    if root == backend.storage.location() {
-        return Ok((backend.storage.clone(), true));
-    }
-    if Path::new(root).is_dir() {
-        return Ok((Arc::new(LocalDirStorage::open(root)?), false));
-    }
-    Err(Error::invalid(format!(
-        "snapshot files live in '{root}', which is neither this backend's storage nor a local directory"
-    )))
+    storage_for_root(&backend.storage, root)
 }
 
 fn read_source(
@@ -204,8 +197,10 @@ fn fetch(
         std::fs::remove_file(&local).map_err(|e| Error::io(&local, e))?;
         copies.discard(path)?;
     }
-    let linked = Path::new(&source.storage.location()).join(path);
-    if linked.is_file() && std::fs::hard_link(&linked, &local).is_ok() {
+    // A local directory's file is hard-linked; an object store's (a URI location) is fetched.
+    let location = source.storage.location();
+    let linked = Path::new(&location).join(path);
+    if !location.contains("://") && linked.is_file() && std::fs::hard_link(&linked, &local).is_ok() {
         stats.linked_files += 1;
         stats.linked_bytes += meta.size;
     } else {

@@ -1,0 +1,220 @@
+//! Checkpoint storage on object stores without a server: the `CheckpointStorage` contract and
+//! FsBackend / LsmBackend checkpoint → restore round trips through `memory://` (in-process store)
+//! and `file://` (the object-store code path on a local directory), compared with a model.
+//! The same scenarios run against a real S3 server (Garage) in `tests/garage.rs`.
+
+mod support;
+
+use std::sync::Arc;
+
+use flowstate::checkpoint::metadata::CheckpointMetadata;
+use flowstate::checkpoint::registry::{CheckpointRegistry, read_metadata};
+use flowstate::checkpoint::storage::CheckpointStorage;
+use flowstate::checkpoint::uri::{StorageOptions, open_storage};
+use flowstate::{KeyGroupRange, StateBackend};
+use support::*;
+
+fn file_uri(dir: &std::path::Path) -> String {
+    format!("file://{}", dir.display())
+}
+
+#[test]
+fn memory_store_keeps_the_storage_contract() {
+    let storage = open_storage("memory://contract/job-1").unwrap();
+    assert_eq!(storage.location(), "memory://contract/job-1");
+    assert_eq!(storage.upload_parallelism(), 8);
+    storage_contract(storage.as_ref());
+}
+
+#[test]
+fn memory_store_at_the_bucket_root_keeps_the_storage_contract() {
+    storage_contract(open_storage("memory://contract-root").unwrap().as_ref());
+}
+
+#[test]
+fn file_store_keeps_the_storage_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = file_uri(&dir.path().join("checkpoints"));
+    let storage = open_storage(&uri).unwrap();
+    assert_eq!(storage.location(), uri);
+    storage_contract(storage.as_ref());
+}
+
+#[test]
+fn lsm_incremental_checkpoints_round_trip_through_memory() {
+    let work = tempfile::tempdir().unwrap();
+    lsm_incremental_round_trip(
+        "memory://lsm-round-trip",
+        &StorageOptions::new(),
+        work.path(),
+        5,
+    );
+}
+
+#[test]
+fn lsm_incremental_checkpoints_round_trip_through_file_uri() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = file_uri(&dir.path().join("store"));
+    lsm_incremental_round_trip(&uri, &StorageOptions::new(), &dir.path().join("work"), 5);
+}
+
+#[test]
+fn fs_checkpoints_round_trip_through_memory_and_file_uri() {
+    fs_round_trip("memory://fs-round-trip", &StorageOptions::new());
+    let dir = tempfile::tempdir().unwrap();
+    fs_round_trip(&file_uri(&dir.path().join("store")), &StorageOptions::new());
+}
+
+/// On an object store `_metadata` alone does not make a checkpoint complete: a listed file that
+/// is missing or has another size makes the start-up scan treat it as incomplete.
+#[test]
+fn start_up_scan_drops_checkpoints_with_missing_or_resized_files() {
+    let location = "memory://completeness";
+    let storage = open_storage(location).unwrap();
+    let all = KeyGroupRange::all(MAX_PARALLELISM);
+    let mut b = flowstate::FsBackend::new(config(all), storage.clone())
+        .unwrap()
+        .with_retained_checkpoints(3);
+    let mut model = Contents::new();
+    let mut rng = 7;
+    let mut models = Vec::new();
+    for id in 1..=3 {
+        random_writes(&mut b, &mut model, &mut rng, 200);
+        b.snapshot(id).unwrap().run().unwrap();
+        models.push(model.clone());
+    }
+    let files = |id| -> CheckpointMetadata { read_metadata(storage.as_ref(), id).unwrap() };
+    let victim3 = files(3).files[0].file.path.clone();
+    storage.delete(&victim3).unwrap();
+    let victim2 = files(2).files[0].file.path.clone();
+    storage.write_file(&victim2, b"short").unwrap();
+    let (registry, report) = CheckpointRegistry::open(storage.clone()).unwrap();
+    assert_eq!(report.completed, [1]);
+    assert_eq!(report.removed_incomplete, [2, 3]);
+    assert_eq!(registry.completed_ids(), [1]);
+    assert!(storage.list("chk-3").unwrap().is_empty());
+    let mut restored = flowstate::FsBackend::new(config(all), storage.clone()).unwrap();
+    assert_eq!(restored.restore_latest().unwrap(), Some(1));
+    assert_eq!(contents(&mut restored), models[0]);
+}
+
+/// The upload loop runs `upload_parallelism` uploads at once; one failing upload fails only
+/// that checkpoint, and the next one completes and restores exactly.
+#[test]
+fn a_failed_upload_fails_only_its_checkpoint() {
+    #[derive(Debug)]
+    struct Flaky {
+        inner: Arc<dyn CheckpointStorage>,
+        fail_next_create: std::sync::atomic::AtomicBool,
+    }
+    impl CheckpointStorage for Flaky {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn create_file(
+            &self,
+            path: &str,
+        ) -> flowstate::Result<Box<dyn flowstate::checkpoint::storage::CheckpointFileWriter>>
+        {
+            if path.starts_with("shared/")
+                && self
+                    .fail_next_create
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(flowstate::Error::invalid("injected upload failure"));
+            }
+            self.inner.create_file(path)
+        }
+        fn read_file(&self, path: &str) -> flowstate::Result<Vec<u8>> {
+            self.inner.read_file(path)
+        }
+        fn read_range(&self, path: &str, offset: u64, len: u64) -> flowstate::Result<Vec<u8>> {
+            self.inner.read_range(path, offset, len)
+        }
+        fn file_size(&self, path: &str) -> flowstate::Result<u64> {
+            self.inner.file_size(path)
+        }
+        fn exists(&self, path: &str) -> flowstate::Result<bool> {
+            self.inner.exists(path)
+        }
+        fn list(&self, prefix: &str) -> flowstate::Result<Vec<String>> {
+            self.inner.list(prefix)
+        }
+        fn children(&self, prefix: &str) -> flowstate::Result<Vec<String>> {
+            self.inner.children(prefix)
+        }
+        fn delete(&self, path: &str) -> flowstate::Result<()> {
+            self.inner.delete(path)
+        }
+        fn delete_all(&self, prefix: &str) -> flowstate::Result<()> {
+            self.inner.delete_all(prefix)
+        }
+        fn publish_metadata(&self, id: u64, bytes: &[u8]) -> flowstate::Result<()> {
+            self.inner.publish_metadata(id, bytes)
+        }
+        fn unpublish_metadata(&self, id: u64) -> flowstate::Result<()> {
+            self.inner.unpublish_metadata(id)
+        }
+        fn upload_parallelism(&self) -> usize {
+            self.inner.upload_parallelism()
+        }
+    }
+    let flaky = Arc::new(Flaky {
+        inner: open_storage("memory://flaky").unwrap(),
+        fail_next_create: false.into(),
+    });
+    let work = tempfile::tempdir().unwrap();
+    let all = KeyGroupRange::all(MAX_PARALLELISM);
+    let options = flowstate::backend::lsm::LsmBackendOptions {
+        write_buffer_size: 32 << 10,
+        ..Default::default()
+    };
+    let mut b =
+        flowstate::LsmBackend::new(config(all), &work.path().join("a"), flaky.clone(), options)
+            .unwrap();
+    let mut model = Contents::new();
+    let mut rng = 11;
+    random_writes(&mut b, &mut model, &mut rng, 2000);
+    b.snapshot(1).unwrap().run().unwrap();
+    random_writes(&mut b, &mut model, &mut rng, 2000);
+    flaky
+        .fail_next_create
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = b.snapshot(2).unwrap().run().unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    assert_eq!(b.completed_checkpoints(), [1]);
+    random_writes(&mut b, &mut model, &mut rng, 500);
+    let h = b.snapshot(3).unwrap().run().unwrap();
+    assert_eq!(b.completed_checkpoints(), [1, 3]);
+    let mut r = flowstate::LsmBackend::new(
+        config(all),
+        &work.path().join("r"),
+        open_storage("memory://flaky-restore").unwrap(),
+        Default::default(),
+    )
+    .unwrap();
+    r.restore(&[h], all).unwrap();
+    assert_eq!(contents(&mut r), model);
+}
+
+#[test]
+fn lsm_incremental_checkpoints_round_trip_through_local_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = dir.path().join("store").display().to_string();
+    lsm_incremental_round_trip(&loc, &StorageOptions::new(), &dir.path().join("work"), 5);
+}
+
+/// A caller running inside its own tokio runtime (async stream-processor code) can use the
+/// storage: its blocking calls must not panic with "cannot start a runtime from within a runtime".
+#[test]
+fn storage_calls_work_from_inside_a_tokio_runtime() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let storage = open_storage("memory://inside-runtime").unwrap();
+        storage.write_file("chk-1/a", b"bytes").unwrap();
+        assert_eq!(storage.read_file("chk-1/a").unwrap(), b"bytes");
+        assert_eq!(storage.list("").unwrap(), ["chk-1/a"]);
+    });
+}

@@ -1,0 +1,341 @@
+//! Scenarios shared by the object-storage tests: the `CheckpointStorage` contract and backend
+//! checkpoint → restore round trips against a BTreeMap model, run on any storage location
+//! (`memory://`, `file://`, a Garage `s3://` bucket).
+#![allow(dead_code)]
+
+pub mod garage;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use flowstate::backend::fs::snapshot_handle;
+use flowstate::backend::lsm::LsmBackendOptions;
+use flowstate::checkpoint::registry::read_metadata;
+use flowstate::checkpoint::storage::{CheckpointStorage, metadata_path};
+use flowstate::checkpoint::uri::{StorageOptions, open_storage_with};
+use flowstate::keys::{composite_key, key_group_for_key};
+use flowstate::{
+    BackendConfig, FsBackend, KeyGroupRange, LsmBackend, SnapshotHandle, StateBackend,
+    StateDescriptor, StateKind,
+};
+
+pub const MAX_PARALLELISM: u16 = 128;
+
+pub type Contents = BTreeMap<(String, Vec<u8>), Vec<u8>>;
+
+pub fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("FLOWSTATE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("{test}: FLOWSTATE_SEED={seed}");
+    seed
+}
+
+pub fn key(index: u64) -> Vec<u8> {
+    let user = format!("key-{index}");
+    composite_key(
+        key_group_for_key(user.as_bytes(), MAX_PARALLELISM),
+        user.as_bytes(),
+        b"",
+        b"",
+    )
+}
+
+pub fn range(first: u16, last: u16) -> KeyGroupRange {
+    KeyGroupRange::new(first, last).unwrap()
+}
+
+pub fn config(r: KeyGroupRange) -> BackendConfig {
+    BackendConfig::new(u32::from(MAX_PARALLELISM), r).unwrap()
+}
+
+pub fn contents(backend: &mut dyn StateBackend) -> Contents {
+    let mut out = Contents::new();
+    for descriptor in backend.states() {
+        let id = backend.register(&descriptor).unwrap();
+        for entry in backend.scan_prefix(id, &[]).unwrap() {
+            let (k, v) = entry.unwrap();
+            out.insert((descriptor.name.clone(), k), v);
+        }
+    }
+    out
+}
+
+pub fn restrict(contents: &Contents, r: KeyGroupRange) -> Contents {
+    contents
+        .iter()
+        .filter(|((_, k), _)| r.contains(u16::from_be_bytes([k[0], k[1]])))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Seeded puts (values of ~100 bytes) and deletes of keys the backend owns, mirrored in `model`.
+pub fn random_writes(b: &mut dyn StateBackend, model: &mut Contents, rng: &mut u64, count: usize) {
+    let v = b
+        .register(&StateDescriptor::new("v", StateKind::Value))
+        .unwrap();
+    let owned = b.config().key_group_range;
+    let mut done = 0;
+    while done < count {
+        *rng = mix(*rng);
+        let k = key(*rng % 3000);
+        if !owned.contains(u16::from_be_bytes([k[0], k[1]])) {
+            continue;
+        }
+        done += 1;
+        if (*rng).is_multiple_of(8) {
+            b.delete(v, &k).unwrap();
+            model.remove(&("v".to_string(), k));
+        } else {
+            let mut val = Vec::with_capacity(104);
+            let mut z = *rng;
+            while val.len() < 100 {
+                z = mix(z);
+                val.extend_from_slice(&z.to_le_bytes());
+            }
+            b.put(v, &k, &val).unwrap();
+            model.insert(("v".to_string(), k), val);
+        }
+    }
+}
+
+/// The `CheckpointStorage` contract (the assertions of `LocalDirStorage`'s own test, plus
+/// multipart-sized files and an abandoned writer). `storage` must be empty.
+pub fn storage_contract(storage: &dyn CheckpointStorage) {
+    assert!(
+        storage.list("").unwrap().is_empty(),
+        "storage must start empty"
+    );
+    storage.write_file("chk-3/a", b"hello world").unwrap();
+    storage.write_file("shared/s1", b"s").unwrap();
+    assert_eq!(storage.read_file("chk-3/a").unwrap(), b"hello world");
+    assert_eq!(storage.read_range("chk-3/a", 6, 5).unwrap(), b"world");
+    assert_eq!(storage.read_range("chk-3/a", 11, 0).unwrap(), b"");
+    assert!(
+        storage
+            .read_range("chk-3/a", 6, 6)
+            .unwrap_err()
+            .is_corruption()
+    );
+    assert!(
+        storage
+            .read_range("chk-3/a", u64::MAX, 2)
+            .unwrap_err()
+            .is_corruption()
+    );
+    assert_eq!(storage.file_size("chk-3/a").unwrap(), 11);
+    let missing = storage.file_size("chk-3/missing").unwrap_err();
+    assert!(
+        matches!(&missing, flowstate::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+        "{missing}"
+    );
+    assert!(storage.read_file("chk-3/missing").is_err());
+    assert!(!storage.exists("chk-3/missing").unwrap());
+    storage.publish_metadata(3, b"meta").unwrap();
+    storage.publish_metadata(4, b"meta").unwrap();
+    storage.unpublish_metadata(4).unwrap();
+    storage.unpublish_metadata(4).unwrap();
+    storage.delete_all("chk-4").unwrap();
+    assert_eq!(
+        storage.list("").unwrap(),
+        ["chk-3/_metadata", "chk-3/a", "shared/s1"]
+    );
+    assert_eq!(storage.children("").unwrap(), ["chk-3", "shared"]);
+    assert_eq!(storage.children("chk-3").unwrap(), ["_metadata", "a"]);
+    assert!(storage.children("nothing-here").unwrap().is_empty());
+    assert!(storage.list("nothing-here").unwrap().is_empty());
+    assert!(storage.exists(&metadata_path(3)).unwrap());
+    assert_eq!(storage.read_file(&metadata_path(3)).unwrap(), b"meta");
+    storage.delete("chk-3/a").unwrap();
+    storage.delete("chk-3/a").unwrap();
+    storage.delete_all("chk-3").unwrap();
+    assert_eq!(storage.list("").unwrap(), ["shared/s1"]);
+    assert!(storage.delete_all("").is_err());
+    // Paths are validated: nothing escapes the root.
+    assert!(storage.write_file("../escape", b"x").is_err());
+    assert!(storage.read_file("/etc/passwd").is_err());
+    assert!(storage.create_file("a//b").is_err());
+
+    // A file larger than a part (8 MiB by default) goes multipart; written in odd chunks.
+    let big: Vec<u8> = (0..(12u64 << 20) + 12_345)
+        .map(|i| (mix(i) >> 7) as u8)
+        .collect();
+    let mut writer = storage.create_file("shared/big").unwrap();
+    for chunk in big.chunks(999_983) {
+        writer.write_all(chunk).unwrap();
+    }
+    assert!(
+        !storage.exists("shared/big").unwrap(),
+        "visible before finish"
+    );
+    assert_eq!(writer.finish().unwrap(), big.len() as u64);
+    assert_eq!(storage.file_size("shared/big").unwrap(), big.len() as u64);
+    assert!(storage.read_file("shared/big").unwrap() == big);
+    let at = (8u64 << 20) - 10;
+    assert_eq!(
+        storage.read_range("shared/big", at, 20).unwrap(),
+        big[at as usize..at as usize + 20]
+    );
+    // An abandoned writer (dropped without finish, part way through a multipart upload)
+    // leaves no object behind.
+    let mut writer = storage.create_file("shared/abandoned").unwrap();
+    writer.write_all(&big).unwrap();
+    drop(writer);
+    assert!(!storage.exists("shared/abandoned").unwrap());
+    storage.delete_all("shared").unwrap();
+    assert!(storage.list("").unwrap().is_empty());
+}
+
+pub fn open(location: &str, options: &StorageOptions) -> Arc<dyn CheckpointStorage> {
+    open_storage_with(location, options).unwrap()
+}
+
+fn lsm(work: &Path, storage: Arc<dyn CheckpointStorage>, r: KeyGroupRange) -> LsmBackend {
+    let options = LsmBackendOptions {
+        retained_checkpoints: 2,
+        write_buffer_size: 64 << 10,
+        ..LsmBackendOptions::default()
+    };
+    LsmBackend::new(config(r), work, storage, options).unwrap()
+}
+
+/// Checks that every file a completed checkpoint lists exists with its size and that every
+/// shared object is referenced by a retained checkpoint.
+pub fn check_storage_consistent(b: &LsmBackend) {
+    let storage = b.storage();
+    let mut listed = BTreeMap::new();
+    for id in b.completed_checkpoints() {
+        for f in read_metadata(storage.as_ref(), id).unwrap().files {
+            assert_eq!(storage.file_size(&f.file.path).unwrap(), f.file.size);
+            *listed.entry(f.file.path).or_insert(0u32) += 1;
+        }
+    }
+    for path in storage.list("shared").unwrap() {
+        let refs = listed.get(&path).copied().unwrap_or(0);
+        assert!(refs > 0, "unreferenced shared object {path}");
+        assert_eq!(b.shared_references(&path), refs, "{path}");
+    }
+}
+
+/// Two LSM tasks (key groups halved) take `rounds` incremental checkpoints each into
+/// `<location>/task-<i>` (retention 2 deletes shared files), then a fresh backend restores both
+/// latest handles (rescale 2 -> 1), checkpoints into its own prefix, and a third restores that.
+/// Every restore is compared with the model. Returns the model size for the caller's message.
+pub fn lsm_incremental_round_trip(
+    location: &str,
+    options: &StorageOptions,
+    work: &Path,
+    rounds: u64,
+) -> usize {
+    let mut rng = seed("lsm_incremental_round_trip");
+    let mut model = Contents::new();
+    let halves = [range(0, 63), range(64, 127)];
+    let mut handles: Vec<SnapshotHandle> = Vec::new();
+    for (i, r) in halves.into_iter().enumerate() {
+        let storage = open(&format!("{location}/task-{i}"), options);
+        let mut b = lsm(&work.join(format!("task-{i}")), storage.clone(), r);
+        let mut shared_seen = std::collections::BTreeSet::new();
+        let mut last = None;
+        for id in 1..=rounds {
+            random_writes(&mut b, &mut model, &mut rng, 1500);
+            b.db().flush(true).unwrap();
+            last = Some(b.snapshot(id).unwrap().run().unwrap());
+            assert_eq!(b.completed_checkpoints().len(), (id as usize).min(2));
+            check_storage_consistent(&b);
+            shared_seen.extend(storage.list("shared").unwrap());
+        }
+        let now: std::collections::BTreeSet<_> =
+            storage.list("shared").unwrap().into_iter().collect();
+        assert!(
+            rounds < 5 || shared_seen.len() > now.len(),
+            "retention deleted no shared object ({} seen, {} now)",
+            shared_seen.len(),
+            now.len()
+        );
+        assert_eq!(contents(&mut b), restrict(&model, r));
+        handles.push(last.unwrap());
+    }
+    let all = KeyGroupRange::all(MAX_PARALLELISM);
+    let own = open(&format!("{location}/restored"), options);
+    let mut one = lsm(&work.join("restored"), own.clone(), all);
+    one.restore(&handles, all).unwrap();
+    assert_eq!(contents(&mut one), model, "2 -> 1 through {location}");
+    random_writes(&mut one, &mut model, &mut rng, 500);
+    let h = one.snapshot(100).unwrap().run().unwrap();
+    assert!(h_root(&h).starts_with(location));
+    let mut again = lsm(
+        &work.join("again"),
+        open(&format!("{location}/again"), options),
+        all,
+    );
+    again.restore(&[h], all).unwrap();
+    assert_eq!(
+        contents(&mut again),
+        model,
+        "restore of the rescaled checkpoint"
+    );
+    // A fresh backend on the same storage finds the checkpoints and restores the latest.
+    let mut reopened = lsm(
+        &work.join("reopened"),
+        open(&format!("{location}/restored"), options),
+        all,
+    );
+    assert_eq!(reopened.restore_latest().unwrap(), Some(100));
+    assert_eq!(contents(&mut reopened), model);
+    model.len()
+}
+
+fn h_root(h: &SnapshotHandle) -> String {
+    match &h.data {
+        flowstate::backend::SnapshotData::Files { root, .. } => root.clone(),
+        other => panic!("not a file handle: {other:?}"),
+    }
+}
+
+/// FsBackend: full checkpoints into `location`, restore into a fresh backend (also by URI from
+/// a backend whose own storage is elsewhere), compared with the model.
+pub fn fs_round_trip(location: &str, options: &StorageOptions) {
+    let mut rng = seed("fs_round_trip");
+    let mut model = Contents::new();
+    let all = KeyGroupRange::all(MAX_PARALLELISM);
+    let storage = open(location, options);
+    let mut b = FsBackend::new(config(all), storage.clone())
+        .unwrap()
+        .with_retained_checkpoints(2);
+    let mut handle = None;
+    for id in 1..=3 {
+        random_writes(&mut b, &mut model, &mut rng, 800);
+        handle = Some(b.snapshot(id).unwrap().run().unwrap());
+    }
+    assert_eq!(b.completed_checkpoints(), [2, 3]);
+    let handle = handle.unwrap();
+    assert_eq!(h_root(&handle), location);
+    let mut restored = FsBackend::new(config(all), open(location, options)).unwrap();
+    assert_eq!(restored.restore_latest().unwrap(), Some(3));
+    assert_eq!(contents(&mut restored), model);
+    let other = open(&format!("{location}-other"), options);
+    let mut elsewhere = FsBackend::new(config(all), other).unwrap();
+    elsewhere
+        .restore(std::slice::from_ref(&handle), all)
+        .unwrap();
+    assert_eq!(contents(&mut elsewhere), model);
+    let meta = read_metadata(storage.as_ref(), 3).unwrap();
+    assert_eq!(
+        h_root(&snapshot_handle(storage.as_ref(), &meta)),
+        h_root(&handle)
+    );
+}
