@@ -3,6 +3,7 @@
 //! installs it). Single node: the storage contract, LSM incremental checkpoints with retention and
 //! a 2 -> 1 rescaling restore, FsBackend full checkpoints. Errors: a key without permission and a
 //! closed port give clear errors in bounded time. Three nodes: one killed during an upload.
+//! `flowstate run --checkpoint-storage s3://…` SIGKILLed and rerun until done: exact output.
 
 mod support;
 
@@ -132,4 +133,116 @@ fn garage_three_nodes_survive_a_node_killed_during_upload() {
     .unwrap();
     r.restore(&[h], all).unwrap();
     assert_eq!(contents(&mut r), model);
+}
+
+/// `flowstate run --checkpoint-storage s3://…` SIGKILLed at seeded moments and rerun (sometimes
+/// at another parallelism) until it exits 0: the committed output is exact, and `inspect` and
+/// `verify` read the checkpoints through the same URI.
+#[test]
+fn garage_flowstate_run_sigkilled_is_exactly_once() {
+    use flowstate::engine::demo::{SplitMix, generate_input};
+    use flowstate::engine::output_check::{check_output, expected_output};
+    use std::process::{Command, Stdio};
+
+    let Some(cluster) = GarageCluster::start(1) else {
+        return;
+    };
+    let exe = env!("CARGO_BIN_EXE_flowstate");
+    let dir = tempfile::tempdir().unwrap();
+    let seed = seed("garage_flowstate_run_sigkilled_is_exactly_once");
+    let mut rng = SplitMix(seed);
+    let input = dir.path().join("input");
+    generate_input(&input, 400_000, 20_000, rng.next_u64()).unwrap();
+    let uri = cluster.uri(&format!("run-{seed:x}"));
+    let command = |parallelism: u16, args: &[&str]| {
+        let mut c = Command::new(exe);
+        c.env("AWS_ACCESS_KEY_ID", &cluster.key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &cluster.secret)
+            .env("AWS_ENDPOINT_URL", cluster.endpoint(0))
+            .env("AWS_REGION", "garage")
+            .env("AWS_ALLOW_HTTP", "true")
+            .args(args);
+        if args.first() == Some(&"run") {
+            c.args(["--parallelism", &parallelism.to_string()]);
+        }
+        c
+    };
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let (input_s, out_s, state_s) = (p("input"), p("out"), p("state"));
+    let run_args = [
+        "run",
+        "--input",
+        &input_s,
+        "--output",
+        &out_s,
+        "--state",
+        &state_s,
+        "--checkpoint-storage",
+        &uri,
+        "--checkpoint-interval-ms",
+        "50",
+        "--quiet",
+    ];
+    let mut parallelism = 1 + rng.below(2) as u16;
+    let mut kills = 0;
+    for attempt in 0u64.. {
+        assert!(attempt < 100, "no finish after 100 attempts");
+        let mut child = command(parallelism, &run_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The first runs die early (mid-checkpoint, mid-upload); growing delays let one finish.
+        let delay = if attempt < 2 {
+            30 + rng.below(300)
+        } else {
+            100 + rng.below(500) + 150 * attempt
+        };
+        let deadline = Instant::now() + Duration::from_millis(delay);
+        let mut exited = None;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                exited = Some(status);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        match exited {
+            Some(status) if status.success() => break,
+            Some(status) => {
+                let out = child.wait_with_output().unwrap();
+                panic!("exit {status}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            None => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+            }
+        }
+        if rng.below(3) == 0 {
+            parallelism = 1 + rng.below(3) as u16;
+        }
+    }
+    let expected = expected_output(&input).unwrap();
+    let verdict = check_output(&dir.path().join("out"), &expected).unwrap();
+    assert!(verdict.is_exact(), "{kills} kills: {verdict:?}");
+    assert!(kills >= 2, "the first two runs are killed");
+    eprintln!("exact after {kills} kills");
+    let again = command(2, &run_args).output().unwrap();
+    assert_eq!(again.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already finished"));
+    // The job checkpoints read back through the same URI.
+    let inspect = command(
+        0,
+        &["inspect", "--checkpoint-storage", &format!("{uri}/job")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        inspect.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains("chk-"));
 }

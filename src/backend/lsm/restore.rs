@@ -200,7 +200,8 @@ fn fetch(
     // A local directory's file is hard-linked; an object store's (a URI location) is fetched.
     let location = source.storage.location();
     let linked = Path::new(&location).join(path);
-    if !location.contains("://") && linked.is_file() && std::fs::hard_link(&linked, &local).is_ok() {
+    if !location.contains("://") && linked.is_file() && std::fs::hard_link(&linked, &local).is_ok()
+    {
         stats.linked_files += 1;
         stats.linked_bytes += meta.size;
     } else {
