@@ -246,3 +246,141 @@ fn garage_flowstate_run_sigkilled_is_exactly_once() {
     );
     assert!(String::from_utf8_lossy(&inspect.stdout).contains("chk-"));
 }
+
+/// Bench (opt-in; numbers in BENCHMARKS.md "Checkpoints on S3"): grow 100-byte values to
+/// `FLOWSTATE_BENCH_MB` MB (default 100), then 10 rounds of changing 1% of the keys and
+/// checkpointing to a local single-node Garage, for FsBackend (full) and LsmBackend
+/// (incremental): bytes uploaded and time per checkpoint, and the restore time.
+///
+/// `cargo test --release --test garage -- --ignored --nocapture garage_upload_bench`
+#[test]
+#[ignore]
+fn garage_upload_bench() {
+    use flowstate::backend::lsm::LsmBackendOptions;
+    use flowstate::{FsBackend, StateDescriptor, StateKind};
+
+    let Some(cluster) = GarageCluster::start(1) else {
+        return;
+    };
+    let mb: u64 = std::env::var("FLOWSTATE_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let keys = mb * 1_000_000 / 120;
+    let options = cluster.options();
+    let uploaded = |prefix: &str| -> u64 {
+        let storage = open_storage_with(&cluster.uri(prefix), &options).unwrap();
+        storage
+            .list("")
+            .unwrap()
+            .iter()
+            .map(|p| storage.file_size(p).unwrap())
+            .sum()
+    };
+    println!(
+        "| backend | state | checkpoint | bytes uploaded (mean / max) | time ms (mean / max) | restore ms |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for kind in ["fs", "lsm"] {
+        let prefix = format!("bench-{kind}-{mb}");
+        let work = tempfile::tempdir().unwrap();
+        let storage = open_storage_with(&cluster.uri(&prefix), &options).unwrap();
+        let config = config(KeyGroupRange::all(MAX_PARALLELISM));
+        let make = |dir: &str| -> Box<dyn StateBackend> {
+            let storage = open_storage_with(&cluster.uri(&prefix), &options).unwrap();
+            match kind {
+                "fs" => Box::new(
+                    FsBackend::new(config.clone(), storage)
+                        .unwrap()
+                        .with_retained_checkpoints(1_000),
+                ),
+                _ => Box::new(
+                    LsmBackend::new(
+                        config.clone(),
+                        &work.path().join(dir),
+                        storage,
+                        LsmBackendOptions {
+                            retained_checkpoints: 1_000,
+                            ..LsmBackendOptions::default()
+                        },
+                    )
+                    .unwrap(),
+                ),
+            }
+        };
+        let mut backend = make("work");
+        let state = backend
+            .register(&StateDescriptor::new("values", StateKind::Value))
+            .unwrap();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut value = |round: u64, k: u64| -> Vec<u8> {
+            rng = mix(rng ^ k ^ (round << 40));
+            let mut v = format!("{round}:{k}:").into_bytes();
+            while v.len() < 100 {
+                v.extend_from_slice(&mix(rng.wrapping_add(v.len() as u64)).to_le_bytes());
+            }
+            v.truncate(100);
+            v
+        };
+        for k in 0..keys {
+            backend.put(state, &key(k), &value(0, k)).unwrap();
+        }
+        let start = Instant::now();
+        backend.snapshot(1).unwrap().run().unwrap();
+        let first = start.elapsed();
+        let first_bytes = uploaded(&prefix);
+        let (mut bytes, mut times) = (Vec::new(), Vec::new());
+        for round in 1..=10u64 {
+            for i in 0..keys / 100 {
+                let k = mix(round * 1_000_003 + i) % keys;
+                backend.put(state, &key(k), &value(round, k)).unwrap();
+            }
+            let before = uploaded(&prefix);
+            let start = Instant::now();
+            backend.snapshot(round + 1).unwrap().run().unwrap();
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+            bytes.push(uploaded(&prefix).saturating_sub(before));
+        }
+        drop(backend);
+        let start = Instant::now();
+        let (mut restored, latest): (Box<dyn StateBackend>, _) = match kind {
+            "fs" => {
+                let mut fs = FsBackend::new(config.clone(), storage.clone()).unwrap();
+                let id = fs.restore_latest().unwrap();
+                (Box::new(fs), id)
+            }
+            _ => {
+                let mut lsm = LsmBackend::new(
+                    config.clone(),
+                    &work.path().join("restore2"),
+                    storage.clone(),
+                    LsmBackendOptions::default(),
+                )
+                .unwrap();
+                let id = lsm.restore_latest().unwrap();
+                (Box::new(lsm), id)
+            }
+        };
+        let restore = start.elapsed();
+        assert_eq!(latest, Some(11));
+        let state = restored
+            .register(&StateDescriptor::new("values", StateKind::Value))
+            .unwrap();
+        assert!(restored.get(state, &key(keys / 2)).unwrap().is_some());
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let fb: Vec<f64> = bytes.iter().map(|b| *b as f64 / 1e6).collect();
+        println!(
+            "| {kind} | {mb} MB | first (full) | {:.1} MB | {:.0} | |",
+            first_bytes as f64 / 1e6,
+            first.as_secs_f64() * 1000.0
+        );
+        println!(
+            "| {kind} | {mb} MB | 1% changed, 10 rounds | {:.2} / {:.2} MB | {:.0} / {:.0} | {:.0} |",
+            mean(&fb),
+            fb.iter().cloned().fold(0.0, f64::max),
+            mean(&times),
+            times.iter().cloned().fold(0.0, f64::max),
+            restore.as_secs_f64() * 1000.0
+        );
+    }
+}
