@@ -229,15 +229,21 @@ impl SnapshotTask for FsSnapshotTask {
             spec,
             &mut |key_groups| Ok(frozen.has_live_entries(key_groups, now)),
             &mut |out, id, key_groups| {
-                write_full_snapshot_file_from(out, id, key_groups, state_count, &mut |index, emit| {
-                    let mut counted = |key: &[u8], value: &[u8]| {
-                        if let Some(size) = sizes.get_mut(index) {
-                            *size += (key.len() + value.len()) as u64;
-                        }
-                        emit(key, value)
-                    };
-                    frozen.emit_live_entries(index, key_groups, now, &mut counted)
-                })
+                write_full_snapshot_file_from(
+                    out,
+                    id,
+                    key_groups,
+                    state_count,
+                    &mut |index, emit| {
+                        let mut counted = |key: &[u8], value: &[u8]| {
+                            if let Some(size) = sizes.get_mut(index) {
+                                *size += (key.len() + value.len()) as u64;
+                            }
+                            emit(key, value)
+                        };
+                        frozen.emit_live_entries(index, key_groups, now, &mut counted)
+                    },
+                )
             },
         )?;
         crate::observe::full_state_sizes(&names, range, &sizes);
