@@ -2,9 +2,10 @@
 //!
 //! Each state is a [`StateTable`]: a copy-on-write hash map per key group, so point access is
 //! O(1) and a snapshot's synchronous part clones one `Arc` per key group, never the data
-//! (Flink's `CopyOnWriteStateMap`). Key order is produced only for prefix scans and snapshot
-//! files. TTL states get incremental cleanup: every access checks a few entries after a cursor
-//! and drops expired ones, so expired state does not pile up between snapshots.
+//! (Flink's `CopyOnWriteStateMap`). Key order is produced for snapshot files and prefix scans;
+//! a map's prefix is answered from the table's ordered user-key index. TTL states get
+//! incremental cleanup: every access checks a few entries after a cursor and drops expired ones,
+//! so expired state does not pile up between snapshots.
 
 use std::collections::HashMap;
 use std::sync::Arc;

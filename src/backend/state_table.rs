@@ -50,7 +50,21 @@ pub struct StateTable {
 /// The length of the (key group, key, namespace) part of a composite key (FORMAT.md §2.2), or
 /// `None` when `key` does not decode as a composite key. Every key that starts with a decodable
 /// prefix decodes to the same primary part as the prefix (the varint lengths fix the split).
+#[inline]
 pub fn primary_len(key: &[u8]) -> Option<usize> {
+    // Fast path (every put of a new key parses it): key and namespace shorter than 128 bytes,
+    // so both lengths are one-byte varints.
+    if let Some(&key_len) = key.get(2)
+        && key_len < 0x80
+    {
+        let namespace_at = 3 + usize::from(key_len);
+        if let Some(&namespace_len) = key.get(namespace_at)
+            && namespace_len < 0x80
+        {
+            let end = namespace_at + 1 + usize::from(namespace_len);
+            return (end <= key.len()).then_some(end);
+        }
+    }
     CompositeKey::decode(key, "state key", 0)
         .ok()
         .map(|parts| key.len() - parts.user_key.len())
@@ -70,19 +84,23 @@ impl KeyGroupTable {
     }
 
     /// Inserts a key that is not in `entries` yet, indexing it if it has a user key.
+    #[inline]
     fn insert_new(&mut self, key: Arc<[u8]>, value: Arc<Vec<u8>>) {
-        self.index(&key);
+        // Value, list and reducing state keys (no user key) stop at the length check.
+        if let Some(primary) = primary_len(&key)
+            && primary < key.len()
+        {
+            self.index_user_key(&key, primary);
+        }
         self.entries.insert(key, value);
     }
 
-    /// Adds `key` to the user-key index if it has a user key.
-    fn index(&mut self, key: &Arc<[u8]>) {
-        let Some(primary) = primary_len(key).and_then(|n| key.get(..n)) else {
+    /// Adds `key`, whose first `primary` bytes are its primary part, to the user-key index.
+    #[inline(never)]
+    fn index_user_key(&mut self, key: &Arc<[u8]>, primary: usize) {
+        let Some(primary) = key.get(..primary) else {
             return;
         };
-        if primary.len() == key.len() {
-            return;
-        }
         match self.user_keys.get_mut(primary) {
             Some(set) => {
                 set.insert(key.clone());

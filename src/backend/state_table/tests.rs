@@ -244,3 +244,21 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The fast path of `primary_len` agrees with the composite-key decoder on any bytes, and on
+    /// composite keys with long keys (multi-byte varint lengths).
+    #[test]
+    fn primary_len_matches_the_decoder(
+        bytes in proptest::collection::vec(any::<u8>(), 0..12),
+        key_len in 0usize..300,
+        user_key in proptest::collection::vec(any::<u8>(), 0..4),
+    ) {
+        let decoded = |k: &[u8]| {
+            CompositeKey::decode(k, "t", 0).ok().map(|p| k.len() - p.user_key.len())
+        };
+        prop_assert_eq!(primary_len(&bytes), decoded(&bytes));
+        let long = composite_key(1, &vec![7u8; key_len], b"ns", &user_key);
+        prop_assert_eq!(primary_len(&long), Some(long.len() - user_key.len()));
+    }
+}
