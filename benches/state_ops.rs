@@ -1,13 +1,19 @@
 //! Typed state operations on the memory backend against a raw `HashMap<Vec<u8>, Vec<u8>>` doing the
 //! equivalent work in the same run (postcard-serialize key and value, then insert or look up), over
 //! 10k keys per iteration: what the typed layer, key groups, composite keys and the persistent
-//! maps cost on top of a plain hash map. Run with `cargo bench --bench state_ops`.
+//! maps cost on top of a plain hash map; and `MapState` iteration among many other entries
+//! (`map_iter`). Run with `cargo bench --bench state_ops`.
 
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use flowstate::{BackendConfig, KeyedState, ListState, MapState, MemoryBackend, ValueState};
+use flowstate::checkpoint::storage::{CheckpointStorage, LocalDirStorage};
+use flowstate::{
+    BackendConfig, FsBackend, KeyedState, ListState, MapState, MemoryBackend, StateBackend,
+    ValueState,
+};
 
 /// Keys touched per iteration.
 const KEYS: u64 = 10_000;
@@ -152,5 +158,55 @@ fn list_add(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, value_update, map_put_get, list_add);
+/// Keys whose maps fill the state in the iteration bench.
+const ITER_KEYS: u64 = 10_000;
+/// Entries of each map in the iteration bench: ITER_KEYS x ITER_MAP_ENTRIES = 100k entries.
+const ITER_MAP_ENTRIES: u64 = 10;
+/// Maps iterated per bench iteration.
+const ITER_PER_ROUND: u64 = 1_000;
+
+/// `MapState::iter` of one 10-entry map in a state of 100k entries (10k keys, 128 key groups):
+/// a per-(key, namespace) prefix scan, which should cost the map's size, not the key group's.
+fn map_iter(c: &mut Criterion) {
+    let mut group = c.benchmark_group("map_iter");
+    group.throughput(Throughput::Elements(ITER_PER_ROUND));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let storage: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::open(dir.path()).expect("open checkpoint storage"));
+    let fs = FsBackend::new(BackendConfig::default(), storage).expect("open fs backend");
+    let backends: [(&str, Box<dyn StateBackend>); 2] = [
+        (
+            "memory_backend",
+            Box::new(MemoryBackend::new(BackendConfig::default())),
+        ),
+        ("fs_backend", Box::new(fs)),
+    ];
+    for (name, backend) in backends {
+        let keyed = KeyedState::from_boxed(backend);
+        let state: MapState<u64, u64> = keyed.map_state("m").expect("register");
+        for key in 0..ITER_KEYS {
+            keyed.set_current_key(&key).expect("own key group");
+            for map_key in 0..ITER_MAP_ENTRIES {
+                state.put(&map_key, &key).expect("put");
+            }
+        }
+        let mut round = 0u64;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                for i in 0..ITER_PER_ROUND {
+                    round += 1;
+                    keyed
+                        .set_current_key(&(round.wrapping_mul(7919) % ITER_KEYS))
+                        .expect("own key group");
+                    let entries = state.iter().expect("iter");
+                    debug_assert_eq!(entries.len() as u64, ITER_MAP_ENTRIES, "{i}");
+                    black_box(entries);
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, value_update, map_put_get, list_add, map_iter);
 criterion_main!(benches);

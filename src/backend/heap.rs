@@ -2,9 +2,10 @@
 //!
 //! Each state is a [`StateTable`]: a copy-on-write hash map per key group, so point access is
 //! O(1) and a snapshot's synchronous part clones one `Arc` per key group, never the data
-//! (Flink's `CopyOnWriteStateMap`). Key order is produced only for prefix scans and snapshot
-//! files. TTL states get incremental cleanup: every access checks a few entries after a cursor
-//! and drops expired ones, so expired state does not pile up between snapshots.
+//! (Flink's `CopyOnWriteStateMap`). Key order is produced for snapshot files and prefix scans;
+//! a map's prefix is answered from the table's ordered user-key index. TTL states get
+//! incremental cleanup: every access checks a few entries after a cursor and drops expired ones,
+//! so expired state does not pile up between snapshots.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -309,10 +310,18 @@ impl HeapStore {
 
     /// See [`super::StateBackend::scan_prefix`].
     ///
-    /// Sorts one key group's matching entries at a time: O(entries of the key groups the prefix
-    /// can reach), the price of O(1) point access.
+    /// A prefix that is a whole (key group, key, namespace) — a map of a `MapState`, or one key's
+    /// entry — costs O(log n + matches) through the table's user-key index. Any other prefix
+    /// (empty, key group only, part of a key) sorts one key group's matching entries at a time:
+    /// O(entries of the key groups the prefix can reach), the price of O(1) point access.
     pub fn scan_prefix(&mut self, id: StateId, prefix: &[u8]) -> Result<EntryIter<'_>> {
         let table = &self.state(id)?.table;
+        if let Some(entries) = table.sorted_under(prefix) {
+            let iter = entries
+                .into_iter()
+                .map(|(k, v)| Ok((k.to_vec(), v.to_vec())));
+            return Ok(Box::new(iter));
+        }
         let prefix = prefix.to_vec();
         let iter = table.groups_for_prefix(&prefix).flat_map(move |key_group| {
             table
@@ -323,7 +332,7 @@ impl HeapStore {
         Ok(Box::new(iter))
     }
 
-    /// See [`super::StateBackend::delete_prefix`].
+    /// See [`super::StateBackend::delete_prefix`]; costs as [`HeapStore::scan_prefix`].
     pub fn delete_prefix(&mut self, id: StateId, prefix: &[u8]) -> Result<()> {
         self.state_mut(id)?.table.remove_prefix(prefix);
         Ok(())

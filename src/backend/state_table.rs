@@ -4,13 +4,16 @@
 //! (O(1), no comparisons along long shared key prefixes); a snapshot clones one `Arc` per key
 //! group, and the first write to a key group after a snapshot copies that group's table shallowly
 //! (keys and values are reference counted, so the copy never duplicates bytes). Key order is
-//! produced only where it is needed: prefix scans and snapshot files sort one key group at a time.
+//! produced only where it is needed: snapshot files sort one key group at a time, and keys with a
+//! user key (map entries) are also indexed, in order, under their (key group, key, namespace)
+//! part, so a scan or delete of one map costs the map's size (Flink's nested map per key).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
+use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::keys::{KeyGroupRange, key_group_of};
+use crate::keys::{CompositeKey, KeyGroupRange, key_group_of};
 
 /// A key group's entries: composite key to value. Values are `Arc<Vec<u8>>` so that a value
 /// owned by the live table alone is overwritten or appended to in place.
@@ -22,20 +25,134 @@ pub type SharedEntry<'a> = (&'a Arc<[u8]>, &'a Arc<Vec<u8>>);
 /// A key and what happens to it: a new value, or `None` for removal.
 type EntryChange = (Arc<[u8]>, Option<Vec<u8>>);
 
-/// One heap state: a [`KeyGroupMap`] per key group of its range. Cloning is O(key groups) and
+/// Keys with a non-empty user key, in key order, by their primary part (see [`primary_len`]).
+type UserKeyIndex = HashMap<Arc<[u8]>, BTreeSet<Arc<[u8]>>, KeyHasherBuilder>;
+
+/// One key group of a [`StateTable`]: its entries, and an index of the entries' keys that have
+/// a user key, grouped by (key group, key, namespace) and ordered (shares the key bytes).
+/// Keys without a user key (value, list, reducing states) and keys that do not decode as
+/// composite keys are in `entries` only.
+#[derive(Clone, Debug)]
+pub struct KeyGroupTable {
+    entries: KeyGroupMap,
+    user_keys: UserKeyIndex,
+}
+
+/// One heap state: a [`KeyGroupTable`] per key group of its range. Cloning is O(key groups) and
 /// shares every entry; a clone is an immutable view as long as the other side only writes
 /// through the methods here (which copy a shared key group before changing it).
 #[derive(Clone, Debug)]
 pub struct StateTable {
     range: KeyGroupRange,
-    groups: Vec<Arc<KeyGroupMap>>,
+    groups: Vec<Arc<KeyGroupTable>>,
+}
+
+/// The length of the (key group, key, namespace) part of a composite key (FORMAT.md §2.2), or
+/// `None` when `key` does not decode as a composite key. Every key that starts with a decodable
+/// prefix decodes to the same primary part as the prefix (the varint lengths fix the split).
+#[inline]
+pub fn primary_len(key: &[u8]) -> Option<usize> {
+    // Fast path (every put of a new key parses it): key and namespace shorter than 128 bytes,
+    // so both lengths are one-byte varints.
+    if let Some(&key_len) = key.get(2)
+        && key_len < 0x80
+    {
+        let namespace_at = 3 + usize::from(key_len);
+        if let Some(&namespace_len) = key.get(namespace_at)
+            && namespace_len < 0x80
+        {
+            let end = namespace_at + 1 + usize::from(namespace_len);
+            return (end <= key.len()).then_some(end);
+        }
+    }
+    CompositeKey::decode(key, "state key", 0)
+        .ok()
+        .map(|parts| key.len() - parts.user_key.len())
+}
+
+impl KeyGroupTable {
+    fn new(hasher: KeyHasherBuilder) -> Self {
+        KeyGroupTable {
+            entries: KeyGroupMap::with_hasher(hasher),
+            user_keys: UserKeyIndex::with_hasher(hasher),
+        }
+    }
+
+    /// The entries: composite key to value, in no particular order.
+    pub fn entries(&self) -> &KeyGroupMap {
+        &self.entries
+    }
+
+    /// Inserts a key that is not in `entries` yet, indexing it if it has a user key.
+    #[inline]
+    fn insert_new(&mut self, key: Arc<[u8]>, value: Arc<Vec<u8>>) {
+        // Value, list and reducing state keys (no user key) stop at the length check.
+        if let Some(primary) = primary_len(&key)
+            && primary < key.len()
+        {
+            self.index_user_key(&key, primary);
+        }
+        self.entries.insert(key, value);
+    }
+
+    /// Adds `key`, whose first `primary` bytes are its primary part, to the user-key index.
+    #[inline(never)]
+    fn index_user_key(&mut self, key: &Arc<[u8]>, primary: usize) {
+        let Some(primary) = key.get(..primary) else {
+            return;
+        };
+        match self.user_keys.get_mut(primary) {
+            Some(set) => {
+                set.insert(key.clone());
+            }
+            None => {
+                self.user_keys
+                    .insert(Arc::from(primary), BTreeSet::from([key.clone()]));
+            }
+        }
+    }
+
+    /// Removes `key` from `entries` and from the user-key index.
+    fn remove(&mut self, key: &[u8]) {
+        if self.entries.remove(key).is_none() {
+            return;
+        }
+        let Some(primary) = primary_len(key).and_then(|n| key.get(..n)) else {
+            return;
+        };
+        if let Some(set) = self.user_keys.get_mut(primary) {
+            set.remove(key);
+            if set.is_empty() {
+                self.user_keys.remove(primary);
+            }
+        }
+    }
+
+    /// The keys that start with `prefix`, in key order, when `prefix` decodes as a composite
+    /// key (`primary` is its primary length): O(log n + matches). The key equal to the primary
+    /// part (empty user key) sorts first.
+    fn keys_under<'a>(&'a self, prefix: &'a [u8], primary: usize) -> Vec<&'a Arc<[u8]>> {
+        let mut keys = Vec::new();
+        if primary == prefix.len()
+            && let Some((key, _)) = self.entries.get_key_value(prefix)
+        {
+            keys.push(key);
+        }
+        if let Some(set) = prefix.get(..primary).and_then(|p| self.user_keys.get(p)) {
+            keys.extend(
+                set.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+                    .take_while(|k| k.starts_with(prefix)),
+            );
+        }
+        keys
+    }
 }
 
 impl StateTable {
     /// An empty table over `range`.
     pub fn new(range: KeyGroupRange) -> Self {
         let hasher = KeyHasherBuilder::random();
-        let empty = Arc::new(KeyGroupMap::with_hasher(hasher));
+        let empty = Arc::new(KeyGroupTable::new(hasher));
         StateTable {
             range,
             groups: vec![empty; range.len() as usize],
@@ -55,18 +172,18 @@ impl StateTable {
             .then(|| usize::from(key_group - self.range.first()))
     }
 
-    /// The key group map of `key_group`, if it is in range.
+    /// The entries of `key_group`, if it is in range.
     pub fn group(&self, key_group: u16) -> Option<&KeyGroupMap> {
         if !self.range.contains(key_group) {
             return None;
         }
         self.groups
             .get(usize::from(key_group - self.range.first()))
-            .map(|g| g.as_ref())
+            .map(|g| g.entries())
     }
 
-    /// The writable map of `key`'s key group: copied first if a snapshot shares it.
-    fn group_mut(&mut self, key: &[u8]) -> Option<&mut KeyGroupMap> {
+    /// The writable table of `key`'s key group: copied first if a snapshot shares it.
+    fn group_mut(&mut self, key: &[u8]) -> Option<&mut KeyGroupTable> {
         let slot = self.slot(key)?;
         self.groups.get_mut(slot).map(Arc::make_mut)
     }
@@ -74,7 +191,11 @@ impl StateTable {
     /// The value of `key`.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         let slot = self.slot(key)?;
-        self.groups.get(slot)?.get(key).map(|v| v.as_slice())
+        self.groups
+            .get(slot)?
+            .entries
+            .get(key)
+            .map(|v| v.as_slice())
     }
 
     /// Sets `key` to `value`; a key outside the range is ignored (callers check the range).
@@ -82,7 +203,7 @@ impl StateTable {
         let Some(group) = self.group_mut(key) else {
             return;
         };
-        match group.get_mut(key) {
+        match group.entries.get_mut(key) {
             Some(current) => match Arc::get_mut(current) {
                 // Owned by this table alone: overwrite in place, no allocation.
                 Some(owned) => {
@@ -91,9 +212,7 @@ impl StateTable {
                 }
                 None => *current = Arc::new(value.to_vec()),
             },
-            None => {
-                group.insert(Arc::from(key), Arc::new(value.to_vec()));
-            }
+            None => group.insert_new(Arc::from(key), Arc::new(value.to_vec())),
         }
     }
 
@@ -102,11 +221,9 @@ impl StateTable {
         let Some(group) = self.group_mut(key) else {
             return;
         };
-        match group.get_mut(key) {
+        match group.entries.get_mut(key) {
             Some(current) => Arc::make_mut(current).extend_from_slice(operand),
-            None => {
-                group.insert(Arc::from(key), Arc::new(operand.to_vec()));
-            }
+            None => group.insert_new(Arc::from(key), Arc::new(operand.to_vec())),
         }
     }
 
@@ -114,7 +231,10 @@ impl StateTable {
     /// are ignored.
     pub fn insert_owned(&mut self, key: Vec<u8>, value: Vec<u8>) {
         if let Some(group) = self.group_mut(&key) {
-            group.insert(Arc::from(key), Arc::new(value));
+            match group.entries.get_mut(key.as_slice()) {
+                Some(current) => *current = Arc::new(value),
+                None => group.insert_new(Arc::from(key), Arc::new(value)),
+            }
         }
     }
 
@@ -125,33 +245,76 @@ impl StateTable {
             return;
         };
         // Copy a shared group only when there is something to remove.
-        if group.contains_key(key) {
+        if group.entries.contains_key(key) {
             Arc::make_mut(group).remove(key);
         }
     }
 
-    /// Removes every key that starts with `prefix`.
+    /// Removes every key that starts with `prefix`. A prefix that decodes as a composite key
+    /// (a whole (key group, key, namespace), optionally with the start of a user key) costs
+    /// O(log n + matches); any other prefix visits the key groups it can reach.
     pub fn remove_prefix(&mut self, prefix: &[u8]) {
+        if let Some(primary) = primary_len(prefix) {
+            let Some(slot) = self.slot(prefix) else {
+                return;
+            };
+            let Some(group) = self.groups.get_mut(slot) else {
+                return;
+            };
+            let doomed: Vec<Arc<[u8]>> = group
+                .keys_under(prefix, primary)
+                .into_iter()
+                .cloned()
+                .collect();
+            if !doomed.is_empty() {
+                let group = Arc::make_mut(group);
+                for key in doomed {
+                    group.remove(&key);
+                }
+            }
+            return;
+        }
         let first = self.range.first();
         for (index, group) in self.groups.iter_mut().enumerate() {
             let key_group = first + index as u16;
-            if !group_may_match(key_group, prefix) || group.is_empty() {
+            if !group_may_match(key_group, prefix) || group.entries.is_empty() {
                 continue;
             }
-            if group.keys().any(|k| k.starts_with(prefix)) {
-                Arc::make_mut(group).retain(|k, _| !k.starts_with(prefix));
+            if group.entries.keys().any(|k| k.starts_with(prefix)) {
+                let group = Arc::make_mut(group);
+                group.entries.retain(|k, _| !k.starts_with(prefix));
+                group.user_keys.retain(|_, set| {
+                    set.retain(|k| !k.starts_with(prefix));
+                    !set.is_empty()
+                });
             }
         }
     }
 
+    /// The entries whose key starts with `prefix`, in key order, when `prefix` decodes as a
+    /// composite key (see [`StateTable::remove_prefix`]): O(log n + matches). `None` for any
+    /// other prefix (use [`StateTable::groups_for_prefix`] and [`StateTable::sorted_group`]).
+    pub fn sorted_under(&self, prefix: &[u8]) -> Option<Vec<SharedEntry<'_>>> {
+        let primary = primary_len(prefix)?;
+        let Some(group) = self.slot(prefix).and_then(|slot| self.groups.get(slot)) else {
+            return Some(Vec::new());
+        };
+        let entries = group
+            .keys_under(prefix, primary)
+            .into_iter()
+            .filter_map(|key| group.entries.get_key_value(key.as_ref()))
+            .collect();
+        Some(entries)
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.groups.iter().map(|g| g.len()).sum()
+        self.groups.iter().map(|g| g.entries.len()).sum()
     }
 
     /// True when there is no entry.
     pub fn is_empty(&self) -> bool {
-        self.groups.iter().all(|g| g.is_empty())
+        self.groups.iter().all(|g| g.entries.is_empty())
     }
 
     /// Entries of `key_group` whose key starts with `prefix`, sorted by key.
@@ -178,28 +341,31 @@ impl StateTable {
             .filter(move |kg| group_may_match(*kg, &prefix))
     }
 
-    /// Replaces the map of `key_group` by `map` (shared, no copy) when ours is empty, else adds
-    /// its entries. Key groups outside the range are ignored.
-    pub fn adopt_group(&mut self, key_group: u16, map: &Arc<KeyGroupMap>) {
-        if !self.range.contains(key_group) || map.is_empty() {
+    /// Replaces the table of `key_group` by `table` (shared, no copy) when ours is empty, else
+    /// adds its entries. Key groups outside the range are ignored.
+    pub fn adopt_group(&mut self, key_group: u16, table: &Arc<KeyGroupTable>) {
+        if !self.range.contains(key_group) || table.entries.is_empty() {
             return;
         }
         let slot = usize::from(key_group - self.range.first());
         let Some(group) = self.groups.get_mut(slot) else {
             return;
         };
-        if group.is_empty() {
-            *group = map.clone();
+        if group.entries.is_empty() {
+            *group = table.clone();
         } else {
             let group = Arc::make_mut(group);
-            for (k, v) in map.iter() {
-                group.insert(k.clone(), v.clone());
+            for (k, v) in table.entries.iter() {
+                match group.entries.get_mut(k) {
+                    Some(current) => *current = v.clone(),
+                    None => group.insert_new(k.clone(), v.clone()),
+                }
             }
         }
     }
 
-    /// The shared map of `key_group` (for [`StateTable::adopt_group`]).
-    pub fn shared_group(&self, key_group: u16) -> Option<&Arc<KeyGroupMap>> {
+    /// The shared table of `key_group` (for [`StateTable::adopt_group`]).
+    pub fn shared_group(&self, key_group: u16) -> Option<&Arc<KeyGroupTable>> {
         if !self.range.contains(key_group) {
             return None;
         }
@@ -221,6 +387,7 @@ impl StateTable {
             return;
         };
         let changes: Vec<EntryChange> = group
+            .entries
             .iter()
             .filter_map(|(k, v)| change(v).map(|kept| (k.clone(), kept)))
             .collect();
@@ -231,11 +398,9 @@ impl StateTable {
         for (k, kept) in changes {
             match kept {
                 Some(v) => {
-                    group.insert(k, Arc::new(v));
+                    group.entries.insert(k, Arc::new(v));
                 }
-                None => {
-                    group.remove(&k);
-                }
+                None => group.remove(&k),
             }
         }
     }
@@ -331,81 +496,4 @@ impl Hasher for KeyHasher {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::keys::composite_key;
-    use proptest::prelude::*;
-    use std::collections::BTreeMap;
-
-    fn range(a: u16, b: u16) -> KeyGroupRange {
-        KeyGroupRange::new(a, b).unwrap()
-    }
-
-    #[test]
-    fn a_clone_is_a_frozen_view() {
-        let mut live = StateTable::new(range(0, 3));
-        let k = composite_key(1, b"alice", b"", b"");
-        live.put(&k, b"1");
-        let frozen = live.clone();
-        live.put(&k, b"2");
-        live.append(&k, b"3");
-        live.put(&composite_key(2, b"bob", b"", b""), b"x");
-        assert_eq!(frozen.get(&k), Some(&b"1"[..]));
-        assert_eq!(frozen.len(), 1);
-        assert_eq!(live.get(&k), Some(&b"23"[..]));
-        live.remove(&k);
-        assert_eq!(frozen.get(&k), Some(&b"1"[..]));
-        assert_eq!(live.get(&k), None);
-        // Out-of-range keys are ignored.
-        live.put(&composite_key(9, b"x", b"", b""), b"x");
-        assert_eq!(live.len(), 1);
-    }
-
-    proptest! {
-        /// Puts, appends and removes against a BTreeMap model; a clone taken in the middle keeps
-        /// the model's state of that moment, and sorted groups give the model's order.
-        #[test]
-        fn matches_a_btreemap(ops in proptest::collection::vec(
-            (0u8..4, 0u16..4, 0u8..6, proptest::collection::vec(any::<u8>(), 0..4)), 0..120),
-            freeze_at in 0usize..120,
-        ) {
-            let mut table = StateTable::new(range(0, 3));
-            let mut model = BTreeMap::new();
-            let mut frozen = None;
-            for (i, (op, kg, key, value)) in ops.into_iter().enumerate() {
-                if i == freeze_at {
-                    frozen = Some((table.clone(), model.clone()));
-                }
-                let k = composite_key(kg, &[key], b"", b"");
-                match op {
-                    0 => { table.put(&k, &value); model.insert(k, value); }
-                    1 => {
-                        table.append(&k, &value);
-                        model.entry(k).or_insert_with(Vec::new).extend_from_slice(&value);
-                    }
-                    2 => { table.remove(&k); model.remove(&k); }
-                    _ => {
-                        let prefix = &k[..3];
-                        table.remove_prefix(prefix);
-                        model.retain(|mk: &Vec<u8>, _| !mk.starts_with(prefix));
-                    }
-                }
-            }
-            let check = |table: &StateTable, model: &BTreeMap<Vec<u8>, Vec<u8>>| {
-                let all: Vec<(Vec<u8>, Vec<u8>)> = table
-                    .groups_for_prefix(&[])
-                    .flat_map(|kg| table.sorted_group(kg, &[]))
-                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .collect();
-                let expected: Vec<(Vec<u8>, Vec<u8>)> =
-                    model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                prop_assert_eq!(all, expected);
-                Ok(())
-            };
-            check(&table, &model)?;
-            if let Some((table, model)) = frozen {
-                check(&table, &model)?;
-            }
-        }
-    }
-}
+mod tests;

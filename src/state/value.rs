@@ -25,6 +25,7 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     }
 
     /// The value of the current key and namespace, if set (and not expired).
+    #[inline]
     pub fn value(&self) -> Result<Option<T>> {
         let mut ctx = self.handle.lock();
         let (id, ttl_config) = (self.handle.id, self.handle.ttl.as_ref());
@@ -34,6 +35,7 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     }
 
     /// Sets the value of the current key and namespace.
+    #[inline]
     pub fn update(&self, value: &T) -> Result<()> {
         let mut ctx = self.handle.lock();
         let (id, ttl_config) = (self.handle.id, self.handle.ttl.as_ref());
