@@ -187,9 +187,11 @@ fn garage_flowstate_run_sigkilled_is_exactly_once() {
     let mut kills = 0;
     for attempt in 0u64.. {
         assert!(attempt < 100, "no finish after 100 attempts");
+        let log = dir.path().join(format!("stderr-{attempt}"));
         let mut child = command(parallelism, &run_args)
+            .env("RUST_LOG", "flowstate=info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         // The first runs die early (mid-checkpoint, mid-upload); growing delays let one finish.
@@ -208,10 +210,22 @@ fn garage_flowstate_run_sigkilled_is_exactly_once() {
             std::thread::sleep(Duration::from_millis(2));
         }
         match exited {
-            Some(status) if status.success() => break,
+            Some(status) if status.success() => {
+                // Local recovery: every LSM restore on this machine came from the local copies
+                // (or links), not from S3.
+                let stderr = std::fs::read_to_string(&log).unwrap();
+                let restores: Vec<&str> = stderr
+                    .lines()
+                    .filter(|l| l.contains("lsm restore finished"))
+                    .collect();
+                eprintln!("final run: {} task restores", restores.len());
+                for line in restores {
+                    assert!(line.contains(" downloaded=0 "), "{line}");
+                }
+                break;
+            }
             Some(status) => {
-                let out = child.wait_with_output().unwrap();
-                panic!("exit {status}: {}", String::from_utf8_lossy(&out.stderr));
+                panic!("exit {status}: {}", std::fs::read_to_string(&log).unwrap());
             }
             None => {
                 child.kill().unwrap();
