@@ -59,72 +59,54 @@ pub(super) fn build_store(
             Vec::new()
         }
     };
+    // The three cloud builders share no trait: one shape, three types. Settings come from the
+    // environment first (unknown variables of the prefix belong to other tools and are
+    // ignored, as object_store's `from_env` does), then from the explicit options (an unknown
+    // key there is an error).
+    macro_rules! cloud_store {
+        ($builder:ident, $key:ident, $env:literal, $with_bucket:ident, $bucket:expr) => {{
+            let mut builder = $builder::new()
+                .with_client_options(client_options(options))
+                .with_retry(retry_config(options));
+            for (key, value) in env($env) {
+                if let Ok(key) = key.parse::<$key>() {
+                    builder = builder.with_config(key, value);
+                }
+            }
+            for (key, value) in &options.store_options {
+                let parsed = key.parse::<$key>().map_err(|e| unknown_key(&uri, key, e))?;
+                builder = builder.with_config(parsed, value);
+            }
+            let store = builder
+                .$with_bucket($bucket)
+                .build()
+                .map_err(|e| build_failed(&uri, e))?;
+            Ok(Arc::new(store))
+        }};
+    }
     match location {
         Location::Cloud { scheme, bucket, .. } => match *scheme {
-            "s3" => {
-                let mut builder = AmazonS3Builder::new()
-                    .with_client_options(client_options(options))
-                    .with_retry(retry_config(options));
-                for (key, value) in env("AWS_") {
-                    // Unknown AWS_* variables belong to other tools: ignored, as `from_env` does.
-                    if let Ok(key) = key.parse::<AmazonS3ConfigKey>() {
-                        builder = builder.with_config(key, value);
-                    }
-                }
-                for (key, value) in &options.store_options {
-                    let parsed = key
-                        .parse::<AmazonS3ConfigKey>()
-                        .map_err(|e| unknown_key(&uri, key, e))?;
-                    builder = builder.with_config(parsed, value);
-                }
-                let store = builder
-                    .with_bucket_name(bucket)
-                    .build()
-                    .map_err(|e| build_failed(&uri, e))?;
-                Ok(Arc::new(store))
-            }
-            "gs" => {
-                let mut builder = GoogleCloudStorageBuilder::new()
-                    .with_client_options(client_options(options))
-                    .with_retry(retry_config(options));
-                for (key, value) in env("GOOGLE_") {
-                    if let Ok(key) = key.parse::<GoogleConfigKey>() {
-                        builder = builder.with_config(key, value);
-                    }
-                }
-                for (key, value) in &options.store_options {
-                    let parsed = key
-                        .parse::<GoogleConfigKey>()
-                        .map_err(|e| unknown_key(&uri, key, e))?;
-                    builder = builder.with_config(parsed, value);
-                }
-                let store = builder
-                    .with_bucket_name(bucket)
-                    .build()
-                    .map_err(|e| build_failed(&uri, e))?;
-                Ok(Arc::new(store))
-            }
-            _ => {
-                let mut builder = MicrosoftAzureBuilder::new()
-                    .with_client_options(client_options(options))
-                    .with_retry(retry_config(options));
-                for (key, value) in env("AZURE_") {
-                    if let Ok(key) = key.parse::<AzureConfigKey>() {
-                        builder = builder.with_config(key, value);
-                    }
-                }
-                for (key, value) in &options.store_options {
-                    let parsed = key
-                        .parse::<AzureConfigKey>()
-                        .map_err(|e| unknown_key(&uri, key, e))?;
-                    builder = builder.with_config(parsed, value);
-                }
-                let store = builder
-                    .with_container_name(bucket)
-                    .build()
-                    .map_err(|e| build_failed(&uri, e))?;
-                Ok(Arc::new(store))
-            }
+            "s3" => cloud_store!(
+                AmazonS3Builder,
+                AmazonS3ConfigKey,
+                "AWS_",
+                with_bucket_name,
+                bucket
+            ),
+            "gs" => cloud_store!(
+                GoogleCloudStorageBuilder,
+                GoogleConfigKey,
+                "GOOGLE_",
+                with_bucket_name,
+                bucket
+            ),
+            _ => cloud_store!(
+                MicrosoftAzureBuilder,
+                AzureConfigKey,
+                "AZURE_",
+                with_container_name,
+                bucket
+            ),
         },
         Location::Memory { name, .. } => {
             no_store_options(&uri, options)?;
