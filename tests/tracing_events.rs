@@ -39,7 +39,7 @@ fn a_checkpointed_job_logs_its_phases() {
     .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    generate_input(&dir.path().join("input"), 20_000, 500, 3).unwrap();
+    generate_input(&dir.path().join("input"), 200_000, 500, 3).unwrap();
     let mut config = JobConfig::new(
         dir.path().join("input"),
         dir.path().join("out"),
@@ -48,7 +48,8 @@ fn a_checkpointed_job_logs_its_phases() {
     config.checkpoints.interval = Some(Duration::from_millis(5));
     config.failures = Arc::new(FailureSchedule::new(vec![
         (FailurePoint::AsyncSnapshot, 2),
-        (FailurePoint::OperatorRecord, 15_000),
+        // Late enough that checkpoints completed before it, whatever the machine's speed.
+        (FailurePoint::OperatorRecord, 150_000),
     ]));
     config.restart = RestartStrategy {
         max_restarts: 3,
