@@ -98,8 +98,9 @@ fn start_up_scan_drops_checkpoints_with_missing_or_resized_files() {
     assert_eq!(contents(&mut restored), models[0]);
 }
 
-/// The upload loop runs `upload_parallelism` uploads at once; one failing upload fails only
-/// that checkpoint, and the next one completes and restores exactly.
+/// The upload loops (LSM SSTs, full-checkpoint files) run `upload_parallelism` uploads at once;
+/// one failing upload fails only that checkpoint, and the next one completes and restores
+/// exactly.
 #[test]
 fn a_failed_upload_fails_only_its_checkpoint() {
     #[derive(Debug)]
@@ -116,7 +117,7 @@ fn a_failed_upload_fails_only_its_checkpoint() {
             path: &str,
         ) -> flowstate::Result<Box<dyn flowstate::checkpoint::storage::CheckpointFileWriter>>
         {
-            if path.starts_with("shared/")
+            if (path.starts_with("shared/") || path.contains("/kg-"))
                 && self
                     .fail_next_create
                     .swap(false, std::sync::atomic::Ordering::SeqCst)
@@ -194,6 +195,29 @@ fn a_failed_upload_fails_only_its_checkpoint() {
     )
     .unwrap();
     r.restore(&[h], all).unwrap();
+    assert_eq!(contents(&mut r), model);
+
+    // The same for full checkpoints, whose files `upload_parallelism` threads encode and upload.
+    let flaky = Arc::new(Flaky {
+        inner: open_storage("memory://flaky-fs").unwrap(),
+        fail_next_create: false.into(),
+    });
+    assert!(flaky.upload_parallelism() > 1);
+    let mut f = flowstate::FsBackend::new(config(all), flaky.clone()).unwrap();
+    let mut model = Contents::new();
+    random_writes(&mut f, &mut model, &mut rng, 2000);
+    f.snapshot(1).unwrap().run().unwrap();
+    flaky
+        .fail_next_create
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = f.snapshot(2).unwrap().run().unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    assert_eq!(f.completed_checkpoints(), [1]);
+    random_writes(&mut f, &mut model, &mut rng, 500);
+    f.snapshot(3).unwrap().run().unwrap();
+    assert_eq!(f.completed_checkpoints(), [1, 3]);
+    let mut r = flowstate::FsBackend::new(config(all), flaky.clone()).unwrap();
+    assert_eq!(r.restore_latest().unwrap(), Some(3));
     assert_eq!(contents(&mut r), model);
 }
 

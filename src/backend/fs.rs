@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::Mutex;
 
 use super::full_snapshot::{
@@ -209,7 +211,7 @@ impl SnapshotTask for FsSnapshotTask {
         let state_count = u32::try_from(descriptors.len())
             .map_err(|_| Error::invalid("too many states to snapshot"))?;
         let names: Vec<String> = descriptors.iter().map(|d| d.name.clone()).collect();
-        let mut sizes = vec![0u64; descriptors.len()];
+        let sizes: Vec<AtomicU64> = descriptors.iter().map(|_| AtomicU64::new(0)).collect();
         let spec = FullCheckpoint {
             storage: &self.storage,
             registry: &self.registry,
@@ -227,7 +229,7 @@ impl SnapshotTask for FsSnapshotTask {
         let handle = write_full_checkpoint(
             spec,
             &mut |key_groups| Ok(frozen.has_live_entries(key_groups, now)),
-            &mut |out, id, key_groups| {
+            &|out, id, key_groups| {
                 write_full_snapshot_file_from(
                     out,
                     id,
@@ -235,8 +237,8 @@ impl SnapshotTask for FsSnapshotTask {
                     state_count,
                     &mut |index, emit| {
                         let mut counted = |key: &[u8], value: &[u8]| {
-                            if let Some(size) = sizes.get_mut(index) {
-                                *size += (key.len() + value.len()) as u64;
+                            if let Some(size) = sizes.get(index) {
+                                size.fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
                             }
                             emit(key, value)
                         };
@@ -245,6 +247,7 @@ impl SnapshotTask for FsSnapshotTask {
                 )
             },
         )?;
+        let sizes: Vec<u64> = sizes.iter().map(|s| s.load(Ordering::Relaxed)).collect();
         crate::observe::full_state_sizes(&names, range, &sizes);
         Ok(handle)
     }
@@ -265,12 +268,13 @@ pub(crate) struct FullCheckpoint<'a> {
 }
 
 /// Writes one full snapshot file of (checkpoint id, key groups) to the writer; returns its size
-/// and crc32.
-pub(crate) type FileWrite<'a> = dyn FnMut(
+/// and crc32. Called from several threads at once when the storage uploads in parallel.
+pub(crate) type FileWrite<'a> = dyn Fn(
         &mut dyn crate::checkpoint::storage::CheckpointFileWriter,
         u64,
         KeyGroupRange,
     ) -> Result<(u64, u32)>
+    + Sync
     + 'a;
 
 /// Writes a full checkpoint (FORMAT.md §5): one file per run of key groups for which
@@ -279,7 +283,7 @@ pub(crate) type FileWrite<'a> = dyn FnMut(
 pub(crate) fn write_full_checkpoint(
     spec: FullCheckpoint<'_>,
     has_entries: &mut dyn FnMut(KeyGroupRange) -> Result<bool>,
-    write_file: &mut FileWrite<'_>,
+    write_file: &FileWrite<'_>,
 ) -> Result<SnapshotHandle> {
     let id = spec.checkpoint_id;
     if spec.storage.exists(&metadata_path(id))? {
@@ -288,22 +292,25 @@ pub(crate) fn write_full_checkpoint(
             spec.storage.location()
         )));
     }
-    let mut files = Vec::new();
+    let mut ranges = Vec::new();
     for key_groups in file_ranges(spec.key_group_range, spec.key_groups_per_file) {
-        if !has_entries(key_groups)? {
-            continue;
+        if has_entries(key_groups)? {
+            ranges.push(key_groups);
         }
+    }
+    let storage = spec.storage.as_ref();
+    let write_one = |key_groups: KeyGroupRange| -> Result<CheckpointFile> {
         let path = format!(
             "{}/kg-{:05}-{:05}",
             checkpoint_dir(id),
             key_groups.first(),
             key_groups.last()
         );
-        let mut writer = spec.storage.create_file(&path)?;
+        let mut writer = storage.create_file(&path)?;
         let (size, crc32) = write_file(writer.as_mut(), id, key_groups)?;
         let written = writer.finish()?;
         debug_assert_eq!(written, size);
-        files.push(CheckpointFile {
+        Ok(CheckpointFile {
             file: FileRef {
                 path,
                 size,
@@ -311,8 +318,52 @@ pub(crate) fn write_full_checkpoint(
                 key_groups,
             },
             shared: false,
+        })
+    };
+    // Files are encoded and streamed by up to `upload_parallelism` threads (object stores: one
+    // request latency per file would otherwise add up); each streams, nothing is buffered whole.
+    let parallelism = storage.upload_parallelism().clamp(1, ranges.len().max(1));
+    let files = if parallelism == 1 {
+        ranges
+            .iter()
+            .map(|r| write_one(*r))
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let done: Mutex<Vec<Option<CheckpointFile>>> = Mutex::new(vec![None; ranges.len()]);
+        let failed: Mutex<Option<Error>> = Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..parallelism {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(range) = ranges.get(i) else { break };
+                        if failed.lock().is_some() {
+                            break;
+                        }
+                        match write_one(*range) {
+                            Ok(file) => {
+                                if let Some(slot) = done.lock().get_mut(i) {
+                                    *slot = Some(file);
+                                }
+                            }
+                            Err(e) => {
+                                failed.lock().get_or_insert(e);
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
         });
-    }
+        if let Some(e) = failed.into_inner() {
+            return Err(e);
+        }
+        done.into_inner()
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::invalid("a checkpoint file was not written"))?
+    };
     let metadata = CheckpointMetadata {
         checkpoint_id: id,
         backend: spec.backend,

@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::Mutex;
 
 use crate::backend::fs::{FullCheckpoint, write_full_checkpoint};
@@ -70,7 +72,7 @@ impl SnapshotTask for FullSnapshotTask {
         let state_count = u32::try_from(self.states.len())
             .map_err(|_| Error::invalid("too many states to snapshot"))?;
         let names: Vec<String> = self.states.iter().map(|(d, _)| d.name.clone()).collect();
-        let mut sizes = vec![0u64; self.states.len()];
+        let sizes: Vec<AtomicU64> = self.states.iter().map(|_| AtomicU64::new(0)).collect();
         let spec = FullCheckpoint {
             storage: &self.storage,
             registry: &self.registry,
@@ -86,7 +88,7 @@ impl SnapshotTask for FullSnapshotTask {
         let handle = write_full_checkpoint(
             spec,
             &mut |key_groups| self.has_entries(key_groups),
-            &mut |out, id, key_groups| {
+            &|out, id, key_groups| {
                 write_full_snapshot_file_from(
                     out,
                     id,
@@ -94,12 +96,12 @@ impl SnapshotTask for FullSnapshotTask {
                     state_count,
                     &mut |index, emit| {
                         let (Some((descriptor, cf)), Some(size)) =
-                            (self.states.get(index), sizes.get_mut(index))
+                            (self.states.get(index), sizes.get(index))
                         else {
                             return Ok(());
                         };
                         let mut emit = |key: &[u8], value: &[u8]| {
-                            *size += (key.len() + value.len()) as u64;
+                            size.fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
                             emit(key, value)
                         };
                         let is_list = descriptor.kind == StateKind::List;
@@ -124,6 +126,7 @@ impl SnapshotTask for FullSnapshotTask {
                 )
             },
         )?;
+        let sizes: Vec<u64> = sizes.iter().map(|s| s.load(Ordering::Relaxed)).collect();
         crate::observe::full_state_sizes(&names, self.key_group_range, &sizes);
         Ok(handle)
     }
