@@ -83,20 +83,25 @@ pub fn restrict(contents: &Contents, r: KeyGroupRange) -> Contents {
         .collect()
 }
 
+/// Steps `rng` until it picks, among the first `keys` keys, one whose key group is in `owned`.
+pub fn next_owned_key(owned: KeyGroupRange, rng: &mut u64, keys: u64) -> Vec<u8> {
+    loop {
+        *rng = mix(*rng);
+        let k = key(*rng % keys);
+        if owned.contains(u16::from_be_bytes([k[0], k[1]])) {
+            return k;
+        }
+    }
+}
+
 /// Seeded puts (values of ~100 bytes) and deletes of keys the backend owns, mirrored in `model`.
 pub fn random_writes(b: &mut dyn StateBackend, model: &mut Contents, rng: &mut u64, count: usize) {
     let v = b
         .register(&StateDescriptor::new("v", StateKind::Value))
         .unwrap();
     let owned = b.config().key_group_range;
-    let mut done = 0;
-    while done < count {
-        *rng = mix(*rng);
-        let k = key(*rng % 3000);
-        if !owned.contains(u16::from_be_bytes([k[0], k[1]])) {
-            continue;
-        }
-        done += 1;
+    for _ in 0..count {
+        let k = next_owned_key(owned, rng, 3000);
         if (*rng).is_multiple_of(8) {
             b.delete(v, &k).unwrap();
             model.remove(&("v".to_string(), k));
