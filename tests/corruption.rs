@@ -6,7 +6,8 @@
 //! last 32 of each file, plus a seeded sample of the rest (seed from `FLOWSTATE_SEED`). Run
 //! everything with `FLOWSTATE_FULL_SWEEP=1 cargo test --test corruption`.
 
-use std::collections::BTreeMap;
+mod support;
+
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -19,6 +20,7 @@ use flowstate::{
     BackendConfig, Error, FsBackend, KeyGroupRange, SnapshotHandle, StateBackend, StateDescriptor,
     StateKind,
 };
+use support::{Contents, contents, mix, seed};
 
 const MAX_PARALLELISM: u16 = 8;
 const HEAD: usize = 64;
@@ -30,30 +32,14 @@ struct Rng(u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
+        let out = mix(self.0);
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        out
     }
 
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("FLOWSTATE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("corruption sweep: FLOWSTATE_SEED={seed}");
-    seed
 }
 
 fn full_sweep() -> bool {
@@ -81,20 +67,6 @@ enum Damage {
     Flip(usize, u8),
     /// Append one zero byte.
     Append,
-}
-
-type Contents = BTreeMap<(String, Vec<u8>), Vec<u8>>;
-
-fn contents(backend: &mut FsBackend) -> Contents {
-    let mut out = Contents::new();
-    for descriptor in backend.states() {
-        let id = backend.register(&descriptor).unwrap();
-        for entry in backend.scan_prefix(id, &[]).unwrap() {
-            let (k, v) = entry.unwrap();
-            out.insert((descriptor.name.clone(), k), v);
-        }
-    }
-    out
 }
 
 /// A checkpoint with three states over all 8 key groups, one file larger than 4 KiB.
@@ -150,7 +122,7 @@ fn every_damaged_file_is_reported_never_restored() {
     );
 
     let full = full_sweep();
-    let mut rng = Rng(seed());
+    let mut rng = Rng(seed("corruption sweep"));
     // The restoring backend holds sentinel state; a failed restore must leave it untouched.
     let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::open(dir.path()).unwrap());
     let config = BackendConfig::new(

@@ -8,6 +8,8 @@
 //! Default: a few kills. Soak: `FLOWSTATE_SOAK=1 cargo test --test crash_checkpoint`
 //! (replay with `FLOWSTATE_SEED=<seed>`).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
@@ -24,18 +26,12 @@ use flowstate::keys::{composite_key, key_group_for_key};
 use flowstate::{
     BackendConfig, FsBackend, KeyGroupRange, StateBackend, StateDescriptor, StateId, StateKind,
 };
+use support::{contents, mix, seed};
 
 const CHILD_ENV: &str = "FLOWSTATE_CRASH_CHILD_DIR";
 const MAX_PARALLELISM: u16 = 32;
 const KEYS: u64 = 400;
 const WRITES_PER_STEP: u64 = 40;
-
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 fn key(index: u64) -> Vec<u8> {
     let user = format!("key-{index}");
@@ -81,18 +77,6 @@ fn model(n: u64) -> BTreeMap<(String, Vec<u8>), Vec<u8>> {
     m
 }
 
-fn contents(backend: &mut FsBackend) -> BTreeMap<(String, Vec<u8>), Vec<u8>> {
-    let mut out = BTreeMap::new();
-    for descriptor in backend.states() {
-        let id = backend.register(&descriptor).unwrap();
-        for entry in backend.scan_prefix(id, &[]).unwrap() {
-            let (k, v) = entry.unwrap();
-            out.insert((descriptor.name.clone(), k), v);
-        }
-    }
-    out
-}
-
 fn open(dir: &Path) -> (FsBackend, StateId, StateId) {
     let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::open(dir).unwrap());
     let config = BackendConfig::new(
@@ -136,20 +120,6 @@ fn crash_child() {
     }
 }
 
-fn seed() -> u64 {
-    let seed = std::env::var("FLOWSTATE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("crash_checkpoint: FLOWSTATE_SEED={seed}");
-    seed
-}
-
 /// Checks the storage as the killed child left it: every `_metadata` in place decodes (it is
 /// published atomically); returns the ids with and without one.
 fn inspect_after_kill(storage: &dyn CheckpointStorage) -> (Vec<u64>, Vec<u64>) {
@@ -174,7 +144,7 @@ fn inspect_after_kill(storage: &dyn CheckpointStorage) -> (Vec<u64>, Vec<u64>) {
 fn killed_checkpointing_restores_latest_complete_checkpoint() {
     let soak = std::env::var("FLOWSTATE_SOAK").is_ok_and(|v| v == "1");
     let kills = if soak { 100 } else { 6 };
-    let mut rng = seed();
+    let mut rng = seed("crash_checkpoint");
     let dir = tempfile::tempdir().unwrap();
     let storage = LocalDirStorage::open(dir.path()).unwrap();
     let exe = std::env::current_exe().unwrap();

@@ -2,6 +2,8 @@
 //! restore into a smaller range reads only the files of the key groups it owns; TTL entries
 //! expired at snapshot time are not written; retention and start-up clean-up.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,83 +13,48 @@ use proptest::prelude::*;
 
 use flowstate::backend::SnapshotData;
 use flowstate::backend::fs::latest_snapshot_handle;
-use flowstate::checkpoint::storage::{CheckpointFileWriter, CheckpointStorage, LocalDirStorage};
+use flowstate::checkpoint::storage::{CheckpointStorage, LocalDirStorage};
 use flowstate::keys::{composite_key, key_group_for_key};
 use flowstate::ttl::wrap;
 use flowstate::{
     BackendConfig, Error, FsBackend, KeyGroupRange, ManualClock, MemoryBackend, StateBackend,
     StateDescriptor, StateKind, TtlConfig,
 };
+use support::{Contents, InterceptedStorage, StorageInterceptor, contents};
 
-/// Delegates to a [`LocalDirStorage`] and records every path read.
-#[derive(Debug)]
-struct CountingStorage {
-    inner: LocalDirStorage,
+/// Records every path read from the storage it intercepts.
+#[derive(Debug, Default)]
+struct ReadLog {
     reads: Mutex<Vec<String>>,
 }
 
+impl StorageInterceptor for ReadLog {
+    fn read_file(&self, inner: &dyn CheckpointStorage, path: &str) -> flowstate::Result<Vec<u8>> {
+        self.reads.lock().push(path.to_string());
+        inner.read_file(path)
+    }
+    fn read_range(
+        &self,
+        inner: &dyn CheckpointStorage,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> flowstate::Result<Vec<u8>> {
+        self.reads.lock().push(path.to_string());
+        inner.read_range(path, offset, len)
+    }
+}
+
+/// A [`LocalDirStorage`] that records every path read.
+type CountingStorage = InterceptedStorage<ReadLog>;
+
 impl CountingStorage {
     fn new(dir: &std::path::Path) -> Arc<Self> {
-        Arc::new(CountingStorage {
-            inner: LocalDirStorage::open(dir).unwrap(),
-            reads: Mutex::new(Vec::new()),
+        Arc::new(InterceptedStorage {
+            inner: Arc::new(LocalDirStorage::open(dir).unwrap()),
+            interceptor: ReadLog::default(),
         })
     }
-}
-
-impl CheckpointStorage for CountingStorage {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn create_file(&self, path: &str) -> flowstate::Result<Box<dyn CheckpointFileWriter>> {
-        self.inner.create_file(path)
-    }
-    fn read_file(&self, path: &str) -> flowstate::Result<Vec<u8>> {
-        self.reads.lock().push(path.to_string());
-        self.inner.read_file(path)
-    }
-    fn read_range(&self, path: &str, offset: u64, len: u64) -> flowstate::Result<Vec<u8>> {
-        self.reads.lock().push(path.to_string());
-        self.inner.read_range(path, offset, len)
-    }
-    fn file_size(&self, path: &str) -> flowstate::Result<u64> {
-        self.inner.file_size(path)
-    }
-    fn exists(&self, path: &str) -> flowstate::Result<bool> {
-        self.inner.exists(path)
-    }
-    fn list(&self, prefix: &str) -> flowstate::Result<Vec<String>> {
-        self.inner.list(prefix)
-    }
-    fn children(&self, prefix: &str) -> flowstate::Result<Vec<String>> {
-        self.inner.children(prefix)
-    }
-    fn delete(&self, path: &str) -> flowstate::Result<()> {
-        self.inner.delete(path)
-    }
-    fn delete_all(&self, prefix: &str) -> flowstate::Result<()> {
-        self.inner.delete_all(prefix)
-    }
-    fn publish_metadata(&self, checkpoint_id: u64, bytes: &[u8]) -> flowstate::Result<()> {
-        self.inner.publish_metadata(checkpoint_id, bytes)
-    }
-    fn unpublish_metadata(&self, checkpoint_id: u64) -> flowstate::Result<()> {
-        self.inner.unpublish_metadata(checkpoint_id)
-    }
-}
-
-type Contents = BTreeMap<(String, Vec<u8>), Vec<u8>>;
-
-fn contents(backend: &mut dyn StateBackend) -> Contents {
-    let mut out = Contents::new();
-    for descriptor in backend.states() {
-        let id = backend.register(&descriptor).unwrap();
-        for entry in backend.scan_prefix(id, &[]).unwrap() {
-            let (k, v) = entry.unwrap();
-            out.insert((descriptor.name.clone(), k), v);
-        }
-    }
-    out
 }
 
 fn storage(dir: &std::path::Path) -> Arc<dyn CheckpointStorage> {
@@ -206,11 +173,11 @@ fn rescale_one_to_two_reads_only_owned_files() {
         let range = KeyGroupRange::for_operator(64, 2, index).unwrap();
         let counting = CountingStorage::new(dir.path());
         let mut target = FsBackend::new(config(64, range), counting.clone()).unwrap();
-        counting.reads.lock().clear(); // the start-up scan read every _metadata
+        counting.interceptor.reads.lock().clear(); // the start-up scan read every _metadata
         target
             .restore(std::slice::from_ref(&handle), range)
             .unwrap();
-        let mut reads = counting.reads.lock().clone();
+        let mut reads = counting.interceptor.reads.lock().clone();
         reads.sort();
         let mut expected: Vec<String> = files
             .iter()

@@ -4,6 +4,8 @@
 //! only what is missing or damaged, reports both in `RestoreStats`, and prunes copies no retained
 //! checkpoint lists.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,58 +14,65 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use flowstate::backend::lsm::LsmBackendOptions;
 use flowstate::backend::lsm::local_recovery::root_key;
 use flowstate::checkpoint::registry::read_metadata;
-use flowstate::checkpoint::storage::{CheckpointFileWriter, CheckpointStorage, LocalDirStorage};
+use flowstate::checkpoint::storage::{CheckpointStorage, LocalDirStorage};
 use flowstate::keys::{composite_key, key_group_for_key};
 use flowstate::{BackendConfig, LsmBackend, Result, StateBackend, StateDescriptor, StateKind};
+use support::{InterceptedStorage, StorageInterceptor};
 
-/// Checkpoint storage that is not reachable by path (so restore cannot hard-link from it) and
-/// counts the bytes read from it.
-#[derive(Debug)]
-struct RemoteStorage {
-    inner: LocalDirStorage,
+/// Makes the storage it intercepts look remote: another location (not reachable by path, so
+/// restore cannot hard-link from it), and it counts the bytes read.
+#[derive(Debug, Default)]
+struct Remote {
     read: AtomicU64,
 }
 
-impl CheckpointStorage for RemoteStorage {
-    fn location(&self) -> String {
+impl StorageInterceptor for Remote {
+    fn location(&self, _inner: &dyn CheckpointStorage) -> String {
         "remote://test-bucket/job".to_string()
     }
-    fn create_file(&self, path: &str) -> Result<Box<dyn CheckpointFileWriter>> {
-        self.inner.create_file(path)
-    }
-    fn read_file(&self, path: &str) -> Result<Vec<u8>> {
-        let bytes = self.inner.read_file(path)?;
+    fn read_file(&self, inner: &dyn CheckpointStorage, path: &str) -> Result<Vec<u8>> {
+        let bytes = inner.read_file(path)?;
         self.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(bytes)
     }
-    fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+    fn read_range(
+        &self,
+        inner: &dyn CheckpointStorage,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>> {
         self.read.fetch_add(len, Ordering::Relaxed);
-        self.inner.read_range(path, offset, len)
+        inner.read_range(path, offset, len)
     }
-    fn file_size(&self, path: &str) -> Result<u64> {
-        self.inner.file_size(path)
+}
+
+/// Checkpoint storage in a local directory that looks remote and counts the bytes read from it.
+type RemoteStorage = InterceptedStorage<Remote>;
+
+impl RemoteStorage {
+    fn open(dir: &Path) -> Arc<Self> {
+        Arc::new(InterceptedStorage {
+            inner: Arc::new(LocalDirStorage::open(dir).unwrap()),
+            interceptor: Remote::default(),
+        })
     }
-    fn exists(&self, path: &str) -> Result<bool> {
-        self.inner.exists(path)
+
+    fn bytes_read(&self) -> u64 {
+        self.interceptor.read.load(Ordering::Relaxed)
     }
-    fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        self.inner.list(prefix)
-    }
-    fn children(&self, prefix: &str) -> Result<Vec<String>> {
-        self.inner.children(prefix)
-    }
-    fn delete(&self, path: &str) -> Result<()> {
-        self.inner.delete(path)
-    }
-    fn delete_all(&self, prefix: &str) -> Result<()> {
-        self.inner.delete_all(prefix)
-    }
-    fn publish_metadata(&self, checkpoint_id: u64, bytes: &[u8]) -> Result<()> {
-        self.inner.publish_metadata(checkpoint_id, bytes)
-    }
-    fn unpublish_metadata(&self, checkpoint_id: u64) -> Result<()> {
-        self.inner.unpublish_metadata(checkpoint_id)
-    }
+}
+
+/// A backend with its working directory at `work`, checkpointing into `storage`, keeping
+/// local-recovery copies in `local` if given.
+fn backend(work: &Path, storage: &Arc<RemoteStorage>, local: Option<&Path>) -> LsmBackend {
+    LsmBackend::new(
+        BackendConfig::default(),
+        work,
+        storage.clone(),
+        options(local),
+    )
+    .unwrap()
 }
 
 fn key(i: u64) -> Vec<u8> {
@@ -128,31 +137,16 @@ fn local_copies(local: &Path, storage: &RemoteStorage) -> Vec<std::path::PathBuf
 fn restore_uses_matching_local_copies_and_downloads_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("local-recovery");
-    let storage = Arc::new(RemoteStorage {
-        inner: LocalDirStorage::open(dir.path().join("remote")).unwrap(),
-        read: AtomicU64::new(0),
-    });
-    let mut first = LsmBackend::new(
-        BackendConfig::default(),
-        &dir.path().join("work-1"),
-        storage.clone(),
-        options(Some(&local)),
-    )
-    .unwrap();
+    let storage = RemoteStorage::open(&dir.path().join("remote"));
+    let mut first = backend(&dir.path().join("work-1"), &storage, Some(&local));
     let model = write_rounds(&mut first, 4);
     drop(first);
     let copies = local_copies(&local, &storage);
     assert!(!copies.is_empty(), "checkpoints keep local copies");
 
     // Same machine, new process: everything comes from the local copies.
-    let mut second = LsmBackend::new(
-        BackendConfig::default(),
-        &dir.path().join("work-2"),
-        storage.clone(),
-        options(Some(&local)),
-    )
-    .unwrap();
-    let read_before = storage.read.load(Ordering::Relaxed);
+    let mut second = backend(&dir.path().join("work-2"), &storage, Some(&local));
+    let read_before = storage.bytes_read();
     assert_eq!(second.restore_latest().unwrap(), Some(4));
     let stats = second.last_restore_stats().unwrap();
     assert_eq!(stats.checkpoint_ids, vec![4]);
@@ -163,7 +157,7 @@ fn restore_uses_matching_local_copies_and_downloads_the_rest() {
         (stats.files, stats.bytes)
     );
     // Only `_metadata` was read from storage.
-    let metadata_bytes = storage.read.load(Ordering::Relaxed) - read_before;
+    let metadata_bytes = storage.bytes_read() - read_before;
     assert!(
         metadata_bytes < stats.bytes / 4,
         "read {metadata_bytes} bytes"
@@ -190,13 +184,7 @@ fn restore_uses_matching_local_copies_and_downloads_the_rest() {
     let missing = &copies[1];
     let missing_size = std::fs::metadata(missing).unwrap().len();
     std::fs::remove_file(missing).unwrap();
-    let mut third = LsmBackend::new(
-        BackendConfig::default(),
-        &dir.path().join("work-3"),
-        storage.clone(),
-        options(Some(&local)),
-    )
-    .unwrap();
+    let mut third = backend(&dir.path().join("work-3"), &storage, Some(&local));
     assert_eq!(third.restore_latest().unwrap(), Some(4));
     let stats = third.last_restore_stats().unwrap();
     assert_eq!(stats.downloaded_files, 2, "{stats:?}");
@@ -209,13 +197,7 @@ fn restore_uses_matching_local_copies_and_downloads_the_rest() {
     assert_eq!(contents(&mut third), model);
     drop(third);
     // The downloads replaced the bad copies: the next restore is all local again.
-    let mut fourth = LsmBackend::new(
-        BackendConfig::default(),
-        &dir.path().join("work-4"),
-        storage.clone(),
-        options(Some(&local)),
-    )
-    .unwrap();
+    let mut fourth = backend(&dir.path().join("work-4"), &storage, Some(&local));
     fourth.restore_latest().unwrap();
     let stats = fourth.last_restore_stats().unwrap();
     assert_eq!(stats.downloaded_bytes, 0, "{stats:?}");
@@ -225,27 +207,12 @@ fn restore_uses_matching_local_copies_and_downloads_the_rest() {
 #[test]
 fn without_local_recovery_everything_is_downloaded() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Arc::new(RemoteStorage {
-        inner: LocalDirStorage::open(dir.path().join("remote")).unwrap(),
-        read: AtomicU64::new(0),
-    });
-    let mut first = LsmBackend::new(
-        BackendConfig::default(),
-        &dir.path().join("work-1"),
-        storage.clone(),
-        options(None),
-    )
-    .unwrap();
+    let storage = RemoteStorage::open(&dir.path().join("remote"));
+    let mut first = backend(&dir.path().join("work-1"), &storage, None);
     let model = write_rounds(&mut first, 2);
     drop(first);
-    let mut second = LsmBackend::new(
-        BackendConfig::default(),
-        &dir.path().join("work-2"),
-        storage.clone(),
-        options(None),
-    )
-    .unwrap();
-    let read_before = storage.read.load(Ordering::Relaxed);
+    let mut second = backend(&dir.path().join("work-2"), &storage, None);
+    let read_before = storage.bytes_read();
     second.restore_latest().unwrap();
     let stats = second.last_restore_stats().unwrap();
     assert_eq!(stats.local_files, 0);
@@ -253,7 +220,7 @@ fn without_local_recovery_everything_is_downloaded() {
         (stats.downloaded_files, stats.downloaded_bytes),
         (stats.files, stats.bytes)
     );
-    assert!(storage.read.load(Ordering::Relaxed) - read_before >= stats.bytes);
+    assert!(storage.bytes_read() - read_before >= stats.bytes);
     assert_eq!(contents(&mut second), model);
 }
 
@@ -261,17 +228,8 @@ fn without_local_recovery_everything_is_downloaded() {
 fn copies_not_listed_by_a_retained_checkpoint_are_pruned() {
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("local-recovery");
-    let storage = Arc::new(RemoteStorage {
-        inner: LocalDirStorage::open(dir.path().join("remote")).unwrap(),
-        read: AtomicU64::new(0),
-    });
-    let mut backend = LsmBackend::new(
-        BackendConfig::default(),
-        &dir.path().join("work"),
-        storage.clone(),
-        options(Some(&local)),
-    )
-    .unwrap();
+    let storage = RemoteStorage::open(&dir.path().join("remote"));
+    let mut backend = backend(&dir.path().join("work"), &storage, Some(&local));
     write_rounds(&mut backend, 12);
     let copies = local_copies(&local, &storage);
     let shared: Vec<String> = storage.list("shared").unwrap();

@@ -7,6 +7,8 @@
 //! Randomized parts read `FLOWSTATE_SEED`; the kill test does 4 kills by default and 60 with
 //! `FLOWSTATE_SOAK=1 cargo test --test lsm_backend killed`.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -21,80 +23,19 @@ use flowstate::checkpoint::savepoint::{restore_savepoint, write_savepoint};
 use flowstate::checkpoint::storage::{
     CheckpointStorage, LocalDirStorage, metadata_path, parse_checkpoint_dir,
 };
-use flowstate::keys::{composite_key, key_group_for_key};
 use flowstate::ttl::wrap;
 use flowstate::{
     BackendConfig, FsBackend, KeyGroupRange, LsmBackend, ManualClock, MemoryBackend,
     SnapshotHandle, StateBackend, StateDescriptor, StateKind, TtlConfig,
 };
-
-const MAX_PARALLELISM: u16 = 128;
-
-type Contents = BTreeMap<(String, Vec<u8>), Vec<u8>>;
-
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("FLOWSTATE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("{test}: FLOWSTATE_SEED={seed}");
-    seed
-}
-
-fn key(index: u64) -> Vec<u8> {
-    let user = format!("key-{index}");
-    composite_key(
-        key_group_for_key(user.as_bytes(), MAX_PARALLELISM),
-        user.as_bytes(),
-        b"",
-        b"",
-    )
-}
-
-fn range(first: u16, last: u16) -> KeyGroupRange {
-    KeyGroupRange::new(first, last).unwrap()
-}
-
-fn config(r: KeyGroupRange) -> BackendConfig {
-    BackendConfig::new(u32::from(MAX_PARALLELISM), r).unwrap()
-}
+use support::{
+    Contents, MAX_PARALLELISM, config, contents, key, mix, next_owned_key, range, restrict, seed,
+};
 
 fn lsm_in(dir: &Path, config: BackendConfig, options: LsmBackendOptions) -> LsmBackend {
     let storage: Arc<dyn CheckpointStorage> =
         Arc::new(LocalDirStorage::open(dir.join("checkpoints")).unwrap());
     LsmBackend::new(config, &dir.join("work"), storage, options).unwrap()
-}
-
-fn contents(backend: &mut dyn StateBackend) -> Contents {
-    let mut out = Contents::new();
-    for descriptor in backend.states() {
-        let id = backend.register(&descriptor).unwrap();
-        for entry in backend.scan_prefix(id, &[]).unwrap() {
-            let (k, v) = entry.unwrap();
-            out.insert((descriptor.name.clone(), k), v);
-        }
-    }
-    out
-}
-
-fn restrict(contents: &Contents, r: KeyGroupRange) -> Contents {
-    contents
-        .iter()
-        .filter(|((_, k), _)| r.contains(u16::from_be_bytes([k[0], k[1]])))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
 }
 
 #[test]
@@ -356,14 +297,8 @@ fn random_writes(
         .register(&StateDescriptor::new("l", StateKind::List))
         .unwrap();
     let owned = b.config().key_group_range;
-    let mut done = 0;
-    while done < count {
-        *rng = mix(*rng);
-        let k = key(*rng % 400);
-        if !owned.contains(u16::from_be_bytes([k[0], k[1]])) {
-            continue;
-        }
-        done += 1;
+    for _ in 0..count {
+        let k = next_owned_key(owned, rng, 400);
         match *rng % 10 {
             0 => {
                 b.delete(v, &k).unwrap();

@@ -105,15 +105,12 @@ fn start_up_scan_drops_checkpoints_with_missing_or_resized_files() {
 fn a_failed_upload_fails_only_its_checkpoint() {
     #[derive(Debug)]
     struct Flaky {
-        inner: Arc<dyn CheckpointStorage>,
         fail_next_create: std::sync::atomic::AtomicBool,
     }
-    impl CheckpointStorage for Flaky {
-        fn location(&self) -> String {
-            self.inner.location()
-        }
+    impl StorageInterceptor for Flaky {
         fn create_file(
             &self,
+            inner: &dyn CheckpointStorage,
             path: &str,
         ) -> flowstate::Result<Box<dyn flowstate::checkpoint::storage::CheckpointFileWriter>>
         {
@@ -124,45 +121,14 @@ fn a_failed_upload_fails_only_its_checkpoint() {
             {
                 return Err(flowstate::Error::invalid("injected upload failure"));
             }
-            self.inner.create_file(path)
-        }
-        fn read_file(&self, path: &str) -> flowstate::Result<Vec<u8>> {
-            self.inner.read_file(path)
-        }
-        fn read_range(&self, path: &str, offset: u64, len: u64) -> flowstate::Result<Vec<u8>> {
-            self.inner.read_range(path, offset, len)
-        }
-        fn file_size(&self, path: &str) -> flowstate::Result<u64> {
-            self.inner.file_size(path)
-        }
-        fn exists(&self, path: &str) -> flowstate::Result<bool> {
-            self.inner.exists(path)
-        }
-        fn list(&self, prefix: &str) -> flowstate::Result<Vec<String>> {
-            self.inner.list(prefix)
-        }
-        fn children(&self, prefix: &str) -> flowstate::Result<Vec<String>> {
-            self.inner.children(prefix)
-        }
-        fn delete(&self, path: &str) -> flowstate::Result<()> {
-            self.inner.delete(path)
-        }
-        fn delete_all(&self, prefix: &str) -> flowstate::Result<()> {
-            self.inner.delete_all(prefix)
-        }
-        fn publish_metadata(&self, id: u64, bytes: &[u8]) -> flowstate::Result<()> {
-            self.inner.publish_metadata(id, bytes)
-        }
-        fn unpublish_metadata(&self, id: u64) -> flowstate::Result<()> {
-            self.inner.unpublish_metadata(id)
-        }
-        fn upload_parallelism(&self) -> usize {
-            self.inner.upload_parallelism()
+            inner.create_file(path)
         }
     }
-    let flaky = Arc::new(Flaky {
+    let flaky = Arc::new(InterceptedStorage {
         inner: open_storage("memory://flaky").unwrap(),
-        fail_next_create: false.into(),
+        interceptor: Flaky {
+            fail_next_create: false.into(),
+        },
     });
     let work = tempfile::tempdir().unwrap();
     let all = KeyGroupRange::all(MAX_PARALLELISM);
@@ -179,6 +145,7 @@ fn a_failed_upload_fails_only_its_checkpoint() {
     b.snapshot(1).unwrap().run().unwrap();
     random_writes(&mut b, &mut model, &mut rng, 2000);
     flaky
+        .interceptor
         .fail_next_create
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let err = b.snapshot(2).unwrap().run().unwrap_err();

@@ -4,6 +4,8 @@
 //!
 //! `FLOWSTATE_SEED=<n>` replays a run; `FLOWSTATE_SOAK=1` runs 40 kill rounds instead of 2.
 
+mod support;
+
 use std::fs::OpenOptions;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use flowstate::engine::demo::{SplitMix, generate_input};
 use flowstate::engine::output_check::{check_output, expected_output};
 use flowstate::engine::sink::committed_files;
+use support::seed;
 
 const EXE: &str = env!("CARGO_BIN_EXE_flowstate");
 
@@ -55,19 +58,6 @@ fn run(dir: &Path, parallelism: u16, backend: &str) -> Output {
         .args(run_args(dir, parallelism, backend))
         .output()
         .unwrap()
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("FLOWSTATE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    println!("FLOWSTATE_SEED={seed}");
-    seed
 }
 
 /// Kills the child after `delay` unless it exits first; returns its exit code if it exited.
@@ -136,7 +126,12 @@ fn kill_rounds(rounds: u32, seed: u64, backend: &str, extra: &dyn Fn(&Path) -> V
 #[test]
 fn sigkill_at_random_moments_then_resume_is_exactly_once() {
     let soak = std::env::var("FLOWSTATE_SOAK").is_ok_and(|v| v == "1");
-    kill_rounds(if soak { 40 } else { 2 }, seed(), "fs", &|_| Vec::new());
+    kill_rounds(
+        if soak { 40 } else { 2 },
+        seed("sigkill_at_random_moments"),
+        "fs",
+        &|_| Vec::new(),
+    );
 }
 
 #[test]
@@ -150,7 +145,12 @@ fn sigkill_with_checkpoints_in_separate_storage_is_exactly_once() {
             dir.join("checkpoints").display().to_string(),
         ]
     };
-    kill_rounds(if soak { 20 } else { 1 }, seed(), "lsm", &storage);
+    kill_rounds(
+        if soak { 20 } else { 1 },
+        seed("sigkill_with_checkpoints_in_separate_storage"),
+        "lsm",
+        &storage,
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use flowstate::backend::fs::snapshot_handle;
 use flowstate::backend::lsm::LsmBackendOptions;
 use flowstate::checkpoint::registry::read_metadata;
-use flowstate::checkpoint::storage::{CheckpointStorage, metadata_path};
+use flowstate::checkpoint::storage::{CheckpointFileWriter, CheckpointStorage, metadata_path};
 use flowstate::checkpoint::uri::{StorageOptions, open_storage_with};
 use flowstate::keys::{composite_key, key_group_for_key};
 use flowstate::{
@@ -83,20 +83,25 @@ pub fn restrict(contents: &Contents, r: KeyGroupRange) -> Contents {
         .collect()
 }
 
+/// Steps `rng` until it picks, among the first `keys` keys, one whose key group is in `owned`.
+pub fn next_owned_key(owned: KeyGroupRange, rng: &mut u64, keys: u64) -> Vec<u8> {
+    loop {
+        *rng = mix(*rng);
+        let k = key(*rng % keys);
+        if owned.contains(u16::from_be_bytes([k[0], k[1]])) {
+            return k;
+        }
+    }
+}
+
 /// Seeded puts (values of ~100 bytes) and deletes of keys the backend owns, mirrored in `model`.
 pub fn random_writes(b: &mut dyn StateBackend, model: &mut Contents, rng: &mut u64, count: usize) {
     let v = b
         .register(&StateDescriptor::new("v", StateKind::Value))
         .unwrap();
     let owned = b.config().key_group_range;
-    let mut done = 0;
-    while done < count {
-        *rng = mix(*rng);
-        let k = key(*rng % 3000);
-        if !owned.contains(u16::from_be_bytes([k[0], k[1]])) {
-            continue;
-        }
-        done += 1;
+    for _ in 0..count {
+        let k = next_owned_key(owned, rng, 3000);
         if (*rng).is_multiple_of(8) {
             b.delete(v, &k).unwrap();
             model.remove(&("v".to_string(), k));
@@ -198,6 +203,84 @@ pub fn storage_contract(storage: &dyn CheckpointStorage) {
     assert!(!storage.exists("shared/abandoned").unwrap());
     storage.delete_all("shared").unwrap();
     assert!(storage.list("").unwrap().is_empty());
+}
+
+/// What a test storage changes about the storage it wraps (counts reads, fails an upload, names
+/// another location); every call it does not change goes to `inner` as is.
+pub trait StorageInterceptor: std::fmt::Debug + Send + Sync {
+    fn location(&self, inner: &dyn CheckpointStorage) -> String {
+        inner.location()
+    }
+    fn create_file(
+        &self,
+        inner: &dyn CheckpointStorage,
+        path: &str,
+    ) -> flowstate::Result<Box<dyn CheckpointFileWriter>> {
+        inner.create_file(path)
+    }
+    fn read_file(&self, inner: &dyn CheckpointStorage, path: &str) -> flowstate::Result<Vec<u8>> {
+        inner.read_file(path)
+    }
+    fn read_range(
+        &self,
+        inner: &dyn CheckpointStorage,
+        path: &str,
+        offset: u64,
+        len: u64,
+    ) -> flowstate::Result<Vec<u8>> {
+        inner.read_range(path, offset, len)
+    }
+}
+
+/// `inner` seen through `interceptor`. `write_file` and `open_sibling` keep the trait's
+/// defaults (so `write_file` goes through `create_file`); the rest is forwarded to `inner`.
+#[derive(Debug)]
+pub struct InterceptedStorage<I> {
+    pub inner: Arc<dyn CheckpointStorage>,
+    pub interceptor: I,
+}
+
+impl<I: StorageInterceptor> CheckpointStorage for InterceptedStorage<I> {
+    fn location(&self) -> String {
+        self.interceptor.location(self.inner.as_ref())
+    }
+    fn create_file(&self, path: &str) -> flowstate::Result<Box<dyn CheckpointFileWriter>> {
+        self.interceptor.create_file(self.inner.as_ref(), path)
+    }
+    fn read_file(&self, path: &str) -> flowstate::Result<Vec<u8>> {
+        self.interceptor.read_file(self.inner.as_ref(), path)
+    }
+    fn read_range(&self, path: &str, offset: u64, len: u64) -> flowstate::Result<Vec<u8>> {
+        self.interceptor
+            .read_range(self.inner.as_ref(), path, offset, len)
+    }
+    fn file_size(&self, path: &str) -> flowstate::Result<u64> {
+        self.inner.file_size(path)
+    }
+    fn exists(&self, path: &str) -> flowstate::Result<bool> {
+        self.inner.exists(path)
+    }
+    fn list(&self, prefix: &str) -> flowstate::Result<Vec<String>> {
+        self.inner.list(prefix)
+    }
+    fn children(&self, prefix: &str) -> flowstate::Result<Vec<String>> {
+        self.inner.children(prefix)
+    }
+    fn delete(&self, path: &str) -> flowstate::Result<()> {
+        self.inner.delete(path)
+    }
+    fn delete_all(&self, prefix: &str) -> flowstate::Result<()> {
+        self.inner.delete_all(prefix)
+    }
+    fn publish_metadata(&self, checkpoint_id: u64, bytes: &[u8]) -> flowstate::Result<()> {
+        self.inner.publish_metadata(checkpoint_id, bytes)
+    }
+    fn unpublish_metadata(&self, checkpoint_id: u64) -> flowstate::Result<()> {
+        self.inner.unpublish_metadata(checkpoint_id)
+    }
+    fn upload_parallelism(&self) -> usize {
+        self.inner.upload_parallelism()
+    }
 }
 
 pub fn open(location: &str, options: &StorageOptions) -> Arc<dyn CheckpointStorage> {
