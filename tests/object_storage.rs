@@ -165,9 +165,11 @@ fn a_failed_upload_fails_only_its_checkpoint() {
     assert_eq!(contents(&mut r), model);
 
     // The same for full checkpoints, whose files `upload_parallelism` threads encode and upload.
-    let flaky = Arc::new(Flaky {
+    let flaky = Arc::new(InterceptedStorage {
         inner: open_storage("memory://flaky-fs").unwrap(),
-        fail_next_create: false.into(),
+        interceptor: Flaky {
+            fail_next_create: false.into(),
+        },
     });
     assert!(flaky.upload_parallelism() > 1);
     let mut f = flowstate::FsBackend::new(config(all), flaky.clone()).unwrap();
@@ -175,6 +177,7 @@ fn a_failed_upload_fails_only_its_checkpoint() {
     random_writes(&mut f, &mut model, &mut rng, 2000);
     f.snapshot(1).unwrap().run().unwrap();
     flaky
+        .interceptor
         .fail_next_create
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let err = f.snapshot(2).unwrap().run().unwrap_err();
