@@ -131,6 +131,12 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
         1
     }
 
+    /// The file's path on the local file system, when the storage is a local directory (so a
+    /// restore may hard-link it instead of copying its bytes); `None` for remote storage.
+    fn local_path(&self, _path: &str) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// Opens `location`, another place in the same service (a snapshot handle's root), with this
     /// storage's options and credentials; None when this storage has none to lend (a local
     /// directory), and the caller opens `location` with the defaults.
@@ -284,6 +290,10 @@ impl CheckpointFileWriter for LocalFileWriter {
 impl CheckpointStorage for LocalDirStorage {
     fn location(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn local_path(&self, path: &str) -> Option<PathBuf> {
+        self.resolve(path).ok()
     }
 
     fn create_file(&self, path: &str) -> Result<Box<dyn CheckpointFileWriter>> {

@@ -20,7 +20,7 @@ use crate::backend::{
 };
 use crate::checkpoint::metadata::CheckpointMetadata;
 use crate::checkpoint::registry::read_metadata;
-use crate::checkpoint::storage::{CheckpointStorage, metadata_path};
+use crate::checkpoint::storage::{CheckpointStorage, metadata_path, read_listed};
 use crate::checkpoint::uri::storage_for_root;
 use crate::error::{Error, Result};
 use crate::keys::{KeyGroupRange, key_group_of};
@@ -197,20 +197,19 @@ fn fetch(
         std::fs::remove_file(&local).map_err(|e| Error::io(&local, e))?;
         copies.discard(path)?;
     }
-    // A local directory's file is hard-linked; an object store's (a URI location) is fetched.
-    let location = source.storage.location();
-    let linked = Path::new(&location).join(path);
-    if !location.contains("://") && linked.is_file() && std::fs::hard_link(&linked, &local).is_ok()
-    {
+    // A local directory's file is hard-linked (then checked); any other is read, its size
+    // checked before its bytes are, and written.
+    let linked = source.storage.local_path(path);
+    if linked.is_some_and(|p| p.is_file() && std::fs::hard_link(&p, &local).is_ok()) {
+        check()?;
         stats.linked_files += 1;
         stats.linked_bytes += meta.size;
     } else {
-        let bytes = source.storage.read_file(path)?;
+        let bytes = read_listed(source.storage.as_ref(), path, meta.size, meta.crc32)?;
         std::fs::write(&local, &bytes).map_err(|e| Error::io(&local, e))?;
         stats.downloaded_files += 1;
         stats.downloaded_bytes += bytes.len() as u64;
     }
-    check()?;
     if source.ours
         && let Some(copies) = &source.copies
     {
