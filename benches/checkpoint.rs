@@ -58,7 +58,7 @@ fn storage_dir(dir: &Path) -> PathBuf {
 /// The backend under test, concrete so its own methods (`restore_latest`, stats) are reachable.
 enum Backend {
     Fs(FsBackend),
-    Lsm(LsmBackend),
+    Lsm(Box<LsmBackend>),
 }
 
 impl Backend {
@@ -67,7 +67,7 @@ impl Backend {
             Arc::new(LocalDirStorage::open(storage_dir(dir)).expect("open checkpoint storage"));
         let config = BackendConfig::default();
         match kind {
-            BackendKind::Lsm => Backend::Lsm(
+            BackendKind::Lsm => Backend::Lsm(Box::new(
                 LsmBackend::new(
                     config,
                     &dir.join(work),
@@ -75,7 +75,7 @@ impl Backend {
                     LsmBackendOptions::default(),
                 )
                 .expect("open lsm backend"),
-            ),
+            )),
             _ => Backend::Fs(FsBackend::new(config, storage).expect("open fs backend")),
         }
     }
@@ -83,7 +83,7 @@ impl Backend {
     fn state(&mut self) -> &mut dyn StateBackend {
         match self {
             Backend::Fs(b) => b,
-            Backend::Lsm(b) => b,
+            Backend::Lsm(b) => b.as_mut(),
         }
     }
 

@@ -109,25 +109,38 @@ impl BackendFactory for FsFactory {
 conformance_suite!(fs, FsFactory);
 
 /// [`LsmBackend`](flowstate::LsmBackend): its store and its checkpoints both in the scratch
-/// directory. Expired entries leave through the compaction filter, not incremental cleanup.
-pub struct LsmFactory;
+/// directory, with a write-back cache of `CACHE` bytes (`usize::MAX`: the default size; 0: no
+/// cache; a tiny one evicts and spills to the store all the time). Expired entries leave
+/// through the compaction filter, not incremental cleanup.
+pub struct LsmFactory<const CACHE: usize>;
 
-impl BackendFactory for LsmFactory {
+impl<const CACHE: usize> BackendFactory for LsmFactory<CACHE> {
     const INCREMENTAL_TTL_CLEANUP: bool = false;
 
     fn create(config: BackendConfig, scratch: &Path) -> Result<Box<dyn StateBackend>> {
         let storage =
             flowstate::checkpoint::storage::LocalDirStorage::open(scratch.join("checkpoints"))?;
+        let defaults = flowstate::backend::lsm::LsmBackendOptions::default();
+        let options = flowstate::backend::lsm::LsmBackendOptions {
+            write_cache_size: if CACHE == usize::MAX {
+                defaults.write_cache_size
+            } else {
+                CACHE
+            },
+            ..defaults
+        };
         Ok(Box::new(flowstate::LsmBackend::new(
             config,
             &scratch.join("work"),
             std::sync::Arc::new(storage),
-            flowstate::backend::lsm::LsmBackendOptions::default(),
+            options,
         )?))
     }
 }
 
-conformance_suite!(lsm, LsmFactory);
+conformance_suite!(lsm, LsmFactory<{ usize::MAX }>);
+conformance_suite!(lsm_uncached, LsmFactory<0>);
+conformance_suite!(lsm_tiny_cache, LsmFactory<600>);
 
 /// [`LsmBackend`](flowstate::LsmBackend) with full checkpoints (full snapshot files).
 pub struct LsmFullFactory;

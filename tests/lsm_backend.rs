@@ -56,6 +56,7 @@ fn ttl_entries_vanish_from_reads_savepoints_and_disk() {
             .unwrap();
         b.put(plain, &key(i), b"kept").unwrap();
     }
+    b.flush_write_cache().unwrap();
     b.db().flush(true).unwrap();
     clock.advance(150);
     // A savepoint leaves out what expired.

@@ -428,7 +428,8 @@ pub struct KeyHasherBuilder {
 }
 
 impl KeyHasherBuilder {
-    fn random() -> Self {
+    /// A builder with a fresh random seed.
+    pub fn random() -> Self {
         // RandomState is seeded from the OS once per thread and then incremented: hashing a
         // constant with it yields a fresh seed per table.
         let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);

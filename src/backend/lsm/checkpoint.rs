@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 use super::layout::{CheckpointLayout, FileRole, LayoutFile, LayoutTombstone};
 use super::local_recovery::LocalCopies;
 use super::upload::{UploadJob, upload_all};
+use super::write_cache::{FrozenWrites, PendingWrites};
 use super::{CF_PREFIX, LsmBackendOptions};
 use crate::backend::{
     BackendKind, FileRef, SnapshotHandle, SnapshotTask, StateDescriptor, fs::snapshot_handle,
@@ -205,7 +206,10 @@ impl Incremental {
 /// The asynchronous part of an LSM snapshot.
 pub(super) struct LsmSnapshotTask {
     pub checkpoint_id: u64,
+    /// The sequence of the memtable freeze that ends the checkpoint: the synchronous part's,
+    /// or (with a `frozen` batch of the write-back cache) set by `run` once the batch is applied.
     pub sequence: u64,
+    pub frozen: Option<(Arc<PendingWrites>, Arc<FrozenWrites>)>,
     pub epoch: u32,
     pub max_parallelism: u16,
     pub key_group_range: KeyGroupRange,
@@ -261,9 +265,15 @@ fn file_key_groups(meta: &FileMeta, fallback: KeyGroupRange) -> KeyGroupRange {
 
 impl SnapshotTask for LsmSnapshotTask {
     fn run(self: Box<Self>) -> Result<SnapshotHandle> {
-        let incremental = self.incremental.clone();
+        // The write-back cache's batch goes into the store first (unless the operator thread
+        // already put it there); the freeze after it fixes the checkpoint's sequence.
+        let mut task = self;
+        if let Some((pending, batch)) = &task.frozen {
+            task.sequence = pending.apply(&task.db, batch)?;
+        }
+        let incremental = task.incremental.clone();
         let mut inc = incremental.lock();
-        self.run_locked(&mut inc)
+        task.run_locked(&mut inc)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod layout;
 pub mod local_recovery;
 mod restore;
 mod upload;
+pub mod write_cache;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use self::checkpoint::{Incremental, LsmSnapshotTask};
+use self::write_cache::{Lookup, WriteCache};
 use super::{
     BackendConfig, BackendKind, EntryIter, SnapshotHandle, SnapshotTask, StateBackend,
     StateDescriptor, StateId, StateKind, check_key_group,
@@ -53,6 +55,9 @@ pub const POINT_DELETE_LIMIT: usize = 64;
 
 /// Default lower bound of the bytes of the materialization target one checkpoint uploads: 4 MiB.
 pub const DEFAULT_MIN_MATERIALIZATION_BYTES: u64 = 4 << 20;
+
+/// Default capacity of the write-back cache ([`LsmBackendOptions::write_cache_size`]): 64 MiB.
+pub const DEFAULT_WRITE_CACHE_SIZE: usize = 64 << 20;
 
 /// Default size at which compaction output files are cut: 4 MiB.
 pub const DEFAULT_TARGET_FILE_SIZE: u64 = 4 << 20;
@@ -95,6 +100,13 @@ pub struct LsmBackendOptions {
     /// whose size and crc32 match instead of downloading it (`local_recovery`, FORMAT.md §11.6).
     /// Worth it when checkpoint storage is remote; it must be on the working store's file system.
     pub local_recovery_dir: Option<PathBuf>,
+    /// Capacity of the write-back cache in front of the store (default
+    /// [`DEFAULT_WRITE_CACHE_SIZE`]; 0 disables it; ignored with `full_checkpoints`): point
+    /// reads and writes hit hash maps, and the writes of a checkpoint interval reach the store
+    /// once per key, sorted, in the checkpoint's asynchronous part (Kafka Streams' record cache;
+    /// `write_cache` module). Cached reads use up to this many bytes, writes not yet in the
+    /// store up to half of it (then they are written to the store at once).
+    pub write_cache_size: usize,
 }
 
 impl Default for LsmBackendOptions {
@@ -113,6 +125,7 @@ impl Default for LsmBackendOptions {
             background_work: true,
             full_checkpoints: false,
             local_recovery_dir: None,
+            write_cache_size: DEFAULT_WRITE_CACHE_SIZE,
         }
     }
 }
@@ -197,6 +210,8 @@ pub struct LsmBackend {
     instance_id: u64,
     stores_opened: u32,
     last_restore: Option<Box<RestoreStats>>,
+    /// Point reads and writes not yet in the store (see `write_cache`).
+    cache: WriteCache,
 }
 
 /// A random 64-bit id (no RNG crate: the std hasher's random keys, the time and the pid).
@@ -230,6 +245,7 @@ impl LsmBackend {
         }
         let db = Db::open(&db_dir, store_options(&options, &config, &[]))?;
         db.capture_flushes();
+        let cache = WriteCache::new(cache_capacity(&options));
         Ok(LsmBackend {
             config,
             options,
@@ -246,12 +262,32 @@ impl LsmBackend {
             instance_id,
             stores_opened: 0,
             last_restore: None,
+            cache,
         })
     }
 
-    /// The store (for statistics, manual compaction and tests).
+    /// The store (for statistics, manual compaction and tests). Writes still in the write-back
+    /// cache are not in it: call [`LsmBackend::flush_write_cache`] first to see every write.
     pub fn db(&self) -> &Arc<Db> {
         &self.db
+    }
+
+    /// Writes every write still in the write-back cache into the store (in order: frozen
+    /// batches of pending checkpoints first), so [`LsmBackend::db`] shows them.
+    pub fn flush_write_cache(&mut self) -> Result<()> {
+        let cfs = self.column_families();
+        self.cache.settle(&self.db, &cfs, None)
+    }
+
+    /// Bytes the write-back cache charges for cached reads and for writes since the last
+    /// snapshot.
+    pub fn write_cache_bytes(&self) -> (usize, usize) {
+        self.cache.charged_bytes()
+    }
+
+    /// The column families of the registered states, by `StateId`.
+    fn column_families(&self) -> Vec<ColumnFamily> {
+        self.states.iter().map(|(_, cf)| cf.clone()).collect()
     }
 
     /// The checkpoint storage.
@@ -326,6 +362,22 @@ impl LsmBackend {
         self.column_family(state)
     }
 
+    /// A put (`Some`) or delete (`None`) through the write-back cache, or straight to the store.
+    fn write(&mut self, state: StateId, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let cf = self.access(state, key)?;
+        if !self.cache.enabled() {
+            return match value {
+                Some(value) => self.db.put(cf, key, value),
+                None => self.db.delete(cf, key),
+            };
+        }
+        if self.cache.write(state, key, value) {
+            let cfs = self.column_families();
+            self.cache.settle(&self.db, &cfs, None)?;
+        }
+        Ok(())
+    }
+
     /// Checks the key's group and returns the state's column family.
     fn access(&self, state: StateId, key: &[u8]) -> Result<&ColumnFamily> {
         check_key_group(key, &self.config.key_group_range)?;
@@ -358,6 +410,16 @@ fn cf_options(
         }
     }
     cf
+}
+
+/// The write-back cache's capacity for `options` (none with full checkpoints, whose
+/// synchronous part takes a read view of the store).
+fn cache_capacity(options: &LsmBackendOptions) -> usize {
+    if options.full_checkpoints {
+        0
+    } else {
+        options.write_cache_size
+    }
 }
 
 /// Deletes the stores (`db-*` directories) a crashed or dropped backend left in `working_dir`:
@@ -461,26 +523,37 @@ impl StateBackend for LsmBackend {
     }
 
     fn get(&mut self, state: StateId, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let cf = self.access(state, key)?;
-        self.db.get(cf, key)
+        check_key_group(key, &self.config.key_group_range)?;
+        if let Lookup::Hit(value) = self.cache.get(state, key) {
+            return Ok(value.map(<[u8]>::to_vec));
+        }
+        let cf = self.cf_of(state)?;
+        let value = self.db.get(cf, key)?;
+        self.cache.fill(state, key, value.as_deref());
+        Ok(value)
     }
 
     fn put(&mut self, state: StateId, key: &[u8], value: &[u8]) -> Result<()> {
-        let cf = self.access(state, key)?;
-        self.db.put(cf, key, value)
+        self.write(state, key, Some(value))
     }
 
     fn delete(&mut self, state: StateId, key: &[u8]) -> Result<()> {
-        let cf = self.access(state, key)?;
-        self.db.delete(cf, key)
+        self.write(state, key, None)
     }
 
     fn merge(&mut self, state: StateId, key: &[u8], operand: &[u8]) -> Result<()> {
-        let cf = self.access(state, key)?;
-        self.db.merge(cf, key, operand)
+        let cf = self.access(state, key)?.clone();
+        if self.cache.enabled() {
+            self.cache.settle_key(&self.db, &cf, state, key)?;
+        }
+        self.db.merge(&cf, key, operand)
     }
 
     fn scan_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<EntryIter<'_>> {
+        if self.cache.enabled() {
+            let cfs = self.column_families();
+            self.cache.settle(&self.db, &cfs, Some(state))?;
+        }
         let cf = self.cf_of(state)?;
         let mut iter = self.db.iter(cf, ReadOptions::prefix(prefix))?;
         iter.seek_to_first()?;
@@ -489,6 +562,11 @@ impl StateBackend for LsmBackend {
 
     fn delete_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<()> {
         let cf = self.cf_of(state)?.clone();
+        if self.cache.enabled() {
+            let cfs = self.column_families();
+            self.cache.settle(&self.db, &cfs, Some(state))?;
+            self.cache.forget_state(state);
+        }
         // Clip to the key groups this backend owns: a short prefix never deletes (with a
         // sequence number of this store) keys another backend's checkpoint may bring in.
         let (kg_lower, kg_upper) = key_group_bounds(&self.config.key_group_range);
@@ -543,11 +621,20 @@ impl StateBackend for LsmBackend {
                 retained: self.options.retained_checkpoints.max(1),
             }));
         }
-        // Synchronous part: freeze the memtables (no I/O that grows with state).
-        let sequence = self.db.flush(false)?;
+        // Synchronous part: freeze the write-back cache's writes (O(states)) — the asynchronous
+        // part writes them into the store and freezes the memtables — or, without the cache,
+        // freeze the memtables (no I/O that grows with state).
+        let (sequence, frozen) = if self.cache.enabled() {
+            let cfs = self.column_families();
+            let batch = self.cache.freeze(&cfs);
+            (0, Some((self.cache.pending().clone(), batch)))
+        } else {
+            (self.db.flush(false)?, None)
+        };
         Ok(Box::new(LsmSnapshotTask {
             checkpoint_id,
             sequence,
+            frozen,
             // Not read through the lock: a running async part holds it for its whole upload.
             epoch: self.epoch,
             max_parallelism: self.config.max_parallelism,
@@ -568,6 +655,12 @@ impl StateBackend for LsmBackend {
         handles: &[SnapshotHandle],
         key_group_range: KeyGroupRange,
     ) -> Result<()> {
-        restore::restore(self, handles, key_group_range)
+        let before = self.db.clone();
+        let result = restore::restore(self, handles, key_group_range);
+        if !Arc::ptr_eq(&before, &self.db) {
+            // The store was replaced: cached reads and unapplied writes belong to the old one.
+            self.cache.reset();
+        }
+        result
     }
 }
