@@ -14,9 +14,11 @@
 //! nothing writes to the store while an earlier batch waits, so no write after a barrier lands
 //! below that barrier's freeze. Until a batch is applied, reads see it through the frozen list.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 
+use hashbrown::HashTable;
 use parking_lot::Mutex;
 
 use crate::backend::StateId;
@@ -25,64 +27,204 @@ use crate::error::Result;
 use crate::lsm::batch::WriteBatch;
 use crate::lsm::{ColumnFamily, Db};
 
-/// Bytes charged per cached entry on top of its key and value: the hash-table slot and the
-/// headers of the two allocations.
+/// Bytes charged per cached entry on top of its key and value: the table slot (with its share
+/// of empty slots) and the header of the entry's one allocation.
 pub const ENTRY_OVERHEAD: usize = 64;
 
 /// Entries per store write batch when a batch or a spill is written (bounds the batch's memory).
 const WRITE_CHUNK: usize = 4096;
 
-/// Key -> value (`None`: deleted / known absent).
-type Map = HashMap<Box<[u8]>, Option<Box<[u8]>>, KeyHasherBuilder>;
+/// Key and value bytes of up to this many bytes are stored in the slot itself.
+const INLINE: usize = 30;
 
-fn new_map() -> Map {
-    Map::with_hasher(KeyHasherBuilder::random())
+/// A slot's key and value bytes: inline when short (no allocation, no pointer to follow on a
+/// lookup), else one allocation.
+#[derive(Debug)]
+enum Bytes {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(Box<[u8]>),
 }
 
-fn entry_cost(key: &[u8], value: Option<&[u8]>) -> usize {
-    key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD
+impl Bytes {
+    fn concat(key: &[u8], value: &[u8]) -> Bytes {
+        let len = key.len() + value.len();
+        if len <= INLINE {
+            let mut buf = [0u8; INLINE];
+            buf[..key.len()].copy_from_slice(key);
+            buf[key.len()..len].copy_from_slice(value);
+            // len <= INLINE < 256.
+            Bytes::Inline {
+                len: len as u8,
+                buf,
+            }
+        } else {
+            let mut bytes = Vec::with_capacity(len);
+            bytes.extend_from_slice(key);
+            bytes.extend_from_slice(value);
+            Bytes::Heap(bytes.into_boxed_slice())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Inline { len, buf } => &buf[..*len as usize],
+            Bytes::Heap(b) => b,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            Bytes::Inline { len, buf } => &mut buf[..*len as usize],
+            Bytes::Heap(b) => b,
+        }
+    }
 }
 
-/// Sets `key` to `value` in `map` (reusing the value's allocation when the length matches);
-/// returns the change in charged bytes.
-fn upsert(map: &mut Map, key: &[u8], value: Option<&[u8]>) -> isize {
-    match map.get_mut(key) {
-        Some(slot) => {
-            let old = slot.as_deref().map_or(0, <[u8]>::len) as isize;
-            match (slot.as_mut(), value) {
-                (Some(existing), Some(new)) if existing.len() == new.len() => {
-                    existing.copy_from_slice(new);
+/// One cached key: key and value together (inline when short), the key's hash, and whether
+/// the value is present (`false`: deleted / known absent).
+#[derive(Debug)]
+struct Slot {
+    bytes: Bytes,
+    hash: u64,
+    key_len: u32,
+    present: bool,
+}
+
+impl Slot {
+    fn new(hash: u64, key: &[u8], value: Option<&[u8]>) -> Slot {
+        Slot {
+            bytes: Bytes::concat(key, value.unwrap_or_default()),
+            hash,
+            // Composite keys are far below 4 GiB (the key codec bounds them).
+            key_len: u32::try_from(key.len()).unwrap_or(u32::MAX),
+            present: value.is_some(),
+        }
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.bytes.as_slice()[..self.key_len as usize]
+    }
+
+    fn value(&self) -> Option<&[u8]> {
+        self.present
+            .then(|| &self.bytes.as_slice()[self.key_len as usize..])
+    }
+
+    fn matches(&self, hash: u64, key: &[u8]) -> bool {
+        self.hash == hash && self.key() == key
+    }
+
+    fn cost(&self) -> usize {
+        self.bytes.as_slice().len() + ENTRY_OVERHEAD
+    }
+
+    /// Replaces the value, in place when the length matches.
+    fn set(&mut self, value: Option<&[u8]>) {
+        let key_len = self.key_len as usize;
+        let new = value.unwrap_or_default();
+        let bytes = self.bytes.as_mut_slice();
+        if bytes.len() - key_len == new.len() {
+            bytes[key_len..].copy_from_slice(new);
+        } else {
+            self.bytes = Bytes::concat(&bytes[..key_len], new);
+        }
+        self.present = value.is_some();
+    }
+
+    /// The first 8 key bytes as a big-endian number (zero-padded): sorting by it, then by the
+    /// whole key, orders keys without following a pointer for most comparisons.
+    fn key_prefix(&self) -> u64 {
+        let mut word = [0u8; 8];
+        let key = self.key();
+        let n = key.len().min(8);
+        word[..n].copy_from_slice(&key[..n]);
+        u64::from_be_bytes(word)
+    }
+}
+
+/// Key -> value, by the cache's hash.
+#[derive(Debug, Default)]
+struct Table {
+    slots: HashTable<Slot>,
+}
+
+impl Table {
+    fn with_capacity(capacity: usize) -> Table {
+        Table {
+            slots: HashTable::with_capacity(capacity),
+        }
+    }
+
+    fn find(&self, hash: u64, key: &[u8]) -> Option<&Slot> {
+        self.slots.find(hash, |s| s.matches(hash, key))
+    }
+
+    /// Sets `key` to `value`; returns the change in charged bytes.
+    fn upsert(&mut self, hash: u64, key: &[u8], value: Option<&[u8]>) -> isize {
+        match self.slots.find_mut(hash, |s| s.matches(hash, key)) {
+            Some(slot) => {
+                let before = slot.cost() as isize;
+                slot.set(value);
+                slot.cost() as isize - before
+            }
+            None => {
+                let slot = Slot::new(hash, key, value);
+                let cost = slot.cost() as isize;
+                self.slots.insert_unique(hash, slot, |s| s.hash);
+                cost
+            }
+        }
+    }
+
+    fn remove(&mut self, hash: u64, key: &[u8]) -> Option<Slot> {
+        self.slots
+            .find_entry(hash, |s| s.matches(hash, key))
+            .ok()
+            .map(|e| e.remove().0)
+    }
+
+    fn cost(&self) -> usize {
+        self.slots.iter().map(Slot::cost).sum()
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Drops about half of the entries (those whose hash has bit `bit` set); returns the bytes freed.
+    fn evict_half(&mut self, bit: u32) -> usize {
+        let mut freed = 0;
+        self.slots.retain(|s| {
+            let keep = (s.hash >> bit) & 1 == 0;
+            if !keep {
+                freed += s.cost();
+            }
+            keep
+        });
+        freed
+    }
+
+    /// Writes every entry into `cf` of `db` in key order, in chunks.
+    fn write_to(&self, db: &Db, cf: &ColumnFamily) -> Result<()> {
+        let mut sorted: Vec<(u64, &Slot)> =
+            self.slots.iter().map(|s| (s.key_prefix(), s)).collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key().cmp(b.1.key())));
+        for chunk in sorted.chunks(WRITE_CHUNK) {
+            let mut batch = WriteBatch::new();
+            for (_, slot) in chunk {
+                match slot.value() {
+                    Some(value) => batch.put(cf.id(), slot.key(), value)?,
+                    None => batch.delete(cf.id(), slot.key())?,
                 }
-                _ => *slot = value.map(Box::from),
             }
-            value.map_or(0, <[u8]>::len) as isize - old
+            db.write(batch)?;
         }
-        None => {
-            map.insert(Box::from(key), value.map(Box::from));
-            entry_cost(key, value) as isize
-        }
+        Ok(())
     }
-}
-
-/// Writes `entries` of `cf` into `db` in key order, in chunks.
-fn write_sorted<'a>(
-    db: &Db,
-    cf: &ColumnFamily,
-    entries: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
-) -> Result<()> {
-    let mut sorted: Vec<(&[u8], Option<&[u8]>)> = entries.collect();
-    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    for chunk in sorted.chunks(WRITE_CHUNK) {
-        let mut batch = WriteBatch::new();
-        for (key, value) in chunk {
-            match value {
-                Some(value) => batch.put(cf.id(), key, value)?,
-                None => batch.delete(cf.id(), key)?,
-            }
-        }
-        db.write(batch)?;
-    }
-    Ok(())
 }
 
 /// One checkpoint interval's writes, frozen by a snapshot's synchronous part.
@@ -91,7 +233,7 @@ pub struct FrozenWrites {
     /// Position in the backend's sequence of batches.
     ordinal: u64,
     /// Per state (by `StateId`): its column family and its writes.
-    states: Vec<(ColumnFamily, Map)>,
+    states: Vec<(ColumnFamily, Table)>,
     /// The sequence of the memtable freeze that followed the batch's writes, once applied.
     sequence: OnceLock<u64>,
 }
@@ -102,9 +244,9 @@ impl FrozenWrites {
         self.sequence.get().copied()
     }
 
-    fn lookup(&self, state: StateId, key: &[u8]) -> Option<Option<&[u8]>> {
-        let (_, map) = self.states.get(state.0 as usize)?;
-        map.get(key).map(Option::as_deref)
+    fn lookup(&self, state: StateId, hash: u64, key: &[u8]) -> Option<Option<&[u8]>> {
+        let (_, table) = self.states.get(state.0 as usize)?;
+        table.find(hash, key).map(Slot::value)
     }
 }
 
@@ -124,9 +266,9 @@ impl PendingWrites {
             if through.is_some_and(|last| batch.ordinal > last) {
                 break;
             }
-            for (cf, map) in &batch.states {
-                if !map.is_empty() {
-                    write_sorted(db, cf, map.iter().map(|(k, v)| (k.as_ref(), v.as_deref())))?;
+            for (cf, table) in &batch.states {
+                if !table.is_empty() {
+                    table.write_to(db, cf)?;
                 }
             }
             let sequence = db.flush(false)?;
@@ -168,27 +310,24 @@ pub enum Lookup<'a> {
 
 #[derive(Debug, Default)]
 struct StateCache {
-    latest: Option<Map>,
-    dirty: Option<Map>,
-}
-
-impl StateCache {
-    fn latest(&mut self) -> &mut Map {
-        self.latest.get_or_insert_with(new_map)
-    }
-
-    fn dirty(&mut self) -> &mut Map {
-        self.dirty.get_or_insert_with(new_map)
-    }
+    /// The newest value of each key held (reads and writes).
+    latest: Table,
+    /// Writes since the last snapshot.
+    dirty: Table,
+    /// Entries of the last frozen batch: the next `dirty` starts with room for as many.
+    last_dirty_len: usize,
 }
 
 /// The operator thread's side of the cache (owned by the backend).
 #[derive(Debug)]
 pub struct WriteCache {
     capacity: usize,
+    hasher: KeyHasherBuilder,
     states: Vec<StateCache>,
     latest_bytes: usize,
     dirty_bytes: usize,
+    /// Which hash bit the next eviction uses (so evictions do not always hit the same keys).
+    eviction_bit: u32,
     /// Batches frozen by this cache that were not yet seen applied, oldest first.
     frozen: Vec<Arc<FrozenWrites>>,
     pending: Arc<PendingWrites>,
@@ -200,9 +339,11 @@ impl WriteCache {
     pub fn new(capacity: usize) -> Self {
         WriteCache {
             capacity,
+            hasher: KeyHasherBuilder::random(),
             states: Vec::new(),
             latest_bytes: 0,
             dirty_bytes: 0,
+            eviction_bit: 7,
             frozen: Vec::new(),
             pending: Arc::new(PendingWrites::default()),
             next_ordinal: 0,
@@ -229,19 +370,21 @@ impl WriteCache {
 
     /// What the cache knows of `key`: the newest write, a frozen batch's write or a cached read.
     pub fn get(&mut self, state: StateId, key: &[u8]) -> Lookup<'_> {
-        self.frozen.retain(|b| b.sequence().is_none());
-        let index = state.0 as usize;
-        let Some(cache) = self.states.get(index) else {
+        if !self.frozen.is_empty() {
+            self.frozen.retain(|b| b.sequence().is_none());
+        }
+        let Some(cache) = self.states.get(state.0 as usize) else {
             return Lookup::Miss;
         };
-        if let Some(value) = cache.latest.as_ref().and_then(|m| m.get(key)) {
-            return Lookup::Hit(value.as_deref());
+        let hash = self.hasher.hash_one(key);
+        if let Some(slot) = cache.latest.find(hash, key) {
+            return Lookup::Hit(slot.value());
         }
-        if let Some(value) = cache.dirty.as_ref().and_then(|m| m.get(key)) {
-            return Lookup::Hit(value.as_deref());
+        if let Some(slot) = cache.dirty.find(hash, key) {
+            return Lookup::Hit(slot.value());
         }
         for batch in self.frozen.iter().rev() {
-            if let Some(value) = batch.lookup(state, key) {
+            if let Some(value) = batch.lookup(state, hash, key) {
                 return Lookup::Hit(value);
             }
         }
@@ -253,34 +396,47 @@ impl WriteCache {
         if !self.enabled() {
             return;
         }
-        let cost = entry_cost(key, value);
-        if self.latest_bytes + cost > self.capacity {
-            self.evict_latest();
-        }
-        let delta = upsert(self.state(state).latest(), key, value);
+        self.make_room(key, value);
+        let hash = self.hasher.hash_one(key);
+        let delta = self.state(state).latest.upsert(hash, key, value);
         self.latest_bytes = self.latest_bytes.saturating_add_signed(delta);
     }
 
     /// Records a write (`None`: a delete). Returns true when the writes since the last
-    /// snapshot outgrew half the capacity: the caller should [`WriteCache::spill`].
+    /// snapshot outgrew half the capacity: the caller should [`WriteCache::settle`].
     pub fn write(&mut self, state: StateId, key: &[u8], value: Option<&[u8]>) -> bool {
-        if self.latest_bytes + entry_cost(key, value) > self.capacity {
-            self.evict_latest();
-        }
+        self.make_room(key, value);
+        let hash = self.hasher.hash_one(key);
         let cache = self.state(state);
-        let latest = upsert(cache.latest(), key, value);
-        let dirty = upsert(cache.dirty(), key, value);
+        let latest = cache.latest.upsert(hash, key, value);
+        if cache.dirty.slots.capacity() == 0 && cache.last_dirty_len > 0 {
+            cache.dirty = Table::with_capacity(cache.last_dirty_len);
+        }
+        let dirty = cache.dirty.upsert(hash, key, value);
         self.latest_bytes = self.latest_bytes.saturating_add_signed(latest);
         self.dirty_bytes = self.dirty_bytes.saturating_add_signed(dirty);
         self.dirty_bytes > self.capacity / 2
     }
 
-    /// Drops every cached read (writes not yet in the store stay in `dirty` and frozen batches).
-    fn evict_latest(&mut self) {
-        for cache in &mut self.states {
-            cache.latest = None;
+    /// Evicts about half of the cached reads when one more entry would not fit. Writes not yet
+    /// in the store stay in `dirty` and in frozen batches, so no read misses them.
+    fn make_room(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let need = key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD;
+        if self.latest_bytes + need <= self.capacity {
+            return;
         }
-        self.latest_bytes = 0;
+        let bit = self.eviction_bit;
+        self.eviction_bit = 7 + (self.eviction_bit - 6) % 50;
+        for cache in &mut self.states {
+            let freed = cache.latest.evict_half(bit);
+            self.latest_bytes = self.latest_bytes.saturating_sub(freed);
+        }
+        if self.latest_bytes + need > self.capacity {
+            for cache in &mut self.states {
+                cache.latest = Table::default();
+            }
+            self.latest_bytes = 0;
+        }
     }
 
     /// Moves the writes since the last snapshot into a new frozen batch, queued for the store.
@@ -290,11 +446,13 @@ impl WriteCache {
             .iter()
             .enumerate()
             .map(|(index, cf)| {
-                let dirty = self
-                    .states
-                    .get_mut(index)
-                    .and_then(|c| c.dirty.take())
-                    .unwrap_or_else(new_map);
+                let dirty = match self.states.get_mut(index) {
+                    Some(cache) => {
+                        cache.last_dirty_len = cache.dirty.len();
+                        std::mem::take(&mut cache.dirty)
+                    }
+                    None => Table::default(),
+                };
                 (cf.clone(), dirty)
             })
             .collect();
@@ -318,19 +476,15 @@ impl WriteCache {
         }
         self.frozen.clear();
         for (index, cache) in self.states.iter_mut().enumerate() {
-            if state.is_some_and(|s| s.0 as usize != index) {
+            if state.is_some_and(|s| s.0 as usize != index) || cache.dirty.is_empty() {
                 continue;
             }
-            let (Some(dirty), Some(cf)) = (cache.dirty.take(), cfs.get(index)) else {
+            let Some(cf) = cfs.get(index) else {
                 continue;
             };
-            let bytes: usize = dirty.iter().map(|(k, v)| entry_cost(k, v.as_deref())).sum();
-            write_sorted(
-                db,
-                cf,
-                dirty.iter().map(|(k, v)| (k.as_ref(), v.as_deref())),
-            )?;
-            self.dirty_bytes = self.dirty_bytes.saturating_sub(bytes);
+            cache.dirty.write_to(db, cf)?;
+            let dirty = std::mem::take(&mut cache.dirty);
+            self.dirty_bytes = self.dirty_bytes.saturating_sub(dirty.cost());
         }
         Ok(())
     }
@@ -348,24 +502,17 @@ impl WriteCache {
             self.pending.apply_through(db, None)?;
         }
         self.frozen.clear();
+        let hash = self.hasher.hash_one(key);
         let Some(cache) = self.states.get_mut(state.0 as usize) else {
             return Ok(());
         };
-        if let Some(latest) = cache.latest.as_mut()
-            && let Some(value) = latest.remove(key)
-        {
-            self.latest_bytes = self
-                .latest_bytes
-                .saturating_sub(entry_cost(key, value.as_deref()));
+        if let Some(slot) = cache.latest.remove(hash, key) {
+            self.latest_bytes = self.latest_bytes.saturating_sub(slot.cost());
         }
-        if let Some(dirty) = cache.dirty.as_mut()
-            && let Some(value) = dirty.remove(key)
-        {
-            self.dirty_bytes = self
-                .dirty_bytes
-                .saturating_sub(entry_cost(key, value.as_deref()));
-            match value {
-                Some(value) => db.put(cf, key, &value)?,
+        if let Some(slot) = cache.dirty.remove(hash, key) {
+            self.dirty_bytes = self.dirty_bytes.saturating_sub(slot.cost());
+            match slot.value() {
+                Some(value) => db.put(cf, key, value)?,
                 None => db.delete(cf, key)?,
             }
         }
@@ -375,14 +522,9 @@ impl WriteCache {
     /// Forgets every cached read of `state` (after a prefix delete changed the store under it).
     /// Call [`WriteCache::settle`] for the state first.
     pub fn forget_state(&mut self, state: StateId) {
-        if let Some(cache) = self.states.get_mut(state.0 as usize)
-            && let Some(latest) = cache.latest.take()
-        {
-            let bytes: usize = latest
-                .iter()
-                .map(|(k, v)| entry_cost(k, v.as_deref()))
-                .sum();
-            self.latest_bytes = self.latest_bytes.saturating_sub(bytes);
+        if let Some(cache) = self.states.get_mut(state.0 as usize) {
+            let latest = std::mem::take(&mut cache.latest);
+            self.latest_bytes = self.latest_bytes.saturating_sub(latest.cost());
         }
     }
 
@@ -394,5 +536,91 @@ impl WriteCache {
     /// Bytes charged for cached reads and for writes not yet frozen.
     pub fn charged_bytes(&self) -> (usize, usize) {
         (self.latest_bytes, self.dirty_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn hash(key: &[u8]) -> u64 {
+        KeyHasherBuilder::random().hash_one(key)
+    }
+
+    #[test]
+    fn slots_keep_key_and_value_across_the_inline_boundary() {
+        let key = b"composite-key".to_vec();
+        let mut slot = Slot::new(7, &key, Some(b"v"));
+        assert!(matches!(slot.bytes, Bytes::Inline { .. }));
+        for len in [0, 1, INLINE - key.len(), INLINE - key.len() + 1, 100, 3] {
+            let value = vec![len as u8; len];
+            slot.set(Some(&value));
+            assert_eq!(slot.key(), key.as_slice());
+            assert_eq!(slot.value(), Some(value.as_slice()));
+            assert_eq!(slot.cost(), key.len() + len + ENTRY_OVERHEAD);
+        }
+        slot.set(None);
+        assert_eq!((slot.key(), slot.value()), (key.as_slice(), None));
+    }
+
+    proptest! {
+        /// A table gives a `BTreeMap`'s answers, its charged bytes add up, and `write_to`'s
+        /// order (prefix, then key) is the byte order of the keys.
+        #[test]
+        fn table_matches_a_model(
+            ops in proptest::collection::vec(
+                (0u8..4, proptest::collection::vec(0u8..3, 0..12), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))),
+                1..200,
+            )
+        ) {
+            let builder = KeyHasherBuilder::random();
+            let mut table = Table::default();
+            let mut model: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+            let mut charged: isize = 0;
+            for (op, key, value) in ops {
+                let h = builder.hash_one(key.as_slice());
+                match op {
+                    0 | 1 => {
+                        charged += table.upsert(h, &key, value.as_deref());
+                        model.insert(key, value);
+                    }
+                    2 => {
+                        let removed = table.remove(h, &key);
+                        prop_assert_eq!(removed.is_some(), model.remove(&key).is_some());
+                        if let Some(slot) = removed {
+                            charged -= slot.cost() as isize;
+                        }
+                    }
+                    _ => {
+                        let found = table.find(h, &key).map(|s| s.value().map(<[u8]>::to_vec));
+                        prop_assert_eq!(found, model.get(&key).cloned());
+                    }
+                }
+                prop_assert_eq!(charged as usize, table.cost());
+                prop_assert_eq!(table.len(), model.len());
+            }
+            let mut sorted: Vec<(u64, &Slot)> = table.slots.iter().map(|s| (s.key_prefix(), s)).collect();
+            sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key().cmp(b.1.key())));
+            let keys: Vec<&[u8]> = sorted.iter().map(|(_, s)| s.key()).collect();
+            let expected: Vec<&[u8]> = model.keys().map(Vec::as_slice).collect();
+            prop_assert_eq!(keys, expected);
+        }
+    }
+
+    #[test]
+    fn eviction_frees_what_it_charged() {
+        let mut table = Table::default();
+        for i in 0u32..1000 {
+            let key = i.to_be_bytes();
+            table.upsert(hash(&key), &key, Some(&[1; 50]));
+        }
+        let before = table.cost();
+        let freed = table.evict_half(7);
+        assert_eq!(table.cost(), before - freed);
+        assert!(table.len() > 300 && table.len() < 700, "{}", table.len());
     }
 }
