@@ -25,7 +25,7 @@ use crate::checkpoint::metadata::{CheckpointFile, CheckpointMetadata};
 use crate::checkpoint::registry::{CheckpointRegistry, RecoveryReport, read_metadata};
 use crate::checkpoint::retention::{self, DEFAULT_RETAINED_CHECKPOINTS};
 use crate::checkpoint::storage::{
-    CheckpointStorage, checkpoint_dir, metadata_path, parse_checkpoint_dir,
+    CheckpointStorage, checkpoint_dir, checkpoint_ids, metadata_path,
 };
 use crate::error::{Error, Result};
 use crate::keys::KeyGroupRange;
@@ -152,12 +152,7 @@ pub fn snapshot_handle(
 /// The handle of the newest checkpoint in `storage` whose `_metadata` decodes, without changing
 /// the storage (no clean-up): for a reader that is not the storage's writer.
 pub fn latest_snapshot_handle(storage: &dyn CheckpointStorage) -> Result<Option<SnapshotHandle>> {
-    let mut ids: Vec<u64> = storage
-        .children("")?
-        .iter()
-        .filter_map(|name| parse_checkpoint_dir(name))
-        .collect();
-    ids.sort_unstable();
+    let ids = checkpoint_ids(storage)?;
     for id in ids.into_iter().rev() {
         if !storage.exists(&metadata_path(id))? {
             continue;

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 
 use super::metadata::CheckpointMetadata;
 use super::registry::read_metadata;
-use super::storage::{CheckpointStorage, metadata_path, parse_checkpoint_dir};
+use super::storage::{CheckpointStorage, checkpoint_ids, metadata_path};
 use super::verify::{FileProblem, problem};
 
 /// What `_metadata` says about one completed checkpoint, and what it adds to the previous one.
@@ -82,12 +82,7 @@ pub struct Inventory {
 /// Inspects every `chk-<id>` directory under the storage root. An error is returned only when
 /// the storage cannot be listed; a damaged `_metadata` is reported in the result.
 pub fn inspect_storage(storage: &dyn CheckpointStorage) -> Result<Inventory> {
-    let mut ids: Vec<u64> = storage
-        .children("")?
-        .iter()
-        .filter_map(|name| parse_checkpoint_dir(name))
-        .collect();
-    ids.sort_unstable();
+    let ids = checkpoint_ids(storage)?;
     let mut inventory = Inventory::default();
     let mut files: BTreeMap<String, FileUsage> = BTreeMap::new();
     let mut previous: HashSet<String> = HashSet::new();

@@ -42,6 +42,17 @@ pub fn parse_checkpoint_dir(name: &str) -> Option<u64> {
     (digits == id.to_string()).then_some(id)
 }
 
+/// The ids of the `chk-<id>` directories at the root of `storage` (complete or not), ascending.
+pub fn checkpoint_ids(storage: &dyn CheckpointStorage) -> Result<Vec<u64>> {
+    let mut ids: Vec<u64> = storage
+        .children("")?
+        .iter()
+        .filter_map(|name| parse_checkpoint_dir(name))
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
 /// Checks a storage path: relative, `/`-separated, no empty, `.` or `..` component, no `\` or NUL.
 ///
 /// Every path a [`CheckpointStorage`] is given, and every path read from a `_metadata` file,

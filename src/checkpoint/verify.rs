@@ -16,7 +16,7 @@ use crate::lsm::sst::SstReader;
 
 use super::metadata::{CheckpointFile, CheckpointMetadata};
 use super::registry::read_metadata;
-use super::storage::{CheckpointStorage, metadata_path, parse_checkpoint_dir, read_listed};
+use super::storage::{CheckpointStorage, checkpoint_ids, metadata_path, read_listed};
 
 /// One damaged or missing file: which, where in it, and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,12 +82,7 @@ impl VerifyReport {
 /// Verifies every `chk-<id>` directory under the storage root. An error is returned only when
 /// the storage itself cannot be listed; damage is reported in the result.
 pub fn verify_storage(storage: &dyn CheckpointStorage) -> Result<VerifyReport> {
-    let mut ids: Vec<u64> = storage
-        .children("")?
-        .iter()
-        .filter_map(|name| parse_checkpoint_dir(name))
-        .collect();
-    ids.sort_unstable();
+    let ids = checkpoint_ids(storage)?;
     let checkpoints = ids
         .into_iter()
         .map(|id| verify_checkpoint(storage, id))
