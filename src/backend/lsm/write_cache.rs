@@ -418,6 +418,38 @@ impl WriteCache {
         self.dirty_bytes > self.capacity / 2
     }
 
+    /// Read-modify-write of `key` when the cache holds its newest value: `f` gets that value
+    /// and writes the new one into `scratch` (cleared), which is then recorded as a write.
+    /// Returns `None` (nothing called) when the cache does not hold the key — the caller reads
+    /// the store and writes — or `Some(spill)` as [`WriteCache::write`] does.
+    pub fn update_cached(
+        &mut self,
+        state: StateId,
+        key: &[u8],
+        scratch: &mut Vec<u8>,
+        f: &mut dyn FnMut(Option<&[u8]>, &mut Vec<u8>) -> Result<()>,
+    ) -> Result<Option<bool>> {
+        let hash = self.hasher.hash_one(key);
+        let Some(cache) = self.states.get_mut(state.0 as usize) else {
+            return Ok(None);
+        };
+        let Some(slot) = cache.latest.slots.find_mut(hash, |s| s.matches(hash, key)) else {
+            return Ok(None);
+        };
+        scratch.clear();
+        f(slot.value(), scratch)?;
+        let before = slot.cost();
+        slot.set(Some(scratch));
+        let latest = slot.cost() as isize - before as isize;
+        if cache.dirty.slots.capacity() == 0 && cache.last_dirty_len > 0 {
+            cache.dirty = Table::with_capacity(cache.last_dirty_len);
+        }
+        let dirty = cache.dirty.upsert(hash, key, Some(scratch));
+        self.latest_bytes = self.latest_bytes.saturating_add_signed(latest);
+        self.dirty_bytes = self.dirty_bytes.saturating_add_signed(dirty);
+        Ok(Some(self.dirty_bytes > self.capacity / 2))
+    }
+
     /// Evicts about half of the cached reads when one more entry would not fit. Writes not yet
     /// in the store stay in `dirty` and in frozen batches, so no read misses them.
     fn make_room(&mut self, key: &[u8], value: Option<&[u8]>) {
