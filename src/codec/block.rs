@@ -11,7 +11,7 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 
 use crate::codec::record::crc32;
-use crate::codec::varint::{get_varint64, put_varint32, put_varint64, varint_len};
+use crate::codec::varint::{get_varint64, put_varint32, put_varint64};
 use crate::error::{Error, Result};
 
 pub use super::block_iter::BlockIter;
@@ -61,35 +61,44 @@ pub enum Compression {
 /// SST file. The block keeps its owner alive.
 pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
-/// Appends `payload` as a stored block: `data | type u8 | crc32 u32 LE` (FORMAT.md §1.3).
+/// Returns `payload` as a stored block: `data | type u8 | crc32 u32 LE` (FORMAT.md §1.3).
 ///
 /// With [`Compression::Zstd`], `data` is `varint uncompressed_len | zstd frame` when that saves
 /// at least an eighth of the payload; otherwise the payload is stored uncompressed.
 pub fn seal(payload: &[u8], compression: Compression) -> Vec<u8> {
+    let mut out = Vec::new();
+    seal_into(payload, compression, &mut out);
+    out
+}
+
+/// [`seal`] into `out` (cleared first, its allocation reused); returns whether the block was
+/// stored compressed.
+pub fn seal_into(payload: &[u8], compression: Compression, out: &mut Vec<u8>) -> bool {
     assert!(
         payload.len() <= MAX_BLOCK_SIZE,
         "block payload of {} bytes exceeds MAX_BLOCK_SIZE",
         payload.len()
     );
-    let mut out = Vec::with_capacity(payload.len() + BLOCK_TRAILER_LEN);
+    out.clear();
     let mut kind = TYPE_NONE;
-    if let Compression::Zstd { level } = compression
-        && let Ok(frame) = zstd_compress(payload, level)
-    {
-        let size = varint_len(payload.len() as u64) + frame.len();
-        if size < payload.len() - payload.len() / 8 {
-            put_varint64(&mut out, payload.len() as u64);
-            out.extend_from_slice(&frame);
+    if let Compression::Zstd { level } = compression {
+        put_varint64(out, payload.len() as u64);
+        if zstd_compress_into(payload, level, out).is_ok()
+            && out.len() < payload.len() - payload.len() / 8
+        {
             kind = TYPE_ZSTD;
+        } else {
+            out.clear();
         }
     }
     if kind == TYPE_NONE {
+        out.reserve(payload.len() + BLOCK_TRAILER_LEN);
         out.extend_from_slice(payload);
     }
     out.push(kind);
-    let crc = crc32(&out);
+    let crc = crc32(out);
     out.extend_from_slice(&crc.to_le_bytes());
-    out
+    kind == TYPE_ZSTD
 }
 
 thread_local! {
@@ -103,15 +112,19 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
-/// Compresses `payload` into one zstd frame at `level`, reusing this thread's context.
-fn zstd_compress(payload: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+/// Appends one zstd frame of `payload` at `level` to `out`, reusing this thread's context.
+fn zstd_compress_into(payload: &[u8], level: i32, out: &mut Vec<u8>) -> std::io::Result<usize> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         let compressor = match slot.as_mut() {
             Some((current, c)) if *current == level => c,
             _ => &mut slot.insert((level, zstd::bulk::Compressor::new(level)?)).1,
         };
-        compressor.compress(payload)
+        let start = out.len();
+        out.reserve(zstd::zstd_safe::compress_bound(payload.len()));
+        let mut tail = std::io::Cursor::new(out);
+        tail.set_position(start as u64);
+        compressor.compress_to_buffer(payload, &mut tail)
     })
 }
 
@@ -195,7 +208,17 @@ pub struct BlockBuilder {
     compression: Compression,
     last_key: Vec<u8>,
     entries: usize,
+    /// Blocks in a row that zstd did not shrink by an eighth (saturates at `SKIP_AFTER`).
+    incompressible_run: u32,
+    /// Blocks still to store uncompressed without trying zstd.
+    skip_remaining: u32,
 }
+
+/// After this many blocks in a row that do not compress, a builder stops trying zstd...
+const SKIP_AFTER: u32 = 8;
+/// ...for this many blocks, then probes one again (data such as random values never
+/// compresses, and the attempt was most of a flush's CPU time).
+const SKIP_BLOCKS: u32 = 32;
 
 impl BlockBuilder {
     /// A builder with a restart point every `restart_interval` entries (at least 1).
@@ -208,6 +231,8 @@ impl BlockBuilder {
             compression,
             last_key: Vec::new(),
             entries: 0,
+            incompressible_run: 0,
+            skip_remaining: 0,
         }
     }
 
@@ -272,18 +297,45 @@ impl BlockBuilder {
 
     /// Returns the stored block and resets the builder for the next block.
     pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.finish_into(&mut out);
+        out
+    }
+
+    /// Writes the stored block into `out` (cleared first, its allocation reused) and resets the
+    /// builder for the next block.
+    ///
+    /// Compression is adaptive: after `SKIP_AFTER` (8) blocks in a row that zstd did not shrink
+    /// by an eighth, the next `SKIP_BLOCKS` (32) are stored uncompressed without trying, then
+    /// one is tried again. Either way each block is a valid block of FORMAT.md §1.3.
+    pub fn finish_into(&mut self, out: &mut Vec<u8>) {
         for restart in &self.restarts {
             self.buf.extend_from_slice(&restart.to_le_bytes());
         }
         self.buf
             .extend_from_slice(&(self.restarts.len() as u32).to_le_bytes());
-        let stored = seal(&self.buf, self.compression);
+        let compression = if self.skip_remaining > 0 {
+            self.skip_remaining -= 1;
+            Compression::None
+        } else {
+            self.compression
+        };
+        let compressed = seal_into(&self.buf, compression, out);
+        if compression != Compression::None {
+            if compressed {
+                self.incompressible_run = 0;
+            } else {
+                self.incompressible_run = (self.incompressible_run + 1).min(SKIP_AFTER);
+                if self.incompressible_run >= SKIP_AFTER {
+                    self.skip_remaining = SKIP_BLOCKS;
+                }
+            }
+        }
         self.buf.clear();
         self.restarts.clear();
         self.last_key.clear();
         self.since_restart = 0;
         self.entries = 0;
-        stored
     }
 }
 
@@ -321,10 +373,18 @@ impl std::fmt::Debug for Block {
 impl Block {
     /// Decodes a stored block read from `file` at byte `offset` (both only label errors).
     pub fn decode(stored: &[u8], file: &str, offset: u64) -> Result<Block> {
-        let payload = unseal(stored, file, offset)?
-            .into_owned()
-            .into_boxed_slice();
-        Block::from_contents(Contents::Owned(payload), Arc::from(file), offset)
+        Block::decode_copied(stored, Arc::from(file), offset)
+    }
+
+    /// Decodes a stored block into a payload the block owns: an uncompressed payload is copied
+    /// once, a compressed one is decompressed straight into its own exact-size buffer (so
+    /// `stored` can be a reused read buffer).
+    pub fn decode_copied(stored: &[u8], file: Arc<str>, offset: u64) -> Result<Block> {
+        let payload: Box<[u8]> = match unseal(stored, &file, offset)? {
+            Cow::Borrowed(payload) => Box::from(payload),
+            Cow::Owned(payload) => payload.into_boxed_slice(),
+        };
+        Block::from_contents(Contents::Owned(payload), file, offset)
     }
 
     /// Decodes the stored block at `owner[start..end]`; an uncompressed payload is borrowed
@@ -428,6 +488,20 @@ impl Block {
         self.payload()
             .get(..self.restarts_offset)
             .unwrap_or_default()
+    }
+
+    /// The entry area and the restart array (`num_restarts` u32 LE offsets), borrowed together
+    /// so that a seek resolves the payload once.
+    #[inline]
+    pub(crate) fn areas(&self) -> (&[u8], &[u8]) {
+        let payload = self.payload();
+        let restarts_end = self.restarts_offset + 4 * self.num_restarts;
+        (
+            payload.get(..self.restarts_offset).unwrap_or_default(),
+            payload
+                .get(self.restarts_offset..restarts_end)
+                .unwrap_or_default(),
+        )
     }
 
     /// Number of restart points (0 only for an empty block).

@@ -70,65 +70,35 @@ impl BlockIter {
         &self.block
     }
 
-    /// Decodes the entry at payload offset `pos`, checking every length against the entry area.
-    fn decode_entry(&self, pos: usize) -> Result<Entry> {
-        let entries = self.block.entries();
-        let bad = |what: &str| {
-            self.block
-                .corruption(format!("block entry at payload offset {pos}: {what}"))
-        };
-        let mut at = pos;
-        let mut field = || -> Result<usize> {
-            let input = entries.get(at..).unwrap_or_default();
-            let (value, used) = get_varint32(input, self.block.file(), self.block.offset())
-                .map_err(|_| bad("truncated or malformed length"))?;
-            at += used;
-            Ok(value as usize)
-        };
-        let shared = field()?;
-        let unshared = field()?;
-        let value_len = field()?;
-        let suffix_end = at
-            .checked_add(unshared)
-            .filter(|&end| end <= entries.len())
-            .ok_or_else(|| bad("key runs past the entries"))?;
-        let value_end = suffix_end
-            .checked_add(value_len)
-            .filter(|&end| end <= entries.len())
-            .ok_or_else(|| bad("value runs past the entries"))?;
-        Ok(Entry {
-            shared,
-            suffix: (at, suffix_end),
-            value: (suffix_end, value_end),
-            next: value_end,
-        })
-    }
-
     /// Reads the entry at `self.next` into the cursor; returns false at the end of the block.
     fn parse_next(&mut self) -> Result<bool> {
+        // Borrow the block's areas once (fields are disjoint from the cursor's).
+        let block = &*self.block;
+        let (entries, restarts) = block.areas();
         self.current = self.next;
-        if self.current >= self.block.entries().len() {
+        let pos = self.current;
+        if pos >= entries.len() {
             self.valid = false;
             return Ok(false);
         }
-        let entry = match self.decode_entry(self.current) {
+        let entry = match decode_entry(block, entries, pos) {
             Ok(entry) => entry,
             Err(e) => {
                 self.valid = false;
                 return Err(e);
             }
         };
-        while self.restart_index + 1 < self.block.num_restarts()
-            && self.block.restart(self.restart_index + 1) <= self.current
+        let num_restarts = restarts.len() / 4;
+        while self.restart_index + 1 < num_restarts
+            && restart_at(restarts, self.restart_index + 1) <= pos
         {
             self.restart_index += 1;
         }
-        let at_restart = self.block.restart(self.restart_index) == self.current;
+        let at_restart = restart_at(restarts, self.restart_index) == pos;
         if entry.shared > self.key.len() || (at_restart && entry.shared != 0) {
             self.valid = false;
-            return Err(self.block.corruption(format!(
-                "block entry at payload offset {} shares {} bytes with a {}-byte key{}",
-                self.current,
+            return Err(block.corruption(format!(
+                "block entry at payload offset {pos} shares {} bytes with a {}-byte key{}",
                 entry.shared,
                 self.key.len(),
                 if at_restart {
@@ -138,9 +108,7 @@ impl BlockIter {
                 }
             )));
         }
-        let suffix = self
-            .block
-            .entries()
+        let suffix = entries
             .get(entry.suffix.0..entry.suffix.1)
             .unwrap_or_default();
         self.key.truncate(entry.shared);
@@ -159,22 +127,6 @@ impl BlockIter {
         self.valid = false;
     }
 
-    /// The whole key stored at restart point `index`.
-    fn restart_key(&self, index: usize) -> Result<&[u8]> {
-        let pos = self.block.restart(index);
-        let entry = self.decode_entry(pos)?;
-        if entry.shared != 0 {
-            return Err(self.block.corruption(format!(
-                "block entry at restart point {index} (payload offset {pos}) shares a prefix"
-            )));
-        }
-        Ok(self
-            .block
-            .entries()
-            .get(entry.suffix.0..entry.suffix.1)
-            .unwrap_or_default())
-    }
-
     /// Positions on the first entry at or after `target`, scanning from restart `index`.
     fn scan_from(&mut self, index: usize, target: &[u8]) -> Result<()> {
         self.seek_to_restart(index);
@@ -187,15 +139,20 @@ impl BlockIter {
     }
 
     fn seek_inner(&mut self, target: &[u8]) -> Result<()> {
-        if self.block.num_restarts() == 0 {
+        let block = &*self.block;
+        let (entries, restarts) = block.areas();
+        let num_restarts = restarts.len() / 4;
+        if num_restarts == 0 {
             self.valid = false;
             return Ok(());
         }
-        // The last restart point whose key is before `target`: the answer lies after it.
-        let (mut left, mut right) = (0, self.block.num_restarts() - 1);
+        // The last restart point whose key is before `target`: the answer lies after it. Restart
+        // keys are stored whole, so each probe compares a slice of the block in place.
+        let (mut left, mut right) = (0, num_restarts - 1);
         while left < right {
             let mid = left + (right - left).div_ceil(2);
-            if (self.comparator)(self.restart_key(mid)?, target) == Ordering::Less {
+            let key = restart_key(block, entries, restart_at(restarts, mid), mid)?;
+            if (self.comparator)(key, target) == Ordering::Less {
                 left = mid;
             } else {
                 right = mid - 1;
@@ -306,4 +263,79 @@ impl InternalIterator for BlockIter {
             .get(self.value.0..self.value.1)
             .unwrap_or_default()
     }
+}
+
+/// Restart offset `index` (u32 LE) of the restart array `restarts` (0 if out of range; the
+/// array was validated when the block was decoded).
+#[inline]
+fn restart_at(restarts: &[u8], index: usize) -> usize {
+    index
+        .checked_mul(4)
+        .and_then(|at| restarts.get(at..)?.first_chunk::<4>())
+        .map_or(0, |b| u32::from_le_bytes(*b) as usize)
+}
+
+/// The three lengths at the front of the entry at `pos` (shared, unshared, value length) and
+/// the bytes they take; `None` if they are truncated or malformed.
+#[inline]
+fn entry_header(entries: &[u8], pos: usize) -> Option<(usize, usize, usize, usize)> {
+    // Fast path: in practice all three lengths are single-byte varints.
+    if let Some(&[a, b, c]) = entries.get(pos..).and_then(|e| e.first_chunk::<3>())
+        && (a | b | c) < 0x80
+    {
+        return Some((a as usize, b as usize, c as usize, 3));
+    }
+    entry_header_slow(entries, pos)
+}
+
+#[cold]
+fn entry_header_slow(entries: &[u8], pos: usize) -> Option<(usize, usize, usize, usize)> {
+    let mut at = pos;
+    let mut field = || -> Option<usize> {
+        let (value, used) = get_varint32(entries.get(at..)?, "", 0).ok()?;
+        at += used;
+        Some(value as usize)
+    };
+    let shared = field()?;
+    let unshared = field()?;
+    let value_len = field()?;
+    Some((shared, unshared, value_len, at - pos))
+}
+
+/// Decodes the entry at payload offset `pos` of `entries` (the entry area of `block`), checking
+/// every length against the entry area.
+#[inline]
+fn decode_entry(block: &Block, entries: &[u8], pos: usize) -> Result<Entry> {
+    let bad = |what: &str| block.corruption(format!("block entry at payload offset {pos}: {what}"));
+    let (shared, unshared, value_len, header) =
+        entry_header(entries, pos).ok_or_else(|| bad("truncated or malformed length"))?;
+    let at = pos + header;
+    let suffix_end = at
+        .checked_add(unshared)
+        .filter(|&end| end <= entries.len())
+        .ok_or_else(|| bad("key runs past the entries"))?;
+    let value_end = suffix_end
+        .checked_add(value_len)
+        .filter(|&end| end <= entries.len())
+        .ok_or_else(|| bad("value runs past the entries"))?;
+    Ok(Entry {
+        shared,
+        suffix: (at, suffix_end),
+        value: (suffix_end, value_end),
+        next: value_end,
+    })
+}
+
+/// The whole key stored at restart point `index` (payload offset `pos`), borrowed from `entries`.
+#[inline]
+fn restart_key<'a>(block: &Block, entries: &'a [u8], pos: usize, index: usize) -> Result<&'a [u8]> {
+    let entry = decode_entry(block, entries, pos)?;
+    if entry.shared != 0 {
+        return Err(block.corruption(format!(
+            "block entry at restart point {index} (payload offset {pos}) shares a prefix"
+        )));
+    }
+    Ok(entries
+        .get(entry.suffix.0..entry.suffix.1)
+        .unwrap_or_default())
 }

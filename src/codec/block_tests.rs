@@ -295,3 +295,179 @@ proptest! {
         }
     }
 }
+
+/// `n` entries whose values never compress (`seed` varies them).
+fn noise_entries(n: u32, seed: u64) -> Entries {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|i| {
+            let value = (0..100)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            (format!("key-{i:05}").into_bytes(), value)
+        })
+        .collect()
+}
+
+fn compressible_entries(n: u32) -> Entries {
+    (0..n)
+        .map(|i| (format!("key-{i:05}").into_bytes(), vec![b'v'; 100]))
+        .collect()
+}
+
+fn finish_with(builder: &mut BlockBuilder, entries: &Entries, out: &mut Vec<u8>) -> u8 {
+    for (k, v) in entries {
+        builder.add(k, v).unwrap();
+    }
+    builder.finish_into(out);
+    // Every block still round-trips, whatever it was stored as.
+    let block = decode(out);
+    let mut it = block.iter(bytewise);
+    it.seek_to_first().unwrap();
+    for (k, v) in entries {
+        assert!(it.valid());
+        assert_eq!((it.key(), it.value()), (k.as_slice(), v.as_slice()));
+        it.next().unwrap();
+    }
+    assert!(!it.valid());
+    out[out.len() - BLOCK_TRAILER_LEN]
+}
+
+#[test]
+fn compression_is_skipped_after_a_run_of_incompressible_blocks() {
+    let mut builder = BlockBuilder::new(16, Compression::Zstd { level: 3 });
+    let mut out = Vec::new();
+    for seed in 0..u64::from(SKIP_AFTER) {
+        assert_eq!(
+            finish_with(&mut builder, &noise_entries(30, seed + 1), &mut out),
+            TYPE_NONE
+        );
+    }
+    // The next SKIP_BLOCKS blocks are not even tried, compressible or not.
+    for _ in 0..SKIP_BLOCKS {
+        assert_eq!(
+            finish_with(&mut builder, &compressible_entries(30), &mut out),
+            TYPE_NONE
+        );
+    }
+    // Then zstd is tried again, and a success resets the run.
+    assert_eq!(
+        finish_with(&mut builder, &compressible_entries(30), &mut out),
+        TYPE_ZSTD
+    );
+    for seed in 0..u64::from(SKIP_AFTER) - 1 {
+        assert_eq!(
+            finish_with(&mut builder, &noise_entries(30, seed + 50), &mut out),
+            TYPE_NONE
+        );
+    }
+    assert_eq!(
+        finish_with(&mut builder, &compressible_entries(30), &mut out),
+        TYPE_ZSTD
+    );
+    // After a probe that fails, the builder skips again right away.
+    for seed in 0..u64::from(SKIP_AFTER) {
+        finish_with(&mut builder, &noise_entries(30, seed + 90), &mut out);
+    }
+    for _ in 0..SKIP_BLOCKS {
+        finish_with(&mut builder, &compressible_entries(30), &mut out);
+    }
+    assert_eq!(
+        finish_with(&mut builder, &noise_entries(30, 7), &mut out),
+        TYPE_NONE
+    );
+    assert_eq!(
+        finish_with(&mut builder, &compressible_entries(30), &mut out),
+        TYPE_NONE
+    );
+}
+
+#[test]
+fn damaged_skipped_blocks_are_corruption() {
+    let mut builder = BlockBuilder::new(16, Compression::Zstd { level: 3 });
+    let mut out = Vec::new();
+    for seed in 0..u64::from(SKIP_AFTER) {
+        finish_with(&mut builder, &noise_entries(30, seed + 1), &mut out);
+    }
+    finish_with(&mut builder, &compressible_entries(30), &mut out);
+    let stored = out.clone();
+    assert_eq!(stored[stored.len() - BLOCK_TRAILER_LEN], TYPE_NONE);
+    for at in (0..stored.len()).step_by(7) {
+        let mut bad = stored.clone();
+        bad[at] ^= 0x10;
+        for result in [
+            Block::decode(&bad, "f.sst", 300),
+            Block::decode_copied(&bad, Arc::from("f.sst"), 300),
+        ] {
+            match result.unwrap_err() {
+                Error::Corruption { file, offset, .. } => {
+                    assert_eq!((file.as_str(), offset), ("f.sst", 300));
+                }
+                other => panic!("{other}"),
+            }
+        }
+    }
+    let err = Block::decode(&stored[..stored.len() - 1], "f.sst", 300).unwrap_err();
+    assert!(err.is_corruption());
+}
+
+/// Internal-key order as in SST files: user key ascending, then the 8-byte trailer descending.
+fn internal_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let (ua, ta) = a.split_at(a.len().saturating_sub(8));
+    let (ub, tb) = b.split_at(b.len().saturating_sub(8));
+    ua.cmp(ub).then_with(|| tb.cmp(ta))
+}
+
+proptest! {
+    /// `seek` (binary search over restart keys, then a scan) lands where a linear scan of the
+    /// sorted entries does, for both orders and any restart interval.
+    #[test]
+    fn seek_matches_linear_scan(
+        user_keys in proptest::collection::btree_set(proptest::collection::vec(0u8..3, 0..6), 0..150),
+        versions in 1u8..3,
+        restart_interval in 1usize..20,
+        internal in any::<bool>(),
+        targets in proptest::collection::vec((proptest::collection::vec(0u8..3, 0..6), 0u8..4), 1..40),
+    ) {
+        let order: Comparator = if internal { internal_order } else { bytewise };
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for user_key in &user_keys {
+            for v in 0..versions {
+                let mut key = user_key.clone();
+                if internal {
+                    key.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 9 - v]);
+                } else {
+                    key.push(v);
+                }
+                keys.push(key);
+            }
+        }
+        keys.sort_by(|a, b| order(a, b));
+        let entries: Entries = keys.iter().map(|k| (k.clone(), k.repeat(2))).collect();
+        let block = decode(&build(&entries, restart_interval, Compression::None));
+        let mut it = block.iter(order);
+        for (user_key, trailer) in &targets {
+            let mut target = user_key.clone();
+            if internal {
+                target.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 7 + trailer]);
+            } else {
+                target.push(*trailer);
+            }
+            it.seek(&target).unwrap();
+            let expected = entries.iter().find(|(k, _)| order(k, &target) != std::cmp::Ordering::Less);
+            match expected {
+                Some((k, v)) => {
+                    prop_assert!(it.valid());
+                    prop_assert_eq!(it.key(), k.as_slice());
+                    prop_assert_eq!(it.value(), v.as_slice());
+                }
+                None => prop_assert!(!it.valid()),
+            }
+        }
+    }
+}

@@ -1,10 +1,12 @@
 //! A sharded LRU cache of decoded SST blocks, keyed by (file number, block offset).
 //!
-//! Capacity is in bytes (each block is charged [`Block::charge`]), split evenly over the shards;
-//! each shard is a mutex around a map plus a recency index. File numbers must be unique among
+//! Capacity is in bytes (each block is charged [`Block::charge`] plus [`ENTRY_OVERHEAD`]), split
+//! evenly over the shards; each shard is a mutex around a map into a slab of slots linked in
+//! recency order (O(1) hits and evictions). File numbers must be unique among
 //! the files that share one cache, or one file's blocks would answer for another's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -41,39 +43,141 @@ pub struct BlockCacheStats {
     pub capacity: usize,
 }
 
-struct CacheEntry {
-    block: Arc<Block>,
+/// Marks the end of the recency list.
+const NIL: u32 = u32::MAX;
+
+/// Memory a cached block costs beyond [`Block::charge`]: its slot, its map entry and the
+/// `Arc`'s counters, so that the capacity bounds what the cache really holds.
+pub const ENTRY_OVERHEAD: usize =
+    std::mem::size_of::<Slot>() + std::mem::size_of::<(BlockKey, u32)>() + 2 * 8;
+
+/// One cached block in a shard's slab, linked into the recency list by slab indices.
+struct Slot {
+    key: BlockKey,
+    /// `None` while the slot is free.
+    block: Option<Arc<Block>>,
     charge: usize,
-    /// Recency stamp: the key of this entry in `LruShard::recency`.
-    stamp: u64,
+    /// Towards the most recently used end.
+    prev: u32,
+    /// Towards the least recently used end.
+    next: u32,
 }
 
+/// A fast hasher for [`BlockKey`]s (two integers; no untrusted input chooses them).
 #[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        mix64(self.0)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+/// splitmix64's finalizer.
+fn mix64(mut h: u64) -> u64 {
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// One shard: a map from key to slab slot, and a doubly linked recency list through the slab
+/// (most recently used at `head`), so hits, inserts and evictions are O(1).
 struct LruShard {
     capacity: usize,
     usage: usize,
-    clock: u64,
-    entries: HashMap<BlockKey, CacheEntry>,
-    /// Least recently used first.
-    recency: BTreeMap<u64, BlockKey>,
+    map: HashMap<BlockKey, u32, BuildHasherDefault<KeyHasher>>,
+    slots: Vec<Slot>,
+    /// Free slots of the slab.
+    free: Vec<u32>,
+    head: u32,
+    tail: u32,
 }
 
 impl LruShard {
+    fn new(capacity: usize) -> Self {
+        LruShard {
+            capacity,
+            usage: 0,
+            map: HashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+        }
+    }
+
+    fn slot(&mut self, index: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(index as usize)
+    }
+
+    /// Takes slot `index` out of the recency list.
+    fn unlink(&mut self, index: u32) {
+        let Some(slot) = self.slot(index) else {
+            return;
+        };
+        let (prev, next) = (slot.prev, slot.next);
+        slot.prev = NIL;
+        slot.next = NIL;
+        match self.slot(prev) {
+            Some(p) => p.next = next,
+            None => self.head = next,
+        }
+        match self.slot(next) {
+            Some(n) => n.prev = prev,
+            None => self.tail = prev,
+        }
+    }
+
+    /// Links slot `index` in as the most recently used.
+    fn push_front(&mut self, index: u32) {
+        let old_head = self.head;
+        if let Some(slot) = self.slot(index) {
+            slot.prev = NIL;
+            slot.next = old_head;
+        }
+        match self.slot(old_head) {
+            Some(h) => h.prev = index,
+            None => self.tail = index,
+        }
+        self.head = index;
+    }
+
     fn touch(&mut self, key: BlockKey) -> Option<Arc<Block>> {
-        self.clock += 1;
-        let stamp = self.clock;
-        let entry = self.entries.get_mut(&key)?;
-        self.recency.remove(&entry.stamp);
-        entry.stamp = stamp;
-        self.recency.insert(stamp, key);
-        Some(Arc::clone(&entry.block))
+        let index = *self.map.get(&key)?;
+        if self.head != index {
+            self.unlink(index);
+            self.push_front(index);
+        }
+        self.slots
+            .get(index as usize)
+            .and_then(|slot| slot.block.clone())
+    }
+
+    /// Unlinks and frees slot `index` (already out of the map).
+    fn release(&mut self, index: u32) {
+        self.unlink(index);
+        if let Some(slot) = self.slot(index) {
+            slot.block = None;
+            let charge = std::mem::take(&mut slot.charge);
+            self.usage -= charge;
+            self.free.push(index);
+        }
     }
 
     fn remove(&mut self, key: &BlockKey) -> bool {
-        match self.entries.remove(key) {
-            Some(entry) => {
-                self.recency.remove(&entry.stamp);
-                self.usage -= entry.charge;
+        match self.map.remove(key) {
+            Some(index) => {
+                self.release(index);
                 true
             }
             None => false,
@@ -82,32 +186,42 @@ impl LruShard {
 
     /// Inserts and returns how many blocks were evicted.
     fn insert(&mut self, key: BlockKey, block: Arc<Block>) -> u64 {
-        let charge = block.charge();
+        let charge = block.charge() + ENTRY_OVERHEAD;
         self.remove(&key);
         if charge > self.capacity {
             return 0;
         }
         let mut evicted = 0;
-        while self.usage + charge > self.capacity {
-            let Some((_, oldest)) = self.recency.pop_first() else {
-                break;
-            };
-            if let Some(entry) = self.entries.remove(&oldest) {
-                self.usage -= entry.charge;
-                evicted += 1;
+        while self.usage + charge > self.capacity && self.tail != NIL {
+            let oldest = self.tail;
+            if let Some(slot) = self.slots.get(oldest as usize) {
+                let old_key = slot.key;
+                self.map.remove(&old_key);
             }
+            self.release(oldest);
+            evicted += 1;
         }
-        self.clock += 1;
-        let stamp = self.clock;
-        self.recency.insert(stamp, key);
-        self.entries.insert(
+        let slot = Slot {
             key,
-            CacheEntry {
-                block,
-                charge,
-                stamp,
-            },
-        );
+            block: Some(block),
+            charge,
+            prev: NIL,
+            next: NIL,
+        };
+        let index = match self.free.pop() {
+            Some(index) => {
+                if let Some(free) = self.slot(index) {
+                    *free = slot;
+                }
+                index
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.push_front(index);
+        self.map.insert(key, index);
         self.usage += charge;
         evicted
     }
@@ -144,12 +258,7 @@ impl BlockCache {
         let per_shard = capacity / shards;
         BlockCache {
             shards: (0..shards)
-                .map(|_| {
-                    Mutex::new(LruShard {
-                        capacity: per_shard,
-                        ..LruShard::default()
-                    })
-                })
+                .map(|_| Mutex::new(LruShard::new(per_shard)))
                 .collect(),
             capacity,
             hits: AtomicU64::new(0),
@@ -160,10 +269,7 @@ impl BlockCache {
 
     fn shard(&self, key: &BlockKey) -> &Mutex<LruShard> {
         // splitmix64's finalizer spreads consecutive offsets of one file over the shards.
-        let mut h = key.file_number.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key.offset;
-        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        h ^= h >> 31;
+        let h = mix64(key.file_number.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key.offset);
         let index = (h % self.shards.len() as u64) as usize;
         &self.shards[index]
     }
@@ -201,7 +307,7 @@ impl BlockCache {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             let keys: Vec<BlockKey> = shard
-                .entries
+                .map
                 .keys()
                 .filter(|k| k.file_number == file_number)
                 .copied()
@@ -216,7 +322,7 @@ impl BlockCache {
     pub fn stats(&self) -> BlockCacheStats {
         let (usage, entries) = self.shards.iter().fold((0, 0), |(usage, entries), shard| {
             let shard = shard.lock();
-            (usage + shard.usage, entries + shard.entries.len())
+            (usage + shard.usage, entries + shard.map.len())
         });
         BlockCacheStats {
             hits: self.hits.load(Ordering::Relaxed),
@@ -233,6 +339,7 @@ impl BlockCache {
 mod tests {
     use super::*;
     use crate::codec::block::{BlockBuilder, Compression};
+    use proptest::prelude::*;
 
     fn block_of(value_len: usize) -> Arc<Block> {
         let mut builder = BlockBuilder::new(16, Compression::None);
@@ -250,12 +357,12 @@ mod tests {
         assert!(cache.get(2, 0).is_none());
         let stats = cache.stats();
         assert_eq!((stats.hits, stats.misses, stats.entries), (1, 3, 1));
-        assert_eq!(stats.usage, block_of(10).charge());
+        assert_eq!(stats.usage, block_of(10).charge() + ENTRY_OVERHEAD);
     }
 
     #[test]
     fn evicts_least_recently_used_within_capacity() {
-        let charge = block_of(100).charge();
+        let charge = block_of(100).charge() + ENTRY_OVERHEAD;
         let cache = BlockCache::with_shards(3 * charge, 1);
         for offset in 0..3 {
             cache.insert(1, offset, block_of(100));
@@ -286,12 +393,87 @@ mod tests {
         cache.insert(2, 0, block_of(10));
         assert_eq!(
             cache.stats().usage,
-            block_of(20).charge() + 2 * block_of(10).charge()
+            block_of(20).charge() + 2 * block_of(10).charge() + 3 * ENTRY_OVERHEAD
         );
         cache.erase_file(1);
         let stats = cache.stats();
         assert_eq!(stats.entries, 1);
         assert!(cache.get(2, 0).is_some());
         assert!(cache.get(1, 64).is_none());
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Get(u64),
+        Insert(u64, usize),
+        EraseFile(u64),
+    }
+
+    fn op_strategy() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u64..12).prop_map(Op::Get),
+            ((0u64..12), (0usize..300)).prop_map(|(k, len)| Op::Insert(k, len)),
+            (0u64..3).prop_map(Op::EraseFile),
+        ]
+    }
+
+    proptest! {
+        /// One shard against a model: a list in recency order (most recent first) with the
+        /// charges, evicting from the back until the new block fits.
+        #[test]
+        fn lru_matches_model(ops in proptest::collection::vec(op_strategy(), 1..200)) {
+            let capacity = 4 * (block_of(150).charge() + ENTRY_OVERHEAD);
+            let cache = BlockCache::with_shards(capacity, 1);
+            let mut model: Vec<(BlockKey, usize, usize)> = Vec::new(); // key, value len, charge
+            let key_of = |k: u64| BlockKey { file_number: k % 3, offset: k * 4096 };
+            let mut evictions = 0;
+            for op in &ops {
+                match *op {
+                    Op::Get(k) => {
+                        let key = key_of(k);
+                        let found = cache.get(key.file_number, key.offset);
+                        let at = model.iter().position(|e| e.0 == key);
+                        prop_assert_eq!(found.is_some(), at.is_some());
+                        if let (Some(block), Some(at)) = (found, at) {
+                            let entry = model.remove(at);
+                            prop_assert_eq!(block.charge() + ENTRY_OVERHEAD, entry.2);
+                            model.insert(0, entry);
+                        }
+                    }
+                    Op::Insert(k, len) => {
+                        let key = key_of(k);
+                        let block = block_of(len);
+                        let charge = block.charge() + ENTRY_OVERHEAD;
+                        cache.insert(key.file_number, key.offset, block);
+                        model.retain(|e| e.0 != key);
+                        if charge <= capacity {
+                            while model.iter().map(|e| e.2).sum::<usize>() + charge > capacity {
+                                model.pop();
+                                evictions += 1;
+                            }
+                            model.insert(0, (key, len, charge));
+                        }
+                    }
+                    Op::EraseFile(f) => {
+                        cache.erase_file(f);
+                        model.retain(|e| e.0.file_number != f);
+                    }
+                }
+                let stats = cache.stats();
+                prop_assert_eq!(stats.entries, model.len());
+                prop_assert_eq!(stats.usage, model.iter().map(|e| e.2).sum::<usize>());
+                prop_assert!(stats.usage <= stats.capacity);
+                prop_assert_eq!(stats.evictions, evictions);
+            }
+            // The recency order itself: walking the list from the head gives the model's order.
+            let shard = cache.shards[0].lock();
+            let mut order = Vec::new();
+            let mut at = shard.head;
+            while let Some(slot) = shard.slots.get(at as usize) {
+                order.push(slot.key);
+                at = slot.next;
+            }
+            prop_assert_eq!(order, model.iter().map(|e| e.0).collect::<Vec<_>>());
+        }
     }
 }

@@ -44,6 +44,8 @@ pub struct SstBuilder {
     bloom: BloomBuilder,
     last_key: Vec<u8>,
     properties: SstProperties,
+    /// The stored data block being written, reused from block to block.
+    stored: Vec<u8>,
 }
 
 impl std::fmt::Debug for SstBuilder {
@@ -84,6 +86,7 @@ impl SstBuilder {
                 creation_time_ms,
                 ..SstProperties::default()
             },
+            stored: Vec::new(),
         })
     }
 
@@ -159,8 +162,11 @@ impl SstBuilder {
         if self.data_block.is_empty() {
             return Ok(());
         }
-        let stored = self.data_block.finish();
-        let handle = self.write_stored(&stored)?;
+        let mut stored = std::mem::take(&mut self.stored);
+        self.data_block.finish_into(&mut stored);
+        let handle = self.write_stored(&stored);
+        self.stored = stored;
+        let handle = handle?;
         let mut value = Vec::with_capacity(20);
         handle.encode_varint(&mut value);
         // The index key is the block's last key: every key of the block is <= it, every key of

@@ -16,6 +16,15 @@ use crate::codec::record::crc32;
 use crate::error::{Error, Result};
 use crate::lsm::sst::format::BlockHandle;
 
+/// A thread's read buffer is dropped after a read that grew it past this (an unusually large
+/// block), so that idle threads do not hold on to it.
+const MAX_KEPT_READ_BUFFER: usize = 256 << 10;
+
+thread_local! {
+    /// The buffer a thread reads stored blocks into before decoding them.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Bytes read at a time when checksumming a whole file through `pread`.
 const CHECKSUM_CHUNK: usize = 1 << 20;
 
@@ -85,12 +94,32 @@ impl Storage {
                     handle.offset,
                 )
             }
-            Storage::File { .. } => {
-                let stored = self
-                    .read(handle.offset, handle.size as usize, label)?
-                    .into_owned();
-                let len = stored.len();
-                Block::decode_shared(Arc::new(stored), 0, len, Arc::clone(label), handle.offset)
+            Storage::File {
+                file,
+                len: size,
+                path,
+            } => {
+                let len = handle.size as usize;
+                if handle.end() > *size {
+                    return Err(out_of_range(label, handle.offset, len, *size));
+                }
+                READ_BUFFER.with_borrow_mut(|buf| {
+                    // The block is read into this thread's buffer and copied (or decompressed)
+                    // once into the block's own payload: no allocation per read but that one.
+                    // Only bytes the buffer never had are zeroed; `read_exact_at` overwrites
+                    // the rest.
+                    if buf.len() < len {
+                        buf.resize(len, 0);
+                    }
+                    let stored = buf.get_mut(..len).unwrap_or_default();
+                    file.read_exact_at(stored, handle.offset)
+                        .map_err(|e| Error::io(&**path, e))?;
+                    let block = Block::decode_copied(stored, Arc::clone(label), handle.offset);
+                    if buf.capacity() > MAX_KEPT_READ_BUFFER {
+                        *buf = Vec::new();
+                    }
+                    block
+                })
             }
         }
     }
