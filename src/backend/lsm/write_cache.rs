@@ -300,6 +300,9 @@ impl PendingWrites {
     }
 }
 
+/// The function of [`WriteCache::update_cached`]: gets the newest value, writes the new one.
+pub type UpdateFn<'a> = dyn FnMut(Option<&[u8]>, &mut Vec<u8>) -> Result<()> + 'a;
+
 /// A cache lookup's answer.
 pub enum Lookup<'a> {
     /// The cache knows the key: its value, or `None` when it is deleted or absent.
@@ -427,7 +430,7 @@ impl WriteCache {
         state: StateId,
         key: &[u8],
         scratch: &mut Vec<u8>,
-        f: &mut dyn FnMut(Option<&[u8]>, &mut Vec<u8>) -> Result<()>,
+        f: &mut UpdateFn<'_>,
     ) -> Result<Option<bool>> {
         let hash = self.hasher.hash_one(key);
         let Some(cache) = self.states.get_mut(state.0 as usize) else {
