@@ -216,6 +216,41 @@ impl StateTable {
         }
     }
 
+    /// Read-modify-write of `key` in one hash probe: `f(stored, out)` gets the current value
+    /// (or `None`) and writes the new one into `out` (cleared first), which is then stored. A
+    /// value owned by the live table alone is overwritten in place (no allocation); one shared
+    /// with a snapshot is replaced, so the snapshot keeps its bytes. When `f` fails, nothing
+    /// changes (but a key group shared with a snapshot may have been copied). A key outside the
+    /// range is ignored and `f` is not called (callers check the range).
+    pub fn read_modify_write<E>(
+        &mut self,
+        key: &[u8],
+        out: &mut Vec<u8>,
+        f: impl FnOnce(Option<&[u8]>, &mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let Some(group) = self.group_mut(key) else {
+            return Ok(());
+        };
+        out.clear();
+        match group.entries.get_mut(key) {
+            Some(current) => {
+                f(Some(current.as_slice()), out)?;
+                match Arc::get_mut(current) {
+                    Some(owned) => {
+                        owned.clear();
+                        owned.extend_from_slice(out);
+                    }
+                    None => *current = Arc::new(out.clone()),
+                }
+            }
+            None => {
+                f(None, out)?;
+                group.insert_new(Arc::from(key), Arc::new(out.clone()));
+            }
+        }
+        Ok(())
+    }
+
     /// Appends `operand` to the value of `key` (or sets it).
     pub fn append(&mut self, key: &[u8], operand: &[u8]) {
         let Some(group) = self.group_mut(key) else {

@@ -105,9 +105,10 @@ impl OperatorTask<'_> {
                     value,
                 } => {
                     self.keyed.set_current_key_bytes_in_group(key, key_group)?;
-                    let (count, sum) = state.value()?.unwrap_or((0, 0));
-                    let (count, sum) = (count + 1, sum + i128::from(value));
-                    state.update(&(count, sum))?;
+                    let (count, sum) = state.update_with(|current| {
+                        let (count, sum) = current.unwrap_or((0, 0));
+                        (count + 1, sum + i128::from(value))
+                    })?;
                     out.lines.extend_from_slice(key);
                     out.lines.push(b',');
                     push_decimal(&mut out.lines, i128::from(count));
