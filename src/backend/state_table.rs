@@ -360,12 +360,16 @@ impl StateTable {
         if !group_may_match(key_group, prefix) {
             return Vec::new();
         }
-        let mut entries: Vec<_> = group
+        // Sort by the 16 key bytes after the key group as one integer (the whole key, for
+        // short keys): one comparison where `memcmp` over a long shared prefix was a call.
+        // Keys that tie on it are compared in full, so the order is the keys' byte order.
+        let mut keyed: Vec<(u128, SharedEntry<'_>)> = group
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
+            .map(|entry| (sort_prefix(entry.0), entry))
             .collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        entries
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.0.cmp(b.1.0)));
+        keyed.into_iter().map(|(_, entry)| entry).collect()
     }
 
     /// Every key group of the range that may hold keys starting with `prefix`, ascending.
@@ -446,6 +450,19 @@ impl StateTable {
             .map(|g| g.keys().cloned().collect())
             .unwrap_or_default()
     }
+}
+
+/// The (up to) 16 bytes of `key` after its 2-byte key group, zero-padded, as a big-endian
+/// integer: keys of one key group that differ there compare as these integers do.
+#[inline]
+fn sort_prefix(key: &[u8]) -> u128 {
+    let mut word = [0u8; 16];
+    let rest = key.get(2..).unwrap_or_default();
+    let n = rest.len().min(word.len());
+    if let (Some(to), Some(from)) = (word.get_mut(..n), rest.get(..n)) {
+        to.copy_from_slice(from);
+    }
+    u128::from_be_bytes(word)
 }
 
 /// Whether keys of `key_group` can start with `prefix` (compares the 2-byte key group prefix).

@@ -69,6 +69,25 @@ fn read_modify_write_in_place_unless_shared() {
 }
 
 proptest! {
+    /// Sorting a key group by its keys' first 16 bytes as an integer, ties in full, gives the
+    /// keys' byte order: keys of every length, with zero bytes and long shared prefixes.
+    #[test]
+    fn sorted_group_is_byte_order(keys in proptest::collection::btree_set(
+        proptest::collection::vec(prop_oneof![Just(0u8), Just(1), Just(0xff)], 0..24), 0..60)) {
+        let mut table = StateTable::new(range(0, 3));
+        let mut expected = Vec::new();
+        for user in &keys {
+            let mut key = vec![0, 2];
+            key.extend_from_slice(user);
+            table.put(&key, b"v");
+            expected.push(key);
+        }
+        expected.sort();
+        let sorted: Vec<Vec<u8>> =
+            table.sorted_group(2, &[]).into_iter().map(|(k, _)| k.to_vec()).collect();
+        prop_assert_eq!(sorted, expected);
+    }
+
     /// Puts, appends, read-modify-writes and removes against a BTreeMap model; a clone taken in the middle keeps
     /// the model's state of that moment, and sorted groups give the model's order.
     #[test]
