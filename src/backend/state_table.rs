@@ -360,16 +360,9 @@ impl StateTable {
         if !group_may_match(key_group, prefix) {
             return Vec::new();
         }
-        // Sort by the 16 key bytes after the key group as one integer (the whole key, for
-        // short keys): one comparison where `memcmp` over a long shared prefix was a call.
-        // Keys that tie on it are compared in full, so the order is the keys' byte order.
-        let mut keyed: Vec<(u128, SharedEntry<'_>)> = group
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|entry| (sort_prefix(entry.0), entry))
-            .collect();
-        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.0.cmp(b.1.0)));
-        keyed.into_iter().map(|(_, entry)| entry).collect()
+        let mut entries: Vec<SharedEntry<'_>> = Vec::with_capacity(group.len());
+        entries.extend(group.iter().filter(|(k, _)| k.starts_with(prefix)));
+        sort_entries(entries)
     }
 
     /// Every key group of the range that may hold keys starting with `prefix`, ascending.
@@ -452,15 +445,58 @@ impl StateTable {
     }
 }
 
-/// The (up to) 16 bytes of `key` after its 2-byte key group, zero-padded, as a big-endian
-/// integer: keys of one key group that differ there compare as these integers do.
+/// Sorts the entries of one key group by key. Each key's first [`SORT_PREFIX_LEN`] bytes after
+/// the key group and its index are packed into one `u128` and those integers sorted (no
+/// `memcmp` call per comparison, 16-byte moves); keys that tie on those bytes (only keys
+/// longer than that) are then sorted in full within their run, so the order is the keys' byte
+/// order.
+fn sort_entries(entries: Vec<SharedEntry<'_>>) -> Vec<SharedEntry<'_>> {
+    let Ok(_) = u32::try_from(entries.len()) else {
+        let mut entries = entries;
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        return entries;
+    };
+    let mut order: Vec<u128> = entries
+        .iter()
+        .enumerate()
+        .map(|(index, (key, _))| sort_prefix(key) | index as u128)
+        .collect();
+    order.sort_unstable();
+    let mut sorted: Vec<SharedEntry<'_>> = order
+        .iter()
+        .filter_map(|packed| entries.get(*packed as u32 as usize).copied())
+        .collect();
+    let mut at = 0;
+    for run in order.chunk_by(|a, b| a >> 32 == b >> 32) {
+        if run.len() > 1
+            && let Some(tied) = sorted.get_mut(at..at + run.len())
+        {
+            tied.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        }
+        at += run.len();
+    }
+    sorted
+}
+
+/// Key bytes after the key group that [`sort_entries`] compares as an integer.
+const SORT_PREFIX_LEN: usize = 12;
+
+/// The first [`SORT_PREFIX_LEN`] bytes of `key` after its 2-byte key group, zero-padded, in the
+/// top 96 bits of a `u128` (big-endian); the low 32 bits are zero.
 #[inline]
 fn sort_prefix(key: &[u8]) -> u128 {
     let mut word = [0u8; 16];
     let rest = key.get(2..).unwrap_or_default();
-    let n = rest.len().min(word.len());
-    if let (Some(to), Some(from)) = (word.get_mut(..n), rest.get(..n)) {
-        to.copy_from_slice(from);
+    // A fixed-size copy when the key is long enough: no `memcpy` call.
+    if let (Some(to), Some(from)) = (
+        word.first_chunk_mut::<SORT_PREFIX_LEN>(),
+        rest.first_chunk::<SORT_PREFIX_LEN>(),
+    ) {
+        *to = *from;
+    } else {
+        for (to, from) in word.iter_mut().zip(rest) {
+            *to = *from;
+        }
     }
     u128::from_be_bytes(word)
 }
