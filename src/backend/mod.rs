@@ -12,6 +12,7 @@ pub mod heap;
 pub mod lsm;
 pub mod memory;
 pub mod state_table;
+pub mod stored_value;
 
 use std::fmt;
 use std::sync::Arc;

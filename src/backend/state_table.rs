@@ -13,14 +13,16 @@ use std::hash::{BuildHasher, Hasher};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use super::stored_value::StoredValue;
 use crate::keys::{CompositeKey, KeyGroupRange, key_group_of};
 
-/// A key group's entries: composite key to value. Values are `Arc<Vec<u8>>` so that a value
-/// owned by the live table alone is overwritten or appended to in place.
-pub type KeyGroupMap = HashMap<Arc<[u8]>, Arc<Vec<u8>>, KeyHasherBuilder>;
+/// A key group's entries: composite key to value. Values are `Arc<StoredValue>` so that a
+/// value owned by the live table alone is overwritten or appended to in place, and a short one
+/// lives in the `Arc`'s own allocation.
+pub type KeyGroupMap = HashMap<Arc<[u8]>, Arc<StoredValue>, KeyHasherBuilder>;
 
 /// One entry of a [`KeyGroupMap`], borrowed.
-pub type SharedEntry<'a> = (&'a Arc<[u8]>, &'a Arc<Vec<u8>>);
+pub type SharedEntry<'a> = (&'a Arc<[u8]>, &'a Arc<StoredValue>);
 
 /// A key and what happens to it: a new value, or `None` for removal.
 type EntryChange = (Arc<[u8]>, Option<Vec<u8>>);
@@ -85,7 +87,7 @@ impl KeyGroupTable {
 
     /// Inserts a key that is not in `entries` yet, indexing it if it has a user key.
     #[inline]
-    fn insert_new(&mut self, key: Arc<[u8]>, value: Arc<Vec<u8>>) {
+    fn insert_new(&mut self, key: Arc<[u8]>, value: Arc<StoredValue>) {
         // Value, list and reducing state keys (no user key) stop at the length check.
         if let Some(primary) = primary_len(&key)
             && primary < key.len()
@@ -206,13 +208,10 @@ impl StateTable {
         match group.entries.get_mut(key) {
             Some(current) => match Arc::get_mut(current) {
                 // Owned by this table alone: overwrite in place, no allocation.
-                Some(owned) => {
-                    owned.clear();
-                    owned.extend_from_slice(value);
-                }
-                None => *current = Arc::new(value.to_vec()),
+                Some(owned) => owned.set(value),
+                None => *current = Arc::new(StoredValue::new(value)),
             },
-            None => group.insert_new(Arc::from(key), Arc::new(value.to_vec())),
+            None => group.insert_new(Arc::from(key), Arc::new(StoredValue::new(value))),
         }
     }
 
@@ -236,16 +235,13 @@ impl StateTable {
             Some(current) => {
                 f(Some(current.as_slice()), out)?;
                 match Arc::get_mut(current) {
-                    Some(owned) => {
-                        owned.clear();
-                        owned.extend_from_slice(out);
-                    }
-                    None => *current = Arc::new(out.clone()),
+                    Some(owned) => owned.set(out),
+                    None => *current = Arc::new(StoredValue::new(out)),
                 }
             }
             None => {
                 f(None, out)?;
-                group.insert_new(Arc::from(key), Arc::new(out.clone()));
+                group.insert_new(Arc::from(key), Arc::new(StoredValue::new(out)));
             }
         }
         Ok(())
@@ -257,8 +253,8 @@ impl StateTable {
             return;
         };
         match group.entries.get_mut(key) {
-            Some(current) => Arc::make_mut(current).extend_from_slice(operand),
-            None => group.insert_new(Arc::from(key), Arc::new(operand.to_vec())),
+            Some(current) => Arc::make_mut(current).append(operand),
+            None => group.insert_new(Arc::from(key), Arc::new(StoredValue::new(operand))),
         }
     }
 
@@ -267,8 +263,8 @@ impl StateTable {
     pub fn insert_owned(&mut self, key: Vec<u8>, value: Vec<u8>) {
         if let Some(group) = self.group_mut(&key) {
             match group.entries.get_mut(key.as_slice()) {
-                Some(current) => *current = Arc::new(value),
-                None => group.insert_new(Arc::from(key), Arc::new(value)),
+                Some(current) => *current = Arc::new(StoredValue::from_vec(value)),
+                None => group.insert_new(Arc::from(key), Arc::new(StoredValue::from_vec(value))),
             }
         }
     }
@@ -430,7 +426,7 @@ impl StateTable {
         for (k, kept) in changes {
             match kept {
                 Some(v) => {
-                    group.entries.insert(k, Arc::new(v));
+                    group.entries.insert(k, Arc::new(StoredValue::from_vec(v)));
                 }
                 None => group.remove(&k),
             }
