@@ -8,10 +8,10 @@
 //! so expired state does not pile up between snapshots.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use imbl::OrdMap;
 
+use super::entry_key::EntryKey;
 use super::state_table::StateTable;
 use super::{
     BackendConfig, EntryIter, ReadModifyWrite, SnapshotHandle, StateDescriptor, StateId, StateKind,
@@ -42,7 +42,7 @@ struct HeapState {
     /// Key group (offset in the range) whose keys incremental TTL cleanup collects next.
     cleanup_next_group: usize,
     /// Keys of the current cleanup key group still to check.
-    cleanup_queue: Vec<Arc<[u8]>>,
+    cleanup_queue: Vec<EntryKey>,
 }
 
 /// A frozen copy of every state (structurally shared with the live tables).

@@ -6,6 +6,7 @@
 //! a snapshot's synchronous part does not grow with state size, and restore gives back exactly
 //! the snapshot's contents restricted to the restoring key-group range.
 
+pub mod entry_key;
 pub mod fs;
 pub mod full_snapshot;
 pub mod heap;

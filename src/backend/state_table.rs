@@ -3,7 +3,8 @@
 //! Flink's `StateTable` of `CopyOnWriteStateMap`s: point reads and writes hash the composite key
 //! (O(1), no comparisons along long shared key prefixes); a snapshot clones one `Arc` per key
 //! group, and the first write to a key group after a snapshot copies that group's table shallowly
-//! (keys and values are reference counted, so the copy never duplicates bytes). Key order is
+//! (short keys sit in the buckets, longer ones and values are reference counted: the copy
+//! allocates nothing per entry). Key order is
 //! produced only where it is needed: snapshot files sort one key group at a time, and keys with a
 //! user key (map entries) are also indexed, in order, under their (key group, key, namespace)
 //! part, so a scan or delete of one map costs the map's size (Flink's nested map per key).
@@ -13,22 +14,23 @@ use std::hash::{BuildHasher, Hasher};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use super::entry_key::EntryKey;
 use super::stored_value::StoredValue;
 use crate::keys::{CompositeKey, KeyGroupRange, key_group_of};
 
 /// A key group's entries: composite key to value. Values are `Arc<StoredValue>` so that a
 /// value owned by the live table alone is overwritten or appended to in place, and a short one
 /// lives in the `Arc`'s own allocation.
-pub type KeyGroupMap = HashMap<Arc<[u8]>, Arc<StoredValue>, KeyHasherBuilder>;
+pub type KeyGroupMap = HashMap<EntryKey, Arc<StoredValue>, KeyHasherBuilder>;
 
 /// One entry of a [`KeyGroupMap`], borrowed.
-pub type SharedEntry<'a> = (&'a Arc<[u8]>, &'a Arc<StoredValue>);
+pub type SharedEntry<'a> = (&'a EntryKey, &'a Arc<StoredValue>);
 
 /// A key and what happens to it: a new value, or `None` for removal.
-type EntryChange = (Arc<[u8]>, Option<Vec<u8>>);
+type EntryChange = (EntryKey, Option<Vec<u8>>);
 
 /// Keys with a non-empty user key, in key order, by their primary part (see [`primary_len`]).
-type UserKeyIndex = HashMap<Arc<[u8]>, BTreeSet<Arc<[u8]>>, KeyHasherBuilder>;
+type UserKeyIndex = HashMap<EntryKey, BTreeSet<EntryKey>, KeyHasherBuilder>;
 
 /// One key group of a [`StateTable`]: its entries, and an index of the entries' keys that have
 /// a user key, grouped by (key group, key, namespace) and ordered (shares the key bytes).
@@ -87,7 +89,7 @@ impl KeyGroupTable {
 
     /// Inserts a key that is not in `entries` yet, indexing it if it has a user key.
     #[inline]
-    fn insert_new(&mut self, key: Arc<[u8]>, value: Arc<StoredValue>) {
+    fn insert_new(&mut self, key: EntryKey, value: Arc<StoredValue>) {
         // Value, list and reducing state keys (no user key) stop at the length check.
         if let Some(primary) = primary_len(&key)
             && primary < key.len()
@@ -99,7 +101,7 @@ impl KeyGroupTable {
 
     /// Adds `key`, whose first `primary` bytes are its primary part, to the user-key index.
     #[inline(never)]
-    fn index_user_key(&mut self, key: &Arc<[u8]>, primary: usize) {
+    fn index_user_key(&mut self, key: &EntryKey, primary: usize) {
         let Some(primary) = key.get(..primary) else {
             return;
         };
@@ -109,7 +111,7 @@ impl KeyGroupTable {
             }
             None => {
                 self.user_keys
-                    .insert(Arc::from(primary), BTreeSet::from([key.clone()]));
+                    .insert(EntryKey::from(primary), BTreeSet::from([key.clone()]));
             }
         }
     }
@@ -133,7 +135,7 @@ impl KeyGroupTable {
     /// The keys that start with `prefix`, in key order, when `prefix` decodes as a composite
     /// key (`primary` is its primary length): O(log n + matches). The key equal to the primary
     /// part (empty user key) sorts first.
-    fn keys_under<'a>(&'a self, prefix: &'a [u8], primary: usize) -> Vec<&'a Arc<[u8]>> {
+    fn keys_under<'a>(&'a self, prefix: &'a [u8], primary: usize) -> Vec<&'a EntryKey> {
         let mut keys = Vec::new();
         if primary == prefix.len()
             && let Some((key, _)) = self.entries.get_key_value(prefix)
@@ -211,7 +213,7 @@ impl StateTable {
                 Some(owned) => owned.set(value),
                 None => *current = Arc::new(StoredValue::new(value)),
             },
-            None => group.insert_new(Arc::from(key), Arc::new(StoredValue::new(value))),
+            None => group.insert_new(EntryKey::from(key), Arc::new(StoredValue::new(value))),
         }
     }
 
@@ -241,7 +243,7 @@ impl StateTable {
             }
             None => {
                 f(None, out)?;
-                group.insert_new(Arc::from(key), Arc::new(StoredValue::new(out)));
+                group.insert_new(EntryKey::from(key), Arc::new(StoredValue::new(out)));
             }
         }
         Ok(())
@@ -254,7 +256,7 @@ impl StateTable {
         };
         match group.entries.get_mut(key) {
             Some(current) => Arc::make_mut(current).append(operand),
-            None => group.insert_new(Arc::from(key), Arc::new(StoredValue::new(operand))),
+            None => group.insert_new(EntryKey::from(key), Arc::new(StoredValue::new(operand))),
         }
     }
 
@@ -264,7 +266,9 @@ impl StateTable {
         if let Some(group) = self.group_mut(&key) {
             match group.entries.get_mut(key.as_slice()) {
                 Some(current) => *current = Arc::new(StoredValue::from_vec(value)),
-                None => group.insert_new(Arc::from(key), Arc::new(StoredValue::from_vec(value))),
+                None => {
+                    group.insert_new(EntryKey::from(key), Arc::new(StoredValue::from_vec(value)))
+                }
             }
         }
     }
@@ -292,7 +296,7 @@ impl StateTable {
             let Some(group) = self.groups.get_mut(slot) else {
                 return;
             };
-            let doomed: Vec<Arc<[u8]>> = group
+            let doomed: Vec<EntryKey> = group
                 .keys_under(prefix, primary)
                 .into_iter()
                 .cloned()
@@ -434,7 +438,7 @@ impl StateTable {
     }
 
     /// The keys of `key_group` (shared), in no particular order.
-    pub fn keys_of_group(&self, key_group: u16) -> Vec<Arc<[u8]>> {
+    pub fn keys_of_group(&self, key_group: u16) -> Vec<EntryKey> {
         self.group(key_group)
             .map(|g| g.keys().cloned().collect())
             .unwrap_or_default()
