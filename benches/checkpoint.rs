@@ -57,7 +57,7 @@ fn storage_dir(dir: &Path) -> PathBuf {
 
 /// The backend under test, concrete so its own methods (`restore_latest`, stats) are reachable.
 enum Backend {
-    Fs(FsBackend),
+    Fs(Box<FsBackend>),
     Lsm(Box<LsmBackend>),
 }
 
@@ -76,13 +76,15 @@ impl Backend {
                 )
                 .expect("open lsm backend"),
             )),
-            _ => Backend::Fs(FsBackend::new(config, storage).expect("open fs backend")),
+            _ => Backend::Fs(Box::new(
+                FsBackend::new(config, storage).expect("open fs backend"),
+            )),
         }
     }
 
     fn state(&mut self) -> &mut dyn StateBackend {
         match self {
-            Backend::Fs(b) => b,
+            Backend::Fs(b) => b.as_mut(),
             Backend::Lsm(b) => b.as_mut(),
         }
     }

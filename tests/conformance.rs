@@ -18,6 +18,8 @@ mod snapshot;
 mod ttl;
 #[path = "conformance/typed.rs"]
 mod typed;
+#[path = "conformance/update_with.rs"]
+mod update_with;
 
 use std::path::Path;
 
@@ -58,6 +60,8 @@ macro_rules! conformance_suite {
                 errors::bad_restore_handles,
                 errors::handles_that_disagree_on_a_state,
                 errors::garbage_values_are_errors,
+                update_with::read_modify_write_keeps_frozen_bytes,
+                update_with::update_with_on_garbage_is_an_error,
             );
 
             proptest::proptest! {
@@ -65,6 +69,14 @@ macro_rules! conformance_suite {
                 #[test]
                 fn model_matches_btreemap(ops in model::ops()) {
                     model::run::<$factory>(ops)?;
+                }
+            }
+
+            proptest::proptest! {
+                #![proptest_config(update_with::config())]
+                #[test]
+                fn update_with_matches_value_then_update((ttl, steps) in update_with::cases()) {
+                    update_with::run::<$factory>(ttl, steps)?;
                 }
             }
         }

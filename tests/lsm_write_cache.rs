@@ -65,7 +65,23 @@ fn random_ops(
         *rng = mix(*rng);
         let k = key(*rng % 400);
         match (*rng >> 20) % 16 {
-            0..=6 => {
+            5 | 6 => {
+                // Read-modify-write: append one byte to what is there (absent: empty).
+                let byte = (*rng >> 40) as u8;
+                let mut seen = None;
+                b.read_modify_write(s.value, &k, &mut |old, out| {
+                    seen = Some(old.map(<[u8]>::to_vec));
+                    out.extend_from_slice(old.unwrap_or_default());
+                    out.push(byte);
+                    Ok(())
+                })
+                .unwrap();
+                let mut expected = model.get(&("v".to_string(), k.clone())).cloned();
+                assert_eq!(seen, Some(expected.clone()), "read-modify-write of {k:?}");
+                expected.get_or_insert_with(Vec::new).push(byte);
+                model.insert(("v".into(), k), expected.unwrap_or_default());
+            }
+            0..=4 => {
                 let value = (*rng >> 32).to_le_bytes()[..1 + (*rng % 7) as usize].to_vec();
                 b.put(s.value, &k, &value).unwrap();
                 model.insert(("v".into(), k), value);

@@ -231,13 +231,17 @@ impl SnapshotTask for FsSnapshotTask {
                     key_groups,
                     state_count,
                     &mut |index, emit| {
+                        let mut bytes = 0u64;
                         let mut counted = |key: &[u8], value: &[u8]| {
-                            if let Some(size) = sizes.get(index) {
-                                size.fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
-                            }
+                            bytes += (key.len() + value.len()) as u64;
                             emit(key, value)
                         };
-                        frozen.emit_live_entries(index, key_groups, now, &mut counted)
+                        let emitted =
+                            frozen.emit_live_entries(index, key_groups, now, &mut counted);
+                        if let Some(size) = sizes.get(index) {
+                            size.fetch_add(bytes, Ordering::Relaxed);
+                        }
+                        emitted
                     },
                 )
             },

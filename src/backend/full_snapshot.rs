@@ -9,7 +9,7 @@ use std::ops::Bound;
 
 use crate::checkpoint::storage::CheckpointFileWriter;
 use crate::codec::cursor::Cursor;
-use crate::codec::record::{MAX_RECORD_LEN, decode_record, put_record};
+use crate::codec::record::{MAX_RECORD_LEN, RECORD_HEADER_LEN, decode_record, put_record};
 use crate::codec::varint::{put_varint32, varint_len};
 use crate::error::{Error, Result};
 use crate::keys::{CompositeKey, KeyGroupRange};
@@ -178,18 +178,34 @@ pub fn write_full_snapshot_file_from(
     Ok((w.size, w.hasher.finalize()))
 }
 
+/// Writes one block record: the bytes `put_record` would frame for the payload
+/// `RECORD_BLOCK | state_index | count | entries`, without copying `entries` into a payload
+/// and a frame first (the record's crc32 is computed over the pieces).
 fn write_block(
     w: &mut HashingWriter<'_>,
     state_index: u32,
     count: u32,
     entries: &[u8],
 ) -> Result<()> {
-    let mut payload = Vec::with_capacity(11 + entries.len());
-    payload.push(RECORD_BLOCK);
-    put_varint32(&mut payload, state_index);
-    put_varint32(&mut payload, count);
-    payload.extend_from_slice(entries);
-    write_record(w, &payload)
+    let mut payload_head = Vec::with_capacity(11);
+    payload_head.push(RECORD_BLOCK);
+    put_varint32(&mut payload_head, state_index);
+    put_varint32(&mut payload_head, count);
+    let len = payload_head.len() + entries.len();
+    if len > MAX_RECORD_LEN as usize {
+        return Err(Error::invalid(format!(
+            "snapshot block of {len} bytes exceeds the largest record ({MAX_RECORD_LEN} bytes)"
+        )));
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&payload_head);
+    crc.update(entries);
+    let mut head = Vec::with_capacity(RECORD_HEADER_LEN + payload_head.len());
+    head.extend_from_slice(&(len as u32).to_le_bytes());
+    head.extend_from_slice(&crc.finalize().to_le_bytes());
+    head.extend_from_slice(&payload_head);
+    w.write(&head)?;
+    w.write(entries)
 }
 
 fn write_record(w: &mut HashingWriter<'_>, payload: &[u8]) -> Result<()> {
@@ -381,6 +397,26 @@ mod tests {
             Ok(())
         })?;
         Ok(out)
+    }
+
+    #[test]
+    fn block_is_framed_as_put_record_frames_it() {
+        for (state_index, count, entries) in [(0, 1, &b"x"[..]), (300, 70_000, &[7; 1000][..])] {
+            let mut out = VecWriter::default();
+            let mut w = HashingWriter {
+                inner: &mut out,
+                hasher: crc32fast::Hasher::new(),
+                size: 0,
+            };
+            write_block(&mut w, state_index, count, entries).unwrap();
+            let mut payload = vec![RECORD_BLOCK];
+            put_varint32(&mut payload, state_index);
+            put_varint32(&mut payload, count);
+            payload.extend_from_slice(entries);
+            let mut framed = Vec::new();
+            put_record(&mut framed, &payload);
+            assert_eq!(out.0, framed);
+        }
     }
 
     #[test]

@@ -8,13 +8,14 @@
 //! so expired state does not pile up between snapshots.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use imbl::OrdMap;
 
+use super::entry_key::EntryKey;
 use super::state_table::StateTable;
 use super::{
-    BackendConfig, EntryIter, SnapshotHandle, StateDescriptor, StateId, StateKind, check_key_group,
+    BackendConfig, EntryIter, ReadModifyWrite, SnapshotHandle, StateDescriptor, StateId, StateKind,
+    check_key_group,
 };
 use crate::error::{Error, Result};
 use crate::keys::{KeyGroupRange, key_group_of};
@@ -41,7 +42,7 @@ struct HeapState {
     /// Key group (offset in the range) whose keys incremental TTL cleanup collects next.
     cleanup_next_group: usize,
     /// Keys of the current cleanup key group still to check.
-    cleanup_queue: Vec<Arc<[u8]>>,
+    cleanup_queue: Vec<EntryKey>,
 }
 
 /// A frozen copy of every state (structurally shared with the live tables).
@@ -167,6 +168,15 @@ macro_rules! delegate_to_heap_store {
             self.$field.delete(state, key)
         }
 
+        fn read_modify_write(
+            &mut self,
+            state: $crate::backend::StateId,
+            key: &[u8],
+            f: &mut $crate::backend::ReadModifyWrite<'_>,
+        ) -> $crate::error::Result<()> {
+            self.$field.read_modify_write(state, key, f)
+        }
+
         fn merge(
             &mut self,
             state: $crate::backend::StateId,
@@ -201,6 +211,8 @@ pub struct HeapStore {
     config: BackendConfig,
     states: Vec<HeapState>,
     by_name: HashMap<String, StateId>,
+    /// Reused buffer the function of a read-modify-write writes the new value into.
+    rmw_buffer: Vec<u8>,
 }
 
 impl HeapStore {
@@ -210,6 +222,7 @@ impl HeapStore {
             config,
             states: Vec::new(),
             by_name: HashMap::new(),
+            rmw_buffer: Vec::new(),
         }
     }
 
@@ -299,6 +312,25 @@ impl HeapStore {
         self.access(id, key)?.table.remove(key);
         self.cleanup_after_access(id);
         Ok(())
+    }
+
+    /// See [`super::StateBackend::read_modify_write`]: one hash probe; no allocation when the
+    /// key exists and its value is not shared with a snapshot.
+    pub fn read_modify_write(
+        &mut self,
+        id: StateId,
+        key: &[u8],
+        f: &mut ReadModifyWrite<'_>,
+    ) -> Result<()> {
+        check_key_group(key, &self.config.key_group_range)?;
+        let mut buffer = std::mem::take(&mut self.rmw_buffer);
+        let result = match self.states.get_mut(id.0 as usize) {
+            Some(state) => state.table.read_modify_write(key, &mut buffer, f),
+            None => Err(Error::UnknownState(id.0)),
+        };
+        self.rmw_buffer = buffer;
+        self.cleanup_after_access(id);
+        result
     }
 
     /// See [`super::StateBackend::merge`].

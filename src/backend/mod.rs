@@ -6,12 +6,14 @@
 //! a snapshot's synchronous part does not grow with state size, and restore gives back exactly
 //! the snapshot's contents restricted to the restoring key-group range.
 
+pub mod entry_key;
 pub mod fs;
 pub mod full_snapshot;
 pub mod heap;
 pub mod lsm;
 pub mod memory;
 pub mod state_table;
+pub mod stored_value;
 
 use std::fmt;
 use std::sync::Arc;
@@ -319,6 +321,10 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 /// An iterator over entries in composite-key order.
 pub type EntryIter<'a> = Box<dyn Iterator<Item = Result<Entry>> + 'a>;
 
+/// The function of [`StateBackend::read_modify_write`]: gets the stored bytes (or `None`) and
+/// writes the bytes to store into the (empty) buffer.
+pub type ReadModifyWrite<'a> = dyn FnMut(Option<&[u8]>, &mut Vec<u8>) -> Result<()> + 'a;
+
 /// A file a snapshot handle references, in checkpoint storage.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRef {
@@ -397,6 +403,26 @@ pub trait StateBackend: Send {
 
     /// Removes `key` (no error if absent).
     fn delete(&mut self, state: StateId, key: &[u8]) -> Result<()>;
+
+    /// Read-modify-write of one key in one call: `f` gets the bytes stored under `key` (or
+    /// `None`) and writes the new bytes into the empty buffer it is handed; they are then stored
+    /// under `key`, replacing what was there. When `f` fails, nothing is written and its error is
+    /// returned. `f` is called exactly once per successful call.
+    ///
+    /// The default is [`StateBackend::get`] then [`StateBackend::put`]; a backend that can do
+    /// better overrides it (the heap backends: one hash probe, and no allocation when the key
+    /// exists and its value is not shared with a snapshot).
+    fn read_modify_write(
+        &mut self,
+        state: StateId,
+        key: &[u8],
+        f: &mut ReadModifyWrite<'_>,
+    ) -> Result<()> {
+        let stored = self.get(state, key)?;
+        let mut value = Vec::new();
+        f(stored.as_deref(), &mut value)?;
+        self.put(state, key, &value)
+    }
 
     /// Appends `operand` to the bytes stored under `key` (absent counts as empty): list append
     /// without a read of the old value in backends that support it.

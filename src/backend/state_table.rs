@@ -3,7 +3,8 @@
 //! Flink's `StateTable` of `CopyOnWriteStateMap`s: point reads and writes hash the composite key
 //! (O(1), no comparisons along long shared key prefixes); a snapshot clones one `Arc` per key
 //! group, and the first write to a key group after a snapshot copies that group's table shallowly
-//! (keys and values are reference counted, so the copy never duplicates bytes). Key order is
+//! (short keys sit in the buckets, longer ones and values are reference counted: the copy
+//! allocates nothing per entry). Key order is
 //! produced only where it is needed: snapshot files sort one key group at a time, and keys with a
 //! user key (map entries) are also indexed, in order, under their (key group, key, namespace)
 //! part, so a scan or delete of one map costs the map's size (Flink's nested map per key).
@@ -13,20 +14,23 @@ use std::hash::{BuildHasher, Hasher};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use super::entry_key::EntryKey;
+use super::stored_value::StoredValue;
 use crate::keys::{CompositeKey, KeyGroupRange, key_group_of};
 
-/// A key group's entries: composite key to value. Values are `Arc<Vec<u8>>` so that a value
-/// owned by the live table alone is overwritten or appended to in place.
-pub type KeyGroupMap = HashMap<Arc<[u8]>, Arc<Vec<u8>>, KeyHasherBuilder>;
+/// A key group's entries: composite key to value. Values are `Arc<StoredValue>` so that a
+/// value owned by the live table alone is overwritten or appended to in place, and a short one
+/// lives in the `Arc`'s own allocation.
+pub type KeyGroupMap = HashMap<EntryKey, Arc<StoredValue>, KeyHasherBuilder>;
 
 /// One entry of a [`KeyGroupMap`], borrowed.
-pub type SharedEntry<'a> = (&'a Arc<[u8]>, &'a Arc<Vec<u8>>);
+pub type SharedEntry<'a> = (&'a EntryKey, &'a Arc<StoredValue>);
 
 /// A key and what happens to it: a new value, or `None` for removal.
-type EntryChange = (Arc<[u8]>, Option<Vec<u8>>);
+type EntryChange = (EntryKey, Option<Vec<u8>>);
 
 /// Keys with a non-empty user key, in key order, by their primary part (see [`primary_len`]).
-type UserKeyIndex = HashMap<Arc<[u8]>, BTreeSet<Arc<[u8]>>, KeyHasherBuilder>;
+type UserKeyIndex = HashMap<EntryKey, BTreeSet<EntryKey>, KeyHasherBuilder>;
 
 /// One key group of a [`StateTable`]: its entries, and an index of the entries' keys that have
 /// a user key, grouped by (key group, key, namespace) and ordered (shares the key bytes).
@@ -85,7 +89,7 @@ impl KeyGroupTable {
 
     /// Inserts a key that is not in `entries` yet, indexing it if it has a user key.
     #[inline]
-    fn insert_new(&mut self, key: Arc<[u8]>, value: Arc<Vec<u8>>) {
+    fn insert_new(&mut self, key: EntryKey, value: Arc<StoredValue>) {
         // Value, list and reducing state keys (no user key) stop at the length check.
         if let Some(primary) = primary_len(&key)
             && primary < key.len()
@@ -97,7 +101,7 @@ impl KeyGroupTable {
 
     /// Adds `key`, whose first `primary` bytes are its primary part, to the user-key index.
     #[inline(never)]
-    fn index_user_key(&mut self, key: &Arc<[u8]>, primary: usize) {
+    fn index_user_key(&mut self, key: &EntryKey, primary: usize) {
         let Some(primary) = key.get(..primary) else {
             return;
         };
@@ -107,7 +111,7 @@ impl KeyGroupTable {
             }
             None => {
                 self.user_keys
-                    .insert(Arc::from(primary), BTreeSet::from([key.clone()]));
+                    .insert(EntryKey::from(primary), BTreeSet::from([key.clone()]));
             }
         }
     }
@@ -131,7 +135,7 @@ impl KeyGroupTable {
     /// The keys that start with `prefix`, in key order, when `prefix` decodes as a composite
     /// key (`primary` is its primary length): O(log n + matches). The key equal to the primary
     /// part (empty user key) sorts first.
-    fn keys_under<'a>(&'a self, prefix: &'a [u8], primary: usize) -> Vec<&'a Arc<[u8]>> {
+    fn keys_under<'a>(&'a self, prefix: &'a [u8], primary: usize) -> Vec<&'a EntryKey> {
         let mut keys = Vec::new();
         if primary == prefix.len()
             && let Some((key, _)) = self.entries.get_key_value(prefix)
@@ -206,14 +210,43 @@ impl StateTable {
         match group.entries.get_mut(key) {
             Some(current) => match Arc::get_mut(current) {
                 // Owned by this table alone: overwrite in place, no allocation.
-                Some(owned) => {
-                    owned.clear();
-                    owned.extend_from_slice(value);
-                }
-                None => *current = Arc::new(value.to_vec()),
+                Some(owned) => owned.set(value),
+                None => *current = Arc::new(StoredValue::new(value)),
             },
-            None => group.insert_new(Arc::from(key), Arc::new(value.to_vec())),
+            None => group.insert_new(EntryKey::from(key), Arc::new(StoredValue::new(value))),
         }
+    }
+
+    /// Read-modify-write of `key` in one hash probe: `f(stored, out)` gets the current value
+    /// (or `None`) and writes the new one into `out` (cleared first), which is then stored. A
+    /// value owned by the live table alone is overwritten in place (no allocation); one shared
+    /// with a snapshot is replaced, so the snapshot keeps its bytes. When `f` fails, nothing
+    /// changes (but a key group shared with a snapshot may have been copied). A key outside the
+    /// range is ignored and `f` is not called (callers check the range).
+    pub fn read_modify_write<E>(
+        &mut self,
+        key: &[u8],
+        out: &mut Vec<u8>,
+        f: impl FnOnce(Option<&[u8]>, &mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let Some(group) = self.group_mut(key) else {
+            return Ok(());
+        };
+        out.clear();
+        match group.entries.get_mut(key) {
+            Some(current) => {
+                f(Some(current.as_slice()), out)?;
+                match Arc::get_mut(current) {
+                    Some(owned) => owned.set(out),
+                    None => *current = Arc::new(StoredValue::new(out)),
+                }
+            }
+            None => {
+                f(None, out)?;
+                group.insert_new(EntryKey::from(key), Arc::new(StoredValue::new(out)));
+            }
+        }
+        Ok(())
     }
 
     /// Appends `operand` to the value of `key` (or sets it).
@@ -222,8 +255,8 @@ impl StateTable {
             return;
         };
         match group.entries.get_mut(key) {
-            Some(current) => Arc::make_mut(current).extend_from_slice(operand),
-            None => group.insert_new(Arc::from(key), Arc::new(operand.to_vec())),
+            Some(current) => Arc::make_mut(current).append(operand),
+            None => group.insert_new(EntryKey::from(key), Arc::new(StoredValue::new(operand))),
         }
     }
 
@@ -232,8 +265,10 @@ impl StateTable {
     pub fn insert_owned(&mut self, key: Vec<u8>, value: Vec<u8>) {
         if let Some(group) = self.group_mut(&key) {
             match group.entries.get_mut(key.as_slice()) {
-                Some(current) => *current = Arc::new(value),
-                None => group.insert_new(Arc::from(key), Arc::new(value)),
+                Some(current) => *current = Arc::new(StoredValue::from_vec(value)),
+                None => {
+                    group.insert_new(EntryKey::from(key), Arc::new(StoredValue::from_vec(value)))
+                }
             }
         }
     }
@@ -261,7 +296,7 @@ impl StateTable {
             let Some(group) = self.groups.get_mut(slot) else {
                 return;
             };
-            let doomed: Vec<Arc<[u8]>> = group
+            let doomed: Vec<EntryKey> = group
                 .keys_under(prefix, primary)
                 .into_iter()
                 .cloned()
@@ -325,12 +360,9 @@ impl StateTable {
         if !group_may_match(key_group, prefix) {
             return Vec::new();
         }
-        let mut entries: Vec<_> = group
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        entries
+        let mut entries: Vec<SharedEntry<'_>> = Vec::with_capacity(group.len());
+        entries.extend(group.iter().filter(|(k, _)| k.starts_with(prefix)));
+        sort_entries(entries)
     }
 
     /// Every key group of the range that may hold keys starting with `prefix`, ascending.
@@ -398,7 +430,7 @@ impl StateTable {
         for (k, kept) in changes {
             match kept {
                 Some(v) => {
-                    group.entries.insert(k, Arc::new(v));
+                    group.entries.insert(k, Arc::new(StoredValue::from_vec(v)));
                 }
                 None => group.remove(&k),
             }
@@ -406,11 +438,67 @@ impl StateTable {
     }
 
     /// The keys of `key_group` (shared), in no particular order.
-    pub fn keys_of_group(&self, key_group: u16) -> Vec<Arc<[u8]>> {
+    pub fn keys_of_group(&self, key_group: u16) -> Vec<EntryKey> {
         self.group(key_group)
             .map(|g| g.keys().cloned().collect())
             .unwrap_or_default()
     }
+}
+
+/// Sorts the entries of one key group by key. Each key's first [`SORT_PREFIX_LEN`] bytes after
+/// the key group and its index are packed into one `u128` and those integers sorted (no
+/// `memcmp` call per comparison, 16-byte moves); keys that tie on those bytes (only keys
+/// longer than that) are then sorted in full within their run, so the order is the keys' byte
+/// order.
+fn sort_entries(entries: Vec<SharedEntry<'_>>) -> Vec<SharedEntry<'_>> {
+    let Ok(_) = u32::try_from(entries.len()) else {
+        let mut entries = entries;
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        return entries;
+    };
+    let mut order: Vec<u128> = entries
+        .iter()
+        .enumerate()
+        .map(|(index, (key, _))| sort_prefix(key) | index as u128)
+        .collect();
+    order.sort_unstable();
+    let mut sorted: Vec<SharedEntry<'_>> = order
+        .iter()
+        .filter_map(|packed| entries.get(*packed as u32 as usize).copied())
+        .collect();
+    let mut at = 0;
+    for run in order.chunk_by(|a, b| a >> 32 == b >> 32) {
+        if run.len() > 1
+            && let Some(tied) = sorted.get_mut(at..at + run.len())
+        {
+            tied.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        }
+        at += run.len();
+    }
+    sorted
+}
+
+/// Key bytes after the key group that [`sort_entries`] compares as an integer.
+const SORT_PREFIX_LEN: usize = 12;
+
+/// The first [`SORT_PREFIX_LEN`] bytes of `key` after its 2-byte key group, zero-padded, in the
+/// top 96 bits of a `u128` (big-endian); the low 32 bits are zero.
+#[inline]
+fn sort_prefix(key: &[u8]) -> u128 {
+    let mut word = [0u8; 16];
+    let rest = key.get(2..).unwrap_or_default();
+    // A fixed-size copy when the key is long enough: no `memcpy` call.
+    if let (Some(to), Some(from)) = (
+        word.first_chunk_mut::<SORT_PREFIX_LEN>(),
+        rest.first_chunk::<SORT_PREFIX_LEN>(),
+    ) {
+        *to = *from;
+    } else {
+        for (to, from) in word.iter_mut().zip(rest) {
+            *to = *from;
+        }
+    }
+    u128::from_be_bytes(word)
 }
 
 /// Whether keys of `key_group` can start with `prefix` (compares the 2-byte key group prefix).

@@ -143,11 +143,41 @@ pub fn parse_line(line: &[u8]) -> Option<(&[u8], i64)> {
     let comma = line.iter().position(|b| *b == b',')?;
     let (key, rest) = line.split_at(comma);
     let value = rest.get(1..)?;
-    if key.is_empty() || key.len() > MAX_KEY_LEN || std::str::from_utf8(key).is_err() {
+    // ASCII first: checked a word at a time, and nearly every key is.
+    if key.is_empty()
+        || key.len() > MAX_KEY_LEN
+        || !(key.is_ascii() || std::str::from_utf8(key).is_ok())
+    {
         return None;
     }
-    let value = std::str::from_utf8(value).ok()?.parse::<i64>().ok()?;
-    Some((key, value))
+    Some((key, parse_i64(value)?))
+}
+
+/// Parses a decimal `i64` exactly as `str::parse::<i64>` does (optional `+` or `-`, then one
+/// or more ASCII digits, no overflow), straight from bytes: no UTF-8 check, no error values.
+fn parse_i64(text: &[u8]) -> Option<i64> {
+    let (negative, digits) = match text.split_first()? {
+        (b'-', rest) => (true, rest),
+        (b'+', rest) => (false, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for &byte in digits {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        value = value.checked_mul(10)?;
+        value = if negative {
+            value.checked_sub(i64::from(digit))?
+        } else {
+            value.checked_add(i64::from(digit))?
+        };
+    }
+    Some(value)
 }
 
 /// The source task: reads `input` from `position`, sends batches to `outputs` (one per operator)
@@ -300,6 +330,8 @@ mod tests {
     #[test]
     fn parses_valid_lines_and_rejects_the_rest() {
         assert_eq!(parse_line(b"alice,5"), Some((&b"alice"[..], 5)));
+        assert_eq!(parse_line(b"al\xc3\xa9,+5"), Some((&b"al\xc3\xa9"[..], 5)));
+        assert_eq!(parse_line(b"k,-0"), Some((&b"k"[..], 0)));
         assert_eq!(
             parse_line(b"a b,-9223372036854775808"),
             Some((&b"a b"[..], i64::MIN))
@@ -320,11 +352,33 @@ mod tests {
             b"k,9223372036854775808",
             b"\xff,1",
             b"k,1.5",
+            b"k,+",
+            b"k,-",
+            b"k,--1",
+            b"k,1 ",
+            b"k,\xd9\xa3",
+            b"\xc3,1",
             &too_long,
         ] {
             assert_eq!(parse_line(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
         assert_eq!(strip_terminator(b"a,1\r\n"), b"a,1");
+    }
+
+    proptest::proptest! {
+        /// `parse_i64` accepts and rejects exactly what `str::parse::<i64>` does.
+        #[test]
+        fn parse_i64_matches_str_parse(
+            text in "[-+]?[0-9]{0,20}|[-+0-9a ]{0,6}|[-+]?9223372036854775[0-9]{3}",
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+            n in proptest::prelude::any::<i64>(),
+        ) {
+            let expected = |b: &[u8]| std::str::from_utf8(b).ok().and_then(|s| s.parse::<i64>().ok());
+            let n = n.to_string();
+            for b in [text.as_bytes(), &bytes, n.as_bytes()] {
+                proptest::prop_assert_eq!(parse_i64(b), expected(b), "{:?}", b);
+            }
+        }
     }
 
     #[test]

@@ -23,8 +23,9 @@ use serde::de::DeserializeOwned;
 use crate::backend::{
     SnapshotHandle, SnapshotTask, StateBackend, StateDescriptor, StateId, StateKind,
 };
+use crate::codec::varint::put_varint32;
 use crate::error::{Error, Result};
-use crate::keys::{CompositeKey, KeyGroupRange, encode_composite_key, key_group_for_key};
+use crate::keys::{CompositeKey, KeyGroupRange, key_group_for_key};
 use crate::ttl::TtlConfig;
 
 pub use aggregating::{AggregateFunction, AggregatingState};
@@ -88,14 +89,16 @@ impl From<String> for StateOptions {
 
 pub(crate) struct Context {
     backend: Box<dyn StateBackend>,
-    /// Serialized current key and its key group.
-    current_key: Option<(u16, Vec<u8>)>,
+    /// The key group of the current key, if one is set.
+    current_key_group: Option<u16>,
     /// Serialized current namespace (empty bytes: the default namespace).
     namespace: Vec<u8>,
     /// The composite key of the current key and namespace (no user key), kept in step with
     /// both so the hot path encodes it once per key, not once per access. Empty when no key is
-    /// set (a composite key is never empty).
+    /// set (a composite key is never empty). It is the only copy of the current key's bytes.
     prefix: Vec<u8>,
+    /// Length of `prefix` up to the end of the key (where the namespace's length starts).
+    key_end: usize,
     /// Reused buffer for serializing values (no allocation per update).
     scratch: Vec<u8>,
 }
@@ -105,17 +108,37 @@ impl Context {
         Error::invalid("no current key: call KeyedState::set_current_key before using state")
     }
 
-    /// Re-encodes `prefix` after the current key or namespace changed.
-    fn refresh_prefix(&mut self) {
+    /// Makes `key` (serialized, of `key_group`) the current key: encodes `prefix` anew.
+    fn set_key(&mut self, key_group: u16, key: &[u8]) {
+        self.current_key_group = Some(key_group);
+        // The layout of `keys::encode_composite_key`, with no user key (FORMAT.md §2.2).
         self.prefix.clear();
-        if let Some((key_group, key)) = &self.current_key {
-            encode_composite_key(&mut self.prefix, *key_group, key, &self.namespace, &[]);
-        }
+        self.prefix.extend_from_slice(&key_group.to_be_bytes());
+        put_varint32(&mut self.prefix, key.len() as u32);
+        self.prefix.extend_from_slice(key);
+        self.key_end = self.prefix.len();
+        put_varint32(&mut self.prefix, self.namespace.len() as u32);
+        self.prefix.extend_from_slice(&self.namespace);
+        debug_assert_eq!(
+            self.prefix,
+            crate::keys::composite_key(key_group, key, &self.namespace, &[])
+        );
+    }
+
+    /// Unsets the current key.
+    fn clear_key(&mut self) {
+        self.current_key_group = None;
+        self.prefix.clear();
+        self.key_end = 0;
     }
 
     fn set_namespace_bytes(&mut self, namespace: Vec<u8>) {
         self.namespace = namespace;
-        self.refresh_prefix();
+        if self.current_key_group.is_some() {
+            self.prefix.truncate(self.key_end);
+            put_varint32(&mut self.prefix, self.namespace.len() as u32);
+            self.prefix.extend_from_slice(&self.namespace);
+        }
     }
 
     /// The composite key of the current key and namespace with `user_key` appended.
@@ -191,9 +214,10 @@ impl KeyedState {
         KeyedState {
             context: Arc::new(Mutex::new(Context {
                 backend,
-                current_key: None,
+                current_key_group: None,
                 namespace: Vec::new(),
                 prefix: Vec::new(),
+                key_end: 0,
                 scratch: Vec::new(),
             })),
         }
@@ -224,26 +248,16 @@ impl KeyedState {
         debug_assert_eq!(key_group, key_group_for_key(key, config.max_parallelism));
         if !config.key_group_range.contains(key_group) {
             let range = config.key_group_range;
-            ctx.current_key = None;
-            ctx.refresh_prefix();
+            ctx.clear_key();
             return Err(Error::KeyGroupOutOfRange { key_group, range });
         }
-        match &mut ctx.current_key {
-            // Reuse the buffer: keys change on every record.
-            Some((group, current)) => {
-                *group = key_group;
-                current.clear();
-                current.extend_from_slice(key);
-            }
-            None => ctx.current_key = Some((key_group, key.to_vec())),
-        }
-        ctx.refresh_prefix();
+        ctx.set_key(key_group, key);
         Ok(())
     }
 
     /// The key group of the current key, if one is set.
     pub fn current_key_group(&self) -> Option<u16> {
-        self.context.lock().current_key.as_ref().map(|(kg, _)| *kg)
+        self.context.lock().current_key_group
     }
 
     /// Sets the namespace (e.g. a window) that state handles read and write.
@@ -372,8 +386,7 @@ impl KeyedState {
         key_group_range: KeyGroupRange,
     ) -> Result<()> {
         let mut ctx = self.context.lock();
-        ctx.current_key = None;
-        ctx.refresh_prefix();
+        ctx.clear_key();
         ctx.backend.restore(handles, key_group_range)
     }
 

@@ -5,9 +5,12 @@
 //! [`UpdateType::OnReadAndWrite`] gets a fresh timestamp. Lists and maps expire per element and
 //! per entry. The byte envelope itself lives in [`crate::ttl`].
 
-use super::Context;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Context, from_bytes};
 use crate::backend::StateId;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ttl::{
     TtlConfig, UpdateType, Visibility, list_elements, push_list_element, unwrap, wrap,
 };
@@ -102,6 +105,50 @@ pub(crate) fn put(
         }
         None => ctx.backend.put(id, key, payload),
     }
+}
+
+/// Read-modify-write of the value under `key` in one backend call, with the TTL semantics of
+/// [`get`] followed by [`put`]: an expired value is passed to `f` only with
+/// [`Visibility::ReturnExpiredIfNotCleanedUp`] (else `f` sees `None`), and the new value is
+/// stored with a fresh timestamp (which also covers the removal or refresh a read would write).
+/// Returns `f`'s value.
+pub(crate) fn read_modify_write<T: Serialize + DeserializeOwned>(
+    ctx: &mut Context,
+    id: StateId,
+    ttl: Option<&TtlConfig>,
+    key: &[u8],
+    f: impl FnOnce(Option<T>) -> T,
+) -> Result<T> {
+    let now = match ttl {
+        Some(_) => ctx.now_ms(),
+        None => 0,
+    };
+    let mut f = Some(f);
+    let mut new = None;
+    ctx.backend.read_modify_write(id, key, &mut |stored, out| {
+        let old = match (stored, ttl) {
+            (None, _) => None,
+            (Some(stored), None) => Some(from_bytes(stored)?),
+            (Some(stored), Some(ttl)) => match check(ttl, now, stored)? {
+                Check::Live { payload, .. } => Some(from_bytes(payload)?),
+                Check::Expired { payload } if return_expired(ttl) => Some(from_bytes(payload)?),
+                Check::Expired { .. } => None,
+            },
+        };
+        let f = f
+            .take()
+            .ok_or_else(|| Error::invalid("read_modify_write called its function twice"))?;
+        let value = f(old);
+        if ttl.is_some() {
+            out.extend_from_slice(&now.to_be_bytes());
+        }
+        let buffer = postcard::to_extend(&value, std::mem::take(out))
+            .map_err(|e| Error::Serialization(e.to_string()))?;
+        *out = buffer;
+        new = Some(value);
+        Ok(())
+    })?;
+    new.ok_or_else(|| Error::invalid("read_modify_write did not call its function"))
 }
 
 /// Reads a list's element payloads, dropping expired elements from storage.

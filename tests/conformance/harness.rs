@@ -65,6 +65,14 @@ impl<F: BackendFactory> Env<F> {
             .with_clock(self.clock.clone())
     }
 
+    /// The config of a backend owning `range` of a job with `max_parallelism` key groups, on
+    /// the manual clock.
+    pub fn config_of(&self, max_parallelism: u16, range: KeyGroupRange) -> BackendConfig {
+        BackendConfig::new(u32::from(max_parallelism), range)
+            .expect("the range fits max_parallelism")
+            .with_clock(self.clock.clone())
+    }
+
     /// A new backend owning `range`.
     pub fn backend(&self, range: KeyGroupRange) -> Box<dyn StateBackend> {
         self.backend_with(self.config(range))

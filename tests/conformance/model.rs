@@ -20,6 +20,8 @@ const STATES: [(&str, StateKind); 4] = [
     ("reducing", StateKind::Reducing),
 ];
 const LIST: usize = 1;
+/// What a read-modify-write of the model run appends for an absent value.
+const ABSENT: &[u8] = b"<none>";
 const MAP: usize = 2;
 
 /// Keys and namespaces are drawn from small pools so operations collide often.
@@ -60,6 +62,14 @@ pub enum Op {
     Delete { state: usize, at: Target },
     /// `merge` (list append) into the list state.
     Merge { at: Target, operand: Vec<u8> },
+    /// `read_modify_write` storing `operand ++ old` (`old` = a marker when absent); with
+    /// `fail`, the function errs after writing into its buffer and nothing may change.
+    ReadModifyWrite {
+        state: usize,
+        at: Target,
+        operand: Vec<u8>,
+        fail: bool,
+    },
     /// `get`, compared with the model.
     Get { state: usize, at: Target },
     /// `scan_prefix`, compared with the model.
@@ -152,6 +162,8 @@ fn op() -> impl Strategy<Value = Op> {
         10 => (state.clone(), target(), bytes()).prop_map(|(state, at, value)| Op::Put { state, at, value }),
         4 => (state.clone(), target()).prop_map(|(state, at)| Op::Delete { state, at }),
         6 => (target(), bytes()).prop_map(|(at, operand)| Op::Merge { at, operand }),
+        6 => (state.clone(), target(), bytes(), prop::bool::weighted(0.2)).prop_map(
+            |(state, at, operand, fail)| Op::ReadModifyWrite { state, at, operand, fail }),
         8 => (state.clone(), target()).prop_map(|(state, at)| Op::Get { state, at }),
         3 => (state.clone(), target(), level()).prop_map(|(state, at, level)| Op::Scan { state, at, level }),
         2 => (state, target(), level()).prop_map(|(state, at, level)| Op::DeletePrefix { state, at, level }),
@@ -234,6 +246,34 @@ pub fn run<F: BackendFactory>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .entry((LIST, key))
                     .or_default()
                     .extend_from_slice(&operand);
+            }
+            Op::ReadModifyWrite {
+                state,
+                at,
+                operand,
+                fail,
+            } => {
+                let key = at.composite(state);
+                let mut seen = None;
+                let result = backend.read_modify_write(ids[state], &key, &mut |stored, out| {
+                    seen = Some(stored.map(<[u8]>::to_vec));
+                    out.extend_from_slice(&operand);
+                    out.extend_from_slice(stored.unwrap_or(ABSENT));
+                    if fail {
+                        return Err(flowstate::Error::invalid("function failed"));
+                    }
+                    Ok(())
+                });
+                let current = model.get(&(state, key.clone())).cloned();
+                prop_assert_eq!(seen, Some(current.clone()), "rmw read at step {}", step);
+                if fail {
+                    prop_assert!(result.is_err(), "rmw error lost at step {}", step);
+                } else {
+                    ok(result, "read_modify_write")?;
+                    let mut new = operand;
+                    new.extend_from_slice(current.as_deref().unwrap_or(ABSENT));
+                    model.insert((state, key), new);
+                }
             }
             Op::Get { state, at } => {
                 let key = at.composite(state);

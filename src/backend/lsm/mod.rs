@@ -24,8 +24,8 @@ use parking_lot::Mutex;
 use self::checkpoint::{Incremental, LsmSnapshotTask};
 use self::write_cache::{Lookup, WriteCache};
 use super::{
-    BackendConfig, BackendKind, EntryIter, SnapshotHandle, SnapshotTask, StateBackend,
-    StateDescriptor, StateId, StateKind, check_key_group,
+    BackendConfig, BackendKind, EntryIter, ReadModifyWrite, SnapshotHandle, SnapshotTask,
+    StateBackend, StateDescriptor, StateId, StateKind, check_key_group,
 };
 use crate::checkpoint::registry::{CheckpointRegistry, RecoveryReport};
 use crate::checkpoint::retention::DEFAULT_RETAINED_CHECKPOINTS;
@@ -539,6 +539,30 @@ impl StateBackend for LsmBackend {
 
     fn delete(&mut self, state: StateId, key: &[u8]) -> Result<()> {
         self.write(state, key, None)
+    }
+
+    fn read_modify_write(
+        &mut self,
+        state: StateId,
+        key: &[u8],
+        f: &mut ReadModifyWrite<'_>,
+    ) -> Result<()> {
+        if self.cache.enabled() {
+            self.access(state, key)?;
+            match self.cache.update_cached(state, key, f)? {
+                Some(true) => {
+                    let cfs = self.column_families();
+                    return self.cache.settle(&self.db, &cfs, None);
+                }
+                Some(false) => return Ok(()),
+                // Not cached: read (which caches it) and write through the cache.
+                None => {}
+            }
+        }
+        let stored = self.get(state, key)?;
+        let mut value = Vec::new();
+        f(stored.as_deref(), &mut value)?;
+        self.put(state, key, &value)
     }
 
     fn merge(&mut self, state: StateId, key: &[u8], operand: &[u8]) -> Result<()> {

@@ -21,8 +21,8 @@ use std::sync::{Arc, OnceLock};
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 
-use crate::backend::StateId;
 use crate::backend::state_table::KeyHasherBuilder;
+use crate::backend::{ReadModifyWrite, StateId};
 use crate::error::Result;
 use crate::lsm::batch::WriteBatch;
 use crate::lsm::{ColumnFamily, Db};
@@ -300,9 +300,6 @@ impl PendingWrites {
     }
 }
 
-/// The function of [`WriteCache::update_cached`]: gets the newest value, writes the new one.
-pub type UpdateFn<'a> = dyn FnMut(Option<&[u8]>, &mut Vec<u8>) -> Result<()> + 'a;
-
 /// A cache lookup's answer.
 pub enum Lookup<'a> {
     /// The cache knows the key: its value, or `None` when it is deleted or absent.
@@ -335,6 +332,8 @@ pub struct WriteCache {
     frozen: Vec<Arc<FrozenWrites>>,
     pending: Arc<PendingWrites>,
     next_ordinal: u64,
+    /// Reused output buffer of [`WriteCache::update_cached`].
+    scratch: Vec<u8>,
 }
 
 impl WriteCache {
@@ -350,6 +349,7 @@ impl WriteCache {
             frozen: Vec::new(),
             pending: Arc::new(PendingWrites::default()),
             next_ordinal: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -422,15 +422,15 @@ impl WriteCache {
     }
 
     /// Read-modify-write of `key` when the cache holds its newest value: `f` gets that value
-    /// and writes the new one into `scratch` (cleared), which is then recorded as a write.
-    /// Returns `None` (nothing called) when the cache does not hold the key — the caller reads
-    /// the store and writes — or `Some(spill)` as [`WriteCache::write`] does.
+    /// and writes the new one into a cleared buffer, which is then recorded as a write (nothing
+    /// is written when `f` fails). Returns `None` (nothing called) when the cache does not hold
+    /// the key — the caller reads and writes through the backend — or `Some(spill)` as
+    /// [`WriteCache::write`] does.
     pub fn update_cached(
         &mut self,
         state: StateId,
         key: &[u8],
-        scratch: &mut Vec<u8>,
-        f: &mut UpdateFn<'_>,
+        f: &mut ReadModifyWrite<'_>,
     ) -> Result<Option<bool>> {
         let hash = self.hasher.hash_one(key);
         let Some(cache) = self.states.get_mut(state.0 as usize) else {
@@ -439,6 +439,7 @@ impl WriteCache {
         let Some(slot) = cache.latest.slots.find_mut(hash, |s| s.matches(hash, key)) else {
             return Ok(None);
         };
+        let scratch = &mut self.scratch;
         scratch.clear();
         f(slot.value(), scratch)?;
         let before = slot.cost();
@@ -447,7 +448,7 @@ impl WriteCache {
         if cache.dirty.slots.capacity() == 0 && cache.last_dirty_len > 0 {
             cache.dirty = Table::with_capacity(cache.last_dirty_len);
         }
-        let dirty = cache.dirty.upsert(hash, key, Some(scratch));
+        let dirty = cache.dirty.upsert(hash, key, Some(&self.scratch));
         self.latest_bytes = self.latest_bytes.saturating_add_signed(latest);
         self.dirty_bytes = self.dirty_bytes.saturating_add_signed(dirty);
         Ok(Some(self.dirty_bytes > self.capacity / 2))

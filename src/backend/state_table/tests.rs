@@ -30,12 +30,69 @@ fn a_clone_is_a_frozen_view() {
     assert_eq!(live.len(), 1);
 }
 
+#[test]
+fn read_modify_write_in_place_unless_shared() {
+    let mut live = StateTable::new(range(0, 3));
+    let k = composite_key(1, b"alice", b"", b"");
+    let mut buffer = Vec::new();
+    let plus_one = |stored: Option<&[u8]>, out: &mut Vec<u8>| -> Result<(), ()> {
+        assert!(out.is_empty(), "the buffer is handed over empty");
+        out.extend_from_slice(stored.unwrap_or(b""));
+        out.push(b'1');
+        Ok(())
+    };
+    live.read_modify_write(&k, &mut buffer, plus_one).unwrap();
+    assert_eq!(live.get(&k), Some(&b"1"[..]));
+    // Owned by the live table alone: the same allocation is overwritten.
+    let before = live.get(&k).unwrap().as_ptr();
+    live.read_modify_write(&k, &mut buffer, plus_one).unwrap();
+    assert_eq!(live.get(&k), Some(&b"11"[..]));
+    assert_eq!(live.get(&k).unwrap().as_ptr(), before);
+    // Shared with a frozen clone: replaced, the clone keeps its bytes.
+    let frozen = live.clone();
+    live.read_modify_write(&k, &mut buffer, plus_one).unwrap();
+    assert_eq!(frozen.get(&k), Some(&b"11"[..]));
+    assert_eq!(live.get(&k), Some(&b"111"[..]));
+    // A failing function changes nothing; an out-of-range key is ignored.
+    assert_eq!(
+        live.read_modify_write(&k, &mut buffer, |_, out| {
+            out.push(b'x');
+            Err("no")
+        }),
+        Err("no")
+    );
+    assert_eq!(live.get(&k), Some(&b"111"[..]));
+    let foreign = composite_key(9, b"x", b"", b"");
+    live.read_modify_write(&foreign, &mut buffer, plus_one)
+        .unwrap();
+    assert_eq!(live.len(), 1);
+}
+
 proptest! {
-    /// Puts, appends and removes against a BTreeMap model; a clone taken in the middle keeps
+    /// Sorting a key group by its keys' first 16 bytes as an integer, ties in full, gives the
+    /// keys' byte order: keys of every length, with zero bytes and long shared prefixes.
+    #[test]
+    fn sorted_group_is_byte_order(keys in proptest::collection::btree_set(
+        proptest::collection::vec(prop_oneof![Just(0u8), Just(1), Just(0xff)], 0..24), 0..60)) {
+        let mut table = StateTable::new(range(0, 3));
+        let mut expected = Vec::new();
+        for user in &keys {
+            let mut key = vec![0, 2];
+            key.extend_from_slice(user);
+            table.put(&key, b"v");
+            expected.push(key);
+        }
+        expected.sort();
+        let sorted: Vec<Vec<u8>> =
+            table.sorted_group(2, &[]).into_iter().map(|(k, _)| k.to_vec()).collect();
+        prop_assert_eq!(sorted, expected);
+    }
+
+    /// Puts, appends, read-modify-writes and removes against a BTreeMap model; a clone taken in the middle keeps
     /// the model's state of that moment, and sorted groups give the model's order.
     #[test]
     fn matches_a_btreemap(ops in proptest::collection::vec(
-        (0u8..4, 0u16..4, 0u8..6, proptest::collection::vec(any::<u8>(), 0..4)), 0..120),
+        (0u8..5, 0u16..4, 0u8..6, proptest::collection::vec(any::<u8>(), 0..4)), 0..120),
         freeze_at in 0usize..120,
     ) {
         let mut table = StateTable::new(range(0, 3));
@@ -53,6 +110,17 @@ proptest! {
                     model.entry(k).or_insert_with(Vec::new).extend_from_slice(&value);
                 }
                 2 => { table.remove(&k); model.remove(&k); }
+                3 => {
+                    let mut buffer = Vec::new();
+                    table.read_modify_write(&k, &mut buffer, |old, out| -> Result<(), ()> {
+                        out.extend_from_slice(&value);
+                        out.extend_from_slice(old.unwrap_or(b"-"));
+                        Ok(())
+                    }).unwrap();
+                    let mut new = value.clone();
+                    new.extend_from_slice(model.get(&k).map_or(&b"-"[..], |v: &Vec<u8>| v));
+                    model.insert(k, new);
+                }
                 _ => {
                     let prefix = &k[..3];
                     table.remove_prefix(prefix);
