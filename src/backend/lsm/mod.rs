@@ -372,9 +372,16 @@ impl LsmBackend {
             };
         }
         if self.cache.write(state, key, value) {
-            let cfs = self.column_families();
-            self.cache.settle(&self.db, &cfs, None)?;
+            self.make_room()?;
         }
+        Ok(())
+    }
+
+    /// The write-back cache is over budget: hand the store every write, then evict.
+    fn make_room(&mut self) -> Result<()> {
+        let cfs = self.column_families();
+        self.cache.settle(&self.db, &cfs, None)?;
+        self.cache.evict();
         Ok(())
     }
 
@@ -529,7 +536,9 @@ impl StateBackend for LsmBackend {
         }
         let cf = self.cf_of(state)?;
         let value = self.db.get(cf, key)?;
-        self.cache.fill(state, key, value.as_deref());
+        if self.cache.fill(state, key, value.as_deref()) {
+            self.make_room()?;
+        }
         Ok(value)
     }
 
@@ -550,10 +559,7 @@ impl StateBackend for LsmBackend {
         if self.cache.enabled() {
             self.access(state, key)?;
             match self.cache.update_cached(state, key, f)? {
-                Some(true) => {
-                    let cfs = self.column_families();
-                    return self.cache.settle(&self.db, &cfs, None);
-                }
+                Some(true) => return self.make_room(),
                 Some(false) => return Ok(()),
                 // Not cached: read (which caches it) and write through the cache.
                 None => {}
@@ -568,7 +574,9 @@ impl StateBackend for LsmBackend {
     fn merge(&mut self, state: StateId, key: &[u8], operand: &[u8]) -> Result<()> {
         let cf = self.access(state, key)?.clone();
         if self.cache.enabled() {
-            self.cache.settle_key(&self.db, &cf, state, key)?;
+            let cfs = self.column_families();
+            self.cache.settle(&self.db, &cfs, Some(state))?;
+            self.cache.forget_key(state, key);
         }
         self.db.merge(&cf, key, operand)
     }

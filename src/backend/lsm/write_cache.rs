@@ -4,7 +4,9 @@
 //! asynchronous part.
 //!
 //! DESIGN. Per state, `latest` holds the newest value of every key it holds (`None`: known
-//! absent) and `dirty` the writes since the last snapshot. A snapshot's synchronous part moves
+//! absent) — always every key written since the store last received every write, so a miss
+//! means the store is current — and `dirty` logs the writes since the last snapshot in order
+//! (appending needs no lookup; applying keeps each key's last write). A snapshot's synchronous part moves
 //! every `dirty` map into a [`FrozenWrites`] batch (O(states), no copy) queued in
 //! [`PendingWrites`]. Applying a batch writes its entries into the store and then freezes the
 //! memtables: the freeze's sequence is that checkpoint's, so the checkpoint holds exactly the
@@ -12,7 +14,7 @@
 //! first (the checkpoint's asynchronous part, or the operator thread when it must write to the
 //! store itself: a merge, a prefix scan or delete, a spill of an over-full cache). Invariant:
 //! nothing writes to the store while an earlier batch waits, so no write after a barrier lands
-//! below that barrier's freeze. Until a batch is applied, reads see it through the frozen list.
+//! below that barrier's freeze. Evicting cached entries first hands the store every write.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -149,12 +151,6 @@ struct Table {
 }
 
 impl Table {
-    fn with_capacity(capacity: usize) -> Table {
-        Table {
-            slots: HashTable::with_capacity(capacity),
-        }
-    }
-
     fn find(&self, hash: u64, key: &[u8]) -> Option<&Slot> {
         self.slots.find(hash, |s| s.matches(hash, key))
     }
@@ -187,12 +183,9 @@ impl Table {
         self.slots.iter().map(Slot::cost).sum()
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.slots.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.slots.is_empty()
     }
 
     /// Drops about half of the entries (those whose hash has bit `bit` set); returns the bytes freed.
@@ -207,15 +200,69 @@ impl Table {
         });
         freed
     }
+}
 
-    /// Writes every entry into `cf` of `db` in key order, in chunks.
+/// Writes in the order they were made (appending costs no lookup); applying one keeps the last
+/// write of each key.
+#[derive(Debug, Default)]
+struct WriteLog {
+    entries: Vec<Slot>,
+}
+
+impl WriteLog {
+    fn with_capacity(capacity: usize) -> WriteLog {
+        WriteLog {
+            entries: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Appends a write; returns its charged bytes.
+    fn push(&mut self, key: &[u8], value: Option<&[u8]>) -> usize {
+        let slot = Slot::new(0, key, value);
+        let cost = slot.cost();
+        self.entries.push(slot);
+        cost
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The last write of each key, in key order.
+    fn last_writes(&self) -> Vec<&Slot> {
+        // Sorted by key prefix, key, then position: the last of a run of equal keys wins.
+        let mut order: Vec<(u64, u32)> = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.key_prefix(), i as u32))
+            .collect();
+        let key = |i: u32| self.entries[i as usize].key();
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| key(a.1).cmp(key(b.1)))
+                .then(a.1.cmp(&b.1))
+        });
+        let mut last: Vec<&Slot> = Vec::with_capacity(order.len());
+        for (_, i) in order {
+            let slot = &self.entries[i as usize];
+            match last.last_mut() {
+                Some(previous) if previous.key() == slot.key() => *previous = slot,
+                _ => last.push(slot),
+            }
+        }
+        last
+    }
+
+    /// Writes the last write of every key into `cf` of `db` in key order, in chunks.
     fn write_to(&self, db: &Db, cf: &ColumnFamily) -> Result<()> {
-        let mut sorted: Vec<(u64, &Slot)> =
-            self.slots.iter().map(|s| (s.key_prefix(), s)).collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key().cmp(b.1.key())));
-        for chunk in sorted.chunks(WRITE_CHUNK) {
+        for chunk in self.last_writes().chunks(WRITE_CHUNK) {
             let mut batch = WriteBatch::new();
-            for (_, slot) in chunk {
+            for slot in chunk {
                 match slot.value() {
                     Some(value) => batch.put(cf.id(), slot.key(), value)?,
                     None => batch.delete(cf.id(), slot.key())?,
@@ -233,7 +280,7 @@ pub struct FrozenWrites {
     /// Position in the backend's sequence of batches.
     ordinal: u64,
     /// Per state (by `StateId`): its column family and its writes.
-    states: Vec<(ColumnFamily, Table)>,
+    states: Vec<(ColumnFamily, WriteLog)>,
     /// The sequence of the memtable freeze that followed the batch's writes, once applied.
     sequence: OnceLock<u64>,
 }
@@ -242,11 +289,6 @@ impl FrozenWrites {
     /// The checkpoint's sequence, once the batch is in the store.
     pub fn sequence(&self) -> Option<u64> {
         self.sequence.get().copied()
-    }
-
-    fn lookup(&self, state: StateId, hash: u64, key: &[u8]) -> Option<Option<&[u8]>> {
-        let (_, table) = self.states.get(state.0 as usize)?;
-        table.find(hash, key).map(Slot::value)
     }
 }
 
@@ -266,9 +308,9 @@ impl PendingWrites {
             if through.is_some_and(|last| batch.ordinal > last) {
                 break;
             }
-            for (cf, table) in &batch.states {
-                if !table.is_empty() {
-                    table.write_to(db, cf)?;
+            for (cf, log) in &batch.states {
+                if !log.is_empty() {
+                    log.write_to(db, cf)?;
                 }
             }
             let sequence = db.flush(false)?;
@@ -310,11 +352,12 @@ pub enum Lookup<'a> {
 
 #[derive(Debug, Default)]
 struct StateCache {
-    /// The newest value of each key held (reads and writes).
+    /// The newest value of each key held. Holds every key written since the store last got
+    /// every write (a settle): evicting needs a settle first.
     latest: Table,
-    /// Writes since the last snapshot.
-    dirty: Table,
-    /// Entries of the last frozen batch: the next `dirty` starts with room for as many.
+    /// Writes since the last snapshot, in order.
+    dirty: WriteLog,
+    /// Writes of the last frozen batch: the next log starts with room for as many.
     last_dirty_len: usize,
 }
 
@@ -328,8 +371,6 @@ pub struct WriteCache {
     dirty_bytes: usize,
     /// Which hash bit the next eviction uses (so evictions do not always hit the same keys).
     eviction_bit: u32,
-    /// Batches frozen by this cache that were not yet seen applied, oldest first.
-    frozen: Vec<Arc<FrozenWrites>>,
     pending: Arc<PendingWrites>,
     next_ordinal: u64,
     /// Reused output buffer of [`WriteCache::update_cached`].
@@ -346,7 +387,6 @@ impl WriteCache {
             latest_bytes: 0,
             dirty_bytes: 0,
             eviction_bit: 7,
-            frozen: Vec::new(),
             pending: Arc::new(PendingWrites::default()),
             next_ordinal: 0,
             scratch: Vec::new(),
@@ -371,60 +411,55 @@ impl WriteCache {
         &mut self.states[index]
     }
 
-    /// What the cache knows of `key`: the newest write, a frozen batch's write or a cached read.
-    pub fn get(&mut self, state: StateId, key: &[u8]) -> Lookup<'_> {
-        if !self.frozen.is_empty() {
-            self.frozen.retain(|b| b.sequence().is_none());
-        }
+    /// Whether the cache is over its budget: the caller should [`WriteCache::settle`] every
+    /// state and then [`WriteCache::evict`].
+    fn over_budget(&self) -> bool {
+        self.latest_bytes > self.capacity || self.dirty_bytes > self.capacity / 2
+    }
+
+    /// What the cache knows of `key`. A key written since the store last got every write is
+    /// always here, so a miss means the store has the newest value.
+    pub fn get(&self, state: StateId, key: &[u8]) -> Lookup<'_> {
         let Some(cache) = self.states.get(state.0 as usize) else {
             return Lookup::Miss;
         };
-        let hash = self.hasher.hash_one(key);
-        if let Some(slot) = cache.latest.find(hash, key) {
-            return Lookup::Hit(slot.value());
+        match cache.latest.find(self.hasher.hash_one(key), key) {
+            Some(slot) => Lookup::Hit(slot.value()),
+            None => Lookup::Miss,
         }
-        if let Some(slot) = cache.dirty.find(hash, key) {
-            return Lookup::Hit(slot.value());
-        }
-        for batch in self.frozen.iter().rev() {
-            if let Some(value) = batch.lookup(state, hash, key) {
-                return Lookup::Hit(value);
-            }
-        }
-        Lookup::Miss
     }
 
-    /// Remembers what the store returned for `key` (after a [`Lookup::Miss`]).
-    pub fn fill(&mut self, state: StateId, key: &[u8], value: Option<&[u8]>) {
+    /// Remembers what the store returned for `key` (after a [`Lookup::Miss`]). Returns true
+    /// when the cache is over its budget (settle, then evict).
+    pub fn fill(&mut self, state: StateId, key: &[u8], value: Option<&[u8]>) -> bool {
         if !self.enabled() {
-            return;
+            return false;
         }
-        self.make_room(key, value);
         let hash = self.hasher.hash_one(key);
         let delta = self.state(state).latest.upsert(hash, key, value);
         self.latest_bytes = self.latest_bytes.saturating_add_signed(delta);
+        self.over_budget()
     }
 
-    /// Records a write (`None`: a delete). Returns true when the writes since the last
-    /// snapshot outgrew half the capacity: the caller should [`WriteCache::settle`].
+    /// Records a write (`None`: a delete). Returns true when the cache is over its budget
+    /// (settle, then evict).
     pub fn write(&mut self, state: StateId, key: &[u8], value: Option<&[u8]>) -> bool {
-        self.make_room(key, value);
         let hash = self.hasher.hash_one(key);
         let cache = self.state(state);
         let latest = cache.latest.upsert(hash, key, value);
-        if cache.dirty.slots.capacity() == 0 && cache.last_dirty_len > 0 {
-            cache.dirty = Table::with_capacity(cache.last_dirty_len);
+        if cache.dirty.entries.capacity() == 0 && cache.last_dirty_len > 0 {
+            cache.dirty = WriteLog::with_capacity(cache.last_dirty_len);
         }
-        let dirty = cache.dirty.upsert(hash, key, value);
+        let dirty = cache.dirty.push(key, value);
         self.latest_bytes = self.latest_bytes.saturating_add_signed(latest);
-        self.dirty_bytes = self.dirty_bytes.saturating_add_signed(dirty);
-        self.dirty_bytes > self.capacity / 2
+        self.dirty_bytes += dirty;
+        self.over_budget()
     }
 
     /// Read-modify-write of `key` when the cache holds its newest value: `f` gets that value
     /// and writes the new one into a cleared buffer, which is then recorded as a write (nothing
     /// is written when `f` fails). Returns `None` (nothing called) when the cache does not hold
-    /// the key — the caller reads and writes through the backend — or `Some(spill)` as
+    /// the key — the caller reads and writes through the backend — or `Some(over_budget)` as
     /// [`WriteCache::write`] does.
     pub fn update_cached(
         &mut self,
@@ -445,20 +480,19 @@ impl WriteCache {
         let before = slot.cost();
         slot.set(Some(scratch));
         let latest = slot.cost() as isize - before as isize;
-        if cache.dirty.slots.capacity() == 0 && cache.last_dirty_len > 0 {
-            cache.dirty = Table::with_capacity(cache.last_dirty_len);
+        if cache.dirty.entries.capacity() == 0 && cache.last_dirty_len > 0 {
+            cache.dirty = WriteLog::with_capacity(cache.last_dirty_len);
         }
-        let dirty = cache.dirty.upsert(hash, key, Some(&self.scratch));
+        let dirty = cache.dirty.push(key, Some(&self.scratch));
         self.latest_bytes = self.latest_bytes.saturating_add_signed(latest);
-        self.dirty_bytes = self.dirty_bytes.saturating_add_signed(dirty);
-        Ok(Some(self.dirty_bytes > self.capacity / 2))
+        self.dirty_bytes += dirty;
+        Ok(Some(self.over_budget()))
     }
 
-    /// Evicts about half of the cached reads when one more entry would not fit. Writes not yet
-    /// in the store stay in `dirty` and in frozen batches, so no read misses them.
-    fn make_room(&mut self, key: &[u8], value: Option<&[u8]>) {
-        let need = key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD;
-        if self.latest_bytes + need <= self.capacity {
+    /// Evicts about half of the cached entries (all, if that is not enough) when over the
+    /// capacity. Only right after a settle of every state: then the store holds every write.
+    pub fn evict(&mut self) {
+        if self.latest_bytes <= self.capacity {
             return;
         }
         let bit = self.eviction_bit;
@@ -467,7 +501,7 @@ impl WriteCache {
             let freed = cache.latest.evict_half(bit);
             self.latest_bytes = self.latest_bytes.saturating_sub(freed);
         }
-        if self.latest_bytes + need > self.capacity {
+        if self.latest_bytes > self.capacity {
             for cache in &mut self.states {
                 cache.latest = Table::default();
             }
@@ -487,7 +521,7 @@ impl WriteCache {
                         cache.last_dirty_len = cache.dirty.len();
                         std::mem::take(&mut cache.dirty)
                     }
-                    None => Table::default(),
+                    None => WriteLog::default(),
                 };
                 (cf.clone(), dirty)
             })
@@ -500,7 +534,6 @@ impl WriteCache {
         });
         self.next_ordinal += 1;
         self.pending.queue.lock().push_back(batch.clone());
-        self.frozen.push(batch.clone());
         batch
     }
 
@@ -510,7 +543,6 @@ impl WriteCache {
         if !self.pending.is_empty() {
             self.pending.apply_through(db, None)?;
         }
-        self.frozen.clear();
         for (index, cache) in self.states.iter_mut().enumerate() {
             if state.is_some_and(|s| s.0 as usize != index) || cache.dirty.is_empty() {
                 continue;
@@ -520,43 +552,25 @@ impl WriteCache {
             };
             cache.dirty.write_to(db, cf)?;
             let dirty = std::mem::take(&mut cache.dirty);
-            self.dirty_bytes = self.dirty_bytes.saturating_sub(dirty.cost());
+            let bytes: usize = dirty.entries.iter().map(Slot::cost).sum();
+            self.dirty_bytes = self.dirty_bytes.saturating_sub(bytes);
         }
         Ok(())
     }
 
-    /// Writes `key`'s pending write (if any) into the store and forgets the key, so the next
-    /// store operation on it (a merge) sees everything before it.
-    pub fn settle_key(
-        &mut self,
-        db: &Db,
-        cf: &ColumnFamily,
-        state: StateId,
-        key: &[u8],
-    ) -> Result<()> {
-        if !self.pending.is_empty() {
-            self.pending.apply_through(db, None)?;
-        }
-        self.frozen.clear();
+    /// Forgets `key` after [`WriteCache::settle`] of its state, so the next store operation on
+    /// it (a merge) and the next read see the store.
+    pub fn forget_key(&mut self, state: StateId, key: &[u8]) {
         let hash = self.hasher.hash_one(key);
-        let Some(cache) = self.states.get_mut(state.0 as usize) else {
-            return Ok(());
-        };
-        if let Some(slot) = cache.latest.remove(hash, key) {
+        if let Some(cache) = self.states.get_mut(state.0 as usize)
+            && let Some(slot) = cache.latest.remove(hash, key)
+        {
             self.latest_bytes = self.latest_bytes.saturating_sub(slot.cost());
         }
-        if let Some(slot) = cache.dirty.remove(hash, key) {
-            self.dirty_bytes = self.dirty_bytes.saturating_sub(slot.cost());
-            match slot.value() {
-                Some(value) => db.put(cf, key, value)?,
-                None => db.delete(cf, key)?,
-            }
-        }
-        Ok(())
     }
 
-    /// Forgets every cached read of `state` (after a prefix delete changed the store under it).
-    /// Call [`WriteCache::settle`] for the state first.
+    /// Forgets every cached entry of `state` (after a prefix delete changed the store under
+    /// it). Call [`WriteCache::settle`] for the state first.
     pub fn forget_state(&mut self, state: StateId) {
         if let Some(cache) = self.states.get_mut(state.0 as usize) {
             let latest = std::mem::take(&mut cache.latest);
@@ -569,7 +583,7 @@ impl WriteCache {
         *self = WriteCache::new(self.capacity);
     }
 
-    /// Bytes charged for cached reads and for writes not yet frozen.
+    /// Bytes charged for cached entries and for writes since the last snapshot.
     pub fn charged_bytes(&self) -> (usize, usize) {
         (self.latest_bytes, self.dirty_bytes)
     }
@@ -644,6 +658,30 @@ mod tests {
             let keys: Vec<&[u8]> = sorted.iter().map(|(_, s)| s.key()).collect();
             let expected: Vec<&[u8]> = model.keys().map(Vec::as_slice).collect();
             prop_assert_eq!(keys, expected);
+        }
+    }
+
+    proptest! {
+        /// Applying a log writes each key's last write, in key order.
+        #[test]
+        fn a_log_keeps_the_last_write_of_each_key(
+            writes in proptest::collection::vec(
+                (proptest::collection::vec(0u8..3, 0..10), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))),
+                0..200,
+            )
+        ) {
+            let mut log = WriteLog::default();
+            let mut model: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+            for (key, value) in writes {
+                log.push(&key, value.as_deref());
+                model.insert(key, value);
+            }
+            let last: Vec<(Vec<u8>, Option<Vec<u8>>)> = log
+                .last_writes()
+                .iter()
+                .map(|s| (s.key().to_vec(), s.value().map(<[u8]>::to_vec)))
+                .collect();
+            prop_assert_eq!(last, model.into_iter().collect::<Vec<_>>());
         }
     }
 
