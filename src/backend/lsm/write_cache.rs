@@ -133,14 +133,13 @@ impl Slot {
         self.present = value.is_some();
     }
 
-    /// The first 8 key bytes as a big-endian number (zero-padded): sorting by it, then by the
-    /// whole key, orders keys without following a pointer for most comparisons.
-    fn key_prefix(&self) -> u64 {
-        let mut word = [0u8; 8];
+    /// The first 16 key bytes as a big-endian number (zero-padded).
+    fn key_prefix16(&self) -> u128 {
+        let mut word = [0u8; 16];
         let key = self.key();
-        let n = key.len().min(8);
+        let n = key.len().min(16);
         word[..n].copy_from_slice(&key[..n]);
-        u64::from_be_bytes(word)
+        u128::from_be_bytes(word)
     }
 }
 
@@ -234,26 +233,39 @@ impl WriteLog {
 
     /// The last write of each key, in key order.
     fn last_writes(&self) -> Vec<&Slot> {
-        // Sorted by key prefix, key, then position: the last of a run of equal keys wins.
-        let mut order: Vec<(u64, u32)> = self
+        // Sorted by (first 16 key bytes zero-padded, key length, position): for keys of at
+        // most 16 bytes that is byte order and equal keys sit together, with no pointer to
+        // follow; longer keys that tie on 16 bytes are compared in full. The last of a run of
+        // equal keys wins.
+        let mut order: Vec<(u128, u32, u32)> = self
             .entries
             .iter()
             .enumerate()
-            .map(|(i, s)| (s.key_prefix(), i as u32))
+            .map(|(i, s)| (s.key_prefix16(), s.key_len, i as u32))
             .collect();
         let key = |i: u32| self.entries[i as usize].key();
         order.sort_unstable_by(|a, b| {
             a.0.cmp(&b.0)
-                .then_with(|| key(a.1).cmp(key(b.1)))
-                .then(a.1.cmp(&b.1))
+                .then_with(|| {
+                    if a.1 <= 16 && b.1 <= 16 {
+                        a.1.cmp(&b.1)
+                    } else {
+                        key(a.2).cmp(key(b.2))
+                    }
+                })
+                .then(a.2.cmp(&b.2))
         });
         let mut last: Vec<&Slot> = Vec::with_capacity(order.len());
-        for (_, i) in order {
+        let mut previous: Option<(u128, u32)> = None;
+        for (prefix, len, i) in order {
             let slot = &self.entries[i as usize];
+            let same = previous == Some((prefix, len))
+                && (len <= 16 || last.last().is_some_and(|p| p.key() == slot.key()));
             match last.last_mut() {
-                Some(previous) if previous.key() == slot.key() => *previous = slot,
+                Some(p) if same => *p = slot,
                 _ => last.push(slot),
             }
+            previous = Some((prefix, len));
         }
         last
     }
@@ -618,8 +630,7 @@ mod tests {
     }
 
     proptest! {
-        /// A table gives a `BTreeMap`'s answers, its charged bytes add up, and `write_to`'s
-        /// order (prefix, then key) is the byte order of the keys.
+        /// A table gives a `BTreeMap`'s answers and its charged bytes add up.
         #[test]
         fn table_matches_a_model(
             ops in proptest::collection::vec(
@@ -653,9 +664,8 @@ mod tests {
                 prop_assert_eq!(charged as usize, table.cost());
                 prop_assert_eq!(table.len(), model.len());
             }
-            let mut sorted: Vec<(u64, &Slot)> = table.slots.iter().map(|s| (s.key_prefix(), s)).collect();
-            sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key().cmp(b.1.key())));
-            let keys: Vec<&[u8]> = sorted.iter().map(|(_, s)| s.key()).collect();
+            let mut keys: Vec<&[u8]> = table.slots.iter().map(Slot::key).collect();
+            keys.sort_unstable();
             let expected: Vec<&[u8]> = model.keys().map(Vec::as_slice).collect();
             prop_assert_eq!(keys, expected);
         }
@@ -666,8 +676,8 @@ mod tests {
         #[test]
         fn a_log_keeps_the_last_write_of_each_key(
             writes in proptest::collection::vec(
-                (proptest::collection::vec(0u8..3, 0..10), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))),
-                0..200,
+                (proptest::collection::vec(0u8..3, 0..24), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))),
+                0..300,
             )
         ) {
             let mut log = WriteLog::default();
@@ -683,6 +693,33 @@ mod tests {
                 .collect();
             prop_assert_eq!(last, model.into_iter().collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn a_log_orders_long_keys_that_share_sixteen_bytes() {
+        let long = |suffix: &[u8]| [&[7u8; 16][..], suffix].concat();
+        let mut log = WriteLog::default();
+        let mut model: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        let keys = [
+            long(b"b"),
+            long(b""),
+            long(b"a\0"),
+            long(b"a"),
+            [7u8; 15].to_vec(),
+        ];
+        for round in 0u8..3 {
+            for (i, key) in keys.iter().enumerate().rev() {
+                let value = (i as u8 + round % 2 == 0).then_some(vec![round, i as u8]);
+                log.push(key, value.as_deref());
+                model.insert(key.clone(), value);
+            }
+        }
+        let last: Vec<(Vec<u8>, Option<Vec<u8>>)> = log
+            .last_writes()
+            .iter()
+            .map(|s| (s.key().to_vec(), s.value().map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(last, model.into_iter().collect::<Vec<_>>());
     }
 
     #[test]
