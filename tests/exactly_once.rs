@@ -24,6 +24,8 @@ fn config(dir: &Path, backend: BackendChoice, parallelism: u16) -> JobConfig {
     config.parallelism = parallelism;
     config.max_parallelism = Some(8);
     config.channel_capacity = 2;
+    // Small batches: barriers and injected failures fall between many of them.
+    config.batch_records = 16;
     config.checkpoints = CheckpointOptions {
         interval: Some(Duration::from_millis(1)),
         timeout: Duration::from_secs(30),

@@ -86,6 +86,10 @@ pub struct JobConfig {
     pub progress: bool,
     /// Capacity of every task input, in messages (batches).
     pub channel_capacity: usize,
+    /// Records per batch from the source to an operator (default
+    /// [`DEFAULT_BATCH_RECORDS`](super::source::DEFAULT_BATCH_RECORDS)); tests use small
+    /// batches so barriers and failures fall between many batches.
+    pub batch_records: usize,
 }
 
 impl JobConfig {
@@ -108,6 +112,7 @@ impl JobConfig {
             failures: Arc::new(FailureSchedule::none()),
             progress: false,
             channel_capacity: 16,
+            batch_records: super::source::DEFAULT_BATCH_RECORDS,
         }
     }
 }
@@ -436,6 +441,7 @@ impl Attempt<'_> {
                 max_parallelism: self.max_parallelism,
                 failures,
                 cancelled: &cancelled,
+                batch_records: config.batch_records,
             };
             let (events, cancel) = (events_tx.clone(), &cancelled);
             scope.spawn(move || task_body("source".into(), &events, cancel, || source.run()));

@@ -24,10 +24,12 @@ use crate::keys::{key_group_for_key, operator_index_for_key_group};
 /// Longest key in bytes.
 pub const MAX_KEY_LEN: usize = 256;
 
-/// Records per batch sent to an operator.
-const BATCH_RECORDS: usize = 256;
+/// Default records per batch sent to an operator ([`SourceTask::batch_records`]): large enough
+/// that channel hand-offs and thread wake-ups are rare (measured: 256 → 4096 took the reference
+/// job from 1.1M to 1.3M events/s on the lsm backend, 1.8M to 2.3M on fs; 8192 was slower).
+pub const DEFAULT_BATCH_RECORDS: usize = 4096;
 /// A batch is also sent once its record bytes reach this size (long rejected lines).
-const BATCH_BYTES: usize = 64 << 10;
+const BATCH_BYTES: usize = 1 << 20;
 
 /// Where the source is in its input, and what it has seen so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +201,8 @@ pub struct SourceTask<'a> {
     pub failures: &'a FailureSchedule,
     /// Set when the attempt is cancelled.
     pub cancelled: &'a AtomicBool,
+    /// Records per batch (a batch is sent when full, before a barrier and at the end).
+    pub batch_records: usize,
 }
 
 impl SourceTask<'_> {
@@ -291,7 +295,7 @@ impl SourceTask<'_> {
                 }
             };
             if let Some(batch) = batches.get_mut(target)
-                && (batch.len() >= BATCH_RECORDS || batch.byte_len() >= BATCH_BYTES)
+                && (batch.len() >= self.batch_records.max(1) || batch.byte_len() >= BATCH_BYTES)
             {
                 let full = std::mem::take(batch);
                 self.outputs[target]
