@@ -18,13 +18,13 @@ use super::entry_key::EntryKey;
 use super::stored_value::StoredValue;
 use crate::keys::{CompositeKey, KeyGroupRange, key_group_of};
 
-/// A key group's entries: composite key to value. Values are `Arc<StoredValue>` so that a
-/// value owned by the live table alone is overwritten or appended to in place, and a short one
-/// lives in the `Arc`'s own allocation.
-pub type KeyGroupMap = HashMap<EntryKey, Arc<StoredValue>, KeyHasherBuilder>;
+/// A key group's entries: composite key to value. A short value lives in its bucket (copied
+/// when a snapshot's key group is copied, then overwritten in place); a long one is shared with
+/// snapshots behind an `Arc` until written ([`StoredValue`]).
+pub type KeyGroupMap = HashMap<EntryKey, StoredValue, KeyHasherBuilder>;
 
 /// One entry of a [`KeyGroupMap`], borrowed.
-pub type SharedEntry<'a> = (&'a EntryKey, &'a Arc<StoredValue>);
+pub type SharedEntry<'a> = (&'a EntryKey, &'a StoredValue);
 
 /// A key and what happens to it: a new value, or `None` for removal.
 type EntryChange = (EntryKey, Option<Vec<u8>>);
@@ -89,7 +89,7 @@ impl KeyGroupTable {
 
     /// Inserts a key that is not in `entries` yet, indexing it if it has a user key.
     #[inline]
-    fn insert_new(&mut self, key: EntryKey, value: Arc<StoredValue>) {
+    fn insert_new(&mut self, key: EntryKey, value: StoredValue) {
         // Value, list and reducing state keys (no user key) stop at the length check.
         if let Some(primary) = primary_len(&key)
             && primary < key.len()
@@ -208,12 +208,9 @@ impl StateTable {
             return;
         };
         match group.entries.get_mut(key) {
-            Some(current) => match Arc::get_mut(current) {
-                // Owned by this table alone: overwrite in place, no allocation.
-                Some(owned) => owned.set(value),
-                None => *current = Arc::new(StoredValue::new(value)),
-            },
-            None => group.insert_new(EntryKey::from(key), Arc::new(StoredValue::new(value))),
+            // In place, no allocation (a long value shared with a snapshot is replaced).
+            Some(current) => current.set(value),
+            None => group.insert_new(EntryKey::from(key), StoredValue::new(value)),
         }
     }
 
@@ -236,14 +233,11 @@ impl StateTable {
         match group.entries.get_mut(key) {
             Some(current) => {
                 f(Some(current.as_slice()), out)?;
-                match Arc::get_mut(current) {
-                    Some(owned) => owned.set(out),
-                    None => *current = Arc::new(StoredValue::new(out)),
-                }
+                current.set(out);
             }
             None => {
                 f(None, out)?;
-                group.insert_new(EntryKey::from(key), Arc::new(StoredValue::new(out)));
+                group.insert_new(EntryKey::from(key), StoredValue::new(out));
             }
         }
         Ok(())
@@ -255,8 +249,8 @@ impl StateTable {
             return;
         };
         match group.entries.get_mut(key) {
-            Some(current) => Arc::make_mut(current).append(operand),
-            None => group.insert_new(EntryKey::from(key), Arc::new(StoredValue::new(operand))),
+            Some(current) => current.append(operand),
+            None => group.insert_new(EntryKey::from(key), StoredValue::new(operand)),
         }
     }
 
@@ -265,10 +259,8 @@ impl StateTable {
     pub fn insert_owned(&mut self, key: Vec<u8>, value: Vec<u8>) {
         if let Some(group) = self.group_mut(&key) {
             match group.entries.get_mut(key.as_slice()) {
-                Some(current) => *current = Arc::new(StoredValue::from_vec(value)),
-                None => {
-                    group.insert_new(EntryKey::from(key), Arc::new(StoredValue::from_vec(value)))
-                }
+                Some(current) => *current = StoredValue::from_vec(value),
+                None => group.insert_new(EntryKey::from(key), StoredValue::from_vec(value)),
             }
         }
     }
@@ -430,7 +422,7 @@ impl StateTable {
         for (k, kept) in changes {
             match kept {
                 Some(v) => {
-                    group.entries.insert(k, Arc::new(StoredValue::from_vec(v)));
+                    group.entries.insert(k, StoredValue::from_vec(v));
                 }
                 None => group.remove(&k),
             }
