@@ -307,7 +307,11 @@ impl FrozenWrites {
 /// The queue of frozen batches not yet in the store, shared by a backend and its snapshot tasks.
 #[derive(Debug, Default)]
 pub struct PendingWrites {
+    /// Held only to push, peek and pop: a snapshot's synchronous part never waits for an
+    /// application in progress.
     queue: Mutex<VecDeque<Arc<FrozenWrites>>>,
+    /// Held while batches are applied, so they go into the store one at a time, in order.
+    applying: Mutex<()>,
 }
 
 impl PendingWrites {
@@ -315,10 +319,13 @@ impl PendingWrites {
     /// when `None`): writes its entries, then freezes the memtables and records the sequence.
     /// A batch that fails stays queued (applying it again writes the same values).
     pub fn apply_through(&self, db: &Db, through: Option<u64>) -> Result<()> {
-        let mut queue = self.queue.lock();
-        while let Some(batch) = queue.front() {
+        let _applying = self.applying.lock();
+        loop {
+            let Some(batch) = self.queue.lock().front().cloned() else {
+                return Ok(());
+            };
             if through.is_some_and(|last| batch.ordinal > last) {
-                break;
+                return Ok(());
             }
             for (cf, log) in &batch.states {
                 if !log.is_empty() {
@@ -326,11 +333,10 @@ impl PendingWrites {
                 }
             }
             let sequence = db.flush(false)?;
-            // Set once: the batch leaves the queue right after, under the same lock.
+            // Set once: only the holder of `applying` applies, and the batch leaves the queue now.
             let _ = batch.sequence.set(sequence);
-            queue.pop_front();
+            self.queue.lock().pop_front();
         }
-        Ok(())
     }
 
     /// Applies every batch up to and including `batch` (if not applied already) and returns
