@@ -325,6 +325,20 @@ pub type EntryIter<'a> = Box<dyn Iterator<Item = Result<Entry>> + 'a>;
 /// writes the bytes to store into the (empty) buffer.
 pub type ReadModifyWrite<'a> = dyn FnMut(Option<&[u8]>, &mut Vec<u8>) -> Result<()> + 'a;
 
+/// [`StateBackend::read_modify_write`] as a [`StateBackend::get`] then a
+/// [`StateBackend::put`]: the trait's default, and the fallback of backends that override it.
+pub fn read_modify_write_by_get_put<B: StateBackend + ?Sized>(
+    backend: &mut B,
+    state: StateId,
+    key: &[u8],
+    f: &mut ReadModifyWrite<'_>,
+) -> Result<()> {
+    let stored = backend.get(state, key)?;
+    let mut value = Vec::new();
+    f(stored.as_deref(), &mut value)?;
+    backend.put(state, key, &value)
+}
+
 /// A file a snapshot handle references, in checkpoint storage.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRef {
@@ -418,10 +432,7 @@ pub trait StateBackend: Send {
         key: &[u8],
         f: &mut ReadModifyWrite<'_>,
     ) -> Result<()> {
-        let stored = self.get(state, key)?;
-        let mut value = Vec::new();
-        f(stored.as_deref(), &mut value)?;
-        self.put(state, key, &value)
+        read_modify_write_by_get_put(self, state, key, f)
     }
 
     /// Appends `operand` to the bytes stored under `key` (absent counts as empty): list append

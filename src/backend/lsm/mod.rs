@@ -565,10 +565,7 @@ impl StateBackend for LsmBackend {
                 None => {}
             }
         }
-        let stored = self.get(state, key)?;
-        let mut value = Vec::new();
-        f(stored.as_deref(), &mut value)?;
-        self.put(state, key, &value)
+        super::read_modify_write_by_get_put(self, state, key, f)
     }
 
     fn merge(&mut self, state: StateId, key: &[u8], operand: &[u8]) -> Result<()> {
