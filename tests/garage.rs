@@ -152,7 +152,8 @@ fn garage_flowstate_run_sigkilled_is_exactly_once() {
     let seed = seed("garage_flowstate_run_sigkilled_is_exactly_once");
     let mut rng = SplitMix(seed);
     let input = dir.path().join("input");
-    generate_input(&input, 400_000, 20_000, rng.next_u64()).unwrap();
+    // Large enough that a run outlives the first two kill delays (the job does ~1M events/s).
+    generate_input(&input, 1_000_000, 20_000, rng.next_u64()).unwrap();
     let uri = cluster.uri(&format!("run-{seed:x}"));
     let command = |parallelism: u16, args: &[&str]| {
         let mut c = Command::new(exe);
@@ -196,7 +197,7 @@ fn garage_flowstate_run_sigkilled_is_exactly_once() {
             .unwrap();
         // The first runs die early (mid-checkpoint, mid-upload); growing delays let one finish.
         let delay = if attempt < 2 {
-            30 + rng.below(300)
+            30 + rng.below(200)
         } else {
             100 + rng.below(500) + 150 * attempt
         };
