@@ -239,3 +239,14 @@ fn usage_errors_exit_2_runtime_errors_exit_1() {
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_eq!(code(&strs), Some(1), "missing input file");
 }
+
+/// The README's run command: `flowstate demo` with its defaults kills itself mid-run at least
+/// once, finishes, and prints an exactly-once verdict (a faster job must not outrun its kills).
+#[test]
+fn demo_kills_itself_and_reports_exactly_once() {
+    let out = Command::new(EXE).arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("SIGKILLed mid-run"), "{stdout}");
+    assert!(stdout.contains("verdict: EXACTLY ONCE"), "{stdout}");
+}

@@ -36,7 +36,7 @@ enum Command {
     /// Run the job as a child process, SIGKILL it mid-run, rerun it until it finishes, verify.
     Demo {
         /// Number of events to generate.
-        #[arg(long, default_value_t = 300_000)]
+        #[arg(long, default_value_t = 3_000_000)]
         events: u64,
         /// Number of distinct keys.
         #[arg(long, default_value_t = 20_000)]

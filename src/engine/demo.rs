@@ -180,7 +180,7 @@ fn wait_for_progress(
             return Ok(true);
         }
         if committed_files(output)?.len() > before {
-            std::thread::sleep(Duration::from_millis(rng.below(150)));
+            std::thread::sleep(Duration::from_millis(rng.below(40)));
             return Ok(child
                 .try_wait()
                 .map_err(|e| Error::io("flowstate run", e))?
