@@ -275,19 +275,13 @@ impl LsmBackend {
     /// Writes every write still in the write-back cache into the store (in order: frozen
     /// batches of pending checkpoints first), so [`LsmBackend::db`] shows them.
     pub fn flush_write_cache(&mut self) -> Result<()> {
-        let cfs = self.column_families();
-        self.cache.settle(&self.db, &cfs, None)
+        self.cache.settle(&self.db, &self.states, None)
     }
 
     /// Bytes the write-back cache charges for cached reads and for writes since the last
     /// snapshot.
     pub fn write_cache_bytes(&self) -> (usize, usize) {
         self.cache.charged_bytes()
-    }
-
-    /// The column families of the registered states, by `StateId`.
-    fn column_families(&self) -> Vec<ColumnFamily> {
-        self.states.iter().map(|(_, cf)| cf.clone()).collect()
     }
 
     /// The checkpoint storage.
@@ -379,8 +373,7 @@ impl LsmBackend {
 
     /// The write-back cache is over budget: hand the store every write, then evict.
     fn make_room(&mut self) -> Result<()> {
-        let cfs = self.column_families();
-        self.cache.settle(&self.db, &cfs, None)?;
+        self.cache.settle(&self.db, &self.states, None)?;
         self.cache.evict();
         Ok(())
     }
@@ -571,8 +564,7 @@ impl StateBackend for LsmBackend {
     fn merge(&mut self, state: StateId, key: &[u8], operand: &[u8]) -> Result<()> {
         let cf = self.access(state, key)?.clone();
         if self.cache.enabled() {
-            let cfs = self.column_families();
-            self.cache.settle(&self.db, &cfs, Some(state))?;
+            self.cache.settle(&self.db, &self.states, Some(state))?;
             self.cache.forget_key(state, key);
         }
         self.db.merge(&cf, key, operand)
@@ -580,8 +572,7 @@ impl StateBackend for LsmBackend {
 
     fn scan_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<EntryIter<'_>> {
         if self.cache.enabled() {
-            let cfs = self.column_families();
-            self.cache.settle(&self.db, &cfs, Some(state))?;
+            self.cache.settle(&self.db, &self.states, Some(state))?;
         }
         let cf = self.cf_of(state)?;
         let mut iter = self.db.iter(cf, ReadOptions::prefix(prefix))?;
@@ -592,8 +583,7 @@ impl StateBackend for LsmBackend {
     fn delete_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<()> {
         let cf = self.cf_of(state)?.clone();
         if self.cache.enabled() {
-            let cfs = self.column_families();
-            self.cache.settle(&self.db, &cfs, Some(state))?;
+            self.cache.settle(&self.db, &self.states, Some(state))?;
             self.cache.forget_state(state);
         }
         // Clip to the key groups this backend owns: a short prefix never deletes (with a
@@ -654,8 +644,7 @@ impl StateBackend for LsmBackend {
         // part writes them into the store and freezes the memtables — or, without the cache,
         // freeze the memtables (no I/O that grows with state).
         let (sequence, frozen) = if self.cache.enabled() {
-            let cfs = self.column_families();
-            let batch = self.cache.freeze(&cfs);
+            let batch = self.cache.freeze(&self.states);
             (0, Some((self.cache.pending().clone(), batch)))
         } else {
             (self.db.flush(false)?, None)

@@ -24,7 +24,7 @@ use hashbrown::HashTable;
 use parking_lot::Mutex;
 
 use crate::backend::state_table::KeyHasherBuilder;
-use crate::backend::{ReadModifyWrite, StateId};
+use crate::backend::{ReadModifyWrite, StateDescriptor, StateId};
 use crate::error::Result;
 use crate::lsm::batch::WriteBatch;
 use crate::lsm::{ColumnFamily, Db};
@@ -32,6 +32,9 @@ use crate::lsm::{ColumnFamily, Db};
 /// Bytes charged per cached entry on top of its key and value: the table slot (with its share
 /// of empty slots) and the header of the entry's one allocation.
 pub const ENTRY_OVERHEAD: usize = 64;
+
+/// The backend's registered states by `StateId`: descriptor and column family.
+pub type States = [(StateDescriptor, ColumnFamily)];
 
 /// Entries per store write batch when a batch or a spill is written (bounds the batch's memory).
 const WRITE_CHUNK: usize = 4096;
@@ -379,6 +382,17 @@ struct StateCache {
     last_dirty_len: usize,
 }
 
+impl StateCache {
+    /// Logs a write (the first of an interval sizes the log like the last interval's); returns
+    /// its charged bytes.
+    fn log(&mut self, key: &[u8], value: Option<&[u8]>) -> usize {
+        if self.dirty.entries.capacity() == 0 && self.last_dirty_len > 0 {
+            self.dirty = WriteLog::with_capacity(self.last_dirty_len);
+        }
+        self.dirty.push(key, value)
+    }
+}
+
 /// The operator thread's side of the cache (owned by the backend).
 #[derive(Debug)]
 pub struct WriteCache {
@@ -465,10 +479,7 @@ impl WriteCache {
         let hash = self.hasher.hash_one(key);
         let cache = self.state(state);
         let latest = cache.latest.upsert(hash, key, value);
-        if cache.dirty.entries.capacity() == 0 && cache.last_dirty_len > 0 {
-            cache.dirty = WriteLog::with_capacity(cache.last_dirty_len);
-        }
-        let dirty = cache.dirty.push(key, value);
+        let dirty = cache.log(key, value);
         self.latest_bytes = self.latest_bytes.saturating_add_signed(latest);
         self.dirty_bytes += dirty;
         self.over_budget()
@@ -498,10 +509,7 @@ impl WriteCache {
         let before = slot.cost();
         slot.set(Some(scratch));
         let latest = slot.cost() as isize - before as isize;
-        if cache.dirty.entries.capacity() == 0 && cache.last_dirty_len > 0 {
-            cache.dirty = WriteLog::with_capacity(cache.last_dirty_len);
-        }
-        let dirty = cache.dirty.push(key, Some(&self.scratch));
+        let dirty = cache.log(key, Some(&self.scratch));
         self.latest_bytes = self.latest_bytes.saturating_add_signed(latest);
         self.dirty_bytes += dirty;
         Ok(Some(self.over_budget()))
@@ -528,12 +536,11 @@ impl WriteCache {
     }
 
     /// Moves the writes since the last snapshot into a new frozen batch, queued for the store.
-    /// `cfs` are the column families of the states, by `StateId`.
-    pub fn freeze(&mut self, cfs: &[ColumnFamily]) -> Arc<FrozenWrites> {
-        let states = cfs
+    pub fn freeze(&mut self, states: &States) -> Arc<FrozenWrites> {
+        let states = states
             .iter()
             .enumerate()
-            .map(|(index, cf)| {
+            .map(|(index, (_, cf))| {
                 let dirty = match self.states.get_mut(index) {
                     Some(cache) => {
                         cache.last_dirty_len = cache.dirty.len();
@@ -557,7 +564,7 @@ impl WriteCache {
 
     /// Applies every frozen batch, then writes `state`'s writes since the last snapshot into
     /// the store (every state's when `None`): afterwards the store alone answers for them.
-    pub fn settle(&mut self, db: &Db, cfs: &[ColumnFamily], state: Option<StateId>) -> Result<()> {
+    pub fn settle(&mut self, db: &Db, states: &States, state: Option<StateId>) -> Result<()> {
         if !self.pending.is_empty() {
             self.pending.apply_through(db, None)?;
         }
@@ -565,7 +572,7 @@ impl WriteCache {
             if state.is_some_and(|s| s.0 as usize != index) || cache.dirty.is_empty() {
                 continue;
             }
-            let Some(cf) = cfs.get(index) else {
+            let Some((_, cf)) = states.get(index) else {
                 continue;
             };
             cache.dirty.write_to(db, cf)?;
