@@ -36,6 +36,7 @@ pub mod engine;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hash;
 pub mod keys;
 pub mod lock;
 pub mod lsm;

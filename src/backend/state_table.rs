@@ -10,12 +10,12 @@
 //! part, so a scan or delete of one map costs the map's size (Flink's nested map per key).
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{BuildHasher, Hasher};
 use std::ops::Bound;
 use std::sync::Arc;
 
 use super::entry_key::EntryKey;
 use super::stored_value::StoredValue;
+use crate::hash::KeyHasherBuilder;
 use crate::keys::{CompositeKey, KeyGroupRange, key_group_of};
 
 /// A key group's entries: composite key to value. A short value lives in its bucket (copied
@@ -498,82 +498,6 @@ fn group_may_match(key_group: u16, prefix: &[u8]) -> bool {
     let bytes = key_group.to_be_bytes();
     let n = prefix.len().min(2);
     bytes.get(..n) == prefix.get(..n)
-}
-
-/// Builds [`KeyHasher`]s with one random seed per table, so the layout of one process's tables
-/// cannot be predicted from the keys alone.
-#[derive(Clone, Copy, Debug)]
-pub struct KeyHasherBuilder {
-    seed: u64,
-}
-
-impl KeyHasherBuilder {
-    /// A builder with a fresh random seed.
-    pub fn random() -> Self {
-        // RandomState is seeded from the OS once per thread and then incremented: hashing a
-        // constant with it yields a fresh seed per table.
-        let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
-        KeyHasherBuilder { seed }
-    }
-}
-
-impl BuildHasher for KeyHasherBuilder {
-    type Hasher = KeyHasher;
-
-    fn build_hasher(&self) -> KeyHasher {
-        KeyHasher { state: self.seed }
-    }
-}
-
-/// A fast multiply-rotate hasher over 8-byte words (in the style of rustc's FxHash, with a
-/// seed and a final avalanche). Composite keys are short and hashed on every access; SipHash
-/// costs several times more for them.
-#[derive(Clone, Copy, Debug)]
-pub struct KeyHasher {
-    state: u64,
-}
-
-const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
-
-impl KeyHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.state = (self.state.rotate_left(26) ^ word).wrapping_mul(MULTIPLIER);
-    }
-}
-
-impl Hasher for KeyHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
-        }
-    }
-
-    #[inline]
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        // Avalanche (murmur3's fmix64) so the table's low bits depend on every input bit.
-        let mut h = self.state;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
-    }
 }
 
 #[cfg(test)]

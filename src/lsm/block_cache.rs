@@ -6,13 +6,13 @@
 //! the files that share one cache, or one file's blocks would answer for another's.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
 use crate::codec::block::Block;
+use crate::hash::KeyHasherBuilder;
 
 /// Default number of shards.
 pub const DEFAULT_SHARDS: usize = 16;
@@ -63,26 +63,6 @@ struct Slot {
     next: u32,
 }
 
-/// A fast hasher for [`BlockKey`]s (two integers; no untrusted input chooses them).
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        mix64(self.0)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(u64::from(byte));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
 /// splitmix64's finalizer.
 fn mix64(mut h: u64) -> u64 {
     h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -95,7 +75,7 @@ fn mix64(mut h: u64) -> u64 {
 struct LruShard {
     capacity: usize,
     usage: usize,
-    map: HashMap<BlockKey, u32, BuildHasherDefault<KeyHasher>>,
+    map: HashMap<BlockKey, u32, KeyHasherBuilder>,
     slots: Vec<Slot>,
     /// Free slots of the slab.
     free: Vec<u32>,
@@ -108,7 +88,7 @@ impl LruShard {
         LruShard {
             capacity,
             usage: 0,
-            map: HashMap::default(),
+            map: HashMap::with_hasher(KeyHasherBuilder::random()),
             slots: Vec::new(),
             free: Vec::new(),
             head: NIL,

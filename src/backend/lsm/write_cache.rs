@@ -23,9 +23,9 @@ use std::sync::{Arc, OnceLock};
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 
-use crate::backend::state_table::KeyHasherBuilder;
 use crate::backend::{ReadModifyWrite, StateDescriptor, StateId};
 use crate::error::Result;
+use crate::hash::KeyHasherBuilder;
 use crate::lsm::batch::WriteBatch;
 use crate::lsm::{ColumnFamily, Db};
 
