@@ -506,7 +506,7 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
     };
     let mut children: Vec<Box<dyn InternalIterator>> = Vec::with_capacity(tables.len());
     for table in &tables {
-        children.push(Box::new(table.reader()?.iter()));
+        children.push(Box::new(table.reader()?.scan_iter()));
     }
     let mut merged = MergingIterator::new(children, compare_internal);
     merged.seek_to_first()?;

@@ -19,15 +19,18 @@ pub struct SstIter {
     index: BlockIter,
     /// The data block under the index position, and its handle.
     data: Option<(BlockHandle, BlockIter)>,
+    /// Whether blocks read from the file go into the block cache.
+    fill_cache: bool,
 }
 
 impl SstIter {
-    pub(crate) fn new(file: Arc<SstFile>) -> Self {
+    pub(crate) fn new(file: Arc<SstFile>, fill_cache: bool) -> Self {
         let index = file.index.iter(compare_internal);
         SstIter {
             file,
             index,
             data: None,
+            fill_cache,
         }
     }
 
@@ -43,7 +46,7 @@ impl SstIter {
         if self.data.as_ref().is_some_and(|(h, _)| *h == handle) {
             return Ok(());
         }
-        let block = self.file.data_block(handle)?;
+        let block = self.file.data_block(handle, self.fill_cache)?;
         self.data = Some((handle, block.iter(compare_internal)));
         Ok(())
     }

@@ -73,15 +73,16 @@ impl SstFile {
         decode_block(&self.storage, &self.label, handle, (start, end), what)
     }
 
-    /// The data block at `handle`, from the cache if it has it.
-    pub(crate) fn data_block(&self, handle: BlockHandle) -> Result<Arc<Block>> {
+    /// The data block at `handle`, from the cache if it has it; a block read from the file is
+    /// added to the cache when `fill_cache` is set.
+    pub(crate) fn data_block(&self, handle: BlockHandle, fill_cache: bool) -> Result<Arc<Block>> {
         if let Some(cache) = &self.cache
             && let Some(block) = cache.get(self.file_number, handle.offset)
         {
             return Ok(block);
         }
         let block = Arc::new(self.decode_block(handle, 0, self.data_end(), "data block")?);
-        if let Some(cache) = &self.cache {
+        if fill_cache && let Some(cache) = &self.cache {
             cache.insert(self.file_number, handle.offset, Arc::clone(&block));
         }
         Ok(block)
@@ -304,7 +305,7 @@ impl SstReader {
         };
         let data_key = std::mem::take(&mut buffers.data_key);
         let mut data =
-            BlockIter::with_key_buffer(file.data_block(handle)?, compare_internal, data_key);
+            BlockIter::with_key_buffer(file.data_block(handle, true)?, compare_internal, data_key);
         data.seek(target)?;
         let found = if data.valid() {
             let parsed = parse_internal_key(data.key(), &file.label, handle.offset)?;
@@ -344,9 +345,18 @@ impl SstReader {
         }))
     }
 
-    /// An unpositioned iterator over every entry in `compare_internal` order.
+    /// An unpositioned iterator over every entry in `compare_internal` order. Blocks it reads
+    /// from the file are added to the block cache.
     pub fn iter(&self) -> SstIter {
-        SstIter::new(Arc::clone(&self.file))
+        SstIter::new(Arc::clone(&self.file), true)
+    }
+
+    /// [`SstReader::iter`] for one pass over the whole file (a compaction, RocksDB's
+    /// `fill_cache = false`): cached blocks are used, but blocks read from the file are not
+    /// added to the cache, so a compaction neither evicts the readers' hot blocks nor fills an
+    /// idle cache with blocks nobody will read again.
+    pub fn scan_iter(&self) -> SstIter {
+        SstIter::new(Arc::clone(&self.file), false)
     }
 
     /// CRC-32 of the whole file (compare with [`SstMetadata::file_crc32`](super::SstMetadata)).
