@@ -16,6 +16,7 @@ fn readers_see_whole_batches_while_flushes_and_compactions_run() {
     let dir = tempfile::tempdir().unwrap();
     let options = Options {
         write_buffer_size: 16 << 10,
+        memtable_buffer_entries: 8,
         default_cf_options: CfOptions {
             compaction: CompactionOptions {
                 level0_file_trigger: 2,

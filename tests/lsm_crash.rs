@@ -20,6 +20,7 @@ const CHILD_ENV: &str = "FLOWSTATE_LSM_CRASH_CHILD";
 fn options() -> Options {
     Options {
         write_buffer_size: 8 << 10,
+        memtable_buffer_entries: 8,
         wal_sync: SyncMode::EveryBatch,
         default_cf_options: CfOptions {
             compaction: CompactionOptions {

@@ -78,6 +78,9 @@ fn options() -> Options {
     };
     Options {
         write_buffer_size: 1 << 10,
+        // Seal the memtable's skiplist every 3 entries: sorted runs and their merges are read,
+        // iterated and flushed in every case.
+        memtable_buffer_entries: 3,
         background_work: false,
         default_cf_options: cf,
         ..Options::default()

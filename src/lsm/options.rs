@@ -51,6 +51,11 @@ pub struct Options {
     pub write_buffer_size: usize,
     /// Memtables (active plus frozen) before writers stall waiting for a flush (default 2).
     pub max_write_buffers: usize,
+    /// Entries a memtable's skiplist takes before it is sealed into a sorted run (default
+    /// [`crate::lsm::memtable::DEFAULT_BUFFER_ENTRIES`], 2048). Sealed entries cost their bytes
+    /// plus a 24-byte slot instead of ~80 bytes of skiplist node and allocation; tests use tiny
+    /// values so that runs and their merges happen on small workloads.
+    pub memtable_buffer_entries: usize,
     /// Writers stall while any column family has this many L0 files (default 24).
     pub level0_stop_writes: usize,
     /// Capacity of the block cache for decompressed blocks (default 64 MiB).
@@ -89,6 +94,7 @@ impl Default for Options {
             create_if_missing: true,
             write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
             max_write_buffers: 2,
+            memtable_buffer_entries: crate::lsm::memtable::DEFAULT_BUFFER_ENTRIES,
             level0_stop_writes: 24,
             block_cache_size: DEFAULT_BLOCK_CACHE_SIZE,
             disable_wal: false,

@@ -130,6 +130,8 @@ fn key(i: u64, groups: u16) -> [u8; 16] {
 struct Report {
     engine: &'static str,
     cpu: std::cell::Cell<f64>,
+    /// The largest anonymous RSS (KiB) sampled since the previous line; reset by each line.
+    phase_anon: Arc<AtomicU64>,
 }
 
 /// User plus system CPU seconds of this process, all threads (`/proc/self/stat`, 100 Hz).
@@ -160,9 +162,13 @@ impl Report {
         let cpu = cpu_seconds();
         let used = cpu - self.cpu.replace(cpu);
         let per_cpu = if used > 0.0 { ops as f64 / used } else { 0.0 };
+        let anon = self
+            .phase_anon
+            .swap(0, Ordering::Relaxed)
+            .max(status_kib("RssAnon:"));
         println!(
             "RESULT\t{}\t{workload}\t{ops}\t{seconds:.6}\t{rate:.0}\t{extra} cpu_s={used:.2} \
-             ops_per_cpu_s={per_cpu:.0}",
+             ops_per_cpu_s={per_cpu:.0} phase_peak_anon_kib={anon}",
             self.engine
         );
     }
@@ -334,17 +340,21 @@ fn run(args: &Args, root: &Path) -> Res<()> {
         EngineName::Rocksdb => Box::new(engines::Rocks::open(&data, &settings)?),
         EngineName::Fjall => Box::new(engines::Fjall::open(&data, &settings)?),
     };
+    let peak_anon = Arc::new(AtomicU64::new(0));
     let report = Report {
         engine: db.name(),
         cpu: std::cell::Cell::new(cpu_seconds()),
+        phase_anon: Arc::new(AtomicU64::new(0)),
     };
-    let peak_anon = Arc::new(AtomicU64::new(0));
     {
         // The kernel keeps no high-water mark of anonymous memory: sample it every 10 ms.
         let peak_anon = Arc::clone(&peak_anon);
+        let phase_anon = Arc::clone(&report.phase_anon);
         std::thread::spawn(move || {
             loop {
-                peak_anon.fetch_max(status_kib("RssAnon:"), Ordering::Relaxed);
+                let anon = status_kib("RssAnon:");
+                peak_anon.fetch_max(anon, Ordering::Relaxed);
+                phase_anon.fetch_max(anon, Ordering::Relaxed);
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         });

@@ -80,7 +80,12 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
     let memtables: BTreeMap<u32, Memtable> = version
         .cfs
         .keys()
-        .map(|id| (*id, Memtable::new()))
+        .map(|id| {
+            (
+                *id,
+                Memtable::with_buffer_entries(options.memtable_buffer_entries),
+            )
+        })
         .collect();
     let min_log = version
         .cfs
@@ -187,7 +192,9 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
                 CfState {
                     name: c.name.clone(),
                     options: Arc::new(options.cf(&c.name)),
-                    memtable: Arc::new(Memtable::new()),
+                    memtable: Arc::new(Memtable::with_buffer_entries(
+                        options.memtable_buffer_entries,
+                    )),
                 },
             )
         })

@@ -133,7 +133,9 @@ fn freeze_locked(
     writer.log_number = log_number;
     for (id, _) in &memtables {
         if let Some(cf) = core.cfs.get_mut(id) {
-            cf.memtable = Arc::new(Memtable::new());
+            cf.memtable = Arc::new(Memtable::with_buffer_entries(
+                inner.options.memtable_buffer_entries,
+            ));
         }
     }
     core.frozen.push(FrozenBatch {
@@ -193,7 +195,9 @@ pub(super) fn create_cf(inner: &DbInner, name: &str, options: CfOptions) -> Resu
                 CfState {
                     name: name.to_string(),
                     options: Arc::new(options),
-                    memtable: Arc::new(Memtable::new()),
+                    memtable: Arc::new(Memtable::with_buffer_entries(
+                        inner.options.memtable_buffer_entries,
+                    )),
                 },
             );
             id

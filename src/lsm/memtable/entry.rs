@@ -60,10 +60,8 @@ impl Entry {
     /// A search key ordered like `internal` under `compare_internal`, even when `internal` is no
     /// valid internal key (shorter than a trailer: empty user key, trailer 0).
     pub(crate) fn probe_internal(internal: &[u8]) -> Self {
-        let split = internal.len().saturating_sub(TRAILER_LEN);
-        let (user_key, trailer) = internal.split_at(split);
-        let trailer = <[u8; TRAILER_LEN]>::try_from(trailer).map_or(0, u64::from_be_bytes);
-        Entry::probe(user_key, trailer)
+        let probe = Probe::internal(internal);
+        Entry::probe(probe.user_key, probe.trailer)
     }
 
     /// The user key.
@@ -98,8 +96,47 @@ impl Entry {
     }
 }
 
+/// A search key borrowed from the caller: what runs are searched with.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Probe<'a> {
+    pub(crate) prefix: u64,
+    pub(crate) user_key: &'a [u8],
+    pub(crate) trailer: u64,
+}
+
+impl<'a> Probe<'a> {
+    /// The probe of (`user_key`, `trailer`).
+    pub(crate) fn new(user_key: &'a [u8], trailer: u64) -> Self {
+        Probe {
+            prefix: prefix_of(user_key),
+            user_key,
+            trailer,
+        }
+    }
+
+    /// A probe ordered like `internal` under `compare_internal`, even when `internal` is no
+    /// valid internal key (see [`Entry::probe_internal`]).
+    pub(crate) fn internal(internal: &'a [u8]) -> Self {
+        let split = internal.len().saturating_sub(TRAILER_LEN);
+        let (user_key, trailer) = internal.split_at(split);
+        let trailer = <[u8; TRAILER_LEN]>::try_from(trailer).map_or(0, u64::from_be_bytes);
+        Probe::new(user_key, trailer)
+    }
+}
+
+/// `compare_internal` on split internal keys: user key ascending, then trailer descending.
+#[inline]
+pub(crate) fn compare_parts(
+    a_key: &[u8],
+    a_trailer: u64,
+    b_key: &[u8],
+    b_trailer: u64,
+) -> Ordering {
+    a_key.cmp(b_key).then_with(|| b_trailer.cmp(&a_trailer))
+}
+
 /// The first 8 bytes of `user_key` as a big-endian integer, zero-padded.
-fn prefix_of(user_key: &[u8]) -> u64 {
+pub(crate) fn prefix_of(user_key: &[u8]) -> u64 {
     let mut raw = [0u8; 8];
     let n = user_key.len().min(8);
     raw[..n].copy_from_slice(&user_key[..n]);
@@ -110,10 +147,14 @@ impl Ord for Entry {
     /// User key ascending, then trailer (sequence, kind) descending: `compare_internal`'s order.
     #[inline]
     fn cmp(&self, other: &Self) -> Ordering {
-        self.prefix
-            .cmp(&other.prefix)
-            .then_with(|| self.user_key().cmp(other.user_key()))
-            .then_with(|| other.trailer.cmp(&self.trailer))
+        self.prefix.cmp(&other.prefix).then_with(|| {
+            compare_parts(
+                self.user_key(),
+                self.trailer,
+                other.user_key(),
+                other.trailer,
+            )
+        })
     }
 }
 

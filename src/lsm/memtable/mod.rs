@@ -1,29 +1,48 @@
 //! The memtable: one column family's recent writes, ordered by internal key, before a flush
 //! turns them into an SST.
 //!
-//! Built on `crossbeam_skiplist::SkipSet`, so reads, writes and iterators run concurrently
-//! through `&self`. Point entries and range tombstones live in two skiplists of `entry::Entry`s
-//! (internal key and value in one allocation, `lsm::format` order); each (user key, sequence) is
-//! inserted once and never removed.
+//! New point entries go into a small concurrent skiplist (`crossbeam_skiplist::SkipSet` of
+//! `entry::Entry`s, internal key and value in one allocation). When it holds
+//! [`DEFAULT_BUFFER_ENTRIES`] entries it is sealed into a `run::Run` — the same entries, sorted,
+//! in one contiguous allocation with a 24-byte slot each — and runs of similar size are merged,
+//! like a tiny LSM tree inside the memtable. Compared with one big skiplist this halves the memory
+//! per entry (no node and no allocation header per entry), keeps inserts in a cache-sized
+//! skiplist, and hands a flushed memtable's memory back to the system in a few large frees.
+//! Reads, writes and iterators all run concurrently through `&self`; each (user key, sequence)
+//! is inserted once and never removed. Range tombstones live in a skiplist of their own.
 
 mod entry;
+mod iter;
+mod run;
 
+use std::collections::BinaryHeap;
 use std::ops::Bound;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_skiplist::SkipSet;
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::Result;
-use crate::lsm::format::{MAX_SEQUENCE, TRAILER_LEN, ValueKind, trailer};
-use crate::lsm::iterator::InternalIterator;
-use entry::Entry;
+use crate::lsm::format::{MAX_SEQUENCE, TRAILER_LEN, ValueKind, compare_internal, trailer};
+use entry::{Entry, Probe};
+pub use iter::MemtableIter;
+use run::Run;
 
-/// Bytes charged per entry on top of its key and value in
+/// Bytes charged per skiplist entry on top of its key and value in
 /// [`Memtable::approximate_memory_usage`]: a skiplist node with its average tower and the
 /// entry's inline prefix, trailer and pointer, and the header of the one allocation holding the
-/// key and the value.
+/// key and the value. Entries in sorted runs are charged their key, trailer and value plus a
+/// 24-byte slot.
 pub const ENTRY_OVERHEAD: usize = 80;
+
+/// Skiplist entries before the skiplist is sealed into a sorted run, unless the memtable is
+/// made with [`Memtable::with_buffer_entries`].
+pub const DEFAULT_BUFFER_ENTRIES: usize = 2048;
+
+/// Runs are merged only while the result stays within this many bytes, which bounds the copy a
+/// writer makes at a seal (a 64 MiB memtable ends with about eight such runs and a few small ones).
+const MAX_MERGED_RUN_BYTES: usize = 8 << 20;
 
 type Table = SkipSet<Entry>;
 
@@ -36,6 +55,23 @@ pub struct MemtableEntry {
     pub kind: ValueKind,
     /// The value or merge operand (empty for a delete).
     pub value: Arc<[u8]>,
+}
+
+/// A sealed part of the memtable.
+#[derive(Clone, Debug)]
+enum Source {
+    /// A skiplist taken out of service, while its run is built.
+    Buffer(Arc<Table>),
+    /// A sorted run.
+    Run(Arc<Run>),
+}
+
+/// The memtable's point entries at one moment: the skiplist taking writes and the sealed parts,
+/// newest first. Replaced as a whole (copy on write) at a seal.
+#[derive(Debug)]
+struct Sources {
+    buffer: Arc<Table>,
+    older: Vec<Source>,
 }
 
 /// An ordered, concurrent in-memory table of one column family's writes.
@@ -55,13 +91,22 @@ pub struct MemtableEntry {
 /// ```
 #[derive(Debug)]
 pub struct Memtable {
-    /// Put, Delete and Merge entries: internal key and value.
-    points: Arc<Table>,
+    /// Put, Delete and Merge entries. Writers insert into the buffer under the read lock; a
+    /// seal swaps the buffer under the write lock, so no insert lands in a sealed skiplist.
+    sources: RwLock<Arc<Sources>>,
+    /// Held by the one thread sealing and merging (the only one changing `older`).
+    seal_lock: Mutex<()>,
+    buffer_entries: usize,
     /// Range tombstones: internal key of (start, sequence, RangeDelete) and end (exclusive).
     range_tombstones: Arc<Table>,
     memory: AtomicUsize,
+    points: AtomicUsize,
     smallest_sequence: AtomicU64,
     largest_sequence: AtomicU64,
+    largest_point_sequence: AtomicU64,
+    /// Set when a point entry came with a smaller sequence than an earlier one: a key's versions
+    /// may then be out of newest-first order across sources, and reads sort them.
+    unordered: AtomicBool,
 }
 
 impl Default for Memtable {
@@ -71,14 +116,29 @@ impl Default for Memtable {
 }
 
 impl Memtable {
-    /// An empty memtable.
+    /// An empty memtable sealing its skiplist every [`DEFAULT_BUFFER_ENTRIES`] entries.
     pub fn new() -> Self {
+        Self::with_buffer_entries(DEFAULT_BUFFER_ENTRIES)
+    }
+
+    /// An empty memtable sealing its skiplist into a sorted run every `entries` entries (at
+    /// least 1). Small values exercise runs and merges in tests; large ones keep more entries
+    /// in the skiplist (more memory per entry, fewer copies).
+    pub fn with_buffer_entries(entries: usize) -> Self {
         Memtable {
-            points: Arc::new(SkipSet::new()),
+            sources: RwLock::new(Arc::new(Sources {
+                buffer: Arc::new(SkipSet::new()),
+                older: Vec::new(),
+            })),
+            seal_lock: Mutex::new(()),
+            buffer_entries: entries.max(1),
             range_tombstones: Arc::new(SkipSet::new()),
             memory: AtomicUsize::new(0),
+            points: AtomicUsize::new(0),
             smallest_sequence: AtomicU64::new(u64::MAX),
             largest_sequence: AtomicU64::new(0),
+            largest_point_sequence: AtomicU64::new(0),
+            unordered: AtomicBool::new(false),
         }
     }
 
@@ -86,17 +146,14 @@ impl Memtable {
     /// its exclusive end; for a delete, `value` is normally empty.
     ///
     /// Each (user key, sequence) must be inserted at most once (the Db gives every operation its
-    /// own sequence); `sequence` must be at most [`MAX_SEQUENCE`].
+    /// own sequence); `sequence` must be at most [`MAX_SEQUENCE`]. Reads are cheapest when
+    /// sequences arrive in increasing order, as the Db inserts them.
     pub fn insert(&self, user_key: &[u8], sequence: u64, kind: ValueKind, value: &[u8]) {
         assert!(
             sequence <= MAX_SEQUENCE,
             "sequence {sequence} exceeds MAX_SEQUENCE"
         );
-        let table = match kind {
-            ValueKind::RangeDelete => &self.range_tombstones,
-            _ => &self.points,
-        };
-        table.insert(Entry::new(user_key, trailer(sequence, kind), value));
+        let entry = Entry::new(user_key, trailer(sequence, kind), value);
         self.memory.fetch_add(
             user_key.len() + TRAILER_LEN + value.len() + ENTRY_OVERHEAD,
             Ordering::Relaxed,
@@ -104,34 +161,104 @@ impl Memtable {
         self.smallest_sequence
             .fetch_min(sequence, Ordering::Relaxed);
         self.largest_sequence.fetch_max(sequence, Ordering::Relaxed);
+        if kind == ValueKind::RangeDelete {
+            self.range_tombstones.insert(entry);
+            return;
+        }
+        if self
+            .largest_point_sequence
+            .fetch_max(sequence, Ordering::Relaxed)
+            > sequence
+        {
+            self.unordered.store(true, Ordering::Relaxed);
+        }
+        let full = {
+            let sources = self.sources.read();
+            sources.buffer.insert(entry);
+            sources.buffer.len() >= self.buffer_entries
+        };
+        self.points.fetch_add(1, Ordering::Relaxed);
+        if full {
+            self.seal();
+        }
+    }
+
+    /// Seals a full skiplist into a sorted run and merges runs of similar size.
+    fn seal(&self) {
+        let _sealing = self.seal_lock.lock();
+        let (sealed, mut older) = {
+            let mut sources = self.sources.write();
+            if sources.buffer.len() < self.buffer_entries {
+                return; // another writer sealed it meanwhile
+            }
+            let sealed = Arc::clone(&sources.buffer);
+            let mut older = Vec::with_capacity(sources.older.len() + 1);
+            older.push(Source::Buffer(Arc::clone(&sealed)));
+            older.extend(sources.older.iter().cloned());
+            *sources = Arc::new(Sources {
+                buffer: Arc::new(SkipSet::new()),
+                older: older.clone(),
+            });
+            (sealed, older)
+        };
+        // Readers keep seeing the sealed skiplist until the run replaces it below; only this
+        // thread changes `older` until then.
+        let run = run_of_table(&sealed);
+        let mut freed = run.data_len() + run.len() * ENTRY_OVERHEAD;
+        let mut added = run.charge();
+        let mut newest = Arc::new(run);
+        older.remove(0);
+        while let Some(Source::Run(previous)) = older.first() {
+            let merged_len = newest.data_len() + previous.data_len();
+            if previous.data_len() > 2 * newest.data_len() || merged_len > MAX_MERGED_RUN_BYTES {
+                break;
+            }
+            let merged = Run::merge(&newest, previous);
+            freed += previous.charge();
+            added = added - newest.charge() + merged.charge();
+            newest = Arc::new(merged);
+            older.remove(0);
+        }
+        older.insert(0, Source::Run(newest));
+        {
+            let mut sources = self.sources.write();
+            *sources = Arc::new(Sources {
+                buffer: Arc::clone(&sources.buffer),
+                older,
+            });
+        }
+        self.memory.fetch_add(added, Ordering::Relaxed);
+        self.memory.fetch_sub(freed, Ordering::Relaxed);
     }
 
     /// The newest version of `user_key` with sequence at most `snapshot`, ignoring range
     /// tombstones (ask [`Memtable::max_covering_tombstone_sequence`] for those).
     pub fn get(&self, user_key: &[u8], snapshot: u64) -> Option<MemtableEntry> {
-        self.versions(user_key, snapshot).next()
+        let mut found = None;
+        self.for_each_version(user_key, snapshot, |sequence, kind, value| {
+            found = Some(MemtableEntry {
+                sequence,
+                kind,
+                value: value.into(),
+            });
+            false
+        });
+        found
     }
 
     /// Every version of `user_key` with sequence at most `snapshot`, newest first: what the Db
     /// walks to collect merge operands down to a put or delete.
-    pub fn versions<'a>(
-        &'a self,
-        user_key: &'a [u8],
-        snapshot: u64,
-    ) -> impl Iterator<Item = MemtableEntry> + 'a {
-        self.points
-            .range((
-                Bound::Included(lookup_probe(user_key, snapshot)),
-                Bound::Unbounded,
-            ))
-            .map_while(move |entry| {
-                let entry = entry.value();
-                (entry.user_key() == user_key).then(|| MemtableEntry {
-                    sequence: entry.sequence(),
-                    kind: entry.kind(),
-                    value: entry.value().into(),
-                })
-            })
+    pub fn versions(&self, user_key: &[u8], snapshot: u64) -> impl Iterator<Item = MemtableEntry> {
+        let mut all = Vec::new();
+        self.for_each_version(user_key, snapshot, |sequence, kind, value| {
+            all.push(MemtableEntry {
+                sequence,
+                kind,
+                value: value.into(),
+            });
+            true
+        });
+        all.into_iter()
     }
 
     /// Calls `f(sequence, kind, value)` for the versions of `user_key` with sequence at most
@@ -143,14 +270,24 @@ impl Memtable {
         snapshot: u64,
         mut f: impl FnMut(u64, ValueKind, &[u8]) -> bool,
     ) {
-        let probe = lookup_probe(user_key, snapshot);
-        let mut next = self.points.lower_bound(Bound::Included(&probe));
-        while let Some(node) = next {
-            let entry = node.value();
-            if entry.user_key() != user_key || !f(entry.sequence(), entry.kind(), entry.value()) {
+        let snapshot_trailer = lookup_trailer(snapshot);
+        let sources = Arc::clone(&self.sources.read());
+        if self.unordered.load(Ordering::Relaxed) {
+            return sorted_versions(&sources, user_key, snapshot_trailer, f);
+        }
+        let probe = Probe::new(user_key, snapshot_trailer);
+        let lookup = Entry::probe(user_key, snapshot_trailer);
+        if !table_versions(&sources.buffer, user_key, &lookup, &mut f) {
+            return;
+        }
+        for source in &sources.older {
+            let more = match source {
+                Source::Buffer(table) => table_versions(table, user_key, &lookup, &mut f),
+                Source::Run(run) => run.for_each_version(user_key, &probe, &mut f),
+            };
+            if !more {
                 return;
             }
-            next = node.next();
         }
     }
 
@@ -183,37 +320,72 @@ impl Memtable {
             .is_some_and(|tombstone| tombstone > sequence)
     }
 
-    /// Calls `f(internal_key, value)` for every point entry in order, in one pass over the
-    /// skiplist (a flush: [`MemtableIter`] re-searches on every step so it can outlive borrows,
-    /// which costs O(log n) per entry).
+    /// Calls `f(internal_key, value)` for every point entry in order (a flush): one pass merging
+    /// the sorted runs, with the skiplists copied into runs first.
     pub fn for_each_entry(&self, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
-        for node in self.points.iter() {
-            let entry = node.value();
-            f(entry.internal_key(), entry.value())?;
+        let sources = Arc::clone(&self.sources.read());
+        let mut runs: Vec<Arc<Run>> = Vec::with_capacity(sources.older.len() + 1);
+        if !sources.buffer.is_empty() {
+            runs.push(Arc::new(run_of_table(&sources.buffer)));
+        }
+        for source in &sources.older {
+            runs.push(match source {
+                Source::Buffer(table) => Arc::new(run_of_table(table)),
+                Source::Run(run) => Arc::clone(run),
+            });
+        }
+        if let [run] = runs.as_slice() {
+            for i in 0..run.len() {
+                f(run.internal_key(i), run.value(i))?;
+            }
+            return Ok(());
+        }
+        let mut heap: BinaryHeap<Head<'_>> = runs
+            .iter()
+            .enumerate()
+            .filter(|(_, run)| run.len() > 0)
+            .map(|(source, run)| Head {
+                key: run.internal_key(0),
+                source,
+                position: 0,
+            })
+            .collect();
+        while let Some(head) = heap.pop() {
+            let run = &runs[head.source];
+            f(head.key, run.value(head.position))?;
+            let position = head.position + 1;
+            if position < run.len() {
+                heap.push(Head {
+                    key: run.internal_key(position),
+                    source: head.source,
+                    position,
+                });
+            }
         }
         Ok(())
     }
 
     /// An iterator over the point entries (internal key -> value), valid while others insert.
     pub fn iter(&self) -> MemtableIter {
-        MemtableIter::new(Arc::clone(&self.points))
+        let sources = Arc::clone(&self.sources.read());
+        MemtableIter::over_sources(&sources.buffer, &sources.older)
     }
 
     /// An iterator over the range tombstones: internal key of (start, sequence, RangeDelete) ->
     /// exclusive end. A flush writes these to the SST's range-deletion block.
     pub fn range_tombstone_iter(&self) -> MemtableIter {
-        MemtableIter::new(Arc::clone(&self.range_tombstones))
+        MemtableIter::over_sources(&self.range_tombstones, &[])
     }
 
-    /// Bytes of keys and values plus [`ENTRY_OVERHEAD`] per entry: what the write-buffer limit
-    /// is checked against.
+    /// Bytes of keys and values plus [`ENTRY_OVERHEAD`] per skiplist entry and a 24-byte slot
+    /// per sorted-run entry: what the write-buffer limit is checked against.
     pub fn approximate_memory_usage(&self) -> usize {
         self.memory.load(Ordering::Relaxed)
     }
 
     /// Number of entries, range tombstones included.
     pub fn len(&self) -> usize {
-        self.points.len() + self.range_tombstones.len()
+        self.points.load(Ordering::Relaxed) + self.range_tombstones.len()
     }
 
     /// True when nothing was inserted.
@@ -233,14 +405,104 @@ impl Memtable {
     }
 }
 
+/// A sorted run of a skiplist's entries (those present when it is called).
+fn run_of_table(table: &Table) -> Run {
+    let entries: Vec<Entry> = table.iter().map(|node| node.value().clone()).collect();
+    let len = entries
+        .iter()
+        .map(|e| e.internal_key().len() + e.value().len())
+        .sum();
+    Run::build(
+        entries.len(),
+        len,
+        entries.iter().map(|e| (e.internal_key(), e.value())),
+    )
+}
+
+/// The versions of `user_key` in one skiplist from `lookup` on, newest first, while `f` returns
+/// true; false when `f` stopped the walk.
+fn table_versions(
+    table: &Table,
+    user_key: &[u8],
+    lookup: &Entry,
+    f: &mut impl FnMut(u64, ValueKind, &[u8]) -> bool,
+) -> bool {
+    let mut next = table.lower_bound(Bound::Included(lookup));
+    while let Some(node) = next {
+        let entry = node.value();
+        if entry.user_key() != user_key {
+            return true;
+        }
+        if !f(entry.sequence(), entry.kind(), entry.value()) {
+            return false;
+        }
+        next = node.next();
+    }
+    true
+}
+
+/// [`Memtable::for_each_version`] when sequences were not inserted in order: every source's
+/// versions collected and sorted newest first.
+fn sorted_versions(
+    sources: &Sources,
+    user_key: &[u8],
+    snapshot_trailer: u64,
+    mut f: impl FnMut(u64, ValueKind, &[u8]) -> bool,
+) {
+    let probe = Probe::new(user_key, snapshot_trailer);
+    let lookup = Entry::probe(user_key, snapshot_trailer);
+    let mut all: Vec<(u64, ValueKind, Vec<u8>)> = Vec::new();
+    let mut collect = |sequence, kind, value: &[u8]| {
+        all.push((sequence, kind, value.to_vec()));
+        true
+    };
+    table_versions(&sources.buffer, user_key, &lookup, &mut collect);
+    for source in &sources.older {
+        match source {
+            Source::Buffer(table) => table_versions(table, user_key, &lookup, &mut collect),
+            Source::Run(run) => run.for_each_version(user_key, &probe, &mut collect),
+        };
+    }
+    all.sort_by_key(|v| std::cmp::Reverse(v.0));
+    for (sequence, kind, value) in all {
+        if !f(sequence, kind, &value) {
+            return;
+        }
+    }
+}
+
+/// One run's next entry in a flush's merge: the smallest key comes out of the heap first.
+struct Head<'a> {
+    key: &'a [u8],
+    source: usize,
+    position: usize,
+}
+
+impl Ord for Head<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Reversed: `BinaryHeap` is a max-heap.
+        compare_internal(other.key, self.key).then_with(|| other.source.cmp(&self.source))
+    }
+}
+
+impl PartialOrd for Head<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Head<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Head<'_> {}
+
 /// The seek trailer for reads at `snapshot`: sorts before every version with sequence at most
 /// `snapshot`, and after every newer one (kind byte 0xff, like LevelDB's `kValueTypeForSeek`).
 fn lookup_trailer(snapshot: u64) -> u64 {
     (snapshot.min(MAX_SEQUENCE) << 8) | 0xff
-}
-
-fn lookup_probe(user_key: &[u8], snapshot: u64) -> Entry {
-    Entry::probe(user_key, lookup_trailer(snapshot))
 }
 
 /// The seek key for reads at `snapshot`: sorts before every version of `user_key` with
@@ -253,312 +515,5 @@ pub fn lookup_key(user_key: &[u8], snapshot: u64) -> Vec<u8> {
     key
 }
 
-/// A cursor over one of a memtable's skiplists, in `compare_internal` order.
-///
-/// It holds the current entry (reference-counted, no copy) and re-seeks from it on each move,
-/// so it stays correct while other threads insert: `next` goes to the smallest key after the
-/// current one as the table is at that moment, and may therefore see newer inserts.
-pub struct MemtableIter {
-    table: Arc<Table>,
-    current: Option<Entry>,
-}
-
-impl MemtableIter {
-    fn new(table: Arc<Table>) -> Self {
-        MemtableIter {
-            table,
-            current: None,
-        }
-    }
-
-    fn set(&mut self, entry: Option<crossbeam_skiplist::set::Entry<'_, Entry>>) {
-        self.current = entry.map(|e| e.value().clone());
-    }
-}
-
-impl InternalIterator for MemtableIter {
-    fn valid(&self) -> bool {
-        self.current.is_some()
-    }
-
-    fn seek_to_first(&mut self) -> Result<()> {
-        let table = Arc::clone(&self.table);
-        self.set(table.front());
-        Ok(())
-    }
-
-    fn seek_to_last(&mut self) -> Result<()> {
-        let table = Arc::clone(&self.table);
-        self.set(table.back());
-        Ok(())
-    }
-
-    fn seek(&mut self, target: &[u8]) -> Result<()> {
-        let table = Arc::clone(&self.table);
-        self.set(table.lower_bound(Bound::Included(&Entry::probe_internal(target))));
-        Ok(())
-    }
-
-    fn seek_for_prev(&mut self, target: &[u8]) -> Result<()> {
-        let table = Arc::clone(&self.table);
-        self.set(table.upper_bound(Bound::Included(&Entry::probe_internal(target))));
-        Ok(())
-    }
-
-    fn next(&mut self) -> Result<()> {
-        debug_assert!(self.valid(), "next on an invalid memtable iterator");
-        if let Some(current) = self.current.take() {
-            let table = Arc::clone(&self.table);
-            self.set(table.lower_bound(Bound::Excluded(&current)));
-        }
-        Ok(())
-    }
-
-    fn prev(&mut self) -> Result<()> {
-        debug_assert!(self.valid(), "prev on an invalid memtable iterator");
-        if let Some(current) = self.current.take() {
-            let table = Arc::clone(&self.table);
-            self.set(table.upper_bound(Bound::Excluded(&current)));
-        }
-        Ok(())
-    }
-
-    fn key(&self) -> &[u8] {
-        self.current.as_ref().map_or(&[], Entry::internal_key)
-    }
-
-    fn value(&self) -> &[u8] {
-        self.current.as_ref().map_or(&[], Entry::value)
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::lsm::format::{InternalKey, compare_internal, internal_key};
-    use proptest::prelude::*;
-    use std::collections::BTreeMap;
-
-    /// The model: internal key -> value, in the same order as the memtable.
-    type Model = BTreeMap<InternalKey, Vec<u8>>;
-
-    fn kind() -> impl Strategy<Value = ValueKind> {
-        prop_oneof![
-            Just(ValueKind::Put),
-            Just(ValueKind::Delete),
-            Just(ValueKind::Merge)
-        ]
-    }
-
-    fn small_key() -> impl Strategy<Value = Vec<u8>> {
-        proptest::collection::vec(0u8..4, 0..3)
-    }
-
-    /// Collects an iterator's entries, walking forward or backward from an end.
-    fn walk(iter: &mut MemtableIter, forward: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut out = Vec::new();
-        if forward {
-            iter.seek_to_first().unwrap();
-        } else {
-            iter.seek_to_last().unwrap();
-        }
-        while iter.valid() {
-            out.push((iter.key().to_vec(), iter.value().to_vec()));
-            if forward {
-                iter.next().unwrap();
-            } else {
-                iter.prev().unwrap();
-            }
-        }
-        out
-    }
-
-    proptest! {
-        #[test]
-        fn matches_a_btreemap_model(
-            writes in proptest::collection::vec((small_key(), kind(), proptest::collection::vec(any::<u8>(), 0..4)), 0..40),
-            probes in proptest::collection::vec((small_key(), 0u64..45, any::<u8>()), 1..12),
-        ) {
-            let mem = Memtable::new();
-            let mut model = Model::new();
-            let mut memory = 0;
-            for (i, (key, kind, value)) in writes.iter().enumerate() {
-                let seq = i as u64 + 1;
-                mem.insert(key, seq, *kind, value);
-                model.insert(InternalKey(internal_key(key, seq, *kind)), value.clone());
-                memory += key.len() + TRAILER_LEN + value.len() + ENTRY_OVERHEAD;
-            }
-            prop_assert_eq!(mem.approximate_memory_usage(), memory);
-            prop_assert_eq!(mem.len(), model.len());
-            let expected: Vec<(Vec<u8>, Vec<u8>)> = model.iter().map(|(k, v)| (k.0.clone(), v.clone())).collect();
-            let mut iter = mem.iter();
-            prop_assert_eq!(walk(&mut iter, true), expected.clone());
-            let mut backward = walk(&mut iter, false);
-            backward.reverse();
-            prop_assert_eq!(backward, expected);
-
-            for (key, snapshot, trailer_byte) in probes {
-                // Snapshot reads: every visible version, newest first.
-                let want: Vec<MemtableEntry> = model
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        let p = crate::lsm::format::parse_internal_key(&k.0, "m", 0).unwrap();
-                        (p.user_key == key.as_slice() && p.sequence <= snapshot).then(|| MemtableEntry {
-                            sequence: p.sequence, kind: p.kind, value: v.as_slice().into(),
-                        })
-                    })
-                    .collect();
-                let got: Vec<MemtableEntry> = mem.versions(&key, snapshot).collect();
-                prop_assert_eq!(mem.get(&key, snapshot), want.first().cloned());
-                prop_assert_eq!(got, want.clone());
-                let mut visited = Vec::new();
-                mem.for_each_version(&key, snapshot, |sequence, kind, value| {
-                    visited.push(MemtableEntry { sequence, kind, value: value.into() });
-                    kind == ValueKind::Merge
-                });
-                let until_non_merge = want.iter().position(|e| e.kind != ValueKind::Merge).map_or(want.len(), |i| i + 1);
-                prop_assert_eq!(visited, want[..until_non_merge].to_vec());
-
-                // Seeks to arbitrary targets, including ones that are no valid internal key.
-                let mut target = key.clone();
-                target.extend_from_slice(&((snapshot << 8) | u64::from(trailer_byte)).to_be_bytes());
-                for t in [target.clone(), key.clone()] {
-                    let probe = InternalKey(t.clone());
-                    iter.seek(&t).unwrap();
-                    let at_or_after = model.range(probe.clone()..).next().map(|(k, _)| k.0.clone());
-                    prop_assert_eq!(iter.valid().then(|| iter.key().to_vec()), at_or_after);
-                    iter.seek_for_prev(&t).unwrap();
-                    let at_or_before = model.range(..=probe).next_back().map(|(k, _)| k.0.clone());
-                    prop_assert_eq!(iter.valid().then(|| iter.key().to_vec()), at_or_before);
-                }
-            }
-        }
-
-        #[test]
-        fn range_tombstones_match_brute_force(
-            tombstones in proptest::collection::vec((small_key(), small_key(), 1u64..30), 0..8),
-            probes in proptest::collection::vec((small_key(), 0u64..32, 0u64..32), 1..16),
-        ) {
-            let mem = Memtable::new();
-            let mut seen = std::collections::BTreeSet::new();
-            let mut model = Vec::new();
-            for (start, end, seq) in tombstones {
-                if seen.insert(seq) {
-                    mem.insert(&start, seq, ValueKind::RangeDelete, &end);
-                    model.push((start, end, seq));
-                }
-            }
-            prop_assert_eq!(mem.range_tombstone_count(), model.len());
-            prop_assert!(mem.iter().seek_to_first().is_ok());
-            for (key, seq, snapshot) in probes {
-                let want = model
-                    .iter()
-                    .filter(|(s, e, t)| s <= &key && &key < e && *t <= snapshot)
-                    .map(|(_, _, t)| *t)
-                    .max();
-                prop_assert_eq!(mem.max_covering_tombstone_sequence(&key, snapshot), want);
-                prop_assert_eq!(mem.is_covered(&key, seq, snapshot), want.is_some_and(|t| t > seq));
-            }
-            let mut iter = mem.range_tombstone_iter();
-            prop_assert_eq!(walk(&mut iter, true).len(), model.len());
-        }
-    }
-
-    #[test]
-    fn point_iterator_skips_range_tombstones_and_reports_sequences() {
-        let mem = Memtable::new();
-        assert_eq!(mem.sequence_range(), None);
-        mem.insert(b"b", 7, ValueKind::Put, b"x");
-        mem.insert(b"a", 9, ValueKind::RangeDelete, b"c");
-        mem.insert(b"b", 8, ValueKind::Delete, b"");
-        assert_eq!(mem.sequence_range(), Some((7, 9)));
-        let mut iter = mem.iter();
-        let keys: Vec<_> = walk(&mut iter, true).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(
-            keys,
-            [
-                internal_key(b"b", 8, ValueKind::Delete),
-                internal_key(b"b", 7, ValueKind::Put)
-            ]
-        );
-        let mut tombstones = mem.range_tombstone_iter();
-        tombstones.seek_to_first().unwrap();
-        assert_eq!(
-            tombstones.key(),
-            internal_key(b"a", 9, ValueKind::RangeDelete)
-        );
-        assert_eq!(tombstones.value(), b"c");
-        assert!(mem.is_covered(b"b", 8, 9));
-        assert!(!mem.is_covered(b"c", 8, 9), "the end is exclusive");
-    }
-
-    #[test]
-    fn memtable_is_send_and_sync() {
-        fn check<T: Send + Sync>() {}
-        check::<Memtable>();
-        fn check_send<T: Send>() {}
-        check_send::<MemtableIter>();
-    }
-
-    /// One writer inserts key `i % KEYS` at sequence `i` and then publishes `i`; readers check
-    /// that every scan is sorted and that a read at a published snapshot sees exactly the
-    /// newest write at or below it.
-    #[test]
-    fn readers_see_a_sorted_consistent_view_while_a_writer_inserts() {
-        const KEYS: u64 = 37;
-        const WRITES: u64 = 4_000;
-        let mem = Arc::new(Memtable::new());
-        let published = Arc::new(AtomicU64::new(0));
-        let key_of = |i: u64| format!("key{:03}", i % KEYS).into_bytes();
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                for i in 1..=WRITES {
-                    mem.insert(&key_of(i), i, ValueKind::Put, &i.to_le_bytes());
-                    published.store(i, Ordering::Release);
-                }
-            });
-            for reader in 0..2u64 {
-                let (mem, published) = (Arc::clone(&mem), Arc::clone(&published));
-                scope.spawn(move || {
-                    let mut round = 0u64;
-                    loop {
-                        let snapshot = published.load(Ordering::Acquire);
-                        let forward = (round + reader).is_multiple_of(2);
-                        let entries = walk(&mut mem.iter(), forward);
-                        let keys: Vec<&[u8]> = entries.iter().map(|(k, _)| k.as_slice()).collect();
-                        let sorted = keys.windows(2).all(|w| {
-                            let order = compare_internal(w[0], w[1]);
-                            if forward {
-                                order.is_lt()
-                            } else {
-                                order.is_gt()
-                            }
-                        });
-                        assert!(sorted, "scan out of order in round {round}");
-                        assert!(
-                            entries.len() as u64 >= snapshot,
-                            "scan lost published writes"
-                        );
-                        for (k, v) in &entries {
-                            let seq = crate::lsm::format::parse_internal_key(k, "m", 0)
-                                .unwrap()
-                                .sequence;
-                            assert_eq!(v.as_slice(), seq.to_le_bytes());
-                        }
-                        if snapshot > 0 {
-                            let probe = snapshot - round % snapshot.min(KEYS);
-                            let newest = (1..=snapshot).rev().find(|i| i % KEYS == probe % KEYS);
-                            let got = mem.get(&key_of(probe), snapshot).map(|e| e.sequence);
-                            assert_eq!(got, newest, "snapshot {snapshot}");
-                        }
-                        round += 1;
-                        if snapshot == WRITES {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        assert_eq!(mem.len() as u64, WRITES);
-    }
-}
+mod tests;
