@@ -223,7 +223,7 @@ const SKIP_AFTER: u32 = 8;
 /// compresses, and the attempt was most of a flush's CPU time)...
 const SKIP_BLOCKS: u32 = 32;
 /// ...and each probe that fails doubles the skip, up to this many blocks (2 MiB of 4 KiB
-/// blocks): a 64 MiB flush of random values then makes ~25 zstd attempts instead of ~300.
+/// blocks): a 64 MiB flush of random values then makes ~30 zstd attempts instead of ~290.
 const MAX_SKIP_BLOCKS: u32 = 512;
 
 impl BlockBuilder {
