@@ -212,13 +212,19 @@ pub struct BlockBuilder {
     incompressible_run: u32,
     /// Blocks still to store uncompressed without trying zstd.
     skip_remaining: u32,
+    /// Length of the next skip: `SKIP_BLOCKS`, doubled by every probe that fails, up to
+    /// `MAX_SKIP_BLOCKS`; back to `SKIP_BLOCKS` when a block compresses.
+    next_skip: u32,
 }
 
 /// After this many blocks in a row that do not compress, a builder stops trying zstd...
 const SKIP_AFTER: u32 = 8;
 /// ...for this many blocks, then probes one again (data such as random values never
-/// compresses, and the attempt was most of a flush's CPU time).
+/// compresses, and the attempt was most of a flush's CPU time)...
 const SKIP_BLOCKS: u32 = 32;
+/// ...and each probe that fails doubles the skip, up to this many blocks (2 MiB of 4 KiB
+/// blocks): a 64 MiB flush of random values then makes ~30 zstd attempts instead of ~290.
+const MAX_SKIP_BLOCKS: u32 = 512;
 
 impl BlockBuilder {
     /// A builder with a restart point every `restart_interval` entries (at least 1).
@@ -233,6 +239,7 @@ impl BlockBuilder {
             entries: 0,
             incompressible_run: 0,
             skip_remaining: 0,
+            next_skip: SKIP_BLOCKS,
         }
     }
 
@@ -243,11 +250,7 @@ impl BlockBuilder {
         let shared = if restart {
             0
         } else {
-            self.last_key
-                .iter()
-                .zip(key)
-                .take_while(|(a, b)| a == b)
-                .count()
+            shared_prefix_len(&self.last_key, key)
         };
         let unshared = key.len() - shared;
         let grows = 3 * 10 + unshared + value.len() + if restart { 4 } else { 0 };
@@ -263,9 +266,16 @@ impl BlockBuilder {
             self.restarts.push(self.buf.len() as u32);
             self.since_restart = 0;
         }
-        put_varint32(&mut self.buf, shared as u32);
-        put_varint32(&mut self.buf, unshared as u32);
-        put_varint32(&mut self.buf, value.len() as u32);
+        self.buf.reserve(3 * 5 + unshared + value.len());
+        if shared < 0x80 && unshared < 0x80 && value.len() < 0x80 {
+            // The common case (short keys and values): three one-byte varints.
+            self.buf
+                .extend_from_slice(&[shared as u8, unshared as u8, value.len() as u8]);
+        } else {
+            put_varint32(&mut self.buf, shared as u32);
+            put_varint32(&mut self.buf, unshared as u32);
+            put_varint32(&mut self.buf, value.len() as u32);
+        }
         self.buf.extend_from_slice(&key[shared..]);
         self.buf.extend_from_slice(value);
         self.last_key.truncate(shared);
@@ -307,7 +317,9 @@ impl BlockBuilder {
     ///
     /// Compression is adaptive: after `SKIP_AFTER` (8) blocks in a row that zstd did not shrink
     /// by an eighth, the next `SKIP_BLOCKS` (32) are stored uncompressed without trying, then
-    /// one is tried again. Either way each block is a valid block of FORMAT.md §1.3.
+    /// one is tried again; each such probe that fails doubles the next skip (up to
+    /// `MAX_SKIP_BLOCKS`, 512), one that succeeds ends the skipping. Either way each block is a
+    /// valid block of FORMAT.md §1.3.
     pub fn finish_into(&mut self, out: &mut Vec<u8>) {
         for restart in &self.restarts {
             self.buf.extend_from_slice(&restart.to_le_bytes());
@@ -324,10 +336,12 @@ impl BlockBuilder {
         if compression != Compression::None {
             if compressed {
                 self.incompressible_run = 0;
+                self.next_skip = SKIP_BLOCKS;
             } else {
                 self.incompressible_run = (self.incompressible_run + 1).min(SKIP_AFTER);
                 if self.incompressible_run >= SKIP_AFTER {
-                    self.skip_remaining = SKIP_BLOCKS;
+                    self.skip_remaining = self.next_skip;
+                    self.next_skip = (self.next_skip * 2).min(MAX_SKIP_BLOCKS);
                 }
             }
         }
@@ -337,6 +351,23 @@ impl BlockBuilder {
         self.since_restart = 0;
         self.entries = 0;
     }
+}
+
+/// Length of the longest common prefix of `a` and `b`, compared 8 bytes at a time.
+fn shared_prefix_len(a: &[u8], b: &[u8]) -> usize {
+    let mut shared = 0;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let word = |c: &[u8]| <[u8; 8]>::try_from(c).map_or(0, u64::from_le_bytes);
+        let diff = word(x) ^ word(y);
+        if diff != 0 {
+            // Little-endian: the first differing byte holds the lowest set bit.
+            return shared + (diff.trailing_zeros() / 8) as usize;
+        }
+        shared += 8;
+    }
+    let tail = a.get(shared..).unwrap_or_default();
+    let other = b.get(shared..).unwrap_or_default();
+    shared + tail.iter().zip(other).take_while(|(x, y)| x == y).count()
 }
 
 /// Where a decoded payload lives.

@@ -388,6 +388,72 @@ fn compression_is_skipped_after_a_run_of_incompressible_blocks() {
 }
 
 #[test]
+fn shared_prefix_len_matches_a_bytewise_count() {
+    let keys: [&[u8]; 9] = [
+        b"",
+        b"a",
+        b"abcdefg",
+        b"abcdefgh",
+        b"abcdefghi",
+        b"abcdefgh\x00jklmnopq",
+        b"abcdefghijklmnopq",
+        b"abcdefghijklmnopr",
+        b"abcdefghijklmnopqrstuvwxyz0123456789",
+    ];
+    for a in keys {
+        for b in keys {
+            let expected = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+            assert_eq!(shared_prefix_len(a, b), expected, "{a:?} {b:?}");
+        }
+    }
+}
+
+/// Stores `n` compressible blocks and counts how many came out compressed.
+fn compressed_of(builder: &mut BlockBuilder, n: u32, out: &mut Vec<u8>) -> u32 {
+    (0..n)
+        .map(|_| u32::from(finish_with(builder, &compressible_entries(30), out) == TYPE_ZSTD))
+        .sum()
+}
+
+#[test]
+fn failed_probes_double_the_skip_up_to_a_cap() {
+    let mut builder = BlockBuilder::new(16, Compression::Zstd { level: 3 });
+    let mut out = Vec::new();
+    let mut noise = 1;
+    let mut fail = |builder: &mut BlockBuilder, out: &mut Vec<u8>| {
+        noise += 1;
+        assert_eq!(
+            finish_with(builder, &noise_entries(30, noise), out),
+            TYPE_NONE
+        );
+    };
+    for _ in 0..SKIP_AFTER {
+        fail(&mut builder, &mut out);
+    }
+    // Skips of 32, 64, 128, 256, 512, 512 blocks, each ended by a probe that fails.
+    let mut skip = SKIP_BLOCKS;
+    for _ in 0..6 {
+        assert_eq!(
+            compressed_of(&mut builder, skip, &mut out),
+            0,
+            "skip {skip}"
+        );
+        fail(&mut builder, &mut out);
+        skip = (skip * 2).min(MAX_SKIP_BLOCKS);
+    }
+    assert_eq!(skip, MAX_SKIP_BLOCKS);
+    assert_eq!(compressed_of(&mut builder, MAX_SKIP_BLOCKS, &mut out), 0);
+    // The probe after the capped skip succeeds: no more skipping, and a new run of failures
+    // starts again from the shortest skip.
+    assert_eq!(compressed_of(&mut builder, 3, &mut out), 3);
+    for _ in 0..SKIP_AFTER {
+        fail(&mut builder, &mut out);
+    }
+    assert_eq!(compressed_of(&mut builder, SKIP_BLOCKS, &mut out), 0);
+    assert_eq!(compressed_of(&mut builder, 1, &mut out), 1);
+}
+
+#[test]
 fn damaged_skipped_blocks_are_corruption() {
     let mut builder = BlockBuilder::new(16, Compression::Zstd { level: 3 });
     let mut out = Vec::new();

@@ -155,9 +155,15 @@ fn file_meta(number: u64, sst: SstMetadata) -> FileMeta {
 }
 
 /// Flushes the oldest frozen batch of memtables; false when there is none.
+///
+/// Once the batch's edit is installed the flush lock is released and waiters are woken before
+/// the cleanup that nobody waits for: unlinking the WALs the batch made obsolete (tens of ms
+/// for a 64 MiB log) and freeing the memtables (about a sixth of the flush's instructions when
+/// this holds their last reference). A `flush(true)` waiting on the flush thread's flush
+/// returns while that runs on the other core.
 fn flush_one(inner: &DbInner) -> Result<bool> {
     // One flush at a time: a batch must be flushed once, and batches in order.
-    let _flushing = inner.flush_lock.lock();
+    let flushing = inner.flush_lock.lock();
     let batch = {
         let core = inner.core.lock();
         match core.frozen.first() {
@@ -232,9 +238,15 @@ fn flush_one(inner: &DbInner) -> Result<bool> {
         duration = ?started.elapsed(),
         "flush finished"
     );
+    {
+        let _core = inner.core.lock();
+        inner.work.notify_all();
+    }
+    drop(flushing);
+    // WALs below `min_log` stay below it (log numbers only grow), so a racing flush deleting
+    // the same files is harmless.
     delete_wals_below(&inner.dir, min_log);
-    let _core = inner.core.lock();
-    inner.work.notify_all();
+    drop(batch);
     Ok(true)
 }
 
