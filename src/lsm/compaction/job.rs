@@ -174,8 +174,9 @@ fn compact(
     Ok(entries_in)
 }
 
-/// The smallest live snapshot at or above `sequence`, or [`LATEST`].
-fn stripe_of(snapshots: &[u64], sequence: u64) -> u64 {
+/// The smallest live snapshot at or above `sequence`, or `u64::MAX` (only the latest reader):
+/// the first reader to see a version of that sequence. `snapshots` is ascending.
+pub(crate) fn stripe_of(snapshots: &[u64], sequence: u64) -> u64 {
     let i = snapshots.partition_point(|&s| s < sequence);
     snapshots.get(i).copied().unwrap_or(LATEST)
 }

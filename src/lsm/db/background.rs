@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::shadowed::ShadowedVersions;
 use super::{Core, DbInner};
 use crate::error::{Error, Result};
 use crate::lsm::compaction::job::{self, JobParams};
@@ -108,14 +109,16 @@ pub(super) fn wait_for_flushes(inner: &DbInner) -> Result<()> {
     Ok(())
 }
 
-/// Writes a memtable's point entries as SST `number` in `dir`; returns its metadata (None when
-/// it has no point entries) and its range tombstones.
+/// Writes a memtable's point entries as SST `number` in `dir`, leaving out versions no reader
+/// can see given the live `snapshots` (ascending; see [`ShadowedVersions`]); returns its
+/// metadata (None when no point entry was written) and its range tombstones.
 pub(super) fn build_table(
     dir: &Path,
     number: u64,
     memtable: &Memtable,
     options: &CfOptions,
     now_ms: u64,
+    snapshots: &[u64],
 ) -> Result<(Option<FileMeta>, Vec<RangeTombstone>)> {
     let mut tombstones = Vec::new();
     let mut iter = memtable.range_tombstone_iter();
@@ -135,8 +138,21 @@ pub(super) fn build_table(
     let path = dir.join(sst_file_name(number));
     let mut builder = SstBuilder::create(&path, options.sst)?;
     builder.set_creation_time(now_ms);
-    memtable.for_each_entry(|key, value| builder.add(key, value))?;
-    Ok((Some(file_meta(number, builder.finish()?)), tombstones))
+    let mut shadowed = ShadowedVersions::new(snapshots);
+    memtable.for_each_entry(|key, value| {
+        if shadowed.is_shadowed(key) {
+            return Ok(());
+        }
+        builder.add(key, value)
+    })?;
+    let meta = file_meta(number, builder.finish()?);
+    tracing::debug!(
+        file = number,
+        entries = meta.entries,
+        shadowed = shadowed.dropped,
+        "memtable flushed"
+    );
+    Ok((Some(meta), tombstones))
 }
 
 fn file_meta(number: u64, sst: SstMetadata) -> FileMeta {
@@ -173,6 +189,9 @@ fn flush_one(inner: &DbInner) -> Result<bool> {
     };
     let started = Instant::now();
     let now = inner.options.clock.now_ms();
+    // Snapshots taken after this point read at or above every sequence of the frozen batch,
+    // so they see the newest versions the flush keeps anyway.
+    let snapshots = inner.snapshot_sequences();
     let mut edit = VersionEdit::default();
     let mut written = 0u64;
     for (cf, memtable) in &batch.memtables {
@@ -184,7 +203,8 @@ fn flush_one(inner: &DbInner) -> Result<bool> {
             let options = state.options.clone();
             (core.allocate_file_number(), options)
         };
-        let (meta, tombstones) = build_table(&inner.dir, number, memtable, &options, now)?;
+        let (meta, tombstones) =
+            build_table(&inner.dir, number, memtable, &options, now, &snapshots)?;
         if let Some(meta) = meta {
             written += meta.size;
             edit.new_files.push((*cf, 0, meta));

@@ -9,6 +9,7 @@ mod background;
 mod checkpoint;
 mod read;
 mod recovery;
+mod shadowed;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};

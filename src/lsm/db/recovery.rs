@@ -129,7 +129,7 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
         let cf_options = options.cf(&name);
         let number = next_file_number;
         next_file_number += 1;
-        let (meta, tombstones) = build_table(dir, number, memtable, &cf_options, now)?;
+        let (meta, tombstones) = build_table(dir, number, memtable, &cf_options, now, &[])?;
         if let Some(meta) = meta {
             edit.new_files.push((*id, 0, meta));
         }
