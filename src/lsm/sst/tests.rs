@@ -339,6 +339,18 @@ fn a_flipped_byte_anywhere_is_caught() {
     }
 }
 
+/// `model` written with 256-byte blocks and opened with a 1 MiB block cache.
+fn small_block_sst_with_cache(path: &Path, model: &Model) -> (SstReader, Arc<BlockCache>) {
+    let options = SstOptions {
+        block_size: 256,
+        ..SstOptions::default()
+    };
+    write_sst(path, model, options);
+    let cache = Arc::new(BlockCache::new(1 << 20));
+    let reader = SstReader::open(path, 1, Some(Arc::clone(&cache))).unwrap();
+    (reader, cache)
+}
+
 #[test]
 fn key_group_scan_reads_only_its_blocks() {
     let dir = tempfile::tempdir().unwrap();
@@ -354,13 +366,7 @@ fn key_group_scan_reads_only_its_blocks() {
             );
         }
     }
-    let options = SstOptions {
-        block_size: 256,
-        ..SstOptions::default()
-    };
-    write_sst(&path, &model, options);
-    let cache = Arc::new(BlockCache::new(1 << 20));
-    let reader = SstReader::open(&path, 1, Some(Arc::clone(&cache))).unwrap();
+    let (reader, cache) = small_block_sst_with_cache(&path, &model);
     let prefix = 41u16.to_be_bytes();
     assert!(reader.may_contain_prefix(&prefix));
     assert!(!reader.may_contain_prefix(&64u16.to_be_bytes()));
@@ -393,13 +399,7 @@ fn scan_iter_reads_through_the_cache_without_filling_it() {
             )
         })
         .collect();
-    let options = SstOptions {
-        block_size: 256,
-        ..SstOptions::default()
-    };
-    write_sst(&path, &model, options);
-    let cache = Arc::new(BlockCache::new(1 << 20));
-    let reader = SstReader::open(&path, 1, Some(Arc::clone(&cache))).unwrap();
+    let (reader, cache) = small_block_sst_with_cache(&path, &model);
     let count = |mut iter: SstIter| {
         iter.seek_to_first().unwrap();
         let mut n = 0;
