@@ -1,31 +1,27 @@
-//! Background work: flushing frozen memtables to L0 and running compactions, and installing
-//! their results with one manifest edit each.
+//! Background work: the flush and compaction threads' loop, running compactions, and installing
+//! flushes' and compactions' results with one manifest edit each (the flush itself is in
+//! `flush.rs`).
 //!
 //! Order of durability for every change: new SST files are fsynced by their builder, the
 //! directory is fsynced, then the edit naming them is appended to the manifest and fsynced,
 //! and only then do readers see the new version. Files an edit removes are deleted when the last
 //! reader lets go of them (`TableFile`).
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::shadowed::ShadowedVersions;
+use super::flush::{file_meta, flush_one, wait_for_flushes};
 use super::{Core, DbInner};
 use crate::error::{Error, Result};
 use crate::lsm::compaction::job::{self, JobParams};
 use crate::lsm::compaction::picker;
-use crate::lsm::format::{compare_internal, parse_internal_key};
+use crate::lsm::format::compare_internal;
 use crate::lsm::iterator::InternalIterator;
 use crate::lsm::manifest::{Manifest, sync_dir};
-use crate::lsm::memtable::Memtable;
 use crate::lsm::merge_iter::MergingIterator;
-use crate::lsm::options::CfOptions;
-use crate::lsm::sst::builder::{SstBuilder, SstMetadata};
 use crate::lsm::table::{TableFile, sst_file_name};
-use crate::lsm::version::{FileMeta, NUM_LEVELS, RangeTombstone, VersionEdit};
-use crate::lsm::wal::parse_wal_file_name;
+use crate::lsm::version::{FileMeta, NUM_LEVELS, VersionEdit};
 
 /// How often an idle background thread looks for periodic work.
 const IDLE_POLL: Duration = Duration::from_millis(500);
@@ -98,190 +94,6 @@ fn compact_one(inner: &DbInner) -> Result<bool> {
 pub(super) fn run_until_idle(inner: &DbInner) -> Result<()> {
     while step(inner)? {}
     Ok(())
-}
-
-/// Blocks until every frozen memtable is flushed.
-/// Flushes every frozen memtable on this thread; a flush the flush thread is running is waited
-/// for (the flush lock), then whatever is left is flushed here.
-pub(super) fn wait_for_flushes(inner: &DbInner) -> Result<()> {
-    inner.check_background_error()?;
-    while flush_one(inner)? {}
-    Ok(())
-}
-
-/// Writes a memtable's point entries as SST `number` in `dir`, leaving out versions no reader
-/// can see given the live `snapshots` (ascending; see [`ShadowedVersions`]); returns its
-/// metadata (None when no point entry was written) and its range tombstones.
-pub(super) fn build_table(
-    dir: &Path,
-    number: u64,
-    memtable: &Memtable,
-    options: &CfOptions,
-    now_ms: u64,
-    snapshots: &[u64],
-) -> Result<(Option<FileMeta>, Vec<RangeTombstone>)> {
-    let mut tombstones = Vec::new();
-    let mut iter = memtable.range_tombstone_iter();
-    iter.seek_to_first()?;
-    while iter.valid() {
-        let key = parse_internal_key(iter.key(), "memtable", 0)?;
-        tombstones.push(RangeTombstone {
-            start: key.user_key.to_vec(),
-            end: iter.value().to_vec(),
-            sequence: key.sequence,
-        });
-        iter.next()?;
-    }
-    if memtable.len() == memtable.range_tombstone_count() {
-        return Ok((None, tombstones));
-    }
-    let path = dir.join(sst_file_name(number));
-    let mut builder = SstBuilder::create(&path, options.sst)?;
-    builder.set_creation_time(now_ms);
-    let mut shadowed = ShadowedVersions::new(snapshots);
-    memtable.for_each_entry(|key, value| {
-        if shadowed.is_shadowed(key) {
-            return Ok(());
-        }
-        builder.add(key, value)
-    })?;
-    let meta = file_meta(number, builder.finish()?);
-    tracing::debug!(
-        file = number,
-        entries = meta.entries,
-        shadowed = shadowed.dropped,
-        "memtable flushed"
-    );
-    Ok((Some(meta), tombstones))
-}
-
-fn file_meta(number: u64, sst: SstMetadata) -> FileMeta {
-    let p = sst.properties;
-    FileMeta {
-        number,
-        size: sst.file_size,
-        crc32: sst.file_crc32,
-        smallest: p.smallest_key,
-        largest: p.largest_key,
-        smallest_seq: p.smallest_seq,
-        largest_seq: p.largest_seq,
-        entries: p.entry_count,
-        created_ms: p.creation_time_ms,
-    }
-}
-
-/// Flushes the oldest frozen batch of memtables; false when there is none.
-///
-/// Once the batch's edit is installed the flush lock is released and waiters are woken before
-/// the cleanup that nobody waits for: unlinking the WALs the batch made obsolete (tens of ms
-/// for a 64 MiB log) and freeing the memtables (about a sixth of the flush's instructions when
-/// this holds their last reference). A `flush(true)` waiting on the flush thread's flush
-/// returns while that runs on the other core.
-fn flush_one(inner: &DbInner) -> Result<bool> {
-    // One flush at a time: a batch must be flushed once, and batches in order.
-    let flushing = inner.flush_lock.lock();
-    let batch = {
-        let core = inner.core.lock();
-        match core.frozen.first() {
-            Some(batch) => batch.clone(),
-            None => return Ok(false),
-        }
-    };
-    let started = Instant::now();
-    let now = inner.options.clock.now_ms();
-    // Snapshots taken after this point read at or above every sequence of the frozen batch,
-    // so they see the newest versions the flush keeps anyway.
-    let snapshots = inner.snapshot_sequences();
-    let mut edit = VersionEdit::default();
-    let mut written = 0u64;
-    for (cf, memtable) in &batch.memtables {
-        let (number, options) = {
-            let mut core = inner.core.lock();
-            let Some(state) = core.cfs.get(cf) else {
-                continue;
-            };
-            let options = state.options.clone();
-            (core.allocate_file_number(), options)
-        };
-        let (meta, tombstones) =
-            build_table(&inner.dir, number, memtable, &options, now, &snapshots)?;
-        if let Some(meta) = meta {
-            written += meta.size;
-            edit.new_files.push((*cf, 0, meta));
-        }
-        edit.tombstones_added
-            .extend(tombstones.into_iter().map(|t| (*cf, t)));
-    }
-    sync_dir(&inner.dir)?;
-    let min_log = log_and_apply(
-        inner,
-        |core| {
-            // Column families dropped meanwhile take no files.
-            let live_cfs: Vec<u32> = core.cfs.keys().copied().collect();
-            edit.new_files.retain(|(cf, _, _)| live_cfs.contains(cf));
-            edit.tombstones_added
-                .retain(|(cf, _)| live_cfs.contains(cf));
-            edit.cf_log_numbers = live_cfs
-                .iter()
-                .map(|cf| (*cf, batch.next_log_number))
-                .collect();
-            edit.last_sequence = Some(batch.last_sequence);
-            Some((edit, ()))
-        },
-        |core, edit, ()| {
-            if let Some(log) = inner.flush_log.lock().as_mut() {
-                log.push(super::checkpoint::flush_output(
-                    core,
-                    batch.last_sequence,
-                    edit,
-                ));
-            }
-            core.frozen.remove(0);
-            core.version
-                .cfs
-                .values()
-                .map(|c| c.log_number)
-                .min()
-                .unwrap_or(0)
-        },
-    )?
-    .unwrap_or(0);
-    inner
-        .counters
-        .flush_bytes_written
-        .fetch_add(written, Ordering::Relaxed);
-    crate::observe::flush_finished(written);
-    tracing::debug!(
-        memtables = batch.memtables.len(),
-        bytes = written,
-        last_sequence = batch.last_sequence,
-        duration = ?started.elapsed(),
-        "flush finished"
-    );
-    {
-        let _core = inner.core.lock();
-        inner.work.notify_all();
-    }
-    drop(flushing);
-    // WALs below `min_log` stay below it (log numbers only grow), so a racing flush deleting
-    // the same files is harmless.
-    delete_wals_below(&inner.dir, min_log);
-    drop(batch);
-    Ok(true)
-}
-
-fn delete_wals_below(dir: &Path, min_log: u64) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if let Some(number) = name.to_str().and_then(parse_wal_file_name)
-            && number < min_log
-        {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
 }
 
 /// Logs and applies one version edit.

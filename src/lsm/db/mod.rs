@@ -7,6 +7,7 @@
 
 mod background;
 mod checkpoint;
+mod flush;
 mod read;
 mod recovery;
 mod shadowed;
@@ -404,7 +405,7 @@ impl Db {
     pub fn flush(&self, wait: bool) -> Result<u64> {
         let sequence = write::freeze_memtables(&self.inner, false)?;
         if wait {
-            background::wait_for_flushes(&self.inner)?;
+            flush::wait_for_flushes(&self.inner)?;
         }
         Ok(sequence)
     }
@@ -441,7 +442,7 @@ impl Db {
 
     /// Blocks until every memtable frozen so far is flushed (without freezing anything new).
     pub fn wait_for_flushes(&self) -> Result<()> {
-        background::wait_for_flushes(&self.inner)
+        flush::wait_for_flushes(&self.inner)
     }
 
     /// From now on, every flush's output is recorded (and its files pinned) until

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::background::build_table;
+use super::flush::build_table;
 use super::{CfState, Core, Counters, DEFAULT_CF, DbInner, SuperVersion, WriterState};
 use crate::error::{Error, Result};
 use crate::lsm::block_cache::BlockCache;
