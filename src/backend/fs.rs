@@ -230,19 +230,8 @@ impl SnapshotTask for FsSnapshotTask {
                     id,
                     key_groups,
                     state_count,
-                    &mut |index, emit| {
-                        let mut bytes = 0u64;
-                        let mut counted = |key: &[u8], value: &[u8]| {
-                            bytes += (key.len() + value.len()) as u64;
-                            emit(key, value)
-                        };
-                        let emitted =
-                            frozen.emit_live_entries(index, key_groups, now, &mut counted);
-                        if let Some(size) = sizes.get(index) {
-                            size.fetch_add(bytes, Ordering::Relaxed);
-                        }
-                        emitted
-                    },
+                    &mut |index, emit| frozen.emit_live_entries(index, key_groups, now, emit),
+                    &sizes,
                 )
             },
         )?;

@@ -102,6 +102,7 @@ pub fn write_full_snapshot_file(
             }
             Ok(())
         },
+        &[],
     )
 }
 
@@ -110,13 +111,16 @@ pub type EntrySource<'a> =
     dyn FnMut(usize, &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> + 'a;
 
 /// Writes one full snapshot file like [`write_full_snapshot_file`], taking each state's entries
-/// in `key_groups` from `entries(state_index, emit)` (any backend can feed it).
+/// in `key_groups` from `entries(state_index, emit)` (any backend can feed it). The key and
+/// value bytes written for state `i` are added to `state_bytes[i]` when it exists (the
+/// per-state size metrics; files of one checkpoint may be written in parallel).
 pub fn write_full_snapshot_file_from(
     out: &mut dyn CheckpointFileWriter,
     checkpoint_id: u64,
     key_groups: KeyGroupRange,
     state_count: u32,
     entries: &mut EntrySource<'_>,
+    state_bytes: &[std::sync::atomic::AtomicU64],
 ) -> Result<(u64, u32)> {
     let mut w = HashingWriter {
         inner: out,
@@ -139,6 +143,7 @@ pub fn write_full_snapshot_file_from(
     let mut block = Vec::with_capacity(BLOCK_TARGET_LEN);
     for index in 0..state_count {
         let mut in_block = 0u32;
+        let mut bytes = 0u64;
         entries(index as usize, &mut |key, value| {
             let entry_len = varint_len(key.len() as u64)
                 + key.len()
@@ -162,8 +167,12 @@ pub fn write_full_snapshot_file_from(
             block.extend_from_slice(value);
             in_block += 1;
             entry_count += 1;
+            bytes += (key.len() + value.len()) as u64;
             Ok(())
         })?;
+        if let Some(total) = state_bytes.get(index as usize) {
+            total.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
         if in_block > 0 {
             write_block(&mut w, index, in_block, &block)?;
             block_count += 1;

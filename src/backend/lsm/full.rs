@@ -95,14 +95,8 @@ impl SnapshotTask for FullSnapshotTask {
                     key_groups,
                     state_count,
                     &mut |index, emit| {
-                        let (Some((descriptor, cf)), Some(size)) =
-                            (self.states.get(index), sizes.get(index))
-                        else {
+                        let Some((descriptor, cf)) = self.states.get(index) else {
                             return Ok(());
-                        };
-                        let mut emit = |key: &[u8], value: &[u8]| {
-                            size.fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
-                            emit(key, value)
                         };
                         let is_list = descriptor.kind == StateKind::List;
                         let mut it = self.db.iter(cf, self.bounds(key_groups))?;
@@ -123,6 +117,7 @@ impl SnapshotTask for FullSnapshotTask {
                         }
                         Ok(())
                     },
+                    &sizes,
                 )
             },
         )?;
