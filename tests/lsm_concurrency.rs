@@ -1,5 +1,6 @@
 //! Readers run while a writer, flushes and compactions go on: every read sees whole batches
-//! (atomicity), snapshots stay fixed, and nothing waits forever.
+//! (atomicity), snapshots stay fixed, and nothing waits forever. 400 write rounds by default;
+//! `FLOWSTATE_LSM_ROUNDS=100000 cargo test --release --test lsm_concurrency` for a soak.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,13 +32,18 @@ fn readers_see_whole_batches_while_flushes_and_compactions_run() {
     let db = Arc::new(Db::open(dir.path(), options).unwrap());
     let done = Arc::new(AtomicBool::new(false));
     const GROUPS: u32 = 50;
+    let rounds: u32 = std::env::var("FLOWSTATE_LSM_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(400);
+    println!("{rounds} rounds (FLOWSTATE_LSM_ROUNDS)");
 
     let writer = {
         let db = db.clone();
         let done = done.clone();
         std::thread::spawn(move || {
             let cf = db.default_cf();
-            for round in 1..=400u32 {
+            for round in 1..=rounds {
                 // Every batch sets all keys of one group to the same round number.
                 let group = round % GROUPS;
                 let mut batch = WriteBatch::new();
