@@ -103,9 +103,8 @@ pub struct Memtable {
     points: AtomicUsize,
     smallest_sequence: AtomicU64,
     largest_sequence: AtomicU64,
-    largest_point_sequence: AtomicU64,
-    /// Set when a point entry came with a smaller sequence than an earlier one: a key's versions
-    /// may then be out of newest-first order across sources, and reads sort them.
+    /// Set when an entry came with a smaller sequence than an earlier one: a key's versions may
+    /// then be out of newest-first order across sources, and reads sort them.
     unordered: AtomicBool,
 }
 
@@ -137,7 +136,6 @@ impl Memtable {
             points: AtomicUsize::new(0),
             smallest_sequence: AtomicU64::new(u64::MAX),
             largest_sequence: AtomicU64::new(0),
-            largest_point_sequence: AtomicU64::new(0),
             unordered: AtomicBool::new(false),
         }
     }
@@ -160,17 +158,12 @@ impl Memtable {
         );
         self.smallest_sequence
             .fetch_min(sequence, Ordering::Relaxed);
-        self.largest_sequence.fetch_max(sequence, Ordering::Relaxed);
+        if self.largest_sequence.fetch_max(sequence, Ordering::Relaxed) > sequence {
+            self.unordered.store(true, Ordering::Relaxed);
+        }
         if kind == ValueKind::RangeDelete {
             self.range_tombstones.insert(entry);
             return;
-        }
-        if self
-            .largest_point_sequence
-            .fetch_max(sequence, Ordering::Relaxed)
-            > sequence
-        {
-            self.unordered.store(true, Ordering::Relaxed);
         }
         let full = {
             let sources = self.sources.read();
@@ -270,22 +263,27 @@ impl Memtable {
         snapshot: u64,
         mut f: impl FnMut(u64, ValueKind, &[u8]) -> bool,
     ) {
-        let snapshot_trailer = lookup_trailer(snapshot);
         let sources = Arc::clone(&self.sources.read());
-        if self.unordered.load(Ordering::Relaxed) {
-            return sorted_versions(&sources, user_key, snapshot_trailer, f);
-        }
-        let probe = Probe::new(user_key, snapshot_trailer);
-        let lookup = Entry::probe(user_key, snapshot_trailer);
-        if !table_versions(&sources.buffer, user_key, &lookup, &mut f) {
+        let snapshot_trailer = lookup_trailer(snapshot);
+        if !self.unordered.load(Ordering::Relaxed) {
+            visit_versions(&sources, user_key, snapshot_trailer, &mut f);
             return;
         }
-        for source in &sources.older {
-            let more = match source {
-                Source::Buffer(table) => table_versions(table, user_key, &lookup, &mut f),
-                Source::Run(run) => run.for_each_version(user_key, &probe, &mut f),
-            };
-            if !more {
+        // Sequences came out of order: a newer version may sit in an older source, so collect
+        // every source's versions and sort them newest first.
+        let mut all: Vec<(u64, ValueKind, Vec<u8>)> = Vec::new();
+        visit_versions(
+            &sources,
+            user_key,
+            snapshot_trailer,
+            &mut |sequence, kind, value| {
+                all.push((sequence, kind, value.to_vec()));
+                true
+            },
+        );
+        all.sort_by_key(|v| std::cmp::Reverse(v.0));
+        for (sequence, kind, value) in all {
+            if !f(sequence, kind, &value) {
                 return;
             }
         }
@@ -441,31 +439,26 @@ fn table_versions(
     true
 }
 
-/// [`Memtable::for_each_version`] when sequences were not inserted in order: every source's
-/// versions collected and sorted newest first.
-fn sorted_versions(
+/// Calls `f` for the versions of `user_key` from `snapshot_trailer` on, source by source (the
+/// skiplist, then sealed sources newest first), each source's newest first, while `f` returns
+/// true.
+fn visit_versions(
     sources: &Sources,
     user_key: &[u8],
     snapshot_trailer: u64,
-    mut f: impl FnMut(u64, ValueKind, &[u8]) -> bool,
+    f: &mut impl FnMut(u64, ValueKind, &[u8]) -> bool,
 ) {
     let probe = Probe::new(user_key, snapshot_trailer);
     let lookup = Entry::probe(user_key, snapshot_trailer);
-    let mut all: Vec<(u64, ValueKind, Vec<u8>)> = Vec::new();
-    let mut collect = |sequence, kind, value: &[u8]| {
-        all.push((sequence, kind, value.to_vec()));
-        true
-    };
-    table_versions(&sources.buffer, user_key, &lookup, &mut collect);
-    for source in &sources.older {
-        match source {
-            Source::Buffer(table) => table_versions(table, user_key, &lookup, &mut collect),
-            Source::Run(run) => run.for_each_version(user_key, &probe, &mut collect),
-        };
+    if !table_versions(&sources.buffer, user_key, &lookup, f) {
+        return;
     }
-    all.sort_by_key(|v| std::cmp::Reverse(v.0));
-    for (sequence, kind, value) in all {
-        if !f(sequence, kind, &value) {
+    for source in &sources.older {
+        let more = match source {
+            Source::Buffer(table) => table_versions(table, user_key, &lookup, f),
+            Source::Run(run) => run.for_each_version(user_key, &probe, f),
+        };
+        if !more {
             return;
         }
     }

@@ -138,10 +138,16 @@ impl Run {
         )
     }
 
-    /// The user key of entry `i`.
-    pub(super) fn user_key(&self, i: usize) -> &[u8] {
-        let (bytes, key_len) = self.entry_bytes(i);
-        bytes.get(..key_len).unwrap_or_default()
+    /// The user key and trailer of the entry at `slot`.
+    fn key_parts(&self, slot: &Slot) -> (&[u8], u64) {
+        let start = slot.offset as usize;
+        let key_end = start + slot.key_len as usize;
+        let trailer = self
+            .data
+            .get(key_end..key_end + TRAILER_LEN)
+            .and_then(|t| <[u8; TRAILER_LEN]>::try_from(t).ok())
+            .map_or(0, u64::from_be_bytes);
+        (self.data.get(start..key_end).unwrap_or_default(), trailer)
     }
 
     /// The internal key (user key and trailer) of entry `i`.
@@ -156,67 +162,43 @@ impl Run {
         bytes.get(key_len + TRAILER_LEN..).unwrap_or_default()
     }
 
-    fn trailer(&self, i: usize) -> u64 {
-        let (bytes, key_len) = self.entry_bytes(i);
-        bytes
-            .get(key_len..key_len + TRAILER_LEN)
-            .and_then(|t| <[u8; TRAILER_LEN]>::try_from(t).ok())
-            .map_or(0, u64::from_be_bytes)
-    }
-
-    fn prefix(&self, i: usize) -> u64 {
-        self.slots.get(i).map_or(0, |s| s.prefix)
+    /// The entry at `slot` against (`prefix`, the user key and trailer `other()` gives): the
+    /// inline prefixes decide unless they tie.
+    fn compare_slot<'o>(
+        &self,
+        slot: &Slot,
+        prefix: u64,
+        other: impl FnOnce() -> (&'o [u8], u64),
+    ) -> Ordering {
+        slot.prefix.cmp(&prefix).then_with(|| {
+            let (key, trailer) = self.key_parts(slot);
+            let (other_key, other_trailer) = other();
+            compare_parts(key, trailer, other_key, other_trailer)
+        })
     }
 
     /// Entry `i` of `self` against entry `j` of `other`.
     fn compare_slots(&self, i: usize, other: &Run, j: usize) -> Ordering {
-        match self.prefix(i).cmp(&other.prefix(j)) {
-            Ordering::Equal => compare_parts(
-                self.user_key(i),
-                self.trailer(i),
-                other.user_key(j),
-                other.trailer(j),
-            ),
-            order => order,
-        }
-    }
-
-    /// Entry `i` against a probe.
-    fn compare_probe(&self, i: usize, probe: &Probe<'_>) -> Ordering {
-        match self.prefix(i).cmp(&probe.prefix) {
-            Ordering::Equal => compare_parts(
-                self.user_key(i),
-                self.trailer(i),
-                probe.user_key,
-                probe.trailer,
-            ),
-            order => order,
+        match (self.slots.get(i), other.slots.get(j)) {
+            (Some(a), Some(b)) => self.compare_slot(a, b.prefix, || other.key_parts(b)),
+            _ => Ordering::Equal,
         }
     }
 
     /// The index of the first entry at or after `probe` (`len()` when none is).
     pub(super) fn lower_bound(&self, probe: &Probe<'_>) -> usize {
-        self.partition(|i| self.compare_probe(i, probe) == Ordering::Less)
+        self.slots.partition_point(|slot| {
+            self.compare_slot(slot, probe.prefix, || (probe.user_key, probe.trailer))
+                == Ordering::Less
+        })
     }
 
     /// The index of the first entry after `probe` (`len()` when none is).
     pub(super) fn upper_bound(&self, probe: &Probe<'_>) -> usize {
-        self.partition(|i| self.compare_probe(i, probe) != Ordering::Greater)
-    }
-
-    /// The number of leading entries for which `before` holds (`before` must hold for a prefix
-    /// of the run and fail for the rest).
-    fn partition(&self, before: impl Fn(usize) -> bool) -> usize {
-        let (mut low, mut high) = (0, self.len());
-        while low < high {
-            let mid = low + (high - low) / 2;
-            if before(mid) {
-                low = mid + 1;
-            } else {
-                high = mid;
-            }
-        }
-        low
+        self.slots.partition_point(|slot| {
+            self.compare_slot(slot, probe.prefix, || (probe.user_key, probe.trailer))
+                != Ordering::Greater
+        })
     }
 
     /// Calls `f(sequence, kind, value)` for the versions of `user_key` from `probe` on, newest
@@ -227,13 +209,15 @@ impl Run {
         probe: &Probe<'_>,
         f: &mut impl FnMut(u64, ValueKind, &[u8]) -> bool,
     ) -> bool {
-        let mut i = self.lower_bound(probe);
-        while i < self.len() && self.user_key(i) == user_key {
-            let trailer = self.trailer(i);
+        let start = self.lower_bound(probe);
+        for (i, slot) in self.slots.iter().enumerate().skip(start) {
+            let (key, trailer) = self.key_parts(slot);
+            if key != user_key {
+                break;
+            }
             if !f(trailer >> 8, kind_of(trailer), self.value(i)) {
                 return false;
             }
-            i += 1;
         }
         true
     }
