@@ -77,8 +77,13 @@ impl BlockIter {
         let (entries, restarts) = block.areas();
         self.current = self.next;
         let pos = self.current;
+        let num_restarts = restarts.len() / 4;
         if pos >= entries.len() {
             self.valid = false;
+            // A restart point the walk never landed on lies inside the last entry.
+            if self.restart_index + 1 < num_restarts {
+                return Err(self.skipped_restart(self.restart_index + 1));
+            }
             return Ok(false);
         }
         let entry = match decode_entry(block, entries, pos) {
@@ -88,11 +93,16 @@ impl BlockIter {
                 return Err(e);
             }
         };
-        let num_restarts = restarts.len() / 4;
         while self.restart_index + 1 < num_restarts
             && restart_at(restarts, self.restart_index + 1) <= pos
         {
             self.restart_index += 1;
+            // Every restart point must be the start of an entry: seeks and `prev` decode from
+            // there, so one inside an entry would read garbage only when walking backwards.
+            if restart_at(restarts, self.restart_index) < pos {
+                self.valid = false;
+                return Err(self.skipped_restart(self.restart_index));
+            }
         }
         let at_restart = restart_at(restarts, self.restart_index) == pos;
         if entry.shared > self.key.len() || (at_restart && entry.shared != 0) {
@@ -117,6 +127,15 @@ impl BlockIter {
         self.next = entry.next;
         self.valid = true;
         Ok(true)
+    }
+
+    /// The error for restart point `index`, which the forward walk stepped over.
+    #[cold]
+    fn skipped_restart(&self, index: usize) -> crate::error::Error {
+        self.block.corruption(format!(
+            "restart point {index} at payload offset {} is not the start of an entry",
+            self.block.restart(index)
+        ))
     }
 
     /// Resets the cursor to just before the entry at restart point `index`.

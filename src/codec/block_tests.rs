@@ -537,3 +537,58 @@ proptest! {
         }
     }
 }
+
+/// A restart point moved inside an entry, with the restart array still in shape (increasing,
+/// within the entry area), fails the forward walk — which `verify` runs — naming the restart
+/// point; before, only a backward walk (which decodes from restart points) tripped over it.
+#[test]
+fn restart_points_inside_entries_are_corruption() {
+    let entries: Entries = (0..24u8).map(|i| (vec![1, i / 4, i], vec![i; 3])).collect();
+    let stored = build(&entries, 4, Compression::None);
+    let payload = &stored[..stored.len() - BLOCK_TRAILER_LEN];
+    let count = u32::from_le_bytes(payload[payload.len() - 4..].try_into().unwrap()) as usize;
+    let restarts_at = payload.len() - 4 - 4 * count;
+    // Entry starts, from the lengths (all single-byte varints here).
+    let mut starts = Vec::new();
+    let mut pos = 0;
+    while pos < restarts_at {
+        starts.push(pos);
+        pos += 3 + usize::from(payload[pos + 1]) + usize::from(payload[pos + 2]);
+    }
+    assert_eq!(starts.len(), entries.len());
+    let restart = |i: usize| {
+        let at = restarts_at + 4 * i;
+        u32::from_le_bytes(payload[at..at + 4].try_into().unwrap()) as usize
+    };
+    let mut checked = 0;
+    for index in 1..count {
+        let upper = if index + 1 < count {
+            restart(index + 1)
+        } else {
+            restarts_at
+        };
+        for offset in restart(index - 1) + 1..upper {
+            if starts.contains(&offset) {
+                continue;
+            }
+            let mut bad = payload.to_vec();
+            let at = restarts_at + 4 * index;
+            bad[at..at + 4].copy_from_slice(&(offset as u32).to_le_bytes());
+            let block = Arc::new(Block::decode(&seal(&bad, Compression::None), "t", 0).unwrap());
+            let mut it = block.iter(bytewise);
+            let mut walk = it.seek_to_first();
+            while walk.is_ok() && it.valid() {
+                walk = it.next();
+            }
+            let err = walk.expect_err("the forward walk must stop at the moved restart point");
+            assert!(err.is_corruption(), "{err}");
+            assert!(
+                err.to_string()
+                    .contains(&format!("restart point {index} at payload offset {offset}")),
+                "{err}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "{checked}");
+}
