@@ -3,6 +3,7 @@
 
 pub mod inspect;
 pub mod metadata;
+#[cfg(feature = "object-store")]
 pub mod object_store;
 pub mod registry;
 pub mod retention;

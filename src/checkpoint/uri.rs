@@ -1,17 +1,24 @@
 //! Opening checkpoint storage by location: `s3://`, `gs://`, `az://`, `memory://`, `file://` URIs
-//! go to [`ObjectStoreCheckpointStorage`], a plain path to [`LocalDirStorage`] (FORMAT.md §4.5).
+//! go to `ObjectStoreCheckpointStorage` (feature `object-store`, on by default), a plain path to
+//! [`LocalDirStorage`] (FORMAT.md §4.5).
 //!
 //! A storage's [`CheckpointStorage::location`] is the normalized URI it was opened with, so the
 //! root of a snapshot handle reopens the same store through [`open_storage`].
 
+#[cfg(feature = "object-store")]
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
+#[cfg(feature = "object-store")]
+use std::sync::LazyLock;
 use std::time::Duration;
 
+#[cfg(feature = "object-store")]
 use ::object_store::memory::InMemory;
+#[cfg(feature = "object-store")]
 use parking_lot::Mutex;
 
+#[cfg(feature = "object-store")]
 use super::object_store::ObjectStoreCheckpointStorage;
 use super::storage::{CheckpointStorage, LocalDirStorage, validate_path};
 use crate::error::{Error, Result};
@@ -28,8 +35,11 @@ use crate::error::{Error, Result};
 /// use flowstate::checkpoint::uri::{StorageOptions, open_storage_with};
 ///
 /// let options = StorageOptions::new().set("part_size", "16777216")?.set("max_retries", "2")?;
+/// assert_eq!(options.part_size, 16 << 20);
+/// # #[cfg(feature = "object-store")] {
 /// let storage = open_storage_with("memory://doc-example/job-1", &options)?;
 /// assert_eq!(storage.location(), "memory://doc-example/job-1");
+/// # }
 /// # Ok::<(), flowstate::Error>(())
 /// ```
 #[derive(Clone, Debug)]
@@ -242,9 +252,11 @@ impl Location {
 }
 
 /// In-memory stores by name: `memory://name` opened twice in one process is the same store.
+#[cfg(feature = "object-store")]
 static MEMORY_STORES: LazyLock<Mutex<HashMap<String, Arc<InMemory>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
+#[cfg(feature = "object-store")]
 pub(crate) fn memory_store(name: &str) -> Arc<InMemory> {
     MEMORY_STORES
         .lock()
@@ -272,9 +284,19 @@ pub fn open_storage_with(
 ) -> Result<Arc<dyn CheckpointStorage>> {
     match Location::parse(location)? {
         Location::Dir { path } => Ok(Arc::new(LocalDirStorage::open(path)?)),
+        #[cfg(feature = "object-store")]
         parsed => Ok(Arc::new(ObjectStoreCheckpointStorage::open(
             &parsed, options,
         )?)),
+        #[cfg(not(feature = "object-store"))]
+        parsed => {
+            let _ = options;
+            Err(Error::invalid(format!(
+                "'{}' is object storage, and this build of flowstate has no object-store support \
+                 (enable the `object-store` feature) or give a local directory",
+                parsed.uri()
+            )))
+        }
     }
 }
 
@@ -363,6 +385,7 @@ mod tests {
         assert!(StorageOptions::new().set("max_retries", "x").is_err());
     }
 
+    #[cfg(feature = "object-store")]
     #[test]
     fn memory_stores_are_shared_by_name() {
         let a = open_storage("memory://uri-test-shared").unwrap();
@@ -376,5 +399,20 @@ mod tests {
         let (_, own) = storage_for_root(&a, "memory://uri-test-other").unwrap();
         assert!(!own);
         assert!(storage_for_root(&a, "/definitely/not/a/dir").is_err());
+    }
+
+    #[cfg(not(feature = "object-store"))]
+    #[test]
+    fn object_storage_needs_the_feature() {
+        for uri in ["s3://bucket/p", "memory://name", "file:///tmp/x"] {
+            let Err(err) = open_storage(uri) else {
+                panic!("{uri} opened without object-store support");
+            };
+            assert!(err.to_string().contains("object-store"), "{uri}: {err}");
+        }
+        let dir = std::env::temp_dir().join(format!("flowstate-uri-{}", std::process::id()));
+        let storage = open_storage(dir.to_str().unwrap()).unwrap();
+        assert_eq!(storage.location(), dir.to_str().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,10 +2,11 @@
 //! two-phase file sinks, checkpointed with aligned barriers and restarted from the latest
 //! completed checkpoint after any failure — exactly-once output through crashes.
 //!
-//! [`job::run_job`] runs the reference job behind `flowstate run` (see [`cli`]); the pieces
+//! [`job::run_job`] runs the reference job behind `flowstate run` (see `cli`, feature `cli`); the pieces
 //! (gate, aligner, coordinator, sink, store) are usable and tested on their own.
 
 pub mod alignment;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod coordinator;
 pub mod demo;
