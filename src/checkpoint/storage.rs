@@ -136,8 +136,9 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// incomplete even across a crash, so its files may go (FORMAT.md §10). Missing is fine.
     fn unpublish_metadata(&self, checkpoint_id: u64) -> Result<()>;
 
-    /// How many files a checkpoint should upload at once: 1 for a local directory (the disk is
-    /// the bottleneck), more for an object store (each request waits on the network).
+    /// How many files a checkpoint should upload, and an LSM restore fetch, at once: 1 for a
+    /// local directory (the disk is the bottleneck), more for an object store (each request
+    /// waits on the network).
     fn upload_parallelism(&self) -> usize {
         1
     }
@@ -161,14 +162,49 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
 pub fn check_listed(path: &str, bytes: &[u8], size: u64, crc32: u32) -> Result<()> {
     let actual = crc32fast::hash(bytes);
     if bytes.len() as u64 != size || actual != crc32 {
+        return Err(listed_mismatch(
+            path,
+            bytes.len() as u64,
+            actual,
+            size,
+            crc32,
+        ));
+    }
+    Ok(())
+}
+
+/// The error for `path`, listed in `_metadata` with `size` bytes and `crc32`, whose bytes came
+/// out as `actual_size` with `actual_crc`.
+pub(crate) fn listed_mismatch(
+    path: &str,
+    actual_size: u64,
+    actual_crc: u32,
+    size: u64,
+    crc32: u32,
+) -> Error {
+    Error::corruption(
+        path,
+        0,
+        format!(
+            "crc32 mismatch: file has {actual_size} bytes with crc32 {actual_crc:#010x}, \
+             _metadata says {size} bytes with {crc32:#010x}"
+        ),
+    )
+}
+
+/// Checks that `path` in `storage` has the size its `_metadata` lists (before any byte of it is
+/// read).
+pub(crate) fn check_listed_size(
+    storage: &dyn CheckpointStorage,
+    path: &str,
+    size: u64,
+) -> Result<()> {
+    let actual = storage.file_size(path)?;
+    if actual != size {
         return Err(Error::corruption(
             path,
-            0,
-            format!(
-                "crc32 mismatch: file has {} bytes with crc32 {actual:#010x}, _metadata says {size} \
-                 bytes with {crc32:#010x}",
-                bytes.len()
-            ),
+            actual.min(size),
+            format!("file is {actual} bytes, _metadata says {size}"),
         ));
     }
     Ok(())
@@ -182,14 +218,7 @@ pub fn read_listed(
     size: u64,
     crc32: u32,
 ) -> Result<Vec<u8>> {
-    let actual = storage.file_size(path)?;
-    if actual != size {
-        return Err(Error::corruption(
-            path,
-            actual.min(size),
-            format!("file is {actual} bytes, _metadata says {size}"),
-        ));
-    }
+    check_listed_size(storage, path, size)?;
     let bytes = storage.read_file(path)?;
     check_listed(path, &bytes, size, crc32)?;
     Ok(bytes)

@@ -56,7 +56,7 @@ pub struct StorageOptions {
     /// Files up to this size are one PUT; larger ones are multipart uploads of parts this size
     /// (default 8 MiB, at least 5 MiB: S3's smallest part).
     pub part_size: usize,
-    /// Files a checkpoint uploads at once (default 8).
+    /// Files a checkpoint uploads, and an LSM restore downloads, at once (default 8).
     pub upload_parallelism: usize,
     /// Whether to read the usual environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`) before
     /// the explicit options (default true).

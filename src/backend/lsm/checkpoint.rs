@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 
 use super::layout::{CheckpointLayout, FileRole, LayoutFile, LayoutTombstone};
 use super::local_recovery::LocalCopies;
-use super::upload::{UploadJob, upload_all};
+use super::transfer::{UploadJob, upload_all};
 use super::write_cache::{FrozenWrites, PendingWrites};
 use super::{CF_PREFIX, LsmBackendOptions};
 use crate::backend::{

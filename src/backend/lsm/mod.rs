@@ -11,7 +11,7 @@ mod full;
 pub mod layout;
 pub mod local_recovery;
 mod restore;
-mod upload;
+mod transfer;
 pub mod write_cache;
 
 use std::collections::HashMap;

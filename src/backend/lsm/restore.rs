@@ -14,13 +14,14 @@ use std::sync::Arc;
 use super::checkpoint::UploadedFile;
 use super::layout::{CheckpointLayout, FileRole};
 use super::local_recovery::LocalCopies;
+use super::transfer::{check_local, download, run_parallel};
 use super::{LsmBackend, cf_name, random_instance_id};
 use crate::backend::{
     BackendKind, SnapshotData, SnapshotHandle, StateDescriptor, StateId, check_restore_handles,
 };
 use crate::checkpoint::metadata::CheckpointMetadata;
 use crate::checkpoint::registry::read_metadata;
-use crate::checkpoint::storage::{CheckpointStorage, metadata_path, read_listed};
+use crate::checkpoint::storage::{CheckpointStorage, metadata_path};
 use crate::checkpoint::uri::storage_for_root;
 use crate::error::{Error, Result};
 use crate::keys::{KeyGroupRange, key_group_of};
@@ -167,54 +168,86 @@ pub struct RestoreStats {
     pub duration: std::time::Duration,
 }
 
-/// Brings one file into `dir` as `<number>.sst` and checks its size and crc32: from a local
-/// copy if one matches, else by hard link from local storage, else by reading it from storage.
-fn fetch(
-    source: &Source,
-    path: &str,
-    meta: &FileMeta,
-    dir: &Path,
+/// Where [`fetch`] found a file.
+enum Fetched {
+    /// A local-recovery copy.
+    Copy,
+    /// Hard-linked from checkpoint storage on this file system.
+    Linked,
+    /// Read from checkpoint storage.
+    Downloaded,
+}
+
+/// One file [`fetch`] brings into the new store: its source, its storage path with the size and
+/// crc32 `_metadata` lists, and its number in the new store.
+struct FetchJob<'a> {
+    source: &'a Source,
+    path: &'a str,
+    size: u64,
+    crc32: u32,
     number: u64,
-    stats: &mut RestoreStats,
-) -> Result<()> {
+}
+
+/// Brings one file into `dir` as `<number>.sst` and checks its size and crc32: from a local
+/// copy if one matches, else by hard link from local storage, else by reading it from storage
+/// (in chunks of at most `transfer::DOWNLOAD_CHUNK`). Safe to run for several files at once.
+fn fetch(job: &FetchJob<'_>, dir: &Path) -> Result<Fetched> {
+    let FetchJob {
+        source,
+        path,
+        size,
+        crc32,
+        number,
+    } = *job;
     let local = dir.join(sst_file_name(number));
-    let check = || -> Result<()> {
-        let bytes = std::fs::read(&local).map_err(|e| Error::io(&local, e))?;
-        crate::checkpoint::storage::check_listed(path, &bytes, meta.size, meta.crc32)
-    };
-    stats.files += 1;
-    stats.bytes += meta.size;
     if let Some(copies) = &source.copies
-        && let Some(copy) = copies.find(path, meta.size)
+        && let Some(copy) = copies.find(path, size)
         && std::fs::hard_link(&copy, &local).is_ok()
     {
-        if check().is_ok() {
-            stats.local_files += 1;
-            stats.local_bytes += meta.size;
-            return Ok(());
+        if check_local(&local, path, size, crc32).is_ok() {
+            return Ok(Fetched::Copy);
         }
         // A stale or damaged copy: drop it and fetch the file from storage.
         std::fs::remove_file(&local).map_err(|e| Error::io(&local, e))?;
         copies.discard(path)?;
     }
-    // A local directory's file is hard-linked (then checked); any other is read, its size
-    // checked before its bytes are, and written.
+    // A local directory's file is hard-linked (then checked); any other is downloaded.
     let linked = source.storage.local_path(path);
-    if linked.is_some_and(|p| p.is_file() && std::fs::hard_link(&p, &local).is_ok()) {
-        check()?;
-        stats.linked_files += 1;
-        stats.linked_bytes += meta.size;
+    let fetched = if linked.is_some_and(|p| p.is_file() && std::fs::hard_link(&p, &local).is_ok()) {
+        check_local(&local, path, size, crc32)?;
+        Fetched::Linked
     } else {
-        let bytes = read_listed(source.storage.as_ref(), path, meta.size, meta.crc32)?;
-        std::fs::write(&local, &bytes).map_err(|e| Error::io(&local, e))?;
-        stats.downloaded_files += 1;
-        stats.downloaded_bytes += bytes.len() as u64;
-    }
+        download(source.storage.as_ref(), path, size, crc32, &local)?;
+        Fetched::Downloaded
+    };
     if source.ours
         && let Some(copies) = &source.copies
     {
         // The next restore on this machine need not download it again.
         let _ = copies.keep(&source.storage.location(), path, &local);
+    }
+    Ok(fetched)
+}
+
+/// Fetches every job into `dir`, up to the largest `upload_parallelism` of the storages involved
+/// at once, and counts where the files came from.
+fn fetch_all(jobs: &[FetchJob<'_>], dir: &Path, stats: &mut RestoreStats) -> Result<()> {
+    let workers = jobs
+        .iter()
+        .map(|job| job.source.storage.upload_parallelism())
+        .max()
+        .unwrap_or(1);
+    let fetched = run_parallel(jobs, workers, |job| fetch(job, dir))?;
+    for (job, how) in jobs.iter().zip(fetched) {
+        stats.files += 1;
+        stats.bytes += job.size;
+        let (files, bytes) = match how {
+            Fetched::Copy => (&mut stats.local_files, &mut stats.local_bytes),
+            Fetched::Linked => (&mut stats.linked_files, &mut stats.linked_bytes),
+            Fetched::Downloaded => (&mut stats.downloaded_files, &mut stats.downloaded_bytes),
+        };
+        *files += 1;
+        *bytes += job.size;
     }
     Ok(())
 }
@@ -394,6 +427,7 @@ fn build_store(
     }
     edit.next_cf_id = Some(states.len() as u32 + 1);
     let mut uploaded = HashMap::new();
+    let mut fetches = Vec::new();
     let mut number = 0u64;
     let mut max_sequence = 0u64;
     let mut outside = false;
@@ -427,7 +461,13 @@ fn build_store(
                 .get(f.file_index as usize)
                 .ok_or_else(|| Error::corruption(&label, 0, "file index out of range"))?;
             number += 1;
-            fetch(source, &entry.file.path, &f.meta, dir, number, stats)?;
+            fetches.push(FetchJob {
+                source,
+                path: &entry.file.path,
+                size: f.meta.size,
+                crc32: f.meta.crc32,
+                number,
+            });
             if source.ours {
                 uploaded.insert(
                     number,
@@ -457,6 +497,7 @@ fn build_store(
             }
         }
     }
+    fetch_all(&fetches, dir, stats)?;
     // Sequence numbers of different handles may collide. That is harmless: every user key lives
     // in one key group, hence in the files and tombstones of one handle only (invariant I and
     // the clipping above), so versions of one key are never compared across handles. The store

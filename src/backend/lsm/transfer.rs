@@ -1,0 +1,290 @@
+//! Moving SSTs between a store's directory and checkpoint storage: uploads streamed with their
+//! size and crc32 checked against the manifest, downloads streamed in bounded chunks and checked
+//! against `_metadata`, both up to `CheckpointStorage::upload_parallelism` files at once.
+//!
+//! Invariant: `upload_all` returns Ok only when every job's file is in storage, complete; a
+//! download leaves a file in place only when its size and crc32 match. On the first error the
+//! other workers take no new job and the error fails the whole checkpoint or restore.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+use super::checkpoint::UploadedFile;
+use crate::checkpoint::storage::{CheckpointStorage, check_listed_size, listed_mismatch};
+use crate::error::{Error, Result};
+use crate::lsm::version::FileMeta;
+
+/// Bytes read per request when downloading a file, and so the most a download holds in memory
+/// (a file up to this size is one request).
+pub(super) const DOWNLOAD_CHUNK: u64 = 8 << 20;
+
+/// Bytes read at a time from local files.
+const READ_BUFFER: usize = 1 << 20;
+
+/// Copies a local SST into storage at `path`, checking size and crc32 against `meta`.
+fn upload(
+    storage: &dyn CheckpointStorage,
+    local: &std::path::Path,
+    meta: &FileMeta,
+    path: &str,
+) -> Result<UploadedFile> {
+    let mut file = std::fs::File::open(local).map_err(|e| Error::io(local, e))?;
+    let mut writer = storage.create_file(path)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = vec![0u8; READ_BUFFER];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer).map_err(|e| Error::io(local, e))?;
+        if n == 0 {
+            break;
+        }
+        let chunk = buffer.get(..n).unwrap_or_default();
+        hasher.update(chunk);
+        writer.write_all(chunk)?;
+        size += n as u64;
+    }
+    writer.finish()?;
+    let crc32 = hasher.finalize();
+    if size != meta.size || crc32 != meta.crc32 {
+        return Err(Error::corruption(
+            local.display(),
+            0,
+            format!(
+                "SST is {size} bytes with crc32 {crc32:#010x}; the manifest says {} bytes, {:#010x}",
+                meta.size, meta.crc32
+            ),
+        ));
+    }
+    Ok(UploadedFile {
+        path: path.to_string(),
+        size,
+        crc32,
+    })
+}
+
+/// A file to upload: the local SST, its manifest metadata, its path in storage.
+pub(super) struct UploadJob {
+    pub local: std::path::PathBuf,
+    pub meta: Arc<FileMeta>,
+    pub path: String,
+}
+
+/// Uploads `jobs` with up to `storage.upload_parallelism()` in flight; returns the uploaded files
+/// by local file number, or the first error (the other workers stop taking new jobs).
+pub(super) fn upload_all(
+    storage: &dyn CheckpointStorage,
+    jobs: Vec<UploadJob>,
+) -> Result<HashMap<u64, UploadedFile>> {
+    let uploaded = run_parallel(&jobs, storage.upload_parallelism(), |job| {
+        upload(storage, &job.local, &job.meta, &job.path).map(|file| (job.meta.number, file))
+    })?;
+    Ok(uploaded.into_iter().collect())
+}
+
+/// Runs `work` on every item with up to `workers` threads (at least one; on the calling thread
+/// when one is enough). Returns the results in item order, or an error of a failed item; after
+/// the first failure no worker takes a new item.
+pub(super) fn run_parallel<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    work: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let workers = workers.clamp(1, items.len().max(1));
+    if workers == 1 {
+        return items.iter().map(work).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results = Mutex::new(Vec::with_capacity(items.len()));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(index) else {
+                        break;
+                    };
+                    let result = work(item);
+                    if result.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    results.lock().push((index, result));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner();
+    results.sort_unstable_by_key(|(index, _)| *index);
+    results.into_iter().map(|(_, result)| result).collect()
+}
+
+/// Checks the local file `local` (a link to or copy of storage file `path`) against the size and
+/// crc32 `_metadata` lists, reading it in 1 MiB pieces.
+pub(super) fn check_local(local: &Path, path: &str, size: u64, crc32: u32) -> Result<()> {
+    let mut file = std::fs::File::open(local).map_err(|e| Error::io(local, e))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = vec![0u8; READ_BUFFER];
+    let mut read = 0u64;
+    loop {
+        let n = file.read(&mut buffer).map_err(|e| Error::io(local, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(buffer.get(..n).unwrap_or_default());
+        read += n as u64;
+    }
+    let actual = hasher.finalize();
+    if read != size || actual != crc32 {
+        return Err(listed_mismatch(path, read, actual, size, crc32));
+    }
+    Ok(())
+}
+
+/// Downloads storage file `path` into the new local file `local`, in requests of at most
+/// [`DOWNLOAD_CHUNK`] bytes, checking its size before the first byte is read and its crc32 at
+/// the end; on any error the partial file is removed.
+pub(super) fn download(
+    storage: &dyn CheckpointStorage,
+    path: &str,
+    size: u64,
+    crc32: u32,
+    local: &Path,
+) -> Result<()> {
+    download_in_chunks(storage, path, size, crc32, local, DOWNLOAD_CHUNK)
+}
+
+/// [`download`] with requests of at most `chunk` bytes.
+fn download_in_chunks(
+    storage: &dyn CheckpointStorage,
+    path: &str,
+    size: u64,
+    crc32: u32,
+    local: &Path,
+    chunk: u64,
+) -> Result<()> {
+    let result = (|| -> Result<()> {
+        check_listed_size(storage, path, size)?;
+        let mut file = std::fs::File::create_new(local).map_err(|e| Error::io(local, e))?;
+        if size <= chunk {
+            // One request; `read_file` needs no second size lookup.
+            let bytes = storage.read_file(path)?;
+            let actual = crc32fast::hash(&bytes);
+            if bytes.len() as u64 != size || actual != crc32 {
+                return Err(listed_mismatch(
+                    path,
+                    bytes.len() as u64,
+                    actual,
+                    size,
+                    crc32,
+                ));
+            }
+            return file.write_all(&bytes).map_err(|e| Error::io(local, e));
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        let mut offset = 0u64;
+        while offset < size {
+            let len = chunk.min(size - offset);
+            let chunk = storage.read_range(path, offset, len)?;
+            hasher.update(&chunk);
+            file.write_all(&chunk).map_err(|e| Error::io(local, e))?;
+            offset += len;
+        }
+        let actual = hasher.finalize();
+        if actual != crc32 {
+            return Err(listed_mismatch(path, size, actual, size, crc32));
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(local);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::storage::LocalDirStorage;
+
+    #[test]
+    fn run_parallel_keeps_item_order_and_stops_after_an_error() {
+        let items: Vec<u64> = (0..100).collect();
+        for workers in [0, 1, 3, 8, 500] {
+            let doubled = run_parallel(&items, workers, |i| Ok(i * 2)).unwrap();
+            assert_eq!(doubled, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        }
+        // One worker stops exactly at the failure.
+        let started = AtomicUsize::new(0);
+        let fail_at_10 = |&i: &u64| {
+            started.fetch_add(1, Ordering::Relaxed);
+            if i == 10 {
+                return Err(Error::invalid("item 10"));
+            }
+            Ok(i)
+        };
+        let err = run_parallel(&items, 1, fail_at_10).unwrap_err();
+        assert!(err.to_string().contains("item 10"), "{err}");
+        assert_eq!(started.swap(0, Ordering::Relaxed), 11);
+        // Several: the others finish what they hold and take nothing new. Items take 2 ms, so
+        // running all 1000 would need the failing worker to stall for about 600 ms.
+        let many: Vec<u64> = (0..1000).collect();
+        let err = run_parallel(&many, 4, |i| {
+            if *i != 10 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            fail_at_10(i)
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("item 10"), "{err}");
+        assert!(started.load(Ordering::Relaxed) < 1000, "{started:?}");
+        assert!(
+            run_parallel(&[] as &[u64], 8, |&i| Ok(i))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn downloads_in_chunks_check_size_and_crc_and_leave_nothing_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalDirStorage::open(dir.path().join("storage")).unwrap();
+        let bytes: Vec<u8> = (0..10_007u32).map(|i| (i * 31 % 251) as u8).collect();
+        storage.write_file("shared/a.sst", &bytes).unwrap();
+        let crc = crc32fast::hash(&bytes);
+        let size = bytes.len() as u64;
+        for (n, chunk) in [1000u64, 10_007, 1 << 20, 1].into_iter().enumerate() {
+            let local = dir.path().join(format!("{n}.sst"));
+            download_in_chunks(&storage, "shared/a.sst", size, crc, &local, chunk).unwrap();
+            assert_eq!(std::fs::read(&local).unwrap(), bytes, "chunk {chunk}");
+            check_local(&local, "shared/a.sst", size, crc).unwrap();
+        }
+        let local = dir.path().join("bad.sst");
+        for (listed_size, listed_crc, chunk) in [
+            (size, crc ^ 1, 1000),
+            (size, crc ^ 1, 1 << 20),
+            (size - 1, crc, 1000),
+            (size + 1, crc, 1 << 20),
+        ] {
+            let err = download_in_chunks(
+                &storage,
+                "shared/a.sst",
+                listed_size,
+                listed_crc,
+                &local,
+                chunk,
+            )
+            .unwrap_err();
+            assert!(err.is_corruption(), "{err}");
+            assert!(err.to_string().contains("shared/a.sst"), "{err}");
+            assert!(!local.exists(), "a failed download leaves no file");
+        }
+        let err =
+            check_local(&dir.path().join("0.sst"), "shared/a.sst", size, crc ^ 1).unwrap_err();
+        assert!(err.is_corruption(), "{err}");
+    }
+}
