@@ -88,7 +88,30 @@ fn start_up_scan_drops_checkpoints_with_missing_or_resized_files() {
     storage.delete(&victim3).unwrap();
     let victim2 = files(2).files[0].file.path.clone();
     storage.write_file(&victim2, b"short").unwrap();
-    let (registry, report) = CheckpointRegistry::open(storage.clone()).unwrap();
+    // The scan learns sizes from one listing: one size request per checkpoint (its
+    // `_metadata`, read before decoding), none per listed file.
+    #[derive(Debug, Default)]
+    struct SizeRequests(std::sync::atomic::AtomicUsize);
+    impl StorageInterceptor for SizeRequests {
+        fn file_size(&self, inner: &dyn CheckpointStorage, path: &str) -> flowstate::Result<u64> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            inner.file_size(path)
+        }
+    }
+    let counted = Arc::new(InterceptedStorage {
+        inner: storage.clone(),
+        interceptor: SizeRequests::default(),
+    });
+    let listed_files: usize = (1..=3).map(|id| files(id).files.len()).sum();
+    assert!(listed_files > 6, "{listed_files}");
+    let (registry, report) = CheckpointRegistry::open(counted.clone()).unwrap();
+    assert_eq!(
+        counted
+            .interceptor
+            .0
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
     assert_eq!(report.completed, [1]);
     assert_eq!(report.removed_incomplete, [2, 3]);
     assert_eq!(registry.completed_ids(), [1]);

@@ -73,38 +73,14 @@ pub fn read_metadata(
     Ok(metadata)
 }
 
-/// The size of `path`, None when it does not exist.
-fn size_if_present(storage: &dyn CheckpointStorage, path: &str) -> Result<Option<u64>> {
-    match storage.file_size(path) {
-        Ok(size) => Ok(Some(size)),
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(other) => Err(other),
-    }
-}
-
 /// Whether every file `metadata` lists exists with its listed size (FORMAT.md §4.4, §4.5): on
-/// an object store a `_metadata` alone does not make a checkpoint complete. `sizes` caches the
-/// sizes of files already looked up (shared files are listed by many checkpoints).
-fn all_listed_present(
-    storage: &dyn CheckpointStorage,
-    metadata: &CheckpointMetadata,
-    sizes: &mut BTreeMap<String, Option<u64>>,
-) -> Result<bool> {
-    for listed in &metadata.files {
-        let path = &listed.file.path;
-        let size = match sizes.get(path) {
-            Some(size) => *size,
-            None => {
-                let size = size_if_present(storage, path)?;
-                sizes.insert(path.clone(), size);
-                size
-            }
-        };
-        if size != Some(listed.file.size) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+/// an object store a `_metadata` alone does not make a checkpoint complete. `sizes` holds every
+/// file of the storage with its size, from one listing taken before the scan.
+fn all_listed_present(metadata: &CheckpointMetadata, sizes: &BTreeMap<String, u64>) -> bool {
+    metadata
+        .files
+        .iter()
+        .all(|listed| sizes.get(&listed.file.path) == Some(&listed.file.size))
 }
 
 impl CheckpointRegistry {
@@ -127,9 +103,11 @@ impl CheckpointRegistry {
             }
         }
         checkpoint_ids.sort_unstable();
-        let mut sizes = BTreeMap::new();
+        // One listing answers "is every listed file there with its size" for all checkpoints
+        // (on an object store: a LIST per 1000 files instead of a HEAD per file).
+        let sizes: BTreeMap<String, u64> = storage.list_sizes("")?.into_iter().collect();
         for id in checkpoint_ids {
-            let complete = match storage.exists(&metadata_path(id))? {
+            let complete = match sizes.contains_key(&metadata_path(id)) {
                 false => None,
                 true => match read_metadata(storage.as_ref(), id) {
                     Ok(metadata) => Some(metadata),
@@ -138,9 +116,7 @@ impl CheckpointRegistry {
                 },
             };
             let complete = match complete {
-                Some(metadata) if all_listed_present(storage.as_ref(), &metadata, &mut sizes)? => {
-                    Some(metadata)
-                }
+                Some(metadata) if all_listed_present(&metadata, &sizes) => Some(metadata),
                 _ => None,
             };
             match complete {

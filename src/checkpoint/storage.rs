@@ -119,6 +119,22 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// Every file under the directory `prefix` (recursively), as sorted paths relative to the root.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
 
+    /// Every file under the directory `prefix` (recursively) with its size, sorted by path. An
+    /// object store answers from its listing (one request per 1000 files) instead of a size
+    /// request per file; the default asks [`CheckpointStorage::file_size`] for each listed file
+    /// and leaves out one deleted since the listing.
+    fn list_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for path in self.list(prefix)? {
+            match self.file_size(&path) {
+                Ok(size) => out.push((path, size)),
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     /// Names of the immediate children (files and directories) of the directory `prefix`, sorted.
     fn children(&self, prefix: &str) -> Result<Vec<String>>;
 

@@ -163,6 +163,19 @@ pub fn storage_contract(storage: &dyn CheckpointStorage) {
     assert_eq!(storage.children("chk-3").unwrap(), ["_metadata", "a"]);
     assert!(storage.children("nothing-here").unwrap().is_empty());
     assert!(storage.list("nothing-here").unwrap().is_empty());
+    assert_eq!(
+        storage.list_sizes("").unwrap(),
+        [
+            ("chk-3/_metadata".to_string(), 4),
+            ("chk-3/a".to_string(), 11),
+            ("shared/s1".to_string(), 1)
+        ]
+    );
+    assert_eq!(
+        storage.list_sizes("shared").unwrap(),
+        [("shared/s1".to_string(), 1)]
+    );
+    assert!(storage.list_sizes("nothing-here").unwrap().is_empty());
     assert!(storage.exists(&metadata_path(3)).unwrap());
     assert_eq!(storage.read_file(&metadata_path(3)).unwrap(), b"meta");
     storage.delete("chk-3/a").unwrap();
@@ -189,6 +202,12 @@ pub fn storage_contract(storage: &dyn CheckpointStorage) {
     );
     assert_eq!(writer.finish().unwrap(), big.len() as u64);
     assert_eq!(storage.file_size("shared/big").unwrap(), big.len() as u64);
+    assert!(
+        storage
+            .list_sizes("shared")
+            .unwrap()
+            .contains(&("shared/big".to_string(), big.len() as u64))
+    );
     assert!(storage.read_file("shared/big").unwrap() == big);
     let at = (8u64 << 20) - 10;
     assert_eq!(
@@ -230,6 +249,9 @@ pub trait StorageInterceptor: std::fmt::Debug + Send + Sync {
     ) -> flowstate::Result<Vec<u8>> {
         inner.read_range(path, offset, len)
     }
+    fn file_size(&self, inner: &dyn CheckpointStorage, path: &str) -> flowstate::Result<u64> {
+        inner.file_size(path)
+    }
 }
 
 /// `inner` seen through `interceptor`. `write_file` and `open_sibling` keep the trait's
@@ -255,13 +277,16 @@ impl<I: StorageInterceptor> CheckpointStorage for InterceptedStorage<I> {
             .read_range(self.inner.as_ref(), path, offset, len)
     }
     fn file_size(&self, path: &str) -> flowstate::Result<u64> {
-        self.inner.file_size(path)
+        self.interceptor.file_size(self.inner.as_ref(), path)
     }
     fn exists(&self, path: &str) -> flowstate::Result<bool> {
         self.inner.exists(path)
     }
     fn list(&self, prefix: &str) -> flowstate::Result<Vec<String>> {
         self.inner.list(prefix)
+    }
+    fn list_sizes(&self, prefix: &str) -> flowstate::Result<Vec<(String, u64)>> {
+        self.inner.list_sizes(prefix)
     }
     fn children(&self, prefix: &str) -> flowstate::Result<Vec<String>> {
         self.inner.children(prefix)

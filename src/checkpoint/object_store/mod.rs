@@ -342,21 +342,32 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .list_sizes(prefix)?
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect())
+    }
+
+    fn list_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let key = self.shared.prefix_key(prefix)?;
         let shared = &self.shared;
         let listed = shared.run(
             shared
                 .store
                 .list(key.as_ref())
-                .map_ok(|meta| meta.location)
+                .map_ok(|meta| (meta.location, meta.size))
                 .try_collect::<Vec<_>>(),
         );
-        let keys = match listed {
-            Ok(keys) => keys,
+        let objects = match listed {
+            Ok(objects) => objects,
             Err(::object_store::Error::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(shared.error(prefix, e)),
         };
-        let mut out: Vec<String> = keys.iter().filter_map(|k| shared.relative(k)).collect();
+        let mut out: Vec<(String, u64)> = objects
+            .iter()
+            .filter_map(|(key, size)| Some((shared.relative(key)?, *size)))
+            .collect();
         out.sort();
         Ok(out)
     }
