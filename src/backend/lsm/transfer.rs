@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use parking_lot::Mutex;
 
 use super::checkpoint::UploadedFile;
-use crate::checkpoint::storage::{CheckpointStorage, check_listed_size, listed_mismatch};
+use crate::checkpoint::storage::{
+    CheckpointStorage, check_listed, check_listed_size, listed_mismatch,
+};
 use crate::error::{Error, Result};
 use crate::lsm::version::FileMeta;
 
@@ -33,23 +35,9 @@ fn upload(
     meta: &FileMeta,
     path: &str,
 ) -> Result<UploadedFile> {
-    let mut file = std::fs::File::open(local).map_err(|e| Error::io(local, e))?;
     let mut writer = storage.create_file(path)?;
-    let mut hasher = crc32fast::Hasher::new();
-    let mut buffer = vec![0u8; READ_BUFFER];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buffer).map_err(|e| Error::io(local, e))?;
-        if n == 0 {
-            break;
-        }
-        let chunk = buffer.get(..n).unwrap_or_default();
-        hasher.update(chunk);
-        writer.write_all(chunk)?;
-        size += n as u64;
-    }
+    let (size, crc32) = read_in_pieces(local, |piece| writer.write_all(piece))?;
     writer.finish()?;
-    let crc32 = hasher.finalize();
     if size != meta.size || crc32 != meta.crc32 {
         return Err(Error::corruption(
             local.display(),
@@ -126,23 +114,30 @@ pub(super) fn run_parallel<T: Sync, R: Send>(
 /// Checks the local file `local` (a link to or copy of storage file `path`) against the size and
 /// crc32 `_metadata` lists, reading it in 1 MiB pieces.
 pub(super) fn check_local(local: &Path, path: &str, size: u64, crc32: u32) -> Result<()> {
-    let mut file = std::fs::File::open(local).map_err(|e| Error::io(local, e))?;
-    let mut hasher = crc32fast::Hasher::new();
-    let mut buffer = vec![0u8; READ_BUFFER];
-    let mut read = 0u64;
-    loop {
-        let n = file.read(&mut buffer).map_err(|e| Error::io(local, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(buffer.get(..n).unwrap_or_default());
-        read += n as u64;
-    }
-    let actual = hasher.finalize();
+    let (read, actual) = read_in_pieces(local, |_| Ok(()))?;
     if read != size || actual != crc32 {
         return Err(listed_mismatch(path, read, actual, size, crc32));
     }
     Ok(())
+}
+
+/// Reads the local file `local` in 1 MiB pieces, handing each to `each`; returns its size and
+/// crc32.
+fn read_in_pieces(local: &Path, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<(u64, u32)> {
+    let mut file = std::fs::File::open(local).map_err(|e| Error::io(local, e))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = vec![0u8; READ_BUFFER];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buffer).map_err(|e| Error::io(local, e))?;
+        if n == 0 {
+            return Ok((size, hasher.finalize()));
+        }
+        let piece = buffer.get(..n).unwrap_or_default();
+        hasher.update(piece);
+        each(piece)?;
+        size += n as u64;
+    }
 }
 
 /// Downloads storage file `path` into the new local file `local`, in requests of at most
@@ -173,16 +168,7 @@ fn download_in_chunks(
         if size <= chunk {
             // One request; `read_file` needs no second size lookup.
             let bytes = storage.read_file(path)?;
-            let actual = crc32fast::hash(&bytes);
-            if bytes.len() as u64 != size || actual != crc32 {
-                return Err(listed_mismatch(
-                    path,
-                    bytes.len() as u64,
-                    actual,
-                    size,
-                    crc32,
-                ));
-            }
+            check_listed(path, &bytes, size, crc32)?;
             return file.write_all(&bytes).map_err(|e| Error::io(local, e));
         }
         let mut hasher = crc32fast::Hasher::new();
