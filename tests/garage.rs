@@ -1,7 +1,8 @@
 //! Checkpoints on a real S3 server: Garage nodes started on loopback ports by
 //! `support::garage` (skipped with a loud SKIPPED line when the `garage` binary is absent; `.ci/run`
 //! installs it). Single node: the storage contract, LSM incremental checkpoints with retention and
-//! a 2 -> 1 rescaling restore, FsBackend full checkpoints. Errors: a key without permission and a
+//! a 2 -> 1 rescaling restore, a restart into a new task root by server-side copies, FsBackend
+//! full checkpoints. Errors: a key without permission and a
 //! closed port give clear errors in bounded time. Three nodes: one killed during an upload.
 //! `flowstate run --checkpoint-storage s3://…` SIGKILLed and rerun until done: exact output.
 
@@ -26,6 +27,18 @@ fn garage_single_node_checkpoints_and_restores() {
     let work = tempfile::tempdir().unwrap();
     lsm_incremental_round_trip(&cluster.uri("lsm"), &options, work.path(), 5);
     fs_round_trip(&cluster.uri("fs"), &options);
+    // A restart into a new task root of the bucket: S3 CopyObject instead of a re-upload.
+    let (restored, checkpoint) = restart_into_a_new_root(
+        &cluster.uri("tasks/000001/t0"),
+        &cluster.uri("tasks/000002/t0"),
+        &options,
+        &work.path().join("restart"),
+    );
+    assert_eq!(restored.copied_files, restored.files, "{restored:?}");
+    assert!(
+        checkpoint.uploaded_bytes < restored.bytes / 4,
+        "{checkpoint:?} after {restored:?}"
+    );
 }
 
 #[test]

@@ -291,3 +291,75 @@ fn lsm_restore_downloads_a_large_sst_in_chunks() {
     assert_eq!(stats.downloaded_bytes, sizes.iter().sum::<u64>());
     assert_eq!(contents(&mut restored), contents(&mut b));
 }
+
+/// Restored into another root of the same store (the engine's restart into a new task root),
+/// the restored SSTs are copied there by the store itself — a server-side copy in a bucket or
+/// in-process store, a hard link between local directories — so the first checkpoint after the
+/// restart uploads what changed, not the whole state. Across stores nothing is copied and the
+/// checkpoint uploads the files as before.
+#[test]
+fn a_restart_into_a_new_root_copies_instead_of_uploading() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("local-base");
+    let cases = [
+        (
+            "memory://restart-copy/tasks/1/t0".to_string(),
+            "memory://restart-copy/tasks/2/t0".to_string(),
+            true,
+        ),
+        (
+            dir.join("tasks/1/t0").display().to_string(),
+            dir.join("tasks/2/t0").display().to_string(),
+            true,
+        ),
+        (
+            "memory://restart-copy-a/t0".to_string(),
+            "memory://restart-copy-b/t0".to_string(),
+            false,
+        ),
+        (
+            file_uri(&dir.join("file-a")),
+            file_uri(&dir.join("file-b")),
+            false,
+        ),
+    ];
+    for (i, (from, to, copies)) in cases.iter().enumerate() {
+        let (restored, checkpoint) = restart_into_a_new_root(
+            from,
+            to,
+            &StorageOptions::new(),
+            &work.path().join(format!("case-{i}")),
+        );
+        assert!(restored.files >= 2, "{from}: {restored:?}");
+        if *copies {
+            assert_eq!(
+                restored.copied_files, restored.files,
+                "{from}: {restored:?}"
+            );
+            assert_eq!(
+                restored.copied_bytes, restored.bytes,
+                "{from}: {restored:?}"
+            );
+            // Only the 50 writes after the restore went up.
+            assert!(
+                checkpoint.uploaded_bytes < restored.bytes / 4,
+                "{from}: {checkpoint:?} after {restored:?}"
+            );
+        } else {
+            assert_eq!(restored.copied_files, 0, "{from}: {restored:?}");
+            // The restored state went up again (as a materialization target).
+            assert!(
+                checkpoint.uploaded_bytes >= restored.bytes / 2,
+                "{from}: {checkpoint:?} after {restored:?}"
+            );
+        }
+    }
+    // Local directories share the file: the new root's SSTs are hard links.
+    use std::os::unix::fs::MetadataExt;
+    let shared = dir.join("tasks/2/t0/shared");
+    let linked = std::fs::read_dir(&shared)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().metadata().unwrap().nlink() > 1)
+        .count();
+    assert!(linked > 0, "no hard-linked SST in {}", shared.display());
+}

@@ -159,6 +159,16 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
         1
     }
 
+    /// Makes file `from` of `source` (complete and immutable) file `to` of this storage without
+    /// its bytes passing through this process: a hard link between local directories on one
+    /// file system, a server-side copy inside one bucket or in-process store. Returns false,
+    /// having changed nothing, when the two storages cannot do that (the caller then writes the
+    /// bytes itself). On true, `to` is as durable and visible as after `write_file`.
+    fn copy_from(&self, source: &dyn CheckpointStorage, from: &str, to: &str) -> Result<bool> {
+        let _ = (source, from, to);
+        Ok(false)
+    }
+
     /// The file's path on the local file system, when the storage is a local directory (so a
     /// restore may hard-link it instead of copying its bytes); `None` for remote storage.
     fn local_path(&self, _path: &str) -> Option<std::path::PathBuf> {
@@ -350,6 +360,22 @@ impl CheckpointStorage for LocalDirStorage {
 
     fn local_path(&self, path: &str) -> Option<PathBuf> {
         self.resolve(path).ok()
+    }
+
+    fn copy_from(&self, source: &dyn CheckpointStorage, from: &str, to: &str) -> Result<bool> {
+        let Some(original) = source.local_path(from).filter(|p| p.is_file()) else {
+            return Ok(false);
+        };
+        let full = self.resolve(to)?;
+        self.create_parents(&full)?;
+        // The original was fsynced when it was written; the new name needs its directory
+        // fsynced. A name already taken (never, with store-id file names) or another file
+        // system: no link, the caller writes the file.
+        if fs::hard_link(&original, &full).is_err() {
+            return Ok(false);
+        }
+        sync_dir(full.parent().unwrap_or(&self.root))?;
+        Ok(true)
     }
 
     fn create_file(&self, path: &str) -> Result<Box<dyn CheckpointFileWriter>> {

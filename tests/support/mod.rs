@@ -452,3 +452,67 @@ pub fn fs_round_trip(location: &str, options: &StorageOptions) {
         h_root(&handle)
     );
 }
+
+/// A task restarted into a new storage root (the engine opens one per attempt) restores from
+/// the old root's checkpoint, then takes its next checkpoint. `from` and `to` are locations.
+/// Returns the restore's stats and what that checkpoint uploaded; afterwards the old root is
+/// deleted and the new checkpoint must restore alone to the same contents.
+pub fn restart_into_a_new_root(
+    from: &str,
+    to: &str,
+    storage_options: &StorageOptions,
+    work: &Path,
+) -> (
+    flowstate::backend::lsm::RestoreStats,
+    flowstate::backend::lsm::CheckpointStats,
+) {
+    let all = KeyGroupRange::all(MAX_PARALLELISM);
+    let options = LsmBackendOptions {
+        write_cache_size: 0,
+        write_buffer_size: 64 << 10,
+        ..LsmBackendOptions::default()
+    };
+    let old_storage = open(from, storage_options);
+    let mut old = LsmBackend::new(
+        config(all),
+        &work.join("old"),
+        old_storage.clone(),
+        options.clone(),
+    )
+    .unwrap();
+    let mut model = Contents::new();
+    let mut rng = seed("restart_into_a_new_root");
+    random_writes(&mut old, &mut model, &mut rng, 6000);
+    let handle = old.snapshot(1).unwrap().run().unwrap();
+    drop(old);
+
+    let mut new = LsmBackend::new(
+        config(all),
+        &work.join("new"),
+        open(to, storage_options),
+        options.clone(),
+    )
+    .unwrap();
+    new.restore(&[handle], all).unwrap();
+    let restored = new.last_restore_stats().unwrap();
+    random_writes(&mut new, &mut model, &mut rng, 50);
+    let next = new.snapshot(2).unwrap().run().unwrap();
+    let checkpoint = new.last_checkpoint_stats().unwrap();
+    assert_eq!(contents(&mut new), model);
+    drop(new);
+
+    // The new root stands alone: the old one may be deleted (as the engine deletes old
+    // generations) and its checkpoint still restores.
+    old_storage.delete_all("shared").unwrap();
+    old_storage.delete_all("chk-1").unwrap();
+    let mut again = LsmBackend::new(
+        config(all),
+        &work.join("again"),
+        open(&format!("{to}-again"), storage_options),
+        options,
+    )
+    .unwrap();
+    again.restore(&[next], all).unwrap();
+    assert_eq!(contents(&mut again), model, "{from} -> {to}");
+    (restored, checkpoint)
+}

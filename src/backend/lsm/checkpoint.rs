@@ -199,8 +199,13 @@ impl Incremental {
     }
 
     fn shared_path(&self, number: u64) -> String {
-        format!("{SHARED_DIR}/{:016x}-{number:06}.sst", self.store_id)
+        shared_path(self.store_id, number)
     }
+}
+
+/// The storage path of file `number` of store `store_id` (FORMAT.md §11.1).
+pub(super) fn shared_path(store_id: u64, number: u64) -> String {
+    format!("{SHARED_DIR}/{store_id:016x}-{number:06}.sst")
 }
 
 /// The asynchronous part of an LSM snapshot.

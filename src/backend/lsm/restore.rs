@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::checkpoint::UploadedFile;
+use super::checkpoint::{UploadedFile, shared_path};
 use super::layout::{CheckpointLayout, FileRole};
 use super::local_recovery::LocalCopies;
 use super::transfer::{check_local, download, run_parallel};
@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::keys::{KeyGroupRange, key_group_of};
 use crate::lsm::Db;
 use crate::lsm::db::DEFAULT_CF;
+use crate::lsm::db::LiveFiles;
 use crate::lsm::manifest::{Manifest, sync_dir};
 use crate::lsm::table::sst_file_name;
 use crate::lsm::version::{FileMeta, RangeTombstone, Version, VersionEdit};
@@ -164,6 +165,11 @@ pub struct RestoreStats {
     pub downloaded_files: u64,
     /// Bytes read from checkpoint storage.
     pub downloaded_bytes: u64,
+    /// Restored files from another storage root that this backend's storage took by hard link
+    /// or server-side copy ([`CheckpointStorage::copy_from`]), so no checkpoint uploads them.
+    pub copied_files: u64,
+    /// Their bytes.
+    pub copied_bytes: u64,
     /// Wall time of the whole restore.
     pub duration: std::time::Duration,
 }
@@ -322,7 +328,12 @@ pub(super) fn restore(
             .sum::<u64>();
     }
     let built = build_store(&sources, &states, target, &limit, &dir, &mut stats);
-    let (edit, uploaded, clipped) = match built {
+    let Built {
+        edit,
+        mut uploaded,
+        clipped,
+        origins,
+    } = match built {
         Ok(ok) => ok,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
@@ -372,7 +383,15 @@ pub(super) fn restore(
         by_name.insert(d.name.clone(), StateId(i as u32));
         new_states.push((d, cf));
     }
+    // Nothing below fails: copies made now are never left unreferenced by a failed restore.
     let live = db.live_files();
+    uploaded.extend(copy_into_own(
+        backend.storage.as_ref(),
+        &origins,
+        &live,
+        store_id,
+        &mut stats,
+    ));
     let old = std::mem::replace(&mut backend.db, Arc::new(db));
     let old_dir = std::mem::replace(&mut backend.db_dir, dir);
     if Arc::strong_count(&old) == 1 {
@@ -394,6 +413,7 @@ pub(super) fn restore(
         downloaded = stats.downloaded_bytes,
         local_recovery = stats.local_bytes,
         linked = stats.linked_bytes,
+        copied = stats.copied_bytes,
         duration = ?stats.duration,
         "lsm restore finished"
     );
@@ -405,16 +425,80 @@ pub(super) fn restore(
 /// Key ranges restored data may hold outside the target: (start, end) user keys.
 type Clipped = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// What [`build_store`] made: the version edit naming the fetched files, the files this
+/// storage already holds and the origins of the others (both by new local number), and the
+/// ranges to clip.
+struct Built<'a> {
+    edit: VersionEdit,
+    uploaded: HashMap<u64, UploadedFile>,
+    clipped: Clipped,
+    origins: HashMap<u64, Origin<'a>>,
+}
+
+/// Where a restored file that this backend's storage does not hold lives.
+struct Origin<'a> {
+    source: &'a Source,
+    path: &'a str,
+    size: u64,
+    crc32: u32,
+}
+
+/// Gives this backend's storage, under the names its checkpoints will use, every file of the
+/// restored store `live` that came from another storage and that the storage can take without
+/// a transfer ([`CheckpointStorage::copy_from`]: a hard link, a server-side copy). Those files
+/// count as uploaded, so the first checkpoint after a restart from another task root uploads
+/// only what changed since. A copy that fails is left to that checkpoint (logged, not fatal).
+fn copy_into_own(
+    own: &dyn CheckpointStorage,
+    origins: &HashMap<u64, Origin<'_>>,
+    live: &LiveFiles,
+    store_id: u64,
+    stats: &mut RestoreStats,
+) -> HashMap<u64, UploadedFile> {
+    let jobs: Vec<(u64, &Origin<'_>)> = live
+        .files
+        .iter()
+        .filter_map(|f| Some((f.meta.number, origins.get(&f.meta.number)?)))
+        .collect();
+    let copied = run_parallel(&jobs, own.upload_parallelism(), |(number, origin)| {
+        let path = shared_path(store_id, *number);
+        match own.copy_from(origin.source.storage.as_ref(), origin.path, &path) {
+            Ok(done) => Ok(done.then_some((*number, path))),
+            Err(e) => {
+                tracing::warn!(error = %e, file = origin.path, "copy into this backend's checkpoint storage failed; the next checkpoint uploads the file");
+                Ok(None)
+            }
+        }
+    });
+    let mut uploaded = HashMap::new();
+    for (number, path) in copied.unwrap_or_default().into_iter().flatten() {
+        let Some(origin) = origins.get(&number) else {
+            continue;
+        };
+        stats.copied_files += 1;
+        stats.copied_bytes += origin.size;
+        uploaded.insert(
+            number,
+            UploadedFile {
+                path,
+                size: origin.size,
+                crc32: origin.crc32,
+            },
+        );
+    }
+    uploaded
+}
+
 /// Fetches the files of every source into `dir` and returns the version edit that names them,
 /// the files this storage already holds (by new local number), and the ranges to clip.
-fn build_store(
-    sources: &[Source],
+fn build_store<'a>(
+    sources: &'a [Source],
     states: &[StateDescriptor],
     target: KeyGroupRange,
     limit: &[u8],
     dir: &Path,
     stats: &mut RestoreStats,
-) -> Result<(VersionEdit, HashMap<u64, UploadedFile>, Clipped)> {
+) -> Result<Built<'a>> {
     let mut edit = VersionEdit {
         cf_added: vec![(0, DEFAULT_CF.to_string())],
         ..VersionEdit::default()
@@ -427,6 +511,7 @@ fn build_store(
     }
     edit.next_cf_id = Some(states.len() as u32 + 1);
     let mut uploaded = HashMap::new();
+    let mut origins = HashMap::new();
     let mut fetches = Vec::new();
     let mut number = 0u64;
     let mut max_sequence = 0u64;
@@ -473,6 +558,16 @@ fn build_store(
                     number,
                     UploadedFile {
                         path: entry.file.path.clone(),
+                        size: entry.file.size,
+                        crc32: entry.file.crc32,
+                    },
+                );
+            } else {
+                origins.insert(
+                    number,
+                    Origin {
+                        source,
+                        path: &entry.file.path,
                         size: entry.file.size,
                         crc32: entry.file.crc32,
                     },
@@ -530,5 +625,10 @@ fn build_store(
     }
     edit.last_sequence = Some(max_sequence);
     edit.next_file_number = Some(number + 1);
-    Ok((edit, uploaded, clipped))
+    Ok(Built {
+        edit,
+        uploaded,
+        clipped,
+        origins,
+    })
 }

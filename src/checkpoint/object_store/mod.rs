@@ -436,6 +436,43 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
         self.shared.upload_parallelism
     }
 
+    fn copy_from(&self, source: &dyn CheckpointStorage, from: &str, to: &str) -> Result<bool> {
+        // Only inside one bucket (or one in-process store): there this client reaches the
+        // source's objects too, under the source's prefix.
+        let Ok(theirs) = Location::parse(&source.location()) else {
+            return Ok(false);
+        };
+        let their_prefix = match (&self.shared.location, &theirs) {
+            (
+                Location::Cloud {
+                    scheme: a,
+                    bucket: b,
+                    ..
+                },
+                Location::Cloud {
+                    scheme: c,
+                    bucket: d,
+                    prefix,
+                },
+            ) if a == c && b == d => prefix,
+            (Location::Memory { name: a, .. }, Location::Memory { name: b, prefix }) if a == b => {
+                prefix
+            }
+            _ => return Ok(false),
+        };
+        validate_path(from)?;
+        let from_key = if their_prefix.is_empty() {
+            ObjectPath::from(from)
+        } else {
+            ObjectPath::from(format!("{their_prefix}/{from}"))
+        };
+        let to_key = self.shared.key(to)?;
+        self.shared
+            .run(self.shared.store.copy(&from_key, &to_key))
+            .map_err(|e| self.shared.error(to, e))?;
+        Ok(true)
+    }
+
     fn open_sibling(&self, location: &str) -> Option<Result<Arc<dyn CheckpointStorage>>> {
         // Only a bucket of the same cloud service shares endpoint and credentials; memory and
         // file locations need neither.
