@@ -363,3 +363,52 @@ fn a_restart_into_a_new_root_copies_instead_of_uploading() {
         .count();
     assert!(linked > 0, "no hard-linked SST in {}", shared.display());
 }
+
+/// With local recovery on, the files a restart copied into its new root also get local copies
+/// (as uploaded ones do), so the restart after that restores them from local disk instead of
+/// downloading them again.
+#[test]
+fn copied_files_get_local_recovery_copies() {
+    use flowstate::backend::lsm::{LsmBackend, LsmBackendOptions};
+
+    let work = tempfile::tempdir().unwrap();
+    let all = KeyGroupRange::all(MAX_PARALLELISM);
+    let options = LsmBackendOptions {
+        write_cache_size: 0,
+        write_buffer_size: 64 << 10,
+        local_recovery_dir: Some(work.path().join("local-recovery")),
+        ..LsmBackendOptions::default()
+    };
+    let attempt = |n: u32| {
+        LsmBackend::new(
+            config(all),
+            &work.path().join(format!("work-{n}")),
+            open_storage(&format!("memory://copied-local/tasks/{n}/t0")).unwrap(),
+            options.clone(),
+        )
+        .unwrap()
+    };
+    let mut model = Contents::new();
+    let mut rng = seed("copied_files_get_local_recovery_copies");
+    let mut first = attempt(1);
+    random_writes(&mut first, &mut model, &mut rng, 6000);
+    let handle = first.snapshot(1).unwrap().run().unwrap();
+    drop(first);
+
+    let mut second = attempt(2);
+    second.restore(&[handle], all).unwrap();
+    let restored = second.last_restore_stats().unwrap();
+    assert_eq!(restored.copied_files, restored.files, "{restored:?}");
+    random_writes(&mut second, &mut model, &mut rng, 50);
+    let handle = second.snapshot(2).unwrap().run().unwrap();
+    drop(second);
+
+    let mut third = attempt(3);
+    third.restore(&[handle], all).unwrap();
+    let again = third.last_restore_stats().unwrap();
+    assert!(
+        again.local_bytes >= restored.copied_bytes && again.downloaded_bytes < again.bytes / 4,
+        "{again:?} after {restored:?}"
+    );
+    assert_eq!(contents(&mut third), model);
+}

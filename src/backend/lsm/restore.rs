@@ -385,8 +385,14 @@ pub(super) fn restore(
     }
     // Nothing below fails: copies made now are never left unreferenced by a failed restore.
     let live = db.live_files();
+    let local_copies = backend
+        .options
+        .local_recovery_dir
+        .as_ref()
+        .map(|base| LocalCopies::new(base, &backend.storage.location()));
     uploaded.extend(copy_into_own(
         backend.storage.as_ref(),
+        local_copies.as_ref(),
         &origins,
         &live,
         store_id,
@@ -447,29 +453,48 @@ struct Origin<'a> {
 /// restored store `live` that came from another storage and that the storage can take without
 /// a transfer ([`CheckpointStorage::copy_from`]: a hard link, a server-side copy). Those files
 /// count as uploaded, so the first checkpoint after a restart from another task root uploads
-/// only what changed since. A copy that fails is left to that checkpoint (logged, not fatal).
+/// only what changed since. With local recovery on, each copied file also gets its local copy,
+/// as an uploaded one does. A copy that fails is left to that checkpoint (logged, not fatal).
 fn copy_into_own(
     own: &dyn CheckpointStorage,
+    local_copies: Option<&LocalCopies>,
     origins: &HashMap<u64, Origin<'_>>,
     live: &LiveFiles,
     store_id: u64,
     stats: &mut RestoreStats,
 ) -> HashMap<u64, UploadedFile> {
-    let jobs: Vec<(u64, &Origin<'_>)> = live
+    let jobs: Vec<(u64, &Path, &Origin<'_>)> = live
         .files
         .iter()
-        .filter_map(|f| Some((f.meta.number, origins.get(&f.meta.number)?)))
+        .filter_map(|f| {
+            Some((
+                f.meta.number,
+                f.path.as_path(),
+                origins.get(&f.meta.number)?,
+            ))
+        })
         .collect();
-    let copied = run_parallel(&jobs, own.upload_parallelism(), |(number, origin)| {
-        let path = shared_path(store_id, *number);
-        match own.copy_from(origin.source.storage.as_ref(), origin.path, &path) {
-            Ok(done) => Ok(done.then_some((*number, path))),
-            Err(e) => {
-                tracing::warn!(error = %e, file = origin.path, "copy into this backend's checkpoint storage failed; the next checkpoint uploads the file");
-                Ok(None)
+    let location = own.location();
+    let copied = run_parallel(
+        &jobs,
+        own.upload_parallelism(),
+        |(number, local, origin)| {
+            let path = shared_path(store_id, *number);
+            match own.copy_from(origin.source.storage.as_ref(), origin.path, &path) {
+                Ok(done) => {
+                    if done && let Some(copies) = local_copies {
+                        // Only a missed shortcut if it fails: a later restore downloads the file.
+                        let _ = copies.keep(&location, &path, local);
+                    }
+                    Ok(done.then_some((*number, path)))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, file = origin.path, "copy into this backend's checkpoint storage failed; the next checkpoint uploads the file");
+                    Ok(None)
+                }
             }
-        }
-    });
+        },
+    );
     let mut uploaded = HashMap::new();
     for (number, path) in copied.unwrap_or_default().into_iter().flatten() {
         let Some(origin) = origins.get(&number) else {
