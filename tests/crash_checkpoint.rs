@@ -11,9 +11,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +24,7 @@ use flowstate::keys::{composite_key, key_group_for_key};
 use flowstate::{
     BackendConfig, FsBackend, KeyGroupRange, StateBackend, StateDescriptor, StateId, StateKind,
 };
-use support::{contents, mix, seed};
+use support::{contents, kill_child_after, mix, seed};
 
 const CHILD_ENV: &str = "FLOWSTATE_CRASH_CHILD_DIR";
 const MAX_PARALLELISM: u16 = 32;
@@ -152,26 +150,7 @@ fn killed_checkpointing_restores_latest_complete_checkpoint() {
     for round in 0..kills {
         rng = mix(rng);
         let delay = Duration::from_millis(30 + rng % 300);
-        let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("round {round}: child exited by itself ({status}):\n{err}");
-        }
-        child.kill().unwrap(); // SIGKILL on Unix
-        child.wait().unwrap();
+        kill_child_after(&exe, "crash_child", CHILD_ENV, dir.path(), delay, round);
 
         let (complete, incomplete) = inspect_after_kill(&storage);
         incomplete_seen += incomplete.len();

@@ -10,9 +10,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +27,8 @@ use flowstate::{
     SnapshotHandle, StateBackend, StateDescriptor, StateKind, TtlConfig,
 };
 use support::{
-    Contents, MAX_PARALLELISM, config, contents, key, mix, next_owned_key, range, restrict, seed,
+    Contents, MAX_PARALLELISM, config, contents, key, kill_child_after, mix, next_owned_key, range,
+    restrict, seed,
 };
 
 fn lsm_in(dir: &Path, config: BackendConfig, options: LsmBackendOptions) -> LsmBackend {
@@ -511,31 +510,7 @@ fn killed_checkpointing_restores_latest_complete_checkpoint() {
     for round in 0..kills {
         rng = mix(rng);
         let delay = Duration::from_millis(200 + rng % 600);
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "lsm_crash_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("round {round}: child exited by itself ({status}):\n{err}");
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        kill_child_after(&exe, "lsm_crash_child", CHILD_ENV, dir.path(), delay, round);
 
         let mut complete = Vec::new();
         for name in storage.children("").unwrap() {

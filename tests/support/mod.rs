@@ -516,3 +516,34 @@ pub fn restart_into_a_new_root(
     assert_eq!(contents(&mut again), model, "{from} -> {to}");
     (restored, checkpoint)
 }
+
+/// Runs test `child_test` of the test binary `exe` as a child process (with `env_key` set to
+/// `dir`), lets it work for `delay`, then SIGKILLs it. Panics with the child's stderr if it
+/// ended by itself first: a kill test whose child never gets killed tests nothing.
+pub fn kill_child_after(
+    exe: &Path,
+    child_test: &str,
+    env_key: &str,
+    dir: &Path,
+    delay: std::time::Duration,
+    round: usize,
+) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(exe)
+        .args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+        .env(env_key, dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    if let Some(status) = child.try_wait().unwrap() {
+        let mut err = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            stderr.read_to_string(&mut err).unwrap();
+        }
+        panic!("round {round}: child exited by itself ({status}):\n{err}");
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+}
