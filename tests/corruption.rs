@@ -20,7 +20,7 @@ use flowstate::{
     BackendConfig, Error, FsBackend, KeyGroupRange, SnapshotHandle, StateBackend, StateDescriptor,
     StateKind,
 };
-use support::{Contents, contents, mix, seed};
+use support::{Contents, contents, fs_backend_in, mix, seed};
 
 const MAX_PARALLELISM: u16 = 8;
 const HEAD: usize = 64;
@@ -71,13 +71,7 @@ enum Damage {
 
 /// A checkpoint with three states over all 8 key groups, one file larger than 4 KiB.
 fn write_checkpoint(dir: &Path) -> (SnapshotHandle, Contents) {
-    let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::open(dir).unwrap());
-    let config = BackendConfig::new(
-        u32::from(MAX_PARALLELISM),
-        KeyGroupRange::all(MAX_PARALLELISM),
-    )
-    .unwrap();
-    let mut backend = FsBackend::new(config, storage).unwrap();
+    let mut backend = fs_backend_in(dir, MAX_PARALLELISM);
     let values = backend
         .register(&StateDescriptor::new("values", StateKind::Value))
         .unwrap();

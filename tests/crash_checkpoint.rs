@@ -12,7 +12,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use flowstate::backend::fs::snapshot_handle;
@@ -21,10 +20,8 @@ use flowstate::checkpoint::storage::{
     CheckpointStorage, LocalDirStorage, metadata_path, parse_checkpoint_dir,
 };
 use flowstate::keys::{composite_key, key_group_for_key};
-use flowstate::{
-    BackendConfig, FsBackend, KeyGroupRange, StateBackend, StateDescriptor, StateId, StateKind,
-};
-use support::{contents, kill_child_after, mix, seed};
+use flowstate::{FsBackend, KeyGroupRange, StateBackend, StateDescriptor, StateId, StateKind};
+use support::{contents, fs_backend_in, kill_child_after, mix, seed};
 
 const CHILD_ENV: &str = "FLOWSTATE_CRASH_CHILD_DIR";
 const MAX_PARALLELISM: u16 = 32;
@@ -76,13 +73,7 @@ fn model(n: u64) -> BTreeMap<(String, Vec<u8>), Vec<u8>> {
 }
 
 fn open(dir: &Path) -> (FsBackend, StateId, StateId) {
-    let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::open(dir).unwrap());
-    let config = BackendConfig::new(
-        u32::from(MAX_PARALLELISM),
-        KeyGroupRange::all(MAX_PARALLELISM),
-    )
-    .unwrap();
-    let mut backend = FsBackend::new(config, storage).unwrap();
+    let mut backend = fs_backend_in(dir, MAX_PARALLELISM);
     let values = backend
         .register(&StateDescriptor::new("values", StateKind::Value))
         .unwrap();

@@ -547,3 +547,16 @@ pub fn kill_child_after(
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
 }
+
+/// An `FsBackend` over all key groups of `max_parallelism`, checkpointing into the local
+/// directory `dir`.
+pub fn fs_backend_in(dir: &Path, max_parallelism: u16) -> FsBackend {
+    let storage: Arc<dyn CheckpointStorage> =
+        Arc::new(flowstate::checkpoint::storage::LocalDirStorage::open(dir).unwrap());
+    let config = BackendConfig::new(
+        u32::from(max_parallelism),
+        KeyGroupRange::all(max_parallelism),
+    )
+    .unwrap();
+    FsBackend::new(config, storage).unwrap()
+}
