@@ -412,3 +412,67 @@ fn copied_files_get_local_recovery_copies() {
     );
     assert_eq!(contents(&mut third), model);
 }
+
+/// A server-side copy that fails (a permission, a flaky store) does not fail the restore: the
+/// file is simply uploaded by the checkpoints after it, and everything restores.
+#[test]
+fn a_failed_copy_leaves_the_file_to_the_next_checkpoint() {
+    use flowstate::backend::lsm::{LsmBackend, LsmBackendOptions};
+
+    #[derive(Debug)]
+    struct CopyFails;
+    impl StorageInterceptor for CopyFails {
+        fn copy_from(
+            &self,
+            _inner: &dyn CheckpointStorage,
+            _source: &dyn CheckpointStorage,
+            from: &str,
+            _to: &str,
+        ) -> flowstate::Result<bool> {
+            Err(flowstate::Error::invalid(format!("copy of {from} refused")))
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let all = KeyGroupRange::all(MAX_PARALLELISM);
+    let options = LsmBackendOptions {
+        write_cache_size: 0,
+        write_buffer_size: 64 << 10,
+        ..LsmBackendOptions::default()
+    };
+    let mut model = Contents::new();
+    let mut rng = seed("a_failed_copy_leaves_the_file_to_the_next_checkpoint");
+    let mut old = LsmBackend::new(
+        config(all),
+        &work.path().join("old"),
+        open_storage("memory://failed-copy/tasks/1/t0").unwrap(),
+        options.clone(),
+    )
+    .unwrap();
+    random_writes(&mut old, &mut model, &mut rng, 6000);
+    let handle = old.snapshot(1).unwrap().run().unwrap();
+    drop(old);
+    let own = Arc::new(InterceptedStorage {
+        inner: open_storage("memory://failed-copy/tasks/2/t0").unwrap(),
+        interceptor: CopyFails,
+    });
+    let mut new =
+        LsmBackend::new(config(all), &work.path().join("new"), own, options.clone()).unwrap();
+    new.restore(&[handle], all).unwrap();
+    let restored = new.last_restore_stats().unwrap();
+    assert_eq!(restored.copied_files, 0, "{restored:?}");
+    let next = new.snapshot(2).unwrap().run().unwrap();
+    let checkpoint = new.last_checkpoint_stats().unwrap();
+    assert!(
+        checkpoint.uploaded_bytes >= restored.bytes / 2,
+        "{checkpoint:?} after {restored:?}"
+    );
+    let mut again = LsmBackend::new(
+        config(all),
+        &work.path().join("again"),
+        open_storage("memory://failed-copy/tasks/3/t0").unwrap(),
+        options,
+    )
+    .unwrap();
+    again.restore(&[next], all).unwrap();
+    assert_eq!(contents(&mut again), model);
+}

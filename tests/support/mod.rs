@@ -252,6 +252,15 @@ pub trait StorageInterceptor: std::fmt::Debug + Send + Sync {
     fn file_size(&self, inner: &dyn CheckpointStorage, path: &str) -> flowstate::Result<u64> {
         inner.file_size(path)
     }
+    fn copy_from(
+        &self,
+        inner: &dyn CheckpointStorage,
+        source: &dyn CheckpointStorage,
+        from: &str,
+        to: &str,
+    ) -> flowstate::Result<bool> {
+        inner.copy_from(source, from, to)
+    }
 }
 
 /// `inner` seen through `interceptor`. `write_file` and `open_sibling` keep the trait's
@@ -287,6 +296,15 @@ impl<I: StorageInterceptor> CheckpointStorage for InterceptedStorage<I> {
     }
     fn list_sizes(&self, prefix: &str) -> flowstate::Result<Vec<(String, u64)>> {
         self.inner.list_sizes(prefix)
+    }
+    fn copy_from(
+        &self,
+        source: &dyn CheckpointStorage,
+        from: &str,
+        to: &str,
+    ) -> flowstate::Result<bool> {
+        self.interceptor
+            .copy_from(self.inner.as_ref(), source, from, to)
     }
     fn children(&self, prefix: &str) -> flowstate::Result<Vec<String>> {
         self.inner.children(prefix)
