@@ -162,9 +162,9 @@ fn download_in_chunks(
     local: &Path,
     chunk: u64,
 ) -> Result<()> {
+    check_listed_size(storage, path, size)?;
+    let mut file = std::fs::File::create_new(local).map_err(|e| Error::io(local, e))?;
     let result = (|| -> Result<()> {
-        check_listed_size(storage, path, size)?;
-        let mut file = std::fs::File::create_new(local).map_err(|e| Error::io(local, e))?;
         if size <= chunk {
             // One request; `read_file` needs no second size lookup.
             let bytes = storage.read_file(path)?;
@@ -187,6 +187,8 @@ fn download_in_chunks(
         Ok(())
     })();
     if result.is_err() {
+        // Only the file this call created (`create_new`) is removed.
+        drop(file);
         let _ = std::fs::remove_file(local);
     }
     result
