@@ -271,6 +271,11 @@ mod tests {
             assert!(err.to_string().contains("shared/a.sst"), "{err}");
             assert!(!local.exists(), "a failed download leaves no file");
         }
+        // A file already at the target is neither overwritten nor removed.
+        let taken = dir.path().join("taken.sst");
+        std::fs::write(&taken, b"someone else's").unwrap();
+        assert!(download_in_chunks(&storage, "shared/a.sst", size, crc, &taken, 1000).is_err());
+        assert_eq!(std::fs::read(&taken).unwrap(), b"someone else's");
         let err =
             check_local(&dir.path().join("0.sst"), "shared/a.sst", size, crc ^ 1).unwrap_err();
         assert!(err.is_corruption(), "{err}");
