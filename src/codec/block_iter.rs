@@ -284,6 +284,56 @@ impl InternalIterator for BlockIter {
     }
 }
 
+/// Where one entry of a block whose keys are all stored whole lies in its entry area: the key
+/// is `key_start..value_start`, the value `value_start..value_end`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FlatEntry {
+    key_start: u32,
+    value_start: u32,
+    value_end: u32,
+}
+
+impl FlatEntry {
+    /// The entry's key in `entries` (the block's entry area).
+    #[inline]
+    pub(crate) fn key<'a>(&self, entries: &'a [u8]) -> &'a [u8] {
+        entries
+            .get(self.key_start as usize..self.value_start as usize)
+            .unwrap_or_default()
+    }
+
+    /// The entry's value in `entries`.
+    #[inline]
+    pub(crate) fn value<'a>(&self, entries: &'a [u8]) -> &'a [u8] {
+        entries
+            .get(self.value_start as usize..self.value_end as usize)
+            .unwrap_or_default()
+    }
+}
+
+/// The entries of `block` as slices of its entry area, when every key is stored whole
+/// (`shared = 0`, as in index blocks, restart interval 1) and every entry decodes; `None`
+/// otherwise (then read the block with a [`BlockIter`], which reports any damage). A seek is
+/// then a binary search over these, with no entry decoded or key copied per probe.
+pub(crate) fn flat_entries(block: &Block) -> Option<Box<[FlatEntry]>> {
+    let entries = block.entries();
+    let mut out = Vec::with_capacity(block.num_restarts());
+    let mut pos = 0;
+    while pos < entries.len() {
+        let entry = decode_entry(block, entries, pos).ok()?;
+        if entry.shared != 0 {
+            return None;
+        }
+        out.push(FlatEntry {
+            key_start: u32::try_from(entry.suffix.0).ok()?,
+            value_start: u32::try_from(entry.value.0).ok()?,
+            value_end: u32::try_from(entry.value.1).ok()?,
+        });
+        pos = entry.next;
+    }
+    Some(out.into_boxed_slice())
+}
+
 /// Restart offset `index` (u32 LE) of the restart array `restarts` (0 if out of range; the
 /// array was validated when the block was decoded).
 #[inline]

@@ -116,6 +116,14 @@ fn exercise(block: &Arc<Block>) {
         check(it.seek(target));
         check(it.seek_for_prev(target));
     }
+    // Flattening a damaged block never panics; what it returns lies inside the entry area.
+    if let Some(flat) = crate::codec::block_iter::flat_entries(block) {
+        let area = block.entries();
+        let inside = |s: &[u8]| s.is_empty() || area.as_ptr_range().contains(&s.as_ptr());
+        for e in flat.iter() {
+            assert!(inside(e.key(area)) && inside(e.value(area)));
+        }
+    }
 }
 
 #[test]
@@ -517,6 +525,12 @@ proptest! {
         let entries: Entries = keys.iter().map(|k| (k.clone(), k.repeat(2))).collect();
         let block = decode(&build(&entries, restart_interval, Compression::None));
         let mut it = block.iter(order);
+        // Index blocks (interval 1) always flatten; others only if no key shares a prefix.
+        let flat = crate::codec::block_iter::flat_entries(&block);
+        prop_assert!(restart_interval > 1 || flat.is_some());
+        if let Some(flat) = &flat {
+            prop_assert_eq!(flat.len(), entries.len());
+        }
         for (user_key, trailer) in &targets {
             let mut target = user_key.clone();
             if internal {
@@ -526,6 +540,18 @@ proptest! {
             }
             it.seek(&target).unwrap();
             let expected = entries.iter().find(|(k, _)| order(k, &target) != std::cmp::Ordering::Less);
+            if let Some(flat) = &flat {
+                // The flat seek (a binary search over whole keys) lands on the same entry.
+                let area = block.entries();
+                let at = flat.partition_point(|e| order(e.key(area), &target) == std::cmp::Ordering::Less);
+                match expected {
+                    Some((k, v)) => {
+                        prop_assert_eq!(flat[at].key(area), k.as_slice());
+                        prop_assert_eq!(flat[at].value(area), v.as_slice());
+                    }
+                    None => prop_assert_eq!(at, flat.len()),
+                }
+            }
             match expected {
                 Some((k, v)) => {
                     prop_assert!(it.valid());

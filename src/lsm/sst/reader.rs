@@ -13,6 +13,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::codec::block::{Block, BlockIter, SharedBytes, unseal};
+use crate::codec::block_iter::{FlatEntry, flat_entries};
 use crate::error::{Error, Result};
 use crate::lsm::block_cache::BlockCache;
 use crate::lsm::format::{
@@ -58,6 +59,9 @@ pub(crate) struct SstFile {
     storage: Storage,
     pub(crate) footer: Footer,
     pub(crate) index: Arc<Block>,
+    /// The index block's entries as slices (every index key is stored whole), for point
+    /// lookups; `None` if the block is not laid out that way (then lookups use a `BlockIter`).
+    index_entries: Option<Box<[FlatEntry]>>,
     filter: BloomFilter,
     properties: SstProperties,
     cache: Option<Arc<BlockCache>>,
@@ -206,6 +210,7 @@ impl SstReader {
             (0, end),
             "index",
         )?);
+        let index_entries = flat_entries(&index);
         let file = SstFile {
             label,
             path: path.to_path_buf(),
@@ -213,6 +218,7 @@ impl SstReader {
             storage,
             footer,
             index,
+            index_entries,
             filter,
             properties,
             cache,
@@ -289,16 +295,28 @@ impl SstReader {
         let file = &self.file;
         encode_seek_key(&mut buffers.target, user_key, snapshot_seq);
         let target = &buffers.target;
-        let index_key = std::mem::take(&mut buffers.index_key);
-        let mut index =
-            BlockIter::with_key_buffer(Arc::clone(&file.index), compare_internal, index_key);
-        index.seek(target)?;
-        let handle = if index.valid() {
-            Some(file.decode_handle(index.value(), file.footer.index.offset)?)
+        let handle = if let Some(flat) = &file.index_entries {
+            // The first index key at or after the target, by binary search over whole keys.
+            let entries = file.index.entries();
+            let at = flat
+                .partition_point(|e| compare_internal(e.key(entries), target) == Ordering::Less);
+            match flat.get(at) {
+                Some(e) => Some(file.decode_handle(e.value(entries), file.footer.index.offset)?),
+                None => None,
+            }
         } else {
-            None
+            let index_key = std::mem::take(&mut buffers.index_key);
+            let mut index =
+                BlockIter::with_key_buffer(Arc::clone(&file.index), compare_internal, index_key);
+            index.seek(target)?;
+            let handle = if index.valid() {
+                Some(file.decode_handle(index.value(), file.footer.index.offset)?)
+            } else {
+                None
+            };
+            buffers.index_key = index.into_key_buffer();
+            handle
         };
-        buffers.index_key = index.into_key_buffer();
         // Index keys are the blocks' last keys: no block ends at or after the target.
         let Some(handle) = handle else {
             return Ok(None);
