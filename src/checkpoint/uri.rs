@@ -271,8 +271,8 @@ pub(crate) fn memory_store(name: &str) -> Arc<InMemory> {
 ///
 /// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`, `memory://name[/prefix]`
 /// (an in-process store shared by name) and `file:///abs/path` (the object-store code path on a
-/// local directory) give an [`ObjectStoreCheckpointStorage`]; anything without `scheme://` is a
-/// directory for [`LocalDirStorage`] (created if missing).
+/// local directory) give an `ObjectStoreCheckpointStorage` (feature `object-store`); anything
+/// without `scheme://` is a directory for [`LocalDirStorage`] (created if missing).
 pub fn open_storage(location: &str) -> Result<Arc<dyn CheckpointStorage>> {
     open_storage_with(location, &StorageOptions::default())
 }
