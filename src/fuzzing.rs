@@ -164,6 +164,15 @@ pub fn block(data: &[u8]) {
             assert_eq!((iter.key(), iter.value()), (&key[..], &value[..]));
         }
     }
+    // A block that flattens (every key whole) holds the same entries in the same order.
+    if let Some(flat) = crate::codec::block_iter::flat_entries(&block) {
+        let area = block.entries();
+        let flat: Entries = flat
+            .iter()
+            .map(|e| (e.key(area).to_vec(), e.value(area).to_vec()))
+            .collect();
+        assert_eq!(flat, forward, "flat entries match the iterator");
+    }
     let mut builder = BlockBuilder::new(4, Compression::None);
     for (key, value) in &forward {
         // Less prefix sharing may make the rebuilt block too large; only then may this fail.
