@@ -58,6 +58,9 @@ pub const LSM_WRITE_STALLS_TOTAL: &str = "flowstate_lsm_write_stalls_total";
 pub const RESTORE_DURATION_SECONDS: &str = "flowstate_restore_duration_seconds";
 /// Counter, label `backend`: bytes restores brought in from checkpoint storage.
 pub const RESTORE_DOWNLOADED_BYTES_TOTAL: &str = "flowstate_restore_downloaded_bytes_total";
+/// Counter, label `backend`: bytes of restored files the backend's own checkpoint storage took
+/// by hard link or server-side copy from another root (so no checkpoint uploads them).
+pub const RESTORE_COPIED_BYTES_TOTAL: &str = "flowstate_restore_copied_bytes_total";
 /// Counter: job restarts after a task failure.
 pub const JOB_RESTARTS_TOTAL: &str = "flowstate_job_restarts_total";
 
@@ -153,6 +156,11 @@ pub fn describe() {
             RESTORE_DOWNLOADED_BYTES_TOTAL,
             "Bytes restores brought in from checkpoint storage.",
         ),
+        (
+            RESTORE_COPIED_BYTES_TOTAL,
+            "Bytes of restored files copied into this backend's checkpoint storage by link or \
+             server-side copy.",
+        ),
     ];
     for (name, text) in bytes {
         describe_counter!(name, Unit::Bytes, text);
@@ -247,6 +255,12 @@ pub fn write_stall() {
 pub fn restore_finished(backend: &'static str, duration: Duration, bytes_downloaded: u64) {
     histogram!(RESTORE_DURATION_SECONDS, "backend" => backend).record(duration.as_secs_f64());
     counter!(RESTORE_DOWNLOADED_BYTES_TOTAL, "backend" => backend).increment(bytes_downloaded);
+}
+
+/// A restore gave the backend's own checkpoint storage `bytes` of restored files by hard link
+/// or server-side copy.
+pub fn restore_copied(backend: &'static str, bytes: u64) {
+    counter!(RESTORE_COPIED_BYTES_TOTAL, "backend" => backend).increment(bytes);
 }
 
 /// The job restarts after a task failure.

@@ -140,14 +140,14 @@ fn lsm_checkpoint_records_state_sizes_and_restore_records_time_and_bytes() {
 
     let restored = KeyedState::new(
         LsmBackend::new(
-            config,
+            config.clone(),
             &dir.path().join("work2"),
             storage,
             LsmBackendOptions::default(),
         )
         .unwrap(),
     );
-    let ((), samples) = record(|| restored.restore(&[handle], range).unwrap());
+    let ((), samples) = record(|| restored.restore(&[handle.clone()], range).unwrap());
     let times = histogram(&samples, observe::RESTORE_DURATION_SECONDS);
     assert_eq!(times.len(), 1, "one restore");
     assert!(times[0] > 0.0 && times[0] < 60.0, "{times:?}");
@@ -160,6 +160,25 @@ fn lsm_checkpoint_records_state_sizes_and_restore_records_time_and_bytes() {
     // (tests/local_recovery.rs counts real downloads from a storage that cannot be linked).
     let bytes = counter(&samples, observe::RESTORE_DOWNLOADED_BYTES_TOTAL);
     assert_eq!(bytes, 0, "linked, not downloaded");
+    // Restored into the same storage: nothing to copy.
+    assert_eq!(counter(&samples, observe::RESTORE_COPIED_BYTES_TOTAL), 0);
+
+    // Restored into another directory (a restart's new task root): every file is linked in.
+    let elsewhere = KeyedState::new(
+        LsmBackend::new(
+            config,
+            &dir.path().join("work3"),
+            Arc::new(LocalDirStorage::open(dir.path().join("checkpoints-2")).unwrap()),
+            LsmBackendOptions::default(),
+        )
+        .unwrap(),
+    );
+    let ((), samples) = record(|| elsewhere.restore(&[handle], range).unwrap());
+    assert_eq!(
+        counter(&samples, observe::RESTORE_COPIED_BYTES_TOTAL),
+        referenced,
+        "every restored file linked into the new root"
+    );
 }
 
 #[test]

@@ -424,6 +424,7 @@ pub(super) fn restore(
         "lsm restore finished"
     );
     crate::observe::restore_finished("lsm", stats.duration, stats.downloaded_bytes);
+    crate::observe::restore_copied("lsm", stats.copied_bytes);
     backend.last_restore = Some(Box::new(stats));
     Ok(())
 }
