@@ -147,7 +147,11 @@ fn lsm_checkpoint_records_state_sizes_and_restore_records_time_and_bytes() {
         )
         .unwrap(),
     );
-    let ((), samples) = record(|| restored.restore(&[handle.clone()], range).unwrap());
+    let ((), samples) = record(|| {
+        restored
+            .restore(std::slice::from_ref(&handle), range)
+            .unwrap()
+    });
     let times = histogram(&samples, observe::RESTORE_DURATION_SECONDS);
     assert_eq!(times.len(), 1, "one restore");
     assert!(times[0] > 0.0 && times[0] < 60.0, "{times:?}");
