@@ -278,13 +278,7 @@ fn lsm_restore_downloads_a_large_sst_in_chunks() {
         .map(|path| storage.file_size(path).unwrap())
         .collect();
     assert!(sizes.iter().any(|&size| size > 8 << 20), "{sizes:?}");
-    let mut restored = LsmBackend::new(
-        config(all),
-        &work.path().join("b"),
-        open_storage("memory://large-sst/b").unwrap(),
-        options,
-    )
-    .unwrap();
+    let mut restored = lsm_at(&work.path().join("b"), "memory://large-sst/b", &options);
     restored.restore(&[handle], all).unwrap();
     let stats = restored.last_restore_stats().unwrap();
     assert_eq!(stats.downloaded_files, sizes.len() as u64);
@@ -369,7 +363,7 @@ fn a_restart_into_a_new_root_copies_instead_of_uploading() {
 /// downloading them again.
 #[test]
 fn copied_files_get_local_recovery_copies() {
-    use flowstate::backend::lsm::{LsmBackend, LsmBackendOptions};
+    use flowstate::backend::lsm::LsmBackendOptions;
 
     let work = tempfile::tempdir().unwrap();
     let all = KeyGroupRange::all(MAX_PARALLELISM);
@@ -380,13 +374,11 @@ fn copied_files_get_local_recovery_copies() {
         ..LsmBackendOptions::default()
     };
     let attempt = |n: u32| {
-        LsmBackend::new(
-            config(all),
+        lsm_at(
             &work.path().join(format!("work-{n}")),
-            open_storage(&format!("memory://copied-local/tasks/{n}/t0")).unwrap(),
-            options.clone(),
+            &format!("memory://copied-local/tasks/{n}/t0"),
+            &options,
         )
-        .unwrap()
     };
     let mut model = Contents::new();
     let mut rng = seed("copied_files_get_local_recovery_copies");
@@ -441,13 +433,11 @@ fn a_failed_copy_leaves_the_file_to_the_next_checkpoint() {
     };
     let mut model = Contents::new();
     let mut rng = seed("a_failed_copy_leaves_the_file_to_the_next_checkpoint");
-    let mut old = LsmBackend::new(
-        config(all),
+    let mut old = lsm_at(
         &work.path().join("old"),
-        open_storage("memory://failed-copy/tasks/1/t0").unwrap(),
-        options.clone(),
-    )
-    .unwrap();
+        "memory://failed-copy/tasks/1/t0",
+        &options,
+    );
     random_writes(&mut old, &mut model, &mut rng, 6000);
     let handle = old.snapshot(1).unwrap().run().unwrap();
     drop(old);
@@ -466,13 +456,22 @@ fn a_failed_copy_leaves_the_file_to_the_next_checkpoint() {
         checkpoint.uploaded_bytes >= restored.bytes / 2,
         "{checkpoint:?} after {restored:?}"
     );
-    let mut again = LsmBackend::new(
-        config(all),
+    let mut again = lsm_at(
         &work.path().join("again"),
-        open_storage("memory://failed-copy/tasks/3/t0").unwrap(),
-        options,
-    )
-    .unwrap();
+        "memory://failed-copy/tasks/3/t0",
+        &options,
+    );
     again.restore(&[next], all).unwrap();
     assert_eq!(contents(&mut again), model);
+}
+
+/// An LSM backend over all key groups with its store in `dir`, checkpointing to `location`.
+fn lsm_at(
+    dir: &std::path::Path,
+    location: &str,
+    options: &flowstate::backend::lsm::LsmBackendOptions,
+) -> flowstate::LsmBackend {
+    let storage = open_storage(location).unwrap();
+    let all = KeyGroupRange::all(MAX_PARALLELISM);
+    flowstate::LsmBackend::new(config(all), dir, storage, options.clone()).unwrap()
 }
