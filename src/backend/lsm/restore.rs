@@ -331,8 +331,8 @@ pub(super) fn restore(
     let Built {
         edit,
         mut uploaded,
+        fetched,
         clipped,
-        origins,
     } = match built {
         Ok(ok) => ok,
         Err(e) => {
@@ -393,7 +393,7 @@ pub(super) fn restore(
     uploaded.extend(copy_into_own(
         backend.storage.as_ref(),
         local_copies.as_ref(),
-        &origins,
+        &fetched,
         &live,
         store_id,
         &mut stats,
@@ -433,21 +433,13 @@ pub(super) fn restore(
 type Clipped = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// What [`build_store`] made: the version edit naming the fetched files, the files this
-/// storage already holds and the origins of the others (both by new local number), and the
+/// storage already holds (by new local number), every file fetched and where from, and the
 /// ranges to clip.
 struct Built<'a> {
     edit: VersionEdit,
     uploaded: HashMap<u64, UploadedFile>,
+    fetched: Vec<FetchJob<'a>>,
     clipped: Clipped,
-    origins: HashMap<u64, Origin<'a>>,
-}
-
-/// Where a restored file that this backend's storage does not hold lives.
-struct Origin<'a> {
-    source: &'a Source,
-    path: &'a str,
-    size: u64,
-    crc32: u32,
 }
 
 /// Gives this backend's storage, under the names its checkpoints will use, every file of the
@@ -459,52 +451,48 @@ struct Origin<'a> {
 fn copy_into_own(
     own: &dyn CheckpointStorage,
     local_copies: Option<&LocalCopies>,
-    origins: &HashMap<u64, Origin<'_>>,
+    fetched: &[FetchJob<'_>],
     live: &LiveFiles,
     store_id: u64,
     stats: &mut RestoreStats,
 ) -> HashMap<u64, UploadedFile> {
-    let jobs: Vec<(u64, &Path, &Origin<'_>)> = live
+    let origins: HashMap<u64, &FetchJob<'_>> = fetched
+        .iter()
+        .filter(|job| !job.source.ours)
+        .map(|job| (job.number, job))
+        .collect();
+    let jobs: Vec<(&Path, &FetchJob<'_>)> = live
         .files
         .iter()
-        .filter_map(|f| {
-            Some((
-                f.meta.number,
-                f.path.as_path(),
-                origins.get(&f.meta.number)?,
-            ))
-        })
+        .filter_map(|f| Some((f.path.as_path(), *origins.get(&f.meta.number)?)))
         .collect();
     let location = own.location();
-    let copied = run_parallel(
-        &jobs,
-        own.upload_parallelism(),
-        |(number, local, origin)| {
-            let path = shared_path(store_id, *number);
-            match own.copy_from(origin.source.storage.as_ref(), origin.path, &path) {
-                Ok(done) => {
-                    if done && let Some(copies) = local_copies {
-                        // Only a missed shortcut if it fails: a later restore downloads the file.
-                        let _ = copies.keep(&location, &path, local);
-                    }
-                    Ok(done.then_some((*number, path)))
+    let copied = run_parallel(&jobs, own.upload_parallelism(), |&(local, origin)| {
+        let path = shared_path(store_id, origin.number);
+        match own.copy_from(origin.source.storage.as_ref(), origin.path, &path) {
+            Ok(done) => {
+                if done && let Some(copies) = local_copies {
+                    // Only a missed shortcut if it fails: a later restore downloads the file.
+                    let _ = copies.keep(&location, &path, local);
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, file = origin.path, "copy into this backend's checkpoint storage failed; the next checkpoint uploads the file");
-                    Ok(None)
-                }
+                Ok(done.then_some((origin, path)))
             }
-        },
-    );
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    file = origin.path,
+                    "copy into this backend's storage failed; a checkpoint uploads the file"
+                );
+                Ok(None)
+            }
+        }
+    });
     let mut uploaded = HashMap::new();
-    for (number, path) in copied.unwrap_or_default().into_iter().flatten() {
-        let Some(origin) = origins.get(&number) else {
-            continue;
-        };
+    for (origin, path) in copied.unwrap_or_default().into_iter().flatten() {
         stats.copied_files += 1;
         stats.copied_bytes += origin.size;
         uploaded.insert(
-            number,
+            origin.number,
             UploadedFile {
                 path,
                 size: origin.size,
@@ -537,7 +525,6 @@ fn build_store<'a>(
     }
     edit.next_cf_id = Some(states.len() as u32 + 1);
     let mut uploaded = HashMap::new();
-    let mut origins = HashMap::new();
     let mut fetches = Vec::new();
     let mut number = 0u64;
     let mut max_sequence = 0u64;
@@ -584,16 +571,6 @@ fn build_store<'a>(
                     number,
                     UploadedFile {
                         path: entry.file.path.clone(),
-                        size: entry.file.size,
-                        crc32: entry.file.crc32,
-                    },
-                );
-            } else {
-                origins.insert(
-                    number,
-                    Origin {
-                        source,
-                        path: &entry.file.path,
                         size: entry.file.size,
                         crc32: entry.file.crc32,
                     },
@@ -654,7 +631,7 @@ fn build_store<'a>(
     Ok(Built {
         edit,
         uploaded,
+        fetched: fetches,
         clipped,
-        origins,
     })
 }
