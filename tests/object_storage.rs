@@ -88,8 +88,7 @@ fn start_up_scan_drops_checkpoints_with_missing_or_resized_files() {
     storage.delete(&victim3).unwrap();
     let victim2 = files(2).files[0].file.path.clone();
     storage.write_file(&victim2, b"short").unwrap();
-    // The scan learns sizes from one listing: one size request per checkpoint (its
-    // `_metadata`, read before decoding), none per listed file.
+    // The scan learns every size, `_metadata` included, from one listing: no size request.
     #[derive(Debug, Default)]
     struct SizeRequests(std::sync::atomic::AtomicUsize);
     impl StorageInterceptor for SizeRequests {
@@ -110,7 +109,7 @@ fn start_up_scan_drops_checkpoints_with_missing_or_resized_files() {
             .interceptor
             .0
             .load(std::sync::atomic::Ordering::Relaxed),
-        3
+        0
     );
     assert_eq!(report.completed, [1]);
     assert_eq!(report.removed_incomplete, [2, 3]);

@@ -46,8 +46,17 @@ pub fn read_metadata(
     storage: &dyn CheckpointStorage,
     checkpoint_id: u64,
 ) -> Result<CheckpointMetadata> {
+    let size = storage.file_size(&metadata_path(checkpoint_id))?;
+    read_metadata_of_size(storage, checkpoint_id, size)
+}
+
+/// [`read_metadata`] when the size of `_metadata` is known already (from a listing).
+fn read_metadata_of_size(
+    storage: &dyn CheckpointStorage,
+    checkpoint_id: u64,
+    size: u64,
+) -> Result<CheckpointMetadata> {
     let path = metadata_path(checkpoint_id);
-    let size = storage.file_size(&path)?;
     let limit =
         (METADATA_HEADER_LEN + METADATA_TRAILER_LEN) as u64 + u64::from(MAX_METADATA_BODY_LEN);
     if size > limit {
@@ -107,9 +116,9 @@ impl CheckpointRegistry {
         // (on an object store: a LIST per 1000 files instead of a HEAD per file).
         let sizes: BTreeMap<String, u64> = storage.list_sizes("")?.into_iter().collect();
         for id in checkpoint_ids {
-            let complete = match sizes.contains_key(&metadata_path(id)) {
-                false => None,
-                true => match read_metadata(storage.as_ref(), id) {
+            let complete = match sizes.get(&metadata_path(id)) {
+                None => None,
+                Some(&size) => match read_metadata_of_size(storage.as_ref(), id, size) {
                     Ok(metadata) => Some(metadata),
                     Err(Error::Corruption { .. }) => None,
                     Err(other) => return Err(other),
@@ -129,28 +138,42 @@ impl CheckpointRegistry {
                 }
             }
         }
-        registry.remove_unreferenced(&mut report)?;
+        registry.remove_unreferenced(&sizes, &mut report)?;
         report.completed = registry.completed.keys().copied().collect();
         Ok((registry, report))
     }
 
     /// Deletes files inside completed checkpoint directories and under `shared/` that no
     /// completed checkpoint references (only safe while no checkpoint is being written).
-    fn remove_unreferenced(&self, report: &mut RecoveryReport) -> Result<()> {
+    /// `listed` is the scan's listing of the whole storage (these directories are not touched
+    /// by the scan before this runs).
+    fn remove_unreferenced(
+        &self,
+        listed: &BTreeMap<String, u64>,
+        report: &mut RecoveryReport,
+    ) -> Result<()> {
+        let under = |dir: String| {
+            let prefix = format!("{dir}/");
+            listed
+                .range(prefix.clone()..)
+                .map(|(path, _)| path)
+                .take_while(move |path| path.starts_with(&prefix))
+        };
         for (id, metadata) in &self.completed {
             let own = metadata_path(*id);
-            for path in self.storage.list(&checkpoint_dir(*id))? {
-                let referenced = path == own || metadata.files.iter().any(|f| f.file.path == path);
+            for path in under(checkpoint_dir(*id)) {
+                let referenced =
+                    *path == own || metadata.files.iter().any(|f| f.file.path == *path);
                 if !referenced {
-                    self.storage.delete(&path)?;
-                    report.removed_files.push(path);
+                    self.storage.delete(path)?;
+                    report.removed_files.push(path.clone());
                 }
             }
         }
-        for path in self.storage.list(SHARED_DIR)? {
-            if !self.shared_refs.contains_key(&path) {
-                self.storage.delete(&path)?;
-                report.removed_files.push(path);
+        for path in under(SHARED_DIR.to_string()) {
+            if !self.shared_refs.contains_key(path) {
+                self.storage.delete(path)?;
+                report.removed_files.push(path.clone());
             }
         }
         Ok(())
