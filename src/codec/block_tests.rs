@@ -543,7 +543,8 @@ proptest! {
             if let Some(flat) = &flat {
                 // The flat seek (a binary search over whole keys) lands on the same entry.
                 let area = block.entries();
-                let at = flat.partition_point(|e| order(e.key(area), &target) == std::cmp::Ordering::Less);
+                let at = flat
+                    .partition_point(|e| order(e.key(area), &target) == std::cmp::Ordering::Less);
                 match expected {
                     Some((k, v)) => {
                         prop_assert_eq!(flat[at].key(area), k.as_slice());
