@@ -34,6 +34,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod engine;
 pub mod error;
+pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hash;
