@@ -6,12 +6,11 @@
 //! the invariant that a `chk-<id>/_metadata` in place is durable together with every file it names.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::fs::{FsRef, WritableFile, create_dir_durable, std_fs};
 
 /// Name of the file that makes a checkpoint directory a completed checkpoint.
 pub const METADATA_FILE_NAME: &str = "_metadata";
@@ -265,19 +264,30 @@ pub fn read_listed(
 #[derive(Debug, Clone)]
 pub struct LocalDirStorage {
     root: PathBuf,
+    fs: FsRef,
 }
 
 impl LocalDirStorage {
-    /// Opens (creating if needed) checkpoint storage rooted at `root`.
+    /// Opens (creating if needed, durably) checkpoint storage rooted at `root`.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        LocalDirStorage::open_on(std_fs(), root)
+    }
+
+    /// [`LocalDirStorage::open`] on the file system `fs`.
+    pub fn open_on(fs: FsRef, root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
-        fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-        Ok(LocalDirStorage { root })
+        create_dir_durable(fs.as_ref(), &root)?;
+        Ok(LocalDirStorage { root, fs })
     }
 
     /// The root directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The file system the storage is on.
+    pub fn fs(&self) -> &FsRef {
+        &self.fs
     }
 
     fn resolve(&self, path: &str) -> Result<PathBuf> {
@@ -296,45 +306,45 @@ impl LocalDirStorage {
     /// Creates the parent directories of `full`, fsyncing each directory that gained an entry,
     /// so a file's directory chain is durable once the file is.
     fn create_parents(&self, full: &Path) -> Result<()> {
-        let Some(parent) = full.parent() else {
-            return Ok(());
-        };
-        if parent.is_dir() {
-            return Ok(());
+        match full.parent() {
+            Some(parent) => create_dir_durable(self.fs.as_ref(), parent),
+            None => Ok(()),
         }
-        let mut missing = Vec::new();
-        let mut dir = parent;
-        while !dir.is_dir() {
-            missing.push(dir.to_path_buf());
-            match dir.parent() {
-                Some(p) => dir = p,
-                None => break,
-            }
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<()> {
+        self.fs.sync_dir(dir).map_err(|e| Error::io(dir, e))
+    }
+
+    fn is_dir(&self, path: &Path) -> Result<bool> {
+        match self.fs.metadata(path) {
+            Ok(meta) => Ok(meta.is_dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(path, e)),
         }
-        for created in missing.iter().rev() {
-            match fs::create_dir(created) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(Error::io(created, e)),
-            }
-            if let Some(p) = created.parent() {
-                sync_dir(p)?;
+    }
+
+    /// Every file under `dir` with its size, as paths relative to the root under `prefix`.
+    fn list_into(&self, dir: &Path, prefix: &str, out: &mut Vec<(String, u64)>) -> Result<()> {
+        for entry in self.fs.read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let relative = if prefix.is_empty() {
+                entry.name.clone()
+            } else {
+                format!("{prefix}/{}", entry.name)
+            };
+            if entry.is_dir {
+                self.list_into(&dir.join(&entry.name), &relative, out)?;
+            } else {
+                out.push((relative, entry.len));
             }
         }
         Ok(())
     }
 }
 
-/// fsyncs a directory so the entries created or renamed in it are durable.
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
-}
-
 struct LocalFileWriter {
     path: PathBuf,
-    file: File,
+    file: Box<dyn WritableFile>,
     written: u64,
 }
 
@@ -347,7 +357,7 @@ impl CheckpointFileWriter for LocalFileWriter {
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<u64> {
+    fn finish(mut self: Box<Self>) -> Result<u64> {
         self.file.sync_all().map_err(|e| Error::io(&self.path, e))?;
         Ok(self.written)
     }
@@ -363,30 +373,28 @@ impl CheckpointStorage for LocalDirStorage {
     }
 
     fn copy_from(&self, source: &dyn CheckpointStorage, from: &str, to: &str) -> Result<bool> {
-        let Some(original) = source.local_path(from).filter(|p| p.is_file()) else {
+        let Some(original) = source.local_path(from) else {
             return Ok(false);
         };
+        if !self.fs.metadata(&original).is_ok_and(|meta| !meta.is_dir) {
+            return Ok(false);
+        }
         let full = self.resolve(to)?;
         self.create_parents(&full)?;
         // The original was fsynced when it was written; the new name needs its directory
         // fsynced. A name already taken (never, with store-id file names) or another file
         // system: no link, the caller writes the file.
-        if fs::hard_link(&original, &full).is_err() {
+        if self.fs.hard_link(&original, &full).is_err() {
             return Ok(false);
         }
-        sync_dir(full.parent().unwrap_or(&self.root))?;
+        self.sync_dir(full.parent().unwrap_or(&self.root))?;
         Ok(true)
     }
 
     fn create_file(&self, path: &str) -> Result<Box<dyn CheckpointFileWriter>> {
         let full = self.resolve(path)?;
         self.create_parents(&full)?;
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&full)
-            .map_err(|e| Error::io(&full, e))?;
+        let file = self.fs.create(&full).map_err(|e| Error::io(&full, e))?;
         Ok(Box::new(LocalFileWriter {
             path: full,
             file,
@@ -396,12 +404,13 @@ impl CheckpointStorage for LocalDirStorage {
 
     fn read_file(&self, path: &str) -> Result<Vec<u8>> {
         let full = self.resolve(path)?;
-        fs::read(&full).map_err(|e| Error::io(&full, e))
+        self.fs.read(&full).map_err(|e| Error::io(&full, e))
     }
 
     fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let full = self.resolve(path)?;
-        let size = self.file_size(path)?;
+        let file = self.fs.open_read(&full).map_err(|e| Error::io(&full, e))?;
+        let size = file.len();
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(Error::corruption(
                 path,
@@ -409,33 +418,40 @@ impl CheckpointStorage for LocalDirStorage {
                 format!("range of {len} bytes at {offset} exceeds the file size {size}"),
             ));
         }
-        let mut file = File::open(&full).map_err(|e| Error::io(&full, e))?;
-        file.seek(SeekFrom::Start(offset))
-            .map_err(|e| Error::io(&full, e))?;
         // `len` was checked against the file's real size, so this allocation is bounded by it.
         let mut out =
             vec![0u8; usize::try_from(len).map_err(|_| Error::invalid("range too large"))?];
-        file.read_exact(&mut out).map_err(|e| Error::io(&full, e))?;
+        file.read_exact_at(&mut out, offset)
+            .map_err(|e| Error::io(&full, e))?;
         Ok(out)
     }
 
     fn file_size(&self, path: &str) -> Result<u64> {
         let full = self.resolve(path)?;
-        fs::metadata(&full)
-            .map(|m| m.len())
+        self.fs
+            .metadata(&full)
+            .map(|m| m.len)
             .map_err(|e| Error::io(&full, e))
     }
 
     fn exists(&self, path: &str) -> Result<bool> {
         let full = self.resolve(path)?;
-        full.try_exists().map_err(|e| Error::io(&full, e))
+        self.fs.exists(&full).map_err(|e| Error::io(&full, e))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .list_sizes(prefix)?
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect())
+    }
+
+    fn list_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let dir = self.resolve_prefix(prefix)?;
         let mut out = Vec::new();
-        if dir.is_dir() {
-            list_into(&dir, prefix, &mut out)?;
+        if self.is_dir(&dir)? {
+            self.list_into(&dir, prefix, &mut out)?;
         }
         out.sort();
         Ok(out)
@@ -443,23 +459,23 @@ impl CheckpointStorage for LocalDirStorage {
 
     fn children(&self, prefix: &str) -> Result<Vec<String>> {
         let dir = self.resolve_prefix(prefix)?;
-        if !dir.is_dir() {
+        if !self.is_dir(&dir)? {
             return Ok(Vec::new());
         }
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let entry = entry.map_err(|e| Error::io(&dir, e))?;
-            if let Some(name) = entry.file_name().to_str() {
-                out.push(name.to_string());
-            }
-        }
+        let mut out: Vec<String> = self
+            .fs
+            .read_dir(&dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .into_iter()
+            .map(|entry| entry.name)
+            .collect();
         out.sort();
         Ok(out)
     }
 
     fn delete(&self, path: &str) -> Result<()> {
         let full = self.resolve(path)?;
-        match fs::remove_file(&full) {
+        match self.fs.remove_file(&full) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&full, e)),
             _ => Ok(()),
         }
@@ -472,10 +488,9 @@ impl CheckpointStorage for LocalDirStorage {
             ));
         }
         let full = self.resolve(prefix)?;
-        match fs::remove_dir_all(&full) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&full, e)),
-            _ => Ok(()),
-        }
+        self.fs
+            .remove_dir_all(&full)
+            .map_err(|e| Error::io(&full, e))
     }
 
     fn publish_metadata(&self, checkpoint_id: u64, bytes: &[u8]) -> Result<()> {
@@ -485,47 +500,33 @@ impl CheckpointStorage for LocalDirStorage {
         let dir = self.root.join(&dir_name);
         self.create_parents(&dir.join(METADATA_FILE_NAME))?;
         let shared = self.root.join(SHARED_DIR);
-        if shared.is_dir() {
-            sync_dir(&shared)?;
+        if self.is_dir(&shared)? {
+            self.sync_dir(&shared)?;
         }
-        sync_dir(&dir)?;
+        self.sync_dir(&dir)?;
         let temp = dir.join(format!("{METADATA_FILE_NAME}{TEMP_SUFFIX}"));
         let target = dir.join(METADATA_FILE_NAME);
         {
-            let mut file = File::create(&temp).map_err(|e| Error::io(&temp, e))?;
-            file.write_all(bytes).map_err(|e| Error::io(&temp, e))?;
-            file.sync_all().map_err(|e| Error::io(&temp, e))?;
+            let mut file = self.fs.create(&temp).map_err(|e| Error::io(&temp, e))?;
+            file.write_all(bytes)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| Error::io(&temp, e))?;
         }
-        fs::rename(&temp, &target).map_err(|e| Error::io(&target, e))?;
-        sync_dir(&dir)
+        self.fs
+            .rename(&temp, &target)
+            .map_err(|e| Error::io(&target, e))?;
+        self.sync_dir(&dir)
     }
 
     fn unpublish_metadata(&self, checkpoint_id: u64) -> Result<()> {
         self.delete(&metadata_path(checkpoint_id))?;
         let dir = self.root.join(checkpoint_dir(checkpoint_id));
-        if dir.is_dir() { sync_dir(&dir) } else { Ok(()) }
-    }
-}
-
-fn list_into(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
-    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-            continue;
-        };
-        let relative = if prefix.is_empty() {
-            name
+        if self.is_dir(&dir)? {
+            self.sync_dir(&dir)
         } else {
-            format!("{prefix}/{name}")
-        };
-        let file_type = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
-        if file_type.is_dir() {
-            list_into(&entry.path(), &relative, out)?;
-        } else {
-            out.push(relative);
+            Ok(())
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -68,6 +68,20 @@ pub trait WritableFile: Send {
     fn set_len(&mut self, len: u64) -> io::Result<()>;
 }
 
+/// A [`WritableFile`] as an [`io::Write`] (for `BufWriter`): every `write` writes all of it.
+pub struct IoWriter(pub Box<dyn WritableFile>);
+
+impl io::Write for IoWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A file open for positioned reads.
 pub trait ReadableFile: Send + Sync {
     /// The file's length when it was opened.

@@ -10,9 +10,9 @@
 //! - each unsynced entry of a directory independently keeps its durable state or (randomly)
 //!   its new one, so a rename may be undone, half done (both names) or done, and a new file whose
 //!   directory was not synced may vanish with its fsynced bytes;
-//! - after a failed fsync the file's unsynced bytes are undefined (overwritten with a pattern,
-//!   both in what later reads see and in what survives), and a later successful fsync does not
-//!   bring them back.
+//! - after a failed fsync the file's unsynced pages are dropped, as Linux does: later reads (and
+//!   what survives) see the old durable bytes where the file had them and zeros beyond, at the
+//!   length the file had reached, and a later successful fsync does not bring the data back.
 //!
 //! Faults: the `nth` operation of a kind from now on fails with EIO or ENOSPC, once or from then
 //! on ([`SimFs::inject`]); a capacity makes writes past it fail with ENOSPC
@@ -35,9 +35,6 @@ use crate::fs::{
 
 /// Bytes per sector: unsynced data survives a power loss torn at a multiple of this.
 const SECTOR: usize = 512;
-
-/// The pattern a failed fsync leaves in a file's unsynced bytes.
-const UNDEFINED_BYTE: u8 = 0xA5;
 
 /// Which operations a fault applies to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -405,12 +402,13 @@ impl State {
         inode.dirty_from = inode.data.len();
     }
 
-    /// A failed fsync: the unsynced bytes become undefined, now and after a power loss.
+    /// A failed fsync: the unsynced pages are dropped (old durable bytes where there were
+    /// some, zeros beyond), now and after a power loss.
     fn fail_sync(&mut self, id: u64) {
         let inode = self.files.get_mut(&id).expect("open file has an inode");
         let from = inode.dirty_from.min(inode.data.len());
-        for byte in &mut inode.data[from..] {
-            *byte = UNDEFINED_BYTE;
+        for (at, byte) in inode.data.iter_mut().enumerate().skip(from) {
+            *byte = inode.synced.get(at).copied().unwrap_or(0);
         }
         self.sync_file(id);
     }
@@ -474,7 +472,7 @@ impl State {
                     match mode {
                         PowerLoss::DropUnsynced => durable,
                         PowerLoss::Random => {
-                            if self.next_random() % 2 == 0 {
+                            if self.next_random().is_multiple_of(2) {
                                 live
                             } else {
                                 durable
@@ -492,21 +490,16 @@ impl State {
                         pending.push(id);
                     }
                     Node::File(id) => {
-                        if !new_files.contains_key(&id) {
+                        let inode = new_files.entry(id).or_insert_with(|| {
                             let data = self.surviving_bytes(id, mode);
-                            new_files.insert(
-                                id,
-                                Inode {
-                                    dirty_from: data.len(),
-                                    synced: data.clone(),
-                                    data,
-                                    links: 0,
-                                },
-                            );
-                        }
-                        if let Some(inode) = new_files.get_mut(&id) {
-                            inode.links += 1;
-                        }
+                            Inode {
+                                dirty_from: data.len(),
+                                synced: data.clone(),
+                                data,
+                                links: 0,
+                            }
+                        });
+                        inode.links += 1;
                     }
                 }
                 kept.insert(name, node);
@@ -1254,9 +1247,9 @@ mod tests {
         file.write_all(b"def").unwrap();
         let err = file.sync_data().unwrap_err();
         assert_eq!(err.raw_os_error(), Some(EIO));
-        // The failed sync left the unsynced bytes undefined, and a later sync does not undo it.
+        // The failed sync dropped the unsynced bytes, and a later sync does not bring them back.
         file.sync_data().unwrap();
-        assert_eq!(read(&fs, "/a").unwrap(), b"abc\xA5\xA5\xA5");
+        assert_eq!(read(&fs, "/a").unwrap(), b"abc\0\0\0");
         fs.inject(FaultOp::Write, 0, FaultKind::Enospc, true);
         for _ in 0..3 {
             let err = file.write_all(b"x").unwrap_err();

@@ -6,13 +6,12 @@
 //! On open the manifest is replayed and then rolled over to a fresh file holding one snapshot
 //! edit, so a torn tail left by a crash is never appended to.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::codec::cursor::Cursor;
 use crate::codec::record::{RecordError, put_record, read_record};
 use crate::error::{Error, Result};
+use crate::fs::{FileSystem, FsRef, WritableFile, write_atomic};
 use crate::lsm::version::{Version, VersionEdit};
 
 /// On disk: never change; FORMAT.md §9.
@@ -28,19 +27,33 @@ pub fn manifest_file_name(number: u64) -> String {
 }
 
 /// The live manifest, open for appending.
-#[derive(Debug)]
 pub struct Manifest {
+    fs: FsRef,
     dir: PathBuf,
     number: u64,
-    file: File,
+    file: Box<dyn WritableFile>,
     size: u64,
+    /// Set by a failed write or sync: the file's tail is then unknown (a torn record, or pages
+    /// a failed fsync may have dropped), so nothing may be appended after it.
+    failed: bool,
+}
+
+impl std::fmt::Debug for Manifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manifest")
+            .field("dir", &self.dir)
+            .field("number", &self.number)
+            .field("size", &self.size)
+            .field("failed", &self.failed)
+            .finish()
+    }
 }
 
 impl Manifest {
     /// Writes manifest `number` holding `version` as one snapshot edit, fsyncs it, and points
     /// `CURRENT` at it (temp name, fsync, rename, directory fsync). The previous manifest, if
     /// any, is deleted afterwards.
-    pub fn create(dir: &Path, number: u64, version: &Version) -> Result<Manifest> {
+    pub fn create(fs: &FsRef, dir: &Path, number: u64, version: &Version) -> Result<Manifest> {
         let name = manifest_file_name(number);
         let path = dir.join(&name);
         let mut bytes = Vec::new();
@@ -48,38 +61,65 @@ impl Manifest {
         header.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
         put_record(&mut bytes, &header);
         put_record(&mut bytes, &version.snapshot_edit().encode());
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
+        let mut file = fs.create(&path).map_err(|e| Error::io(&path, e))?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
             .map_err(|e| Error::io(&path, e))?;
-        file.write_all(&bytes).map_err(|e| Error::io(&path, e))?;
-        file.sync_all().map_err(|e| Error::io(&path, e))?;
-        let previous = read_current(dir).ok().flatten();
-        write_current(dir, &name)?;
+        let previous = read_current(fs.as_ref(), dir).ok().flatten();
+        write_current(fs.as_ref(), dir, &name)?;
         if let Some(old) = previous.filter(|old| *old != name) {
-            let _ = std::fs::remove_file(dir.join(old));
+            let _ = fs.remove_file(&dir.join(old));
         }
         Ok(Manifest {
+            fs: std::sync::Arc::clone(fs),
             dir: dir.to_path_buf(),
             number,
             file,
             size: bytes.len() as u64,
+            failed: false,
         })
     }
 
     /// Appends `edit` and fsyncs it: once this returns, the edit survives a crash.
+    ///
+    /// After a failed write or fsync the manifest refuses every further append (the store is
+    /// then read-only until reopened): its tail may hold a torn record or bytes a failed fsync
+    /// dropped, and a retry would append after them. Recovery at the next open replays the
+    /// durable prefix; the failed edit is there whole or not at all, and either is consistent,
+    /// since every file it adds was fsynced before it and no file it removes is deleted before
+    /// it succeeds.
     pub fn append(&mut self, edit: &VersionEdit) -> Result<()> {
         let path = self.dir.join(manifest_file_name(self.number));
+        if self.failed {
+            return Err(Error::io(
+                &path,
+                std::io::Error::other(
+                    "an earlier manifest write or fsync failed; the store is read-only until reopened",
+                ),
+            ));
+        }
         let mut record = Vec::new();
         put_record(&mut record, &edit.encode());
-        self.file
+        let written = self
+            .file
             .write_all(&record)
-            .map_err(|e| Error::io(&path, e))?;
-        self.file.sync_data().map_err(|e| Error::io(&path, e))?;
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            self.failed = true;
+            return Err(Error::io(&path, e));
+        }
         self.size += record.len() as u64;
         Ok(())
+    }
+
+    /// Whether a write or fsync of this manifest failed (no more appends).
+    pub fn has_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// The file system the manifest is on.
+    pub fn fs(&self) -> &FsRef {
+        &self.fs
     }
 
     /// Bytes written to this manifest (roll over when large).
@@ -94,9 +134,9 @@ impl Manifest {
 }
 
 /// Reads `CURRENT`; `None` when the store does not exist yet.
-pub fn read_current(dir: &Path) -> Result<Option<String>> {
+pub fn read_current(fs: &dyn FileSystem, dir: &Path) -> Result<Option<String>> {
     let path = dir.join(CURRENT_FILE);
-    let text = match std::fs::read(&path) {
+    let text = match fs.read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(&path, e)),
@@ -109,22 +149,13 @@ pub fn read_current(dir: &Path) -> Result<Option<String>> {
     Ok(Some(name.to_string()))
 }
 
-fn write_current(dir: &Path, name: &str) -> Result<()> {
-    let tmp = dir.join("CURRENT.tmp");
-    let path = dir.join(CURRENT_FILE);
-    let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    file.write_all(format!("{name}\n").as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-    sync_dir(dir)
+fn write_current(fs: &dyn FileSystem, dir: &Path, name: &str) -> Result<()> {
+    write_atomic(fs, &dir.join(CURRENT_FILE), format!("{name}\n").as_bytes())
 }
 
 /// fsyncs a directory so renames and new names in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+pub fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    fs.sync_dir(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// Rebuilds the version from the manifest `CURRENT` names. A torn last record (the file ends
@@ -132,8 +163,8 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// which was durable before the manifest became current; any other damage is corruption naming
 /// the manifest and offset. (A flipped bit in the length field of the last record looks like a
 /// torn append and drops that edit: the record framing's crc covers the payload only.)
-pub fn recover(dir: &Path) -> Result<Option<(Version, u64)>> {
-    let Some(name) = read_current(dir)? else {
+pub fn recover(fs: &dyn FileSystem, dir: &Path) -> Result<Option<(Version, u64)>> {
+    let Some(name) = read_current(fs, dir)? else {
         return Ok(None);
     };
     let number = name
@@ -143,7 +174,7 @@ pub fn recover(dir: &Path) -> Result<Option<(Version, u64)>> {
             Error::corruption(dir.join(CURRENT_FILE).display(), 0, "bad manifest name")
         })?;
     let path = dir.join(&name);
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let bytes = fs.read(&path).map_err(|e| Error::io(&path, e))?;
     let file = path.display().to_string();
     let version = replay(&bytes, &file)?;
     Ok(Some((version, number)))
@@ -234,18 +265,21 @@ pub fn replay(bytes: &[u8], file: &str) -> Result<Version> {
 mod tests {
     use super::*;
 
+    use crate::fs::{FaultKind, FaultOp, PowerLoss, SimFs, std_fs};
+
     #[test]
     fn create_append_recover_and_torn_tail() {
+        let fs = std_fs();
         let dir = tempfile::tempdir().unwrap();
         let v = Version::default();
-        let mut m = Manifest::create(dir.path(), 1, &v).unwrap();
+        let mut m = Manifest::create(&fs, dir.path(), 1, &v).unwrap();
         let edit = VersionEdit {
             cf_added: vec![(0, "default".into())],
             last_sequence: Some(42),
             ..VersionEdit::default()
         };
         m.append(&edit).unwrap();
-        let (rec, n) = recover(dir.path()).unwrap().unwrap();
+        let (rec, n) = recover(fs.as_ref(), dir.path()).unwrap().unwrap();
         assert_eq!((rec.last_sequence, n), (42, 1));
         assert_eq!(rec.cf_id("default"), Some(0));
 
@@ -262,9 +296,55 @@ mod tests {
         assert!(replay(&[], "m").is_err());
 
         // Rolling over keeps the state and removes the old manifest.
-        let m2 = Manifest::create(dir.path(), 2, &rec).unwrap();
+        let m2 = Manifest::create(&fs, dir.path(), 2, &rec).unwrap();
         assert_eq!(m2.number(), 2);
         assert!(!path.exists());
-        assert_eq!(recover(dir.path()).unwrap().unwrap().0.last_sequence, 42);
+        assert_eq!(
+            recover(fs.as_ref(), dir.path())
+                .unwrap()
+                .unwrap()
+                .0
+                .last_sequence,
+            42
+        );
+    }
+
+    #[test]
+    fn a_failed_append_poisons_the_manifest_and_recovery_sees_a_consistent_prefix() {
+        let edit = |seq| VersionEdit {
+            last_sequence: Some(seq),
+            ..VersionEdit::default()
+        };
+        for (op, kind) in [
+            (FaultOp::Write, FaultKind::Enospc),
+            (FaultOp::Write, FaultKind::Eio),
+            (FaultOp::Sync, FaultKind::Eio),
+        ] {
+            let sim = SimFs::new(11);
+            let fs: FsRef = sim.clone();
+            let dir = Path::new("/db");
+            fs.create_dir(dir).unwrap();
+            fs.sync_dir(Path::new("/")).unwrap();
+            let mut m = Manifest::create(&fs, dir, 1, &Version::default()).unwrap();
+            m.append(&VersionEdit {
+                cf_added: vec![(0, "default".into())],
+                ..edit(1)
+            })
+            .unwrap();
+            sim.inject(op, 0, kind, false);
+            assert!(m.append(&edit(2)).is_err(), "{op:?}");
+            assert!(m.has_failed());
+            // The fault fired once; a retry would now succeed at the file system, but the
+            // manifest refuses it: it would follow a torn or undefined record.
+            let retry = m.append(&edit(3)).unwrap_err();
+            assert!(retry.to_string().contains("read-only"), "{retry}");
+            drop(m);
+            sim.power_loss(PowerLoss::DropUnsynced);
+            let (version, _) = recover(fs.as_ref(), dir).unwrap().unwrap();
+            assert_eq!(
+                version.last_sequence, 1,
+                "{op:?}: only the acknowledged edit survives"
+            );
+        }
     }
 }

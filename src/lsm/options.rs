@@ -86,6 +86,9 @@ pub struct Options {
     /// Run flushes and compactions on a background thread (default true). With false they run
     /// only through `flush`/`compact_range`/`run_background_work` (deterministic tests).
     pub background_work: bool,
+    /// The file system every file of the store is on (default: the real one, [`crate::fs::StdFs`];
+    /// tests use [`crate::fs::SimFs`]).
+    pub fs: crate::fs::FsRef,
 }
 
 impl Default for Options {
@@ -106,6 +109,7 @@ impl Default for Options {
             clock: system_clock(),
             allow_mmap_reads: false,
             background_work: true,
+            fs: crate::fs::std_fs(),
         }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::error::Result;
+use crate::fs::FsRef;
 use crate::lsm::block_cache::BlockCache;
 use crate::lsm::sst::reader::SstReader;
 use crate::lsm::version::FileMeta;
@@ -25,27 +26,38 @@ pub fn parse_sst_file_name(name: &str) -> Option<u64> {
 }
 
 /// One live SST file.
-#[derive(Debug)]
 pub struct TableFile {
     meta: Arc<FileMeta>,
     path: PathBuf,
     cache: Option<Arc<BlockCache>>,
     /// Read through a memory map (else with `pread`): `Options::allow_mmap_reads`.
     mmap: bool,
+    fs: FsRef,
     reader: OnceLock<Arc<SstReader>>,
     obsolete: AtomicBool,
+}
+
+impl std::fmt::Debug for TableFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableFile")
+            .field("path", &self.path)
+            .field("meta", &self.meta)
+            .finish()
+    }
 }
 
 impl TableFile {
     /// A table for `meta` in `dir`; the file is opened on first use, and read through a memory
     /// map when `mmap` is true, with `pread` otherwise.
     pub fn new(
+        fs: &FsRef,
         dir: &Path,
         meta: Arc<FileMeta>,
         cache: Option<Arc<BlockCache>>,
         mmap: bool,
     ) -> Arc<Self> {
         Arc::new(TableFile {
+            fs: Arc::clone(fs),
             path: dir.join(sst_file_name(meta.number)),
             meta,
             cache,
@@ -70,7 +82,8 @@ impl TableFile {
         if let Some(reader) = self.reader.get() {
             return Ok(reader);
         }
-        let opened = Arc::new(SstReader::open_with(
+        let opened = Arc::new(SstReader::open_on(
+            self.fs.as_ref(),
             &self.path,
             self.meta.number,
             self.cache.clone(),
@@ -94,7 +107,7 @@ impl Drop for TableFile {
             }
             // Drop the mapping before unlinking (not required on Unix, tidy everywhere).
             drop(self.reader.take());
-            let _ = std::fs::remove_file(&self.path);
+            let _ = self.fs.remove_file(&self.path);
         }
     }
 }

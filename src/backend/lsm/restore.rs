@@ -342,12 +342,13 @@ pub(super) fn restore(
     };
     let opened = (|| -> Result<Db> {
         let version = Version::default().apply(&edit, "restored layout", 0)?;
-        sync_dir(&dir)?;
+        let db_options = backend.db_options(&states);
+        sync_dir(db_options.fs.as_ref(), &dir)?;
         let manifest_number = version.next_file_number;
         let mut version = version;
         version.next_file_number = manifest_number + 1;
-        Manifest::create(&dir, manifest_number, &version)?;
-        let db = Db::open(&dir, backend.db_options(&states))?;
+        Manifest::create(&db_options.fs, &dir, manifest_number, &version)?;
+        let db = Db::open(&dir, db_options)?;
         for source in sources.iter().filter(|s| s.layout.is_none()) {
             super::full::load(&db, source.storage.as_ref(), &source.metadata, source.keep)?;
         }

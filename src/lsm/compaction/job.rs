@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::fs::FileSystem;
 use crate::lsm::format::{ValueKind, internal_key, parse_internal_key};
 use crate::lsm::iterator::InternalIterator;
 use crate::lsm::merge::{CompactionFilter, FilterDecision, MergeOperator};
@@ -18,6 +19,8 @@ use crate::lsm::version::RangeTombstone;
 /// What one compaction job needs besides its input.
 #[derive(Clone, Copy, Debug)]
 pub struct JobParams<'a> {
+    /// The file system output files are written to.
+    pub fs: &'a dyn FileSystem,
     /// Output level.
     pub level: usize,
     /// No older data for the input's keys exists below the output level.
@@ -373,7 +376,7 @@ impl OutputFiles<'_, '_> {
 
     fn open(&mut self) -> Result<&mut SstBuilder> {
         let (number, path) = (self.new_file)()?;
-        let mut builder = SstBuilder::create(&path, *self.params.sst_options)?;
+        let mut builder = SstBuilder::create_on(self.params.fs, &path, *self.params.sst_options)?;
         self.created.push(path);
         builder.set_creation_time(self.params.now_ms);
         Ok(&mut self.current.insert((number, builder)).1)
@@ -390,7 +393,7 @@ impl OutputFiles<'_, '_> {
     fn remove_created(&mut self) {
         self.current = None;
         for path in self.created.drain(..) {
-            let _ = std::fs::remove_file(path);
+            let _ = self.params.fs.remove_file(&path);
         }
         self.files.clear();
     }

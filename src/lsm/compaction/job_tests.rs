@@ -25,6 +25,7 @@ struct Version {
 
 fn params<'a>(sst: &'a SstOptions) -> JobParams<'a> {
     JobParams {
+        fs: &crate::fs::StdFs,
         level: 1,
         bottommost: false,
         snapshots: &[],
@@ -279,6 +280,7 @@ fn check_case(case: &Case) -> Result<()> {
     let operator = AppendOperator;
     let merge: Option<&dyn MergeOperator> = case.with_operator.then_some(&operator as _);
     let params = JobParams {
+        fs: &crate::fs::StdFs,
         level: 2,
         bottommost: case.bottommost,
         snapshots: &case.snapshots,

@@ -58,7 +58,7 @@ pub(super) fn run(inner: &Arc<DbInner>, worker: Worker) {
             Worker::Compaction => compact_one(inner),
         };
         if let Err(e) = done {
-            *inner.background_error.lock() = Some(e.to_string());
+            inner.set_background_error(&e);
             let _core = inner.core.lock();
             inner.work.notify_all();
             return;
@@ -92,7 +92,9 @@ fn compact_one(inner: &DbInner) -> Result<bool> {
 
 /// Runs flushes and compactions on this thread until none is due.
 pub(super) fn run_until_idle(inner: &DbInner) -> Result<()> {
-    while step(inner)? {}
+    inner.check_background_error()?;
+    // A failure here stops the store as it would on the background threads.
+    while step(inner).inspect_err(|e| inner.set_background_error(e))? {}
     Ok(())
 }
 
@@ -120,7 +122,9 @@ pub(super) fn log_and_apply<T, R>(
         let version = core.version.apply(&edit, "live version edit", 0)?;
         (edit, version, handed)
     };
-    manifest.append(&edit)?;
+    manifest
+        .append(&edit)
+        .inspect_err(|e| inner.set_background_error(e))?;
     let mut core = inner.core.lock();
     for (_, _, meta) in &edit.new_files {
         if core.tables.contains_key(&meta.number) {
@@ -135,6 +139,7 @@ pub(super) fn log_and_apply<T, R>(
             core.tables.insert(
                 meta.number,
                 TableFile::new(
+                    &inner.options.fs,
                     &inner.dir,
                     file.clone(),
                     Some(inner.cache.clone()),
@@ -172,7 +177,8 @@ pub(super) fn log_and_apply<T, R>(
     drop(retired);
     drop(retired_tables);
     if let Some((number, snapshot)) = rollover {
-        *manifest = Manifest::create(&inner.dir, number, &snapshot)?;
+        *manifest = Manifest::create(&inner.options.fs, &inner.dir, number, &snapshot)
+            .inspect_err(|e| inner.set_background_error(e))?;
     }
     Ok(Some(result))
 }
@@ -356,6 +362,7 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
     merged.seek_to_first()?;
     let snapshots = inner.snapshot_sequences();
     let params = JobParams {
+        fs: inner.options.fs.as_ref(),
         level: job.output_level,
         bottommost: job.bottommost,
         snapshots: &snapshots,
@@ -372,7 +379,7 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
     };
     let output = job::run(&mut merged, &params, &mut new_file)?;
     drop(merged);
-    sync_dir(&inner.dir)?;
+    sync_dir(inner.options.fs.as_ref(), &inner.dir)?;
     let read: u64 = job.inputs.iter().map(|(_, f)| f.size).sum();
     let mut edit = VersionEdit {
         deleted_files: job

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::DbInner;
 use crate::error::{Error, Result};
+use crate::fs::{FileSystem, create_dir_durable, write_new_synced};
 use crate::lsm::manifest::{Manifest, sync_dir};
 use crate::lsm::table::TableFile;
 use crate::lsm::version::FileMeta;
@@ -125,33 +126,34 @@ pub(super) fn flush_output(
     }
 }
 
-/// Hard-links (or copies) `from` to `to` and makes the new name durable.
-pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
-    if std::fs::hard_link(from, to).is_ok() {
+/// Hard-links (or copies, across file systems) `from` to `to`; a copy is fsynced. The caller
+/// fsyncs `to`'s directory to make the new name durable.
+pub fn link_or_copy(fs: &dyn FileSystem, from: &Path, to: &Path) -> Result<()> {
+    if fs.hard_link(from, to).is_ok() {
         return Ok(());
     }
-    std::fs::copy(from, to).map_err(|e| Error::io(to, e))?;
-    std::fs::File::open(to)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(to, e))
+    let bytes = fs.read(from).map_err(|e| Error::io(from, e))?;
+    write_new_synced(fs, to, &bytes)
 }
 
 pub(super) fn checkpoint(inner: &DbInner, dir: &Path) -> Result<LiveFiles> {
-    if dir.exists() {
+    let fs = &inner.options.fs;
+    if fs.exists(dir).map_err(|e| Error::io(dir, e))? {
         return Err(Error::invalid(format!(
             "checkpoint directory {} already exists",
             dir.display()
         )));
     }
     let live = live_files(inner);
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // The directory is durable in its parent before anything in it is relied on.
+    create_dir_durable(fs.as_ref(), dir)?;
     for file in &live.files {
         let name = file.path.file_name().unwrap_or_default();
-        link_or_copy(&file.path, &dir.join(name))?;
+        link_or_copy(fs.as_ref(), &file.path, &dir.join(name))?;
     }
-    sync_dir(dir)?;
+    sync_dir(fs.as_ref(), dir)?;
     let mut version = (*live.version).clone();
     version.next_file_number = version.next_file_number.max(2);
-    Manifest::create(dir, 1, &version)?;
+    Manifest::create(fs, dir, 1, &version)?;
     Ok(live)
 }

@@ -10,6 +10,7 @@ use super::DbInner;
 use super::background::log_and_apply;
 use super::shadowed::ShadowedVersions;
 use crate::error::Result;
+use crate::fs::FileSystem;
 use crate::lsm::format::parse_internal_key;
 use crate::lsm::iterator::InternalIterator;
 use crate::lsm::manifest::sync_dir;
@@ -24,7 +25,9 @@ use crate::lsm::wal::parse_wal_file_name;
 /// for (the flush lock), then whatever is left is flushed here.
 pub(super) fn wait_for_flushes(inner: &DbInner) -> Result<()> {
     inner.check_background_error()?;
-    while flush_one(inner)? {}
+    // A failed flush leaves the store read-only, as it does on the flush thread: its WAL may be
+    // gone, its manifest may end in a failed edit.
+    while flush_one(inner).inspect_err(|e| inner.set_background_error(e))? {}
     Ok(())
 }
 
@@ -32,6 +35,7 @@ pub(super) fn wait_for_flushes(inner: &DbInner) -> Result<()> {
 /// can see given the live `snapshots` (ascending; see [`ShadowedVersions`]); returns its
 /// metadata (None when no point entry was written) and its range tombstones.
 pub(super) fn build_table(
+    fs: &dyn FileSystem,
     dir: &Path,
     number: u64,
     memtable: &Memtable,
@@ -55,7 +59,7 @@ pub(super) fn build_table(
         return Ok((None, tombstones));
     }
     let path = dir.join(sst_file_name(number));
-    let mut builder = SstBuilder::create(&path, options.sst)?;
+    let mut builder = SstBuilder::create_on(fs, &path, options.sst)?;
     builder.set_creation_time(now_ms);
     let mut shadowed = ShadowedVersions::new(snapshots);
     memtable.for_each_entry(|key, value| {
@@ -122,8 +126,15 @@ pub(super) fn flush_one(inner: &DbInner) -> Result<bool> {
             let options = state.options.clone();
             (core.allocate_file_number(), options)
         };
-        let (meta, tombstones) =
-            build_table(&inner.dir, number, memtable, &options, now, &snapshots)?;
+        let (meta, tombstones) = build_table(
+            inner.options.fs.as_ref(),
+            &inner.dir,
+            number,
+            memtable,
+            &options,
+            now,
+            &snapshots,
+        )?;
         if let Some(meta) = meta {
             written += meta.size;
             edit.new_files.push((*cf, 0, meta));
@@ -131,7 +142,7 @@ pub(super) fn flush_one(inner: &DbInner) -> Result<bool> {
         edit.tombstones_added
             .extend(tombstones.into_iter().map(|t| (*cf, t)));
     }
-    sync_dir(&inner.dir)?;
+    sync_dir(inner.options.fs.as_ref(), &inner.dir)?;
     let min_log = log_and_apply(
         inner,
         |core| {
@@ -184,21 +195,20 @@ pub(super) fn flush_one(inner: &DbInner) -> Result<bool> {
     drop(flushing);
     // WALs below `min_log` stay below it (log numbers only grow), so a racing flush deleting
     // the same files is harmless.
-    delete_wals_below(&inner.dir, min_log);
+    delete_wals_below(inner.options.fs.as_ref(), &inner.dir, min_log);
     drop(batch);
     Ok(true)
 }
 
-fn delete_wals_below(dir: &Path, min_log: u64) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+fn delete_wals_below(fs: &dyn FileSystem, dir: &Path, min_log: u64) {
+    let Ok(entries) = fs.read_dir(dir) else {
         return;
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if let Some(number) = name.to_str().and_then(parse_wal_file_name)
+    for entry in entries {
+        if let Some(number) = parse_wal_file_name(&entry.name)
             && number < min_log
         {
-            let _ = std::fs::remove_file(entry.path());
+            let _ = fs.remove_file(&dir.join(&entry.name));
         }
     }
 }

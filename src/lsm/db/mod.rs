@@ -14,7 +14,6 @@ mod shadowed;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -242,7 +241,9 @@ struct DbInner {
     visible_sequence: AtomicU64,
     snapshots: Mutex<BTreeMap<u64, usize>>,
     shutdown: AtomicBool,
-    background_error: Mutex<Option<String>>,
+    /// The first failure of background work (or of a flush run for a caller): the store is
+    /// read-only from then on. The path and kind of an I/O error are kept for the error callers get.
+    background_error: Mutex<Option<BackgroundError>>,
     counters: Counters,
     /// Held while a compaction runs: one at a time, background or manual.
     compaction_lock: Mutex<()>,
@@ -250,7 +251,15 @@ struct DbInner {
     flush_lock: Mutex<()>,
     /// Outputs of flushes since the last `take_flushed`, when capturing is on.
     flush_log: Mutex<Option<Vec<FlushOutput>>>,
-    _lock: File,
+    _lock: Box<dyn crate::fs::FileLock>,
+}
+
+/// What stopped the store: see `DbInner::background_error`.
+#[derive(Debug)]
+struct BackgroundError {
+    path: PathBuf,
+    kind: std::io::ErrorKind,
+    what: String,
 }
 
 impl Db {
@@ -359,7 +368,11 @@ impl Db {
 
     /// fsyncs the WAL: every write acknowledged before survives power loss.
     pub fn sync_wal(&self) -> Result<()> {
-        self.inner.writer.lock().sync()
+        let mut writer = self.inner.writer.lock();
+        self.inner.check_background_error()?;
+        writer
+            .sync()
+            .inspect_err(|e| self.inner.set_background_error(e))
     }
 
     /// The value of `key`, as of now.
@@ -494,10 +507,36 @@ impl DbInner {
             return Err(Error::Closed);
         }
         match self.background_error.lock().as_ref() {
-            Some(what) => Err(Error::invalid(format!(
-                "the store stopped after a background error: {what}; reopen it to recover"
-            ))),
+            Some(failed) => Err(Error::io(
+                &failed.path,
+                std::io::Error::new(
+                    failed.kind,
+                    format!(
+                        "the store at {} is read-only after a failed write: {}; reopen it to recover",
+                        self.dir.display(),
+                        failed.what
+                    ),
+                ),
+            )),
             None => Ok(()),
+        }
+    }
+
+    /// Records `error` as the store's background error (the first one wins): every later write,
+    /// flush and compaction fails with it until the store is reopened.
+    fn set_background_error(&self, error: &Error) {
+        let mut slot = self.background_error.lock();
+        if slot.is_none() {
+            let (path, kind) = match error {
+                Error::Io { path, source } => (path.clone(), source.kind()),
+                _ => (self.dir.clone(), std::io::ErrorKind::Other),
+            };
+            tracing::error!(dir = %self.dir.display(), error = %error, "store turns read-only");
+            *slot = Some(BackgroundError {
+                path,
+                kind,
+                what: error.to_string(),
+            });
         }
     }
 

@@ -5,7 +5,6 @@
 //! at any point of it leaves either the old manifest and WALs (replayed again) or the new ones.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -15,6 +14,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use super::flush::build_table;
 use super::{CfState, Core, Counters, DEFAULT_CF, DbInner, SuperVersion, WriterState};
 use crate::error::{Error, Result};
+use crate::fs::{FileLock, FileSystem, FsRef, create_dir_durable};
 use crate::lsm::block_cache::BlockCache;
 use crate::lsm::manifest::{self, Manifest, sync_dir};
 use crate::lsm::memtable::Memtable;
@@ -27,19 +27,19 @@ use crate::lsm::wal::{WalRecovery, WalWriter, parse_wal_file_name, wal_file_name
 pub const LOCK_FILE: &str = "LOCK";
 
 pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
-    if !dir.exists() {
-        if !options.create_if_missing {
-            return Err(Error::invalid(format!(
-                "no store at {} and create_if_missing is false",
-                dir.display()
-            )));
-        }
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let fs = Arc::clone(&options.fs);
+    if !fs.exists(dir).map_err(|e| Error::io(dir, e))? && !options.create_if_missing {
+        return Err(Error::invalid(format!(
+            "no store at {} and create_if_missing is false",
+            dir.display()
+        )));
     }
-    let lock = lock_dir(dir)?;
+    // Also when the directory exists: a crash may have left it created but not yet durable.
+    create_dir_durable(fs.as_ref(), dir)?;
+    let lock = lock_dir(&fs, dir)?;
     let cache = Arc::new(BlockCache::new(options.block_cache_size));
 
-    let version = match manifest::recover(dir)? {
+    let version = match manifest::recover(fs.as_ref(), dir)? {
         Some((version, _)) => version,
         None if options.create_if_missing => {
             let edit = VersionEdit {
@@ -58,7 +58,7 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
         }
     };
     let mut next_file_number = version.next_file_number.max(1);
-    let names = list_dir(dir)?;
+    let names = list_dir(fs.as_ref(), dir)?;
     let mut wals: Vec<u64> = names
         .iter()
         .filter_map(|n| parse_wal_file_name(n))
@@ -96,7 +96,7 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
     let mut last_sequence = version.last_sequence;
     for &number in wals.iter().filter(|&&n| n >= min_log) {
         let path = dir.join(wal_file_name(number));
-        let recovered = WalRecovery::read(&path, options.wal_recovery)?;
+        let recovered = WalRecovery::read_on(fs.as_ref(), &path, options.wal_recovery)?;
         for batch in &recovered.batches {
             for (sequence, op) in batch.iter() {
                 let Some(cf) = version.cfs.get(&op.cf()) else {
@@ -129,7 +129,8 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
         let cf_options = options.cf(&name);
         let number = next_file_number;
         next_file_number += 1;
-        let (meta, tombstones) = build_table(dir, number, memtable, &cf_options, now, &[])?;
+        let (meta, tombstones) =
+            build_table(fs.as_ref(), dir, number, memtable, &cf_options, now, &[])?;
         if let Some(meta) = meta {
             edit.new_files.push((*id, 0, meta));
         }
@@ -142,13 +143,14 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
     edit.cf_log_numbers = version.cfs.keys().map(|id| (*id, log_number)).collect();
     edit.last_sequence = Some(last_sequence);
     edit.next_file_number = Some(next_file_number);
-    sync_dir(dir)?;
+    sync_dir(fs.as_ref(), dir)?;
     let version = version.apply(&edit, "recovery", 0)?;
-    let manifest = Manifest::create(dir, manifest_number, &version)?;
+    let manifest = Manifest::create(&fs, dir, manifest_number, &version)?;
     let wal = if options.disable_wal {
         None
     } else {
-        Some(WalWriter::create(
+        Some(WalWriter::create_on(
+            &fs,
             &dir.join(wal_file_name(log_number)),
             log_number,
             options.wal_sync,
@@ -164,10 +166,10 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
                 && *name != manifest::manifest_file_name(manifest_number))
             || name.ends_with(".tmp");
         if obsolete {
-            let _ = std::fs::remove_file(dir.join(name));
+            let _ = fs.remove_file(&dir.join(name));
         }
     }
-    sync_dir(dir)?;
+    sync_dir(fs.as_ref(), dir)?;
 
     let mut tables = HashMap::new();
     for cf in version.cfs.values() {
@@ -175,6 +177,7 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
             tables.insert(
                 file.number,
                 TableFile::new(
+                    &fs,
                     dir,
                     file.clone(),
                     Some(cache.clone()),
@@ -236,22 +239,23 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
     Ok(inner)
 }
 
-fn lock_dir(dir: &Path) -> Result<File> {
-    crate::lock::try_lock_file(&dir.join(LOCK_FILE))?.ok_or_else(|| {
-        Error::invalid(format!(
-            "the store at {} is in use by another process (its LOCK file is held)",
-            dir.display()
-        ))
-    })
+fn lock_dir(fs: &FsRef, dir: &Path) -> Result<Box<dyn FileLock>> {
+    let path = dir.join(LOCK_FILE);
+    fs.try_lock(&path)
+        .map_err(|e| Error::io(&path, e))?
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "the store at {} is in use by another process (its LOCK file is held)",
+                dir.display()
+            ))
+        })
 }
 
-fn list_dir(dir: &Path) -> Result<Vec<String>> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        if let Some(name) = entry.file_name().to_str() {
-            names.push(name.to_string());
-        }
-    }
-    Ok(names)
+fn list_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<String>> {
+    Ok(fs
+        .read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .into_iter()
+        .map(|entry| entry.name)
+        .collect())
 }

@@ -40,7 +40,8 @@ pub(super) fn write(inner: &DbInner, mut batch: WriteBatch) -> Result<()> {
     }
     batch.set_base_sequence(writer.last_sequence + 1)?;
     if let Some(wal) = &mut writer.wal {
-        wal.append(&batch)?;
+        wal.append(&batch)
+            .inspect_err(|e| inner.set_background_error(e))?;
     }
     for (sequence, op) in batch.iter() {
         if let Some(cf) = sv.cfs.get(&op.cf()) {
@@ -125,9 +126,12 @@ fn freeze_locked(
     let log_number = core.allocate_file_number();
     if !inner.options.disable_wal {
         let path = inner.dir.join(wal_file_name(log_number));
-        let wal = WalWriter::create(&path, log_number, inner.options.wal_sync)?;
+        let wal =
+            WalWriter::create_on(&inner.options.fs, &path, log_number, inner.options.wal_sync)?;
         // The old WAL keeps what was written to it; make it durable before it stops growing.
-        writer.sync()?;
+        writer
+            .sync()
+            .inspect_err(|e| inner.set_background_error(e))?;
         writer.wal = Some(wal);
     }
     writer.log_number = log_number;

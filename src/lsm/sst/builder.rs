@@ -5,13 +5,13 @@
 //! file (renaming into place, fsyncing the directory, recording it in the manifest) is the
 //! caller's job.
 
-use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::codec::block::{BlockBuilder, Compression, MAX_BLOCK_SIZE, seal};
 use crate::error::{Error, Result};
+use crate::fs::{FileSystem, IoWriter};
 use crate::lsm::format::{ValueKind, compare_internal, parse_internal_key};
 use crate::lsm::sst::SstOptions;
 use crate::lsm::sst::bloom::BloomBuilder;
@@ -34,7 +34,7 @@ pub struct SstMetadata {
 pub struct SstBuilder {
     path: PathBuf,
     label: String,
-    writer: BufWriter<File>,
+    writer: BufWriter<IoWriter>,
     /// Running CRC-32 of every byte written.
     file_crc: crc32fast::Hasher,
     offset: u64,
@@ -61,12 +61,13 @@ impl std::fmt::Debug for SstBuilder {
 impl SstBuilder {
     /// Creates a new file at `path` (which must not exist) for writing.
     pub fn create(path: &Path, options: SstOptions) -> Result<Self> {
+        SstBuilder::create_on(crate::fs::std_fs().as_ref(), path, options)
+    }
+
+    /// [`SstBuilder::create`] on the file system `fs`.
+    pub fn create_on(fs: &dyn FileSystem, path: &Path, options: SstOptions) -> Result<Self> {
         options.validate()?;
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
+        let file = IoWriter(fs.create_new(path).map_err(|e| Error::io(path, e))?);
         let creation_time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -190,7 +191,7 @@ impl SstBuilder {
             properties,
         };
         self.write_stored(&footer.encode())?;
-        let file = self
+        let IoWriter(mut file) = self
             .writer
             .into_inner()
             .map_err(|e| Error::io(&self.path, e.into_error()))?;

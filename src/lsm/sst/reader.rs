@@ -6,11 +6,8 @@
 
 use std::cell::Cell;
 use std::cmp::Ordering;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use memmap2::Mmap;
 
 use crate::codec::block::{Block, BlockIter, SharedBytes, unseal};
 use crate::codec::block_iter::{FlatEntry, flat_entries};
@@ -130,9 +127,20 @@ impl SstReader {
         cache: Option<Arc<BlockCache>>,
         mmap: bool,
     ) -> Result<Self> {
+        SstReader::open_on(crate::fs::std_fs().as_ref(), path, file_number, cache, mmap)
+    }
+
+    /// [`SstReader::open_with`] on the file system `fs`.
+    pub fn open_on(
+        fs: &dyn crate::fs::FileSystem,
+        path: &Path,
+        file_number: u64,
+        cache: Option<Arc<BlockCache>>,
+        mmap: bool,
+    ) -> Result<Self> {
         let label: Arc<str> = Arc::from(path.display().to_string());
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let file = fs.open_read(path).map_err(|e| Error::io(path, e))?;
+        let len = file.len();
         if len < FOOTER_LEN as u64 {
             return Err(Error::corruption(
                 &*label,
@@ -148,14 +156,9 @@ impl SstReader {
             };
             return SstReader::from_storage(storage, label, path, file_number, cache);
         }
-        // SAFETY: SST files are immutable once published: flowstate never truncates, rewrites or
-        // appends to a file after `SstBuilder::finish`, and deletes it only by unlinking, which
-        // keeps the pages of an existing map valid. The map is owned by an `Arc` that every
-        // block borrowing from it (and every iterator and cache entry holding such a block)
-        // keeps alive, so no slice outlives it.
-        #[allow(unsafe_code)]
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        SstReader::from_bytes(Arc::new(map), label, path, file_number, cache)
+        // SST files are immutable once published, as `ReadableFile::map` requires.
+        let map = file.map().map_err(|e| Error::io(path, e))?;
+        SstReader::from_bytes(map, label, path, file_number, cache)
     }
 
     /// Opens an SST held in memory (tests, fuzzing, files fetched from checkpoint storage);

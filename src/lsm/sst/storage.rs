@@ -6,14 +6,13 @@
 //! (which RSS does not count) holds file pages.
 
 use std::borrow::Cow;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::codec::block::{Block, SharedBytes};
 use crate::codec::record::crc32;
 use crate::error::{Error, Result};
+use crate::fs::ReadableFile;
 use crate::lsm::sst::format::BlockHandle;
 
 /// A thread's read buffer is dropped after a read that grew it past this (an unusually large
@@ -35,7 +34,7 @@ pub(crate) enum Storage {
     /// An open file of `len` bytes, read with positioned reads.
     File {
         /// The open file.
-        file: File,
+        file: Arc<dyn ReadableFile>,
         /// Its length when opened (SSTs never change once published).
         len: u64,
         /// Its path, for I/O errors.

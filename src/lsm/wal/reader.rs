@@ -66,7 +66,16 @@ pub struct WalRecovery {
 impl WalRecovery {
     /// Reads every batch of the WAL at `path` according to `mode`.
     pub fn read(path: &Path, mode: RecoveryMode) -> Result<WalRecovery> {
-        let mut reader = WalReader::open(path, mode)?;
+        WalRecovery::read_on(crate::fs::std_fs().as_ref(), path, mode)
+    }
+
+    /// [`WalRecovery::read`] on the file system `fs`.
+    pub fn read_on(
+        fs: &dyn crate::fs::FileSystem,
+        path: &Path,
+        mode: RecoveryMode,
+    ) -> Result<WalRecovery> {
+        let mut reader = WalReader::open_on(fs, path, mode)?;
         let mut batches = Vec::new();
         while let Some(batch) = reader.next_batch()? {
             batches.push(batch);
@@ -111,7 +120,16 @@ pub struct WalReader {
 impl WalReader {
     /// Opens the WAL at `path` and checks its header.
     pub fn open(path: &Path, mode: RecoveryMode) -> Result<WalReader> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        WalReader::open_on(crate::fs::std_fs().as_ref(), path, mode)
+    }
+
+    /// [`WalReader::open`] on the file system `fs`.
+    pub fn open_on(
+        fs: &dyn crate::fs::FileSystem,
+        path: &Path,
+        mode: RecoveryMode,
+    ) -> Result<WalReader> {
+        let bytes = fs.read(path).map_err(|e| Error::io(path, e))?;
         WalReader::from_bytes(bytes, path.display().to_string(), mode)
     }
 

@@ -4,12 +4,11 @@
 //! nothing appended; only unsynced data can be lost to a power failure. After any failed write
 //! or sync the writer refuses further calls, since the file's state is then unknown.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::codec::record::put_record;
 use crate::error::{Error, Result};
+use crate::fs::{FsRef, WritableFile, std_fs, sync_parent};
 use crate::lsm::batch::WriteBatch;
 use crate::lsm::wal::reader::{DamageKind, RecoveryMode, WalRecovery};
 use crate::lsm::wal::{WAL_HEADER_LEN, encode_header};
@@ -45,7 +44,8 @@ pub enum SyncMode {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct WalWriter {
-    file: File,
+    file: Box<dyn WritableFile>,
+    fs: FsRef,
     path: PathBuf,
     log_number: u64,
     sync_mode: SyncMode,
@@ -56,23 +56,31 @@ pub struct WalWriter {
     /// Scratch for one framed record, reused between appends.
     record: Vec<u8>,
     failed: bool,
+    /// Whether the file's directory entry is known durable (its directory was fsynced after
+    /// the file was created). [`WalWriter::sync`] makes it so before it first returns.
+    name_durable: bool,
 }
 
 impl WalWriter {
     /// Creates a new WAL at `path` (which must not exist) and writes its header. With
     /// [`SyncMode::EveryBatch`] the file and its directory are synced before this returns.
     pub fn create(path: &Path, log_number: u64, sync_mode: SyncMode) -> Result<WalWriter> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        let mut writer = WalWriter::new(file, path, log_number, sync_mode, 0, 0);
+        WalWriter::create_on(&std_fs(), path, log_number, sync_mode)
+    }
+
+    /// [`WalWriter::create`] on the file system `fs`.
+    pub fn create_on(
+        fs: &FsRef,
+        path: &Path,
+        log_number: u64,
+        sync_mode: SyncMode,
+    ) -> Result<WalWriter> {
+        let file = fs.create_new(path).map_err(|e| Error::io(path, e))?;
+        let mut writer = WalWriter::new(fs, file, path, log_number, sync_mode, 0, 0);
         writer.write_out(&encode_header(log_number))?;
         writer.len = WAL_HEADER_LEN as u64;
         if sync_mode == SyncMode::EveryBatch {
             writer.sync()?;
-            sync_parent_dir(path)?;
         }
         Ok(writer)
     }
@@ -89,7 +97,18 @@ impl WalWriter {
         sync_mode: SyncMode,
         mode: RecoveryMode,
     ) -> Result<(WalWriter, WalRecovery)> {
-        let recovery = WalRecovery::read(path, mode)?;
+        WalWriter::reopen_on(&std_fs(), path, log_number, sync_mode, mode)
+    }
+
+    /// [`WalWriter::reopen`] on the file system `fs`.
+    pub fn reopen_on(
+        fs: &FsRef,
+        path: &Path,
+        log_number: u64,
+        sync_mode: SyncMode,
+        mode: RecoveryMode,
+    ) -> Result<(WalWriter, WalRecovery)> {
+        let recovery = WalRecovery::read_on(fs.as_ref(), path, mode)?;
         if let Some(found) = recovery.log_number.filter(|&n| n != log_number) {
             return Err(Error::corruption(
                 path.display(),
@@ -108,15 +127,12 @@ impl WalWriter {
                 format!("cannot append after a damaged record: {}", stop.what),
             ));
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
+        let file = fs.open_append(path).map_err(|e| Error::io(path, e))?;
         let next_sequence = recovery
             .batches
             .last()
             .map_or(0, |b| b.last_sequence() + u64::from(!b.is_empty()));
-        let mut writer = WalWriter::new(file, path, log_number, sync_mode, 0, next_sequence);
+        let mut writer = WalWriter::new(fs, file, path, log_number, sync_mode, 0, next_sequence);
         writer.truncate_to(recovery.valid_len)?;
         if recovery.log_number.is_none() {
             writer.write_out(&encode_header(log_number))?;
@@ -130,7 +146,8 @@ impl WalWriter {
     }
 
     fn new(
-        file: File,
+        fs: &FsRef,
+        file: Box<dyn WritableFile>,
         path: &Path,
         log_number: u64,
         sync_mode: SyncMode,
@@ -139,6 +156,7 @@ impl WalWriter {
     ) -> WalWriter {
         WalWriter {
             file,
+            fs: std::sync::Arc::clone(fs),
             path: path.to_path_buf(),
             log_number,
             sync_mode,
@@ -146,6 +164,7 @@ impl WalWriter {
             next_sequence,
             record: Vec::new(),
             failed: false,
+            name_durable: false,
         }
     }
 
@@ -181,7 +200,20 @@ impl WalWriter {
         Ok(offset)
     }
 
-    /// Forces everything appended so far to stable storage (`fdatasync`).
+    /// Makes the file's name durable in its directory (fsyncs the directory). Needed once per
+    /// log before a sync of its records can be relied on after a power loss.
+    pub fn sync_dir(&mut self) -> Result<()> {
+        if self.failed {
+            return Err(Error::Closed);
+        }
+        sync_parent(self.fs.as_ref(), &self.path).inspect_err(|_| self.failed = true)?;
+        self.name_durable = true;
+        Ok(())
+    }
+
+    /// Forces everything appended so far to stable storage (`fdatasync`), and, the first
+    /// time, the file's name in its directory: a synced record of a file whose directory entry
+    /// a power loss undoes would be lost with it.
     pub fn sync(&mut self) -> Result<()> {
         if self.failed {
             return Err(Error::Closed);
@@ -189,7 +221,11 @@ impl WalWriter {
         self.file.sync_data().map_err(|e| {
             self.failed = true;
             Error::io(&self.path, e)
-        })
+        })?;
+        if !self.name_durable {
+            self.sync_dir()?;
+        }
+        Ok(())
     }
 
     /// Bytes in the file: the header plus every appended record.
@@ -226,25 +262,13 @@ impl WalWriter {
     }
 
     fn truncate_to(&mut self, len: u64) -> Result<()> {
-        use std::io::{Seek, SeekFrom};
-        self.file
-            .set_len(len)
-            .and_then(|()| self.file.seek(SeekFrom::Start(len)))
-            .map_err(|e| Error::io(&self.path, e))?;
+        self.file.set_len(len).map_err(|e| {
+            self.failed = true;
+            Error::io(&self.path, e)
+        })?;
         self.len = len;
         Ok(())
     }
-}
-
-/// Syncs the directory holding `path`, so a newly created file's directory entry is durable.
-fn sync_parent_dir(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
 }
 
 #[cfg(test)]

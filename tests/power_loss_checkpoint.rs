@@ -1,0 +1,243 @@
+//! Power loss and I/O errors under the fs backend's checkpoints, on the simulated file system.
+//!
+//! The backend's checkpoint storage is a `LocalDirStorage` on `fs::SimFs`. A deterministic job
+//! applies step `n` and checkpoints it as checkpoint `n` (retaining two), for a few steps; the
+//! power is cut at every mutating file operation of it. After the power loss, a new backend on
+//! the same storage must open (start-up scan), find no temp file, and restore the latest
+//! completed checkpoint: at least the last one acknowledged, at most the one being written, with
+//! exactly the model state of its id; every retained checkpoint restores to its own state.
+//! I/O errors (EIO, ENOSPC) at every operation must surface as `Error::Io` naming a path and
+//! leave storage in the same valid shape.
+//!
+//! `FLOWSTATE_POWER_LOSS_FULL=1` runs more steps.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use flowstate::backend::fs::snapshot_handle;
+use flowstate::checkpoint::registry::read_metadata;
+use flowstate::checkpoint::storage::{CheckpointStorage, LocalDirStorage};
+use flowstate::fs::{FaultKind, FaultOp, FsRef, PowerLoss, SimFs};
+use flowstate::keys::{composite_key, key_group_for_key};
+use flowstate::{
+    BackendConfig, FsBackend, KeyGroupRange, StateBackend, StateDescriptor, StateId, StateKind,
+};
+use support::{contents, mix};
+
+const MAX_PARALLELISM: u16 = 16;
+const ROOT: &str = "/job/checkpoints";
+
+fn full() -> bool {
+    std::env::var("FLOWSTATE_POWER_LOSS_FULL").is_ok_and(|v| v == "1")
+}
+
+fn key(index: u64) -> Vec<u8> {
+    let user = format!("key-{index}");
+    let kg = key_group_for_key(user.as_bytes(), MAX_PARALLELISM);
+    composite_key(kg, user.as_bytes(), b"", b"")
+}
+
+/// The writes of step `n`: puts and deletes of values (`Some`/`None`), independent of the code
+/// under test.
+fn step(n: u64) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    (0..12)
+        .map(|j| {
+            let h = mix(n * 1_000 + j);
+            let value = (!h.is_multiple_of(5)).then(|| format!("v{n}.{j}").into_bytes());
+            (key(h % 60), value)
+        })
+        .collect()
+}
+
+type Contents = BTreeMap<(String, Vec<u8>), Vec<u8>>;
+
+fn model(n: u64) -> Contents {
+    let mut m = Contents::new();
+    for i in 1..=n {
+        for (k, v) in step(i) {
+            let slot = ("values".to_string(), k);
+            match v {
+                Some(v) => {
+                    m.insert(slot, v);
+                }
+                None => {
+                    m.remove(&slot);
+                }
+            }
+        }
+    }
+    m
+}
+
+fn open(fs: &FsRef) -> flowstate::Result<(FsBackend, StateId)> {
+    let storage: Arc<dyn CheckpointStorage> =
+        Arc::new(LocalDirStorage::open_on(Arc::clone(fs), ROOT)?);
+    let config = BackendConfig::new(
+        u32::from(MAX_PARALLELISM),
+        KeyGroupRange::all(MAX_PARALLELISM),
+    )?;
+    let mut backend = FsBackend::new(config, storage)?.with_retained_checkpoints(2);
+    let values = backend.register(&StateDescriptor::new("values", StateKind::Value))?;
+    Ok((backend, values))
+}
+
+/// Runs steps `1..=steps`, checkpointing each; returns the last acknowledged checkpoint and
+/// the first error.
+fn job(fs: &FsRef, steps: u64) -> (u64, Option<flowstate::Error>) {
+    let (mut backend, values) = match open(fs) {
+        Ok(ok) => ok,
+        Err(e) => return (0, Some(e)),
+    };
+    let mut acknowledged = 0;
+    for n in 1..=steps {
+        for (k, v) in step(n) {
+            match v {
+                Some(v) => backend.put(values, &k, &v).expect("in-memory put"),
+                None => backend.delete(values, &k).expect("in-memory delete"),
+            }
+        }
+        match backend.snapshot(n).and_then(|task| task.run()) {
+            Ok(_) => acknowledged = n,
+            Err(e) => return (acknowledged, Some(e)),
+        }
+    }
+    (acknowledged, None)
+}
+
+/// Checks storage after a crash or failure: `acknowledged` must survive, nothing beyond
+/// `attempted` may appear, and each retained checkpoint restores to its model state.
+fn check(fs: &FsRef, acknowledged: u64, attempted: u64, context: &str) {
+    let (mut backend, _) =
+        open(fs).unwrap_or_else(|e| panic!("{context}: the backend does not open: {e}"));
+    let storage = Arc::clone(backend.storage());
+    let leftovers: Vec<String> = storage
+        .list("")
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.ends_with(".tmp"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "{context}: temp files left: {leftovers:?}"
+    );
+    let completed = backend.completed_checkpoints();
+    let latest = backend
+        .restore_latest()
+        .unwrap_or_else(|e| panic!("{context}: restore failed: {e}"))
+        .unwrap_or(0);
+    assert!(
+        latest >= acknowledged && latest <= attempted,
+        "{context}: restored checkpoint {latest}, acknowledged {acknowledged}, attempted {attempted}"
+    );
+    assert_eq!(
+        contents(&mut backend),
+        model(latest),
+        "{context}: checkpoint {latest}"
+    );
+    for id in completed.iter().rev().skip(1) {
+        let metadata = read_metadata(storage.as_ref(), *id)
+            .unwrap_or_else(|e| panic!("{context}: retained checkpoint {id}: {e}"));
+        backend
+            .restore(
+                &[snapshot_handle(storage.as_ref(), &metadata)],
+                KeyGroupRange::all(MAX_PARALLELISM),
+            )
+            .unwrap_or_else(|e| panic!("{context}: retained checkpoint {id}: {e}"));
+        assert_eq!(
+            contents(&mut backend),
+            model(*id),
+            "{context}: checkpoint {id}"
+        );
+    }
+}
+
+fn new_fs(seed: u64) -> (Arc<SimFs>, FsRef) {
+    let sim = SimFs::new(seed);
+    let fs: FsRef = sim.clone();
+    (sim, fs)
+}
+
+#[test]
+fn power_loss_at_every_operation_of_checkpoint_and_retention() {
+    let steps = if full() { 12 } else { 6 };
+    let (sim, fs) = new_fs(0);
+    let (done, error) = job(&fs, steps);
+    assert!(error.is_none() && done == steps, "{error:?}");
+    let total = sim.mutations();
+    assert!(total > 100, "{total} operations");
+    for index in 0..total {
+        let (sim, fs) = new_fs(index);
+        sim.power_off_at(Some(index));
+        let (acknowledged, error) = job(&fs, steps);
+        assert!(
+            error.is_some(),
+            "index {index}: power off, yet the job finished"
+        );
+        for mode in [PowerLoss::DropUnsynced, PowerLoss::Random] {
+            // Both outcomes from the same moment: rerun to the same point for the second.
+            let (sim, fs) = if mode == PowerLoss::DropUnsynced {
+                (sim.clone(), fs.clone())
+            } else {
+                let (sim, fs) = new_fs(index);
+                sim.power_off_at(Some(index));
+                let _ = job(&fs, steps);
+                (sim, fs)
+            };
+            sim.power_loss(mode);
+            let context = format!("index {index} of {total} ({mode:?})");
+            check(&fs, acknowledged, (acknowledged + 1).min(steps), &context);
+        }
+    }
+}
+
+#[test]
+fn io_errors_at_every_operation_of_checkpoint_and_retention() {
+    let steps = 4;
+    let mut fired = 0;
+    for (op, kind) in [
+        (FaultOp::Write, FaultKind::Enospc),
+        (FaultOp::Sync, FaultKind::Eio),
+        (FaultOp::SyncDir, FaultKind::Eio),
+        (FaultOp::Create, FaultKind::Enospc),
+        (FaultOp::Rename, FaultKind::Eio),
+        (FaultOp::Remove, FaultKind::Eio),
+        (FaultOp::Read, FaultKind::Eio),
+        (FaultOp::List, FaultKind::Eio),
+    ] {
+        for nth in 0.. {
+            let (sim, fs) = new_fs(nth);
+            sim.inject(op, nth, kind, false);
+            let (acknowledged, error) = job(&fs, steps);
+            let Some(error) = error else { break };
+            fired += 1;
+            let context = format!("{op:?} #{nth} {kind:?}");
+            match &error {
+                flowstate::Error::Io { path, .. } => {
+                    assert!(
+                        path.starts_with(ROOT) || Path::new(ROOT).starts_with(path),
+                        "{context}: error names {path:?}"
+                    )
+                }
+                other => panic!("{context}: not an I/O error naming a path: {other}"),
+            }
+            sim.clear_faults();
+            check(
+                &fs,
+                acknowledged,
+                acknowledged + 1,
+                &format!("{context} (reopened)"),
+            );
+            sim.power_loss(PowerLoss::DropUnsynced);
+            check(
+                &fs,
+                acknowledged,
+                acknowledged + 1,
+                &format!("{context} (power loss)"),
+            );
+        }
+    }
+    assert!(fired > 50, "only {fired} faults fired");
+}
