@@ -64,6 +64,10 @@ pub enum Error {
     Serialization(String),
     /// The backend (or store) was closed or failed earlier and accepts no more calls.
     Closed,
+    /// Resuming the job would break exactly-once output (a newer checkpoint is damaged or
+    /// missing while output it committed is still there); the message says what was found and
+    /// what the user can do.
+    ResumeRefused(String),
 }
 
 impl Error {
@@ -136,6 +140,7 @@ impl fmt::Display for Error {
             Error::UnknownState(id) => write!(f, "unknown state id {id}: register the state first"),
             Error::Serialization(what) => write!(f, "serialization failed: {what}"),
             Error::Closed => write!(f, "the backend is closed or failed earlier"),
+            Error::ResumeRefused(what) => write!(f, "cannot resume exactly once: {what}"),
         }
     }
 }
