@@ -328,8 +328,9 @@ impl LocalDirStorage {
 /// fsyncs a directory so the entries created or renamed in it are durable.
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+        .map_err(|e| Error::io(dir, e))?
+        .sync_all()
+        .map_err(|e| Error::fsync(dir, e))
 }
 
 struct LocalFileWriter {
@@ -348,7 +349,9 @@ impl CheckpointFileWriter for LocalFileWriter {
     }
 
     fn finish(self: Box<Self>) -> Result<u64> {
-        self.file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        self.file
+            .sync_all()
+            .map_err(|e| Error::fsync(&self.path, e))?;
         Ok(self.written)
     }
 }
@@ -494,7 +497,7 @@ impl CheckpointStorage for LocalDirStorage {
         {
             let mut file = File::create(&temp).map_err(|e| Error::io(&temp, e))?;
             file.write_all(bytes).map_err(|e| Error::io(&temp, e))?;
-            file.sync_all().map_err(|e| Error::io(&temp, e))?;
+            file.sync_all().map_err(|e| Error::fsync(&temp, e))?;
         }
         fs::rename(&temp, &target).map_err(|e| Error::io(&target, e))?;
         sync_dir(&dir)

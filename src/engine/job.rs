@@ -246,12 +246,17 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
         match attempt.run(&mut store, &mut summary.history) {
             Ok(done) => break done,
             Err(e) => {
+                if !e.is_curable_by_restart() {
+                    // A full disk, a read-only file system or a failed fsync: every restart
+                    // would meet it again.
+                    return Err(e.context(format!(
+                        "job stopped after {restarts} restarts without retrying (a restart \
+                         cannot cure this)"
+                    )));
+                }
                 restarts += 1;
                 if restarts > config.restart.max_restarts {
-                    return Err(Error::invalid(format!(
-                        "job failed after {} restarts: {e}",
-                        restarts - 1
-                    )));
+                    return Err(e.context(format!("job failed after {} restarts", restarts - 1)));
                 }
                 crate::observe::job_restarted();
                 tracing::info!(
@@ -435,7 +440,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     {
         let mut file = File::create(&temp).map_err(|e| Error::io(&temp, e))?;
         file.write_all(bytes).map_err(|e| Error::io(&temp, e))?;
-        file.sync_all().map_err(|e| Error::io(&temp, e))?;
+        file.sync_all().map_err(|e| Error::fsync(&temp, e))?;
     }
     fs::rename(&temp, path).map_err(|e| Error::io(path, e))?;
     match path.parent() {
@@ -707,14 +712,17 @@ impl CoordinatorLoop<'_, '_> {
                     CoordinatorEvent::Decline {
                         checkpoint_id,
                         task,
-                        reason,
+                        error,
                     } => {
-                        let reason = format!("operator {task}: {reason}");
-                        self.coordinator
-                            .decline(checkpoint_id, &reason, Instant::now())?;
+                        self.coordinator.decline_with(
+                            checkpoint_id,
+                            &format!("operator {task}"),
+                            error,
+                            Instant::now(),
+                        )?;
                     }
                     CoordinatorEvent::Failed { task, error } => {
-                        return Err(Error::invalid(format!("{task} failed: {error}")));
+                        return Err(error.context(format!("{task} failed")));
                     }
                     CoordinatorEvent::Exited => {
                         exited += 1;

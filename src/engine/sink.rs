@@ -54,8 +54,9 @@ fn parse_pending(name: &str) -> Option<(u16, u64)> {
 /// fsyncs a directory so renames in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+        .map_err(|e| Error::io(dir, e))?
+        .sync_all()
+        .map_err(|e| Error::fsync(dir, e))
 }
 
 /// One output directory's open epoch file.
@@ -89,7 +90,7 @@ impl EpochWriter {
         let file = writer
             .into_inner()
             .map_err(|e| Error::io(&path, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&path, e))?;
+        file.sync_all().map_err(|e| Error::fsync(&path, e))?;
         let size = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         let pending = self.dir.join(pending_name(task, epoch));
         fs::rename(&path, &pending).map_err(|e| Error::io(&pending, e))?;
