@@ -64,6 +64,19 @@ pub enum Error {
     Serialization(String),
     /// The backend (or store) was closed or failed earlier and accepts no more calls.
     Closed,
+    /// `source` happened while doing `what`: context added on the way up, without changing
+    /// what went wrong (see [`Error::root_cause`]; the Display shows both, `source()` returns
+    /// `source`).
+    Context {
+        /// What was being done, in words.
+        what: String,
+        /// The error underneath (its kind is the kind of the whole).
+        source: Box<Error>,
+    },
+    /// Resuming the job would break exactly-once output (a newer checkpoint is damaged or
+    /// missing while output it committed is still there); the message says what was found and
+    /// what the user can do.
+    ResumeRefused(String),
 }
 
 impl Error {
@@ -98,10 +111,65 @@ impl Error {
         Error::InvalidArgument(what.into())
     }
 
-    /// True for [`Error::Corruption`].
+    /// True for [`Error::Corruption`] (under any [`Error::Context`]).
     pub fn is_corruption(&self) -> bool {
-        matches!(self, Error::Corruption { .. })
+        matches!(self.root_cause(), Error::Corruption { .. })
     }
+
+    /// Wraps `self` in [`Error::Context`]: `what` failed because of `self`.
+    pub fn context(self, what: impl Into<String>) -> Self {
+        Error::Context {
+            what: what.into(),
+            source: Box::new(self),
+        }
+    }
+
+    /// The error under every [`Error::Context`]: what actually went wrong.
+    pub fn root_cause(&self) -> &Error {
+        let mut error = self;
+        while let Error::Context { source, .. } = error {
+            error = source;
+        }
+        error
+    }
+
+    /// An fsync of `path` failed: an [`Error::Io`] in an [`Error::Context`] saying so. After a
+    /// failed fsync the page cache may have dropped the unwritten data, so retrying cannot be
+    /// trusted ([`Error::is_curable_by_restart`] is false).
+    pub fn fsync(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::io(path, source).context(FSYNC_FAILED)
+    }
+
+    /// Whether restarting the job (from its last checkpoint) may cure this error. False for a
+    /// full disk, an exceeded quota, a read-only file system ([`io_error_is_permanent`]) and a
+    /// failed fsync ([`Error::fsync`]), which every restart would meet again (or, for fsync,
+    /// cannot recover from safely); true for everything else.
+    pub fn is_curable_by_restart(&self) -> bool {
+        let mut error = self;
+        loop {
+            match error {
+                Error::Context { what, .. } if what == FSYNC_FAILED => return false,
+                Error::Context { source, .. } => error = source,
+                Error::Io { source, .. } => return !io_error_is_permanent(source),
+                _ => return true,
+            }
+        }
+    }
+}
+
+/// The [`Error::Context`] text of a failed fsync ([`Error::fsync`]).
+const FSYNC_FAILED: &str = "fsync failed";
+
+/// Whether `error` is one no retry cures: ENOSPC (28, no space left on device), EROFS (30,
+/// read-only file system), EDQUOT (122, disk quota exceeded), by raw OS error or by kind.
+pub fn io_error_is_permanent(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(28 | 30 | 122))
+        || matches!(
+            error.kind(),
+            io::ErrorKind::StorageFull
+                | io::ErrorKind::ReadOnlyFilesystem
+                | io::ErrorKind::QuotaExceeded
+        )
 }
 
 impl fmt::Display for Error {
@@ -136,6 +204,8 @@ impl fmt::Display for Error {
             Error::UnknownState(id) => write!(f, "unknown state id {id}: register the state first"),
             Error::Serialization(what) => write!(f, "serialization failed: {what}"),
             Error::Closed => write!(f, "the backend is closed or failed earlier"),
+            Error::Context { what, source } => write!(f, "{what}: {source}"),
+            Error::ResumeRefused(what) => write!(f, "cannot resume exactly once: {what}"),
         }
     }
 }
@@ -144,6 +214,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
+            Error::Context { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }
@@ -160,6 +231,58 @@ mod tests {
         assert!(s.contains("chk-3/_metadata"), "{s}");
         assert!(s.contains("byte 17"), "{s}");
         assert!(e.is_corruption());
+    }
+
+    #[test]
+    fn full_disk_read_only_quota_and_fsync_are_not_curable_by_restart() {
+        let os = |code| Error::io("/out/part-0-3", io::Error::from_raw_os_error(code));
+        for code in [28, 30, 122] {
+            assert!(!os(code).is_curable_by_restart(), "os error {code}");
+            assert!(io_error_is_permanent(&io::Error::from_raw_os_error(code)));
+        }
+        for kind in [
+            io::ErrorKind::StorageFull,
+            io::ErrorKind::ReadOnlyFilesystem,
+            io::ErrorKind::QuotaExceeded,
+        ] {
+            assert!(io_error_is_permanent(&io::Error::from(kind)), "{kind:?}");
+        }
+        for code in [2, 4, 5, 11, 13, 110] {
+            assert!(os(code).is_curable_by_restart(), "os error {code}");
+        }
+        for kind in [
+            io::ErrorKind::NotFound,
+            io::ErrorKind::Interrupted,
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::PermissionDenied,
+        ] {
+            assert!(!io_error_is_permanent(&io::Error::from(kind)), "{kind:?}");
+        }
+        // A failed fsync is not curable whatever its OS error; context keeps the verdict.
+        let fsync = Error::fsync("/out/.part-0-3.pending", io::Error::from_raw_os_error(5));
+        assert!(!fsync.is_curable_by_restart());
+        assert!(!os(28).context("sink 0 failed").is_curable_by_restart());
+        assert!(Error::invalid("injected").is_curable_by_restart());
+        assert!(Error::corruption("f", 0, "bad").is_curable_by_restart());
+    }
+
+    #[test]
+    fn context_keeps_the_kind_and_the_chain_is_printed_once() {
+        let e = Error::io("/state/x", io::Error::from_raw_os_error(28))
+            .context("sink 0 failed")
+            .context("job failed after 0 restarts");
+        assert!(
+            matches!(e.root_cause(), Error::Io { source, .. } if source.raw_os_error() == Some(28))
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with("job failed after 0 restarts: sink 0 failed: I/O error on /state/x"),
+            "{text}"
+        );
+        assert_eq!(text.matches("os error 28").count(), 1, "{text}");
+        assert!(!text.contains("invalid argument"), "{text}");
+        let source = std::error::Error::source(&e).unwrap();
+        assert!(source.to_string().starts_with("sink 0 failed"));
     }
 
     #[test]

@@ -193,7 +193,7 @@ fn every_damaged_file_is_reported_never_restored() {
 }
 
 #[test]
-fn damaged_latest_metadata_falls_back_but_damaged_data_is_an_error() {
+fn damaged_latest_metadata_is_quarantined_not_a_silent_fallback_and_damaged_data_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::open(dir.path()).unwrap());
     let config = BackendConfig::new(4, KeyGroupRange::all(4)).unwrap();
@@ -223,13 +223,30 @@ fn damaged_latest_metadata_falls_back_but_damaged_data_is_an_error() {
         }
         other => panic!("expected corruption of {data}, got {other:?}"),
     }
-    // Checkpoint 3's _metadata is damaged: it is not a completed checkpoint; 2 is the latest.
+    // Checkpoint 3's _metadata is damaged: it is quarantined, not deleted, and restore_latest
+    // refuses to step back to 2 silently; restoring 2 by its handle stays possible.
     let mut metadata = storage.read_file("chk-3/_metadata").unwrap();
     metadata[30] ^= 1;
     std::fs::write(dir.path().join("chk-3/_metadata"), &metadata).unwrap();
     let mut restarted = FsBackend::new(config, storage.clone()).unwrap();
-    assert_eq!(restarted.recovery_report().removed_incomplete, [3]);
-    assert_eq!(restarted.restore_latest().unwrap(), Some(2));
+    assert!(restarted.recovery_report().removed_incomplete.is_empty());
+    let quarantined = &restarted.recovery_report().quarantined;
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].checkpoint_id, 3);
+    assert_eq!(
+        storage.read_file("quarantine/chk-3/_metadata").unwrap(),
+        metadata
+    );
+    assert_eq!(restarted.completed_checkpoints(), [1, 2]);
+    match restarted.restore_latest() {
+        Err(Error::Corruption { file, .. }) => {
+            assert!(file.ends_with("quarantine/chk-3/_metadata"), "{file}")
+        }
+        other => panic!("expected an error naming the quarantined checkpoint, got {other:?}"),
+    }
+    let older = flowstate::checkpoint::registry::read_metadata(storage.as_ref(), 2).unwrap();
+    let handle = flowstate::backend::fs::snapshot_handle(storage.as_ref(), &older);
+    restarted.restore(&[handle], KeyGroupRange::all(4)).unwrap();
     let state = restarted
         .register(&StateDescriptor::new("v", StateKind::Value))
         .unwrap();

@@ -214,7 +214,7 @@ fn io_errors_at_every_operation_of_checkpoint_and_retention() {
             let Some(error) = error else { break };
             fired += 1;
             let context = format!("{op:?} #{nth} {kind:?}");
-            match &error {
+            match error.root_cause() {
                 flowstate::Error::Io { path, .. } => {
                     assert!(
                         path.starts_with(ROOT) || Path::new(ROOT).starts_with(path),

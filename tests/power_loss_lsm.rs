@@ -443,7 +443,7 @@ fn io_errors_at_every_operation_are_reported_and_leave_a_valid_store() {
                 break;
             };
             checked += 1;
-            match error {
+            match error.root_cause() {
                 flowstate::Error::Io { path, .. } => {
                     assert!(!path.as_os_str().is_empty(), "{context}: {error}")
                 }
@@ -469,7 +469,10 @@ fn a_failed_wal_fsync_turns_the_store_read_only_but_reads_go_on() {
     db.put(&cf, b"b", b"2").unwrap();
     sim.inject(FaultOp::Sync, 0, FaultKind::Eio, false);
     let err = db.sync_wal().unwrap_err();
-    assert!(matches!(err, flowstate::Error::Io { .. }), "{err}");
+    assert!(
+        matches!(err.root_cause(), flowstate::Error::Io { .. }),
+        "{err}"
+    );
     // The fault fired once; the file system would accept the next fsync, the store must not.
     let again = db.put(&cf, b"c", b"3").unwrap_err();
     assert!(again.to_string().contains("read-only"), "{again}");

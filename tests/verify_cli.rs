@@ -147,3 +147,72 @@ fn usage_errors_exit_2() {
         .status;
     assert_eq!(status.code(), Some(2));
 }
+
+/// A `flowstate run` of `backend` on a small input with state in `dir/state`; the job is left
+/// unfinished-looking (no `FINISHED`) so nothing differs from a crashed run.
+fn run_job(dir: &Path, backend: &str) {
+    let input: String = (0..5_000).map(|i| format!("k{},{}\n", i % 17, i)).collect();
+    std::fs::write(dir.join("input"), input).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flowstate"))
+        .arg("run")
+        .arg("--input")
+        .arg(dir.join("input"))
+        .arg("--output")
+        .arg(dir.join("out"))
+        .arg("--state")
+        .arg(dir.join("state"))
+        .args(["--backend", backend, "--parallelism", "2", "--quiet"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_job_state_directory_is_verified_job_and_task_roots_alike() {
+    for backend in ["fs", "lsm"] {
+        let dir = tempfile::tempdir().unwrap();
+        run_job(dir.path(), backend);
+        let state = dir.path().join("state");
+        let before = snapshot_of(&state);
+        let (code, out) = verify(&state);
+        assert_eq!(code, 0, "{backend}: {out}");
+        assert!(out.contains("job state directory"), "{out}");
+        assert!(out.contains("/job\n"), "{out}");
+        assert!(out.contains("/tasks/000001/t0\n"), "{out}");
+        assert!(out.contains("/tasks/000001/t1\n"), "{out}");
+        assert!(out.contains("chk-1 OK"), "{out}");
+        assert!(!out.contains(" 0 checkpoints"), "{out}");
+        assert_eq!(snapshot_of(&state), before, "verify changed the directory");
+
+        // A damaged task file makes the state directory fail, naming the file.
+        let storage = LocalDirStorage::open(state.join("tasks/000001/t1")).unwrap();
+        let victim = storage
+            .list("")
+            .unwrap()
+            .into_iter()
+            .find(|p| !p.ends_with("_metadata"))
+            .unwrap();
+        let path = state.join("tasks/000001/t1").join(&victim);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+        let (code, out) = verify(&state);
+        assert_eq!(code, 1, "{backend}: {out}");
+        assert!(out.contains(&victim), "{out}");
+    }
+}
+
+#[test]
+fn a_directory_without_checkpoints_exits_1_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("job")).unwrap();
+    let (code, out) = verify(dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no checkpoint found"), "{out}");
+}

@@ -119,8 +119,16 @@ impl FsBackend {
 
     /// Restores the newest completed checkpoint of the storage into this backend's key-group
     /// range; returns its id, or `None` (and changes nothing) when there is none.
+    ///
+    /// Fails (restoring nothing) when a checkpoint newer than the newest completed one was
+    /// quarantined (its `_metadata` does not decode, FORMAT.md §4.4): older state is restored
+    /// only when asked for by handle.
     pub fn restore_latest(&mut self) -> Result<Option<u64>> {
         let latest = self.registry.lock().latest_completed().cloned();
+        crate::checkpoint::registry::check_no_newer_quarantined(
+            self.storage.as_ref(),
+            latest.as_ref().map(|m| m.checkpoint_id),
+        )?;
         let Some(metadata) = latest else {
             return Ok(None);
         };
@@ -149,20 +157,21 @@ pub fn snapshot_handle(
     }
 }
 
-/// The handle of the newest checkpoint in `storage` whose `_metadata` decodes, without changing
-/// the storage (no clean-up): for a reader that is not the storage's writer.
+/// The handle of the newest checkpoint in `storage` that has a `_metadata`, without changing
+/// the storage (no clean-up): for a reader that is not the storage's writer. A newest
+/// `_metadata` that does not decode is an error ([`Error::Corruption`]), never a silent step
+/// back to an older checkpoint; so is a newer quarantined checkpoint.
 pub fn latest_snapshot_handle(storage: &dyn CheckpointStorage) -> Result<Option<SnapshotHandle>> {
     let ids = checkpoint_ids(storage)?;
     for id in ids.into_iter().rev() {
         if !storage.exists(&metadata_path(id))? {
             continue;
         }
-        match read_metadata(storage, id) {
-            Ok(metadata) => return Ok(Some(snapshot_handle(storage, &metadata))),
-            Err(Error::Corruption { .. }) => continue,
-            Err(other) => return Err(other),
-        }
+        let metadata = read_metadata(storage, id)?;
+        crate::checkpoint::registry::check_no_newer_quarantined(storage, Some(id))?;
+        return Ok(Some(snapshot_handle(storage, &metadata)));
     }
+    crate::checkpoint::registry::check_no_newer_quarantined(storage, None)?;
     Ok(None)
 }
 

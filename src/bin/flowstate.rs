@@ -2,7 +2,8 @@
 //!
 //! `run` runs the reference exactly-once job (see `flowstate::engine::cli`); `demo` runs it as a
 //! child process, SIGKILLs it mid-run, reruns it until it finishes and checks the output;
-//! `verify` checks every checkpoint under a checkpoint-storage directory without changing it;
+//! `verify` checks every checkpoint under a checkpoint-storage directory (or every root of a job's
+//! state directory) without changing it;
 //! `inspect` lists checkpoints, their sizes and shared files, or diffs two (`checkpoint::inspect`).
 //! Usage errors exit 2, runtime errors (and damaged checkpoints) 1; nothing here exits by panic.
 
@@ -14,7 +15,7 @@ use clap::{Parser, Subcommand};
 use flowstate::checkpoint::inspect::inspect_command;
 use flowstate::checkpoint::storage::{CheckpointStorage, LocalDirStorage};
 use flowstate::checkpoint::uri::open_storage;
-use flowstate::checkpoint::verify::{CheckpointStatus, VerifyReport, verify_storage};
+use flowstate::checkpoint::verify::{CheckpointStatus, VerifyReport, find_roots, verify_storage};
 use flowstate::engine::cli::{RunArgs, run_command};
 use flowstate::engine::demo::demo_command;
 
@@ -50,9 +51,12 @@ enum Command {
     },
     /// Check every checkpoint under a checkpoint-storage directory: each `chk-<id>/_metadata`
     /// decodes, and every file it lists (shared ones too) is present with the listed size and
-    /// crc32 and decodes. Read only. Exits 0 if every completed checkpoint is sound, else 1.
+    /// crc32 and decodes. Given a job's `--state` directory (or `--checkpoint-storage` base),
+    /// checks its `job/` root and every task root `tasks/<gen>/t<i>/`. Read only. Exits 0 if
+    /// every completed checkpoint is sound, 1 if one is damaged or no checkpoint is found.
     Verify {
-        /// The checkpoint-storage root (the directory holding `chk-<id>/` and `shared/`).
+        /// The checkpoint-storage root (the directory holding `chk-<id>/` and `shared/`), or a
+        /// job's state directory.
         #[arg(required_unless_present = "checkpoint_storage")]
         checkpoint_dir: Option<PathBuf>,
         /// The root as a storage URI instead (`s3://bucket/prefix/...`, `file:///path`); the
@@ -150,16 +154,68 @@ fn open_root(dir: Option<PathBuf>, uri: Option<String>) -> Result<Arc<dyn Checkp
     })
 }
 
+/// Verifies the checkpoint root `storage`, or every checkpoint root of a job's state directory
+/// (`job/` and each task root under `tasks/`); exits 1 when nothing checkpoint-like is there.
 fn verify(storage: &dyn CheckpointStorage) -> ExitCode {
-    let report = match verify_storage(storage) {
-        Ok(report) => report,
-        Err(e) => {
-            eprintln!("error: {e}");
+    let fail = |e: flowstate::Error| {
+        eprintln!("error: {e}");
+        ExitCode::from(1)
+    };
+    let roots = match find_roots(storage) {
+        Ok(roots) => roots,
+        Err(e) => return fail(e),
+    };
+    if roots.is_empty() {
+        eprintln!(
+            "error: no checkpoint found under {}: expected a checkpoint root (chk-<id>/ \
+             directories) or a job's --state directory (job/ and tasks/<gen>/t<i>/)",
+            storage.location()
+        );
+        return ExitCode::from(1);
+    }
+    if roots == [""] {
+        let report = match verify_storage(storage) {
+            Ok(report) => report,
+            Err(e) => return fail(e),
+        };
+        print_report(&report);
+        if report.checkpoints.is_empty() {
+            eprintln!("error: no checkpoint found under {}", storage.location());
             return ExitCode::from(1);
         }
-    };
-    print_report(&report);
-    if report.is_sound() {
+        return if report.is_sound() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
+    }
+    println!(
+        "{}: a job state directory with {} checkpoint roots (job/ and task roots)",
+        storage.location(),
+        roots.len()
+    );
+    let (mut total, mut sound) = (0, true);
+    for root in &roots {
+        let location = format!("{}/{root}", storage.location().trim_end_matches('/'));
+        let report = match open_storage(&location).and_then(|s| verify_storage(s.as_ref())) {
+            Ok(report) => report,
+            Err(e) => return fail(e),
+        };
+        println!("== {location}");
+        print_report(&report);
+        total += report.checkpoints.len();
+        sound &= report.is_sound();
+    }
+    println!(
+        "{} roots, {total} checkpoints: {}",
+        roots.len(),
+        if sound { "all sound" } else { "DAMAGE FOUND" }
+    );
+    if total == 0 {
+        eprintln!("error: no checkpoint found under {}", storage.location());
+        return ExitCode::from(1);
+    }
+    if sound {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -190,10 +190,15 @@ mod tests {
         storage.write_file("README", b"not ours").unwrap();
         let (registry, report) = CheckpointRegistry::open(storage.clone()).unwrap();
         assert_eq!(report.completed, [1, 2]);
-        assert_eq!(report.removed_incomplete, [3, 4, 5]);
+        assert_eq!(report.removed_incomplete, [3, 4]);
+        // A `_metadata` that does not decode is damage: moved aside, with the shared file no
+        // completed checkpoint lists (it may have been the damaged checkpoint's).
+        assert_eq!(report.quarantined.len(), 1);
+        assert_eq!(report.quarantined[0].checkpoint_id, 5);
+        assert_eq!(report.quarantined[0].moved_to, "quarantine/chk-5");
         let mut removed = report.removed_files.clone();
         removed.sort();
-        assert_eq!(removed, ["chk-2/stray", "shared/orphan", "upload.tmp"]);
+        assert_eq!(removed, ["chk-2/stray", "upload.tmp"]);
         assert_eq!(
             registry.latest_completed().map(|m| m.checkpoint_id),
             Some(2)
@@ -207,6 +212,8 @@ mod tests {
                 "chk-1/own",
                 "chk-2/_metadata",
                 "chk-2/own",
+                "quarantine/chk-5/_metadata",
+                "quarantine/chk-5/shared/orphan",
                 "shared/kept"
             ]
         );

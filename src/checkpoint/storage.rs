@@ -313,7 +313,7 @@ impl LocalDirStorage {
     }
 
     fn sync_dir(&self, dir: &Path) -> Result<()> {
-        self.fs.sync_dir(dir).map_err(|e| Error::io(dir, e))
+        self.fs.sync_dir(dir).map_err(|e| Error::fsync(dir, e))
     }
 
     fn is_dir(&self, path: &Path) -> Result<bool> {
@@ -358,7 +358,9 @@ impl CheckpointFileWriter for LocalFileWriter {
     }
 
     fn finish(mut self: Box<Self>) -> Result<u64> {
-        self.file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        self.file
+            .sync_all()
+            .map_err(|e| Error::fsync(&self.path, e))?;
         Ok(self.written)
     }
 }
@@ -508,9 +510,8 @@ impl CheckpointStorage for LocalDirStorage {
         let target = dir.join(METADATA_FILE_NAME);
         {
             let mut file = self.fs.create(&temp).map_err(|e| Error::io(&temp, e))?;
-            file.write_all(bytes)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| Error::io(&temp, e))?;
+            file.write_all(bytes).map_err(|e| Error::io(&temp, e))?;
+            file.sync_all().map_err(|e| Error::fsync(&temp, e))?;
         }
         self.fs
             .rename(&temp, &target)

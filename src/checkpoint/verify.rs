@@ -79,6 +79,42 @@ impl VerifyReport {
     }
 }
 
+/// The checkpoint roots to verify under `storage`, as storage paths relative to it: `""` when it
+/// is a checkpoint root itself (it holds a `chk-<id>` directory, a `shared/` or a
+/// `quarantine/`); else, for a job's `--state` directory or `--checkpoint-storage` base
+/// (FORMAT.md §12.1), `job` and every task root `tasks/<gen>/t<i>`. Empty when there is none.
+pub fn find_roots(storage: &dyn CheckpointStorage) -> Result<Vec<String>> {
+    let is_root = |prefix: &str| -> Result<bool> {
+        Ok(storage.children(prefix)?.iter().any(|name| {
+            super::storage::parse_checkpoint_dir(name).is_some()
+                || name == super::storage::SHARED_DIR
+                || name == super::registry::QUARANTINE_DIR
+        }))
+    };
+    if is_root("")? {
+        return Ok(vec![String::new()]);
+    }
+    let mut roots = Vec::new();
+    let top = storage.children("")?;
+    if top.iter().any(|n| n == "job") && is_root("job")? {
+        roots.push("job".to_string());
+    }
+    if top.iter().any(|n| n == "tasks") {
+        for generation in storage.children("tasks")? {
+            if generation.parse::<u64>().is_err() {
+                continue;
+            }
+            for task in storage.children(&format!("tasks/{generation}"))? {
+                let root = format!("tasks/{generation}/{task}");
+                if task.starts_with('t') && !task.contains('.') && is_root(&root)? {
+                    roots.push(root);
+                }
+            }
+        }
+    }
+    Ok(roots)
+}
+
 /// Verifies every `chk-<id>` directory under the storage root. An error is returned only when
 /// the storage itself cannot be listed; damage is reported in the result.
 pub fn verify_storage(storage: &dyn CheckpointStorage) -> Result<VerifyReport> {

@@ -66,6 +66,13 @@ pub struct RunArgs {
     /// (e.g. 127.0.0.1:9898).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Resume from an older checkpoint when a newer one is damaged or missing (its `_metadata`
+    /// does not decode, or is gone while output it committed remains). The committed output of
+    /// the epochs after the older checkpoint is first moved to
+    /// `<output>/.superseded-after-<id>/`, so the result is again exactly-once. Without this flag
+    /// such a run exits 1 and says what it found.
+    #[arg(long)]
+    pub allow_older_checkpoint: bool,
     /// Warn when the state size grew by more than this fraction (0.5 = 50 %) over the last
     /// `--state-growth-window` completed checkpoints. Off by default.
     #[arg(long, value_name = "FRACTION")]
@@ -128,6 +135,7 @@ pub fn run_command(args: &RunArgs) -> u8 {
     config.parallelism = args.parallelism;
     config.max_parallelism = args.max_parallelism;
     config.progress = !args.quiet;
+    config.allow_older_checkpoint = args.allow_older_checkpoint;
     config.checkpoints = CheckpointOptions {
         interval: (args.checkpoint_interval_ms > 0)
             .then(|| Duration::from_millis(args.checkpoint_interval_ms)),

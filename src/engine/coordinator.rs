@@ -129,6 +129,9 @@ pub struct CheckpointCoordinator {
     last_trigger: Option<Instant>,
     last_completion: Option<Instant>,
     consecutive_failures: u32,
+    /// The error of the first of the current run of consecutive checkpoint failures, if it had
+    /// one (a timeout has none): the cause the tolerance error names.
+    first_failure: Option<Error>,
     /// The growth alert holds (raised and not cleared since).
     growth_alert_active: bool,
     /// Every checkpoint that ended, in the order they ended.
@@ -148,6 +151,7 @@ impl CheckpointCoordinator {
             last_trigger: None,
             last_completion: None,
             consecutive_failures: 0,
+            first_failure: None,
             growth_alert_active: false,
             history: Vec::new(),
         }
@@ -246,6 +250,22 @@ impl CheckpointCoordinator {
         self.check_tolerance()
     }
 
+    /// Task `task` declined `id` with `error`: abort it. An error at once when no restart can
+    /// cure `error` ([`Error::is_curable_by_restart`], e.g. a full disk), else when that makes
+    /// more consecutive failures than tolerated (naming the first failure's error).
+    pub fn decline_with(&mut self, id: u64, task: &str, error: Error, now: Instant) -> Result<()> {
+        if self.pending.contains_key(&id) {
+            self.abort(id, format!("declined: {task}: {error}"), now, true);
+        }
+        if !error.is_curable_by_restart() {
+            return Err(error.context(format!("checkpoint {id} declined by {task}")));
+        }
+        if self.first_failure.is_none() {
+            self.first_failure = Some(error.context(format!("checkpoint {id} declined by {task}")));
+        }
+        self.check_tolerance()
+    }
+
     /// Aborts checkpoints older than the timeout at `now`. An error when that makes more
     /// consecutive failures than tolerated.
     pub fn check_timeouts(&mut self, now: Instant) -> Result<()> {
@@ -273,6 +293,7 @@ impl CheckpointCoordinator {
     /// the metrics and evaluates the growth alert.
     pub fn record_completed(&mut self, record: CheckpointRecord, now: Instant) {
         self.consecutive_failures = 0;
+        self.first_failure = None;
         self.last_completion = Some(now);
         tracing::info!(
             checkpoint_id = record.id,
@@ -337,12 +358,16 @@ impl CheckpointCoordinator {
         self.growth_alert_active
     }
 
-    fn check_tolerance(&self) -> Result<()> {
+    fn check_tolerance(&mut self) -> Result<()> {
         if self.consecutive_failures > self.options.tolerable_failures {
-            return Err(Error::invalid(format!(
+            let what = format!(
                 "{} consecutive checkpoint failures exceed the {} tolerated",
                 self.consecutive_failures, self.options.tolerable_failures
-            )));
+            );
+            return Err(match self.first_failure.take() {
+                Some(first) => first.context(format!("{what}; the first")),
+                None => Error::invalid(what),
+            });
         }
         Ok(())
     }

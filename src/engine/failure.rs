@@ -5,6 +5,7 @@
 //! counters are never reset, every scheduled failure fires at most once and a job always
 //! finishes once the schedule is exhausted.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -59,6 +60,8 @@ pub struct FailureSchedule {
     failures: Mutex<Vec<(FailurePoint, u64)>>,
     /// (remaining delayed snapshots, delay).
     async_snapshot_delay: Mutex<Option<(u64, Duration)>>,
+    /// Failures that are I/O errors: (point, occurrence, raw OS error, path).
+    os_errors: Mutex<Vec<(FailurePoint, u64, i32, PathBuf)>>,
 }
 
 impl FailureSchedule {
@@ -75,6 +78,22 @@ impl FailureSchedule {
             .store(!failures.is_empty(), Ordering::Relaxed);
         *schedule.failures.lock() = failures;
         schedule
+    }
+
+    /// Also fails at the `occurrence`-th `point` with an [`Error::Io`] on `path` carrying the raw
+    /// OS error `errno` (e.g. 28, ENOSPC), as the real call there would report it.
+    pub fn with_os_error(
+        self,
+        point: FailurePoint,
+        occurrence: u64,
+        errno: i32,
+        path: impl Into<PathBuf>,
+    ) -> Self {
+        self.armed.store(true, Ordering::Relaxed);
+        self.os_errors
+            .lock()
+            .push((point, occurrence, errno, path.into()));
+        self
     }
 
     /// Makes the first `count` asynchronous snapshot parts sleep `delay` first (to provoke
@@ -102,6 +121,16 @@ impl FailureSchedule {
             return Ok(());
         }
         let occurrence = self.counters[point.index()].fetch_add(1, Ordering::Relaxed) + 1;
+        {
+            let mut os_errors = self.os_errors.lock();
+            if let Some(at) = os_errors
+                .iter()
+                .position(|(p, n, _, _)| *p == point && *n == occurrence)
+            {
+                let (_, _, errno, path) = os_errors.swap_remove(at);
+                return Err(Error::io(path, std::io::Error::from_raw_os_error(errno)));
+            }
+        }
         let mut failures = self.failures.lock();
         if let Some(at) = failures
             .iter()
@@ -117,7 +146,7 @@ impl FailureSchedule {
 
     /// Scheduled failures that have not fired yet.
     pub fn remaining(&self) -> usize {
-        self.failures.lock().len()
+        self.failures.lock().len() + self.os_errors.lock().len()
     }
 }
 

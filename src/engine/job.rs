@@ -21,13 +21,15 @@ use super::coordinator::{
 };
 use super::failure::{FailurePoint, FailureSchedule};
 use super::gate::InputGate;
-use super::location::CheckpointBase;
+use super::location::{CheckpointBase, JOB_DIR};
 use super::operator::{OperatorTask, run_snapshot_thread};
 use super::sink::{self, SinkBatch, SinkControl, TwoPhaseFileSink};
 use super::source::{EventBatch, SourceControl, SourcePosition, SourceTask};
 use super::store::{JobCheckpoint, JobStore};
 use super::{BackendChoice, CoordinatorEvent, OperatorControl};
 use crate::backend::{BackendConfig, SnapshotData};
+use crate::checkpoint::registry::QUARANTINE_DIR;
+use crate::checkpoint::storage::checkpoint_dir;
 use crate::error::{Error, Result};
 use crate::keys::{DEFAULT_MAX_PARALLELISM, KeyGroupRange, check_max_parallelism};
 use crate::state::KeyedState;
@@ -86,6 +88,11 @@ pub struct JobConfig {
     pub progress: bool,
     /// Capacity of every task input, in messages (batches).
     pub channel_capacity: usize,
+    /// Resume from an older checkpoint even though a newer one is damaged or missing while
+    /// output it committed exists; that output is first moved aside (see
+    /// [`sink::move_aside`]) so the result is again exactly-once. Off by default: the job then
+    /// refuses to resume ([`Error::ResumeRefused`]).
+    pub allow_older_checkpoint: bool,
     /// Records per batch from the source to an operator (default
     /// [`DEFAULT_BATCH_RECORDS`](super::source::DEFAULT_BATCH_RECORDS)); tests use small
     /// batches so barriers and failures fall between many batches.
@@ -112,6 +119,7 @@ impl JobConfig {
             failures: Arc::new(FailureSchedule::none()),
             progress: false,
             channel_capacity: 16,
+            allow_older_checkpoint: false,
             batch_records: super::source::DEFAULT_BATCH_RECORDS,
         }
     }
@@ -217,14 +225,7 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
             config.parallelism
         )));
     }
-    if store.latest().is_none() && !sink::committed_files(&config.output)?.is_empty() {
-        return Err(Error::invalid(format!(
-            "{} already holds committed output but {} has no checkpoint to resume from; use an \
-             empty --output",
-            config.output.display(),
-            state_dir.display()
-        )));
-    }
+    check_resume_point(config, &store, &base)?;
     if !config.backend.persistent() {
         write_durably(&memory_marker, b"memory backend run in progress\n")?;
     }
@@ -245,12 +246,17 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
         match attempt.run(&mut store, &mut summary.history) {
             Ok(done) => break done,
             Err(e) => {
+                if !e.is_curable_by_restart() {
+                    // A full disk, a read-only file system or a failed fsync: every restart
+                    // would meet it again.
+                    return Err(e.context(format!(
+                        "job stopped after {restarts} restarts without retrying (a restart \
+                         cannot cure this)"
+                    )));
+                }
                 restarts += 1;
                 if restarts > config.restart.max_restarts {
-                    return Err(Error::invalid(format!(
-                        "job failed after {} restarts: {e}",
-                        restarts - 1
-                    )));
+                    return Err(e.context(format!("job failed after {} restarts", restarts - 1)));
                 }
                 crate::observe::job_restarted();
                 tracing::info!(
@@ -284,6 +290,111 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
     summary.records_processed = processed.load(Ordering::Relaxed);
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// Refuses to resume from the newest usable checkpoint c when a newer checkpoint was damaged
+/// (quarantined) or when committed output of an epoch after c exists (a newer checkpoint's
+/// `_metadata` is damaged or missing): replaying from c would commit that output twice. With
+/// `allow_older_checkpoint` the committed output after c is moved aside instead.
+fn check_resume_point(config: &JobConfig, store: &JobStore, base: &CheckpointBase) -> Result<()> {
+    let resume = store.latest().map(|c| c.id);
+    let at = resume.unwrap_or(0);
+    let beyond = sink::committed_beyond(&config.output, at)?;
+    let quarantined: Vec<u64> = store
+        .quarantined_ids()
+        .iter()
+        .copied()
+        .filter(|id| *id > at)
+        .collect();
+    if beyond.is_empty() && quarantined.is_empty() {
+        return Ok(());
+    }
+    let mut found: Vec<String> = store.damage().to_vec();
+    for id in &quarantined {
+        let dir = checkpoint_dir(*id);
+        if !found
+            .iter()
+            .any(|f| f.starts_with(&format!("job checkpoint {id}:")))
+        {
+            found.push(format!(
+                "job checkpoint {id} was quarantined by an earlier run ({})",
+                base.join(&format!("{JOB_DIR}/{QUARANTINE_DIR}/{dir}"))
+            ));
+        }
+    }
+    for id in store.removed_incomplete().iter().filter(|id| **id > at) {
+        found.push(format!(
+            "job checkpoint directory {} had no _metadata (a deleted _metadata, or a crash \
+             while publishing it) and was removed as incomplete",
+            base.join(&format!("{JOB_DIR}/{}", checkpoint_dir(*id)))
+        ));
+    }
+    if let Some((last, _)) = beyond.last() {
+        let names: Vec<String> = beyond
+            .iter()
+            .take(4)
+            .map(|(_, p)| p.display().to_string())
+            .collect();
+        let more = beyond.len().saturating_sub(names.len());
+        found.push(format!(
+            "{} committed output file(s) of epochs {}..={last}, which only checkpoints after {} \
+             can have committed: {}{}",
+            beyond.len(),
+            at + 1,
+            resume.map_or("none".to_string(), |id| id.to_string()),
+            names.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ));
+    } else {
+        found.push(format!(
+            "no committed output of epochs after {at} in {}",
+            config.output.display()
+        ));
+    }
+    let from = resume.map_or_else(
+        || "the start of the input (no usable checkpoint is left)".to_string(),
+        |id| format!("checkpoint {id}"),
+    );
+    let aside = config
+        .output
+        .join(format!(".superseded-after-{at}"))
+        .display()
+        .to_string();
+    if !config.allow_older_checkpoint {
+        return Err(Error::ResumeRefused(format!(
+            "the newest usable checkpoint in {} is {from}, but: {}. Resuming from it would \
+             commit output a second time. Either put the damaged or missing _metadata back \
+             (e.g. from a backup) and rerun, or rerun with --allow-older-checkpoint to resume \
+             from {from}: the committed output after it is then moved to {aside}/ and computed \
+             again",
+            base.join(JOB_DIR),
+            found.join("; ")
+        )));
+    }
+    if beyond.is_empty() {
+        tracing::warn!(found = %found.join("; "), resume = at, "resuming from an older checkpoint (--allow-older-checkpoint)");
+        return Ok(());
+    }
+    let moved = sink::move_aside(&config.output, at, &beyond)?;
+    tracing::warn!(
+        found = %found.join("; "),
+        resume = at,
+        moved_to = %moved.display(),
+        files = beyond.len(),
+        "resuming from an older checkpoint (--allow-older-checkpoint): committed output beyond \
+         it moved aside"
+    );
+    eprintln!(
+        "resuming from {from} (--allow-older-checkpoint): moved {} committed output file(s) of \
+         later epochs to {}",
+        beyond.len(),
+        moved.display()
+    );
+    Ok(())
 }
 
 fn lock_state_dir(state_dir: &Path) -> Result<File> {
@@ -329,7 +440,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     {
         let mut file = File::create(&temp).map_err(|e| Error::io(&temp, e))?;
         file.write_all(bytes).map_err(|e| Error::io(&temp, e))?;
-        file.sync_all().map_err(|e| Error::io(&temp, e))?;
+        file.sync_all().map_err(|e| Error::fsync(&temp, e))?;
     }
     fs::rename(&temp, path).map_err(|e| Error::io(path, e))?;
     match path.parent() {
@@ -601,14 +712,17 @@ impl CoordinatorLoop<'_, '_> {
                     CoordinatorEvent::Decline {
                         checkpoint_id,
                         task,
-                        reason,
+                        error,
                     } => {
-                        let reason = format!("operator {task}: {reason}");
-                        self.coordinator
-                            .decline(checkpoint_id, &reason, Instant::now())?;
+                        self.coordinator.decline_with(
+                            checkpoint_id,
+                            &format!("operator {task}"),
+                            error,
+                            Instant::now(),
+                        )?;
                     }
                     CoordinatorEvent::Failed { task, error } => {
-                        return Err(Error::invalid(format!("{task} failed: {error}")));
+                        return Err(error.context(format!("{task} failed")));
                     }
                     CoordinatorEvent::Exited => {
                         exited += 1;

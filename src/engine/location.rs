@@ -14,6 +14,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::backend::lsm::local_recovery::ROOT_FILE_NAME;
+use crate::checkpoint::registry::QUARANTINE_DIR;
 use crate::checkpoint::storage::{
     CheckpointStorage, LocalDirStorage, parse_checkpoint_dir, validate_path,
 };
@@ -56,6 +57,9 @@ pub struct CheckpointBase {
     state_dir: PathBuf,
     /// Task-root storages opened so far (an object-store client is not free to make).
     opened: Arc<Mutex<HashMap<String, Arc<dyn CheckpointStorage>>>>,
+    /// Generations kept although unreferenced because a task root in them holds quarantined
+    /// checkpoints (FORMAT.md §12.1).
+    preserved: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl CheckpointBase {
@@ -67,6 +71,7 @@ impl CheckpointBase {
             storage: Arc::new(LocalDirStorage::open(state_dir)?),
             state_dir: state_dir.to_path_buf(),
             opened: Arc::default(),
+            preserved: Arc::default(),
         })
     }
 
@@ -79,6 +84,7 @@ impl CheckpointBase {
             local: false,
             state_dir: state_dir.to_path_buf(),
             opened: Arc::default(),
+            preserved: Arc::default(),
         })
     }
 
@@ -170,7 +176,7 @@ impl CheckpointBase {
                 || referenced.iter().any(|root| root.starts_with(&prefix))
         };
         for name in self.storage.children(TASKS_DIR)? {
-            if in_use(&name) {
+            if in_use(&name) || self.holds_quarantine(&name)? {
                 continue;
             }
             if validate_path(&name).is_ok() {
@@ -203,6 +209,31 @@ impl CheckpointBase {
             }
         }
         Ok(())
+    }
+
+    /// Whether a task root of generation `generation` holds quarantined checkpoints (evidence
+    /// of damage, never deleted automatically).
+    fn holds_quarantine(&self, generation: &str) -> Result<bool> {
+        if self.preserved.lock().contains(generation) {
+            return Ok(true);
+        }
+        if validate_path(generation).is_err() {
+            return Ok(false);
+        }
+        let dir = format!("{TASKS_DIR}/{generation}");
+        for task in self.storage.children(&dir)? {
+            if validate_path(&task).is_ok()
+                && self
+                    .storage
+                    .children(&format!("{dir}/{task}"))?
+                    .iter()
+                    .any(|c| c == QUARANTINE_DIR)
+            {
+                self.preserved.lock().insert(generation.to_string());
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Deletes the checkpoints below `below` in task root `root` that are not in `keep`

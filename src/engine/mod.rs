@@ -156,8 +156,8 @@ pub enum CoordinatorEvent {
         checkpoint_id: u64,
         /// Operator task.
         task: usize,
-        /// Why.
-        reason: String,
+        /// Why: the snapshot's error.
+        error: crate::error::Error,
     },
     /// A sink pre-committed n.
     SinkAck {

@@ -246,10 +246,10 @@ pub fn run_snapshot_thread(
                     alignment: job.alignment,
                 },
             },
-            Err(e) => CoordinatorEvent::Decline {
+            Err(error) => CoordinatorEvent::Decline {
                 checkpoint_id: job.checkpoint_id,
                 task,
-                reason: e.to_string(),
+                error,
             },
         };
         let _ = events.send(event);

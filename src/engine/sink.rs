@@ -54,8 +54,9 @@ fn parse_pending(name: &str) -> Option<(u16, u64)> {
 /// fsyncs a directory so renames in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+        .map_err(|e| Error::io(dir, e))?
+        .sync_all()
+        .map_err(|e| Error::fsync(dir, e))
 }
 
 /// One output directory's open epoch file.
@@ -89,7 +90,7 @@ impl EpochWriter {
         let file = writer
             .into_inner()
             .map_err(|e| Error::io(&path, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&path, e))?;
+        file.sync_all().map_err(|e| Error::fsync(&path, e))?;
         let size = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         let pending = self.dir.join(pending_name(task, epoch));
         fs::rename(&path, &pending).map_err(|e| Error::io(&pending, e))?;
@@ -224,6 +225,80 @@ pub fn reconcile(dir: &Path, completed: u64) -> Result<Reconciled> {
         }
     }
     Ok(report)
+}
+
+/// `(task, epoch)` of a committed file name `part-<task>-<epoch>`.
+fn parse_committed(name: &str) -> Option<(u16, u64)> {
+    let (task, epoch) = name.strip_prefix("part-")?.split_once('-')?;
+    Some((task.parse().ok()?, epoch.parse().ok()?))
+}
+
+/// Committed part files of `dir` and `dir/rejected` of epochs above `checkpoint`: output that
+/// only a checkpoint newer than `checkpoint` can have committed. `(epoch, path)`, sorted.
+pub fn committed_beyond(dir: &Path, checkpoint: u64) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for dir in [dir.to_path_buf(), dir.join(REJECTED_DIR)] {
+        for path in committed_files(&dir)? {
+            let epoch = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_committed)
+                .map(|(_, epoch)| epoch);
+            if let Some(epoch) = epoch.filter(|e| *e > checkpoint) {
+                out.push((epoch, path));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The directory (under `dir`) that committed output beyond checkpoint `checkpoint` is moved
+/// to when the job resumes from that older checkpoint on request: `.superseded-after-<c>`, or
+/// `.superseded-after-<c>.<n>` when that exists already. Hidden, so readers skip it.
+fn superseded_dir(dir: &Path, checkpoint: u64) -> PathBuf {
+    let base = format!(".superseded-after-{checkpoint}");
+    let mut candidate = dir.join(&base);
+    let mut n = 0;
+    while candidate.exists() {
+        n += 1;
+        candidate = dir.join(format!("{base}.{n}"));
+    }
+    candidate
+}
+
+/// Moves `files` (from [`committed_beyond`] for `checkpoint`) out of the committed output of
+/// `dir` into a new [`superseded_dir`] (side output into its `rejected/`), durably; returns
+/// that directory.
+pub fn move_aside(dir: &Path, checkpoint: u64, files: &[(u64, PathBuf)]) -> Result<PathBuf> {
+    let target = superseded_dir(dir, checkpoint);
+    let rejected = dir.join(REJECTED_DIR);
+    let mut touched: Vec<PathBuf> = Vec::new();
+    for (_, path) in files {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            continue;
+        };
+        let to_dir = if parent == rejected {
+            target.join(REJECTED_DIR)
+        } else {
+            target.clone()
+        };
+        fs::create_dir_all(&to_dir).map_err(|e| Error::io(&to_dir, e))?;
+        let to = to_dir.join(name);
+        fs::rename(path, &to).map_err(|e| Error::io(path, e))?;
+        for d in [parent.to_path_buf(), to_dir] {
+            if !touched.contains(&d) {
+                touched.push(d);
+            }
+        }
+    }
+    if !touched.is_empty() {
+        touched.push(dir.to_path_buf());
+    }
+    for d in touched {
+        sync_dir(&d)?;
+    }
+    Ok(target)
 }
 
 /// Names of the committed part files of `dir`, sorted.

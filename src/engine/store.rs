@@ -20,7 +20,7 @@ use super::location::{CheckpointBase, JOB_DIR};
 use super::source::SourcePosition;
 use crate::backend::{BackendKind, FileRef, SnapshotData, SnapshotHandle, StateDescriptor};
 use crate::checkpoint::metadata::CheckpointMetadata;
-use crate::checkpoint::registry::CheckpointRegistry;
+use crate::checkpoint::registry::{CheckpointRegistry, quarantine_checkpoint, quarantined_ids};
 use crate::checkpoint::retention;
 use crate::checkpoint::storage::{
     CheckpointStorage, checkpoint_dir, metadata_path, parse_checkpoint_dir, validate_path,
@@ -69,6 +69,12 @@ pub struct JobStore {
     /// Retained checkpoints, oldest first (all backends keep them here too).
     retained_checkpoints: Vec<JobCheckpoint>,
     registry: Option<CheckpointRegistry>,
+    /// What opening found damaged or missing (and quarantined), in words.
+    damage: Vec<String>,
+    /// Ids of every quarantined job checkpoint (this open's and earlier ones).
+    quarantined: Vec<u64>,
+    /// Ids of job checkpoint directories the start-up scan removed for want of a `_metadata`.
+    removed_incomplete: Vec<u64>,
 }
 
 impl JobStore {
@@ -79,6 +85,9 @@ impl JobStore {
             retained: retained.max(1),
             retained_checkpoints: Vec::new(),
             registry: None,
+            damage: Vec::new(),
+            quarantined: Vec::new(),
+            removed_incomplete: Vec::new(),
         };
         if !backend.persistent() {
             if base.is_local() && has_checkpoints(base.job_storage()?.as_ref())? {
@@ -91,7 +100,16 @@ impl JobStore {
             return Ok(store);
         }
         let storage: Arc<dyn CheckpointStorage> = base.job_storage()?;
-        let (registry, _report) = CheckpointRegistry::open(storage.clone())?;
+        let (mut registry, report) = CheckpointRegistry::open(storage.clone())?;
+        for q in &report.quarantined {
+            store.damage.push(format!(
+                "job checkpoint {}: {}; moved to {}",
+                q.checkpoint_id,
+                q.cause,
+                base.join(&format!("{JOB_DIR}/{}", q.moved_to))
+            ));
+        }
+        store.removed_incomplete = report.removed_incomplete.clone();
         for id in registry.completed_ids() {
             if let Some(metadata) = registry.get(id) {
                 if metadata.backend != backend.kind() {
@@ -106,8 +124,50 @@ impl JobStore {
                 store.retained_checkpoints.push(checkpoint);
             }
         }
+        // The newest job checkpoint is usable only with every task checkpoint it names; one
+        // that is damaged or gone makes the job checkpoint unusable too (both are quarantined).
+        while let Some(latest) = store.retained_checkpoints.last() {
+            let problems = check_task_checkpoints(latest)?;
+            if problems.is_empty() {
+                break;
+            }
+            let id = latest.id;
+            let moved = quarantine_checkpoint(storage.as_ref(), id)?;
+            let moved = base.join(&format!("{JOB_DIR}/{moved}"));
+            tracing::warn!(
+                checkpoint = id,
+                moved_to = %moved,
+                problems = %problems.join("; "),
+                "a task checkpoint of the newest job checkpoint is damaged or missing: job \
+                 checkpoint quarantined"
+            );
+            store.damage.push(format!(
+                "job checkpoint {id}: {}; the job checkpoint was moved to {moved}",
+                problems.join("; ")
+            ));
+            registry.remove_completed(id);
+            store.retained_checkpoints.pop();
+        }
+        store.quarantined = quarantined_ids(storage.as_ref())?;
         store.registry = Some(registry);
         Ok(store)
+    }
+
+    /// What opening found damaged or missing (each item names the checkpoint and where it was
+    /// moved); empty when everything was sound.
+    pub fn damage(&self) -> &[String] {
+        &self.damage
+    }
+
+    /// Ids of the quarantined job checkpoints (under `<base>/job/quarantine/`), ascending.
+    pub fn quarantined_ids(&self) -> &[u64] {
+        &self.quarantined
+    }
+
+    /// Ids of the job checkpoint directories the start-up scan removed because they had no
+    /// `_metadata` (a crash while publishing, or a deleted `_metadata`).
+    pub fn removed_incomplete(&self) -> &[u64] {
+        &self.removed_incomplete
     }
 
     /// The newest completed checkpoint, if any.
@@ -157,6 +217,40 @@ impl JobStore {
         }
         roots
     }
+}
+
+/// Checks that every task checkpoint `checkpoint` names has a `_metadata` that decodes; a damaged
+/// or incomplete one is quarantined in its task root. Returns what was wrong, in words.
+fn check_task_checkpoints(checkpoint: &JobCheckpoint) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for handle in &checkpoint.handles {
+        let SnapshotData::Files { root, .. } = &handle.data else {
+            continue;
+        };
+        let storage = super::location::open_location(root)?;
+        let id = handle.checkpoint_id;
+        let problem = match crate::checkpoint::registry::read_metadata(storage.as_ref(), id) {
+            Ok(_) => continue,
+            Err(cause @ Error::Corruption { .. }) => cause.to_string(),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                format!("{root}/{} is missing", metadata_path(id))
+            }
+            Err(other) => return Err(other),
+        };
+        let moved = if storage.children("")?.contains(&checkpoint_dir(id)) {
+            format!(
+                "; moved to {root}/{}",
+                quarantine_checkpoint(storage.as_ref(), id)?
+            )
+        } else {
+            String::new()
+        };
+        problems.push(format!(
+            "task checkpoint {root}/{}: {problem}{moved}",
+            checkpoint_dir(id)
+        ));
+    }
+    Ok(problems)
 }
 
 fn has_checkpoints(storage: &dyn CheckpointStorage) -> Result<bool> {

@@ -219,7 +219,7 @@ pub fn sync_parent(fs: &dyn FileSystem, path: &Path) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    fs.sync_dir(parent).map_err(|e| Error::io(parent, e))
+    fs.sync_dir(parent).map_err(|e| Error::fsync(parent, e))
 }
 
 /// Writes `bytes` to `path` atomically: a temp file beside it (`<name>.tmp`), fsynced, renamed
@@ -230,9 +230,8 @@ pub fn write_atomic(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<()
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let mut file = fs.create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
+    file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    file.sync_all().map_err(|e| Error::fsync(&tmp, e))?;
     drop(file);
     fs.rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     sync_parent(fs, path)
@@ -241,9 +240,8 @@ pub fn write_atomic(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<()
 /// Writes a new file (which must not exist) and fsyncs it; the caller syncs the directory.
 pub fn write_new_synced(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = fs.create_new(path).map_err(|e| Error::io(path, e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_data())
-        .map_err(|e| Error::io(path, e))
+    file.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    file.sync_data().map_err(|e| Error::fsync(path, e))
 }
 
 /// Linux's `EIO`.

@@ -62,9 +62,8 @@ impl Manifest {
         put_record(&mut bytes, &header);
         put_record(&mut bytes, &version.snapshot_edit().encode());
         let mut file = fs.create(&path).map_err(|e| Error::io(&path, e))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| Error::io(&path, e))?;
+        file.write_all(&bytes).map_err(|e| Error::io(&path, e))?;
+        file.sync_all().map_err(|e| Error::fsync(&path, e))?;
         let previous = read_current(fs.as_ref(), dir).ok().flatten();
         write_current(fs.as_ref(), dir, &name)?;
         if let Some(old) = previous.filter(|old| *old != name) {
@@ -100,13 +99,13 @@ impl Manifest {
         }
         let mut record = Vec::new();
         put_record(&mut record, &edit.encode());
-        let written = self
-            .file
-            .write_all(&record)
-            .and_then(|()| self.file.sync_data());
+        let written = match self.file.write_all(&record) {
+            Ok(()) => self.file.sync_data().map_err(|e| Error::fsync(&path, e)),
+            Err(e) => Err(Error::io(&path, e)),
+        };
         if let Err(e) = written {
             self.failed = true;
-            return Err(Error::io(&path, e));
+            return Err(e);
         }
         self.size += record.len() as u64;
         Ok(())
@@ -155,7 +154,7 @@ fn write_current(fs: &dyn FileSystem, dir: &Path, name: &str) -> Result<()> {
 
 /// fsyncs a directory so renames and new names in it are durable.
 pub fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
-    fs.sync_dir(dir).map_err(|e| Error::io(dir, e))
+    fs.sync_dir(dir).map_err(|e| Error::fsync(dir, e))
 }
 
 /// Rebuilds the version from the manifest `CURRENT` names. A torn last record (the file ends

@@ -329,8 +329,16 @@ impl LsmBackend {
 
     /// Restores the newest completed checkpoint of the storage into this backend's key-group
     /// range; returns its id, or `None` (and changes nothing) when there is none.
+    ///
+    /// Fails (restoring nothing) when a checkpoint newer than the newest completed one was
+    /// quarantined (its `_metadata` does not decode, FORMAT.md §4.4): older state is restored
+    /// only when asked for by handle.
     pub fn restore_latest(&mut self) -> Result<Option<u64>> {
         let latest = self.registry.lock().latest_completed().cloned();
+        crate::checkpoint::registry::check_no_newer_quarantined(
+            self.storage.as_ref(),
+            latest.as_ref().map(|m| m.checkpoint_id),
+        )?;
         let Some(metadata) = latest else {
             return Ok(None);
         };

@@ -527,7 +527,7 @@ impl DbInner {
     fn set_background_error(&self, error: &Error) {
         let mut slot = self.background_error.lock();
         if slot.is_none() {
-            let (path, kind) = match error {
+            let (path, kind) = match error.root_cause() {
                 Error::Io { path, source } => (path.clone(), source.kind()),
                 _ => (self.dir.clone(), std::io::ErrorKind::Other),
             };

@@ -195,7 +195,7 @@ impl SstBuilder {
             .writer
             .into_inner()
             .map_err(|e| Error::io(&self.path, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        file.sync_all().map_err(|e| Error::fsync(&self.path, e))?;
         Ok(SstMetadata {
             path: self.path,
             file_size: self.offset,

@@ -220,7 +220,7 @@ impl WalWriter {
         }
         self.file.sync_data().map_err(|e| {
             self.failed = true;
-            Error::io(&self.path, e)
+            Error::fsync(&self.path, e)
         })?;
         if !self.name_durable {
             self.sync_dir()?;
