@@ -439,7 +439,8 @@ mod tests {
 
     #[test]
     fn undecodable_metadata_is_quarantined_with_its_files_and_kept_across_scans() {
-        let damages: [(&str, fn(&mut Vec<u8>)); 3] = [
+        type Damage = fn(&mut Vec<u8>);
+        let damages: [(&str, Damage); 3] = [
             ("flipped byte", |b| b[20] ^= 0x40),
             ("truncated", |b| b.truncate(b.len() - 3)),
             ("zeroed", |b| b.iter_mut().for_each(|x| *x = 0)),
