@@ -168,6 +168,7 @@ fn power_loss_at_every_operation_of_checkpoint_and_retention() {
     assert!(error.is_none() && done == steps, "{error:?}");
     let total = sim.mutations();
     assert!(total > 100, "{total} operations");
+    eprintln!("power_loss_checkpoint: {} power-off points", 2 * total);
     for index in 0..total {
         let (sim, fs) = new_fs(index);
         sim.power_off_at(Some(index));

@@ -396,6 +396,7 @@ fn power_loss_at_every_operation_keeps_synced_writes_and_checkpoints() {
         let double = if full() { 1 } else { 29 };
         points += power_off_everywhere(seed, &steps, SyncMode::Manual, double);
     }
+    eprintln!("power_loss_lsm (Manual): {points} power-off points");
     assert!(points >= 1400, "only {points} power-off points checked");
 }
 
@@ -411,6 +412,7 @@ fn power_loss_with_every_batch_synced_loses_no_acknowledged_write() {
         let steps = scenario(seed, 80);
         points += power_off_everywhere(seed, &steps, SyncMode::EveryBatch, 0);
     }
+    eprintln!("power_loss_lsm (EveryBatch): {points} power-off points");
     assert!(points >= 600, "only {points} power-off points checked");
 }
 
