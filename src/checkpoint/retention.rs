@@ -143,7 +143,9 @@ mod tests {
         storage.write_file(&format!("chk-{id}/own"), b"x").unwrap();
         for s in shared {
             let path = format!("shared/{s}");
-            storage.write_file(&path, b"x").unwrap();
+            if !storage.exists(&path).unwrap() {
+                storage.write_file(&path, b"x").unwrap(); // written once, shared after
+            }
             files.push(file(&path, true));
         }
         let m = CheckpointMetadata {
