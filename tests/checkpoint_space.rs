@@ -224,6 +224,8 @@ struct Run {
     after: Sample,
 }
 
+/// Runs the reference job and observes checkpoint storage after every completed checkpoint.
+#[allow(clippy::too_many_arguments)] // one call per test, each naming every setting
 fn run(
     dir: &Path,
     backend: BackendChoice,
