@@ -474,3 +474,118 @@ fn lsm_at(
     let all = KeyGroupRange::all(MAX_PARALLELISM);
     flowstate::LsmBackend::new(config(all), dir, storage, options.clone()).unwrap()
 }
+
+/// Names are written once: when retention fails after checkpoint 2 is durably published (the
+/// checkpoint is reported failed), checkpoint 3 neither rewrites nor re-creates any file that
+/// published checkpoint 2 lists — every file is created exactly once and keeps its bytes.
+#[test]
+fn a_retention_failure_after_publish_never_rewrites_published_files() {
+    #[derive(Debug, Default)]
+    struct RetentionFails {
+        created: parking_lot::Mutex<Vec<String>>,
+        fail_unpublish: std::sync::atomic::AtomicBool,
+    }
+    impl StorageInterceptor for RetentionFails {
+        fn create_file(
+            &self,
+            inner: &dyn CheckpointStorage,
+            path: &str,
+        ) -> flowstate::Result<Box<dyn flowstate::checkpoint::storage::CheckpointFileWriter>>
+        {
+            self.created.lock().push(path.to_string());
+            inner.create_file(path)
+        }
+        fn unpublish_metadata(
+            &self,
+            inner: &dyn CheckpointStorage,
+            checkpoint_id: u64,
+        ) -> flowstate::Result<()> {
+            if self
+                .fail_unpublish
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(flowstate::Error::invalid("injected retention failure"));
+            }
+            inner.unpublish_metadata(checkpoint_id)
+        }
+    }
+    for location in ["dir", "memory://write-once-retention"] {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = if location == "dir" {
+            open_storage(&dir.path().join("ckpt").display().to_string()).unwrap()
+        } else {
+            open_storage(location).unwrap()
+        };
+        let storage = Arc::new(InterceptedStorage {
+            inner,
+            interceptor: RetentionFails::default(),
+        });
+        let all = KeyGroupRange::all(MAX_PARALLELISM);
+        let options = flowstate::backend::lsm::LsmBackendOptions {
+            write_buffer_size: 32 << 10,
+            retained_checkpoints: 1,
+            ..Default::default()
+        };
+        let mut b = flowstate::LsmBackend::new(
+            config(all),
+            &dir.path().join("work"),
+            storage.clone(),
+            options,
+        )
+        .unwrap();
+        let mut model = Contents::new();
+        let mut rng = 5;
+        random_writes(&mut b, &mut model, &mut rng, 2000);
+        b.snapshot(1).unwrap().run().unwrap();
+        random_writes(&mut b, &mut model, &mut rng, 2000);
+        storage
+            .interceptor
+            .fail_unpublish
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = b.snapshot(2).unwrap().run().unwrap_err();
+        assert!(err.to_string().contains("injected"), "{err}");
+        // Checkpoint 2 is published all the same: its files are what a restore would read.
+        let published = read_metadata(storage.as_ref(), 2).unwrap();
+        let bytes_of = |m: &CheckpointMetadata| -> Vec<(String, Vec<u8>)> {
+            m.files
+                .iter()
+                .map(|f| {
+                    let path = f.file.path.clone();
+                    let bytes = storage.read_file(&path).unwrap();
+                    (path, bytes)
+                })
+                .collect()
+        };
+        let before = bytes_of(&published);
+        random_writes(&mut b, &mut model, &mut rng, 500);
+        b.snapshot(3).unwrap().run().unwrap();
+        for (path, bytes) in &before {
+            if storage.exists(path).unwrap() {
+                assert_eq!(
+                    &storage.read_file(path).unwrap(),
+                    bytes,
+                    "{location}: {path}"
+                );
+            }
+        }
+        let created = storage.interceptor.created.lock().clone();
+        let mut unique = created.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            created.len(),
+            "{location}: a name was written twice: {created:?}"
+        );
+        let h = b.snapshot(4).unwrap().run().unwrap();
+        let mut r = flowstate::LsmBackend::new(
+            config(all),
+            &dir.path().join("restored"),
+            storage.clone(),
+            flowstate::backend::lsm::LsmBackendOptions::default(),
+        )
+        .unwrap();
+        r.restore(&[h], all).unwrap();
+        assert_eq!(contents(&mut r), model, "{location}");
+    }
+}

@@ -460,6 +460,10 @@ impl StateBackend for FsBackend {
 
     super::heap::delegate_to_heap_store!(store);
 
+    fn checkpoint_releaser(&self) -> Option<super::CheckpointReleaser> {
+        Some(super::CheckpointReleaser::new(self.registry.clone(), None))
+    }
+
     fn snapshot(&mut self, checkpoint_id: u64) -> Result<Box<dyn SnapshotTask>> {
         let config = self.store.config();
         Ok(Box::new(FsSnapshotTask {

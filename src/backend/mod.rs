@@ -15,10 +15,17 @@ pub mod memory;
 pub mod state_table;
 pub mod stored_value;
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::registry::CheckpointRegistry;
+use crate::checkpoint::retention;
+use crate::checkpoint::storage::SHARED_DIR;
 
 use crate::codec::cursor::Cursor;
 use crate::codec::varint::put_varint32;
@@ -461,6 +468,53 @@ pub trait StateBackend: Send {
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
         let _ = checkpoint_id;
         Ok(())
+    }
+
+    /// A handle through which retention decided outside the backend (the engine's job-level
+    /// retention) releases this backend's checkpoints from another thread; `None` for backends
+    /// whose checkpoints hold no storage (memory). The default is `None`.
+    fn checkpoint_releaser(&self) -> Option<CheckpointReleaser> {
+        None
+    }
+}
+
+/// Releases a backend's completed checkpoints for a retention that lives outside the backend:
+/// the engine's job checkpoints include one task checkpoint each, and a task checkpoint goes
+/// when the job checkpoint that included it is subsumed, or when its job checkpoint never
+/// completed. Releasing deletes the checkpoint (`_metadata` first), the shared files no
+/// remaining checkpoint references, and their local-recovery copies.
+#[derive(Debug, Clone)]
+pub struct CheckpointReleaser {
+    registry: Arc<Mutex<CheckpointRegistry>>,
+    /// `(local-recovery dir, storage location)` when the backend keeps local copies.
+    local_recovery: Option<(PathBuf, String)>,
+}
+
+impl CheckpointReleaser {
+    pub(crate) fn new(
+        registry: Arc<Mutex<CheckpointRegistry>>,
+        local_recovery: Option<(PathBuf, String)>,
+    ) -> Self {
+        CheckpointReleaser {
+            registry,
+            local_recovery,
+        }
+    }
+
+    /// Discards every completed checkpoint with an id up to `up_to` that is not in `keep`, the
+    /// shared files only they referenced and those files' local-recovery copies; checkpoints
+    /// above `up_to` (in flight at the job level) stay. Returns the discarded ids.
+    ///
+    /// Safe while a snapshot of the backend runs: a running snapshot only relies on files of
+    /// the newest published checkpoint, which is above `up_to` or in `keep`.
+    pub fn release(&self, keep: &BTreeSet<u64>, up_to: u64) -> Result<Vec<u64>> {
+        let mut registry = self.registry.lock();
+        let (discarded, _) = retention::release(&mut registry, keep, up_to)?;
+        if let Some((dir, location)) = &self.local_recovery {
+            let copies = lsm::local_recovery::LocalCopies::new(dir, location);
+            copies.prune(SHARED_DIR, |path| registry.shared_references(path) > 0)?;
+        }
+        Ok(discarded)
     }
 }
 

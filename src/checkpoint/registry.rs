@@ -453,6 +453,8 @@ mod tests {
             }
             let mut bytes = storage.read_file("chk-3/_metadata").unwrap();
             damage(&mut bytes);
+            // Damage in place: the published file is replaced (names are write-once).
+            storage.delete("chk-3/_metadata").unwrap();
             storage.write_file("chk-3/_metadata", &bytes).unwrap();
             let (registry, report) = CheckpointRegistry::open(storage.clone()).unwrap();
             assert_eq!(registry.completed_ids(), [1, 2], "{what}");
@@ -504,6 +506,7 @@ mod tests {
         let storage = local(dir.path());
         for round in 0..2 {
             publish(storage.as_ref(), 1);
+            storage.delete("chk-1/_metadata").unwrap();
             storage.write_file("chk-1/_metadata", b"garbage").unwrap();
             let (registry, report) = CheckpointRegistry::open(storage.clone()).unwrap();
             assert!(registry.completed_ids().is_empty());

@@ -71,9 +71,37 @@ pub fn apply(registry: &mut CheckpointRegistry, retained: usize) -> Result<Reten
         ));
     }
     let planned = plan(registry, retained);
+    let released = discard(registry, &planned.discard)?;
+    debug_assert!(planned.delete_shared.iter().all(|p| released.contains(p)));
+    Ok(planned)
+}
+
+/// Retention decided outside the storage (the engine's job checkpoints, which name the task
+/// checkpoints they include): discards every completed checkpoint with an id up to `up_to` that
+/// is not in `keep` — those whose job checkpoint was subsumed, and those whose job checkpoint
+/// never completed — and deletes the shared files no remaining checkpoint references. Completed
+/// checkpoints above `up_to` (still in flight at the job level) are left alone. Returns the
+/// discarded ids and the deleted shared files.
+pub fn release(
+    registry: &mut CheckpointRegistry,
+    keep: &BTreeSet<u64>,
+    up_to: u64,
+) -> Result<(Vec<u64>, Vec<String>)> {
+    let ids: Vec<u64> = registry
+        .completed_ids()
+        .into_iter()
+        .filter(|id| *id <= up_to && !keep.contains(id))
+        .collect();
+    let released = discard(registry, &ids)?;
+    Ok((ids, released.into_iter().collect()))
+}
+
+/// Deletes the completed checkpoints `ids` (each `_metadata` first) and then the shared files
+/// only they referenced; returns those files.
+fn discard(registry: &mut CheckpointRegistry, ids: &[u64]) -> Result<BTreeSet<String>> {
     let storage = registry.storage().clone();
     let mut released = BTreeSet::new();
-    for id in &planned.discard {
+    for id in ids {
         // `_metadata` first: from here on the checkpoint is incomplete, never half deleted.
         storage.unpublish_metadata(*id)?;
         storage.delete_all(&checkpoint_dir(*id))?;
@@ -81,11 +109,10 @@ pub fn apply(registry: &mut CheckpointRegistry, retained: usize) -> Result<Reten
             released.extend(freed);
         }
     }
-    debug_assert!(planned.delete_shared.iter().all(|p| released.contains(p)));
     for path in &released {
         storage.delete(path)?;
     }
-    Ok(planned)
+    Ok(released)
 }
 
 #[cfg(test)]
@@ -116,7 +143,9 @@ mod tests {
         storage.write_file(&format!("chk-{id}/own"), b"x").unwrap();
         for s in shared {
             let path = format!("shared/{s}");
-            storage.write_file(&path, b"x").unwrap();
+            if !storage.exists(&path).unwrap() {
+                storage.write_file(&path, b"x").unwrap(); // written once, shared after
+            }
             files.push(file(&path, true));
         }
         let m = CheckpointMetadata {
@@ -167,6 +196,36 @@ mod tests {
         assert!(report.removed_files.is_empty(), "{report:?}");
         assert_eq!(reopened.shared_references("shared/c"), 3);
         assert!(apply(&mut registry, 0).is_err());
+    }
+
+    #[test]
+    fn release_discards_what_outside_retention_drops_and_leaves_newer_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn CheckpointStorage> =
+            Arc::new(LocalDirStorage::open(dir.path()).unwrap());
+        let (mut registry, _) = CheckpointRegistry::open(storage.clone()).unwrap();
+        // 1 subsumed, 2 kept, 3 never completed at the job level, 4 kept, 5 still in flight.
+        let sharing: [&[&str]; 5] = [&["a", "b"], &["b"], &["c"], &["b", "d"], &["e"]];
+        for (i, shared) in sharing.iter().enumerate() {
+            registry.add_completed(publish(storage.as_ref(), i as u64 + 1, shared));
+        }
+        let keep = BTreeSet::from([2, 4]);
+        let (discarded, deleted) = release(&mut registry, &keep, 4).unwrap();
+        assert_eq!(discarded, [1, 3]);
+        assert_eq!(deleted, ["shared/a", "shared/c"]);
+        assert_eq!(registry.completed_ids(), [2, 4, 5]);
+        for (path, exists) in [
+            ("shared/a", false),
+            ("shared/b", true),
+            ("shared/c", false),
+            ("shared/d", true),
+            ("shared/e", true),
+            ("chk-1/own", false),
+            ("chk-3/_metadata", false),
+            ("chk-5/_metadata", true),
+        ] {
+            assert_eq!(storage.exists(path).unwrap(), exists, "{path}");
+        }
     }
 
     #[test]

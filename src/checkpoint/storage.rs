@@ -93,14 +93,17 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// Where the storage is, for handles and messages (a directory path or a URI).
     fn location(&self) -> String;
 
-    /// Writes a whole data file and fsyncs it before returning.
+    /// Writes a whole new data file (through [`CheckpointStorage::create_file`], so an existing
+    /// name is refused where `create_file` refuses it) and fsyncs it before returning.
     fn write_file(&self, path: &str, bytes: &[u8]) -> Result<()> {
         let mut writer = self.create_file(path)?;
         writer.write_all(bytes)?;
         writer.finish().map(|_| ())
     }
 
-    /// Creates (or truncates) a data file for streaming writes.
+    /// Creates a new data file for streaming writes. Checkpoint files are written once: a
+    /// writer never truncates or rewrites an existing file (the local directory storage fails
+    /// with an I/O error when `path` exists); a retry writes to a new name.
     fn create_file(&self, path: &str) -> Result<Box<dyn CheckpointFileWriter>>;
 
     /// Reads a whole file.
@@ -396,7 +399,8 @@ impl CheckpointStorage for LocalDirStorage {
     fn create_file(&self, path: &str) -> Result<Box<dyn CheckpointFileWriter>> {
         let full = self.resolve(path)?;
         self.create_parents(&full)?;
-        let file = self.fs.create(&full).map_err(|e| Error::io(&full, e))?;
+        // Uploaded names are written once (FORMAT.md §11.1): never truncate an existing file.
+        let file = self.fs.create_new(&full).map_err(|e| Error::io(&full, e))?;
         Ok(Box::new(LocalFileWriter {
             path: full,
             file,

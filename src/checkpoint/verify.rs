@@ -253,7 +253,9 @@ mod tests {
         let shared = "shared/blob".to_string();
         let bytes = snapshot_file(id, groups);
         storage.write_file(&owned, &bytes).unwrap();
-        storage.write_file(&shared, b"shared bytes").unwrap();
+        if !storage.exists(&shared).unwrap() {
+            storage.write_file(&shared, b"shared bytes").unwrap(); // written once, shared after
+        }
         let entry = |path: &str, bytes: &[u8], shared| CheckpointFile {
             file: FileRef {
                 path: path.to_string(),
@@ -350,6 +352,7 @@ mod tests {
         let storage = LocalDirStorage::open(dir.path()).unwrap();
         let (owned, _) = publish(&storage, 6);
         let wrong = snapshot_file(99, KeyGroupRange::new(0, 3).unwrap());
+        storage.delete(&owned).unwrap();
         storage.write_file(&owned, &wrong).unwrap();
         let mut metadata = read_metadata(&storage, 6).unwrap();
         metadata.files[0].file.crc32 = crc32fast::hash(&wrong);

@@ -27,7 +27,7 @@ use super::sink::{self, SinkBatch, SinkControl, TwoPhaseFileSink};
 use super::source::{EventBatch, SourceControl, SourcePosition, SourceTask};
 use super::store::{JobCheckpoint, JobStore};
 use super::{BackendChoice, CoordinatorEvent, OperatorControl};
-use crate::backend::{BackendConfig, SnapshotData};
+use crate::backend::{BackendConfig, CheckpointReleaser, SnapshotData};
 use crate::checkpoint::registry::QUARANTINE_DIR;
 use crate::checkpoint::storage::checkpoint_dir;
 use crate::error::{Error, Result};
@@ -97,6 +97,20 @@ pub struct JobConfig {
     /// [`DEFAULT_BATCH_RECORDS`](super::source::DEFAULT_BATCH_RECORDS)); tests use small
     /// batches so barriers and failures fall between many batches.
     pub batch_records: usize,
+    /// Called on the coordinator thread after each completed checkpoint is durable and
+    /// retention has released what it subsumed, before the next checkpoint is triggered.
+    pub on_checkpoint: Option<CheckpointObserver>,
+}
+
+/// A function called with the id of each completed checkpoint (see
+/// [`JobConfig::on_checkpoint`]); measurements and tests observe checkpoint storage with it.
+#[derive(Clone)]
+pub struct CheckpointObserver(pub Arc<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for CheckpointObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckpointObserver")
+    }
 }
 
 impl JobConfig {
@@ -121,6 +135,7 @@ impl JobConfig {
             channel_capacity: 16,
             allow_older_checkpoint: false,
             batch_records: super::source::DEFAULT_BATCH_RECORDS,
+            on_checkpoint: None,
         }
     }
 }
@@ -510,12 +525,20 @@ impl Attempt<'_> {
         let generation = self.base.next_generation()?;
         self.base
             .remove_unreferenced_generations(generation, &store.referenced_roots())?;
+        if config.backend.persistent() {
+            // Earlier attempts' roots are written no more: keep in them only what the retained
+            // checkpoints list (a failed attempt leaves task checkpoints no job checkpoint has).
+            self.base.prune_roots(&store.referenced_files())?;
+        }
         let mut keyed = Vec::with_capacity(usize::from(parallelism));
+        let mut releasers = Vec::with_capacity(usize::from(parallelism));
         for index in 0..parallelism {
             let range = KeyGroupRange::for_operator(self.max_parallelism, parallelism, index)?;
             let backend_config = BackendConfig::new(u32::from(self.max_parallelism), range)?;
             let root = self.base.task(generation, usize::from(index))?;
-            let state = KeyedState::from_boxed(config.backend.create(backend_config, &root)?);
+            let backend = config.backend.create(backend_config, &root)?;
+            releasers.extend(backend.checkpoint_releaser());
+            let state = KeyedState::from_boxed(backend);
             if let Some(checkpoint) = &restore {
                 let handles: Vec<_> = checkpoint
                     .handles
@@ -606,6 +629,7 @@ impl Attempt<'_> {
                 sink_gates: &sink_gates,
                 source: &source_tx,
                 generation,
+                releasers: &releasers,
                 previous_files: BTreeSet::new(),
                 finished: None,
             };
@@ -666,6 +690,8 @@ struct CoordinatorLoop<'a, 'b> {
     sink_gates: &'a [SinkGate],
     source: &'a Sender<SourceControl>,
     generation: u64,
+    /// Releases the task checkpoints of this attempt's backends (job-level retention).
+    releasers: &'a [CheckpointReleaser],
     /// (root, path) of every file the previous completed checkpoint referenced.
     previous_files: BTreeSet<(String, String)>,
     finished: Option<(u64, SourcePosition)>,
@@ -810,14 +836,25 @@ impl CoordinatorLoop<'_, '_> {
             let _ = gate.control(OperatorControl::Complete(done.id));
         }
         if attempt.config.backend.persistent() {
+            // Task checkpoint ids are job checkpoint ids: every task checkpoint up to this one
+            // that no retained job checkpoint includes goes (subsumed, or its job checkpoint
+            // failed), with the shared files only it referenced.
             let keep = self.store.retained_ids();
-            for task in 0..self.operator_gates.len() {
-                let root = attempt.base.task(self.generation, task)?;
-                CheckpointBase::remove_task_checkpoints(&root, &keep, done.id)?;
+            for releaser in self.releasers {
+                releaser.release(&keep, done.id)?;
             }
+            // Roots of earlier attempts that retained checkpoints still use keep only what
+            // those use (their subsumed task checkpoints have no backend to release them).
+            let own = format!("{}/", attempt.base.generation_root(self.generation));
+            let mut earlier = self.store.referenced_files();
+            earlier.retain(|root, _| !root.starts_with(&own));
+            attempt.base.prune_roots(&earlier)?;
             attempt
                 .base
                 .remove_unreferenced_generations(self.generation, &self.store.referenced_roots())?;
+        }
+        if let Some(observer) = &attempt.config.on_checkpoint {
+            (observer.0)(done.id);
         }
         if done.source.exhausted {
             self.finished = Some((done.id, done.source));

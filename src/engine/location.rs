@@ -6,17 +6,18 @@
 //! local directories that stay on this machine whatever the base: working stores and local-recovery
 //! copies. Task roots are storage locations (strings), so a handle's root reopens its storage.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::backend::lsm::local_recovery::ROOT_FILE_NAME;
+use crate::backend::lsm::local_recovery::{LocalCopies, ROOT_FILE_NAME};
 use crate::checkpoint::registry::QUARANTINE_DIR;
 use crate::checkpoint::storage::{
-    CheckpointStorage, LocalDirStorage, parse_checkpoint_dir, validate_path,
+    CheckpointStorage, LocalDirStorage, SHARED_DIR, metadata_path, parse_checkpoint_dir,
+    validate_path,
 };
 use crate::error::{Error, Result};
 
@@ -129,6 +130,11 @@ impl CheckpointBase {
         Ok(storage)
     }
 
+    /// The location of `generation`'s directory of task roots: `<base>/tasks/<generation:06>`.
+    pub fn generation_root(&self, generation: u64) -> String {
+        self.join(&format!("{TASKS_DIR}/{generation:06}"))
+    }
+
     /// The storage and local directories of `task` in `generation`.
     pub fn task(&self, generation: u64, task: usize) -> Result<TaskRoot> {
         let location = self.task_root(generation, task);
@@ -236,25 +242,51 @@ impl CheckpointBase {
         Ok(false)
     }
 
-    /// Deletes the checkpoints below `below` in task root `root` that are not in `keep`
-    /// (`_metadata` first, so a crash leaves an incomplete checkpoint, never a broken one).
-    pub fn remove_task_checkpoints(
-        root: &TaskRoot,
-        keep: &BTreeSet<u64>,
-        below: u64,
-    ) -> Result<()> {
-        let storage = &root.storage;
-        for name in storage.children("")? {
-            if let Some(id) = parse_checkpoint_dir(&name)
-                && id < below
-                && !keep.contains(&id)
-            {
-                storage.unpublish_metadata(id)?;
-                storage.delete_all(&name)?;
+    /// Keeps in each task root of `referenced` only what the retained checkpoints need there:
+    /// the task checkpoints they include (their `_metadata`) and the files they list; other
+    /// task checkpoints go `_metadata` first, then every unlisted file, and the local-recovery
+    /// copies of unlisted files. Only for roots no running attempt writes.
+    pub fn prune_roots(&self, referenced: &BTreeMap<String, RootReferences>) -> Result<()> {
+        for (root, refs) in referenced {
+            let storage = self.open_root(root)?;
+            for name in storage.children("")? {
+                if let Some(id) = parse_checkpoint_dir(&name)
+                    && !refs.checkpoints.contains(&id)
+                {
+                    storage.unpublish_metadata(id)?;
+                    storage.delete_all(&name)?;
+                }
+            }
+            let kept_metadata: BTreeSet<String> = refs
+                .checkpoints
+                .iter()
+                .map(|id| metadata_path(*id))
+                .collect();
+            for path in storage.list("")? {
+                // Quarantined checkpoints are evidence: never pruned.
+                let quarantined = path
+                    .strip_prefix(QUARANTINE_DIR)
+                    .is_some_and(|rest| rest.starts_with('/'));
+                if !quarantined && !refs.files.contains(&path) && !kept_metadata.contains(&path) {
+                    storage.delete(&path)?;
+                }
+            }
+            if !self.local {
+                let copies = LocalCopies::new(&self.state_dir.join(LOCAL_RECOVERY_DIR), root);
+                copies.prune(SHARED_DIR, |path| refs.files.contains(path))?;
             }
         }
         Ok(())
     }
+}
+
+/// What the retained job checkpoints reference in one task storage root.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RootReferences {
+    /// Ids of the task checkpoints they include.
+    pub checkpoints: BTreeSet<u64>,
+    /// Paths (relative to the root) of the files they list.
+    pub files: BTreeSet<String>,
 }
 
 /// Names of the entries of a local directory; a missing directory has none.

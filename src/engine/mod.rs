@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 pub use coordinator::{CheckpointOptions, CheckpointRecord, CheckpointStatus};
 pub use failure::{FailurePoint, FailureSchedule};
 pub use growth::GrowthAlert;
-pub use job::{JobConfig, JobSummary, RestartStrategy, run_job};
+pub use job::{CheckpointObserver, JobConfig, JobSummary, RestartStrategy, run_job};
 
 /// Which state backend the job's operators use. Adding a backend is one variant here, one arm
 /// in [`BackendChoice::create`] and one name in [`BackendChoice::parse`].
@@ -84,7 +84,8 @@ impl BackendChoice {
         Ok(match self {
             BackendChoice::Memory => Box::new(MemoryBackend::new(config)),
             BackendChoice::Fs => {
-                // The engine applies retention itself (job-level), so the backend keeps all;
+                // Job-level retention releases task checkpoints through the backend's
+                // releaser (`job.rs`), so the backend's own retention keeps all;
                 // 16 key groups per file: fewer fsyncs per checkpoint, still fine-grained
                 // enough that a rescaled task reads little it does not own.
                 Box::new(
@@ -97,7 +98,8 @@ impl BackendChoice {
                 let options = LsmBackendOptions {
                     write_buffer_size: 16 << 20,
                     block_cache_size: 16 << 20,
-                    // The engine applies retention itself (job-level): the backend keeps all.
+                    // Job-level retention releases task checkpoints through the backend's
+                    // releaser (`job.rs`): the backend's own retention keeps all.
                     retained_checkpoints: usize::MAX,
                     local_recovery_dir: root.local_recovery_dir.clone(),
                     ..LsmBackendOptions::default()

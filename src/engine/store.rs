@@ -9,14 +9,14 @@
 //! base, files). Task state lives in `<base>/tasks/<generation>/t<task>/`, one
 //! storage root per task and job attempt, so no two writers ever share a root.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::BackendChoice;
-use super::location::{CheckpointBase, JOB_DIR};
+use super::location::{CheckpointBase, JOB_DIR, RootReferences};
 use super::source::SourcePosition;
 use crate::backend::{BackendKind, FileRef, SnapshotData, SnapshotHandle, StateDescriptor};
 use crate::checkpoint::metadata::CheckpointMetadata;
@@ -203,6 +203,22 @@ impl JobStore {
     /// Ids of the retained checkpoints.
     pub fn retained_ids(&self) -> BTreeSet<u64> {
         self.retained_checkpoints.iter().map(|c| c.id).collect()
+    }
+
+    /// Per task storage root: the task checkpoints and the files the retained checkpoints
+    /// reference in it.
+    pub fn referenced_files(&self) -> BTreeMap<String, RootReferences> {
+        let mut roots: BTreeMap<String, RootReferences> = BTreeMap::new();
+        for checkpoint in &self.retained_checkpoints {
+            for handle in &checkpoint.handles {
+                if let SnapshotData::Files { root, files } = &handle.data {
+                    let entry = roots.entry(root.clone()).or_default();
+                    entry.checkpoints.insert(handle.checkpoint_id);
+                    entry.files.extend(files.iter().map(|f| f.path.clone()));
+                }
+            }
+        }
+        roots
     }
 
     /// Task storage roots the retained checkpoints reference.

@@ -261,6 +261,13 @@ pub trait StorageInterceptor: std::fmt::Debug + Send + Sync {
     ) -> flowstate::Result<bool> {
         inner.copy_from(source, from, to)
     }
+    fn unpublish_metadata(
+        &self,
+        inner: &dyn CheckpointStorage,
+        checkpoint_id: u64,
+    ) -> flowstate::Result<()> {
+        inner.unpublish_metadata(checkpoint_id)
+    }
 }
 
 /// `inner` seen through `interceptor`. `write_file` and `open_sibling` keep the trait's
@@ -319,7 +326,8 @@ impl<I: StorageInterceptor> CheckpointStorage for InterceptedStorage<I> {
         self.inner.publish_metadata(checkpoint_id, bytes)
     }
     fn unpublish_metadata(&self, checkpoint_id: u64) -> flowstate::Result<()> {
-        self.inner.unpublish_metadata(checkpoint_id)
+        self.interceptor
+            .unpublish_metadata(self.inner.as_ref(), checkpoint_id)
     }
     fn upload_parallelism(&self) -> usize {
         self.inner.upload_parallelism()

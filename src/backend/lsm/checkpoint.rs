@@ -154,6 +154,9 @@ pub(super) struct Incremental {
     pub target: Option<Target>,
     credit: u64,
     pub last_stats: Option<CheckpointStats>,
+    /// Failed checkpoint runs of this store: a file uploaded after one gets a name no earlier
+    /// upload used (names are written once, FORMAT.md §11.1).
+    retry: u32,
 }
 
 impl Incremental {
@@ -172,6 +175,7 @@ impl Incremental {
             target: None,
             credit: 0,
             last_stats: None,
+            retry: 0,
         }
     }
 
@@ -189,6 +193,7 @@ impl Incremental {
         self.deltas.clear();
         self.pending.clear();
         self.credit = 0;
+        self.retry = 0;
         if complete {
             self.base = Some(target.as_base());
             self.target = None;
@@ -199,7 +204,13 @@ impl Incremental {
     }
 
     fn shared_path(&self, number: u64) -> String {
-        shared_path(self.store_id, number)
+        match self.retry {
+            0 => shared_path(self.store_id, number),
+            retry => format!(
+                "{SHARED_DIR}/{:016x}-{number:06}-r{retry}.sst",
+                self.store_id
+            ),
+        }
     }
 }
 
@@ -278,7 +289,12 @@ impl SnapshotTask for LsmSnapshotTask {
         }
         let incremental = task.incremental.clone();
         let mut inc = incremental.lock();
-        task.run_locked(&mut inc)
+        let result = task.run_locked(&mut inc);
+        if result.is_err() {
+            // Whatever this run uploaded may exist under its names: later uploads use new ones.
+            inc.retry += 1;
+        }
+        result
     }
 }
 
@@ -467,7 +483,10 @@ impl LsmSnapshotTask {
         {
             let mut registry = self.registry.lock();
             registry.add_completed(metadata);
-            retention::apply(&mut registry, self.retained)?;
+            // Published and counted: commit before retention, so that a retention failure
+            // (which fails this checkpoint) leaves the uploaded files known and a later
+            // checkpoint lists them again instead of uploading them once more.
+            let retention = retention::apply(&mut registry, self.retained);
             // Published: commit. A file the registry no longer counts (checkpoint ids out of
             // order let retention discard this very checkpoint) forces a full upload next time.
             let lost = listed
@@ -487,6 +506,7 @@ impl LsmSnapshotTask {
                 inc.deltas.clear();
                 inc.target = None;
             }
+            retention?;
         }
         tracing::debug!(
             checkpoint_id = id,

@@ -632,6 +632,18 @@ impl StateBackend for LsmBackend {
         self.db.write(batch)
     }
 
+    fn checkpoint_releaser(&self) -> Option<crate::backend::CheckpointReleaser> {
+        let local_recovery = self
+            .options
+            .local_recovery_dir
+            .clone()
+            .map(|dir| (dir, self.storage.location()));
+        Some(crate::backend::CheckpointReleaser::new(
+            self.registry.clone(),
+            local_recovery,
+        ))
+    }
+
     fn snapshot(&mut self, checkpoint_id: u64) -> Result<Box<dyn SnapshotTask>> {
         if self.options.full_checkpoints {
             // Synchronous part: a read view of the store (no I/O at all).
