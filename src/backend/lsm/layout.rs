@@ -376,8 +376,10 @@ mod tests {
 
     /// A layout of `n` distinct column families, then `dup` (state, cf) appended.
     fn many_cfs(n: usize, dup: Option<(&str, &str)>) -> (Vec<u8>, usize) {
-        let mut layout = CheckpointLayout::default();
-        layout.column_families = (0..n).map(|i| (format!("s{i}"), format!("c{i}"))).collect();
+        let mut layout = CheckpointLayout {
+            column_families: (0..n).map(|i| (format!("s{i}"), format!("c{i}"))).collect(),
+            ..CheckpointLayout::default()
+        };
         let at = layout.encode().len() - 2; // before the file and tombstone counts (0, 0)
         if let Some((s, c)) = dup {
             layout.column_families.push((s.into(), c.into()));
