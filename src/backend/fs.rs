@@ -371,7 +371,7 @@ pub(crate) fn write_full_checkpoint(
         files,
         extra: Vec::new(),
     };
-    spec.storage.publish_metadata(id, &metadata.encode())?;
+    spec.storage.publish_metadata(id, &metadata.encode()?)?;
     let handle = snapshot_handle(spec.storage.as_ref(), &metadata);
     let mut registry = spec.registry.lock();
     registry.add_completed(metadata);

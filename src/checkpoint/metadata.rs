@@ -64,7 +64,10 @@ pub struct CheckpointMetadata {
 
 impl CheckpointMetadata {
     /// The encoded `_metadata` file (FORMAT.md §4.3).
-    pub fn encode(&self) -> Vec<u8> {
+    ///
+    /// Fails with [`Error::InvalidArgument`] when the body would exceed
+    /// [`MAX_METADATA_BODY_LEN`]: a reader rejects such a file, so it is never written.
+    pub fn encode(&self) -> Result<Vec<u8>> {
         let mut body = Vec::new();
         body.extend_from_slice(&self.checkpoint_id.to_le_bytes());
         body.extend_from_slice(&self.timestamp_ms.to_le_bytes());
@@ -85,6 +88,16 @@ impl CheckpointMetadata {
         }
         put_varint32(&mut body, self.extra.len() as u32);
         body.extend_from_slice(&self.extra);
+        if body.len() > MAX_METADATA_BODY_LEN as usize {
+            return Err(Error::invalid(format!(
+                "checkpoint {} metadata body of {} bytes ({} files, {} bytes of extra) exceeds \
+                 the _metadata limit of {MAX_METADATA_BODY_LEN} bytes",
+                self.checkpoint_id,
+                body.len(),
+                self.files.len(),
+                self.extra.len()
+            )));
+        }
 
         let mut out = Vec::with_capacity(METADATA_HEADER_LEN + body.len() + METADATA_TRAILER_LEN);
         out.extend_from_slice(&METADATA_MAGIC);
@@ -93,7 +106,7 @@ impl CheckpointMetadata {
         out.extend_from_slice(&body);
         let crc = crc32(&out);
         out.extend_from_slice(&crc.to_le_bytes());
-        out
+        Ok(out)
     }
 
     /// Decodes a `_metadata` file; `file` names it in errors. Checks magic, version, length and
@@ -306,7 +319,7 @@ mod tests {
     #[test]
     fn round_trip_and_every_truncation_fails() {
         let m = sample();
-        let bytes = m.encode();
+        let bytes = m.encode().unwrap();
         assert_eq!(CheckpointMetadata::decode(&bytes, "m").unwrap(), m);
         for cut in 0..bytes.len() {
             let e = CheckpointMetadata::decode(&bytes[..cut], "m").unwrap_err();
@@ -315,8 +328,30 @@ mod tests {
     }
 
     #[test]
+    fn encode_refuses_a_body_the_reader_would_reject() {
+        let mut m = sample();
+        m.extra.clear();
+        // Exactly at the limit: written, and read back.
+        let fixed = m.encode().unwrap().len() - METADATA_HEADER_LEN - METADATA_TRAILER_LEN;
+        let room = MAX_METADATA_BODY_LEN as usize - fixed;
+        // The extra field's varint length grows from 1 to 4 bytes.
+        m.extra = vec![7; room - 3];
+        let bytes = m.encode().unwrap();
+        assert_eq!(CheckpointMetadata::decode(&bytes, "m").unwrap(), m);
+        // One byte more: refused with a message naming the limit, nothing returned to publish.
+        m.extra.push(7);
+        let e = m.encode().unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("exceeds the _metadata limit of 67108864 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_version_is_unsupported() {
-        let mut bytes = sample().encode();
+        let mut bytes = sample().encode().unwrap();
         bytes[8] = 2;
         let e = CheckpointMetadata::decode(&bytes, "chk-7/_metadata").unwrap_err();
         assert!(e.to_string().contains("unsupported version 2"), "{e}");
@@ -333,14 +368,14 @@ mod tests {
             let mut m = sample();
             m.files[0].file.path = path.into();
             m.files[0].shared = shared;
-            let e = CheckpointMetadata::decode(&m.encode(), "m").unwrap_err();
+            let e = CheckpointMetadata::decode(&m.encode().unwrap(), "m").unwrap_err();
             assert!(e.is_corruption(), "{path}: {e}");
         }
     }
 
     #[test]
     fn every_byte_flip_fails() {
-        let bytes = sample().encode();
+        let bytes = sample().encode().unwrap();
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x40;
@@ -405,7 +440,7 @@ mod tests {
                 files,
                 extra,
             };
-            prop_assert_eq!(CheckpointMetadata::decode(&m.encode(), "m").unwrap(), m);
+            prop_assert_eq!(CheckpointMetadata::decode(&m.encode().unwrap(), "m").unwrap(), m);
         }
 
         #[test]

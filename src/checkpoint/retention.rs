@@ -158,7 +158,7 @@ mod tests {
             files,
             extra: vec![],
         };
-        storage.publish_metadata(id, &m.encode()).unwrap();
+        storage.publish_metadata(id, &m.encode().unwrap()).unwrap();
         m
     }
 

@@ -6,6 +6,7 @@
 //! key-group range, so a job moves between backends and parallelisms. The file is written to a
 //! temporary name, fsynced, renamed and the directory fsynced: it exists whole or not at all.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -117,10 +118,12 @@ fn decode_header(payload: &[u8], file: &str, base: u64) -> Result<SavepointHeade
     // A descriptor takes at least 5 bytes (name len, kind, ttl flag, serializer len, 1 name byte).
     let count = c.count(5, "state")?;
     let mut states: Vec<StateDescriptor> = Vec::with_capacity(count);
+    // A hash set, not a scan of the list: a 1 MiB header of 80 000 states stays linear.
+    let mut names = HashSet::with_capacity(count);
     for _ in 0..count {
         let at = c.offset();
         let state = StateDescriptor::decode(&mut c)?;
-        if states.iter().any(|s| s.name == state.name) {
+        if !names.insert(state.name.clone()) {
             return Err(Error::corruption(
                 file,
                 at,
@@ -548,6 +551,33 @@ mod tests {
             let err = decode_savepoint(&bytes[..cut], "sp").unwrap_err();
             assert!(err.is_corruption(), "cut {cut}: {err}");
         }
+    }
+
+    #[test]
+    fn a_header_of_many_states_decodes_and_a_late_duplicate_is_found() {
+        // 40 000 states in one header record (at most 1 MiB): a pairwise check
+        // would compare 8 * 10^8 pairs; the hash set looks each up once.
+        let mut header = sample().header;
+        header.states = (0..40_000)
+            .map(|i| StateDescriptor::new(format!("s{i}"), StateKind::Value))
+            .collect();
+        let bytes = encode_header(&header);
+        assert!(
+            bytes.len() < MAX_SAVEPOINT_RECORD as usize,
+            "{}",
+            bytes.len()
+        );
+        assert_eq!(decode_header(&bytes, "sp", 8).unwrap(), header);
+        let at = bytes.len() as u64;
+        header
+            .states
+            .push(StateDescriptor::new("s0", StateKind::Map));
+        let err = decode_header(&encode_header(&header), "sp", 8).unwrap_err();
+        assert!(err.to_string().contains("state 's0' listed twice"), "{err}");
+        assert!(
+            matches!(err, Error::Corruption { offset, .. } if offset == 8 + at),
+            "{err}"
+        );
     }
 
     #[test]

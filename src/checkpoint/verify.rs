@@ -278,7 +278,9 @@ mod tests {
             ],
             extra: Vec::new(),
         };
-        storage.publish_metadata(id, &metadata.encode()).unwrap();
+        storage
+            .publish_metadata(id, &metadata.encode().unwrap())
+            .unwrap();
         (owned, shared)
     }
 
@@ -357,7 +359,9 @@ mod tests {
         let mut metadata = read_metadata(&storage, 6).unwrap();
         metadata.files[0].file.crc32 = crc32fast::hash(&wrong);
         metadata.files[0].file.size = wrong.len() as u64;
-        storage.publish_metadata(6, &metadata.encode()).unwrap();
+        storage
+            .publish_metadata(6, &metadata.encode().unwrap())
+            .unwrap();
         let report = verify_checkpoint(&storage, 6);
         let problems = damaged(&report);
         assert_eq!(problems[0].path, owned);

@@ -187,7 +187,7 @@ impl JobStore {
             let metadata = encode(&checkpoint, max_parallelism, now_ms, &self.base)?;
             registry
                 .storage()
-                .publish_metadata(checkpoint.id, &metadata.encode())?;
+                .publish_metadata(checkpoint.id, &metadata.encode()?)?;
             registry.add_completed(metadata);
             retention::apply(registry, self.retained)?;
         }

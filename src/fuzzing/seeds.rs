@@ -271,7 +271,10 @@ fn checkpoint_seeds() -> Vec<Seed> {
         seen.insert(composite_key(3, &key, b"ns", b"map-key"), vec![0; 9]);
     }
     let mut file = VecFileWriter(Vec::new());
-    let mut out = vec![("metadata", "metadata-0".to_string(), metadata.encode())];
+    let mut out = Vec::new();
+    if let Ok(bytes) = metadata.encode() {
+        out.push(("metadata", "metadata-0".to_string(), bytes));
+    }
     if write_full_snapshot_file(&mut file, 7, key_groups, &[counts, seen]).is_ok() {
         out.push(("snapshot", "snapshot-0".to_string(), file.0));
     }

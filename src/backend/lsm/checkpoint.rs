@@ -470,7 +470,7 @@ impl LsmSnapshotTask {
         stats.referenced_bytes = metadata.files.iter().map(|f| f.file.size).sum();
         stats.delta_files = deltas.iter().map(|d| d.files.len()).sum();
         let state_sizes = state_sizes(&self.states, &base, &deltas);
-        self.storage.publish_metadata(id, &metadata.encode())?;
+        self.storage.publish_metadata(id, &metadata.encode()?)?;
         let handle = snapshot_handle(self.storage.as_ref(), &metadata);
         // A delta uploaded by this checkpoint and dropped by its base switch (compacted into
         // the new base) is referenced by no checkpoint: delete it now rather than leave an

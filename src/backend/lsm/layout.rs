@@ -5,6 +5,8 @@
 //! Encoder and decoder sit side by side; the decoder never panics and checks every count against
 //! the bytes left before it allocates. `_metadata`'s crc32 already covers these bytes.
 
+use std::collections::HashSet;
+
 use crate::codec::cursor::Cursor;
 use crate::codec::varint::{put_varint32, put_varint64};
 use crate::error::{Error, Result};
@@ -151,6 +153,9 @@ impl CheckpointLayout {
         }
         let cf_count = c.count(MIN_CF_LEN, "column family")?;
         let mut column_families = Vec::with_capacity(cf_count);
+        // Hash sets, not a scan of the list: a crafted layout of a million names stays linear.
+        let mut state_names = HashSet::with_capacity(cf_count);
+        let mut cf_names = HashSet::with_capacity(cf_count);
         for _ in 0..cf_count {
             let at = c.offset();
             let state = c.string("state name")?;
@@ -162,10 +167,9 @@ impl CheckpointLayout {
                     "empty state or column family name",
                 ));
             }
-            if column_families
-                .iter()
-                .any(|(s, n): &(String, String)| *s == state || *n == cf)
-            {
+            let new_state = state_names.insert(state.clone());
+            let new_cf = cf_names.insert(cf.clone());
+            if !new_state || !new_cf {
                 return Err(Error::corruption(
                     file,
                     at,
@@ -367,6 +371,41 @@ mod tests {
             let mut flipped = bytes.clone();
             flipped[i] ^= 0x5a;
             let _ = CheckpointLayout::decode(&flipped, "x", 0);
+        }
+    }
+
+    /// A layout of `n` distinct column families, then `dup` (state, cf) appended.
+    fn many_cfs(n: usize, dup: Option<(&str, &str)>) -> (Vec<u8>, usize) {
+        let mut layout = CheckpointLayout {
+            column_families: (0..n).map(|i| (format!("s{i}"), format!("c{i}"))).collect(),
+            ..CheckpointLayout::default()
+        };
+        let at = layout.encode().len() - 2; // before the file and tombstone counts (0, 0)
+        if let Some((s, c)) = dup {
+            layout.column_families.push((s.into(), c.into()));
+        }
+        (layout.encode(), at)
+    }
+
+    #[test]
+    fn many_column_families_decode_and_a_late_duplicate_is_found() {
+        // 200 000 names (about 3 MB, well inside a 64 MiB `_metadata`): a pairwise check would
+        // compare 2 * 10^10 pairs; the hash sets look each name up once.
+        let n = 200_000;
+        let (bytes, _) = many_cfs(n, None);
+        let layout = CheckpointLayout::decode(&bytes, "x", 0).unwrap();
+        assert_eq!(layout.column_families.len(), n);
+        for dup in [("s0", "fresh"), ("fresh", "c0"), ("s199999", "c199999")] {
+            let (bytes, at) = many_cfs(n, Some(dup));
+            let err = CheckpointLayout::decode(&bytes, "x", 10).unwrap_err();
+            assert!(err.to_string().contains("listed twice"), "{err}");
+            match err {
+                Error::Corruption { offset, .. } => {
+                    // n and n + 1 both take 3 varint bytes: the entries do not move.
+                    assert_eq!(offset, 10 + at as u64, "{dup:?}");
+                }
+                other => panic!("{other}"),
+            }
         }
     }
 

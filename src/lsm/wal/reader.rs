@@ -256,28 +256,58 @@ impl WalReader {
             // A zero-filled header reads as a crc-valid empty record; no batch is empty.
             return Err(framing("empty record (zero-filled)".to_string()));
         }
-        let content = |what: String| BadRecord {
+        let batch = self.batch_of(payload, pos).map_err(|what| BadRecord {
             what,
             crc_valid: true,
-        };
+        })?;
+        Ok((batch, used))
+    }
+
+    /// The batch in the crc-valid `payload` of the record at `pos`, if it may follow the
+    /// batches already read.
+    fn batch_of(&self, payload: &[u8], pos: usize) -> std::result::Result<WriteBatch, String> {
         let batch = WriteBatch::decode(payload, &self.file, (pos + RECORD_HEADER_LEN) as u64)
-            .map_err(|e| content(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         if batch.base_sequence() < self.next_sequence {
-            return Err(content(format!(
+            return Err(format!(
                 "batch base sequence {} is below the next expected sequence {}",
                 batch.base_sequence(),
                 self.next_sequence
-            )));
+            ));
         }
-        Ok((batch, used))
+        Ok(batch)
     }
 
     /// Whether a valid batch record starts at any offset after `damaged` (FORMAT.md §7.5).
     ///
-    /// Cheap header checks run first so the crc is computed only for plausible candidates.
+    /// Linear in the file's size however the bytes after the damage are crafted: cheap header
+    /// checks pick the candidates; a candidate's payload crc comes from a table of prefix crcs
+    /// (one pass over the file) in O(log n) instead of hashing the payload again; and the
+    /// payloads whose crc matches are decoded as batches up to a budget of
+    /// [`RESYNC_DECODE_BUDGET`] times the file's size, past which a crc-matching record counts
+    /// as valid (damage is then reported as corruption, never silently dropped).
     fn valid_record_after(&self, damaged: usize) -> bool {
-        (damaged + 1..self.bytes.len())
-            .any(|q| self.plausible_record_at(q) && self.batch_at(q).is_ok())
+        let crcs = PrefixCrc::new(&self.bytes);
+        let mut budget = RESYNC_DECODE_BUDGET.saturating_mul(self.bytes.len());
+        for q in damaged + 1..self.bytes.len() {
+            if !self.plausible_record_at(q) {
+                continue;
+            }
+            let (len, stored) = (read_u32(&self.bytes, q), read_u32(&self.bytes, q + 4));
+            let start = q + RECORD_HEADER_LEN;
+            let end = start + len as usize;
+            if crcs.range(start, end) != stored {
+                continue;
+            }
+            if budget < len as usize {
+                return true;
+            }
+            budget -= len as usize;
+            if self.batch_of(&self.bytes[start..end], q).is_ok() {
+                return true;
+            }
+        }
+        false
     }
 
     fn plausible_record_at(&self, q: usize) -> bool {
@@ -301,6 +331,78 @@ impl WalReader {
             && (self.next_sequence..=MAX_SEQUENCE).contains(&base)
             && count <= (len - BATCH_HEADER_LEN) / 3
     }
+}
+
+/// How many times the file's size the resync may spend decoding crc-matching payloads.
+const RESYNC_DECODE_BUDGET: usize = 4;
+
+/// Bytes between two entries of the resync's prefix-crc table.
+const CRC_STRIDE: usize = 256;
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut raw = [0u8; 4];
+    if let Some(b) = bytes.get(at..at + 4) {
+        raw.copy_from_slice(b);
+    }
+    u32::from_le_bytes(raw)
+}
+
+/// The crc32 of any range of a byte string in O(stride + log n), from the crcs of its prefixes
+/// at every [`CRC_STRIDE`] bytes (4 bytes of table per 256 of input).
+///
+/// The crc is affine: `crc(A || B) = shift(crc(A), |B|) ^ crc(B)`, where `shift` appends
+/// `|B|` zero bytes to a crc (what `crc32fast::Hasher::combine` computes), so
+/// `crc(B) = crc(A || B) ^ shift(crc(A), |B|)`.
+struct PrefixCrc<'a> {
+    bytes: &'a [u8],
+    /// `table[i]` is the crc32 of `bytes[..i * CRC_STRIDE]`.
+    table: Vec<u32>,
+}
+
+impl<'a> PrefixCrc<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        let mut table = Vec::with_capacity(bytes.len() / CRC_STRIDE + 1);
+        let mut hasher = crc32fast::Hasher::new();
+        table.push(0);
+        for chunk in bytes.chunks_exact(CRC_STRIDE) {
+            count_hashed(chunk.len());
+            hasher.update(chunk);
+            table.push(hasher.clone().finalize());
+        }
+        PrefixCrc { bytes, table }
+    }
+
+    /// crc32 of `bytes[..end]`.
+    fn prefix(&self, end: usize) -> u32 {
+        let i = (end / CRC_STRIDE).min(self.table.len() - 1);
+        let from = i * CRC_STRIDE;
+        let mut hasher = crc32fast::Hasher::new_with_initial_len(self.table[i], from as u64);
+        let tail = self.bytes.get(from..end).unwrap_or_default();
+        count_hashed(tail.len());
+        hasher.update(tail);
+        hasher.finalize()
+    }
+
+    /// crc32 of `bytes[start..end]` (`start <= end <= bytes.len()`).
+    fn range(&self, start: usize, end: usize) -> u32 {
+        let mut shifted = crc32fast::Hasher::new_with_initial_len(self.prefix(start), 0);
+        shifted.combine(&crc32fast::Hasher::new_with_initial_len(
+            0,
+            (end - start) as u64,
+        ));
+        shifted.finalize() ^ self.prefix(end)
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Bytes the resync of this thread fed to crc32 (tests bound it by the file's size).
+    static HASHED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn count_hashed(_bytes: usize) {
+    #[cfg(test)]
+    HASHED.with(|h| h.set(h.get() + _bytes as u64));
 }
 
 #[cfg(test)]
@@ -448,6 +550,113 @@ mod tests {
             assert_eq!(stop.unwrap().dropped_bytes, cut as u64);
             assert!(read_all(header[..cut].to_vec(), RecoveryMode::Strict).is_err());
         }
+    }
+
+    #[test]
+    fn prefix_crcs_give_the_crc_of_every_range() {
+        let bytes: Vec<u8> = (0..3 * CRC_STRIDE as u32 + 17)
+            .map(|i| (i * 7 + i / 5) as u8)
+            .collect();
+        let crcs = PrefixCrc::new(&bytes);
+        for start in (0..bytes.len()).step_by(13) {
+            for end in (start..=bytes.len()).step_by(29) {
+                assert_eq!(
+                    crcs.range(start, end),
+                    crate::codec::record::crc32(&bytes[start..end]),
+                    "{start}..{end}"
+                );
+            }
+        }
+    }
+
+    /// Damage, then a fake record header every 64 bytes, each claiming the rest of the file as
+    /// its payload (plausible length, base sequence and count; wrong crc).
+    fn crafted_log(size: usize) -> (Vec<u8>, usize) {
+        let (mut bytes, _) = log(2);
+        let damaged = bytes.len();
+        bytes.extend_from_slice(&[0xff; 64]);
+        while bytes.len() + 64 <= size {
+            let at = bytes.len();
+            let len = (size - at - RECORD_HEADER_LEN) as u32;
+            let mut fake = [0u8; 64];
+            fake[..4].copy_from_slice(&len.to_le_bytes());
+            fake[4..8].copy_from_slice(&0x1234_5678u32.to_le_bytes());
+            fake[8..16].copy_from_slice(&1000u64.to_le_bytes());
+            bytes.extend_from_slice(&fake);
+        }
+        bytes.resize(size, 0);
+        (bytes, damaged)
+    }
+
+    #[test]
+    fn resync_over_crafted_damage_hashes_each_byte_a_bounded_number_of_times() {
+        let size = 1 << 20;
+        let (bytes, damaged) = crafted_log(size);
+        HASHED.with(|h| h.set(0));
+        let (batches, stop, _) = read_all(bytes.clone(), RecoveryMode::TolerateTornTail).unwrap();
+        let hashed = HASHED.with(|h| h.get());
+        // 16 000 candidates claiming 0.5 MB each on average: hashing each payload again would
+        // be 8 * 10^9 bytes. The prefix table hashes the file once, each candidate 2 strides.
+        assert!(hashed <= 16 * size as u64, "{hashed} bytes hashed");
+        assert_eq!(batches.len(), 2);
+        let stop = stop.unwrap();
+        assert_eq!(
+            (stop.offset, stop.kind),
+            (damaged as u64, DamageKind::TornTail)
+        );
+
+        // A real record at the end after the same crafted region is still found.
+        let (mut bytes, damaged) = crafted_log(size);
+        let mut b = WriteBatch::new();
+        b.put(0, b"synced", b"after the damage").unwrap();
+        b.set_base_sequence(2000).unwrap();
+        put_record(&mut bytes, b.encoded());
+        match read_all(bytes.clone(), RecoveryMode::TolerateTornTail) {
+            Err(Error::Corruption { offset, .. }) => assert_eq!(offset, damaged as u64),
+            other => panic!("{other:?}"),
+        }
+        let (_, stop, _) = read_all(bytes, RecoveryMode::StopAtFirstCorruption).unwrap();
+        assert_eq!(stop.unwrap().kind, DamageKind::Corruption);
+    }
+
+    /// A log of one batch, 16 damaged bytes, then a crc-valid record that is not a batch and
+    /// holds another such record, `depth` levels deep.
+    fn nested_log(depth: usize) -> (Vec<u8>, usize) {
+        let (mut bytes, _) = log(1);
+        let damaged = bytes.len();
+        bytes.extend_from_slice(&[0xff; 16]);
+        let mut payload = Vec::new();
+        for _ in 0..depth {
+            let mut next = 1000u64.to_le_bytes().to_vec();
+            next.extend_from_slice(&1u32.to_le_bytes());
+            next.push(9); // tag 9: not a batch
+            put_record(&mut next, &payload);
+            payload = next;
+        }
+        put_record(&mut bytes, &payload);
+        (bytes, damaged)
+    }
+
+    #[test]
+    fn crc_valid_payloads_past_the_decode_budget_count_as_valid() {
+        // Every level's payload matches its crc and is decoded as a batch (and rejected): about
+        // depth^2 * 10 bytes decoded for a file of depth * 21. Up to 4x the file that is done,
+        // and nothing valid follows the damage: a torn tail.
+        let (bytes, damaged) = nested_log(4);
+        let (_, stop, _) = read_all(bytes, RecoveryMode::StopAtFirstCorruption).unwrap();
+        let stop = stop.unwrap();
+        assert_eq!(
+            (stop.offset, stop.kind),
+            (damaged as u64, DamageKind::TornTail)
+        );
+        // Past the budget the next crc-matching record counts as valid: corruption, not dropped.
+        let (bytes, damaged) = nested_log(40);
+        let (_, stop, _) = read_all(bytes, RecoveryMode::StopAtFirstCorruption).unwrap();
+        let stop = stop.unwrap();
+        assert_eq!(
+            (stop.offset, stop.kind),
+            (damaged as u64, DamageKind::Corruption)
+        );
     }
 
     proptest! {
