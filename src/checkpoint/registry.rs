@@ -430,7 +430,7 @@ mod tests {
             files,
             extra: vec![],
         };
-        storage.publish_metadata(id, &m.encode()).unwrap();
+        storage.publish_metadata(id, &m.encode().unwrap()).unwrap();
     }
 
     fn local(dir: &std::path::Path) -> Arc<dyn CheckpointStorage> {
