@@ -17,7 +17,6 @@ pub mod stored_value;
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -486,14 +485,14 @@ pub trait StateBackend: Send {
 #[derive(Debug, Clone)]
 pub struct CheckpointReleaser {
     registry: Arc<Mutex<CheckpointRegistry>>,
-    /// `(local-recovery dir, storage location)` when the backend keeps local copies.
-    local_recovery: Option<(PathBuf, String)>,
+    /// The backend's local-recovery copies, when it keeps them.
+    local_recovery: Option<lsm::local_recovery::LocalCopies>,
 }
 
 impl CheckpointReleaser {
     pub(crate) fn new(
         registry: Arc<Mutex<CheckpointRegistry>>,
-        local_recovery: Option<(PathBuf, String)>,
+        local_recovery: Option<lsm::local_recovery::LocalCopies>,
     ) -> Self {
         CheckpointReleaser {
             registry,
@@ -510,8 +509,7 @@ impl CheckpointReleaser {
     pub fn release(&self, keep: &BTreeSet<u64>, up_to: u64) -> Result<Vec<u64>> {
         let mut registry = self.registry.lock();
         let (discarded, _) = retention::release(&mut registry, keep, up_to)?;
-        if let Some((dir, location)) = &self.local_recovery {
-            let copies = lsm::local_recovery::LocalCopies::new(dir, location);
+        if let Some(copies) = &self.local_recovery {
             copies.prune(SHARED_DIR, |path| registry.shared_references(path) > 0)?;
         }
         Ok(discarded)

@@ -272,7 +272,11 @@ impl CheckpointBase {
                 }
             }
             if !self.local {
-                let copies = LocalCopies::new(&self.state_dir.join(LOCAL_RECOVERY_DIR), root);
+                let copies = LocalCopies::new(
+                    &crate::fs::std_fs(),
+                    &self.state_dir.join(LOCAL_RECOVERY_DIR),
+                    root,
+                );
                 copies.prune(SHARED_DIR, |path| refs.files.contains(path))?;
             }
         }

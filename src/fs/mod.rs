@@ -140,7 +140,7 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn FileLock>>>;
 }
 
-impl dyn FileSystem {
+impl dyn FileSystem + '_ {
     /// Whether something exists at `path`.
     pub fn exists(&self, path: &Path) -> io::Result<bool> {
         match self.metadata(path) {

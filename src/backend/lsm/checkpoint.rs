@@ -436,7 +436,11 @@ impl LsmSnapshotTask {
         }
         // Every planned file is uploaded (size and crc32 checked) before anything below uses
         // it; a failed upload fails this checkpoint only (nothing in `inc` has changed).
-        let new_uploads = upload_all(self.storage.as_ref(), planned.into_values().collect())?;
+        let new_uploads = upload_all(
+            self.options.fs.as_ref(),
+            self.storage.as_ref(),
+            planned.into_values().collect(),
+        )?;
 
         // Local recovery: copies of this checkpoint's new files, linked while they are pinned.
         self.keep_local_copies(&new_uploads);
@@ -534,7 +538,7 @@ impl LsmSnapshotTask {
             return;
         };
         let location = self.storage.location();
-        let copies = LocalCopies::new(base, &location);
+        let copies = LocalCopies::new(&self.options.fs, base, &location);
         for (number, up) in new_uploads {
             let local = self.db.path().join(sst_file_name(*number));
             // Errors are ignored on purpose: the checkpoint itself is complete without copies.
@@ -547,7 +551,7 @@ impl LsmSnapshotTask {
         let Some(base) = &self.options.local_recovery_dir else {
             return;
         };
-        let copies = LocalCopies::new(base, &self.storage.location());
+        let copies = LocalCopies::new(&self.options.fs, base, &self.storage.location());
         let registry = self.registry.lock();
         let _ = copies.prune(SHARED_DIR, |path| registry.shared_references(path) > 0);
     }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::storage::validate_path;
 use crate::error::{Error, Result};
+use crate::fs::{FsRef, create_dir_durable, write_new_synced};
 
 /// Name of the file, beside the copies of one storage root, that holds the root's location.
 pub const ROOT_FILE_NAME: &str = "ROOT";
@@ -31,14 +32,21 @@ pub fn root_key(location: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct LocalCopies {
     dir: PathBuf,
+    fs: FsRef,
 }
 
 impl LocalCopies {
-    /// The copies of storage `location` under `base` (nothing is created until a copy is kept).
-    pub fn new(base: &Path, location: &str) -> Self {
+    /// The copies of storage `location` under `base` on the file system `fs` (nothing is
+    /// created until a copy is kept).
+    pub fn new(fs: &FsRef, base: &Path, location: &str) -> Self {
         LocalCopies {
             dir: base.join(root_key(location)),
+            fs: std::sync::Arc::clone(fs),
         }
+    }
+
+    fn is_file(&self, path: &Path) -> bool {
+        self.fs.metadata(path).is_ok_and(|m| !m.is_dir)
     }
 
     /// The directory holding the copies.
@@ -55,16 +63,23 @@ impl LocalCopies {
     /// copied); returns false when the file system cannot link (the copy is then simply absent).
     pub fn keep(&self, location: &str, storage_path: &str, source: &Path) -> Result<bool> {
         let target = self.path_of(storage_path)?;
-        if target.is_file() {
+        if self.is_file(&target) {
             return Ok(true);
         }
         let parent = target.parent().unwrap_or(&self.dir);
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        create_dir_durable(self.fs.as_ref(), parent)?;
         let root_file = self.dir.join(ROOT_FILE_NAME);
-        if !root_file.is_file() {
-            std::fs::write(&root_file, location).map_err(|e| Error::io(&root_file, e))?;
+        if !self.is_file(&root_file) {
+            // Several copies are kept at once (parallel restores): the first writer creates the
+            // file, the others find it.
+            match write_new_synced(self.fs.as_ref(), &root_file, location.as_bytes()) {
+                Ok(()) => {}
+                Err(Error::Io { source, .. }) if source.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
         }
-        match std::fs::hard_link(source, &target) {
+        // Copies are checked (size and crc32) before use, so their names need no fsync.
+        match self.fs.hard_link(source, &target) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
@@ -75,14 +90,14 @@ impl LocalCopies {
     /// The copy of `storage_path` when one of exactly `size` bytes exists.
     pub fn find(&self, storage_path: &str, size: u64) -> Option<PathBuf> {
         let path = self.path_of(storage_path).ok()?;
-        let metadata = std::fs::metadata(&path).ok()?;
-        (metadata.is_file() && metadata.len() == size).then_some(path)
+        let metadata = self.fs.metadata(&path).ok()?;
+        (!metadata.is_dir && metadata.len == size).then_some(path)
     }
 
     /// Removes a copy (one that turned out not to match); missing is fine.
     pub fn discard(&self, storage_path: &str) -> Result<()> {
         let path = self.path_of(storage_path)?;
-        match std::fs::remove_file(&path) {
+        match self.fs.remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io(&path, e)),
@@ -93,20 +108,18 @@ impl LocalCopies {
     /// path `keep` rejects; returns how many were removed.
     pub fn prune(&self, prefix: &str, keep: impl Fn(&str) -> bool) -> Result<usize> {
         let dir = self.path_of(prefix)?;
-        let entries = match std::fs::read_dir(&dir) {
+        let entries = match self.fs.read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(Error::io(&dir, e)),
         };
         let mut removed = 0;
         for entry in entries {
-            let entry = entry.map_err(|e| Error::io(&dir, e))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            if !keep(&format!("{prefix}/{name}")) {
-                let path = entry.path();
-                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            if !keep(&format!("{prefix}/{}", entry.name)) {
+                let path = dir.join(&entry.name);
+                self.fs
+                    .remove_file(&path)
+                    .map_err(|e| Error::io(&path, e))?;
                 removed += 1;
             }
         }
@@ -131,7 +144,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sst = dir.path().join("000007.sst");
         std::fs::write(&sst, b"sst bytes").unwrap();
-        let copies = LocalCopies::new(&dir.path().join("local"), "memory://x");
+        let copies = LocalCopies::new(
+            &crate::fs::std_fs(),
+            &dir.path().join("local"),
+            "memory://x",
+        );
         assert!(copies.find("shared/a.sst", 9).is_none());
         assert!(copies.keep("memory://x", "shared/a.sst", &sst).unwrap());
         assert!(copies.keep("memory://x", "shared/a.sst", &sst).unwrap());

@@ -107,6 +107,9 @@ pub struct LsmBackendOptions {
     /// `write_cache` module). Cached reads use up to this many bytes, writes not yet in the
     /// store up to half of it (then they are written to the store at once).
     pub write_cache_size: usize,
+    /// The file system of the working store and the local-recovery copies (default the real
+    /// one; crash tests use [`crate::fs::SimFs`]). Checkpoint storage has its own.
+    pub fs: crate::fs::FsRef,
 }
 
 impl Default for LsmBackendOptions {
@@ -126,6 +129,7 @@ impl Default for LsmBackendOptions {
             full_checkpoints: false,
             local_recovery_dir: None,
             write_cache_size: DEFAULT_WRITE_CACHE_SIZE,
+            fs: crate::fs::std_fs(),
         }
     }
 }
@@ -237,12 +241,12 @@ impl LsmBackend {
     ) -> Result<Self> {
         let (registry, recovery) = CheckpointRegistry::open(storage.clone())?;
         let instance_id = random_instance_id();
-        std::fs::create_dir_all(working_dir).map_err(|e| Error::io(working_dir, e))?;
-        remove_stale_stores(working_dir)?;
+        let fs = options.fs.as_ref();
+        crate::fs::create_dir_durable(fs, working_dir)?;
+        remove_stale_stores(fs, working_dir)?;
         let db_dir = working_dir.join(format!("db-{instance_id:016x}-0"));
-        if db_dir.exists() {
-            std::fs::remove_dir_all(&db_dir).map_err(|e| Error::io(&db_dir, e))?;
-        }
+        fs.remove_dir_all(&db_dir)
+            .map_err(|e| Error::io(&db_dir, e))?;
         let db = Db::open(&db_dir, store_options(&options, &config, &[]))?;
         db.capture_flushes();
         let cache = WriteCache::new(cache_capacity(&options));
@@ -434,21 +438,22 @@ fn cache_capacity(options: &LsmBackendOptions) -> usize {
 /// a store whose `LOCK` nobody holds belongs to no live backend (a live store holds its lock,
 /// also against other backends of this process), and the working store is never part of a
 /// checkpoint, so nothing is lost.
-fn remove_stale_stores(working_dir: &Path) -> Result<()> {
-    let entries = std::fs::read_dir(working_dir).map_err(|e| Error::io(working_dir, e))?;
+fn remove_stale_stores(fs: &dyn crate::fs::FileSystem, working_dir: &Path) -> Result<()> {
+    let entries = fs
+        .read_dir(working_dir)
+        .map_err(|e| Error::io(working_dir, e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| Error::io(working_dir, e))?;
-        let path = entry.path();
-        let is_store = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with("db-"));
-        if !is_store || !path.is_dir() {
+        if !entry.is_dir || !entry.name.starts_with("db-") {
             continue;
         }
+        let path = working_dir.join(&entry.name);
         let lock = path.join(crate::lsm::db::LOCK_FILE);
-        if crate::lock::try_lock_file(&lock)?.is_some() {
-            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        let free = fs
+            .try_lock(&lock)
+            .map_err(|e| Error::io(&lock, e))?
+            .is_some();
+        if free {
+            fs.remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         }
     }
     Ok(())
@@ -476,6 +481,7 @@ fn store_options(
         // A state backend's durability is its checkpoints: restore never reads the working
         // store's WAL, so writing one would only slow writes and the snapshot's sync phase.
         disable_wal: true,
+        fs: std::sync::Arc::clone(&options.fs),
         ..Options::default()
     }
 }
@@ -633,11 +639,9 @@ impl StateBackend for LsmBackend {
     }
 
     fn checkpoint_releaser(&self) -> Option<crate::backend::CheckpointReleaser> {
-        let local_recovery = self
-            .options
-            .local_recovery_dir
-            .clone()
-            .map(|dir| (dir, self.storage.location()));
+        let local_recovery = self.options.local_recovery_dir.as_ref().map(|dir| {
+            local_recovery::LocalCopies::new(&self.options.fs, dir, &self.storage.location())
+        });
         Some(crate::backend::CheckpointReleaser::new(
             self.registry.clone(),
             local_recovery,

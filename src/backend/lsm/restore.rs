@@ -24,6 +24,7 @@ use crate::checkpoint::registry::read_metadata;
 use crate::checkpoint::storage::{CheckpointStorage, metadata_path};
 use crate::checkpoint::uri::storage_for_root;
 use crate::error::{Error, Result};
+use crate::fs::{FileSystem, create_dir_durable};
 use crate::keys::{KeyGroupRange, key_group_of};
 use crate::lsm::Db;
 use crate::lsm::db::DEFAULT_CF;
@@ -65,7 +66,7 @@ fn read_source(
         .options
         .local_recovery_dir
         .as_ref()
-        .map(|base| LocalCopies::new(base, &storage.location()));
+        .map(|base| LocalCopies::new(&backend.options.fs, base, &storage.location()));
     let metadata = read_metadata(storage.as_ref(), handle.checkpoint_id)?;
     let listed: Vec<_> = metadata.files.iter().map(|f| &f.file).collect();
     let meta_path = metadata_path(handle.checkpoint_id);
@@ -197,7 +198,7 @@ struct FetchJob<'a> {
 /// Brings one file into `dir` as `<number>.sst` and checks its size and crc32: from a local
 /// copy if one matches, else by hard link from local storage, else by reading it from storage
 /// (in chunks of at most `transfer::DOWNLOAD_CHUNK`). Safe to run for several files at once.
-fn fetch(job: &FetchJob<'_>, dir: &Path) -> Result<Fetched> {
+fn fetch(fs: &dyn FileSystem, job: &FetchJob<'_>, dir: &Path) -> Result<Fetched> {
     let FetchJob {
         source,
         path,
@@ -208,22 +209,24 @@ fn fetch(job: &FetchJob<'_>, dir: &Path) -> Result<Fetched> {
     let local = dir.join(sst_file_name(number));
     if let Some(copies) = &source.copies
         && let Some(copy) = copies.find(path, size)
-        && std::fs::hard_link(&copy, &local).is_ok()
+        && fs.hard_link(&copy, &local).is_ok()
     {
-        if check_local(&local, path, size, crc32).is_ok() {
+        if check_local(fs, &local, path, size, crc32).is_ok() {
             return Ok(Fetched::Copy);
         }
         // A stale or damaged copy: drop it and fetch the file from storage.
-        std::fs::remove_file(&local).map_err(|e| Error::io(&local, e))?;
+        fs.remove_file(&local).map_err(|e| Error::io(&local, e))?;
         copies.discard(path)?;
     }
     // A local directory's file is hard-linked (then checked); any other is downloaded.
     let linked = source.storage.local_path(path);
-    let fetched = if linked.is_some_and(|p| p.is_file() && std::fs::hard_link(&p, &local).is_ok()) {
-        check_local(&local, path, size, crc32)?;
+    let fetched = if linked.is_some_and(|p| {
+        fs.metadata(&p).is_ok_and(|m| !m.is_dir) && fs.hard_link(&p, &local).is_ok()
+    }) {
+        check_local(fs, &local, path, size, crc32)?;
         Fetched::Linked
     } else {
-        download(source.storage.as_ref(), path, size, crc32, &local)?;
+        download(fs, source.storage.as_ref(), path, size, crc32, &local)?;
         Fetched::Downloaded
     };
     if source.ours
@@ -237,13 +240,18 @@ fn fetch(job: &FetchJob<'_>, dir: &Path) -> Result<Fetched> {
 
 /// Fetches every job into `dir`, up to the largest `upload_parallelism` of the storages involved
 /// at once, and counts where the files came from.
-fn fetch_all(jobs: &[FetchJob<'_>], dir: &Path, stats: &mut RestoreStats) -> Result<()> {
+fn fetch_all(
+    fs: &dyn FileSystem,
+    jobs: &[FetchJob<'_>],
+    dir: &Path,
+    stats: &mut RestoreStats,
+) -> Result<()> {
     let workers = jobs
         .iter()
         .map(|job| job.source.storage.upload_parallelism())
         .max()
         .unwrap_or(1);
-    let fetched = run_parallel(jobs, workers, |job| fetch(job, dir))?;
+    let fetched = run_parallel(jobs, workers, |job| fetch(fs, job, dir))?;
     for (job, how) in jobs.iter().zip(fetched) {
         stats.files += 1;
         stats.bytes += job.size;
@@ -309,10 +317,9 @@ pub(super) fn restore(
     let dir: PathBuf = backend
         .working_dir
         .join(format!("db-{store_id:016x}-{}", backend.stores_opened));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let fs = std::sync::Arc::clone(&backend.options.fs);
+    fs.remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    create_dir_durable(fs.as_ref(), &dir)?;
     let mut stats = RestoreStats {
         checkpoint_ids: sources.iter().map(|s| s.metadata.checkpoint_id).collect(),
         ..RestoreStats::default()
@@ -327,7 +334,15 @@ pub(super) fn restore(
             .map(|f| f.file.size)
             .sum::<u64>();
     }
-    let built = build_store(&sources, &states, target, &limit, &dir, &mut stats);
+    let built = build_store(
+        fs.as_ref(),
+        &sources,
+        &states,
+        target,
+        &limit,
+        &dir,
+        &mut stats,
+    );
     let Built {
         edit,
         mut uploaded,
@@ -336,7 +351,7 @@ pub(super) fn restore(
     } = match built {
         Ok(ok) => ok,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = fs.remove_dir_all(&dir);
             return Err(e);
         }
     };
@@ -369,7 +384,7 @@ pub(super) fn restore(
     let db = match opened {
         Ok(db) => db,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = fs.remove_dir_all(&dir);
             return Err(e);
         }
     };
@@ -390,7 +405,7 @@ pub(super) fn restore(
         .options
         .local_recovery_dir
         .as_ref()
-        .map(|base| LocalCopies::new(base, &backend.storage.location()));
+        .map(|base| LocalCopies::new(&backend.options.fs, base, &backend.storage.location()));
     uploaded.extend(copy_into_own(
         backend.storage.as_ref(),
         local_copies.as_ref(),
@@ -404,7 +419,7 @@ pub(super) fn restore(
     if Arc::strong_count(&old) == 1 {
         old.close()?;
         drop(old);
-        let _ = std::fs::remove_dir_all(&old_dir);
+        let _ = backend.options.fs.remove_dir_all(&old_dir);
     }
     backend.states = new_states;
     backend.by_name = by_name;
@@ -507,6 +522,7 @@ fn copy_into_own(
 /// Fetches the files of every source into `dir` and returns the version edit that names them,
 /// the files this storage already holds (by new local number), and the ranges to clip.
 fn build_store<'a>(
+    fs: &dyn FileSystem,
     sources: &'a [Source],
     states: &[StateDescriptor],
     target: KeyGroupRange,
@@ -596,7 +612,7 @@ fn build_store<'a>(
             }
         }
     }
-    fetch_all(&fetches, dir, stats)?;
+    fetch_all(fs, &fetches, dir, stats)?;
     // Sequence numbers of different handles may collide. That is harmless: every user key lives
     // in one key group, hence in the files and tombstones of one handle only (invariant I and
     // the clipping above), so versions of one key are never compared across handles. The store

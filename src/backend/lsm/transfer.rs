@@ -7,7 +7,6 @@
 //! other workers take no new job and the error fails the whole checkpoint or restore.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,6 +18,7 @@ use crate::checkpoint::storage::{
     CheckpointStorage, check_listed, check_listed_size, listed_mismatch,
 };
 use crate::error::{Error, Result};
+use crate::fs::FileSystem;
 use crate::lsm::version::FileMeta;
 
 /// Bytes read per request when downloading a file, and so the most a download holds in memory
@@ -30,13 +30,14 @@ const READ_BUFFER: usize = 1 << 20;
 
 /// Copies a local SST into storage at `path`, checking size and crc32 against `meta`.
 fn upload(
+    fs: &dyn FileSystem,
     storage: &dyn CheckpointStorage,
     local: &std::path::Path,
     meta: &FileMeta,
     path: &str,
 ) -> Result<UploadedFile> {
     let mut writer = storage.create_file(path)?;
-    let (size, crc32) = read_in_pieces(local, |piece| writer.write_all(piece))?;
+    let (size, crc32) = read_in_pieces(fs, local, |piece| writer.write_all(piece))?;
     writer.finish()?;
     if size != meta.size || crc32 != meta.crc32 {
         return Err(Error::corruption(
@@ -65,11 +66,12 @@ pub(super) struct UploadJob {
 /// Uploads `jobs` with up to `storage.upload_parallelism()` in flight; returns the uploaded files
 /// by local file number, or the first error (the other workers stop taking new jobs).
 pub(super) fn upload_all(
+    fs: &dyn FileSystem,
     storage: &dyn CheckpointStorage,
     jobs: Vec<UploadJob>,
 ) -> Result<HashMap<u64, UploadedFile>> {
     let uploaded = run_parallel(&jobs, storage.upload_parallelism(), |job| {
-        upload(storage, &job.local, &job.meta, &job.path).map(|file| (job.meta.number, file))
+        upload(fs, storage, &job.local, &job.meta, &job.path).map(|file| (job.meta.number, file))
     })?;
     Ok(uploaded.into_iter().collect())
 }
@@ -113,8 +115,14 @@ pub(super) fn run_parallel<T: Sync, R: Send>(
 
 /// Checks the local file `local` (a link to or copy of storage file `path`) against the size and
 /// crc32 `_metadata` lists, reading it in 1 MiB pieces.
-pub(super) fn check_local(local: &Path, path: &str, size: u64, crc32: u32) -> Result<()> {
-    let (read, actual) = read_in_pieces(local, |_| Ok(()))?;
+pub(super) fn check_local(
+    fs: &dyn FileSystem,
+    local: &Path,
+    path: &str,
+    size: u64,
+    crc32: u32,
+) -> Result<()> {
+    let (read, actual) = read_in_pieces(fs, local, |_| Ok(()))?;
     if read != size || actual != crc32 {
         return Err(listed_mismatch(path, read, actual, size, crc32));
     }
@@ -123,38 +131,45 @@ pub(super) fn check_local(local: &Path, path: &str, size: u64, crc32: u32) -> Re
 
 /// Reads the local file `local` in 1 MiB pieces, handing each to `each`; returns its size and
 /// crc32.
-fn read_in_pieces(local: &Path, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<(u64, u32)> {
-    let mut file = std::fs::File::open(local).map_err(|e| Error::io(local, e))?;
+fn read_in_pieces(
+    fs: &dyn FileSystem,
+    local: &Path,
+    mut each: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<(u64, u32)> {
+    let file = fs.open_read(local).map_err(|e| Error::io(local, e))?;
+    let len = file.len();
     let mut hasher = crc32fast::Hasher::new();
-    let mut buffer = vec![0u8; READ_BUFFER];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buffer).map_err(|e| Error::io(local, e))?;
-        if n == 0 {
-            return Ok((size, hasher.finalize()));
-        }
-        let piece = buffer.get(..n).unwrap_or_default();
+    let mut buffer = vec![0u8; READ_BUFFER.min(usize::try_from(len).unwrap_or(READ_BUFFER))];
+    let mut offset = 0u64;
+    while offset < len {
+        let n = (len - offset).min(buffer.len() as u64) as usize;
+        let piece = buffer.get_mut(..n).unwrap_or_default();
+        file.read_exact_at(piece, offset)
+            .map_err(|e| Error::io(local, e))?;
         hasher.update(piece);
         each(piece)?;
-        size += n as u64;
+        offset += n as u64;
     }
+    Ok((len, hasher.finalize()))
 }
 
 /// Downloads storage file `path` into the new local file `local`, in requests of at most
 /// [`DOWNLOAD_CHUNK`] bytes, checking its size before the first byte is read and its crc32 at
 /// the end; on any error the partial file is removed.
 pub(super) fn download(
+    fs: &dyn FileSystem,
     storage: &dyn CheckpointStorage,
     path: &str,
     size: u64,
     crc32: u32,
     local: &Path,
 ) -> Result<()> {
-    download_in_chunks(storage, path, size, crc32, local, DOWNLOAD_CHUNK)
+    download_in_chunks(fs, storage, path, size, crc32, local, DOWNLOAD_CHUNK)
 }
 
 /// [`download`] with requests of at most `chunk` bytes.
 fn download_in_chunks(
+    fs: &dyn FileSystem,
     storage: &dyn CheckpointStorage,
     path: &str,
     size: u64,
@@ -163,7 +178,7 @@ fn download_in_chunks(
     chunk: u64,
 ) -> Result<()> {
     check_listed_size(storage, path, size)?;
-    let mut file = std::fs::File::create_new(local).map_err(|e| Error::io(local, e))?;
+    let mut file = fs.create_new(local).map_err(|e| Error::io(local, e))?;
     let result = (|| -> Result<()> {
         if size <= chunk {
             // One request; `read_file` needs no second size lookup.
@@ -189,7 +204,7 @@ fn download_in_chunks(
     if result.is_err() {
         // Only the file this call created (`create_new`) is removed.
         drop(file);
-        let _ = std::fs::remove_file(local);
+        let _ = fs.remove_file(local);
     }
     result
 }
@@ -240,6 +255,7 @@ mod tests {
     #[test]
     fn downloads_in_chunks_check_size_and_crc_and_leave_nothing_on_error() {
         let dir = tempfile::tempdir().unwrap();
+        let fs = crate::fs::StdFs;
         let storage = LocalDirStorage::open(dir.path().join("storage")).unwrap();
         let bytes: Vec<u8> = (0..10_007u32).map(|i| (i * 31 % 251) as u8).collect();
         storage.write_file("shared/a.sst", &bytes).unwrap();
@@ -247,9 +263,9 @@ mod tests {
         let size = bytes.len() as u64;
         for (n, chunk) in [1000u64, 10_007, 1 << 20, 1].into_iter().enumerate() {
             let local = dir.path().join(format!("{n}.sst"));
-            download_in_chunks(&storage, "shared/a.sst", size, crc, &local, chunk).unwrap();
+            download_in_chunks(&fs, &storage, "shared/a.sst", size, crc, &local, chunk).unwrap();
             assert_eq!(std::fs::read(&local).unwrap(), bytes, "chunk {chunk}");
-            check_local(&local, "shared/a.sst", size, crc).unwrap();
+            check_local(&fs, &local, "shared/a.sst", size, crc).unwrap();
         }
         let local = dir.path().join("bad.sst");
         for (listed_size, listed_crc, chunk) in [
@@ -259,6 +275,7 @@ mod tests {
             (size + 1, crc, 1 << 20),
         ] {
             let err = download_in_chunks(
+                &fs,
                 &storage,
                 "shared/a.sst",
                 listed_size,
@@ -274,10 +291,18 @@ mod tests {
         // A file already at the target is neither overwritten nor removed.
         let taken = dir.path().join("taken.sst");
         std::fs::write(&taken, b"someone else's").unwrap();
-        assert!(download_in_chunks(&storage, "shared/a.sst", size, crc, &taken, 1000).is_err());
+        assert!(
+            download_in_chunks(&fs, &storage, "shared/a.sst", size, crc, &taken, 1000).is_err()
+        );
         assert_eq!(std::fs::read(&taken).unwrap(), b"someone else's");
-        let err =
-            check_local(&dir.path().join("0.sst"), "shared/a.sst", size, crc ^ 1).unwrap_err();
+        let err = check_local(
+            &fs,
+            &dir.path().join("0.sst"),
+            "shared/a.sst",
+            size,
+            crc ^ 1,
+        )
+        .unwrap_err();
         assert!(err.is_corruption(), "{err}");
     }
 }
