@@ -1205,7 +1205,9 @@ mod tests {
             assert!(after.len() >= 1000 && after.len() <= 4000);
             assert_eq!(&after[..1000], &synced[..]);
             assert!(after[1000..].iter().all(|&b| b == 2));
-            assert!(after.len() == 4000 || after.len() % SECTOR == 0 || after.len() == 1000);
+            assert!(
+                after.len() == 4000 || after.len().is_multiple_of(SECTOR) || after.len() == 1000
+            );
             outcomes.insert(after.len());
         }
         assert!(outcomes.len() > 2, "several tear points seen: {outcomes:?}");
