@@ -232,6 +232,15 @@ fn usage_errors_exit_2_runtime_errors_exit_1() {
     let mut args = run_args(dir.path(), 0, "fs");
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_eq!(code(&strs), Some(2), "parallelism 0");
+    args = run_args(dir.path(), 32768, "fs");
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = Command::new(EXE).args(&strs).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "parallelism 32768: {stderr}");
+    assert!(
+        stderr.contains("--parallelism must be in 1..=1024"),
+        "{stderr}"
+    );
     args = run_args(dir.path(), 1, "rocks");
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_eq!(code(&strs), Some(2), "unknown backend");

@@ -89,8 +89,12 @@ fn parse_backend(name: &str) -> Result<BackendChoice, String> {
 
 /// Runs `flowstate run`; returns the process exit code.
 pub fn run_command(args: &RunArgs) -> u8 {
-    if args.parallelism == 0 {
-        eprintln!("error: --parallelism must be at least 1");
+    let most = super::job::MAX_PARALLELISM_TASKS;
+    if args.parallelism == 0 || args.parallelism > most {
+        eprintln!(
+            "error: --parallelism must be in 1..={most} (each task runs three threads), not {}",
+            args.parallelism
+        );
         return 2;
     }
     if args.retained == 0 {

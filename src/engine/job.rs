@@ -170,12 +170,19 @@ impl JobSummary {
     }
 }
 
+/// The largest operator parallelism a job runs: each parallel task takes three threads
+/// (operator, snapshot, sink), so 1024 tasks are 3,073 threads with the source.
+pub const MAX_PARALLELISM_TASKS: u16 = 1024;
+
 /// Runs the job to completion: resumes from `config.state` if a previous run left completed
 /// checkpoints, restarts after failures, and returns once all output is committed.
 pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
     let started = Instant::now();
-    if config.parallelism == 0 {
-        return Err(Error::invalid("parallelism must be at least 1"));
+    if config.parallelism == 0 || config.parallelism > MAX_PARALLELISM_TASKS {
+        return Err(Error::invalid(format!(
+            "parallelism {} is outside 1..={MAX_PARALLELISM_TASKS} (each task runs three threads)",
+            config.parallelism
+        )));
     }
     fs::create_dir_all(&config.state).map_err(|e| Error::io(&config.state, e))?;
     let state_dir = fs::canonicalize(&config.state).map_err(|e| Error::io(&config.state, e))?;
