@@ -268,8 +268,8 @@ fn superseded_dir(dir: &Path, checkpoint: u64) -> PathBuf {
 }
 
 /// Moves `files` (from [`committed_beyond`] for `checkpoint`) out of the committed output of
-/// `dir` into a new [`superseded_dir`] (side output into its `rejected/`), durably; returns
-/// that directory.
+/// `dir` into a new superseded directory (`superseded_dir`; side output into its `rejected/`),
+/// durably; returns that directory.
 pub fn move_aside(dir: &Path, checkpoint: u64, files: &[(u64, PathBuf)]) -> Result<PathBuf> {
     let target = superseded_dir(dir, checkpoint);
     let rejected = dir.join(REJECTED_DIR);
