@@ -7,7 +7,9 @@
 //! power is cut at every mutating file operation of it. After the power loss, a new backend on
 //! the same storage must open (start-up scan), find no temp file, and restore the latest
 //! completed checkpoint: at least the last one acknowledged, at most the one being written, with
-//! exactly the model state of its id; every retained checkpoint restores to its own state.
+//! exactly the model state of its id; every retained checkpoint restores to its own state. For
+//! some points the power is cut again at every operation of that recovery (start-up scan and
+//! restore, local-recovery copies included) before it is checked.
 //! I/O errors (EIO, ENOSPC) at every operation must surface as `Error::Io` naming a path and
 //! leave storage in the same valid shape.
 //!
@@ -220,16 +222,21 @@ fn new_fs(seed: u64) -> (Arc<SimFs>, FsRef) {
     (sim, fs)
 }
 
-fn power_loss_everywhere(kind: Kind, steps: u64) {
+/// Opens a backend and restores its latest checkpoint, as a restarted job does (errors ignored:
+/// the power may go off in the middle).
+fn recover(kind: Kind, fs: &FsRef) {
+    if let Ok((mut backend, _)) = open(kind, fs) {
+        let _ = backend.latest();
+    }
+}
+
+fn power_loss_everywhere(kind: Kind, steps: u64, double_every: u64) {
     let (sim, fs) = new_fs(0);
     let (done, error) = job(kind, &fs, steps);
     assert!(error.is_none() && done == steps, "{error:?}");
     let total = sim.mutations();
     assert!(total > 100, "{total} operations");
-    eprintln!(
-        "power_loss_checkpoint ({kind:?}): {} power-off points",
-        2 * total
-    );
+    let mut points = 0;
     for index in 0..total {
         let (sim, fs) = new_fs(index);
         sim.power_off_at(Some(index));
@@ -254,18 +261,57 @@ fn power_loss_everywhere(kind: Kind, steps: u64) {
                 (acknowledged + 1).min(steps),
                 &context,
             );
+            points += 1;
+        }
+        if index % double_every == 0 {
+            // A second power loss at every operation of the recovery (start-up scan, restore).
+            let image = || {
+                let (sim, fs) = new_fs(index);
+                sim.power_off_at(Some(index));
+                let _ = job(kind, &fs, steps);
+                sim.power_loss(PowerLoss::DropUnsynced);
+                (sim, fs)
+            };
+            let (sim, fs) = image();
+            let before = sim.mutations();
+            recover(kind, &fs);
+            let probe = sim.mutations() - before;
+            for second in 0..probe {
+                let (sim, fs) = image();
+                sim.power_off_at(Some(sim.mutations() + second));
+                recover(kind, &fs);
+                sim.power_loss(PowerLoss::Random);
+                let context = format!("{kind:?} index {index} of {total}, recovery index {second}");
+                check(
+                    kind,
+                    &fs,
+                    acknowledged,
+                    (acknowledged + 1).min(steps),
+                    &context,
+                );
+                points += 1;
+            }
         }
     }
+    eprintln!("power_loss_checkpoint ({kind:?}): {points} power-off points");
 }
 
 #[test]
 fn power_loss_at_every_operation_of_fs_checkpoints_and_retention() {
-    power_loss_everywhere(Kind::Fs, if full() { 12 } else { 6 });
+    power_loss_everywhere(
+        Kind::Fs,
+        if full() { 12 } else { 6 },
+        if full() { 1 } else { 17 },
+    );
 }
 
 #[test]
 fn power_loss_at_every_operation_of_lsm_checkpoints_restores_and_local_recovery() {
-    power_loss_everywhere(Kind::Lsm, if full() { 16 } else { 8 });
+    power_loss_everywhere(
+        Kind::Lsm,
+        if full() { 16 } else { 8 },
+        if full() { 1 } else { 5 },
+    );
 }
 
 fn io_errors_everywhere(kind: Kind, steps: u64) {
