@@ -80,14 +80,16 @@ fn kill_rounds(rounds: u32, seed: u64, backend: &str, extra: &dyn Fn(&Path) -> V
         let dir = tempfile::tempdir().unwrap();
         let extra = extra(dir.path());
         let mut rng = SplitMix(seed.wrapping_add(u64::from(round)));
-        generate_input(&dir.path().join("input"), 40_000, 2_000, rng.next_u64()).unwrap();
+        // Large enough that the first kill (at most 130 ms in) lands before the job ends: 400k
+        // events take a debug build about 0.2 s at parallelism 3, longer at 1.
+        generate_input(&dir.path().join("input"), 400_000, 2_000, rng.next_u64()).unwrap();
         let mut kills = 0;
         let mut parallelism = 1 + rng.below(3) as u16;
         for attempt in 0.. {
             assert!(attempt < 200, "round {round}: no finish after 200 attempts");
             let mut child = spawn(dir.path(), parallelism, backend, &extra);
             // Growing delays: a run always finishes eventually, whatever its start-up costs.
-            let delay = Duration::from_millis(20 + rng.below(250) + 40 * attempt);
+            let delay = Duration::from_millis(10 + rng.below(120) + 40 * attempt);
             match kill_after(&mut child, delay) {
                 Some(0) => break,
                 Some(code) => {
@@ -103,6 +105,10 @@ fn kill_rounds(rounds: u32, seed: u64, backend: &str, extra: &dyn Fn(&Path) -> V
                 parallelism = 1 + rng.below(4) as u16;
             }
         }
+        assert!(
+            kills > 0,
+            "round {round}: the job finished before the first kill"
+        );
         let expected = expected_output(&dir.path().join("input")).unwrap();
         let verdict = check_output(&dir.path().join("out"), &expected).unwrap();
         assert!(
