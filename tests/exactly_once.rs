@@ -6,12 +6,13 @@
 //!
 //! `PROPTEST_CASES` raises the case count (default 64 per backend).
 
+mod support;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use flowstate::engine::demo::generate_input;
-use flowstate::engine::output_check::{check_output, committed_lines, expected_output};
 use flowstate::engine::{
     BackendChoice, CheckpointOptions, CheckpointStatus, FailurePoint, FailureSchedule, JobConfig,
     RestartStrategy, run_job,
@@ -85,11 +86,10 @@ fn run_case(
     } else {
         run_job(&first).map_err(|e| TestCaseError::fail(format!("{failures:?}: {e}")))?;
     }
-    let expected = expected_output(&dir.path().join("input")).unwrap();
-    let verdict = check_output(&dir.path().join("out"), &expected).unwrap();
-    prop_assert!(
-        verdict.is_exact(),
-        "{failures:?} p={parallelism} resume={resume_at:?}: {verdict:?}"
+    support::oracle::assert_exactly_once(
+        &dir.path().join("input"),
+        &dir.path().join("out"),
+        &format!("{failures:?} p={parallelism} resume={resume_at:?}"),
     );
     // A rerun after the job finished is a no-op.
     let again = run_job(&config(dir.path(), backend, parallelism)).unwrap();
@@ -156,15 +156,13 @@ fn failure_free_and_failing_runs_commit_the_same_lines() {
     ]));
     let summary = run_job(&with_failures).unwrap();
     assert!(summary.restores >= 1, "{summary:?}");
-    let clean_lines = committed_lines(&clean.join("out")).unwrap();
+    let clean_lines = support::oracle::committed(&clean.join("out"));
     assert_eq!(clean_lines.len(), 3_000);
-    assert_eq!(clean_lines, committed_lines(&failing.join("out")).unwrap());
-    let expected = expected_output(&clean.join("input")).unwrap();
-    assert!(
-        check_output(&clean.join("out"), &expected)
-            .unwrap()
-            .is_exact()
+    assert_eq!(
+        clean_lines,
+        support::oracle::committed(&failing.join("out"))
     );
+    support::oracle::assert_exactly_once(&clean.join("input"), &clean.join("out"), "clean run");
 }
 
 /// A checkpoint whose snapshot outlives the timeout is aborted and the job still finishes.
@@ -192,10 +190,9 @@ fn slow_snapshots_time_out_and_the_job_goes_on() {
             .iter()
             .any(|r| r.status == CheckpointStatus::Completed)
     );
-    let expected = expected_output(&dir.path().join("input")).unwrap();
-    assert!(
-        check_output(&dir.path().join("out"), &expected)
-            .unwrap()
-            .is_exact()
+    support::oracle::assert_exactly_once(
+        &dir.path().join("input"),
+        &dir.path().join("out"),
+        "slow snapshots",
     );
 }

@@ -12,8 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use flowstate::engine::demo::{SplitMix, generate_input};
-use flowstate::engine::output_check::{check_output, expected_output};
-use flowstate::engine::sink::committed_files;
+use support::oracle::{assert_exactly_once, committed};
 use support::seed;
 
 const EXE: &str = env!("CARGO_BIN_EXE_flowstate");
@@ -109,23 +108,15 @@ fn kill_rounds(rounds: u32, seed: u64, backend: &str, extra: &dyn Fn(&Path) -> V
             kills > 0,
             "round {round}: the job finished before the first kill"
         );
-        let expected = expected_output(&dir.path().join("input")).unwrap();
-        let verdict = check_output(&dir.path().join("out"), &expected).unwrap();
-        assert!(
-            verdict.is_exact(),
-            "round {round} ({kills} kills): {verdict:?}"
-        );
+        let (input, out) = (dir.path().join("input"), dir.path().join("out"));
+        assert_exactly_once(&input, &out, &format!("round {round} ({kills} kills)"));
         let again = Command::new(EXE)
             .args(run_args_with(dir.path(), 2, backend, &extra))
             .output()
             .unwrap();
         assert_eq!(again.status.code(), Some(0));
         assert!(String::from_utf8_lossy(&again.stdout).contains("already finished"));
-        assert!(
-            check_output(&dir.path().join("out"), &expected)
-                .unwrap()
-                .is_exact()
-        );
+        assert_exactly_once(&input, &out, &format!("round {round}, rerun"));
     }
 }
 
@@ -176,13 +167,12 @@ fn clean_run_prints_summary_and_commits_everything() {
         "{stdout}"
     );
     assert!(stdout.contains("events/s"), "{stdout}");
-    let expected = expected_output(&dir.path().join("input")).unwrap();
-    assert!(
-        check_output(&dir.path().join("out"), &expected)
-            .unwrap()
-            .is_exact()
+    assert_exactly_once(
+        &dir.path().join("input"),
+        &dir.path().join("out"),
+        "clean run",
     );
-    assert!(!committed_files(&dir.path().join("out")).unwrap().is_empty());
+    assert!(!committed(&dir.path().join("out")).is_empty());
 }
 
 #[test]
@@ -210,7 +200,7 @@ fn memory_backend_refuses_to_resume_after_a_crash() {
     generate_input(&dir.path().join("input"), 400_000, 1_000, 5).unwrap();
     let mut child = spawn(dir.path(), 1, "memory", &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while committed_files(&dir.path().join("out")).unwrap().is_empty() {
+    while committed(&dir.path().join("out")).is_empty() {
         assert!(Instant::now() < deadline);
         assert!(
             child.try_wait().unwrap().is_none(),

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod garage;
+pub mod oracle;
 
 use std::collections::BTreeMap;
 use std::path::Path;
