@@ -85,29 +85,24 @@ trait Restorable: StateBackend {
     fn latest(&mut self) -> flowstate::Result<Option<u64>>;
 }
 
-impl Restorable for FsBackend {
-    fn checkpoint_storage(&self) -> Arc<dyn CheckpointStorage> {
-        Arc::clone(self.storage())
-    }
-    fn completed(&self) -> Vec<u64> {
-        self.completed_checkpoints()
-    }
-    fn latest(&mut self) -> flowstate::Result<Option<u64>> {
-        self.restore_latest()
-    }
+/// Both backends answer these with methods of the same names.
+macro_rules! restorable {
+    ($($backend:ty),*) => {$(
+        impl Restorable for $backend {
+            fn checkpoint_storage(&self) -> Arc<dyn CheckpointStorage> {
+                Arc::clone(self.storage())
+            }
+            fn completed(&self) -> Vec<u64> {
+                self.completed_checkpoints()
+            }
+            fn latest(&mut self) -> flowstate::Result<Option<u64>> {
+                self.restore_latest()
+            }
+        }
+    )*};
 }
 
-impl Restorable for LsmBackend {
-    fn checkpoint_storage(&self) -> Arc<dyn CheckpointStorage> {
-        Arc::clone(self.storage())
-    }
-    fn completed(&self) -> Vec<u64> {
-        self.completed_checkpoints()
-    }
-    fn latest(&mut self) -> flowstate::Result<Option<u64>> {
-        self.restore_latest()
-    }
-}
+restorable!(FsBackend, LsmBackend);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::fs::{FsRef, WritableFile, create_dir_durable, std_fs};
+use crate::fs::{FsRef, WritableFile, create_dir_durable, std_fs, sync_dir};
 
 /// Name of the file that makes a checkpoint directory a completed checkpoint.
 pub const METADATA_FILE_NAME: &str = "_metadata";
@@ -316,15 +316,11 @@ impl LocalDirStorage {
     }
 
     fn sync_dir(&self, dir: &Path) -> Result<()> {
-        self.fs.sync_dir(dir).map_err(|e| Error::fsync(dir, e))
+        sync_dir(self.fs.as_ref(), dir)
     }
 
     fn is_dir(&self, path: &Path) -> Result<bool> {
-        match self.fs.metadata(path) {
-            Ok(meta) => Ok(meta.is_dir),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(Error::io(path, e)),
-        }
+        self.fs.is_dir(path).map_err(|e| Error::io(path, e))
     }
 
     /// Every file under `dir` with its size, as paths relative to the root under `prefix`.
@@ -381,7 +377,7 @@ impl CheckpointStorage for LocalDirStorage {
         let Some(original) = source.local_path(from) else {
             return Ok(false);
         };
-        if !self.fs.metadata(&original).is_ok_and(|meta| !meta.is_dir) {
+        if !self.fs.is_file(&original) {
             return Ok(false);
         }
         let full = self.resolve(to)?;

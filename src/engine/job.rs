@@ -419,9 +419,9 @@ fn check_resume_point(config: &JobConfig, store: &JobStore, base: &CheckpointBas
     Ok(())
 }
 
-fn lock_state_dir(state_dir: &Path) -> Result<File> {
+fn lock_state_dir(state_dir: &Path) -> Result<Box<dyn crate::fs::FileLock>> {
     let path = state_dir.join(LOCK_FILE);
-    crate::lock::try_lock_file(&path)?.ok_or_else(|| {
+    crate::lock::try_lock_file(&crate::fs::StdFs, &path)?.ok_or_else(|| {
         Error::invalid(format!(
             "state directory {} is in use by another flowstate run (lock {})",
             state_dir.display(),

@@ -141,6 +141,20 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
 }
 
 impl dyn FileSystem + '_ {
+    /// Whether `path` is a file (false when nothing is there or it cannot be read).
+    pub fn is_file(&self, path: &Path) -> bool {
+        self.metadata(path).is_ok_and(|m| !m.is_dir)
+    }
+
+    /// Whether `path` is a directory; `Ok(false)` when nothing is there.
+    pub fn is_dir(&self, path: &Path) -> io::Result<bool> {
+        match self.metadata(path) {
+            Ok(meta) => Ok(meta.is_dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether something exists at `path`.
     pub fn exists(&self, path: &Path) -> io::Result<bool> {
         match self.metadata(path) {
@@ -213,13 +227,17 @@ pub fn create_dir_durable(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// fsyncs the directory `dir`, so the names created, renamed or removed in it are durable.
+pub fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    fs.sync_dir(dir).map_err(|e| Error::fsync(dir, e))
+}
+
 /// fsyncs the directory holding `path`, so a new, renamed or removed name in it is durable.
 pub fn sync_parent(fs: &dyn FileSystem, path: &Path) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    fs.sync_dir(parent).map_err(|e| Error::fsync(parent, e))
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => sync_dir(fs, p),
+        _ => sync_dir(fs, Path::new(".")),
+    }
 }
 
 /// Writes `bytes` to `path` atomically: a temp file beside it (`<name>.tmp`), fsynced, renamed

@@ -330,8 +330,7 @@ impl State {
                     format!("{}: is a directory", path.display()),
                 ));
             }
-            Some(Node::File(id)) if exclusive => {
-                let _ = id;
+            Some(Node::File(_)) if exclusive => {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
                     format!("{}: file exists", path.display()),
@@ -431,10 +430,8 @@ impl State {
                 // the end of the new data; beyond the cut the old bytes remain.
                 let first = from / SECTOR;
                 let last = inode.data.len().div_ceil(SECTOR);
-                let span = (last - first + 1) as u64;
-                let cut =
-                    ((first as u64 + random % (span + 1)) as usize * SECTOR).min(inode.data.len());
-                let cut = cut.max(from);
+                let sector = first + (random % (last - first + 1) as u64) as usize;
+                let cut = (sector * SECTOR).clamp(from, inode.data.len());
                 let mut out = inode.data[..cut].to_vec();
                 if inode.synced.len() > cut {
                     out.extend_from_slice(&inode.synced[cut..]);

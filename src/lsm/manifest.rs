@@ -152,11 +152,6 @@ fn write_current(fs: &dyn FileSystem, dir: &Path, name: &str) -> Result<()> {
     write_atomic(fs, &dir.join(CURRENT_FILE), format!("{name}\n").as_bytes())
 }
 
-/// fsyncs a directory so renames and new names in it are durable.
-pub fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
-    fs.sync_dir(dir).map_err(|e| Error::fsync(dir, e))
-}
-
 /// Rebuilds the version from the manifest `CURRENT` names. A torn last record (the file ends
 /// inside it) is an edit that was never acknowledged and is ignored — except the first edit,
 /// which was durable before the manifest became current; any other damage is corruption naming

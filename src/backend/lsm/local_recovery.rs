@@ -45,10 +45,6 @@ impl LocalCopies {
         }
     }
 
-    fn is_file(&self, path: &Path) -> bool {
-        self.fs.metadata(path).is_ok_and(|m| !m.is_dir)
-    }
-
     /// The directory holding the copies.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -63,13 +59,13 @@ impl LocalCopies {
     /// copied); returns false when the file system cannot link (the copy is then simply absent).
     pub fn keep(&self, location: &str, storage_path: &str, source: &Path) -> Result<bool> {
         let target = self.path_of(storage_path)?;
-        if self.is_file(&target) {
+        if self.fs.is_file(&target) {
             return Ok(true);
         }
         let parent = target.parent().unwrap_or(&self.dir);
         create_dir_durable(self.fs.as_ref(), parent)?;
         let root_file = self.dir.join(ROOT_FILE_NAME);
-        if !self.is_file(&root_file) {
+        if !self.fs.is_file(&root_file) {
             // Several copies are kept at once (parallel restores): the first writer creates the
             // file, the others find it.
             match write_new_synced(self.fs.as_ref(), &root_file, location.as_bytes()) {

@@ -448,11 +448,7 @@ fn remove_stale_stores(fs: &dyn crate::fs::FileSystem, working_dir: &Path) -> Re
         }
         let path = working_dir.join(&entry.name);
         let lock = path.join(crate::lsm::db::LOCK_FILE);
-        let free = fs
-            .try_lock(&lock)
-            .map_err(|e| Error::io(&lock, e))?
-            .is_some();
-        if free {
+        if crate::lock::try_lock_file(fs, &lock)?.is_some() {
             fs.remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         }
     }

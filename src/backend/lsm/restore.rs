@@ -24,12 +24,13 @@ use crate::checkpoint::registry::read_metadata;
 use crate::checkpoint::storage::{CheckpointStorage, metadata_path};
 use crate::checkpoint::uri::storage_for_root;
 use crate::error::{Error, Result};
+use crate::fs::sync_dir;
 use crate::fs::{FileSystem, create_dir_durable};
 use crate::keys::{KeyGroupRange, key_group_of};
 use crate::lsm::Db;
 use crate::lsm::db::DEFAULT_CF;
 use crate::lsm::db::LiveFiles;
-use crate::lsm::manifest::{Manifest, sync_dir};
+use crate::lsm::manifest::Manifest;
 use crate::lsm::table::sst_file_name;
 use crate::lsm::version::{FileMeta, RangeTombstone, Version, VersionEdit};
 
@@ -220,9 +221,7 @@ fn fetch(fs: &dyn FileSystem, job: &FetchJob<'_>, dir: &Path) -> Result<Fetched>
     }
     // A local directory's file is hard-linked (then checked); any other is downloaded.
     let linked = source.storage.local_path(path);
-    let fetched = if linked.is_some_and(|p| {
-        fs.metadata(&p).is_ok_and(|m| !m.is_dir) && fs.hard_link(&p, &local).is_ok()
-    }) {
+    let fetched = if linked.is_some_and(|p| fs.is_file(&p) && fs.hard_link(&p, &local).is_ok()) {
         check_local(fs, &local, path, size, crc32)?;
         Fetched::Linked
     } else {

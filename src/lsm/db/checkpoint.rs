@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use super::DbInner;
 use crate::error::{Error, Result};
+use crate::fs::sync_dir;
 use crate::fs::{FileSystem, create_dir_durable, write_new_synced};
-use crate::lsm::manifest::{Manifest, sync_dir};
+use crate::lsm::manifest::Manifest;
 use crate::lsm::table::TableFile;
 use crate::lsm::version::FileMeta;
 

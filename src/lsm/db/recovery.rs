@@ -14,9 +14,10 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use super::flush::build_table;
 use super::{CfState, Core, Counters, DEFAULT_CF, DbInner, SuperVersion, WriterState};
 use crate::error::{Error, Result};
+use crate::fs::sync_dir;
 use crate::fs::{FileLock, FileSystem, FsRef, create_dir_durable};
 use crate::lsm::block_cache::BlockCache;
-use crate::lsm::manifest::{self, Manifest, sync_dir};
+use crate::lsm::manifest::{self, Manifest};
 use crate::lsm::memtable::Memtable;
 use crate::lsm::options::Options;
 use crate::lsm::table::{TableFile, parse_sst_file_name};
@@ -241,14 +242,12 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
 
 fn lock_dir(fs: &FsRef, dir: &Path) -> Result<Box<dyn FileLock>> {
     let path = dir.join(LOCK_FILE);
-    fs.try_lock(&path)
-        .map_err(|e| Error::io(&path, e))?
-        .ok_or_else(|| {
-            Error::invalid(format!(
-                "the store at {} is in use by another process (its LOCK file is held)",
-                dir.display()
-            ))
-        })
+    crate::lock::try_lock_file(fs.as_ref(), &path)?.ok_or_else(|| {
+        Error::invalid(format!(
+            "the store at {} is in use by another process (its LOCK file is held)",
+            dir.display()
+        ))
+    })
 }
 
 fn list_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<String>> {
