@@ -303,7 +303,9 @@ impl WalReader {
                 return true;
             }
             budget -= len as usize;
-            if self.batch_of(&self.bytes[start..end], q).is_ok() {
+            // `plausible_record_at` checked that the payload lies within the file.
+            let payload = self.bytes.get(start..end).unwrap_or_default();
+            if self.batch_of(payload, q).is_ok() {
                 return true;
             }
         }
