@@ -154,7 +154,6 @@ fn garage_three_nodes_survive_a_node_killed_during_upload() {
 #[test]
 fn garage_flowstate_run_sigkilled_is_exactly_once() {
     use flowstate::engine::demo::{SplitMix, generate_input};
-    use flowstate::engine::output_check::{check_output, expected_output};
     use std::process::{Command, Stdio};
 
     let Some(cluster) = GarageCluster::start(1) else {
@@ -251,9 +250,11 @@ fn garage_flowstate_run_sigkilled_is_exactly_once() {
             parallelism = 1 + rng.below(3) as u16;
         }
     }
-    let expected = expected_output(&input).unwrap();
-    let verdict = check_output(&dir.path().join("out"), &expected).unwrap();
-    assert!(verdict.is_exact(), "{kills} kills: {verdict:?}");
+    support::oracle::assert_exactly_once(
+        &input,
+        &dir.path().join("out"),
+        &format!("{kills} kills"),
+    );
     assert!(kills >= 2, "the first two runs are killed");
     eprintln!("exact after {kills} kills");
     let again = command(2, &run_args).output().unwrap();

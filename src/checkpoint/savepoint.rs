@@ -7,7 +7,6 @@
 //! temporary name, fsynced, renamed and the directory fsynced: it exists whole or not at all.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -16,6 +15,7 @@ use crate::codec::cursor::Cursor;
 use crate::codec::record::{RecordReader, put_record};
 use crate::codec::varint::{put_varint32, put_varint64};
 use crate::error::{Error, Result};
+use crate::fs::{FileSystem, IoReader, IoWriter, StdFs, sync_parent};
 use crate::keys::{KeyGroupRange, key_group_of};
 use crate::ttl::drop_expired;
 
@@ -347,6 +347,15 @@ impl<R: std::io::Read> SavepointReader<R> {
 ///
 /// The backend is scanned under `&mut`, so the savepoint is consistent; processing waits for it.
 pub fn write_savepoint(backend: &mut dyn StateBackend, path: &Path) -> Result<SavepointStats> {
+    write_savepoint_on(&StdFs, backend, path)
+}
+
+/// [`write_savepoint`] on the file system `fs`.
+pub fn write_savepoint_on(
+    fs: &dyn FileSystem,
+    backend: &mut dyn StateBackend,
+    path: &Path,
+) -> Result<SavepointStats> {
     let config = backend.config().clone();
     let states = backend.states();
     let header = SavepointHeader {
@@ -358,8 +367,8 @@ pub fn write_savepoint(backend: &mut dyn StateBackend, path: &Path) -> Result<Sa
     };
     let now = config.clock.now_ms();
     let tmp = temp_path(path);
-    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let mut writer = BufWriter::new(file);
+    let file = fs.create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut writer = BufWriter::new(IoWriter(file));
     let mut bytes = 0u64;
     let mut record = Vec::new();
     let mut sink = |payload: &[u8]| -> Result<()> {
@@ -395,13 +404,13 @@ pub fn write_savepoint(backend: &mut dyn StateBackend, path: &Path) -> Result<Sa
         chunks.flush(&mut sink)?;
     }
     sink(&footer(total))?;
-    let file = writer
+    let mut file = writer
         .into_inner()
         .map_err(|e| Error::io(&tmp, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    file.0.sync_all().map_err(|e| Error::fsync(&tmp, e))?;
     drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    sync_parent(path)?;
+    fs.rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    sync_parent(fs, path)?;
     Ok(SavepointStats {
         states: states.len(),
         entries: total,
@@ -418,12 +427,23 @@ pub fn restore_savepoint(
     backend: &mut dyn StateBackend,
     paths: &[PathBuf],
 ) -> Result<SavepointStats> {
+    restore_savepoint_on(&StdFs, backend, paths)
+}
+
+/// [`restore_savepoint`] from the file system `fs`.
+pub fn restore_savepoint_on(
+    fs: &dyn FileSystem,
+    backend: &mut dyn StateBackend,
+    paths: &[PathBuf],
+) -> Result<SavepointStats> {
     let max_parallelism = backend.config().max_parallelism;
     let mut stats = SavepointStats::default();
     let mut headers = Vec::with_capacity(paths.len());
     for path in paths {
         let name = path.display().to_string();
-        let mut reader = SavepointReader::new(open(path)?, &name)?;
+        let file = fs.open_read(path).map_err(|e| Error::io(path, e))?;
+        let len = file.len();
+        let mut reader = SavepointReader::new(BufReader::new(IoReader::new(file)), &name)?;
         if reader.header.max_parallelism != max_parallelism {
             return Err(Error::invalid(format!(
                 "savepoint {name} has max_parallelism {}, the backend {max_parallelism}",
@@ -431,9 +451,7 @@ pub fn restore_savepoint(
             )));
         }
         reader.for_each(|_, _, _| Ok(()))?;
-        stats.bytes += std::fs::metadata(path)
-            .map_err(|e| Error::io(path, e))?
-            .len();
+        stats.bytes += len;
         headers.push(reader.header);
     }
     let existing = backend.states();
@@ -458,7 +476,7 @@ pub fn restore_savepoint(
     let range = backend.config().key_group_range;
     for path in paths {
         let name = path.display().to_string();
-        let mut reader = SavepointReader::new(open(path)?, &name)?;
+        let mut reader = SavepointReader::new(open(fs, path)?, &name)?;
         let ids = reader
             .header
             .states
@@ -482,29 +500,23 @@ pub fn restore_savepoint(
 
 /// Reads only the header of a savepoint file.
 pub fn read_savepoint_header(path: &Path) -> Result<SavepointHeader> {
-    Ok(SavepointReader::new(open(path)?, &path.display().to_string())?.header)
+    read_savepoint_header_on(&StdFs, path)
 }
 
-fn open(path: &Path) -> Result<BufReader<File>> {
-    Ok(BufReader::new(
-        File::open(path).map_err(|e| Error::io(path, e))?,
-    ))
+/// [`read_savepoint_header`] from the file system `fs`.
+pub fn read_savepoint_header_on(fs: &dyn FileSystem, path: &Path) -> Result<SavepointHeader> {
+    Ok(SavepointReader::new(open(fs, path)?, &path.display().to_string())?.header)
+}
+
+fn open(fs: &dyn FileSystem, path: &Path) -> Result<BufReader<IoReader>> {
+    let file = fs.open_read(path).map_err(|e| Error::io(path, e))?;
+    Ok(BufReader::new(IoReader::new(file)))
 }
 
 fn temp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     path.with_file_name(name)
-}
-
-fn sync_parent(path: &Path) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(parent)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(parent, e))
 }
 
 #[cfg(test)]

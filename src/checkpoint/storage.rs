@@ -369,6 +369,22 @@ impl CheckpointStorage for LocalDirStorage {
         self.root.display().to_string()
     }
 
+    /// Another existing local directory, on the same file system.
+    fn open_sibling(&self, location: &str) -> Option<Result<Arc<dyn CheckpointStorage>>> {
+        let Ok(crate::checkpoint::uri::Location::Dir { path }) =
+            crate::checkpoint::uri::Location::parse(location)
+        else {
+            return None;
+        };
+        if !self.fs.is_dir(Path::new(&path)).unwrap_or(false) {
+            return None;
+        }
+        Some(
+            LocalDirStorage::open_on(self.fs.clone(), path)
+                .map(|s| Arc::new(s) as Arc<dyn CheckpointStorage>),
+        )
+    }
+
     fn local_path(&self, path: &str) -> Option<PathBuf> {
         self.resolve(path).ok()
     }

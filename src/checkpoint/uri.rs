@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use super::object_store::ObjectStoreCheckpointStorage;
 use super::storage::{CheckpointStorage, LocalDirStorage, validate_path};
 use crate::error::{Error, Result};
+use crate::fs::{FsRef, std_fs};
 
 /// Options of object-store checkpoint storage, with documented defaults.
 ///
@@ -63,6 +64,9 @@ pub struct StorageOptions {
     pub from_env: bool,
     /// Options passed to the store, applied after the environment, in order.
     pub store_options: Vec<(String, String)>,
+    /// The file system a local-directory location is opened on (default the real one,
+    /// [`std_fs`]; tests use a simulated one).
+    pub fs: FsRef,
 }
 
 /// The smallest multipart part S3 accepts (except for the last part).
@@ -79,6 +83,7 @@ impl Default for StorageOptions {
             upload_parallelism: 8,
             from_env: true,
             store_options: Vec::new(),
+            fs: std_fs(),
         }
     }
 }
@@ -283,7 +288,10 @@ pub fn open_storage_with(
     options: &StorageOptions,
 ) -> Result<Arc<dyn CheckpointStorage>> {
     match Location::parse(location)? {
-        Location::Dir { path } => Ok(Arc::new(LocalDirStorage::open(path)?)),
+        Location::Dir { path } => Ok(Arc::new(LocalDirStorage::open_on(
+            options.fs.clone(),
+            path,
+        )?)),
         #[cfg(feature = "object-store")]
         parsed => Ok(Arc::new(ObjectStoreCheckpointStorage::open(
             &parsed, options,

@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 done (or already done), 1 runtime error, 2 usage error; never a panic.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -89,29 +90,48 @@ fn parse_backend(name: &str) -> Result<BackendChoice, String> {
 
 /// Runs `flowstate run`; returns the process exit code.
 pub fn run_command(args: &RunArgs) -> u8 {
+    run_command_on(
+        args,
+        crate::fs::std_fs(),
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    )
+}
+
+/// [`run_command`] with the state and output directories on `fs`, the summary written to `out`
+/// and the error messages to `err` (progress lines still go to stderr).
+pub fn run_command_on(
+    args: &RunArgs,
+    fs: crate::fs::FsRef,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
     let most = super::job::MAX_PARALLELISM_TASKS;
     if args.parallelism == 0 || args.parallelism > most {
-        eprintln!(
+        let _ = writeln!(
+            err,
             "error: --parallelism must be in 1..={most} (each task runs three threads), not {}",
             args.parallelism
         );
         return 2;
     }
     if args.retained == 0 {
-        eprintln!("error: --retained must be at least 1");
+        let _ = writeln!(err, "error: --retained must be at least 1");
         return 2;
     }
     if let Some(max) = args.max_parallelism
         && (max == 0 || max > 32768 || args.parallelism > max)
     {
-        eprintln!(
+        let _ = writeln!(
+            err,
             "error: --max-parallelism must be in 1..=32768 and at least --parallelism ({})",
             args.parallelism
         );
         return 2;
     }
     if args.checkpoint_storage.is_some() && !args.backend.persistent() {
-        eprintln!(
+        let _ = writeln!(
+            err,
             "error: --checkpoint-storage needs a persistent backend (--backend lsm or fs); the \
              memory backend keeps its checkpoints in process memory"
         );
@@ -120,20 +140,24 @@ pub fn run_command(args: &RunArgs) -> u8 {
     if let Some(fraction) = args.state_growth_alert
         && !(fraction.is_finite() && fraction > 0.0)
     {
-        eprintln!("error: --state-growth-alert must be a fraction above 0 (e.g. 0.5 for 50%)");
+        let _ = writeln!(
+            err,
+            "error: --state-growth-alert must be a fraction above 0 (e.g. 0.5 for 50%)"
+        );
         return 2;
     }
     if args.state_growth_window == 0 {
-        eprintln!("error: --state-growth-window must be at least 1");
+        let _ = writeln!(err, "error: --state-growth-window must be at least 1");
         return 2;
     }
     if let Some(addr) = args.metrics_addr
         && let Err(e) = serve_metrics(addr)
     {
-        eprintln!("error: {e}");
+        let _ = writeln!(err, "error: {e}");
         return 1;
     }
     let mut config = JobConfig::new(&args.input, &args.output, &args.state);
+    config.fs = fs;
     config.checkpoint_storage = args.checkpoint_storage.clone();
     config.backend = args.backend;
     config.parallelism = args.parallelism;
@@ -152,11 +176,11 @@ pub fn run_command(args: &RunArgs) -> u8 {
     };
     match run_job(&config) {
         Ok(summary) => {
-            print!("{}", format_summary(&summary));
+            let _ = write!(out, "{}", format_summary(&summary));
             0
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            let _ = writeln!(err, "error: {e}");
             1
         }
     }

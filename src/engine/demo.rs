@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::output_check::{check_output, expected_output};
 use super::sink::committed_files;
 use crate::error::{Error, Result};
+use crate::fs::StdFs;
 
 /// A small deterministic generator (splitmix64).
 #[derive(Debug, Clone)]
@@ -88,7 +89,7 @@ fn demo_in(
         let parallelism = parallelisms[run % parallelisms.len()];
         let mut child = spawn_run(&exe, &input, &output, &state, parallelism)?;
         if killed < kills {
-            let before = committed_files(&output)?.len();
+            let before = committed_files(&StdFs, &output)?.len();
             let exited = wait_for_progress(&mut child, &output, before, &mut rng)?;
             if !exited {
                 let _ = child.kill();
@@ -97,7 +98,7 @@ fn demo_in(
                 println!(
                     "run {}: parallelism {parallelism}, SIGKILLed mid-run ({} committed files so far)",
                     run + 1,
-                    committed_files(&output)?.len()
+                    committed_files(&StdFs, &output)?.len()
                 );
                 continue;
             }
@@ -118,7 +119,7 @@ fn demo_in(
     }
     println!("\nlast run's summary:\n{summary}");
     let expected = expected_output(&input)?;
-    let verdict = check_output(&output, &expected)?;
+    let verdict = check_output(&StdFs, &output, &expected)?;
     println!(
         "verdict: {} — {} committed lines over {} keys vs {} expected: {} missing, {} unexpected; \
          rejected side output: {} missing, {} unexpected; {killed} SIGKILLs; {:.1} s",
@@ -179,7 +180,7 @@ fn wait_for_progress(
         {
             return Ok(true);
         }
-        if committed_files(output)?.len() > before {
+        if committed_files(&StdFs, output)?.len() > before {
             std::thread::sleep(Duration::from_millis(rng.below(40)));
             return Ok(child
                 .try_wait()

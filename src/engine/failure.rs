@@ -62,6 +62,8 @@ pub struct FailureSchedule {
     async_snapshot_delay: Mutex<Option<(u64, Duration)>>,
     /// Failures that are I/O errors: (point, occurrence, raw OS error, path).
     os_errors: Mutex<Vec<(FailurePoint, u64, i32, PathBuf)>>,
+    /// (every n-th source record, pause): a slow source, so checkpoints fall between records.
+    source_pace: Option<(u64, Duration)>,
 }
 
 impl FailureSchedule {
@@ -96,6 +98,14 @@ impl FailureSchedule {
         self
     }
 
+    /// Makes the source sleep `pause` before every `every`-th record (a slow source: tests on
+    /// short inputs still see many checkpoints).
+    pub fn with_source_pace(mut self, every: u64, pause: Duration) -> Self {
+        self.armed.store(true, Ordering::Relaxed);
+        self.source_pace = Some((every.max(1), pause));
+        self
+    }
+
     /// Makes the first `count` asynchronous snapshot parts sleep `delay` first (to provoke
     /// timeouts).
     pub fn with_slow_async_snapshots(self, count: u64, delay: Duration) -> Self {
@@ -121,6 +131,12 @@ impl FailureSchedule {
             return Ok(());
         }
         let occurrence = self.counters[point.index()].fetch_add(1, Ordering::Relaxed) + 1;
+        if point == FailurePoint::SourceRecord
+            && let Some((every, pause)) = self.source_pace
+            && occurrence.is_multiple_of(every)
+        {
+            std::thread::sleep(pause);
+        }
         {
             let mut os_errors = self.os_errors.lock();
             if let Some(at) = os_errors

@@ -7,8 +7,6 @@
 //! parallelism by key group, source rewound, sink output reconciled.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File};
-use std::io::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +29,7 @@ use crate::backend::{BackendConfig, CheckpointReleaser, SnapshotData};
 use crate::checkpoint::registry::QUARANTINE_DIR;
 use crate::checkpoint::storage::checkpoint_dir;
 use crate::error::{Error, Result};
+use crate::fs::{FileSystem, FsRef, create_dir_durable, std_fs, write_atomic};
 use crate::keys::{DEFAULT_MAX_PARALLELISM, KeyGroupRange, check_max_parallelism};
 use crate::state::KeyedState;
 
@@ -100,6 +99,9 @@ pub struct JobConfig {
     /// Called on the coordinator thread after each completed checkpoint is durable and
     /// retention has released what it subsumed, before the next checkpoint is triggered.
     pub on_checkpoint: Option<CheckpointObserver>,
+    /// The file system of the state and output directories (default the real one; the crash
+    /// tests use a simulated one). The input is read with `std::fs`.
+    pub fs: FsRef,
 }
 
 /// A function called with the id of each completed checkpoint (see
@@ -136,6 +138,7 @@ impl JobConfig {
             allow_older_checkpoint: false,
             batch_records: super::source::DEFAULT_BATCH_RECORDS,
             on_checkpoint: None,
+            fs: std_fs(),
         }
     }
 }
@@ -184,10 +187,13 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
             config.parallelism
         )));
     }
-    fs::create_dir_all(&config.state).map_err(|e| Error::io(&config.state, e))?;
-    let state_dir = fs::canonicalize(&config.state).map_err(|e| Error::io(&config.state, e))?;
-    let _lock = lock_state_dir(&state_dir)?;
-    fs::create_dir_all(&config.output).map_err(|e| Error::io(&config.output, e))?;
+    let fs = config.fs.as_ref();
+    create_dir_durable(fs, &config.state)?;
+    let state_dir = fs
+        .canonicalize(&config.state)
+        .map_err(|e| Error::io(&config.state, e))?;
+    let _lock = lock_state_dir(fs, &state_dir)?;
+    create_dir_durable(fs, &config.output)?;
     let mut summary = JobSummary {
         events: 0,
         rejected: 0,
@@ -199,8 +205,8 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
         history: Vec::new(),
         final_checkpoint: 0,
     };
-    if let Some((id, position)) = read_finished(&state_dir)? {
-        sink::reconcile(&config.output, id)?;
+    if let Some((id, position)) = read_finished(fs, &state_dir)? {
+        sink::reconcile(fs, &config.output, id)?;
         summary.already_finished = true;
         summary.final_checkpoint = id;
         summary.events = position.events;
@@ -209,7 +215,7 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
         return Ok(summary);
     }
     let memory_marker = state_dir.join(MEMORY_RUN_FILE);
-    if memory_marker.exists() {
+    if fs.is_file(&memory_marker) {
         return Err(Error::invalid(format!(
             "{} was used by a --backend memory run that did not finish; its checkpoints lived in \
              that process's memory and are gone, so it cannot resume. Delete --state and --output \
@@ -218,8 +224,10 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
         )));
     }
     let base = match &config.checkpoint_storage {
-        Some(uri) if config.backend.persistent() => CheckpointBase::remote(uri, &state_dir)?,
-        _ => CheckpointBase::local(&state_dir)?,
+        Some(uri) if config.backend.persistent() => {
+            CheckpointBase::remote(&config.fs, uri, &state_dir)?
+        }
+        _ => CheckpointBase::local(&config.fs, &state_dir)?,
     };
     let mut store = JobStore::open(&base, config.backend, config.checkpoints.retained)?;
     let max_parallelism = match (store.latest(), config.max_parallelism) {
@@ -249,7 +257,7 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
     }
     check_resume_point(config, &store, &base)?;
     if !config.backend.persistent() {
-        write_durably(&memory_marker, b"memory backend run in progress\n")?;
+        write_atomic(fs, &memory_marker, b"memory backend run in progress\n")?;
     }
     summary.resumed_from = store.latest().map(|c| c.id);
     let processed = AtomicU64::new(0);
@@ -299,12 +307,15 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
         }
     };
     let (final_id, position) = final_position;
-    write_durably(
+    write_atomic(
+        fs,
         &state_dir.join(FINISHED_FILE),
         format!("{final_id} {} {}\n", position.events, position.rejected).as_bytes(),
     )?;
-    if memory_marker.exists() {
-        fs::remove_file(&memory_marker).map_err(|e| Error::io(&memory_marker, e))?;
+    if fs.is_file(&memory_marker) {
+        fs.remove_file(&memory_marker)
+            .map_err(|e| Error::io(&memory_marker, e))?;
+        crate::fs::sync_parent(fs, &memory_marker)?;
     }
     summary.final_checkpoint = final_id;
     summary.events = position.events;
@@ -321,7 +332,7 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
 fn check_resume_point(config: &JobConfig, store: &JobStore, base: &CheckpointBase) -> Result<()> {
     let resume = store.latest().map(|c| c.id);
     let at = resume.unwrap_or(0);
-    let beyond = sink::committed_beyond(&config.output, at)?;
+    let beyond = sink::committed_beyond(config.fs.as_ref(), &config.output, at)?;
     let quarantined: Vec<u64> = store
         .quarantined_ids()
         .iter()
@@ -401,7 +412,7 @@ fn check_resume_point(config: &JobConfig, store: &JobStore, base: &CheckpointBas
         tracing::warn!(found = %found.join("; "), resume = at, "resuming from an older checkpoint (--allow-older-checkpoint)");
         return Ok(());
     }
-    let moved = sink::move_aside(&config.output, at, &beyond)?;
+    let moved = sink::move_aside(config.fs.as_ref(), &config.output, at, &beyond)?;
     tracing::warn!(
         found = %found.join("; "),
         resume = at,
@@ -419,9 +430,9 @@ fn check_resume_point(config: &JobConfig, store: &JobStore, base: &CheckpointBas
     Ok(())
 }
 
-fn lock_state_dir(state_dir: &Path) -> Result<Box<dyn crate::fs::FileLock>> {
+fn lock_state_dir(fs: &dyn FileSystem, state_dir: &Path) -> Result<Box<dyn crate::fs::FileLock>> {
     let path = state_dir.join(LOCK_FILE);
-    crate::lock::try_lock_file(&crate::fs::StdFs, &path)?.ok_or_else(|| {
+    crate::lock::try_lock_file(fs, &path)?.ok_or_else(|| {
         Error::invalid(format!(
             "state directory {} is in use by another flowstate run (lock {})",
             state_dir.display(),
@@ -430,12 +441,14 @@ fn lock_state_dir(state_dir: &Path) -> Result<Box<dyn crate::fs::FileLock>> {
     })
 }
 
-fn read_finished(state_dir: &Path) -> Result<Option<(u64, SourcePosition)>> {
+fn read_finished(fs: &dyn FileSystem, state_dir: &Path) -> Result<Option<(u64, SourcePosition)>> {
     let path = state_dir.join(FINISHED_FILE);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let bytes = match fs.read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let text = String::from_utf8_lossy(&bytes);
     let fields: Vec<u64> = text
         .split_whitespace()
         .filter_map(|f| f.parse().ok())
@@ -454,21 +467,6 @@ fn read_finished(state_dir: &Path) -> Result<Option<(u64, SourcePosition)>> {
         ..SourcePosition::default()
     };
     Ok(Some((id, position)))
-}
-
-/// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, directory fsync.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let temp = path.with_extension("tmp");
-    {
-        let mut file = File::create(&temp).map_err(|e| Error::io(&temp, e))?;
-        file.write_all(bytes).map_err(|e| Error::io(&temp, e))?;
-        file.sync_all().map_err(|e| Error::fsync(&temp, e))?;
-    }
-    fs::rename(&temp, path).map_err(|e| Error::io(path, e))?;
-    match path.parent() {
-        Some(dir) => sink::sync_dir(dir),
-        None => Ok(()),
-    }
 }
 
 fn now_ms() -> u64 {
@@ -528,7 +526,7 @@ impl Attempt<'_> {
                 "rescaling operator state"
             );
         }
-        sink::reconcile(&config.output, restored_id)?;
+        sink::reconcile(config.fs.as_ref(), &config.output, restored_id)?;
         let generation = self.base.next_generation()?;
         self.base
             .remove_unreferenced_generations(generation, &store.referenced_roots())?;
@@ -616,9 +614,10 @@ impl Attempt<'_> {
                 let gate = sink_gates[index].clone();
                 let events = events_tx.clone();
                 let output = config.output.clone();
+                let fs = config.fs.clone();
                 scope.spawn(move || {
                     task_body(format!("sink {index}"), &events, cancel, || {
-                        run_sink(index, &output, restored_id, gate, &events, failures)
+                        run_sink(&fs, index, &output, restored_id, gate, &events, failures)
                     })
                 });
             }
@@ -658,6 +657,7 @@ impl Attempt<'_> {
 }
 
 fn run_sink(
+    fs: &FsRef,
     index: usize,
     output: &Path,
     restored_id: u64,
@@ -666,7 +666,7 @@ fn run_sink(
     failures: &FailureSchedule,
 ) -> Result<()> {
     use super::gate::{GateEvent, Message};
-    let mut sink = TwoPhaseFileSink::open(output, index as u16, restored_id)?;
+    let mut sink = TwoPhaseFileSink::open(fs, output, index as u16, restored_id)?;
     while let Some(event) = gate.recv(&[false]) {
         match event {
             GateEvent::Control(SinkControl::Complete(id)) => sink.commit(id, failures)?,

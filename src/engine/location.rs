@@ -7,7 +7,6 @@
 //! copies. Task roots are storage locations (strings), so a handle's root reopens its storage.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,7 +18,9 @@ use crate::checkpoint::storage::{
     CheckpointStorage, LocalDirStorage, SHARED_DIR, metadata_path, parse_checkpoint_dir,
     validate_path,
 };
+use crate::checkpoint::uri::{StorageOptions, open_storage_with};
 use crate::error::{Error, Result};
+use crate::fs::{FileSystem, FsRef};
 
 /// Directory (under the base) of job checkpoints.
 pub const JOB_DIR: &str = "job";
@@ -31,9 +32,13 @@ pub const WORK_DIR: &str = "work";
 pub const LOCAL_RECOVERY_DIR: &str = "local-recovery";
 
 /// Opens the checkpoint storage at `location`: a URI (`s3://…`, `memory://…`, `file://…`) or a
-/// local directory path.
-pub fn open_location(location: &str) -> Result<Arc<dyn CheckpointStorage>> {
-    crate::checkpoint::uri::open_storage(location)
+/// local directory path, on `fs`.
+pub fn open_location(fs: &FsRef, location: &str) -> Result<Arc<dyn CheckpointStorage>> {
+    let options = StorageOptions {
+        fs: fs.clone(),
+        ..StorageOptions::default()
+    };
+    open_storage_with(location, &options)
 }
 
 /// One task's storage and local directories for one attempt.
@@ -45,6 +50,8 @@ pub struct TaskRoot {
     pub working_dir: PathBuf,
     /// Local-recovery copies (LSM backend), when checkpoints are remote.
     pub local_recovery_dir: Option<PathBuf>,
+    /// The file system of the local directories.
+    pub fs: FsRef,
 }
 
 /// The base of a job's checkpoints.
@@ -56,6 +63,8 @@ pub struct CheckpointBase {
     local: bool,
     storage: Arc<dyn CheckpointStorage>,
     state_dir: PathBuf,
+    /// The file system of the state directory (and of a local base).
+    fs: FsRef,
     /// Task-root storages opened so far (an object-store client is not free to make).
     opened: Arc<Mutex<HashMap<String, Arc<dyn CheckpointStorage>>>>,
     /// Generations kept although unreferenced because a task root in them holds quarantined
@@ -64,26 +73,29 @@ pub struct CheckpointBase {
 }
 
 impl CheckpointBase {
-    /// The local default: checkpoints under `state_dir` (a canonical path).
-    pub fn local(state_dir: &Path) -> Result<Self> {
+    /// The local default: checkpoints under `state_dir` (a canonical path) on `fs`.
+    pub fn local(fs: &FsRef, state_dir: &Path) -> Result<Self> {
         Ok(CheckpointBase {
             location: state_dir.display().to_string(),
             local: true,
-            storage: Arc::new(LocalDirStorage::open(state_dir)?),
+            storage: Arc::new(LocalDirStorage::open_on(fs.clone(), state_dir)?),
             state_dir: state_dir.to_path_buf(),
+            fs: fs.clone(),
             opened: Arc::default(),
             preserved: Arc::default(),
         })
     }
 
-    /// Checkpoints at `uri` (`s3://bucket/prefix`, …); `state_dir` keeps the local parts.
-    pub fn remote(uri: &str, state_dir: &Path) -> Result<Self> {
+    /// Checkpoints at `uri` (`s3://bucket/prefix`, …); `state_dir` (on `fs`) keeps the local
+    /// parts.
+    pub fn remote(fs: &FsRef, uri: &str, state_dir: &Path) -> Result<Self> {
         let location = uri.trim_end_matches('/').to_string();
         Ok(CheckpointBase {
-            storage: open_location(&location)?,
+            storage: open_location(fs, &location)?,
             location,
             local: false,
             state_dir: state_dir.to_path_buf(),
+            fs: fs.clone(),
             opened: Arc::default(),
             preserved: Arc::default(),
         })
@@ -111,7 +123,17 @@ impl CheckpointBase {
 
     /// The storage of job checkpoints (`<base>/job`).
     pub fn job_storage(&self) -> Result<Arc<dyn CheckpointStorage>> {
-        open_location(&self.join(JOB_DIR))
+        open_location(&self.fs, &self.join(JOB_DIR))
+    }
+
+    /// The file system of the state directory.
+    pub fn fs(&self) -> &FsRef {
+        &self.fs
+    }
+
+    /// Opens the storage at `location` (a task root or a URI) on this base's file system.
+    pub fn open(&self, location: &str) -> Result<Arc<dyn CheckpointStorage>> {
+        open_location(&self.fs, location)
     }
 
     /// The storage root of `task` in `generation`: `<base>/tasks/<generation:06>/t<task>`.
@@ -125,7 +147,7 @@ impl CheckpointBase {
         if let Some(storage) = opened.get(location) {
             return Ok(storage.clone());
         }
-        let storage = open_location(location)?;
+        let storage = open_location(&self.fs, location)?;
         opened.insert(location.to_string(), storage.clone());
         Ok(storage)
     }
@@ -145,6 +167,7 @@ impl CheckpointBase {
                 storage: self.open_root(&location)?,
                 working_dir: PathBuf::from(format!("{location}.work")),
                 local_recovery_dir: None,
+                fs: self.fs.clone(),
             });
         }
         Ok(TaskRoot {
@@ -155,6 +178,7 @@ impl CheckpointBase {
                 .join(format!("{generation:06}"))
                 .join(format!("t{task}")),
             local_recovery_dir: Some(self.state_dir.join(LOCAL_RECOVERY_DIR)),
+            fs: self.fs.clone(),
         })
     }
 
@@ -195,22 +219,26 @@ impl CheckpointBase {
         }
         if !self.local {
             let work = self.state_dir.join(WORK_DIR);
-            for name in local_children(&work)? {
+            for name in local_children(self.fs.as_ref(), &work)? {
                 if !in_use(&name) {
-                    remove_dir(&work.join(name))?;
+                    remove_dir(self.fs.as_ref(), &work.join(name))?;
                 }
             }
             let copies = self.state_dir.join(LOCAL_RECOVERY_DIR);
-            for name in local_children(&copies)? {
+            for name in local_children(self.fs.as_ref(), &copies)? {
                 let dir = copies.join(&name);
-                let root = fs::read_to_string(dir.join(ROOT_FILE_NAME)).unwrap_or_default();
+                let root = self
+                    .fs
+                    .read(&dir.join(ROOT_FILE_NAME))
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
                 let generation = self
                     .relative(&root)
                     .and_then(|r| r.strip_prefix(&format!("{TASKS_DIR}/")))
                     .and_then(|r| r.split('/').next())
                     .unwrap_or("");
                 if !in_use(generation) {
-                    remove_dir(&dir)?;
+                    remove_dir(self.fs.as_ref(), &dir)?;
                 }
             }
         }
@@ -272,11 +300,8 @@ impl CheckpointBase {
                 }
             }
             if !self.local {
-                let copies = LocalCopies::new(
-                    &crate::fs::std_fs(),
-                    &self.state_dir.join(LOCAL_RECOVERY_DIR),
-                    root,
-                );
+                let copies =
+                    LocalCopies::new(&self.fs, &self.state_dir.join(LOCAL_RECOVERY_DIR), root);
                 copies.prune(SHARED_DIR, |path| refs.files.contains(path))?;
             }
         }
@@ -294,26 +319,17 @@ pub struct RootReferences {
 }
 
 /// Names of the entries of a local directory; a missing directory has none.
-fn local_children(dir: &Path) -> Result<Vec<String>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(dir, e)),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        if let Some(name) = entry.file_name().to_str() {
-            names.push(name.to_string());
-        }
+fn local_children(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<String>> {
+    match fs.read_dir(dir) {
+        Ok(entries) => Ok(entries.into_iter().map(|e| e.name).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io(dir, e)),
     }
-    Ok(names)
 }
 
-fn remove_dir(path: &Path) -> Result<()> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(path, e)),
-    }
+/// Removes a local directory and what it holds (a missing one is no error), then fsyncs its
+/// parent so the removal is durable.
+fn remove_dir(fs: &dyn FileSystem, path: &Path) -> Result<()> {
+    fs.remove_dir_all(path).map_err(|e| Error::io(path, e))?;
+    crate::fs::sync_parent(fs, path)
 }

@@ -102,6 +102,7 @@ impl BackendChoice {
                     // releaser (`job.rs`): the backend's own retention keeps all.
                     retained_checkpoints: usize::MAX,
                     local_recovery_dir: root.local_recovery_dir.clone(),
+                    fs: root.fs.clone(),
                     ..LsmBackendOptions::default()
                 };
                 Box::new(LsmBackend::new(

@@ -12,6 +12,7 @@ use std::path::Path;
 use super::sink::{REJECTED_DIR, committed_files};
 use super::source::parse_line;
 use crate::error::{Error, Result};
+use crate::fs::FileSystem;
 
 /// The lines a correct run commits, sorted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,11 +67,11 @@ pub fn expected_output(input: &Path) -> Result<ExpectedOutput> {
     Ok(out)
 }
 
-/// Every line of the committed part files of `dir`, sorted.
-pub fn committed_lines(dir: &Path) -> Result<Vec<Vec<u8>>> {
+/// Every line of the committed part files of `dir` (on `fs`), sorted.
+pub fn committed_lines(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<Vec<u8>>> {
     let mut lines = Vec::new();
-    for path in committed_files(dir)? {
-        let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    for path in committed_files(fs, dir)? {
+        let bytes = fs.read(&path).map_err(|e| Error::io(&path, e))?;
         lines.extend(
             bytes
                 .split(|b| *b == b'\n')
@@ -108,9 +109,13 @@ impl OutputVerdict {
 }
 
 /// Compares the committed output in `dir` with `expected`.
-pub fn check_output(dir: &Path, expected: &ExpectedOutput) -> Result<OutputVerdict> {
-    let lines = committed_lines(dir)?;
-    let rejected = committed_lines(&dir.join(REJECTED_DIR))?;
+pub fn check_output(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    expected: &ExpectedOutput,
+) -> Result<OutputVerdict> {
+    let lines = committed_lines(fs, dir)?;
+    let rejected = committed_lines(fs, &dir.join(REJECTED_DIR))?;
     let (missing, unexpected) = diff(&expected.lines, &lines);
     let (rejected_missing, rejected_unexpected) = diff(&expected.rejected, &rejected);
     Ok(OutputVerdict {

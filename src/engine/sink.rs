@@ -7,12 +7,12 @@
 //! checkpoint c, [`reconcile`] commits pending files of epochs <= c and deletes every other
 //! hidden part file, so committed output is exactly the output of completed checkpoints.
 
-use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::failure::{FailurePoint, FailureSchedule};
 use crate::error::{Error, Result};
+use crate::fs::{FileSystem, FsRef, IoWriter, create_dir_durable, sync_dir};
 
 /// Sub-directory of the output directory for rejected lines.
 pub const REJECTED_DIR: &str = "rejected";
@@ -51,19 +51,21 @@ fn parse_pending(name: &str) -> Option<(u16, u64)> {
     Some((task.parse().ok()?, epoch.parse().ok()?))
 }
 
-/// fsyncs a directory so renames in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .sync_all()
-        .map_err(|e| Error::fsync(dir, e))
+/// One output directory's open epoch file.
+struct EpochWriter {
+    fs: FsRef,
+    dir: PathBuf,
+    /// The open file, its writer and the bytes written to it.
+    open: Option<(PathBuf, BufWriter<IoWriter>, u64)>,
 }
 
-/// One output directory's open epoch file.
-#[derive(Debug)]
-struct EpochWriter {
-    dir: PathBuf,
-    open: Option<(PathBuf, BufWriter<File>)>,
+impl std::fmt::Debug for EpochWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpochWriter")
+            .field("dir", &self.dir)
+            .field("open", &self.open.as_ref().map(|(path, _, n)| (path, n)))
+            .finish()
+    }
 }
 
 impl EpochWriter {
@@ -73,28 +75,31 @@ impl EpochWriter {
         }
         if self.open.is_none() {
             let path = self.dir.join(format!(".part-{task}-{after}.inprogress"));
-            let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-            self.open = Some((path, BufWriter::with_capacity(1 << 16, file)));
+            let file = self.fs.create(&path).map_err(|e| Error::io(&path, e))?;
+            self.open = Some((path, BufWriter::with_capacity(1 << 16, IoWriter(file)), 0));
         }
-        if let Some((path, writer)) = self.open.as_mut() {
+        if let Some((path, writer, written)) = self.open.as_mut() {
             writer.write_all(bytes).map_err(|e| Error::io(&*path, e))?;
+            *written += bytes.len() as u64;
         }
         Ok(())
     }
 
     /// Closes the epoch: durable under its pending name. Returns the pending path and size.
     fn pre_commit(&mut self, task: u16, epoch: u64) -> Result<Option<(PathBuf, u64)>> {
-        let Some((path, writer)) = self.open.take() else {
+        let Some((path, writer, size)) = self.open.take() else {
             return Ok(None);
         };
-        let file = writer
+        let mut file = writer
             .into_inner()
             .map_err(|e| Error::io(&path, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::fsync(&path, e))?;
-        let size = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        file.0.sync_all().map_err(|e| Error::fsync(&path, e))?;
+        drop(file);
         let pending = self.dir.join(pending_name(task, epoch));
-        fs::rename(&path, &pending).map_err(|e| Error::io(&pending, e))?;
-        sync_dir(&self.dir)?;
+        self.fs
+            .rename(&path, &pending)
+            .map_err(|e| Error::io(&pending, e))?;
+        sync_dir(self.fs.as_ref(), &self.dir)?;
         Ok(Some((pending, size)))
     }
 }
@@ -112,19 +117,21 @@ pub struct TwoPhaseFileSink {
 }
 
 impl TwoPhaseFileSink {
-    /// The sink of task `task` writing into `dir` (and `dir/rejected`), resuming after
+    /// The sink of task `task` writing into `dir` (and `dir/rejected`) on `fs`, resuming after
     /// checkpoint `restored` (0 for a fresh start). Call [`reconcile`] before.
-    pub fn open(dir: &Path, task: u16, restored: u64) -> Result<Self> {
+    pub fn open(fs: &FsRef, dir: &Path, task: u16, restored: u64) -> Result<Self> {
         let rejected = dir.join(REJECTED_DIR);
-        fs::create_dir_all(&rejected).map_err(|e| Error::io(&rejected, e))?;
+        create_dir_durable(fs.as_ref(), &rejected)?;
         Ok(TwoPhaseFileSink {
             task,
             after: restored,
             main: EpochWriter {
+                fs: fs.clone(),
                 dir: dir.to_path_buf(),
                 open: None,
             },
             rejected: EpochWriter {
+                fs: fs.clone(),
                 dir: rejected,
                 open: None,
             },
@@ -164,7 +171,10 @@ impl TwoPhaseFileSink {
                 kept.push((epoch, pending, committed));
                 continue;
             }
-            fs::rename(&pending, &committed).map_err(|e| Error::io(&committed, e))?;
+            self.main
+                .fs
+                .rename(&pending, &committed)
+                .map_err(|e| Error::io(&committed, e))?;
             failures.check(FailurePoint::SinkCommit)?;
             if let Some(dir) = committed.parent()
                 && !dirs.iter().any(|d| d == dir)
@@ -174,7 +184,7 @@ impl TwoPhaseFileSink {
         }
         self.pending = kept;
         for dir in dirs {
-            sync_dir(&dir)?;
+            sync_dir(self.main.fs.as_ref(), &dir)?;
         }
         Ok(())
     }
@@ -192,36 +202,37 @@ pub struct Reconciled {
 /// Brings `dir` (and `dir/rejected`) in line with completed checkpoint `completed` (0: none):
 /// pending epochs <= `completed` are committed, every other hidden part file is deleted.
 /// Idempotent, so a crash during it is repaired by running it again.
-pub fn reconcile(dir: &Path, completed: u64) -> Result<Reconciled> {
+pub fn reconcile(fs: &dyn FileSystem, dir: &Path, completed: u64) -> Result<Reconciled> {
     let mut report = Reconciled::default();
     for dir in [dir.to_path_buf(), dir.join(REJECTED_DIR)] {
-        if !dir.is_dir() {
-            continue;
-        }
+        let entries = match fs.read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(&dir, e)),
+        };
         let mut changed = false;
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let entry = entry.map_err(|e| Error::io(&dir, e))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if !name.starts_with(".part-") {
+        for entry in entries {
+            let name = entry.name.as_str();
+            if entry.is_dir || !name.starts_with(".part-") {
                 continue;
             }
-            let path = entry.path();
+            let path = dir.join(name);
             match parse_pending(name) {
                 Some((task, epoch)) if epoch <= completed => {
                     let target = dir.join(committed_name(task, epoch));
-                    fs::rename(&path, &target).map_err(|e| Error::io(&target, e))?;
+                    fs.rename(&path, &target)
+                        .map_err(|e| Error::io(&target, e))?;
                     report.committed += 1;
                 }
                 _ => {
-                    fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                    fs.remove_file(&path).map_err(|e| Error::io(&path, e))?;
                     report.discarded += 1;
                 }
             }
             changed = true;
         }
         if changed {
-            sync_dir(&dir)?;
+            sync_dir(fs, &dir)?;
         }
     }
     Ok(report)
@@ -235,10 +246,14 @@ fn parse_committed(name: &str) -> Option<(u16, u64)> {
 
 /// Committed part files of `dir` and `dir/rejected` of epochs above `checkpoint`: output that
 /// only a checkpoint newer than `checkpoint` can have committed. `(epoch, path)`, sorted.
-pub fn committed_beyond(dir: &Path, checkpoint: u64) -> Result<Vec<(u64, PathBuf)>> {
+pub fn committed_beyond(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    checkpoint: u64,
+) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     for dir in [dir.to_path_buf(), dir.join(REJECTED_DIR)] {
-        for path in committed_files(&dir)? {
+        for path in committed_files(fs, &dir)? {
             let epoch = path
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -256,22 +271,30 @@ pub fn committed_beyond(dir: &Path, checkpoint: u64) -> Result<Vec<(u64, PathBuf
 /// The directory (under `dir`) that committed output beyond checkpoint `checkpoint` is moved
 /// to when the job resumes from that older checkpoint on request: `.superseded-after-<c>`, or
 /// `.superseded-after-<c>.<n>` when that exists already. Hidden, so readers skip it.
-fn superseded_dir(dir: &Path, checkpoint: u64) -> PathBuf {
+fn superseded_dir(fs: &dyn FileSystem, dir: &Path, checkpoint: u64) -> Result<PathBuf> {
     let base = format!(".superseded-after-{checkpoint}");
     let mut candidate = dir.join(&base);
     let mut n = 0;
-    while candidate.exists() {
+    while fs
+        .exists(&candidate)
+        .map_err(|e| Error::io(&candidate, e))?
+    {
         n += 1;
         candidate = dir.join(format!("{base}.{n}"));
     }
-    candidate
+    Ok(candidate)
 }
 
 /// Moves `files` (from [`committed_beyond`] for `checkpoint`) out of the committed output of
 /// `dir` into a new superseded directory (`superseded_dir`; side output into its `rejected/`),
 /// durably; returns that directory.
-pub fn move_aside(dir: &Path, checkpoint: u64, files: &[(u64, PathBuf)]) -> Result<PathBuf> {
-    let target = superseded_dir(dir, checkpoint);
+pub fn move_aside(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    checkpoint: u64,
+    files: &[(u64, PathBuf)],
+) -> Result<PathBuf> {
+    let target = superseded_dir(fs, dir, checkpoint)?;
     let rejected = dir.join(REJECTED_DIR);
     let mut touched: Vec<PathBuf> = Vec::new();
     for (_, path) in files {
@@ -283,9 +306,9 @@ pub fn move_aside(dir: &Path, checkpoint: u64, files: &[(u64, PathBuf)]) -> Resu
         } else {
             target.clone()
         };
-        fs::create_dir_all(&to_dir).map_err(|e| Error::io(&to_dir, e))?;
+        create_dir_durable(fs, &to_dir)?;
         let to = to_dir.join(name);
-        fs::rename(path, &to).map_err(|e| Error::io(path, e))?;
+        fs.rename(path, &to).map_err(|e| Error::io(path, e))?;
         for d in [parent.to_path_buf(), to_dir] {
             if !touched.contains(&d) {
                 touched.push(d);
@@ -296,27 +319,23 @@ pub fn move_aside(dir: &Path, checkpoint: u64, files: &[(u64, PathBuf)]) -> Resu
         touched.push(dir.to_path_buf());
     }
     for d in touched {
-        sync_dir(&d)?;
+        sync_dir(fs, &d)?;
     }
     Ok(target)
 }
 
-/// Names of the committed part files of `dir`, sorted.
-pub fn committed_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    if !dir.is_dir() {
-        return Ok(out);
-    }
-    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        if entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with("part-"))
-        {
-            out.push(entry.path());
-        }
-    }
+/// Paths of the committed part files of `dir`, sorted.
+pub fn committed_files(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match fs.read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut out: Vec<PathBuf> = entries
+        .into_iter()
+        .filter(|e| !e.is_dir && e.name.starts_with("part-"))
+        .map(|e| dir.join(e.name))
+        .collect();
     out.sort();
     Ok(out)
 }
@@ -324,6 +343,8 @@ pub fn committed_files(dir: &Path) -> Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::{StdFs, std_fs};
+    use std::fs;
 
     fn names(dir: &Path) -> Vec<String> {
         let mut out: Vec<String> = fs::read_dir(dir)
@@ -347,7 +368,7 @@ mod tests {
     fn pre_commit_hides_commit_shows() {
         let dir = tempfile::tempdir().unwrap();
         let none = FailureSchedule::none();
-        let mut sink = TwoPhaseFileSink::open(dir.path(), 0, 0).unwrap();
+        let mut sink = TwoPhaseFileSink::open(&std_fs(), dir.path(), 0, 0).unwrap();
         sink.write(&batch("a,1,1\n")).unwrap();
         assert_eq!(names(dir.path()), [".part-0-0.inprogress"]);
         assert_eq!(sink.pre_commit(1, &none).unwrap(), 6);
@@ -372,7 +393,7 @@ mod tests {
     fn reconcile_commits_completed_and_discards_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let none = FailureSchedule::none();
-        let mut sink = TwoPhaseFileSink::open(dir.path(), 3, 0).unwrap();
+        let mut sink = TwoPhaseFileSink::open(&std_fs(), dir.path(), 3, 0).unwrap();
         for epoch in 1..=3 {
             sink.write(&SinkBatch {
                 lines: format!("k,{epoch},0\n").into_bytes(),
@@ -384,7 +405,7 @@ mod tests {
         sink.write(&batch("k,4,0\n")).unwrap(); // in progress at the crash
         drop(sink);
         // Checkpoint 2 completed but the crash came before the commit; 3 never completed.
-        let report = reconcile(dir.path(), 2).unwrap();
+        let report = reconcile(&StdFs, dir.path(), 2).unwrap();
         assert_eq!(
             report,
             Reconciled {
@@ -397,14 +418,17 @@ mod tests {
             names(&dir.path().join(REJECTED_DIR)),
             ["part-3-1", "part-3-2"]
         );
-        assert_eq!(reconcile(dir.path(), 2).unwrap(), Reconciled::default());
+        assert_eq!(
+            reconcile(&StdFs, dir.path(), 2).unwrap(),
+            Reconciled::default()
+        );
     }
 
     #[test]
     fn failed_commit_is_finished_by_reconcile() {
         let dir = tempfile::tempdir().unwrap();
         let fail = FailureSchedule::new(vec![(FailurePoint::SinkCommit, 1)]);
-        let mut sink = TwoPhaseFileSink::open(dir.path(), 0, 0).unwrap();
+        let mut sink = TwoPhaseFileSink::open(&std_fs(), dir.path(), 0, 0).unwrap();
         sink.write(&SinkBatch {
             lines: b"a,1,1\n".to_vec(),
             rejected: b"2,x\n".to_vec(),
@@ -412,7 +436,7 @@ mod tests {
         .unwrap();
         sink.pre_commit(1, &fail).unwrap();
         assert!(sink.commit(1, &fail).is_err());
-        reconcile(dir.path(), 1).unwrap();
+        reconcile(&StdFs, dir.path(), 1).unwrap();
         assert_eq!(names(dir.path()), ["part-0-1"]);
         assert_eq!(names(&dir.path().join(REJECTED_DIR)), ["part-0-1"]);
     }

@@ -127,7 +127,7 @@ impl JobStore {
         // The newest job checkpoint is usable only with every task checkpoint it names; one
         // that is damaged or gone makes the job checkpoint unusable too (both are quarantined).
         while let Some(latest) = store.retained_checkpoints.last() {
-            let problems = check_task_checkpoints(latest)?;
+            let problems = check_task_checkpoints(&store.base, latest)?;
             if problems.is_empty() {
                 break;
             }
@@ -237,13 +237,16 @@ impl JobStore {
 
 /// Checks that every task checkpoint `checkpoint` names has a `_metadata` that decodes; a damaged
 /// or incomplete one is quarantined in its task root. Returns what was wrong, in words.
-fn check_task_checkpoints(checkpoint: &JobCheckpoint) -> Result<Vec<String>> {
+fn check_task_checkpoints(
+    base: &CheckpointBase,
+    checkpoint: &JobCheckpoint,
+) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     for handle in &checkpoint.handles {
         let SnapshotData::Files { root, .. } = &handle.data else {
             continue;
         };
-        let storage = super::location::open_location(root)?;
+        let storage = base.open(root)?;
         let id = handle.checkpoint_id;
         let problem = match crate::checkpoint::registry::read_metadata(storage.as_ref(), id) {
             Ok(_) => continue,

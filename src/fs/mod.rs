@@ -82,6 +82,32 @@ impl io::Write for IoWriter {
     }
 }
 
+/// A [`ReadableFile`] as a sequential [`io::Read`] from its start (for `BufReader`).
+pub struct IoReader {
+    file: Arc<dyn ReadableFile>,
+    at: u64,
+}
+
+impl IoReader {
+    /// Reads `file` from offset 0.
+    pub fn new(file: Arc<dyn ReadableFile>) -> Self {
+        IoReader { file, at: 0 }
+    }
+}
+
+impl io::Read for IoReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.file.len().saturating_sub(self.at);
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if n == 0 {
+            return Ok(0);
+        }
+        self.file.read_exact_at(&mut buf[..n], self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
 /// A file open for positioned reads.
 pub trait ReadableFile: Send + Sync {
     /// The file's length when it was opened.
@@ -138,6 +164,9 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn metadata(&self, path: &Path) -> io::Result<Metadata>;
     /// Takes an exclusive lock on `path` (created if needed); `Ok(None)` when another holder has it.
     fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn FileLock>>>;
+    /// The absolute form of an existing `path`, with `.`, `..` (and, on a real file system,
+    /// symbolic links) resolved; `NotFound` when nothing is there.
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf>;
 }
 
 impl dyn FileSystem + '_ {

@@ -8,7 +8,8 @@
 //! - unsynced bytes of a file are lost, or (with [`PowerLoss::Random`]) survive up to a
 //!   512-byte sector boundary, torn;
 //! - each unsynced entry of a directory independently keeps its durable state or (randomly)
-//!   its new one, so a rename may be undone, half done (both names) or done, and a new file whose
+//!   its new one, so a rename may be undone, half done (both names) or done — but, being one
+//!   operation, never leaves a file that had a durable name with no name — and a new file whose
 //!   directory was not synced may vanish with its fsynced bytes;
 //! - after a failed fsync the file's unsynced pages are dropped, as Linux does: later reads (and
 //!   what survives) see the old durable bytes where the file had them and zeros beyond, at the
@@ -508,6 +509,53 @@ impl State {
                     live: kept,
                 },
             );
+        }
+        // A rename is one operation: undone, done (or both names), never neither. A file that
+        // had a durable name and still has a live one (moved, not removed) but kept no name
+        // gets a durable name back.
+        let live_files: HashSet<u64> = self
+            .dirs
+            .values()
+            .flat_map(|d| d.live.values())
+            .filter_map(|node| match node {
+                Node::File(id) => Some(*id),
+                Node::Dir(_) => None,
+            })
+            .collect();
+        let mut lost: Vec<(u64, String, u64)> = Vec::new();
+        for (dir_id, dir) in &self.dirs {
+            for (name, node) in &dir.durable {
+                if let Node::File(id) = node
+                    && live_files.contains(id)
+                    && !new_files.contains_key(id)
+                    && new_dirs.contains_key(dir_id)
+                {
+                    lost.push((*dir_id, name.clone(), *id));
+                }
+            }
+        }
+        lost.sort();
+        for (dir_id, name, id) in lost {
+            let free = new_dirs
+                .get(&dir_id)
+                .is_some_and(|d| !d.live.contains_key(&name));
+            if new_files.contains_key(&id) || !free {
+                continue;
+            }
+            let data = self.surviving_bytes(id, mode);
+            new_files.insert(
+                id,
+                Inode {
+                    dirty_from: data.len(),
+                    synced: data.clone(),
+                    data,
+                    links: 1,
+                },
+            );
+            if let Some(dir) = new_dirs.get_mut(&dir_id) {
+                dir.live.insert(name.clone(), Node::File(id));
+                dir.durable.insert(name, Node::File(id));
+            }
         }
         self.used = new_files
             .values()
@@ -1079,6 +1127,15 @@ impl FileSystem for SimFs {
         })
     }
 
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        let mut state = self.state.lock();
+        state.begin(FaultOp::List, false, String::new)?;
+        state.lookup(path)?;
+        let mut out = PathBuf::from("/");
+        out.extend(components(path));
+        Ok(out)
+    }
+
     fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn FileLock>>> {
         let id = {
             let state = self.state.lock();
@@ -1183,6 +1240,33 @@ mod tests {
         fs.power_loss(PowerLoss::DropUnsynced);
         assert_eq!(read(&fs, "/f").as_deref(), Some(&b"old"[..]));
         assert_eq!(read(&fs, "/f.tmp"), None);
+    }
+
+    #[test]
+    fn an_unsynced_rename_never_loses_the_file() {
+        let mut outcomes = HashSet::new();
+        for seed in 0..64 {
+            let fs = SimFs::new(seed);
+            fs.create_dir(Path::new("/a")).unwrap();
+            fs.create_dir(Path::new("/b")).unwrap();
+            fs.sync_dir(Path::new("/")).unwrap();
+            write(&fs, "/a/x", b"data", true);
+            write(&fs, "/a/y", b"more", true);
+            fs.sync_dir(Path::new("/a")).unwrap();
+            fs.rename(Path::new("/a/x"), Path::new("/a/x2")).unwrap();
+            fs.rename(Path::new("/a/y"), Path::new("/b/y")).unwrap();
+            fs.power_loss(PowerLoss::Random);
+            let x = (read(&fs, "/a/x").is_some(), read(&fs, "/a/x2").is_some());
+            let y = (read(&fs, "/a/y").is_some(), read(&fs, "/b/y").is_some());
+            assert!(x != (false, false) && y != (false, false), "seed {seed}");
+            for path in ["/a/x", "/a/x2"] {
+                if let Some(bytes) = read(&fs, path) {
+                    assert_eq!(bytes, b"data");
+                }
+            }
+            outcomes.insert((x, y));
+        }
+        assert!(outcomes.len() > 2, "{outcomes:?}");
     }
 
     #[test]

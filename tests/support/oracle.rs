@@ -57,17 +57,20 @@ pub fn expected(input: &Path) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
 /// Every line of the committed `part-*` files directly in `dir`, sorted, read here rather than
 /// through the sink.
 pub fn committed(dir: &Path) -> Vec<Vec<u8>> {
+    committed_on(&flowstate::fs::StdFs, dir)
+}
+
+/// [`committed`] for a directory on the file system `fs` (a simulated one in the crash tests).
+pub fn committed_on(fs: &dyn flowstate::fs::FileSystem, dir: &Path) -> Vec<Vec<u8>> {
     let mut lines = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Ok(entries) = fs.read_dir(dir) else {
         return lines;
     };
     for entry in entries {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if !name.to_string_lossy().starts_with("part-") {
+        if entry.is_dir || !entry.name.starts_with("part-") {
             continue;
         }
-        let bytes = std::fs::read(entry.path()).unwrap();
+        let bytes = fs.read(&dir.join(&entry.name)).unwrap();
         lines.extend(
             bytes
                 .split(|b| *b == b'\n')
