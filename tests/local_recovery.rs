@@ -247,3 +247,47 @@ fn copies_not_listed_by_a_retained_checkpoint_are_pruned() {
     }
     assert!(copies.len() <= shared.len());
 }
+
+/// Every SST block and the footer end with the crc32 of the bytes before them, and the crc32 of
+/// `M || crc32(M)` is a constant, so rewriting the footer's bytes and its crc32 gives another
+/// file of the same size and whole-file crc32. A local copy like that is not the listed file:
+/// the restore must see it (by the listed XXH3-64) and download the file instead.
+#[test]
+fn a_local_copy_with_the_listed_size_and_crc32_but_other_content_is_downloaded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local-recovery");
+    let storage = RemoteStorage::open(&dir.path().join("remote"));
+    let mut first = backend(&dir.path().join("work-1"), &storage, Some(&local));
+    let model = write_rounds(&mut first, 2);
+    drop(first);
+    let listed = read_metadata(storage.as_ref(), 2).unwrap().files;
+    let copy = local_copies(&local, &storage)
+        .into_iter()
+        .find(|p| {
+            let name = format!("shared/{}", p.file_name().unwrap().to_str().unwrap());
+            listed.iter().any(|f| f.file.path == name)
+        })
+        .unwrap();
+    let original = std::fs::read(&copy).unwrap();
+    let mut forged = original.clone();
+    // The 64-byte footer: 52 covered bytes, their crc32, the 8-byte magic (FORMAT.md §8).
+    let footer = forged.len() - 64;
+    forged[footer] ^= 0x5a;
+    let crc = crc32fast::hash(&forged[footer..footer + 52]);
+    forged[footer + 52..footer + 56].copy_from_slice(&crc.to_le_bytes());
+    assert_ne!(forged, original);
+    assert_eq!(
+        crc32fast::hash(&forged),
+        crc32fast::hash(&original),
+        "the whole-file crc32 does not see the change"
+    );
+    std::fs::remove_file(&copy).unwrap();
+    std::fs::write(&copy, &forged).unwrap();
+
+    let mut second = backend(&dir.path().join("work-2"), &storage, Some(&local));
+    assert_eq!(second.restore_latest().unwrap(), Some(2));
+    let stats = second.last_restore_stats().unwrap();
+    assert_eq!(stats.downloaded_files, 1, "{stats:?}");
+    assert_eq!(stats.downloaded_bytes, original.len() as u64);
+    assert_eq!(contents(&mut second), model);
+}

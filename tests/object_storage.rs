@@ -87,6 +87,9 @@ fn start_up_scan_drops_checkpoints_with_missing_or_resized_files() {
     let victim3 = files(3).files[0].file.path.clone();
     storage.delete(&victim3).unwrap();
     let victim2 = files(2).files[0].file.path.clone();
+    // Names are written once: damage is simulated by replacing the object.
+    assert!(storage.write_file(&victim2, b"short").is_err());
+    storage.delete(&victim2).unwrap();
     storage.write_file(&victim2, b"short").unwrap();
     // The scan learns every size, `_metadata` included, from one listing: no size request.
     #[derive(Debug, Default)]

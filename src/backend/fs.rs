@@ -265,12 +265,12 @@ pub(crate) struct FullCheckpoint<'a> {
 }
 
 /// Writes one full snapshot file of (checkpoint id, key groups) to the writer; returns its size
-/// and crc32. Called from several threads at once when the storage uploads in parallel.
+/// and checksums. Called from several threads at once when the storage uploads in parallel.
 pub(crate) type FileWrite<'a> = dyn Fn(
         &mut dyn crate::checkpoint::storage::CheckpointFileWriter,
         u64,
         KeyGroupRange,
-    ) -> Result<(u64, u32)>
+    ) -> Result<crate::checkpoint::storage::Listed>
     + Sync
     + 'a;
 
@@ -304,16 +304,11 @@ pub(crate) fn write_full_checkpoint(
             key_groups.last()
         );
         let mut writer = storage.create_file(&path)?;
-        let (size, crc32) = write_file(writer.as_mut(), id, key_groups)?;
+        let listed = write_file(writer.as_mut(), id, key_groups)?;
         let written = writer.finish()?;
-        debug_assert_eq!(written, size);
+        debug_assert_eq!(written, listed.size);
         Ok(CheckpointFile {
-            file: FileRef {
-                path,
-                size,
-                crc32,
-                key_groups,
-            },
+            file: FileRef::new(path, &listed, key_groups),
             shared: false,
         })
     };
@@ -433,8 +428,7 @@ impl FsBackend {
             let bytes = crate::checkpoint::storage::read_listed(
                 storage.as_ref(),
                 path,
-                file.size,
-                file.crc32,
+                &crate::checkpoint::storage::Listed::of(file),
             )?;
             let expected = ExpectedFile {
                 checkpoint_id: handle.checkpoint_id,

@@ -7,7 +7,7 @@
 
 use std::ops::Bound;
 
-use crate::checkpoint::storage::CheckpointFileWriter;
+use crate::checkpoint::storage::{CheckpointFileWriter, Digest, Listed};
 use crate::codec::cursor::Cursor;
 use crate::codec::record::{MAX_RECORD_LEN, RECORD_HEADER_LEN, decode_record, put_record};
 use crate::codec::varint::{put_varint32, varint_len};
@@ -46,14 +46,12 @@ pub struct ExpectedFile {
 /// A writer that hashes and counts what it passes on.
 struct HashingWriter<'a> {
     inner: &'a mut dyn CheckpointFileWriter,
-    hasher: crc32fast::Hasher,
-    size: u64,
+    digest: Digest,
 }
 
 impl HashingWriter<'_> {
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.hasher.update(bytes);
-        self.size += bytes.len() as u64;
+        self.digest.update(bytes);
         self.inner.write_all(bytes)
     }
 }
@@ -80,13 +78,13 @@ pub(crate) fn entries_in(
 }
 
 /// Writes the entries of `states` (indexed by position) in `key_groups` as one full snapshot
-/// file to `out`; returns the file's size and crc32. Does not finish (fsync) `out`.
+/// file to `out`; returns the file's size and checksums. Does not finish (fsync) `out`.
 pub fn write_full_snapshot_file(
     out: &mut dyn CheckpointFileWriter,
     checkpoint_id: u64,
     key_groups: KeyGroupRange,
     states: &[StateMap],
-) -> Result<(u64, u32)> {
+) -> Result<Listed> {
     let state_count =
         u32::try_from(states.len()).map_err(|_| Error::invalid("too many states to snapshot"))?;
     write_full_snapshot_file_from(
@@ -121,11 +119,10 @@ pub fn write_full_snapshot_file_from(
     state_count: u32,
     entries: &mut EntrySource<'_>,
     state_bytes: &[std::sync::atomic::AtomicU64],
-) -> Result<(u64, u32)> {
+) -> Result<Listed> {
     let mut w = HashingWriter {
         inner: out,
-        hasher: crc32fast::Hasher::new(),
-        size: 0,
+        digest: Digest::new(),
     };
     let mut preamble = Vec::with_capacity(PREAMBLE_LEN);
     preamble.extend_from_slice(&FULL_SNAPSHOT_MAGIC);
@@ -184,7 +181,7 @@ pub fn write_full_snapshot_file_from(
     footer.extend_from_slice(&block_count.to_le_bytes());
     footer.extend_from_slice(&entry_count.to_le_bytes());
     write_record(&mut w, &footer)?;
-    Ok((w.size, w.hasher.finalize()))
+    Ok(w.digest.finish())
 }
 
 /// Writes one block record: the bytes `put_record` would frame for the payload
@@ -386,9 +383,8 @@ mod tests {
 
     fn encode(states: &[StateMap], groups: KeyGroupRange) -> Vec<u8> {
         let mut w = VecWriter::default();
-        let (size, crc) = write_full_snapshot_file(&mut w, 9, groups, states).unwrap();
-        assert_eq!(size, w.0.len() as u64);
-        assert_eq!(crc, crc32fast::hash(&w.0));
+        let listed = write_full_snapshot_file(&mut w, 9, groups, states).unwrap();
+        assert_eq!(listed, Listed::of_bytes(&w.0));
         w.0
     }
 
@@ -414,8 +410,7 @@ mod tests {
             let mut out = VecWriter::default();
             let mut w = HashingWriter {
                 inner: &mut out,
-                hasher: crc32fast::Hasher::new(),
-                size: 0,
+                digest: Digest::new(),
             };
             write_block(&mut w, state_index, count, entries).unwrap();
             let mut payload = vec![RECORD_BLOCK];

@@ -354,8 +354,29 @@ pub struct FileRef {
     pub size: u64,
     /// CRC-32 (IEEE) of the whole file.
     pub crc32: u32,
+    /// XXH3-64 of the whole file: a content checksum (the CRC-32s inside SST blocks make the
+    /// whole-file CRC-32 of an SST depend on its block sizes only). `None` for files listed by
+    /// checkpoints of `_metadata` version 1.
+    pub xxh3: Option<u64>,
     /// The key groups the file holds entries of.
     pub key_groups: KeyGroupRange,
+}
+
+impl FileRef {
+    /// A file at `path` with the size and checksums `listed`, holding entries of `key_groups`.
+    pub fn new(
+        path: impl Into<String>,
+        listed: &crate::checkpoint::storage::Listed,
+        key_groups: KeyGroupRange,
+    ) -> Self {
+        FileRef {
+            path: path.into(),
+            size: listed.size,
+            crc32: listed.crc32,
+            xxh3: listed.xxh3,
+            key_groups,
+        }
+    }
 }
 
 /// Where a snapshot's data lives.

@@ -1,5 +1,5 @@
 //! The `_metadata` file of a checkpoint (FORMAT.md §4.3): what the checkpoint is and every file
-//! it needs, with size and crc32.
+//! it needs, with size, crc32 and xxh3.
 //!
 //! Encoder and decoder sit side by side. The decoder never panics, checks every length and count
 //! against the bytes left before it allocates, and verifies the whole-file crc32 before it
@@ -19,7 +19,9 @@ use super::storage::{SHARED_DIR, checkpoint_dir, validate_path};
 /// First 8 bytes of every `_metadata` file. On disk: never change; FORMAT.md §4.3.
 pub const METADATA_MAGIC: [u8; 8] = *b"FLWSMETA";
 /// The format version this code writes and the newest it reads. FORMAT.md §4.3.
-pub const METADATA_VERSION: u32 = 1;
+pub const METADATA_VERSION: u32 = 2;
+/// The oldest format version this code reads: version 1 lists no XXH3-64 per file.
+pub const OLDEST_METADATA_VERSION: u32 = 1;
 /// Bytes before the body: magic, version, body length.
 pub const METADATA_HEADER_LEN: usize = 16;
 /// Bytes after the body: crc32.
@@ -83,6 +85,13 @@ impl CheckpointMetadata {
             put_string(&mut body, &entry.file.path);
             put_varint64(&mut body, entry.file.size);
             body.extend_from_slice(&entry.file.crc32.to_le_bytes());
+            match entry.file.xxh3 {
+                Some(hash) => {
+                    body.push(1);
+                    body.extend_from_slice(&hash.to_le_bytes());
+                }
+                None => body.push(0),
+            }
             put_range(&mut body, &entry.file.key_groups);
             body.push(u8::from(entry.shared));
         }
@@ -121,11 +130,14 @@ impl CheckpointMetadata {
             ));
         }
         let version = header.u32_le("format version")?;
-        if version != METADATA_VERSION {
+        if !(OLDEST_METADATA_VERSION..=METADATA_VERSION).contains(&version) {
             return Err(Error::corruption(
                 file,
                 8,
-                format!("unsupported version {version} (this reader knows {METADATA_VERSION})"),
+                format!(
+                    "unsupported version {version} (this reader knows \
+                     {OLDEST_METADATA_VERSION}..={METADATA_VERSION})"
+                ),
             ));
         }
         let body_len = header.u32_le("body length")?;
@@ -159,11 +171,11 @@ impl CheckpointMetadata {
             ));
         }
         let body = covered.get(METADATA_HEADER_LEN..).unwrap_or_default();
-        decode_body(Cursor::new(body, file, METADATA_HEADER_LEN as u64))
+        decode_body(Cursor::new(body, file, METADATA_HEADER_LEN as u64), version)
     }
 }
 
-fn decode_body(mut c: Cursor<'_>) -> Result<CheckpointMetadata> {
+fn decode_body(mut c: Cursor<'_>, version: u32) -> Result<CheckpointMetadata> {
     let checkpoint_id = c.u64_le("checkpoint id")?;
     let timestamp_ms = c.u64_le("timestamp")?;
     let at = c.offset();
@@ -199,6 +211,16 @@ fn decode_body(mut c: Cursor<'_>) -> Result<CheckpointMetadata> {
         }
         let size = c.varint64()?;
         let crc = c.u32_le("file crc32")?;
+        let xxh3 = if version >= 2 {
+            let at_hash = c.offset();
+            match c.u8("xxh3 presence")? {
+                0 => None,
+                1 => Some(c.u64_le("file xxh3")?),
+                other => return Err(c.error_at(at_hash, format!("unknown xxh3 presence {other}"))),
+            }
+        } else {
+            None
+        };
         let key_groups = read_range(&mut c, max_parallelism, "file key-group range")?;
         let at_flag = c.offset();
         let shared = match c.u8("ownership")? {
@@ -222,6 +244,7 @@ fn decode_body(mut c: Cursor<'_>) -> Result<CheckpointMetadata> {
                 path,
                 size,
                 crc32: crc,
+                xxh3,
                 key_groups,
             },
             shared,
@@ -298,6 +321,7 @@ mod tests {
                         path: "chk-7/kg-00003".into(),
                         size: 1234,
                         crc32: 0xdead_beef,
+                        xxh3: None,
                         key_groups: KeyGroupRange::new(3, 3).unwrap(),
                     },
                     shared: false,
@@ -307,6 +331,7 @@ mod tests {
                         path: "shared/000012.sst".into(),
                         size: 99,
                         crc32: 1,
+                        xxh3: None,
                         key_groups: KeyGroupRange::new(0, 63).unwrap(),
                     },
                     shared: true,
@@ -350,11 +375,44 @@ mod tests {
     }
 
     #[test]
+    fn version_1_files_still_decode_without_xxh3_and_reencode_as_version_2() {
+        let v1 = include_bytes!("testdata/metadata-v1");
+        assert_eq!(u32::from_le_bytes(v1[8..12].try_into().unwrap()), 1);
+        let m = CheckpointMetadata::decode(v1, "chk-7/_metadata").unwrap();
+        assert_eq!(m.files.len(), 2);
+        assert!(m.files.iter().all(|f| f.file.xxh3.is_none()));
+        let again = m.encode().unwrap();
+        assert_eq!(u32::from_le_bytes(again[8..12].try_into().unwrap()), 2);
+        assert_eq!(CheckpointMetadata::decode(&again, "m").unwrap(), m);
+    }
+
+    #[test]
+    fn xxh3_presence_must_be_0_or_1() {
+        let mut m = sample();
+        m.files.truncate(1);
+        m.files[0].file.xxh3 = Some(0x1122_3344_5566_7788);
+        let bytes = m.encode().unwrap();
+        assert_eq!(CheckpointMetadata::decode(&bytes, "m").unwrap(), m);
+        let at = bytes
+            .windows(8)
+            .position(|w| w == 0x1122_3344_5566_7788u64.to_le_bytes())
+            .unwrap()
+            - 1;
+        let mut bad = bytes.clone();
+        bad[at] = 2;
+        let body_end = bad.len() - 4;
+        let crc = crc32(&bad[..body_end]);
+        bad[body_end..].copy_from_slice(&crc.to_le_bytes());
+        let e = CheckpointMetadata::decode(&bad, "m").unwrap_err();
+        assert!(e.to_string().contains("unknown xxh3 presence 2"), "{e}");
+    }
+
+    #[test]
     fn unknown_version_is_unsupported() {
         let mut bytes = sample().encode().unwrap();
-        bytes[8] = 2;
+        bytes[8] = 3;
         let e = CheckpointMetadata::decode(&bytes, "chk-7/_metadata").unwrap_err();
-        assert!(e.to_string().contains("unsupported version 2"), "{e}");
+        assert!(e.to_string().contains("unsupported version 3"), "{e}");
     }
 
     #[test]
@@ -426,6 +484,7 @@ mod tests {
                     path: if shared { format!("shared/{i}.sst") } else { format!("chk-{id}/f{i}") },
                     size,
                     crc32: crc,
+                    xxh3: None,
                     key_groups: KeyGroupRange::new(kg, kg).unwrap(),
                 },
                 shared,
@@ -451,7 +510,7 @@ mod tests {
         #[test]
         fn body_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256)) {
             // Bypasses the crc32 so the field decoders see arbitrary bytes.
-            let _ = decode_body(Cursor::new(&body, "m", 16));
+            let _ = decode_body(Cursor::new(&body, "m", 16), METADATA_VERSION);
         }
     }
 }

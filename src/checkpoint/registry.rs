@@ -415,6 +415,7 @@ mod tests {
                     path,
                     size: 1,
                     crc32: 0,
+                    xxh3: None,
                     key_groups: KeyGroupRange::all(4),
                 },
                 shared,

@@ -131,6 +131,7 @@ mod tests {
                 path: path.into(),
                 size: 1,
                 crc32: 0,
+                xxh3: None,
                 key_groups: KeyGroupRange::all(4),
             },
             shared,

@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::backend::FileRef;
 use crate::error::{Error, Result};
 use crate::fs::{FsRef, WritableFile, create_dir_durable, std_fs, sync_dir};
 
@@ -154,6 +155,19 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     /// incomplete even across a crash, so its files may go (FORMAT.md §10). Missing is fine.
     fn unpublish_metadata(&self, checkpoint_id: u64) -> Result<()>;
 
+    /// Creates the small file `path` holding `bytes` only if no file is there: `Ok(true)` when
+    /// this call created it (whole and durable), `Ok(false)` when a file existed (left as it
+    /// was). Atomic between writers in the local directory storage (a hard link of a complete
+    /// temp file) and on object stores with conditional PUT; this default (look, then write) is
+    /// not, and serves storages that cannot do better.
+    fn create_once(&self, path: &str, bytes: &[u8]) -> Result<bool> {
+        if self.exists(path)? {
+            return Ok(false);
+        }
+        self.write_file(path, bytes)?;
+        Ok(true)
+    }
+
     /// How many files a checkpoint should upload, and an LSM restore fetch, at once: 1 for a
     /// local directory (the disk is the bottleneck), more for an object store (each request
     /// waits on the network).
@@ -186,38 +200,114 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     }
 }
 
-/// Checks `bytes`, the content of `path`, against the size and CRC-32 its `_metadata` lists.
-pub fn check_listed(path: &str, bytes: &[u8], size: u64, crc32: u32) -> Result<()> {
-    let actual = crc32fast::hash(bytes);
-    if bytes.len() as u64 != size || actual != crc32 {
-        return Err(listed_mismatch(
-            path,
-            bytes.len() as u64,
-            actual,
-            size,
-            crc32,
-        ));
-    }
-    Ok(())
+/// A file's size and checksums, as `_metadata` lists them (FORMAT.md §4.3) or as computed from
+/// its bytes: the CRC-32 (IEEE) of the whole file and its XXH3-64. The XXH3-64 is what identifies
+/// the content: every SST block and footer ends with the CRC-32 of the bytes before it, and the
+/// CRC-32 of `M || crc32(M)` is a constant, so the whole-file CRC-32 of an SST depends only on its
+/// block sizes. `_metadata` of version 1 lists no XXH3-64 (`None`); then only size and CRC-32
+/// are checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Size in bytes.
+    pub size: u64,
+    /// CRC-32 (IEEE) of the whole file.
+    pub crc32: u32,
+    /// XXH3-64 of the whole file, when known.
+    pub xxh3: Option<u64>,
 }
 
-/// The error for `path`, listed in `_metadata` with `size` bytes and `crc32`, whose bytes came
-/// out as `actual_size` with `actual_crc`.
-pub(crate) fn listed_mismatch(
-    path: &str,
-    actual_size: u64,
-    actual_crc: u32,
+impl Listed {
+    /// What `_metadata` lists of `file`.
+    pub fn of(file: &FileRef) -> Self {
+        Listed {
+            size: file.size,
+            crc32: file.crc32,
+            xxh3: file.xxh3,
+        }
+    }
+
+    /// Size and checksums of `bytes`.
+    pub fn of_bytes(bytes: &[u8]) -> Self {
+        let mut digest = Digest::new();
+        digest.update(bytes);
+        digest.finish()
+    }
+
+    /// Checks `actual` (computed from the bytes of `path`) against this listing: size, CRC-32,
+    /// and XXH3-64 when listed. A mismatch is [`Error::Corruption`] naming `path`.
+    pub fn check(&self, path: &str, actual: &Listed) -> Result<()> {
+        let hash_differs = matches!((self.xxh3, actual.xxh3), (Some(a), Some(b)) if a != b);
+        if actual.size == self.size && actual.crc32 == self.crc32 && !hash_differs {
+            return Ok(());
+        }
+        let hash = |h: Option<u64>| h.map_or(String::new(), |h| format!(", xxh3 {h:#018x}"));
+        let what = if actual.size != self.size {
+            "size mismatch"
+        } else if actual.crc32 != self.crc32 {
+            "crc32 mismatch"
+        } else {
+            "xxh3 mismatch (same size and crc32: other content of the same block sizes)"
+        };
+        Err(Error::corruption(
+            path,
+            0,
+            format!(
+                "{what}: file has {} bytes with crc32 {:#010x}{}, _metadata says {} bytes with \
+                 crc32 {:#010x}{}",
+                actual.size,
+                actual.crc32,
+                hash(actual.xxh3),
+                self.size,
+                self.crc32,
+                hash(self.xxh3)
+            ),
+        ))
+    }
+}
+
+/// Size, CRC-32 and XXH3-64 of bytes fed in pieces.
+pub struct Digest {
     size: u64,
-    crc32: u32,
-) -> Error {
-    Error::corruption(
-        path,
-        0,
-        format!(
-            "crc32 mismatch: file has {actual_size} bytes with crc32 {actual_crc:#010x}, \
-             _metadata says {size} bytes with {crc32:#010x}"
-        ),
-    )
+    crc: crc32fast::Hasher,
+    xxh3: xxhash_rust::xxh3::Xxh3,
+}
+
+impl Default for Digest {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Digest {
+    /// The digest of no bytes yet.
+    pub fn new() -> Self {
+        Digest {
+            size: 0,
+            crc: crc32fast::Hasher::new(),
+            xxh3: xxhash_rust::xxh3::Xxh3::new(),
+        }
+    }
+
+    /// Feeds the next piece of the file.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.size += piece.len() as u64;
+        self.crc.update(piece);
+        self.xxh3.update(piece);
+    }
+
+    /// Size and checksums of everything fed.
+    pub fn finish(self) -> Listed {
+        Listed {
+            size: self.size,
+            crc32: self.crc.finalize(),
+            xxh3: Some(self.xxh3.digest()),
+        }
+    }
+}
+
+/// Checks `bytes`, the content of `path`, against what its `_metadata` lists.
+pub fn check_listed(path: &str, bytes: &[u8], listed: &Listed) -> Result<()> {
+    listed.check(path, &Listed::of_bytes(bytes))
 }
 
 /// Checks that `path` in `storage` has the size its `_metadata` lists (before any byte of it is
@@ -238,17 +328,16 @@ pub(crate) fn check_listed_size(
     Ok(())
 }
 
-/// Reads `path` from `storage` and checks it against the size and CRC-32 its `_metadata` lists.
+/// Reads `path` from `storage` and checks it against what its `_metadata` lists.
 /// The size is checked first, so a wrong file is never read whole into memory.
 pub fn read_listed(
     storage: &dyn CheckpointStorage,
     path: &str,
-    size: u64,
-    crc32: u32,
+    listed: &Listed,
 ) -> Result<Vec<u8>> {
-    check_listed_size(storage, path, size)?;
+    check_listed_size(storage, path, listed.size)?;
     let bytes = storage.read_file(path)?;
-    check_listed(path, &bytes, size, crc32)?;
+    check_listed(path, &bytes, listed)?;
     Ok(bytes)
 }
 
@@ -509,6 +598,31 @@ impl CheckpointStorage for LocalDirStorage {
         self.fs
             .remove_dir_all(&full)
             .map_err(|e| Error::io(&full, e))
+    }
+
+    fn create_once(&self, path: &str, bytes: &[u8]) -> Result<bool> {
+        let full = self.resolve(path)?;
+        self.create_parents(&full)?;
+        // A complete, fsynced temp file gets the final name by a hard link, which fails when
+        // the name exists: no reader ever sees the file partly written.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut tmp = full.as_os_str().to_owned();
+        tmp.push(format!(".{}-{unique}.tmp", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let _ = self.fs.remove_file(&tmp);
+        crate::fs::write_new_synced(self.fs.as_ref(), &tmp, bytes)?;
+        let linked = self.fs.hard_link(&tmp, &full);
+        self.fs.remove_file(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let parent = full.parent().unwrap_or(&self.root);
+        match linked {
+            Ok(()) => {
+                self.sync_dir(parent)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(&full, e)),
+        }
     }
 
     fn publish_metadata(&self, checkpoint_id: u64, bytes: &[u8]) -> Result<()> {

@@ -16,7 +16,7 @@ use crate::lsm::sst::SstReader;
 
 use super::metadata::{CheckpointFile, CheckpointMetadata};
 use super::registry::read_metadata;
-use super::storage::{CheckpointStorage, checkpoint_ids, metadata_path, read_listed};
+use super::storage::{CheckpointStorage, Listed, checkpoint_ids, metadata_path, read_listed};
 
 /// One damaged or missing file: which, where in it, and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,7 +185,7 @@ fn verify_file(
     if !storage.exists(path)? {
         return Err(Error::corruption(path, 0, "missing: _metadata lists it"));
     }
-    let bytes = read_listed(storage, path, file.size, file.crc32)?;
+    let bytes = read_listed(storage, path, &Listed::of(file))?;
     if !entry.shared && matches!(metadata.backend, BackendKind::Fs | BackendKind::Lsm) {
         let expected = ExpectedFile {
             checkpoint_id: metadata.checkpoint_id,
@@ -261,6 +261,7 @@ mod tests {
                 path: path.to_string(),
                 size: bytes.len() as u64,
                 crc32: crc32fast::hash(bytes),
+                xxh3: None,
                 key_groups: groups,
             },
             shared,

@@ -39,6 +39,8 @@ pub const FINISHED_FILE: &str = "FINISHED";
 pub const MEMORY_RUN_FILE: &str = "MEMORY_BACKEND_RUN";
 /// Lock file held while a job runs on the state directory.
 pub const LOCK_FILE: &str = "LOCK";
+/// The job's id (32 hex digits), naming it as the owner of a `--checkpoint-storage` base.
+pub const JOB_ID_FILE: &str = "JOB_ID";
 
 /// Fixed-delay restart strategy.
 #[derive(Debug, Clone, Copy)]
@@ -225,7 +227,9 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
     }
     let base = match &config.checkpoint_storage {
         Some(uri) if config.backend.persistent() => {
-            CheckpointBase::remote(&config.fs, uri, &state_dir)?
+            let base = CheckpointBase::remote(&config.fs, uri, &state_dir)?;
+            base.claim(&job_id(fs, &state_dir)?)?;
+            base
         }
         _ => CheckpointBase::local(&config.fs, &state_dir)?,
     };
@@ -441,6 +445,37 @@ fn lock_state_dir(fs: &dyn FileSystem, state_dir: &Path) -> Result<Box<dyn crate
     })
 }
 
+/// The id of the job whose state directory is `state_dir`: the content of its [`JOB_ID_FILE`],
+/// written (random, 128 bits in hex) by the first run that needs it.
+fn job_id(fs: &dyn FileSystem, state_dir: &Path) -> Result<String> {
+    let path = state_dir.join(JOB_ID_FILE);
+    match fs.read(&path) {
+        Ok(bytes) => {
+            let id = String::from_utf8_lossy(&bytes).trim().to_string();
+            if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(id);
+            }
+            Err(Error::corruption(
+                path.display(),
+                0,
+                "expected a job id of 32 hex digits",
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::hash::{BuildHasher, Hasher};
+            let mut id = String::new();
+            for salt in 0..2u64 {
+                let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+                hasher.write_u64(salt ^ now_ms() ^ u64::from(std::process::id()));
+                id.push_str(&format!("{:016x}", hasher.finish()));
+            }
+            write_atomic(fs, &path, format!("{id}\n").as_bytes())?;
+            Ok(id)
+        }
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
 fn read_finished(fs: &dyn FileSystem, state_dir: &Path) -> Result<Option<(u64, SourcePosition)>> {
     let path = state_dir.join(FINISHED_FILE);
     let bytes = match fs.read(&path) {
@@ -639,7 +674,19 @@ impl Attempt<'_> {
                 previous_files: BTreeSet::new(),
                 finished: None,
             };
-            let outcome = run.run(&events_rx, tasks);
+            // A panic here (in the coordinator, or in an `on_checkpoint` observer) must still
+            // cancel the tasks below, or the scope would wait for them forever.
+            let outcome = catch_unwind(AssertUnwindSafe(|| run.run(&events_rx, tasks)))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(Error::invalid(format!(
+                        "the checkpoint coordinator panicked: {what}"
+                    )))
+                });
             if outcome.is_err() {
                 cancelled.store(true, Ordering::Relaxed);
                 for gate in &operator_gates {

@@ -309,6 +309,57 @@ impl CheckpointBase {
     }
 }
 
+/// The object at the root of a checkpoint base given with `--checkpoint-storage` that names the
+/// job owning it (FORMAT.md §12.1): two jobs on one base would delete each other's checkpoints.
+pub const OWNER_FILE: &str = "OWNER";
+
+impl CheckpointBase {
+    /// Claims the base for the job `job_id` (whose state directory is `state_dir`): creates
+    /// [`OWNER_FILE`] if absent (atomically: a hard link locally, a conditional PUT on object
+    /// stores), or accepts it when it names this job. Another job's claim is an error saying
+    /// which job holds the base and what the user can do. Not needed for the local default
+    /// base, which the state directory's lock covers.
+    pub fn claim(&self, job_id: &str) -> Result<()> {
+        let text = format!(
+            "flowstate checkpoint base owner\njob {job_id}\nstate {}\npid {}\nsince_ms {}\n",
+            self.state_dir.display(),
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+        );
+        if self.storage.create_once(OWNER_FILE, text.as_bytes())? {
+            return Ok(());
+        }
+        let held = self.storage.read_file(OWNER_FILE)?;
+        let held = String::from_utf8_lossy(&held);
+        let owner = held
+            .lines()
+            .find_map(|l| l.strip_prefix("job "))
+            .map(str::trim);
+        if owner == Some(job_id) {
+            return Ok(());
+        }
+        let field = |name: &str| {
+            held.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map_or("?".to_string(), |v| v.trim().to_string())
+        };
+        Err(Error::invalid(format!(
+            "checkpoint storage {} belongs to another job (its {} names job {}, state directory \
+             {}, pid {}); two jobs sharing a checkpoint storage would delete each other's \
+             checkpoints. Give this job its own --checkpoint-storage, or, if that job and its \
+             checkpoints are no longer wanted, delete {} (and its checkpoints) first",
+            self.location,
+            self.join(OWNER_FILE),
+            owner.unwrap_or("(unreadable)"),
+            field("state "),
+            field("pid "),
+            self.join(OWNER_FILE),
+        )))
+    }
+}
+
 /// What the retained job checkpoints reference in one task storage root.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RootReferences {

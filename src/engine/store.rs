@@ -29,7 +29,8 @@ use crate::error::{Error, Result};
 use crate::keys::KeyGroupRange;
 
 /// Version of the engine record in `extra`. On disk: never change meaning; bump for a new layout.
-const JOB_RECORD_VERSION: u32 = 1;
+/// Version 2 lists each file's XXH3-64; version 1 records are still read.
+const JOB_RECORD_VERSION: u32 = 2;
 
 /// A completed job checkpoint.
 #[derive(Debug, Clone)]
@@ -59,6 +60,65 @@ struct PersistedHandle {
     /// Relative to the state directory when inside it, else absolute.
     root: String,
     files: Vec<FileRef>,
+}
+
+/// A version-1 engine record: files without XXH3-64.
+#[derive(Deserialize)]
+struct JobRecordV1 {
+    version: u32,
+    source: SourcePosition,
+    handles: Vec<PersistedHandleV1>,
+}
+
+#[derive(Deserialize)]
+struct PersistedHandleV1 {
+    backend: BackendKind,
+    checkpoint_id: u64,
+    max_parallelism: u16,
+    key_group_range: KeyGroupRange,
+    states: Vec<StateDescriptor>,
+    root: String,
+    files: Vec<FileRefV1>,
+}
+
+#[derive(Deserialize)]
+struct FileRefV1 {
+    path: String,
+    size: u64,
+    crc32: u32,
+    key_groups: KeyGroupRange,
+}
+
+impl From<JobRecordV1> for JobRecord {
+    fn from(old: JobRecordV1) -> Self {
+        JobRecord {
+            version: old.version,
+            source: old.source,
+            handles: old
+                .handles
+                .into_iter()
+                .map(|h| PersistedHandle {
+                    backend: h.backend,
+                    checkpoint_id: h.checkpoint_id,
+                    max_parallelism: h.max_parallelism,
+                    key_group_range: h.key_group_range,
+                    states: h.states,
+                    root: h.root,
+                    files: h
+                        .files
+                        .into_iter()
+                        .map(|f| FileRef {
+                            path: f.path,
+                            size: f.size,
+                            crc32: f.crc32,
+                            xxh3: None,
+                            key_groups: f.key_groups,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Where completed job checkpoints are kept.
@@ -331,11 +391,17 @@ fn decode(metadata: &CheckpointMetadata, base: &CheckpointBase) -> Result<JobChe
         checkpoint_dir(metadata.checkpoint_id)
     );
     let bad = |what: String| Error::corruption(&file, 0, format!("engine record: {what}"));
-    let record: JobRecord =
-        postcard::from_bytes(&metadata.extra).map_err(|e| bad(e.to_string()))?;
-    if record.version != JOB_RECORD_VERSION {
-        return Err(bad(format!("unknown version {}", record.version)));
-    }
+    let (version, _) =
+        postcard::take_from_bytes::<u32>(&metadata.extra).map_err(|e| bad(e.to_string()))?;
+    let record: JobRecord = match version {
+        1 => postcard::from_bytes::<JobRecordV1>(&metadata.extra)
+            .map_err(|e| bad(e.to_string()))?
+            .into(),
+        JOB_RECORD_VERSION => {
+            postcard::from_bytes(&metadata.extra).map_err(|e| bad(e.to_string()))?
+        }
+        other => return Err(bad(format!("unknown version {other}"))),
+    };
     let mut handles = Vec::with_capacity(record.handles.len());
     for h in record.handles {
         let range = h.key_group_range;

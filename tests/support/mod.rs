@@ -122,12 +122,27 @@ pub fn random_writes(b: &mut dyn StateBackend, model: &mut Contents, rng: &mut u
 /// The `CheckpointStorage` contract (the assertions of `LocalDirStorage`'s own test, plus
 /// multipart-sized files and an abandoned writer). `storage` must be empty.
 pub fn storage_contract(storage: &dyn CheckpointStorage) {
+    storage_contract_with(storage, true);
+}
+
+/// [`storage_contract`]; `refuses_overwrite` is false for a server that ignores conditional
+/// PUT (`If-None-Match: *`), where a single PUT to an existing name replaces the object.
+pub fn storage_contract_with(storage: &dyn CheckpointStorage, refuses_overwrite: bool) {
     assert!(
         storage.list("").unwrap().is_empty(),
         "storage must start empty"
     );
     storage.write_file("chk-3/a", b"hello world").unwrap();
     storage.write_file("shared/s1", b"s").unwrap();
+    // Names are written once: an existing file is refused, never replaced (FORMAT.md §4.5).
+    if refuses_overwrite {
+        write_once(storage);
+    }
+    // A small file created only if absent: exactly one of two writers wins.
+    assert!(storage.create_once("OWNER", b"job 1\n").unwrap());
+    assert!(!storage.create_once("OWNER", b"job 2\n").unwrap());
+    assert_eq!(storage.read_file("OWNER").unwrap(), b"job 1\n");
+    storage.delete("OWNER").unwrap();
     assert_eq!(storage.read_file("chk-3/a").unwrap(), b"hello world");
     assert_eq!(storage.read_range("chk-3/a", 6, 5).unwrap(), b"world");
     assert_eq!(storage.read_range("chk-3/a", 11, 0).unwrap(), b"");
@@ -210,6 +225,17 @@ pub fn storage_contract(storage: &dyn CheckpointStorage) {
             .contains(&("shared/big".to_string(), big.len() as u64))
     );
     assert!(storage.read_file("shared/big").unwrap() == big);
+    // A multipart upload to an existing name is refused too, and changes nothing.
+    if let (true, Ok(mut writer)) = (refuses_overwrite, storage.create_file("shared/big")) {
+        let refused = writer
+            .write_all(&big)
+            .and_then(|()| writer.finish().map(|_| ()));
+        assert!(
+            refused.is_err(),
+            "a multipart upload replaced an existing file"
+        );
+    }
+    assert!(storage.read_file("shared/big").unwrap() == big);
     let at = (8u64 << 20) - 10;
     assert_eq!(
         storage.read_range("shared/big", at, 20).unwrap(),
@@ -223,6 +249,24 @@ pub fn storage_contract(storage: &dyn CheckpointStorage) {
     assert!(!storage.exists("shared/abandoned").unwrap());
     storage.delete_all("shared").unwrap();
     assert!(storage.list("").unwrap().is_empty());
+}
+
+/// An existing name is refused by `write_file` and by a writer (at creation or at finish), and
+/// the file keeps its bytes. Expects `chk-3/a` = "hello world" and `shared/s1` = "s".
+fn write_once(storage: &dyn CheckpointStorage) {
+    let again = storage.write_file("chk-3/a", b"other bytes").unwrap_err();
+    assert!(
+        matches!(&again, flowstate::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists),
+        "{again}"
+    );
+    // Refused when the writer is created (a local directory) or when it finishes (a PUT).
+    if let Ok(mut writer) = storage.create_file("shared/s1") {
+        let refused = writer
+            .write_all(b"t")
+            .and_then(|()| writer.finish().map(|_| ()));
+        assert!(refused.is_err(), "an existing file was replaced");
+    }
+    assert_eq!(storage.read_file("shared/s1").unwrap(), b"s");
 }
 
 /// What a test storage changes about the storage it wraps (counts reads, fails an upload, names

@@ -52,6 +52,8 @@ pub(super) struct UploadedFile {
     pub path: String,
     pub size: u64,
     pub crc32: u32,
+    /// XXH3-64 of the file; `None` for a file listed by a version-1 `_metadata`.
+    pub xxh3: Option<u64>,
 }
 
 /// A file a checkpoint's layout names: column family name, level, metadata.
@@ -607,6 +609,7 @@ impl LsmSnapshotTask {
                     path: up.path.clone(),
                     size: up.size,
                     crc32: up.crc32,
+                    xxh3: up.xxh3,
                     key_groups: file_key_groups(meta, fallback),
                 },
                 shared: true,

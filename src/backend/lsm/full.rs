@@ -19,7 +19,7 @@ use crate::backend::full_snapshot::{
 use crate::backend::{BackendKind, SnapshotHandle, SnapshotTask, StateDescriptor, StateKind};
 use crate::checkpoint::metadata::CheckpointMetadata;
 use crate::checkpoint::registry::CheckpointRegistry;
-use crate::checkpoint::storage::{CheckpointStorage, read_listed};
+use crate::checkpoint::storage::{CheckpointStorage, Listed, read_listed};
 use crate::error::{Error, Result};
 use crate::keys::{KeyGroupRange, key_group_of};
 use crate::lsm::batch::WriteBatch;
@@ -128,7 +128,7 @@ impl SnapshotTask for FullSnapshotTask {
 }
 
 /// Loads the entries of a full checkpoint whose key group is in `keep` into `db` (whose column
-/// families for the checkpoint's states exist). Every file is checked against its size and crc32
+/// families for the checkpoint's states exist). Every file is checked against its size and checksums
 /// in `_metadata`, and fully decoded, before its entries are written.
 pub(super) fn load(
     db: &Db,
@@ -150,7 +150,7 @@ pub(super) fn load(
         .filter(|f| f.file.key_groups.intersect(&keep).is_some())
     {
         let file = &entry.file;
-        let bytes = read_listed(storage, &file.path, file.size, file.crc32)?;
+        let bytes = read_listed(storage, &file.path, &Listed::of(file))?;
         let expected = ExpectedFile {
             checkpoint_id: metadata.checkpoint_id,
             key_groups: file.key_groups,

@@ -4,7 +4,7 @@
 //!
 //! Layout (FORMAT.md §11.6): `<local-recovery dir>/<root key>/<storage path>`, where the root key
 //! is 16 hex digits of the FNV-1a hash of the storage location and `ROOT` beside the copies names
-//! that location. Copies are only ever used after their size and CRC-32 match the `_metadata`
+//! that location. Copies are only ever used after their size, CRC-32 and XXH3-64 match the `_metadata`
 //! of the checkpoint being restored; a copy that does not match is removed and downloaded.
 
 use std::io::ErrorKind;
@@ -74,7 +74,7 @@ impl LocalCopies {
                 Err(e) => return Err(e),
             }
         }
-        // Copies are checked (size and crc32) before use, so their names need no fsync.
+        // Copies are checked (size, crc32, xxh3) before use, so their names need no fsync.
         match self.fs.hard_link(source, &target) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(true),

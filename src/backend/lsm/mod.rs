@@ -97,7 +97,7 @@ pub struct LsmBackendOptions {
     pub full_checkpoints: bool,
     /// Local recovery (Flink's `state.backend.local-recovery`; default off): keep hard-linked
     /// copies of the SSTs each checkpoint lists under this directory, and restore from a copy
-    /// whose size and crc32 match instead of downloading it (`local_recovery`, FORMAT.md §11.6).
+    /// whose size, crc32 and xxh3 match instead of downloading it (`local_recovery`, FORMAT.md §11.6).
     /// Worth it when checkpoint storage is remote; it must be on the working store's file system.
     pub local_recovery_dir: Option<PathBuf>,
     /// Capacity of the write-back cache in front of the store (default

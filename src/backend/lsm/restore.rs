@@ -1,5 +1,5 @@
 //! Restore of the LSM backend: verify each handle's `_metadata` and layout, bring the SSTs into a
-//! fresh store directory (hard link, else copy; size and crc32 checked), write a manifest naming
+//! fresh store directory (hard link, else copy; size and checksums checked), write a manifest naming
 //! them, open the store, and clip it to the key groups it now owns.
 //!
 //! Rescaling relies on invariant I: a checkpoint's files hold keys of its own key-group range
@@ -21,7 +21,7 @@ use crate::backend::{
 };
 use crate::checkpoint::metadata::CheckpointMetadata;
 use crate::checkpoint::registry::read_metadata;
-use crate::checkpoint::storage::{CheckpointStorage, metadata_path};
+use crate::checkpoint::storage::{CheckpointStorage, Listed, metadata_path};
 use crate::checkpoint::uri::storage_for_root;
 use crate::error::{Error, Result};
 use crate::fs::sync_dir;
@@ -191,28 +191,26 @@ enum Fetched {
 struct FetchJob<'a> {
     source: &'a Source,
     path: &'a str,
-    size: u64,
-    crc32: u32,
+    listed: Listed,
     number: u64,
 }
 
-/// Brings one file into `dir` as `<number>.sst` and checks its size and crc32: from a local
+/// Brings one file into `dir` as `<number>.sst` and checks its size and checksums: from a local
 /// copy if one matches, else by hard link from local storage, else by reading it from storage
 /// (in chunks of at most `transfer::DOWNLOAD_CHUNK`). Safe to run for several files at once.
 fn fetch(fs: &dyn FileSystem, job: &FetchJob<'_>, dir: &Path) -> Result<Fetched> {
     let FetchJob {
         source,
         path,
-        size,
-        crc32,
+        ref listed,
         number,
     } = *job;
     let local = dir.join(sst_file_name(number));
     if let Some(copies) = &source.copies
-        && let Some(copy) = copies.find(path, size)
+        && let Some(copy) = copies.find(path, listed.size)
         && fs.hard_link(&copy, &local).is_ok()
     {
-        if check_local(fs, &local, path, size, crc32).is_ok() {
+        if check_local(fs, &local, path, listed).is_ok() {
             return Ok(Fetched::Copy);
         }
         // A stale or damaged copy: drop it and fetch the file from storage.
@@ -222,10 +220,10 @@ fn fetch(fs: &dyn FileSystem, job: &FetchJob<'_>, dir: &Path) -> Result<Fetched>
     // A local directory's file is hard-linked (then checked); any other is downloaded.
     let linked = source.storage.local_path(path);
     let fetched = if linked.is_some_and(|p| fs.is_file(&p) && fs.hard_link(&p, &local).is_ok()) {
-        check_local(fs, &local, path, size, crc32)?;
+        check_local(fs, &local, path, listed)?;
         Fetched::Linked
     } else {
-        download(fs, source.storage.as_ref(), path, size, crc32, &local)?;
+        download(fs, source.storage.as_ref(), path, listed, &local)?;
         Fetched::Downloaded
     };
     if source.ours
@@ -253,14 +251,14 @@ fn fetch_all(
     let fetched = run_parallel(jobs, workers, |job| fetch(fs, job, dir))?;
     for (job, how) in jobs.iter().zip(fetched) {
         stats.files += 1;
-        stats.bytes += job.size;
+        stats.bytes += job.listed.size;
         let (files, bytes) = match how {
             Fetched::Copy => (&mut stats.local_files, &mut stats.local_bytes),
             Fetched::Linked => (&mut stats.linked_files, &mut stats.linked_bytes),
             Fetched::Downloaded => (&mut stats.downloaded_files, &mut stats.downloaded_bytes),
         };
         *files += 1;
-        *bytes += job.size;
+        *bytes += job.listed.size;
     }
     Ok(())
 }
@@ -505,13 +503,14 @@ fn copy_into_own(
     let mut uploaded = HashMap::new();
     for (origin, path) in copied.unwrap_or_default().into_iter().flatten() {
         stats.copied_files += 1;
-        stats.copied_bytes += origin.size;
+        stats.copied_bytes += origin.listed.size;
         uploaded.insert(
             origin.number,
             UploadedFile {
                 path,
-                size: origin.size,
-                crc32: origin.crc32,
+                size: origin.listed.size,
+                crc32: origin.listed.crc32,
+                xxh3: origin.listed.xxh3,
             },
         );
     }
@@ -575,11 +574,12 @@ fn build_store<'a>(
                 .get(f.file_index as usize)
                 .ok_or_else(|| Error::corruption(&label, 0, "file index out of range"))?;
             number += 1;
+            // The layout's size and crc32 agree with `_metadata`'s (checked at read); the
+            // xxh3 is `_metadata`'s.
             fetches.push(FetchJob {
                 source,
                 path: &entry.file.path,
-                size: f.meta.size,
-                crc32: f.meta.crc32,
+                listed: Listed::of(&entry.file),
                 number,
             });
             if source.ours {
@@ -589,6 +589,7 @@ fn build_store<'a>(
                         path: entry.file.path.clone(),
                         size: entry.file.size,
                         crc32: entry.file.crc32,
+                        xxh3: entry.file.xxh3,
                     },
                 );
             }

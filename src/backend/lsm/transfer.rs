@@ -3,7 +3,7 @@
 //! against `_metadata`, both up to `CheckpointStorage::upload_parallelism` files at once.
 //!
 //! Invariant: `upload_all` returns Ok only when every job's file is in storage, complete; a
-//! download leaves a file in place only when its size and crc32 match. On the first error the
+//! download leaves a file in place only when its size and checksums match. On the first error the
 //! other workers take no new job and the error fails the whole checkpoint or restore.
 
 use std::collections::HashMap;
@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 
 use super::checkpoint::UploadedFile;
 use crate::checkpoint::storage::{
-    CheckpointStorage, check_listed, check_listed_size, listed_mismatch,
+    CheckpointStorage, Digest, Listed, check_listed, check_listed_size,
 };
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
@@ -37,8 +37,9 @@ fn upload(
     path: &str,
 ) -> Result<UploadedFile> {
     let mut writer = storage.create_file(path)?;
-    let (size, crc32) = read_in_pieces(fs, local, |piece| writer.write_all(piece))?;
+    let digest = read_in_pieces(fs, local, |piece| writer.write_all(piece))?;
     writer.finish()?;
+    let (size, crc32) = (digest.size, digest.crc32);
     if size != meta.size || crc32 != meta.crc32 {
         return Err(Error::corruption(
             local.display(),
@@ -53,6 +54,7 @@ fn upload(
         path: path.to_string(),
         size,
         crc32,
+        xxh3: digest.xxh3,
     })
 }
 
@@ -113,32 +115,27 @@ pub(super) fn run_parallel<T: Sync, R: Send>(
     results.into_iter().map(|(_, result)| result).collect()
 }
 
-/// Checks the local file `local` (a link to or copy of storage file `path`) against the size and
-/// crc32 `_metadata` lists, reading it in 1 MiB pieces.
+/// Checks the local file `local` (a link to or copy of storage file `path`) against what
+/// `_metadata` lists (size, crc32, xxh3), reading it in 1 MiB pieces.
 pub(super) fn check_local(
     fs: &dyn FileSystem,
     local: &Path,
     path: &str,
-    size: u64,
-    crc32: u32,
+    listed: &Listed,
 ) -> Result<()> {
-    let (read, actual) = read_in_pieces(fs, local, |_| Ok(()))?;
-    if read != size || actual != crc32 {
-        return Err(listed_mismatch(path, read, actual, size, crc32));
-    }
-    Ok(())
+    listed.check(path, &read_in_pieces(fs, local, |_| Ok(()))?)
 }
 
 /// Reads the local file `local` in 1 MiB pieces, handing each to `each`; returns its size and
-/// crc32.
+/// checksums.
 fn read_in_pieces(
     fs: &dyn FileSystem,
     local: &Path,
     mut each: impl FnMut(&[u8]) -> Result<()>,
-) -> Result<(u64, u32)> {
+) -> Result<Listed> {
     let file = fs.open_read(local).map_err(|e| Error::io(local, e))?;
     let len = file.len();
-    let mut hasher = crc32fast::Hasher::new();
+    let mut hasher = Digest::new();
     let mut buffer = vec![0u8; READ_BUFFER.min(usize::try_from(len).unwrap_or(READ_BUFFER))];
     let mut offset = 0u64;
     while offset < len {
@@ -150,21 +147,20 @@ fn read_in_pieces(
         each(piece)?;
         offset += n as u64;
     }
-    Ok((len, hasher.finalize()))
+    Ok(hasher.finish())
 }
 
 /// Downloads storage file `path` into the new local file `local`, in requests of at most
-/// [`DOWNLOAD_CHUNK`] bytes, checking its size before the first byte is read and its crc32 at
-/// the end; on any error the partial file is removed.
+/// [`DOWNLOAD_CHUNK`] bytes, checking its size before the first byte is read and its checksums
+/// at the end; on any error the partial file is removed.
 pub(super) fn download(
     fs: &dyn FileSystem,
     storage: &dyn CheckpointStorage,
     path: &str,
-    size: u64,
-    crc32: u32,
+    listed: &Listed,
     local: &Path,
 ) -> Result<()> {
-    download_in_chunks(fs, storage, path, size, crc32, local, DOWNLOAD_CHUNK)
+    download_in_chunks(fs, storage, path, listed, local, DOWNLOAD_CHUNK)
 }
 
 /// [`download`] with requests of at most `chunk` bytes.
@@ -172,21 +168,21 @@ fn download_in_chunks(
     fs: &dyn FileSystem,
     storage: &dyn CheckpointStorage,
     path: &str,
-    size: u64,
-    crc32: u32,
+    listed: &Listed,
     local: &Path,
     chunk: u64,
 ) -> Result<()> {
+    let size = listed.size;
     check_listed_size(storage, path, size)?;
     let mut file = fs.create_new(local).map_err(|e| Error::io(local, e))?;
     let result = (|| -> Result<()> {
         if size <= chunk {
             // One request; `read_file` needs no second size lookup.
             let bytes = storage.read_file(path)?;
-            check_listed(path, &bytes, size, crc32)?;
+            check_listed(path, &bytes, listed)?;
             return file.write_all(&bytes).map_err(|e| Error::io(local, e));
         }
-        let mut hasher = crc32fast::Hasher::new();
+        let mut hasher = Digest::new();
         let mut offset = 0u64;
         while offset < size {
             let len = chunk.min(size - offset);
@@ -195,11 +191,7 @@ fn download_in_chunks(
             file.write_all(&chunk).map_err(|e| Error::io(local, e))?;
             offset += len;
         }
-        let actual = hasher.finalize();
-        if actual != crc32 {
-            return Err(listed_mismatch(path, size, actual, size, crc32));
-        }
-        Ok(())
+        listed.check(path, &hasher.finish())
     })();
     if result.is_err() {
         // Only the file this call created (`create_new`) is removed.
@@ -259,31 +251,32 @@ mod tests {
         let storage = LocalDirStorage::open(dir.path().join("storage")).unwrap();
         let bytes: Vec<u8> = (0..10_007u32).map(|i| (i * 31 % 251) as u8).collect();
         storage.write_file("shared/a.sst", &bytes).unwrap();
-        let crc = crc32fast::hash(&bytes);
-        let size = bytes.len() as u64;
+        let listed = Listed::of_bytes(&bytes);
+        let (size, crc) = (listed.size, listed.crc32);
         for (n, chunk) in [1000u64, 10_007, 1 << 20, 1].into_iter().enumerate() {
             let local = dir.path().join(format!("{n}.sst"));
-            download_in_chunks(&fs, &storage, "shared/a.sst", size, crc, &local, chunk).unwrap();
+            download_in_chunks(&fs, &storage, "shared/a.sst", &listed, &local, chunk).unwrap();
             assert_eq!(std::fs::read(&local).unwrap(), bytes, "chunk {chunk}");
-            check_local(&fs, &local, "shared/a.sst", size, crc).unwrap();
+            check_local(&fs, &local, "shared/a.sst", &listed).unwrap();
         }
         let local = dir.path().join("bad.sst");
-        for (listed_size, listed_crc, chunk) in [
-            (size, crc ^ 1, 1000),
-            (size, crc ^ 1, 1 << 20),
-            (size - 1, crc, 1000),
-            (size + 1, crc, 1 << 20),
+        let hash = listed.xxh3;
+        let other_hash = hash.map(|h| h ^ 1);
+        for (listed_size, listed_crc, listed_hash, chunk) in [
+            (size, crc ^ 1, hash, 1000),
+            (size, crc ^ 1, hash, 1 << 20),
+            (size, crc, other_hash, 1000),
+            (size, crc, other_hash, 1 << 20),
+            (size - 1, crc, hash, 1000),
+            (size + 1, crc, hash, 1 << 20),
         ] {
-            let err = download_in_chunks(
-                &fs,
-                &storage,
-                "shared/a.sst",
-                listed_size,
-                listed_crc,
-                &local,
-                chunk,
-            )
-            .unwrap_err();
+            let wrong = Listed {
+                size: listed_size,
+                crc32: listed_crc,
+                xxh3: listed_hash,
+            };
+            let err = download_in_chunks(&fs, &storage, "shared/a.sst", &wrong, &local, chunk)
+                .unwrap_err();
             assert!(err.is_corruption(), "{err}");
             assert!(err.to_string().contains("shared/a.sst"), "{err}");
             assert!(!local.exists(), "a failed download leaves no file");
@@ -291,18 +284,13 @@ mod tests {
         // A file already at the target is neither overwritten nor removed.
         let taken = dir.path().join("taken.sst");
         std::fs::write(&taken, b"someone else's").unwrap();
-        assert!(
-            download_in_chunks(&fs, &storage, "shared/a.sst", size, crc, &taken, 1000).is_err()
-        );
+        assert!(download_in_chunks(&fs, &storage, "shared/a.sst", &listed, &taken, 1000).is_err());
         assert_eq!(std::fs::read(&taken).unwrap(), b"someone else's");
-        let err = check_local(
-            &fs,
-            &dir.path().join("0.sst"),
-            "shared/a.sst",
-            size,
-            crc ^ 1,
-        )
-        .unwrap_err();
+        let wrong = Listed {
+            crc32: crc ^ 1,
+            ..listed
+        };
+        let err = check_local(&fs, &dir.path().join("0.sst"), "shared/a.sst", &wrong).unwrap_err();
         assert!(err.is_corruption(), "{err}");
     }
 }

@@ -13,7 +13,7 @@ use std::io;
 use std::sync::Arc;
 
 use ::object_store::path::Path as ObjectPath;
-use ::object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use ::object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::storage::{
@@ -121,6 +121,11 @@ impl Shared {
             ::object_store::Error::NotFound { .. } => {
                 (io::ErrorKind::NotFound, format!("{uri} does not exist"))
             }
+            ::object_store::Error::AlreadyExists { .. }
+            | ::object_store::Error::Precondition { .. } => (
+                io::ErrorKind::AlreadyExists,
+                format!("{uri} exists already (checkpoint files are written once)"),
+            ),
             ::object_store::Error::PermissionDenied { .. }
             | ::object_store::Error::Unauthenticated { .. } => (
                 io::ErrorKind::PermissionDenied,
@@ -160,6 +165,37 @@ impl Shared {
                 Err(panic) => std::panic::resume_unwind(panic),
             },
         )
+    }
+
+    /// PUTs a new object at `key` (storage path `path`) only if none is there (FORMAT.md §4.5:
+    /// names are written once); an existing object is an `AlreadyExists` error. A store without
+    /// conditional PUT is asked first (not atomic, but one writer owns a root).
+    fn put_new(&self, path: &str, key: &ObjectPath, payload: PutPayload) -> Result<()> {
+        let options = PutOptions::from(PutMode::Create);
+        match self.run(self.store.put_opts(key, payload.clone(), options)) {
+            Ok(_) => Ok(()),
+            Err(::object_store::Error::NotImplemented { .. }) => {
+                self.refuse_existing(path, key)?;
+                self.block_on(path, self.store.put(key, payload))
+                    .map(|_| ())
+            }
+            Err(e) => Err(self.error(path, e)),
+        }
+    }
+
+    /// An `AlreadyExists` error when an object is at `key`.
+    fn refuse_existing(&self, path: &str, key: &ObjectPath) -> Result<()> {
+        match self.run(self.store.head(key)) {
+            Ok(_) => Err(self.error(
+                path,
+                ::object_store::Error::AlreadyExists {
+                    path: path.to_string(),
+                    source: "HEAD found an object".into(),
+                },
+            )),
+            Err(::object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(path, e)),
+        }
     }
 
     fn block_on<T: Send>(
@@ -282,10 +318,8 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
             return writer.finish().map(|_| ());
         }
         let key = self.shared.key(path)?;
-        let payload = PutPayload::from(bytes.to_vec());
         self.shared
-            .block_on(path, self.shared.store.put(&key, payload))
-            .map(|_| ())
+            .put_new(path, &key, PutPayload::from(bytes.to_vec()))
     }
 
     fn read_file(&self, path: &str) -> Result<Vec<u8>> {
@@ -430,6 +464,34 @@ impl CheckpointStorage for ObjectStoreCheckpointStorage {
 
     fn unpublish_metadata(&self, checkpoint_id: u64) -> Result<()> {
         self.delete(&metadata_path(checkpoint_id))
+    }
+
+    fn create_once(&self, path: &str, bytes: &[u8]) -> Result<bool> {
+        // Asked first as well: some servers (Garage 2.x) ignore `If-None-Match: *` and would
+        // replace the object. Then atomic where the server honours the condition.
+        if self.head(path)?.is_some() {
+            return Ok(false);
+        }
+        let key = self.shared.key(path)?;
+        let payload = PutPayload::from(bytes.to_vec());
+        let options = PutOptions::from(PutMode::Create);
+        match self
+            .shared
+            .run(self.shared.store.put_opts(&key, payload, options))
+        {
+            Ok(_) => Ok(true),
+            Err(::object_store::Error::AlreadyExists { .. })
+            | Err(::object_store::Error::Precondition { .. }) => Ok(false),
+            Err(::object_store::Error::NotImplemented { .. }) => {
+                // No conditional PUT in this store: look, then write (not atomic).
+                if self.head(path)?.is_some() {
+                    return Ok(false);
+                }
+                self.write_file(path, bytes)?;
+                Ok(true)
+            }
+            Err(e) => Err(self.shared.error(path, e)),
+        }
     }
 
     fn upload_parallelism(&self) -> usize {

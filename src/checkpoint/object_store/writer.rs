@@ -32,6 +32,10 @@ impl ObjectFileWriter {
     fn send_part(&mut self) -> Result<()> {
         let part = Bytes::from(std::mem::take(&mut self.buffer));
         let shared = self.shared.clone();
+        if self.upload.is_none() {
+            // A multipart upload cannot be conditional here: refuse an existing name first.
+            shared.refuse_existing(&self.path, &self.key)?;
+        }
         let result = shared.run(async {
             if self.upload.is_none() {
                 let upload = shared.store.put_multipart(&self.key).await?;
@@ -79,18 +83,18 @@ impl CheckpointFileWriter for ObjectFileWriter {
     fn finish(mut self: Box<Self>) -> Result<u64> {
         let shared = self.shared.clone();
         let last = Bytes::from(std::mem::take(&mut self.buffer));
-        let result = match self.upload.take() {
-            None => shared
-                .run(shared.store.put(&self.key, PutPayload::from(last)))
-                .map(|_| ()),
-            Some(mut upload) => shared.run(async {
-                if !last.is_empty() {
-                    upload.put(last);
-                }
-                // Aborts the upload itself when a part or the completion fails.
-                upload.finish().await.map(|_| ())
-            }),
+        let Some(mut upload) = self.upload.take() else {
+            // One PUT, conditional: an existing name is refused, never replaced.
+            shared.put_new(&self.path, &self.key, PutPayload::from(last))?;
+            return Ok(self.written);
         };
+        let result = shared.run(async {
+            if !last.is_empty() {
+                upload.put(last);
+            }
+            // Aborts the upload itself when a part or the completion fails.
+            upload.finish().await.map(|_| ())
+        });
         result.map_err(|e| shared.error(&self.path, e))?;
         Ok(self.written)
     }
