@@ -370,7 +370,6 @@ fn layout_seeds() -> Vec<Seed> {
             tombstone(0, b"\0\x01", b"\0\x02", 350),
             tombstone(1, b"\0\x03a", b"\0\x03b", 800),
         ],
-        ..CheckpointLayout::default()
     };
     // Multi-byte varints everywhere: long names and keys, large numbers and sequences.
     let wide = CheckpointLayout {
@@ -390,7 +389,6 @@ fn layout_seeds() -> Vec<Seed> {
             })
             .collect(),
         tombstones: vec![tombstone(4, &[0; 140], &[1; 140], u64::MAX)],
-        ..CheckpointLayout::default()
     };
     let mut out = Vec::new();
     for (name, layout) in [
