@@ -14,6 +14,7 @@ use crate::backend::full_snapshot::{
     ExpectedFile, decode_full_snapshot_file, write_full_snapshot_file,
 };
 use crate::backend::heap::StateMap;
+use crate::backend::lsm::layout::CheckpointLayout;
 use crate::checkpoint::metadata::{CheckpointMetadata, METADATA_VERSION};
 use crate::checkpoint::savepoint::{decode_savepoint, encode_savepoint};
 use crate::checkpoint::storage::CheckpointFileWriter;
@@ -46,6 +47,7 @@ pub const TARGETS: &[&str] = &[
     "batch",
     "metadata",
     "snapshot",
+    "layout",
 ];
 
 /// Runs the target `name` on `data`; unknown names do nothing and return false.
@@ -62,6 +64,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "batch" => batch(data),
         "metadata" => metadata(data),
         "snapshot" => snapshot(data),
+        "layout" => layout(data),
         _ => return false,
     }
     true
@@ -338,6 +341,21 @@ pub fn metadata(data: &[u8]) {
     }
 }
 
+/// LSM checkpoint layout decoder (`_metadata`'s `extra`, FORMAT.md §11.3); a decoded layout
+/// encodes to the same bytes (varints have one encoding, every other field is fixed-size), and
+/// those decode to the same layout.
+pub fn layout(data: &[u8]) {
+    if let Ok(layout) = CheckpointLayout::decode(data, "fuzz", 0) {
+        let bytes = layout.encode();
+        assert_eq!(bytes, data, "a layout re-encodes to the same bytes");
+        assert_eq!(
+            CheckpointLayout::decode(&bytes, "fuzz", 0).ok(),
+            Some(layout),
+            "a re-encoded layout decodes to the same layout"
+        );
+    }
+}
+
 /// Full snapshot file decoder. The expectation `_metadata` would supply is taken from the
 /// file's own header where it parses (so the fuzzer gets past the header check), else fixed.
 /// The decoded entries, written again as a snapshot file, decode to the same entries.
@@ -442,13 +460,20 @@ mod tests {
                 .is_ok(),
                 "batch" => WriteBatch::decode(bytes, "s", 0).is_ok(),
                 "metadata" => CheckpointMetadata::decode(bytes, "s").is_ok(),
+                // Damaged layouts are seeds too; only the `layout-*` ones must decode.
+                "layout" => {
+                    CheckpointLayout::decode(bytes, "s", 0).is_ok() == name.starts_with("layout-")
+                }
                 "snapshot" => {
                     let expected = snapshot_expectation(bytes);
                     decode_full_snapshot_file(bytes, "s", &expected, |_, _, _| Ok(())).is_ok()
                 }
                 _ => true,
             };
-            assert!(ok, "seed {target}/{name} does not decode");
+            assert!(
+                ok,
+                "seed {target}/{name} does not decode (or decodes though damaged)"
+            );
             assert!(run(target, bytes));
         }
     }

@@ -17,7 +17,8 @@ use std::time::Duration;
 use flowstate::backend::fs::snapshot_handle;
 use flowstate::checkpoint::registry::read_metadata;
 use flowstate::checkpoint::storage::{
-    CheckpointStorage, LocalDirStorage, metadata_path, parse_checkpoint_dir,
+    CheckpointStorage, LocalDirStorage, TEMP_SUFFIX, checkpoint_dir, metadata_path,
+    parse_checkpoint_dir,
 };
 use flowstate::keys::{composite_key, key_group_for_key};
 use flowstate::{FsBackend, KeyGroupRange, StateBackend, StateDescriptor, StateId, StateKind};
@@ -109,9 +110,19 @@ fn crash_child() {
     }
 }
 
+/// What the killed child left in the storage.
+struct AfterKill {
+    /// Ids of the checkpoints with a `_metadata`, ascending.
+    complete: Vec<u64>,
+    /// Ids of the `chk-<id>` directories without one (being written or being discarded).
+    incomplete: Vec<u64>,
+    /// Temporary files (`_metadata.tmp` of a checkpoint being published, and any other).
+    temp: Vec<String>,
+}
+
 /// Checks the storage as the killed child left it: every `_metadata` in place decodes (it is
-/// published atomically); returns the ids with and without one.
-fn inspect_after_kill(storage: &dyn CheckpointStorage) -> (Vec<u64>, Vec<u64>) {
+/// published atomically).
+fn inspect_after_kill(storage: &dyn CheckpointStorage) -> AfterKill {
     let (mut complete, mut incomplete) = (Vec::new(), Vec::new());
     for name in storage.children("").unwrap() {
         let Some(id) = parse_checkpoint_dir(&name) else {
@@ -126,7 +137,23 @@ fn inspect_after_kill(storage: &dyn CheckpointStorage) -> (Vec<u64>, Vec<u64>) {
         }
     }
     complete.sort_unstable();
-    (complete, incomplete)
+    let temp = temp_files(storage);
+    AfterKill {
+        complete,
+        incomplete,
+        temp,
+    }
+}
+
+fn temp_files(storage: &dyn CheckpointStorage) -> Vec<String> {
+    let mut temp: Vec<String> = storage
+        .list("")
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.ends_with(TEMP_SUFFIX))
+        .collect();
+    temp.sort();
+    temp
 }
 
 #[test]
@@ -137,14 +164,19 @@ fn killed_checkpointing_restores_latest_complete_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let storage = LocalDirStorage::open(dir.path()).unwrap();
     let exe = std::env::current_exe().unwrap();
-    let (mut latest, mut incomplete_seen) = (0u64, 0usize);
+    let (mut latest, mut incomplete_seen, mut temp_seen) = (0u64, 0usize, 0usize);
     for round in 0..kills {
         rng = mix(rng);
         let delay = Duration::from_millis(30 + rng % 300);
         kill_child_after(&exe, "crash_child", CHILD_ENV, dir.path(), delay, round);
 
-        let (complete, incomplete) = inspect_after_kill(&storage);
+        let AfterKill {
+            complete,
+            incomplete,
+            temp,
+        } = inspect_after_kill(&storage);
         incomplete_seen += incomplete.len();
+        temp_seen += temp.len();
         let newest = complete.last().copied().unwrap_or(0);
         assert!(
             newest >= latest,
@@ -161,12 +193,18 @@ fn killed_checkpointing_restores_latest_complete_checkpoint() {
         let (mut backend, _, _) = open(dir.path());
         assert_eq!(backend.recovery_report().removed_incomplete, incomplete);
         assert_eq!(backend.completed_checkpoints(), complete);
-        assert!(
-            storage
-                .list("")
-                .unwrap()
-                .iter()
-                .all(|p| !p.ends_with(".tmp"))
+        // The start-up scan removed what it reports: no incomplete directory, no temp file.
+        let left = storage.children("").unwrap();
+        for id in &incomplete {
+            assert!(
+                !left.contains(&checkpoint_dir(*id)),
+                "round {round}: incomplete checkpoint {id} is still there: {left:?}"
+            );
+        }
+        assert_eq!(
+            temp_files(&storage),
+            Vec::<String>::new(),
+            "round {round}: temp files left (before recovery: {temp:?})"
         );
         latest = backend.restore_latest().unwrap().unwrap_or(0);
         assert_eq!(latest, newest);
@@ -191,11 +229,18 @@ fn killed_checkpointing_restores_latest_complete_checkpoint() {
             );
         }
         eprintln!(
-            "round {round}: killed after {delay:?}; latest {latest}, incomplete {incomplete:?}"
+            "round {round}: killed after {delay:?}; latest {latest}, incomplete {incomplete:?}, \
+             temp {temp:?}"
         );
     }
     assert!(latest > 0, "the child never completed a checkpoint");
     eprintln!(
-        "crash_checkpoint: {kills} kills, {incomplete_seen} incomplete checkpoints cleaned up"
+        "crash_checkpoint: {kills} kills, {incomplete_seen} incomplete checkpoints and \
+         {temp_seen} temp files cleaned up"
+    );
+    // Without an incomplete checkpoint to clean, the rounds checked the scan on nothing.
+    assert!(
+        incomplete_seen > 0,
+        "no kill left an incomplete checkpoint: the start-up scan was not exercised"
     );
 }

@@ -540,6 +540,26 @@ fn task_body(
     let _ = events.send(CoordinatorEvent::Exited);
 }
 
+/// Starts task `task` on a thread named `thread` in `scope`, run by [`task_body`]. A thread the
+/// operating system refuses is an error naming the task (the OS error underneath), not a panic.
+fn spawn_task<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    thread: String,
+    task: String,
+    events: Sender<CoordinatorEvent>,
+    cancelled: &'scope AtomicBool,
+    body: impl FnOnce() -> Result<()> + Send + 'scope,
+) -> Result<()> {
+    let failed = format!("could not start a thread for the {task} task");
+    match std::thread::Builder::new()
+        .name(thread.clone())
+        .spawn_scoped(scope, move || task_body(task, &events, cancelled, body))
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::io(format!("thread {thread}"), e).context(failed)),
+    }
+}
+
 impl Attempt<'_> {
     /// Returns the final checkpoint's id and source position.
     fn run(
@@ -606,55 +626,85 @@ impl Attempt<'_> {
         let tasks = 1 + 3 * usize::from(parallelism);
 
         std::thread::scope(|scope| {
-            let source = SourceTask {
-                input: &config.input,
-                position,
-                outputs: operator_gates.iter().map(|g| g.sender(0)).collect(),
-                control: source_rx,
-                events: events_tx.clone(),
-                max_parallelism: self.max_parallelism,
-                failures,
-                cancelled: &cancelled,
-                batch_records: config.batch_records,
-            };
-            let (events, cancel) = (events_tx.clone(), &cancelled);
-            scope.spawn(move || task_body("source".into(), &events, cancel, || source.run()));
-            for (index, state) in keyed.into_iter().enumerate() {
-                let (snapshot_tx, snapshot_rx) = mpsc::channel();
-                let operator = OperatorTask {
-                    index,
-                    keyed: state,
-                    gate: operator_gates[index].clone(),
-                    inputs: 1,
-                    sink: sink_gates[index].sender(0),
-                    snapshots: snapshot_tx,
+            let cancel = &cancelled;
+            // Every task's thread, or the error of the first that could not be started.
+            let started = (|| -> Result<()> {
+                let source = SourceTask {
+                    input: &config.input,
+                    position,
+                    outputs: operator_gates.iter().map(|g| g.sender(0)).collect(),
+                    control: source_rx,
+                    events: events_tx.clone(),
+                    max_parallelism: self.max_parallelism,
                     failures,
-                    processed: self.processed,
+                    cancelled: cancel,
+                    batch_records: config.batch_records,
                 };
-                let events = events_tx.clone();
-                scope.spawn(move || {
-                    task_body(
-                        format!("operator {}", operator.index),
-                        &events,
+                spawn_task(
+                    scope,
+                    "flowstate-source".into(),
+                    "source".into(),
+                    events_tx.clone(),
+                    cancel,
+                    move || source.run(),
+                )?;
+                for (index, state) in keyed.into_iter().enumerate() {
+                    let (snapshot_tx, snapshot_rx) = mpsc::channel();
+                    let operator = OperatorTask {
+                        index,
+                        keyed: state,
+                        gate: operator_gates[index].clone(),
+                        inputs: 1,
+                        sink: sink_gates[index].sender(0),
+                        snapshots: snapshot_tx,
+                        failures,
+                        processed: self.processed,
+                    };
+                    spawn_task(
+                        scope,
+                        format!("flowstate-op-{index}"),
+                        format!("operator {index}"),
+                        events_tx.clone(),
                         cancel,
-                        || operator.run(),
-                    )
-                });
-                let events = events_tx.clone();
-                scope.spawn(move || {
-                    task_body(format!("snapshot {index}"), &events, cancel, || {
-                        run_snapshot_thread(index, snapshot_rx, &events, failures)
-                    })
-                });
-                let gate = sink_gates[index].clone();
-                let events = events_tx.clone();
-                let output = config.output.clone();
-                let fs = config.fs.clone();
-                scope.spawn(move || {
-                    task_body(format!("sink {index}"), &events, cancel, || {
-                        run_sink(&fs, index, &output, restored_id, gate, &events, failures)
-                    })
-                });
+                        move || operator.run(),
+                    )?;
+                    let events = events_tx.clone();
+                    spawn_task(
+                        scope,
+                        format!("flowstate-snap-{index}"),
+                        format!("snapshot {index}"),
+                        events_tx.clone(),
+                        cancel,
+                        move || run_snapshot_thread(index, snapshot_rx, &events, failures),
+                    )?;
+                    let gate = sink_gates[index].clone();
+                    let events = events_tx.clone();
+                    let output = config.output.clone();
+                    let fs = config.fs.clone();
+                    spawn_task(
+                        scope,
+                        format!("flowstate-sink-{index}"),
+                        format!("sink {index}"),
+                        events_tx.clone(),
+                        cancel,
+                        move || run_sink(&fs, index, &output, restored_id, gate, &events, failures),
+                    )?;
+                }
+                Ok(())
+            })();
+            // Makes every running task return; the scope joins them before returning.
+            let stop_tasks = || {
+                cancelled.store(true, Ordering::Relaxed);
+                for gate in &operator_gates {
+                    gate.close();
+                }
+                for gate in &sink_gates {
+                    gate.close();
+                }
+            };
+            if let Err(error) = started {
+                stop_tasks();
+                return Err(error);
             }
             let mut coordinator = CheckpointCoordinator::new(
                 config.checkpoints.clone(),
@@ -688,13 +738,7 @@ impl Attempt<'_> {
                     )))
                 });
             if outcome.is_err() {
-                cancelled.store(true, Ordering::Relaxed);
-                for gate in &operator_gates {
-                    gate.close();
-                }
-                for gate in &sink_gates {
-                    gate.close();
-                }
+                stop_tasks();
                 coordinator.abort_all("job attempt failed", Instant::now());
             }
             history.append(&mut coordinator.history);

@@ -99,6 +99,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     out.extend(sst_seeds());
     out.extend(wal_and_batch_seeds());
     out.extend(checkpoint_seeds());
+    out.extend(layout_seeds());
     out
 }
 
@@ -280,5 +281,183 @@ fn checkpoint_seeds() -> Vec<Seed> {
     if write_full_snapshot_file(&mut file, 7, key_groups, &[counts, seen]).is_ok() {
         out.push(("snapshot", "snapshot-0".to_string(), file.0));
     }
+    out
+}
+
+/// LSM checkpoint layouts (FORMAT.md §11.3): valid ones of different shapes, named `layout-*`,
+/// and damaged ones the decoder must reject (truncations, bad fields, a count the bytes cannot
+/// hold), named otherwise.
+fn layout_seeds() -> Vec<Seed> {
+    use crate::backend::lsm::layout::{
+        CheckpointLayout, FileRole, LAYOUT_MAGIC, LAYOUT_VERSION, LayoutFile, LayoutTombstone,
+    };
+    use crate::lsm::format::{ValueKind, internal_key};
+    use crate::lsm::version::{FileMeta, RangeTombstone};
+
+    let meta = |number: u64, smallest: &[u8], largest: &[u8], seqs: (u64, u64)| FileMeta {
+        number,
+        size: 4096 + number,
+        crc32: 0xdead_beef ^ number as u32,
+        smallest: internal_key(smallest, seqs.0, ValueKind::Put),
+        largest: internal_key(largest, seqs.1, ValueKind::Delete),
+        smallest_seq: seqs.0,
+        largest_seq: seqs.1,
+        entries: 10 * number,
+        created_ms: 1_700_000_000_000,
+    };
+    let file = |cf: u32, role: FileRole, level: u8, file_index: u32, meta: FileMeta| LayoutFile {
+        cf,
+        role,
+        level,
+        file_index,
+        meta,
+    };
+    let tombstone = |cf: u32, start: &[u8], end: &[u8], sequence: u64| LayoutTombstone {
+        cf,
+        tombstone: RangeTombstone {
+            start: start.to_vec(),
+            end: end.to_vec(),
+            sequence,
+        },
+    };
+    let cfs = |n: usize| -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| (format!("s{i}"), format!("state:s{i}")))
+            .collect()
+    };
+    let one_cf = CheckpointLayout {
+        sequence: 5,
+        base_sequence: 5,
+        instance_id: 1,
+        column_families: cfs(1),
+        ..CheckpointLayout::default()
+    };
+    // Base files at several levels, a delta at L0, a tombstone per column family.
+    let mixed = CheckpointLayout {
+        sequence: 900,
+        base_sequence: 400,
+        instance_id: 0x0123_4567_89ab_cdef,
+        column_families: cfs(2),
+        files: vec![
+            file(
+                0,
+                FileRole::Base,
+                1,
+                0,
+                meta(7, b"\0\x01k", b"\0\x05z", (3, 390)),
+            ),
+            file(
+                0,
+                FileRole::Base,
+                6,
+                1,
+                meta(8, b"\0\x00", b"\x7f\xff", (1, 400)),
+            ),
+            file(
+                1,
+                FileRole::Base,
+                0,
+                2,
+                meta(9, b"\0\x02a", b"\0\x02b", (12, 12)),
+            ),
+            file(
+                1,
+                FileRole::Delta,
+                0,
+                3,
+                meta(15, b"\0\x02a", b"\0\x09", (401, 900)),
+            ),
+        ],
+        tombstones: vec![
+            tombstone(0, b"\0\x01", b"\0\x02", 350),
+            tombstone(1, b"\0\x03a", b"\0\x03b", 800),
+        ],
+    };
+    // Multi-byte varints everywhere: long names and keys, large numbers and sequences.
+    let wide = CheckpointLayout {
+        sequence: u64::MAX - 1,
+        base_sequence: 1 << 40,
+        instance_id: u64::MAX,
+        column_families: (0..5)
+            .map(|i| (format!("{i}{}", "n".repeat(150)), format!("state:{i}")))
+            .collect(),
+        files: (0..4)
+            .map(|i| {
+                let (first, last) = (vec![b'k'; 200 + i], vec![b'l'; 200 + i]);
+                let mut meta = meta(1 << 33, &first, &last, (1 << 20, 1 << 41));
+                meta.size = u64::MAX;
+                meta.entries = u64::MAX;
+                file(4 - i as u32, FileRole::Base, 2, 300 + i as u32, meta)
+            })
+            .collect(),
+        tombstones: vec![tombstone(4, &[0; 140], &[1; 140], u64::MAX)],
+    };
+    let mut out = Vec::new();
+    for (name, layout) in [
+        ("layout-empty", CheckpointLayout::default()),
+        ("layout-one-cf", one_cf),
+        ("layout-mixed", mixed.clone()),
+        ("layout-wide", wide),
+    ] {
+        out.push(("layout", name.to_string(), layout.encode()));
+    }
+    let bytes = mixed.encode();
+    // Cuts inside the magic, the header, the column families, the files (where the file count
+    // no longer fits, then inside the last file) and the last tombstone.
+    for cut in [3, 20, 35, 127, 200, bytes.len() - 1] {
+        out.push(("layout", format!("truncated-{cut}"), bytes[..cut].to_vec()));
+    }
+    let mut damaged = |name: &str, change: &dyn Fn(&mut CheckpointLayout)| {
+        let mut layout = mixed.clone();
+        change(&mut layout);
+        out.push(("layout", format!("damaged-{name}"), layout.encode()));
+    };
+    damaged("base-above-sequence", &|l| l.base_sequence = l.sequence + 1);
+    damaged("duplicate-cf", &|l| {
+        l.column_families[1].1 = "state:s0".into()
+    });
+    damaged("empty-name", &|l| l.column_families[0].0.clear());
+    damaged("cf-index", &|l| l.files[2].cf = 2);
+    damaged("delta-level", &|l| l.files[3].level = 3);
+    damaged("level", &|l| l.files[0].level = 7);
+    damaged("key-order", &|l| {
+        let m = &mut l.files[0].meta;
+        std::mem::swap(&mut m.smallest, &mut m.largest);
+    });
+    damaged("short-key", &|l| l.files[1].meta.largest.truncate(7));
+    damaged("sequence-order", &|l| l.files[1].meta.smallest_seq = 401);
+    damaged("tombstone-range", &|l| {
+        l.tombstones[1].tombstone.end = b"\0\x03a".to_vec()
+    });
+    let mut magic = bytes.clone();
+    magic[0] = b'X';
+    out.push(("layout", "damaged-magic".to_string(), magic));
+    let mut version = bytes.clone();
+    version[4] = LAYOUT_VERSION + 1;
+    out.push(("layout", "damaged-version".to_string(), version));
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    out.push(("layout", "damaged-trailing".to_string(), trailing));
+    // A file role byte that is neither base nor delta. Header (29 bytes), the column-family
+    // count (1), one column family ("s0", "state:s0": 1 + 2 + 1 + 8 bytes), the file count and
+    // the file's cf index (1 each), then the role.
+    let mut one_file = CheckpointLayout {
+        column_families: cfs(1),
+        files: vec![file(0, FileRole::Base, 0, 0, meta(1, b"a", b"b", (1, 2)))],
+        sequence: 2,
+        ..CheckpointLayout::default()
+    }
+    .encode();
+    let role_at = 29 + 1 + 12 + 1 + 1;
+    assert_eq!(one_file[role_at], 0, "the role byte of a base file");
+    one_file[role_at] = 2;
+    out.push(("layout", "damaged-role".to_string(), one_file));
+    // A huge column-family count with a few bytes behind it.
+    let mut huge = LAYOUT_MAGIC.to_vec();
+    huge.push(LAYOUT_VERSION);
+    huge.extend_from_slice(&[0; 24]);
+    crate::codec::varint::put_varint32(&mut huge, u32::MAX);
+    huge.extend_from_slice(&[1, b'a', 1, b'b']);
+    out.push(("layout", "damaged-huge-count".to_string(), huge));
     out
 }

@@ -24,7 +24,9 @@ pub const START_MS: u64 = 1_000_000;
 pub trait BackendFactory {
     /// Whether accesses to a TTL state remove expired entries of keys nobody reads (the heap
     /// backends' incremental cleanup). A backend that drops them elsewhere (the LSM backend's
-    /// compaction filter) sets this to false and skips that one test.
+    /// compaction filter) sets this to false: the tests then compare only what does not depend
+    /// on when compactions run, and its suite leaves out
+    /// `ttl::incremental_cleanup_removes_unread_keys` (see `conformance_suite!`).
     const INCREMENTAL_TTL_CLEANUP: bool = true;
 
     /// A new, empty backend for `config`. `scratch` is a fresh, empty directory owned by this

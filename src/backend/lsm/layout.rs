@@ -374,6 +374,41 @@ mod tests {
         }
     }
 
+    /// A count far beyond the bytes behind it is corruption before anything is allocated for
+    /// it: four billion column families, files or tombstones cannot size a `Vec`.
+    #[test]
+    fn a_huge_count_with_few_bytes_is_corruption() {
+        // Each encoding ends in its three counts, one byte each (here 0); cut back to the
+        // count under test.
+        let cut = |layout: &CheckpointLayout, counts_left: usize| {
+            let mut bytes = layout.encode();
+            bytes.truncate(bytes.len() - counts_left);
+            bytes
+        };
+        let one_cf = CheckpointLayout {
+            column_families: vec![("s".into(), "state:s".into())],
+            ..CheckpointLayout::default()
+        };
+        let cfs = cut(&CheckpointLayout::default(), 3);
+        let files = cut(&one_cf, 2);
+        let tombstones = cut(&one_cf, 1);
+        for (what, mut bytes) in [
+            ("column family", cfs),
+            ("file", files),
+            ("tombstone", tombstones),
+        ] {
+            put_varint32(&mut bytes, u32::MAX);
+            bytes.extend_from_slice(&[1, b'a', 1, b'b', 0, 0, 0, 0]);
+            let err = CheckpointLayout::decode(&bytes, "x", 0).unwrap_err();
+            assert!(err.is_corruption(), "{what}: {err}");
+            assert!(
+                err.to_string()
+                    .contains(&format!("{what} count {} cannot fit", u32::MAX)),
+                "{what}: {err}"
+            );
+        }
+    }
+
     /// A layout of `n` distinct column families, then `dup` (state, cf) appended.
     fn many_cfs(n: usize, dup: Option<(&str, &str)>) -> (Vec<u8>, usize) {
         let mut layout = CheckpointLayout {

@@ -1,0 +1,5 @@
+#![no_main]
+//! Fuzz target `layout`: see `flowstate::fuzzing`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    flowstate::fuzzing::run("layout", data);
+});
