@@ -12,7 +12,7 @@
 //! [`checkpoint`] (checkpoint storage, metadata, savepoints), [`backend`] (the trait and its
 //! implementations), [`state`] (typed state handles), [`engine`] (barrier snapshots).
 //! [`observe`] names the metrics every layer records through the `metrics` facade. See
-//! `DESIGN.md` and `FORMAT.md`.
+//! `ARCHITECTURE.md` and `FORMAT.md`.
 //!
 //! ```
 //! use flowstate::{KeyedState, MemoryBackend, BackendConfig};
