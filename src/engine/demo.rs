@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::output_check::{check_output, expected_output};
 use super::sink::committed_files;
 use crate::error::{Error, Result};
-use crate::fs::StdFs;
+use crate::fs::{FileSystem, StdFs, create_dir_durable};
 
 /// A small deterministic generator (splitmix64).
 #[derive(Debug, Clone)]
@@ -54,10 +54,12 @@ pub fn generate_input(path: &Path, events: u64, keys: u64, seed: u64) -> Result<
 pub fn demo_command(events: u64, keys: u64, kills: u32, seed: u64) -> Result<bool> {
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("flowstate-demo-{}-{}", std::process::id(), seed));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    // The scratch directory holds the runs' state and output: through the file-system seam.
+    let seam: &dyn FileSystem = &StdFs;
+    let _ = seam.remove_dir_all(&dir);
+    create_dir_durable(seam, &dir)?;
     let result = demo_in(&dir, events, keys, kills, seed, started);
-    let _ = fs::remove_dir_all(&dir);
+    let _ = seam.remove_dir_all(&dir);
     result
 }
 
