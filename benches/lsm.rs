@@ -87,7 +87,7 @@ fn get(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open(dir.path());
     load(&db, KEYS);
-    db.flush(true).expect("flush");
+    db.flush().expect("flush");
     let cf = db.default_cf();
     let mut group = c.benchmark_group("lsm_get");
     group.throughput(Throughput::Elements(OPS));
@@ -118,7 +118,7 @@ fn prefix_scan(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open(dir.path());
     load(&db, KEYS);
-    db.flush(true).expect("flush");
+    db.flush().expect("flush");
     let cf = db.default_cf();
     let prefix = 7u16.to_be_bytes();
     let expected = (0..KEYS).filter(|i| mix(*i) % GROUPS == 7).count() as u64;
@@ -153,7 +153,7 @@ fn flush(c: &mut Criterion) {
                 (dir, db)
             },
             |(dir, db)| {
-                db.flush(true).expect("flush");
+                db.flush().expect("flush");
                 (dir, db)
             },
             BatchSize::PerIteration,

@@ -67,7 +67,7 @@ fn phase_sst_read(db: &Db, keys: u64) -> usize {
 
 #[inline(never)]
 fn phase_flush(db: &Db) {
-    db.flush(true).expect("flush");
+    db.flush().expect("flush");
 }
 
 fn run(dir: &Path, keys: u64) {

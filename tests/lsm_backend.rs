@@ -56,7 +56,7 @@ fn ttl_entries_vanish_from_reads_savepoints_and_disk() {
         b.put(plain, &key(i), b"kept").unwrap();
     }
     b.flush_write_cache().unwrap();
-    b.db().flush(true).unwrap();
+    b.db().flush().unwrap();
     clock.advance(150);
     // A savepoint leaves out what expired.
     let sp = dir.path().join("sp");
@@ -86,7 +86,7 @@ fn periodic_compaction_cleans_a_cold_file_within_the_ttl() {
         flowstate::ttl::push_list_element(&mut element, &wrap(1_000_000, b"e"));
         b.merge(l, &key(i), &element).unwrap();
     }
-    b.db().flush(true).unwrap();
+    b.db().flush().unwrap();
     let cf = b.column_family(l).unwrap().clone();
     let files_of = |b: &LsmBackend| {
         b.db()

@@ -11,7 +11,7 @@ fn filled(dir: &std::path::Path) {
         db.put(&cf, format!("key{i:05}").as_bytes(), &[7u8; 64])
             .unwrap();
     }
-    db.flush(true).unwrap();
+    db.flush().unwrap();
 }
 
 fn files(dir: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {

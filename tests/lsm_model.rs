@@ -240,7 +240,7 @@ fn run(ops: Vec<Op>) -> usize {
                 }
             }
             Op::Flush => {
-                h.db().flush(true).unwrap();
+                h.db().flush().unwrap();
             }
             Op::Background => h.db().run_background_work().unwrap(),
             Op::CompactAll(c) => h.db().compact_range(&h.cfs[c], None, None).unwrap(),

@@ -225,7 +225,7 @@ fn flushes_and_compactions_count_bytes() {
                 db.put(&cf, format!("k{i:05}").as_bytes(), &round.to_le_bytes())
                     .unwrap();
             }
-            db.flush(true).unwrap();
+            db.flush().unwrap();
         }
         db.compact_range(&cf, None, None).unwrap();
     });

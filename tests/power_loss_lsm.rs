@@ -213,7 +213,7 @@ fn run(fs: &FsRef, steps: &[Step], sync: SyncMode) -> Run {
             Step::DeleteRange(a, b) => db.delete_range(&cf, a, b),
             Step::Merge(k, operand) => db.merge(&cf, k, operand),
             Step::SyncWal => db.sync_wal(),
-            Step::Flush => db.flush(true).map(|_| ()),
+            Step::Flush => db.flush().map(|_| ()),
             Step::Compact => db.compact_range(&cf, None, None),
             Step::BackgroundWork => db.run_background_work(),
             Step::Checkpoint(n) => db
@@ -479,7 +479,7 @@ fn a_failed_wal_fsync_turns_the_store_read_only_but_reads_go_on() {
     let again = db.put(&cf, b"c", b"3").unwrap_err();
     assert!(again.to_string().contains("read-only"), "{again}");
     assert!(db.sync_wal().is_err());
-    assert!(db.flush(true).is_err());
+    assert!(db.flush().is_err());
     assert_eq!(db.get(&cf, b"a").unwrap().as_deref(), Some(&b"1"[..]));
     drop(db);
     sim.power_loss(PowerLoss::Random);

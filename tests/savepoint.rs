@@ -152,7 +152,7 @@ fn corrupt_file_leaves_backend_untouched() {
 }
 
 /// A job moves from the memory backend to the fs backend and back through savepoints, with
-/// identical contents at every step (issue 3).
+/// identical contents at every step.
 #[test]
 fn memory_to_fs_and_back() {
     let dir = tempfile::tempdir().unwrap();

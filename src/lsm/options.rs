@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::error::{Error, Result};
 use crate::lsm::compaction::CompactionOptions;
 use crate::lsm::merge::{AppendOperator, CompactionFilter, MergeOperator};
 use crate::lsm::sst::SstOptions;
@@ -91,6 +92,75 @@ pub struct Options {
     pub fs: crate::fs::FsRef,
 }
 
+impl CfOptions {
+    /// Checks the options of column family `name`; [`Error::InvalidArgument`] names the first
+    /// bad one and what it must be.
+    pub fn validate(&self, name: &str) -> Result<()> {
+        let bad = |what: String| Err(Error::invalid(format!("column family '{name}': {what}")));
+        self.sst
+            .validate()
+            .map_err(|e| Error::invalid(format!("column family '{name}': {e}")))?;
+        let c = &self.compaction;
+        if c.level0_file_trigger == 0 {
+            return bad("compaction.level0_file_trigger must be at least 1".into());
+        }
+        if c.max_bytes_for_level_base == 0 || c.target_file_size == 0 {
+            return bad(format!(
+                "compaction.max_bytes_for_level_base ({}) and compaction.target_file_size ({}) \
+                 must be at least 1",
+                c.max_bytes_for_level_base, c.target_file_size
+            ));
+        }
+        if c.level_size_multiplier < 2 {
+            return bad(format!(
+                "compaction.level_size_multiplier must be at least 2, not {}",
+                c.level_size_multiplier
+            ));
+        }
+        if self.periodic_compaction_ms == Some(0) {
+            return bad("periodic_compaction_ms must be above 0 (None turns it off)".into());
+        }
+        Ok(())
+    }
+}
+
+impl Options {
+    /// Checks the options ([`Db::open`](crate::lsm::Db::open) does, before touching any file);
+    /// [`Error::InvalidArgument`] names the first bad option and what it must be.
+    pub fn validate(&self) -> Result<()> {
+        let at_least_one = [
+            ("write_buffer_size", self.write_buffer_size),
+            ("max_write_buffers", self.max_write_buffers),
+            ("memtable_buffer_entries", self.memtable_buffer_entries),
+            ("level0_stop_writes", self.level0_stop_writes),
+        ];
+        for (name, value) in at_least_one {
+            if value == 0 {
+                return Err(Error::invalid(format!(
+                    "lsm::Options::{name} must be at least 1, not 0"
+                )));
+            }
+        }
+        if self.max_manifest_size < 1024 {
+            return Err(Error::invalid(format!(
+                "lsm::Options::max_manifest_size must be at least 1024 bytes, not {}",
+                self.max_manifest_size
+            )));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (name, cf) in &self.cf_options {
+            if name.is_empty() || !names.insert(name.as_str()) {
+                return Err(Error::invalid(format!(
+                    "lsm::Options::cf_options: column family name '{name}' is empty or listed \
+                     twice"
+                )));
+            }
+            cf.validate(name)?;
+        }
+        self.default_cf_options.validate("(default options)")
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -101,7 +171,7 @@ impl Default for Options {
             level0_stop_writes: 24,
             block_cache_size: DEFAULT_BLOCK_CACHE_SIZE,
             disable_wal: false,
-            wal_sync: SyncMode::Manual,
+            wal_sync: SyncMode::default(),
             wal_recovery: RecoveryMode::TolerateTornTail,
             max_manifest_size: 4 << 20,
             cf_options: Vec::new(),

@@ -13,6 +13,7 @@ mod reducing;
 pub mod ttl;
 mod value;
 
+use std::any::type_name;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -101,6 +102,9 @@ pub(crate) struct Context {
     key_end: usize,
     /// Reused buffer for serializing values (no allocation per update).
     scratch: Vec<u8>,
+    /// The Rust type each state name was registered with here (`std::any::type_name`): a second
+    /// registration with another type is refused, since the bytes would not decode.
+    types: std::collections::HashMap<String, String>,
 }
 
 impl Context {
@@ -219,6 +223,7 @@ impl KeyedState {
                 prefix: Vec::new(),
                 key_end: 0,
                 scratch: Vec::new(),
+                types: std::collections::HashMap::new(),
             })),
         }
     }
@@ -277,9 +282,11 @@ impl KeyedState {
     where
         T: Serialize + DeserializeOwned,
     {
-        Ok(ValueState::new(
-            self.handle(options.into(), StateKind::Value)?,
-        ))
+        Ok(ValueState::new(self.handle(
+            options.into(),
+            StateKind::Value,
+            type_name::<T>().to_string(),
+        )?))
     }
 
     /// A [`ListState`].
@@ -287,9 +294,11 @@ impl KeyedState {
     where
         T: Serialize + DeserializeOwned,
     {
-        Ok(ListState::new(
-            self.handle(options.into(), StateKind::List)?,
-        ))
+        Ok(ListState::new(self.handle(
+            options.into(),
+            StateKind::List,
+            type_name::<T>().to_string(),
+        )?))
     }
 
     /// A [`MapState`].
@@ -298,7 +307,12 @@ impl KeyedState {
         K: Serialize + DeserializeOwned,
         V: Serialize + DeserializeOwned,
     {
-        Ok(MapState::new(self.handle(options.into(), StateKind::Map)?))
+        let types = format!("{} -> {}", type_name::<K>(), type_name::<V>());
+        Ok(MapState::new(self.handle(
+            options.into(),
+            StateKind::Map,
+            types,
+        )?))
     }
 
     /// A [`ReducingState`] folding added values with `reduce`.
@@ -312,7 +326,11 @@ impl KeyedState {
         F: Fn(T, T) -> T + Send + Sync + 'static,
     {
         Ok(ReducingState::new(
-            self.handle(options.into(), StateKind::Reducing)?,
+            self.handle(
+                options.into(),
+                StateKind::Reducing,
+                type_name::<T>().to_string(),
+            )?,
             Arc::new(reduce),
         ))
     }
@@ -327,14 +345,36 @@ impl KeyedState {
         ACC: Serialize + DeserializeOwned,
     {
         Ok(AggregatingState::new(
-            self.handle(options.into(), StateKind::Aggregating)?,
+            self.handle(
+                options.into(),
+                StateKind::Aggregating,
+                type_name::<ACC>().to_string(),
+            )?,
             Arc::new(function),
         ))
     }
 
-    fn handle<T>(&self, options: StateOptions, kind: StateKind) -> Result<Handle<T>> {
+    /// Registers the state of `options` (of `kind`, holding values of the Rust type `types`).
+    fn handle<T>(
+        &self,
+        options: StateOptions,
+        kind: StateKind,
+        types: String,
+    ) -> Result<Handle<T>> {
         let descriptor = options.descriptor(kind);
-        let id = self.context.lock().backend.register(&descriptor)?;
+        let mut ctx = self.context.lock();
+        if let Some(existing) = ctx.types.get(&descriptor.name)
+            && *existing != types
+        {
+            return Err(Error::StateMismatch {
+                name: descriptor.name.clone(),
+                existing: format!("{kind:?} state of {existing}"),
+                requested: format!("{kind:?} state of {types}"),
+            });
+        }
+        let id = ctx.backend.register(&descriptor)?;
+        ctx.types.insert(descriptor.name.clone(), types);
+        drop(ctx);
         Ok(Handle {
             context: self.context.clone(),
             id,

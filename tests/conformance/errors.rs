@@ -60,7 +60,14 @@ pub fn incompatible_registration<F: BackendFactory>() {
     let keyed = env.keyed_all();
     let ttl = TtlConfig::new(Duration::from_secs(1));
     keyed.value_state::<u32>("v").unwrap();
-    keyed.value_state::<u64>("v").unwrap(); // same descriptor: fine
+    keyed.value_state::<u32>("v").unwrap(); // the same state again: fine
+    // The same descriptor with another Rust type: its bytes would not decode as that type.
+    let err = keyed.value_state::<u64>("v").map(drop).unwrap_err();
+    assert!(
+        matches!(&err, Error::StateMismatch { existing, requested, .. }
+            if existing.contains("u32") && requested.contains("u64")),
+        "{err}"
+    );
     keyed
         .map_state::<u32, u32>(StateOptions::new("m").with_ttl(ttl))
         .unwrap();
@@ -80,6 +87,11 @@ pub fn incompatible_registration<F: BackendFactory>() {
             .map(drop),
     );
     mismatch(keyed.map_state::<u32, u32>("m").map(drop)); // TTL removed
+    mismatch(
+        keyed
+            .map_state::<u32, String>(StateOptions::new("m").with_ttl(ttl))
+            .map(drop),
+    ); // value type
     let longer = ttl.with_update_type(flowstate::UpdateType::OnReadAndWrite);
     mismatch(
         keyed

@@ -436,7 +436,7 @@ pub fn lsm_incremental_round_trip(
         for id in 1..=rounds {
             random_writes(&mut b, &mut model, &mut rng, 1500);
             b.flush_write_cache().unwrap();
-            b.db().flush(true).unwrap();
+            b.db().flush().unwrap();
             last = Some(b.snapshot(id).unwrap().run().unwrap());
             assert_eq!(b.completed_checkpoints().len(), (id as usize).min(2));
             check_storage_consistent(&b);

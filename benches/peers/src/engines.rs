@@ -96,7 +96,7 @@ impl Engine for Flowstate {
         Ok(n)
     }
     fn flush(&self) -> Res<()> {
-        self.db.flush(true)?;
+        self.db.flush()?;
         Ok(())
     }
     fn checkpoint(&self, dir: &Path) -> Res<()> {

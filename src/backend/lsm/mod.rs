@@ -667,7 +667,7 @@ impl StateBackend for LsmBackend {
             let batch = self.cache.freeze(&self.states);
             (0, Some((self.cache.pending().clone(), batch)))
         } else {
-            (self.db.flush(false)?, None)
+            (self.db.freeze_memtables()?, None)
         };
         Ok(Box::new(LsmSnapshotTask {
             checkpoint_id,

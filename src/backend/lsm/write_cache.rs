@@ -335,7 +335,7 @@ impl PendingWrites {
                     log.write_to(db, cf)?;
                 }
             }
-            let sequence = db.flush(false)?;
+            let sequence = db.freeze_memtables()?;
             // Set once: only the holder of `applying` applies, and the batch leaves the queue now.
             let _ = batch.sequence.set(sequence);
             self.queue.lock().pop_front();

@@ -98,7 +98,7 @@ pub(super) fn file_meta(number: u64, sst: SstMetadata) -> FileMeta {
 /// Once the batch's edit is installed the flush lock is released and waiters are woken before
 /// the cleanup that nobody waits for: unlinking the WALs the batch made obsolete (tens of ms
 /// for a 64 MiB log) and freeing the memtables (about a sixth of the flush's instructions when
-/// this holds their last reference). A `flush(true)` waiting on the flush thread's flush
+/// this holds their last reference). A `Db::flush` waiting on the flush thread's flush
 /// returns while that runs on the other core.
 pub(super) fn flush_one(inner: &DbInner) -> Result<bool> {
     // One flush at a time: a batch must be flushed once, and batches in order.

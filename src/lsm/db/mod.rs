@@ -264,7 +264,10 @@ struct BackgroundError {
 
 impl Db {
     /// Opens the store in `dir`, creating it if allowed, replaying the WAL into fresh L0 files.
-    pub fn open(dir: &Path, options: Options) -> Result<Db> {
+    /// The options are checked first ([`Options::validate`]): a bad one is an error naming it.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
+        let dir = dir.as_ref();
+        options.validate()?;
         let inner = Arc::new(recovery::open(dir, options)?);
         let mut background = Vec::new();
         if inner.options.background_work {
@@ -410,17 +413,21 @@ impl Db {
         self.inner.visible_sequence.load(Ordering::Acquire)
     }
 
-    /// Freezes every non-empty memtable and, with `wait`, flushes them to L0 before returning
-    /// (on this thread, or by waiting for the flush thread). Without `wait` the call does no I/O
-    /// and wakes no thread — the synchronous part of a checkpoint — and the frozen memtables are
-    /// flushed by the next `wait_for_flushes` or by the flush thread's next look (within
-    /// 500 ms). Returns the sequence the frozen memtables cover.
-    pub fn flush(&self, wait: bool) -> Result<u64> {
+    /// Freezes every non-empty memtable and flushes them to L0 before returning (on this
+    /// thread, or by waiting for the flush thread). Returns the sequence the flushed memtables
+    /// cover: every write at or below it is in SSTs.
+    pub fn flush(&self) -> Result<u64> {
         let sequence = write::freeze_memtables(&self.inner, false)?;
-        if wait {
-            flush::wait_for_flushes(&self.inner)?;
-        }
+        flush::wait_for_flushes(&self.inner)?;
         Ok(sequence)
+    }
+
+    /// Freezes every non-empty memtable without flushing: no I/O, no thread woken — the
+    /// synchronous part of a checkpoint. The frozen memtables are flushed by the next
+    /// [`Db::flush`] or by the flush thread's next look (within 500 ms). Returns the sequence
+    /// the frozen memtables cover.
+    pub fn freeze_memtables(&self) -> Result<u64> {
+        write::freeze_memtables(&self.inner, false)
     }
 
     /// Compacts every file of `cf` overlapping `[start, end]` (None = unbounded) down to the
@@ -443,7 +450,7 @@ impl Db {
     /// Makes an openable copy of the store in `dir` (which must not exist): memtables are
     /// flushed, SSTs hard-linked (copied across file systems), and a fresh manifest written.
     pub fn checkpoint(&self, dir: &Path) -> Result<LiveFiles> {
-        self.flush(true)?;
+        self.flush()?;
         checkpoint::checkpoint(&self.inner, dir)
     }
 

@@ -17,11 +17,12 @@ use crate::lsm::wal::{WAL_HEADER_LEN, encode_header};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SyncMode {
     /// `fsync` (`sync_data`) after every appended batch: an acknowledged batch survives power
-    /// loss. The default.
-    #[default]
+    /// loss.
     EveryBatch,
     /// Only on an explicit [`WalWriter::sync`]: batches appended since the last sync survive a
-    /// process crash but may be lost to power loss.
+    /// process crash but may be lost to power loss. The default (as `lsm::Options` has it, and
+    /// like RocksDB's `sync = false`).
+    #[default]
     Manual,
 }
 
