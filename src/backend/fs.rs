@@ -315,47 +315,7 @@ pub(crate) fn write_full_checkpoint(
     // Files are encoded and streamed by up to `upload_parallelism` threads (object stores: one
     // request latency per file would otherwise add up); each streams, nothing is buffered whole.
     let parallelism = storage.upload_parallelism().clamp(1, ranges.len().max(1));
-    let files = if parallelism == 1 {
-        ranges
-            .iter()
-            .map(|r| write_one(*r))
-            .collect::<Result<Vec<_>>>()?
-    } else {
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let done: Mutex<Vec<Option<CheckpointFile>>> = Mutex::new(vec![None; ranges.len()]);
-        let failed: Mutex<Option<Error>> = Mutex::new(None);
-        std::thread::scope(|scope| {
-            for _ in 0..parallelism {
-                scope.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(range) = ranges.get(i) else { break };
-                        if failed.lock().is_some() {
-                            break;
-                        }
-                        match write_one(*range) {
-                            Ok(file) => {
-                                if let Some(slot) = done.lock().get_mut(i) {
-                                    *slot = Some(file);
-                                }
-                            }
-                            Err(e) => {
-                                failed.lock().get_or_insert(e);
-                                break;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        if let Some(e) = failed.into_inner() {
-            return Err(e);
-        }
-        done.into_inner()
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| Error::invalid("a checkpoint file was not written"))?
-    };
+    let files = crate::backend::parallel::run_parallel(&ranges, parallelism, |r| write_one(*r))?;
     let metadata = CheckpointMetadata {
         checkpoint_id: id,
         backend: spec.backend,

@@ -12,6 +12,7 @@ pub mod full_snapshot;
 pub mod heap;
 pub mod lsm;
 pub mod memory;
+pub(crate) mod parallel;
 pub mod state_table;
 pub mod stored_value;
 

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use super::checkpoint::{UploadedFile, shared_path};
 use super::layout::{CheckpointLayout, FileRole};
 use super::local_recovery::LocalCopies;
-use super::transfer::{check_local, download, run_parallel};
+use super::transfer::{check_local, download};
 use super::{LsmBackend, cf_name, random_instance_id};
+use crate::backend::parallel::run_parallel;
 use crate::backend::{
     BackendKind, SnapshotData, SnapshotHandle, StateDescriptor, StateId, check_restore_handles,
 };
