@@ -176,11 +176,9 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io { path, source } => write!(f, "I/O error on {}: {source}", path.display()),
-            Error::Corruption { file, offset, what } => write!(
-                f,
-                "corruption in {file} at byte {offset}: {what} \
-                 (the file is damaged; restore from an older checkpoint or run `flowstate verify`)"
-            ),
+            Error::Corruption { file, offset, what } => {
+                write!(f, "corruption in {file} at byte {offset}: {what}")
+            }
             Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
             Error::StateMismatch {
                 name,

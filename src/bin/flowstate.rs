@@ -123,7 +123,7 @@ fn main() -> ExitCode {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(e) => {
-                eprintln!("error: {e}");
+                flowstate::engine::cli::report_error(&mut std::io::stderr(), &e);
                 ExitCode::from(1)
             }
         },
@@ -149,7 +149,7 @@ fn open_root(dir: Option<PathBuf>, uri: Option<String>) -> Result<Arc<dyn Checkp
         }
     };
     opened.map_err(|e| {
-        eprintln!("error: {e}");
+        flowstate::engine::cli::report_error(&mut std::io::stderr(), &e);
         1
     })
 }
@@ -158,7 +158,7 @@ fn open_root(dir: Option<PathBuf>, uri: Option<String>) -> Result<Arc<dyn Checkp
 /// (`job/` and each task root under `tasks/`); exits 1 when nothing checkpoint-like is there.
 fn verify(storage: &dyn CheckpointStorage) -> ExitCode {
     let fail = |e: flowstate::Error| {
-        eprintln!("error: {e}");
+        flowstate::engine::cli::report_error(&mut std::io::stderr(), &e);
         ExitCode::from(1)
     };
     let roots = match find_roots(storage) {

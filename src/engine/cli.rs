@@ -180,9 +180,21 @@ pub fn run_command_on(
             0
         }
         Err(e) => {
-            let _ = writeln!(err, "error: {e}");
+            report_error(err, &e);
             1
         }
+    }
+}
+
+/// Writes `error: <e>` and, when the first cause is damage on disk, what the user can do.
+pub fn report_error(err: &mut dyn Write, e: &crate::Error) {
+    let _ = writeln!(err, "error: {e}");
+    if e.root_cause().is_corruption() {
+        let _ = writeln!(
+            err,
+            "hint: the file is damaged; `flowstate verify` checks every checkpoint, and an \
+             older checkpoint may still restore"
+        );
     }
 }
 
@@ -256,4 +268,31 @@ pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
 /// Histogram buckets of checkpoint bytes: 1 KiB to 16 GiB, powers of 4.
 fn bytes_buckets() -> Vec<f64> {
     (0..13).map(|i| 1024.0 * 4f64.powi(i)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damage_on_disk_gets_a_hint_other_errors_do_not() {
+        let text = |e: crate::Error| {
+            let mut out = Vec::new();
+            report_error(&mut out, &e);
+            String::from_utf8(out).unwrap()
+        };
+        let damaged = crate::Error::corruption("chk-3/_metadata", 17, "bad crc32")
+            .context("restoring the job");
+        let out = text(damaged);
+        assert!(out.starts_with("error: restoring the job: corruption in chk-3/_metadata"));
+        assert!(
+            out.contains("hint:") && out.contains("flowstate verify"),
+            "{out}"
+        );
+        let out = text(crate::Error::invalid("no"));
+        assert!(!out.contains("hint:"), "{out}");
+        // The library's own message carries no command-line advice.
+        let plain = crate::Error::corruption("f", 0, "x").to_string();
+        assert!(!plain.contains("flowstate verify"), "{plain}");
+    }
 }
