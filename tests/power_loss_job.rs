@@ -31,7 +31,7 @@ use flowstate::engine::failure::FailureSchedule;
 use flowstate::engine::job::{CheckpointObserver, JobConfig, RestartStrategy, run_job};
 use flowstate::fs::{FaultKind, FaultOp, FileSystem, FsRef, PowerLoss, SimFs};
 use support::mix;
-use support::oracle::{committed_on, expected};
+use support::oracle::assert_exactly_once_on;
 
 const STATE: &str = "/job/state";
 const OUTPUT: &str = "/job/out";
@@ -95,22 +95,7 @@ fn new_fs(seed: u64) -> (Arc<SimFs>, FsRef) {
 
 /// Asserts the committed output on `fs` is exactly the failure-free output of `input`.
 fn assert_exact(fs: &dyn FileSystem, input: &Path, context: &str) {
-    let (lines, rejected) = expected(input);
-    let got = committed_on(fs, Path::new(OUTPUT));
-    assert!(
-        got == lines,
-        "{context}: committed {} lines, expected {} (first difference at {:?})",
-        got.len(),
-        lines.len(),
-        got.iter().zip(&lines).position(|(a, b)| a != b)
-    );
-    let got_rejected = committed_on(fs, &Path::new(OUTPUT).join("rejected"));
-    assert!(
-        got_rejected == rejected,
-        "{context}: {} rejected lines, expected {}",
-        got_rejected.len(),
-        rejected.len()
-    );
+    assert_exactly_once_on(fs, input, Path::new(OUTPUT), context);
 }
 
 /// Files under `dir` on `sim` whose path has a `quarantine` component.

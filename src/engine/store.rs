@@ -43,15 +43,17 @@ pub struct JobCheckpoint {
     pub handles: Vec<SnapshotHandle>,
 }
 
+/// The engine record, generic over how a file is listed ([`FileRef`] since version 2,
+/// [`FileRefV1`] in version 1).
 #[derive(Serialize, Deserialize)]
-struct JobRecord {
+struct JobRecord<F = FileRef> {
     version: u32,
     source: SourcePosition,
-    handles: Vec<PersistedHandle>,
+    handles: Vec<PersistedHandle<F>>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct PersistedHandle {
+struct PersistedHandle<F = FileRef> {
     backend: BackendKind,
     checkpoint_id: u64,
     max_parallelism: u16,
@@ -59,29 +61,11 @@ struct PersistedHandle {
     states: Vec<StateDescriptor>,
     /// Relative to the state directory when inside it, else absolute.
     root: String,
-    files: Vec<FileRef>,
+    files: Vec<F>,
 }
 
-/// A version-1 engine record: files without XXH3-64.
-#[derive(Deserialize)]
-struct JobRecordV1 {
-    version: u32,
-    source: SourcePosition,
-    handles: Vec<PersistedHandleV1>,
-}
-
-#[derive(Deserialize)]
-struct PersistedHandleV1 {
-    backend: BackendKind,
-    checkpoint_id: u64,
-    max_parallelism: u16,
-    key_group_range: KeyGroupRange,
-    states: Vec<StateDescriptor>,
-    root: String,
-    files: Vec<FileRefV1>,
-}
-
-#[derive(Deserialize)]
+/// A file as a version-1 record lists it: without XXH3-64.
+#[derive(Serialize, Deserialize)]
 struct FileRefV1 {
     path: String,
     size: u64,
@@ -89,34 +73,31 @@ struct FileRefV1 {
     key_groups: KeyGroupRange,
 }
 
-impl From<JobRecordV1> for JobRecord {
-    fn from(old: JobRecordV1) -> Self {
+impl From<JobRecord<FileRefV1>> for JobRecord {
+    fn from(old: JobRecord<FileRefV1>) -> Self {
+        let handles = old.handles.into_iter().map(|h| PersistedHandle {
+            backend: h.backend,
+            checkpoint_id: h.checkpoint_id,
+            max_parallelism: h.max_parallelism,
+            key_group_range: h.key_group_range,
+            states: h.states,
+            root: h.root,
+            files: h
+                .files
+                .into_iter()
+                .map(|f| FileRef {
+                    path: f.path,
+                    size: f.size,
+                    crc32: f.crc32,
+                    xxh3: None,
+                    key_groups: f.key_groups,
+                })
+                .collect(),
+        });
         JobRecord {
             version: old.version,
             source: old.source,
-            handles: old
-                .handles
-                .into_iter()
-                .map(|h| PersistedHandle {
-                    backend: h.backend,
-                    checkpoint_id: h.checkpoint_id,
-                    max_parallelism: h.max_parallelism,
-                    key_group_range: h.key_group_range,
-                    states: h.states,
-                    root: h.root,
-                    files: h
-                        .files
-                        .into_iter()
-                        .map(|f| FileRef {
-                            path: f.path,
-                            size: f.size,
-                            crc32: f.crc32,
-                            xxh3: None,
-                            key_groups: f.key_groups,
-                        })
-                        .collect(),
-                })
-                .collect(),
+            handles: handles.collect(),
         }
     }
 }
@@ -394,7 +375,7 @@ fn decode(metadata: &CheckpointMetadata, base: &CheckpointBase) -> Result<JobChe
     let (version, _) =
         postcard::take_from_bytes::<u32>(&metadata.extra).map_err(|e| bad(e.to_string()))?;
     let record: JobRecord = match version {
-        1 => postcard::from_bytes::<JobRecordV1>(&metadata.extra)
+        1 => postcard::from_bytes::<JobRecord<FileRefV1>>(&metadata.extra)
             .map_err(|e| bad(e.to_string()))?
             .into(),
         JOB_RECORD_VERSION => {
@@ -437,4 +418,58 @@ fn decode(metadata: &CheckpointMetadata, base: &CheckpointBase) -> Result<JobChe
         source: record.source,
         handles,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_1_records_decode_with_files_without_xxh3() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = CheckpointBase::local(&crate::fs::std_fs(), dir.path()).unwrap();
+        let range = KeyGroupRange::all(128);
+        let old = JobRecord::<FileRefV1> {
+            version: 1,
+            source: SourcePosition::default(),
+            handles: vec![PersistedHandle {
+                backend: BackendKind::Fs,
+                checkpoint_id: 4,
+                max_parallelism: 128,
+                key_group_range: range,
+                states: Vec::new(),
+                root: "tasks/000001/t0".into(),
+                files: vec![FileRefV1 {
+                    path: "chk-4/kg-00000-00127".into(),
+                    size: 10,
+                    crc32: 7,
+                    key_groups: range,
+                }],
+            }],
+        };
+        let metadata = CheckpointMetadata {
+            checkpoint_id: 4,
+            backend: BackendKind::Fs,
+            max_parallelism: 128,
+            key_group_range: range,
+            timestamp_ms: 0,
+            states: Vec::new(),
+            files: Vec::new(),
+            extra: postcard::to_allocvec(&old).unwrap(),
+        };
+        let checkpoint = decode(&metadata, &base).unwrap();
+        let SnapshotData::Files { root, files } = &checkpoint.handles[0].data else {
+            panic!("a file handle");
+        };
+        assert_eq!(root, &base.join("tasks/000001/t0"));
+        assert_eq!(
+            (files[0].size, files[0].crc32, files[0].xxh3),
+            (10, 7, None)
+        );
+        // An unknown version is corruption naming the record.
+        let mut newer = metadata.clone();
+        newer.extra[0] = 3;
+        let err = decode(&newer, &base).unwrap_err();
+        assert!(err.to_string().contains("unknown version 3"), "{err}");
+    }
 }

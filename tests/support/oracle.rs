@@ -85,8 +85,18 @@ pub fn committed_on(fs: &dyn flowstate::fs::FileSystem, dir: &Path) -> Vec<Vec<u
 /// Asserts that `out` holds exactly the output a failure-free run over `input` commits: every
 /// line once, none missing, none extra, rejected lines likewise.
 pub fn assert_exactly_once(input: &Path, out: &Path, context: &str) {
+    assert_exactly_once_on(&flowstate::fs::StdFs, input, out, context);
+}
+
+/// [`assert_exactly_once`] for an output directory on the file system `fs`.
+pub fn assert_exactly_once_on(
+    fs: &dyn flowstate::fs::FileSystem,
+    input: &Path,
+    out: &Path,
+    context: &str,
+) {
     let (lines, rejected) = expected(input);
-    let got = committed(out);
+    let got = committed_on(fs, out);
     assert!(
         got == lines,
         "{context}: committed {} lines, expected {} (first difference at {:?})",
@@ -94,7 +104,7 @@ pub fn assert_exactly_once(input: &Path, out: &Path, context: &str) {
         lines.len(),
         got.iter().zip(&lines).position(|(a, b)| a != b)
     );
-    let got_rejected = committed(&out.join("rejected"));
+    let got_rejected = committed_on(fs, &out.join("rejected"));
     assert!(
         got_rejected == rejected,
         "{context}: {} rejected lines, expected {}",
