@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use flowstate::codec::block::Compression;
+use flowstate::lsm::Compression;
 use flowstate::lsm::{Db, Options, ReadOptions};
 
 /// Keys loaded before the read benches.

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use flowstate::codec::block::Compression;
+use flowstate::lsm::Compression;
 use flowstate::lsm::{Db, Options};
 
 fn mix(mut z: u64) -> u64 {

@@ -8,8 +8,6 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::keys::KeyGroupRange;
-
 /// Result alias used throughout flowstate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -48,8 +46,10 @@ pub enum Error {
     KeyGroupOutOfRange {
         /// The key group of the key.
         key_group: u16,
-        /// The range the backend owns.
-        range: KeyGroupRange,
+        /// The first key group the backend owns.
+        first: u16,
+        /// The last key group the backend owns (inclusive).
+        last: u16,
     },
     /// A snapshot handle of one backend kind was given to a backend of another kind.
     BackendMismatch {
@@ -95,15 +95,6 @@ impl Error {
             offset,
             what: what.into(),
         }
-    }
-
-    /// Builds an [`Error::Corruption`] in the cursor's file at absolute offset `offset`.
-    pub fn corruption_at(
-        cursor: &crate::codec::cursor::Cursor<'_>,
-        offset: u64,
-        what: impl Into<String>,
-    ) -> Self {
-        Self::corruption(cursor.file(), offset, what)
     }
 
     /// Builds an [`Error::InvalidArgument`].
@@ -189,9 +180,14 @@ impl fmt::Display for Error {
                 "state '{name}' is already registered as {existing} but was requested as \
                  {requested}; use a new state name or migrate the state through a savepoint"
             ),
-            Error::KeyGroupOutOfRange { key_group, range } => write!(
+            Error::KeyGroupOutOfRange {
+                key_group,
+                first,
+                last,
+            } => write!(
                 f,
-                "key group {key_group} is outside this backend's key-group range {range}; \
+                "key group {key_group} is outside this backend's key-group range \
+                 [{first}..={last}]; \
                  the key was routed to the wrong task"
             ),
             Error::BackendMismatch { expected, found } => write!(

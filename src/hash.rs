@@ -1,4 +1,5 @@
-//! The fast seeded hasher of the in-memory tables (heap state, the LSM backend's write cache,
+//! Hash functions: MurmurHash3 x86-32 ([`murmur3_32`], on disk: key groups and bloom filters)
+//! and the fast seeded hasher of the in-memory tables (heap state, the LSM backend's write cache,
 //! the block cache): short keys are hashed on every access, where SipHash costs several times
 //! more.
 
@@ -78,4 +79,37 @@ impl Hasher for KeyHasher {
         h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
         h ^ (h >> 33)
     }
+}
+
+/// MurmurHash3, x86 32-bit variant (Austin Appleby's reference `MurmurHash3_x86_32`).
+///
+/// On disk: never change. It decides which key group (and so which task and which checkpoint
+/// file) each key belongs to.
+pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
+    const C1: u32 = 0xcc9e_2d51;
+    const C2: u32 = 0x1b87_3593;
+    let mut h = seed;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+        h ^= k;
+        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+    }
+    let tail = chunks.remainder();
+    let mut k: u32 = 0;
+    for (i, &b) in tail.iter().enumerate() {
+        k |= u32::from(b) << (8 * i);
+    }
+    if !tail.is_empty() {
+        k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+        h ^= k;
+    }
+    h ^= data.len() as u32;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
 }

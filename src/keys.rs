@@ -18,38 +18,7 @@ pub const DEFAULT_MAX_PARALLELISM: u16 = 128;
 /// Upper bound of `max_parallelism`, as in Flink (2^15).
 pub const UPPER_BOUND_MAX_PARALLELISM: u16 = 32768;
 
-/// MurmurHash3, x86 32-bit variant (Austin Appleby's reference `MurmurHash3_x86_32`).
-///
-/// On disk: never change. It decides which key group (and so which task and which checkpoint
-/// file) each key belongs to.
-pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
-    const C1: u32 = 0xcc9e_2d51;
-    const C2: u32 = 0x1b87_3593;
-    let mut h = seed;
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-        h ^= k;
-        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
-    }
-    let tail = chunks.remainder();
-    let mut k: u32 = 0;
-    for (i, &b) in tail.iter().enumerate() {
-        k |= u32::from(b) << (8 * i);
-    }
-    if !tail.is_empty() {
-        k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-        h ^= k;
-    }
-    h ^= data.len() as u32;
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^= h >> 16;
-    h
-}
+pub use crate::hash::murmur3_32;
 
 /// Checks a `max_parallelism` value: 1 ..= 32768.
 pub fn check_max_parallelism(max_parallelism: u32) -> Result<u16> {

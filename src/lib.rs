@@ -7,7 +7,7 @@
 //! [`lsm::Db`], incremental checkpoints) — and consistent snapshots that restore into any
 //! key-group range (rescaling). [`engine`] runs pipelines on them with exactly-once results.
 //!
-//! Layers, from the bottom: [`codec`] (byte building blocks), [`keys`] (key groups and the
+//! Layers, from the bottom: `codec` (byte building blocks, internal), [`keys`] (key groups and the
 //! composite key), [`ttl`] (TTL config, clock, value envelope), [`lsm`] (the store),
 //! [`checkpoint`] (checkpoint storage, metadata, savepoints), [`backend`] (the trait and its
 //! implementations), [`state`] (typed state handles), [`engine`] (barrier snapshots).
@@ -31,15 +31,16 @@
 
 pub mod backend;
 pub mod checkpoint;
-pub mod codec;
+mod clock;
+mod codec;
 pub mod engine;
 pub mod error;
 pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod hash;
+mod hash;
 pub mod keys;
-pub mod lock;
+mod lock;
 pub mod lsm;
 pub mod observe;
 pub mod state;
@@ -55,6 +56,34 @@ pub use state::{
     AggregateFunction, AggregatingState, KeyedState, ListState, MapState, ReducingState, ValueState,
 };
 pub use ttl::{Clock, ManualClock, SystemClock, TtlConfig, UpdateType, Visibility};
+
+/// What the crate's own integration tests, benches and fuzz targets reach below the API: not part
+/// of it, no stability promise.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::backend::lsm::local_recovery::root_key;
+    pub use crate::checkpoint::metadata::CheckpointMetadata;
+    pub use crate::checkpoint::registry::{CheckpointRegistry, read_metadata};
+    pub use crate::codec::varint::{get_varint32, get_varint64};
+    pub use crate::engine::coordinator::{CheckpointCoordinator, OperatorAck, format_table};
+    pub use crate::engine::source::{
+        DEFAULT_BATCH_RECORDS, SourcePosition, SplitMix, generate_input,
+    };
+
+    /// The handle of checkpoint `metadata.checkpoint_id` in `storage` (what a backend's snapshot
+    /// returned for it).
+    pub fn snapshot_handle(
+        storage: &dyn crate::checkpoint::storage::CheckpointStorage,
+        metadata: &CheckpointMetadata,
+    ) -> crate::SnapshotHandle {
+        crate::backend::fs::snapshot_handle(storage, metadata)
+    }
+
+    /// Decodes a write batch as the WAL reader does (FORMAT.md §7.4): `Ok` if `bytes` is one.
+    pub fn decode_write_batch(bytes: &[u8], file: &str, offset: u64) -> crate::Result<()> {
+        crate::lsm::batch::WriteBatch::decode(bytes, file, offset).map(drop)
+    }
+}
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -212,10 +212,9 @@ pub fn state_size(state: &str, key_groups: (u16, u16), bytes: u64) {
     gauge!(STATE_SIZE_BYTES, "state" => state.to_string(), "key_groups" => range).set(bytes as f64);
 }
 
-/// [`state_size`] of every state of a full snapshot of `key_groups`: `names[i]` wrote
+/// [`state_size`] of every state of a full snapshot of the key groups `range` (first, last): `names[i]` wrote
 /// `sizes[i]` key and value bytes.
-pub fn full_state_sizes(names: &[String], key_groups: crate::keys::KeyGroupRange, sizes: &[u64]) {
-    let range = (key_groups.first(), key_groups.last());
+pub fn full_state_sizes(names: &[String], range: (u16, u16), sizes: &[u64]) {
     for (name, bytes) in names.iter().zip(sizes) {
         state_size(name, range, *bytes);
     }

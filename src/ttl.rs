@@ -5,12 +5,11 @@
 //! filter. A TTL state's value is `last_access_ms (u64 BE) | payload`; a list value is a sequence
 //! of `varint len | element` frames, and with TTL each element carries its own timestamp.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
 use crate::codec::varint::{get_varint32, put_varint32};
 use crate::error::{Error, Result};
 
@@ -73,64 +72,6 @@ impl TtlConfig {
     pub fn is_expired(&self, timestamp_ms: u64, now_ms: u64) -> bool {
         timestamp_ms.saturating_add(self.ttl_ms) <= now_ms
     }
-}
-
-/// A source of time in milliseconds since the Unix epoch; injectable so tests control TTL.
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    /// The current time in ms.
-    fn now_ms(&self) -> u64;
-}
-
-/// The system wall clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0)
-    }
-}
-
-/// A clock that only moves when told to: for tests and deterministic simulation.
-#[derive(Debug, Default)]
-pub struct ManualClock {
-    now: AtomicU64,
-}
-
-impl ManualClock {
-    /// A manual clock reading `start_ms`.
-    pub fn new(start_ms: u64) -> Arc<Self> {
-        Arc::new(ManualClock {
-            now: AtomicU64::new(start_ms),
-        })
-    }
-
-    /// Moves the clock forward by `ms`.
-    pub fn advance(&self, ms: u64) {
-        self.now.fetch_add(ms, Ordering::SeqCst);
-    }
-
-    /// Sets the clock to `ms`.
-    pub fn set(&self, ms: u64) {
-        self.now.store(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.now.load(Ordering::SeqCst)
-    }
-}
-
-/// The shared clock handle backends and typed state use.
-pub type SharedClock = Arc<dyn Clock>;
-
-/// The default clock: [`SystemClock`].
-pub fn system_clock() -> SharedClock {
-    Arc::new(SystemClock)
 }
 
 /// Prepends `timestamp_ms` to `payload`: the TTL envelope of a value or list element.

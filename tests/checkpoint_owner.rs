@@ -8,8 +8,8 @@ mod support;
 use std::path::Path;
 
 use flowstate::engine::BackendChoice;
-use flowstate::engine::demo::generate_input;
-use flowstate::engine::job::{JobConfig, run_job};
+use flowstate::engine::{JobConfig, run_job};
+use flowstate::internals::generate_input;
 
 fn config(dir: &Path, name: &str, storage: &str) -> JobConfig {
     let mut config = JobConfig::new(

@@ -17,15 +17,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowstate::backend::{BackendKind, FileRef, StateDescriptor};
-use flowstate::checkpoint::metadata::CheckpointMetadata;
 use flowstate::checkpoint::storage::CheckpointStorage;
 use flowstate::checkpoint::uri::open_storage;
-use flowstate::engine::demo::generate_input;
-use flowstate::engine::source::SourcePosition;
 use flowstate::engine::{
     BackendChoice, CheckpointObserver, CheckpointOptions, CheckpointStatus, FailurePoint,
     FailureSchedule, JobConfig, RestartStrategy, run_job,
 };
+use flowstate::internals::CheckpointMetadata;
+use flowstate::internals::SourcePosition;
+use flowstate::internals::generate_input;
 use flowstate::keys::KeyGroupRange;
 use serde::Deserialize;
 
@@ -279,7 +279,7 @@ fn run(
     if std::env::var("FLOWSTATE_SPACE_DEBUG").is_ok() {
         eprintln!(
             "{}",
-            flowstate::engine::coordinator::format_table(&summary.history, 20)
+            flowstate::internals::format_table(&summary.history, 20)
         );
         eprintln!("{:?}", summary.elapsed);
     }
@@ -413,7 +413,7 @@ fn checkpoint_space_long_run() {
         Duration::from_millis(30),
         Vec::new(),
         1,
-        flowstate::engine::source::DEFAULT_BATCH_RECORDS,
+        flowstate::internals::DEFAULT_BATCH_RECORDS,
     );
     let mut ratios: Vec<f64> = run.samples.iter().map(Sample::ratio).collect();
     ratios.sort_by(f64::total_cmp);

@@ -244,8 +244,8 @@ fn damaged_latest_metadata_is_quarantined_not_a_silent_fallback_and_damaged_data
         }
         other => panic!("expected an error naming the quarantined checkpoint, got {other:?}"),
     }
-    let older = flowstate::checkpoint::registry::read_metadata(storage.as_ref(), 2).unwrap();
-    let handle = flowstate::backend::fs::snapshot_handle(storage.as_ref(), &older);
+    let older = flowstate::internals::read_metadata(storage.as_ref(), 2).unwrap();
+    let handle = flowstate::internals::snapshot_handle(storage.as_ref(), &older);
     restarted.restore(&[handle], KeyGroupRange::all(4)).unwrap();
     let state = restarted
         .register(&StateDescriptor::new("v", StateKind::Value))

@@ -14,12 +14,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use flowstate::backend::fs::snapshot_handle;
-use flowstate::checkpoint::registry::read_metadata;
 use flowstate::checkpoint::storage::{
     CheckpointStorage, LocalDirStorage, TEMP_SUFFIX, checkpoint_dir, metadata_path,
     parse_checkpoint_dir,
 };
+use flowstate::internals::read_metadata;
+use flowstate::internals::snapshot_handle;
 use flowstate::keys::{composite_key, key_group_for_key};
 use flowstate::{FsBackend, KeyGroupRange, StateBackend, StateDescriptor, StateId, StateKind};
 use support::{contents, fs_backend_in, kill_child_after, mix, seed};

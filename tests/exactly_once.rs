@@ -12,11 +12,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowstate::engine::demo::generate_input;
 use flowstate::engine::{
     BackendChoice, CheckpointOptions, CheckpointStatus, FailurePoint, FailureSchedule, JobConfig,
     RestartStrategy, run_job,
 };
+use flowstate::internals::generate_input;
 use proptest::prelude::*;
 
 fn config(dir: &Path, backend: BackendChoice, parallelism: u16) -> JobConfig {

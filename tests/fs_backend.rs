@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use proptest::prelude::*;
 
 use flowstate::backend::SnapshotData;
-use flowstate::backend::fs::latest_snapshot_handle;
+use flowstate::backend::latest_snapshot_handle;
 use flowstate::checkpoint::storage::{CheckpointStorage, LocalDirStorage};
 use flowstate::keys::{composite_key, key_group_for_key};
 use flowstate::ttl::wrap;

@@ -154,7 +154,7 @@ fn garage_three_nodes_survive_a_node_killed_during_upload() {
 /// `verify` read the checkpoints through the same URI.
 #[test]
 fn garage_flowstate_run_sigkilled_is_exactly_once() {
-    use flowstate::engine::demo::{SplitMix, generate_input};
+    use flowstate::internals::{SplitMix, generate_input};
     use std::process::{Command, Stdio};
 
     let Some(cluster) = GarageCluster::start(1) else {

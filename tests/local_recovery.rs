@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use flowstate::backend::lsm::LsmBackendOptions;
-use flowstate::backend::lsm::local_recovery::root_key;
-use flowstate::checkpoint::registry::read_metadata;
 use flowstate::checkpoint::storage::{CheckpointStorage, LocalDirStorage};
+use flowstate::internals::read_metadata;
+use flowstate::internals::root_key;
 use flowstate::keys::{composite_key, key_group_for_key};
 use flowstate::{BackendConfig, LsmBackend, Result, StateBackend, StateDescriptor, StateKind};
 use support::{InterceptedStorage, StorageInterceptor};

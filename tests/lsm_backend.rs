@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flowstate::backend::fs::snapshot_handle;
 use flowstate::backend::lsm::LsmBackendOptions;
-use flowstate::checkpoint::registry::{CheckpointRegistry, read_metadata};
 use flowstate::checkpoint::savepoint::{restore_savepoint, write_savepoint};
 use flowstate::checkpoint::storage::{
     CheckpointStorage, LocalDirStorage, metadata_path, parse_checkpoint_dir,
 };
+use flowstate::internals::snapshot_handle;
+use flowstate::internals::{CheckpointRegistry, read_metadata};
 use flowstate::ttl::wrap;
 use flowstate::{
     BackendConfig, FsBackend, KeyGroupRange, LsmBackend, ManualClock, MemoryBackend,

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use flowstate::lsm::batch::WriteBatch;
-use flowstate::lsm::compaction::CompactionOptions;
+use flowstate::lsm::CompactionOptions;
+use flowstate::lsm::WriteBatch;
 use flowstate::lsm::{CfOptions, Db, Options, ReadOptions};
 
 fn assert_send_sync<T: Send + Sync>() {}

@@ -10,8 +10,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flowstate::lsm::compaction::CompactionOptions;
-use flowstate::lsm::wal::SyncMode;
+use flowstate::lsm::CompactionOptions;
+use flowstate::lsm::SyncMode;
 use flowstate::lsm::{CfOptions, Db, Options};
 
 const KEYS: u64 = 300;
@@ -49,7 +49,7 @@ fn child(dir: &str) {
         u64::from_be_bytes(v[..8].try_into().expect("8 bytes")) + 1
     });
     for i in next.. {
-        let mut batch = flowstate::lsm::batch::WriteBatch::new();
+        let mut batch = flowstate::lsm::WriteBatch::new();
         batch
             .put(cf.id(), format!("k{:04}", i % KEYS).as_bytes(), &value(i))
             .expect("put");

@@ -1,6 +1,6 @@
 //! Example-based tests of `lsm::Db`: what a user of the store relies on.
 
-use flowstate::lsm::batch::WriteBatch;
+use flowstate::lsm::WriteBatch;
 use flowstate::lsm::{CfOptions, Db, Options, ReadOptions};
 
 fn options() -> Options {
@@ -293,7 +293,7 @@ fn flush_leaves_out_versions_no_snapshot_sees() {
     let cf = db.default_cf();
     let l0_entries = |db: &Db| -> u64 {
         let live = db.live_files();
-        live.files.iter().map(|f| f.meta.entries).sum()
+        live.files.iter().map(|f| f.entries()).sum()
     };
     for round in 0..100u32 {
         for key in 0..10u32 {

@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use flowstate::lsm::batch::WriteBatch;
-use flowstate::lsm::compaction::CompactionOptions;
-use flowstate::lsm::sst::SstOptions;
+use flowstate::lsm::CompactionOptions;
+use flowstate::lsm::SstOptions;
+use flowstate::lsm::WriteBatch;
 use flowstate::lsm::{CfOptions, ColumnFamily, Db, Options, ReadOptions, Snapshot};
 use proptest::prelude::*;
 

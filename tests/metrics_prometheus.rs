@@ -8,8 +8,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use flowstate::engine::cli::serve_metrics;
-use flowstate::engine::demo::generate_input;
 use flowstate::engine::{CheckpointStatus, JobConfig, run_job};
+use flowstate::internals::generate_input;
 use flowstate::observe;
 
 fn free_port() -> SocketAddr {

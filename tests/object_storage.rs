@@ -7,10 +7,10 @@ mod support;
 
 use std::sync::Arc;
 
-use flowstate::checkpoint::metadata::CheckpointMetadata;
-use flowstate::checkpoint::registry::{CheckpointRegistry, read_metadata};
 use flowstate::checkpoint::storage::CheckpointStorage;
 use flowstate::checkpoint::uri::{StorageOptions, open_storage};
+use flowstate::internals::CheckpointMetadata;
+use flowstate::internals::{CheckpointRegistry, read_metadata};
 use flowstate::{KeyGroupRange, StateBackend};
 use support::*;
 

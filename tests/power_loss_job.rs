@@ -23,13 +23,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flowstate::engine::BackendChoice;
+use flowstate::engine::CheckpointOptions;
+use flowstate::engine::FailureSchedule;
 #[cfg(feature = "cli")]
 use flowstate::engine::cli::{RunArgs, run_command_on};
-use flowstate::engine::coordinator::CheckpointOptions;
-use flowstate::engine::demo::generate_input;
-use flowstate::engine::failure::FailureSchedule;
-use flowstate::engine::job::{CheckpointObserver, JobConfig, RestartStrategy, run_job};
+use flowstate::engine::{CheckpointObserver, JobConfig, RestartStrategy, run_job};
 use flowstate::fs::{FaultKind, FaultOp, FileSystem, FsRef, PowerLoss, SimFs};
+use flowstate::internals::generate_input;
 use support::mix;
 use support::oracle::assert_exactly_once_on;
 

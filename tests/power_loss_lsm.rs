@@ -21,8 +21,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use flowstate::fs::{FaultKind, FaultOp, FsRef, PowerLoss, SimFs};
-use flowstate::lsm::compaction::CompactionOptions;
-use flowstate::lsm::wal::SyncMode;
+use flowstate::lsm::CompactionOptions;
+use flowstate::lsm::SyncMode;
 use flowstate::lsm::{CfOptions, Db, Options, ReadOptions};
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -201,7 +201,7 @@ fn run(fs: &FsRef, steps: &[Step], sync: SyncMode) -> Run {
     for step in steps {
         let result = match step {
             Step::Batch(ops) => {
-                let mut batch = flowstate::lsm::batch::WriteBatch::new();
+                let mut batch = flowstate::lsm::WriteBatch::new();
                 for (k, v) in ops {
                     match v {
                         Some(v) => batch.put(cf.id(), k, v).expect("batch put"),

@@ -5,8 +5,7 @@
 //! fix (a zero last byte after others is corruption) applies to all formats. The crashing input
 //! is kept as `fuzz/corpus/batch/crash-overlong-varint`.
 
-use flowstate::codec::varint::{get_varint32, get_varint64};
-use flowstate::lsm::batch::WriteBatch;
+use flowstate::internals::{decode_write_batch, get_varint32, get_varint64};
 
 /// The input the fuzzer found: base sequence 1, count 4, ... with an overlong length at byte 20.
 const CRASH: &[u8] = &[
@@ -16,7 +15,7 @@ const CRASH: &[u8] = &[
 
 #[test]
 fn the_fuzzed_batch_is_corruption_at_the_overlong_varint() {
-    let err = WriteBatch::decode(CRASH, "wal", 100).unwrap_err();
+    let err = decode_write_batch(CRASH, "wal", 100).unwrap_err();
     match &err {
         flowstate::Error::Corruption { offset, what, .. } => {
             assert_eq!(*offset, 120, "{err}");

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use flowstate::engine::demo::{SplitMix, generate_input};
+use flowstate::internals::{SplitMix, generate_input};
 use support::oracle::{assert_exactly_once, committed};
 use support::seed;
 

@@ -8,8 +8,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flowstate::engine::demo::generate_input;
 use flowstate::engine::{FailurePoint, FailureSchedule, JobConfig, RestartStrategy, run_job};
+use flowstate::internals::generate_input;
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);

@@ -1,8 +1,8 @@
 //! [`FsBackend`]: heap state whose snapshots are full snapshot files in checkpoint storage.
 //!
 //! Like Flink's HashMapStateBackend with filesystem checkpoint storage. State lives in the same
-//! [`HeapStore`] as the memory backend; the synchronous part of a snapshot is
-//! [`HeapStore::freeze`] (a clone of copy-on-write tables, one `Arc` per key group) and the
+//! heap store as the memory backend; the synchronous part of a snapshot is a
+//! freeze (a clone of copy-on-write tables, one `Arc` per key group) and the
 //! asynchronous part writes one file per run of `key_groups_per_file` key groups (FORMAT.md §5),
 //! sorting each key group's entries there, then publishes
 //! `_metadata` (§4) and applies retention. A checkpoint exists once its `_metadata` is durable.
@@ -88,7 +88,8 @@ impl FsBackend {
     }
 
     /// Keeps the newest `retained` completed checkpoints (default
-    /// [`DEFAULT_RETAINED_CHECKPOINTS`]); 0 counts as 1.
+    /// [`crate::checkpoint::DEFAULT_RETAINED_CHECKPOINTS`]); 0 counts
+    /// as 1.
     pub fn with_retained_checkpoints(mut self, retained: usize) -> Self {
         self.retained = retained.max(1);
         self
@@ -140,7 +141,7 @@ impl FsBackend {
 }
 
 /// The snapshot handle of a completed checkpoint described by `metadata` in `storage`.
-pub fn snapshot_handle(
+pub(crate) fn snapshot_handle(
     storage: &dyn CheckpointStorage,
     metadata: &CheckpointMetadata,
 ) -> SnapshotHandle {
@@ -245,7 +246,7 @@ impl SnapshotTask for FsSnapshotTask {
             },
         )?;
         let sizes: Vec<u64> = sizes.iter().map(|s| s.load(Ordering::Relaxed)).collect();
-        crate::observe::full_state_sizes(&names, range, &sizes);
+        crate::observe::full_state_sizes(&names, (range.first(), range.last()), &sizes);
         Ok(handle)
     }
 }

@@ -56,13 +56,6 @@ impl HashingWriter<'_> {
     }
 }
 
-/// Whether any of `states` has an entry in `key_groups`.
-pub fn has_entries(states: &[StateMap], key_groups: KeyGroupRange) -> bool {
-    states
-        .iter()
-        .any(|m| entries_in(m, key_groups).next().is_some())
-}
-
 /// The entries of `map` in `key_groups`, in key order.
 pub(crate) fn entries_in(
     map: &StateMap,

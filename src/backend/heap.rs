@@ -49,15 +49,15 @@ struct HeapState {
 #[derive(Clone, Debug)]
 pub struct HeapSnapshot {
     /// The key groups the snapshot covers.
-    pub key_group_range: KeyGroupRange,
+    pub(crate) key_group_range: KeyGroupRange,
     /// One (descriptor, table) per state, in state-id order.
-    pub states: Vec<(StateDescriptor, StateTable)>,
+    pub(crate) states: Vec<(StateDescriptor, StateTable)>,
 }
 
 impl HeapSnapshot {
     /// Removes expired TTL entries (and expired list elements) as of `now_ms`; copies only the
     /// key groups that change.
-    pub fn drop_expired(&mut self, now_ms: u64) {
+    pub(crate) fn drop_expired(&mut self, now_ms: u64) {
         for (descriptor, table) in &mut self.states {
             let Some(ttl) = descriptor.ttl else { continue };
             let is_list = descriptor.kind == StateKind::List;
@@ -68,7 +68,7 @@ impl HeapSnapshot {
     }
 
     /// Whether any state has an entry in `key_groups` that is not expired at `now_ms`.
-    pub fn has_live_entries(&self, key_groups: KeyGroupRange, now_ms: u64) -> bool {
+    pub(crate) fn has_live_entries(&self, key_groups: KeyGroupRange, now_ms: u64) -> bool {
         self.states.iter().any(|(descriptor, table)| {
             let ttl = descriptor.ttl;
             let is_list = descriptor.kind == StateKind::List;
@@ -86,7 +86,7 @@ impl HeapSnapshot {
     /// Calls `emit(key, value)` for every entry of state `index` in `key_groups`, in key order,
     /// as expiry at `now_ms` leaves it (expired entries skipped, expired list elements dropped):
     /// the entries a full snapshot file holds (FORMAT.md §5).
-    pub fn emit_live_entries(
+    pub(crate) fn emit_live_entries(
         &self,
         index: usize,
         key_groups: KeyGroupRange,
@@ -110,16 +110,6 @@ impl HeapSnapshot {
             }
         }
         Ok(())
-    }
-
-    /// Number of entries over all states.
-    pub fn len(&self) -> usize {
-        self.states.iter().map(|(_, t)| t.len()).sum()
-    }
-
-    /// True when no state has an entry.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -6,15 +6,15 @@
 //! a snapshot's synchronous part does not grow with state size, and restore gives back exactly
 //! the snapshot's contents restricted to the restoring key-group range.
 
-pub mod entry_key;
+pub(crate) mod entry_key;
 pub mod fs;
-pub mod full_snapshot;
-pub mod heap;
+pub(crate) mod full_snapshot;
+pub(crate) mod heap;
 pub mod lsm;
 pub mod memory;
 pub(crate) mod parallel;
-pub mod state_table;
-pub mod stored_value;
+pub(crate) mod state_table;
+pub(crate) mod stored_value;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::keys::{DEFAULT_MAX_PARALLELISM, KeyGroupRange, check_max_parallelism};
 use crate::ttl::{SharedClock, TtlConfig, UpdateType, Visibility, system_clock};
 
-pub use fs::FsBackend;
+pub use fs::{FsBackend, latest_snapshot_handle};
 pub use heap::HeapSnapshot;
 pub use lsm::LsmBackend;
 pub use memory::MemoryBackend;
@@ -159,12 +159,13 @@ impl StateDescriptor {
     }
 
     /// Decodes a descriptor written by [`StateDescriptor::encode`].
-    pub fn decode(cursor: &mut Cursor<'_>) -> Result<Self> {
+    pub(crate) fn decode(cursor: &mut Cursor<'_>) -> Result<Self> {
         let name = cursor.string("state name")?;
         let at = cursor.offset();
         let tag = cursor.u8("state kind")?;
-        let kind = StateKind::from_tag(tag)
-            .ok_or_else(|| Error::corruption_at(cursor, at, format!("unknown state kind {tag}")))?;
+        let kind = StateKind::from_tag(tag).ok_or_else(|| {
+            Error::corruption(cursor.file(), at, format!("unknown state kind {tag}"))
+        })?;
         let at = cursor.offset();
         let ttl = match cursor.u8("ttl flag")? {
             0 => None,
@@ -175,8 +176,8 @@ impl StateDescriptor {
                     0 => UpdateType::OnCreateAndWrite,
                     1 => UpdateType::OnReadAndWrite,
                     t => {
-                        return Err(Error::corruption_at(
-                            cursor,
+                        return Err(Error::corruption(
+                            cursor.file(),
                             at,
                             format!("unknown TTL update type {t}"),
                         ));
@@ -187,8 +188,8 @@ impl StateDescriptor {
                     0 => Visibility::NeverReturnExpired,
                     1 => Visibility::ReturnExpiredIfNotCleanedUp,
                     t => {
-                        return Err(Error::corruption_at(
-                            cursor,
+                        return Err(Error::corruption(
+                            cursor.file(),
                             at,
                             format!("unknown TTL visibility {t}"),
                         ));
@@ -201,8 +202,8 @@ impl StateDescriptor {
                 })
             }
             flag => {
-                return Err(Error::corruption_at(
-                    cursor,
+                return Err(Error::corruption(
+                    cursor.file(),
                     at,
                     format!("bad TTL flag {flag}"),
                 ));
@@ -585,7 +586,8 @@ pub fn check_key_group(key: &[u8], range: &KeyGroupRange) -> Result<()> {
     } else {
         Err(Error::KeyGroupOutOfRange {
             key_group,
-            range: *range,
+            first: range.first(),
+            last: range.last(),
         })
     }
 }

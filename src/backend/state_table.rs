@@ -335,13 +335,9 @@ impl StateTable {
     }
 
     /// Number of entries.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.groups.iter().map(|g| g.entries.len()).sum()
-    }
-
-    /// True when there is no entry.
-    pub fn is_empty(&self) -> bool {
-        self.groups.iter().all(|g| g.entries.is_empty())
     }
 
     /// Entries of `key_group` whose key starts with `prefix`, sorted by key.

@@ -12,12 +12,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use flowstate::checkpoint::inspect::inspect_command;
 use flowstate::checkpoint::storage::{CheckpointStorage, LocalDirStorage};
 use flowstate::checkpoint::uri::open_storage;
 use flowstate::checkpoint::verify::{CheckpointStatus, VerifyReport, find_roots, verify_storage};
+use flowstate::engine::cli::demo_command;
+use flowstate::engine::cli::inspect_command;
 use flowstate::engine::cli::{RunArgs, run_command};
-use flowstate::engine::demo::demo_command;
 
 #[derive(Parser)]
 #[command(

@@ -45,7 +45,8 @@ pub struct RecoveryReport {
     pub removed_incomplete: Vec<u64>,
     /// Files removed because no completed checkpoint references them (including temp files).
     pub removed_files: Vec<String>,
-    /// Checkpoints whose `_metadata` does not decode, moved under [`QUARANTINE_DIR`], ascending.
+    /// Checkpoints whose `_metadata` does not decode, moved under [`QUARANTINE_DIR`](crate::checkpoint::QUARANTINE_DIR),
+    /// ascending.
     pub quarantined: Vec<Quarantined>,
 }
 

@@ -27,9 +27,6 @@ pub const BLOCK_TRAILER_LEN: usize = 5;
 /// Default number of entries between restart points.
 pub const DEFAULT_RESTART_INTERVAL: usize = 16;
 
-/// Default zstd level when compression is on.
-pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
-
 /// Compression type byte of an uncompressed block (on disk: never change; FORMAT.md §1.3).
 const TYPE_NONE: u8 = 0;
 /// Compression type byte of a zstd block (on disk: never change; FORMAT.md §1.3).
@@ -291,6 +288,7 @@ impl BlockBuilder {
     }
 
     /// Number of entries added since the last [`finish`](Self::finish).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries
     }
@@ -298,11 +296,6 @@ impl BlockBuilder {
     /// Whether no entry was added since the last [`finish`](Self::finish).
     pub fn is_empty(&self) -> bool {
         self.entries == 0
-    }
-
-    /// The last key added (empty if none).
-    pub fn last_key(&self) -> &[u8] {
-        &self.last_key
     }
 
     /// Returns the stored block and resets the builder for the next block.
@@ -549,6 +542,7 @@ impl Block {
     }
 
     /// Whether the block has no entries.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.restarts_offset == 0
     }

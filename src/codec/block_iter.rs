@@ -9,9 +9,9 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 
 use crate::codec::block::{Block, Comparator};
+use crate::codec::iter::InternalIterator;
 use crate::codec::varint::get_varint32;
 use crate::error::Result;
-use crate::lsm::iterator::InternalIterator;
 
 /// A decoded entry: where its key suffix and value lie and where the next entry starts.
 struct Entry {
@@ -63,11 +63,6 @@ impl BlockIter {
     /// Gives the key buffer back (see [`BlockIter::with_key_buffer`]).
     pub fn into_key_buffer(self) -> Vec<u8> {
         self.key
-    }
-
-    /// The block this iterator walks.
-    pub fn block(&self) -> &Arc<Block> {
-        &self.block
     }
 
     /// Reads the entry at `self.next` into the cursor; returns false at the end of the block.

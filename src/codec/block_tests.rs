@@ -7,7 +7,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::*;
-use crate::lsm::iterator::InternalIterator;
+use crate::codec::iter::InternalIterator;
 
 type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 

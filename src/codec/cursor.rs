@@ -92,6 +92,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A big-endian u16.
+    #[cfg(test)]
     pub fn u16_be(&mut self, what: &str) -> Result<u16> {
         Ok(u16::from_be_bytes(self.array(what)?))
     }

@@ -6,5 +6,6 @@
 pub mod block;
 pub mod block_iter;
 pub mod cursor;
+pub mod iter;
 pub mod record;
 pub mod varint;

@@ -9,8 +9,6 @@ use crate::error::{Error, Result};
 
 /// Largest number of bytes a `u64` varint takes.
 pub const MAX_VARINT64_LEN: usize = 10;
-/// Largest number of bytes a `u32` varint takes.
-pub const MAX_VARINT32_LEN: usize = 5;
 
 /// Appends `value` as a varint to `out`.
 pub fn put_varint64(out: &mut Vec<u8>, mut value: u64) {

@@ -50,6 +50,7 @@ impl BarrierAligner {
     }
 
     /// The checkpoint being aligned, if any.
+    #[cfg(test)]
     pub fn aligning(&self) -> Option<u64> {
         self.current.map(|(id, _)| id)
     }

@@ -103,7 +103,7 @@ pub struct CompletedCheckpoint {
     /// Checkpoint id.
     pub id: u64,
     /// The source's position at the barrier.
-    pub source: SourcePosition,
+    pub(crate) source: SourcePosition,
     /// One snapshot per operator task, in task order.
     pub handles: Vec<SnapshotHandle>,
     /// Its statistics (bytes are filled in by the job when it persists the checkpoint).

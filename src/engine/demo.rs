@@ -1,54 +1,16 @@
 //! `flowstate demo`: runs `flowstate run` as a child process, SIGKILLs it mid-run, reruns it
 //! (with changing parallelism) until it finishes, and checks the committed output exactly.
 
-use std::fs;
-use std::io::{BufWriter, Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::output_check::{check_output, expected_output};
 use super::sink::committed_files;
+use super::source::{SplitMix, generate_input};
 use crate::error::{Error, Result};
 use crate::fs::{FileSystem, StdFs, create_dir_durable};
-
-/// A small deterministic generator (splitmix64).
-#[derive(Debug, Clone)]
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
-
-/// Writes an input of `events` valid events over `keys` keys plus a few invalid lines.
-pub fn generate_input(path: &Path, events: u64, keys: u64, seed: u64) -> Result<()> {
-    let file = fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut out = BufWriter::new(file);
-    let mut rng = SplitMix(seed);
-    let invalid = ["not a valid line", "k,abc", ",5", "x,1,2", "key-1, 7"];
-    for i in 0..events {
-        if i % 50_000 == 25_000 {
-            let line = invalid[(i / 50_000) as usize % invalid.len()];
-            writeln!(out, "{line}").map_err(|e| Error::io(path, e))?;
-        }
-        let key = rng.below(keys.max(1));
-        let value = rng.below(2001) as i64 - 1000;
-        writeln!(out, "key-{key},{value}").map_err(|e| Error::io(path, e))?;
-    }
-    out.flush().map_err(|e| Error::io(path, e))
-}
 
 /// Runs the demo; `Ok(true)` when the output is exactly right.
 pub fn demo_command(events: u64, keys: u64, kills: u32, seed: u64) -> Result<bool> {

@@ -90,8 +90,8 @@ pub struct JobConfig {
     /// Capacity of every task input, in messages (batches).
     pub channel_capacity: usize,
     /// Resume from an older checkpoint even though a newer one is damaged or missing while
-    /// output it committed exists; that output is first moved aside (see
-    /// [`sink::move_aside`]) so the result is again exactly-once. Off by default: the job then
+    /// output it committed exists; that output is first moved aside (into
+    /// `<output>/.superseded-after-<c>/`, FORMAT.md §12.2) so the result is again exactly-once. Off by default: the job then
     /// refuses to resume ([`Error::ResumeRefused`]).
     pub allow_older_checkpoint: bool,
     /// Records per batch from the source to an operator (default
@@ -761,7 +761,6 @@ fn run_sink(
     while let Some(event) = gate.recv(&[false]) {
         match event {
             GateEvent::Control(SinkControl::Complete(id)) => sink.commit(id, failures)?,
-            GateEvent::Control(SinkControl::Finish) => return Ok(()),
             GateEvent::Message(_, Message::Record(batch)) => {
                 failures.check(FailurePoint::SinkWrite)?;
                 sink.write(&batch)?;

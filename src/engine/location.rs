@@ -126,11 +126,6 @@ impl CheckpointBase {
         open_location(&self.fs, &self.join(JOB_DIR))
     }
 
-    /// The file system of the state directory.
-    pub fn fs(&self) -> &FsRef {
-        &self.fs
-    }
-
     /// Opens the storage at `location` (a task root or a URI) on this base's file system.
     pub fn open(&self, location: &str) -> Result<Arc<dyn CheckpointStorage>> {
         open_location(&self.fs, location)

@@ -5,21 +5,23 @@
 //! [`job::run_job`] runs the reference job behind `flowstate run` (see `cli`, feature `cli`); the pieces
 //! (gate, aligner, coordinator, sink, store) are usable and tested on their own.
 
-pub mod alignment;
+pub(crate) mod alignment;
 #[cfg(feature = "cli")]
 pub mod cli;
-pub mod coordinator;
-pub mod demo;
-pub mod failure;
-pub mod gate;
-pub mod growth;
-pub mod job;
-pub mod location;
-pub mod operator;
-pub mod output_check;
-pub mod sink;
-pub mod source;
-pub mod store;
+pub(crate) mod coordinator;
+#[cfg(feature = "cli")]
+mod demo;
+pub(crate) mod failure;
+pub(crate) mod gate;
+pub(crate) mod growth;
+pub(crate) mod job;
+pub(crate) mod location;
+pub(crate) mod operator;
+#[cfg(feature = "cli")]
+mod output_check;
+pub(crate) mod sink;
+pub(crate) mod source;
+pub(crate) mod store;
 
 use self::location::TaskRoot;
 use crate::backend::lsm::{LsmBackend, LsmBackendOptions};
@@ -32,7 +34,7 @@ pub use growth::GrowthAlert;
 pub use job::{CheckpointObserver, JobConfig, JobSummary, RestartStrategy, run_job};
 
 /// Which state backend the job's operators use. Adding a backend is one variant here, one arm
-/// in [`BackendChoice::create`] and one name in [`BackendChoice::parse`].
+/// in `BackendChoice::create` and one name in [`BackendChoice::parse`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendChoice {
     /// [`MemoryBackend`]: checkpoints in process memory; cannot resume after a process crash.
@@ -80,7 +82,11 @@ impl BackendChoice {
 
     /// A backend for one task; persistent backends write their checkpoints to `root`'s storage,
     /// which belongs to this task alone.
-    pub fn create(self, config: BackendConfig, root: &TaskRoot) -> Result<Box<dyn StateBackend>> {
+    pub(crate) fn create(
+        self,
+        config: BackendConfig,
+        root: &TaskRoot,
+    ) -> Result<Box<dyn StateBackend>> {
         Ok(match self {
             BackendChoice::Memory => Box::new(MemoryBackend::new(config)),
             BackendChoice::Fs => {
@@ -127,14 +133,14 @@ impl std::str::FromStr for BackendChoice {
 
 /// Control messages from the coordinator to an operator task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OperatorControl {
+pub(crate) enum OperatorControl {
     /// Checkpoint n completed.
     Complete(u64),
 }
 
 /// What tasks tell the coordinator.
 #[derive(Debug)]
-pub enum CoordinatorEvent {
+pub(crate) enum CoordinatorEvent {
     /// The source emitted barrier n at `position`.
     SourceAck {
         /// Checkpoint id.

@@ -31,8 +31,6 @@ pub struct SinkBatch {
 pub enum SinkControl {
     /// Checkpoint n completed: commit pending epochs <= n.
     Complete(u64),
-    /// The job is done: stop after the controls queued before this one.
-    Finish,
 }
 
 /// The committed name of epoch `epoch` of task `task`.

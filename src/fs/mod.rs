@@ -18,11 +18,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use crate::codec::block::SharedBytes;
 use crate::error::{Error, Result};
 
 pub use sim::{FaultKind, FaultOp, PowerLoss, SimFs};
 pub use std_fs::StdFs;
+
+/// The bytes of a mapped (or fully read) file, shared and kept alive by whoever holds a clone:
+/// a block decoded from it may borrow them instead of copying.
+pub type SharedBytes = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
 
 /// A shared handle on a file system.
 pub type FsRef = Arc<dyn FileSystem>;

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::codec::block::SharedBytes;
+use super::SharedBytes;
 use crate::fs::{
     DirEntry, EIO, ENOSPC, FileLock, FileSystem, Metadata, ReadableFile, WritableFile,
 };

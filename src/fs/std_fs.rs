@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use crate::codec::block::SharedBytes;
+use super::SharedBytes;
 use crate::fs::{DirEntry, FileLock, FileSystem, Metadata, ReadableFile, WritableFile};
 
 /// The real file system, through `std::fs`.

@@ -95,17 +95,19 @@ impl<'a> BatchOp<'a> {
 /// base_sequence + count`, in the order they were added.
 ///
 /// ```
-/// use flowstate::lsm::batch::{BatchOp, WriteBatch};
+/// use flowstate::lsm::{Db, Options, WriteBatch};
 ///
+/// let dir = tempfile::tempdir()?;
+/// let db = Db::open(dir.path(), Options::default())?;
+/// let cf = db.default_cf();
 /// let mut batch = WriteBatch::new();
-/// batch.put(0, b"k", b"v")?;
-/// batch.delete_range(1, b"a", b"c")?;
-/// batch.set_base_sequence(10)?;
-/// let decoded = WriteBatch::decode(batch.encoded(), "wal", 0)?;
-/// let ops: Vec<_> = decoded.iter().collect();
-/// assert_eq!(ops[0], (10, BatchOp::Put { cf: 0, key: b"k", value: b"v" }));
-/// assert_eq!(ops[1].0, 11);
-/// # Ok::<(), flowstate::Error>(())
+/// batch.put(cf.id(), b"a", b"1")?;
+/// batch.put(cf.id(), b"b", b"2")?;
+/// batch.delete(cf.id(), b"a")?;
+/// db.write(batch)?;
+/// assert_eq!(db.get(&cf, b"a")?, None);
+/// assert_eq!(db.get(&cf, b"b")?, Some(b"2".to_vec()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct WriteBatch {
@@ -167,17 +169,17 @@ impl WriteBatch {
     }
 
     /// Sequence number of the first operation.
-    pub fn base_sequence(&self) -> u64 {
+    pub(crate) fn base_sequence(&self) -> u64 {
         read_u64_at(&self.rep, 0)
     }
 
     /// Sequence number of the last operation (`base_sequence` when the batch is empty).
-    pub fn last_sequence(&self) -> u64 {
+    pub(crate) fn last_sequence(&self) -> u64 {
         self.base_sequence() + u64::from(self.count().saturating_sub(1))
     }
 
     /// Assigns sequence numbers `base .. base + count` to the operations (done at commit).
-    pub fn set_base_sequence(&mut self, base: u64) -> Result<()> {
+    pub(crate) fn set_base_sequence(&mut self, base: u64) -> Result<()> {
         if !sequences_fit(base, self.count()) {
             return Err(Error::invalid(format!(
                 "sequence {base} + {} operations exceeds the largest sequence {MAX_SEQUENCE}",
@@ -189,13 +191,8 @@ impl WriteBatch {
     }
 
     /// The encoded batch (FORMAT.md §7.4), the payload of its WAL record.
-    pub fn encoded(&self) -> &[u8] {
+    pub(crate) fn encoded(&self) -> &[u8] {
         &self.rep
-    }
-
-    /// Bytes of the encoded batch.
-    pub fn encoded_len(&self) -> usize {
-        self.rep.len()
     }
 
     /// Removes every operation and resets the base sequence to 0.
@@ -205,7 +202,7 @@ impl WriteBatch {
     }
 
     /// The operations in order, each with its sequence number.
-    pub fn iter(&self) -> BatchIter<'_> {
+    pub(crate) fn iter(&self) -> BatchIter<'_> {
         BatchIter {
             rest: self.rep.get(BATCH_HEADER_LEN..).unwrap_or_default(),
             sequence: self.base_sequence(),
@@ -215,7 +212,7 @@ impl WriteBatch {
 
     /// Validates `bytes` as an encoded batch; `file` and `offset` (of `bytes[0]` in the file)
     /// label a corruption error.
-    pub fn decode(bytes: &[u8], file: &str, offset: u64) -> Result<WriteBatch> {
+    pub(crate) fn decode(bytes: &[u8], file: &str, offset: u64) -> Result<WriteBatch> {
         let corrupt = |at: usize, what: String| Error::corruption(file, offset + at as u64, what);
         if bytes.len() < BATCH_HEADER_LEN {
             return Err(corrupt(

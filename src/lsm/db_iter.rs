@@ -46,34 +46,6 @@ struct Version {
 /// Invariant, while valid: moving forward the inner iterator sits on the first
 /// entry after every version of the current user key; moving backward it sits on the last entry
 /// of the previous user key. The inner iterator is re-seeked only when the direction changes.
-///
-/// ```
-/// use flowstate::lsm::db_iter::DbIter;
-/// use flowstate::lsm::format::{ValueKind, compare_internal, internal_key};
-/// use flowstate::lsm::merge_iter::VecIterator;
-///
-/// let entries = vec![
-///     (internal_key(b"a", 3, ValueKind::Delete), vec![]),
-///     (internal_key(b"a", 1, ValueKind::Put), b"old".to_vec()),
-///     (internal_key(b"b", 2, ValueKind::Put), b"bee".to_vec()),
-/// ];
-/// let inner = Box::new(VecIterator::new(entries, compare_internal));
-/// let mut it = DbIter::new(inner, 3);
-/// it.seek_to_first()?;
-/// assert_eq!((it.key(), it.value()), (&b"b"[..], &b"bee"[..]));
-/// it.next()?;
-/// assert!(!it.valid());
-///
-/// // At snapshot 2 the delete of `a` is not yet visible.
-/// let entries = vec![
-///     (internal_key(b"a", 3, ValueKind::Delete), vec![]),
-///     (internal_key(b"a", 1, ValueKind::Put), b"old".to_vec()),
-/// ];
-/// let mut it = DbIter::new(Box::new(VecIterator::new(entries, compare_internal)), 2);
-/// it.seek_to_last()?;
-/// assert_eq!(it.value(), b"old");
-/// # Ok::<(), flowstate::Error>(())
-/// ```
 pub struct DbIter {
     inner: Box<dyn InternalIterator>,
     snapshot: u64,
@@ -140,6 +112,7 @@ impl DbIter {
     }
 
     /// Limits iteration to user keys starting with `prefix`.
+    #[cfg(test)]
     pub fn with_prefix(self, prefix: &[u8]) -> Self {
         self.with_bounds(Some(prefix.to_vec()), prefix_upper_bound(prefix))
     }
@@ -184,10 +157,6 @@ impl DbIter {
     }
 
     /// Moves to the next user key; does nothing when not valid.
-    #[expect(
-        clippy::should_implement_trait,
-        reason = "a cursor move, as in InternalIterator; DbIter::entries is the std Iterator"
-    )]
     pub fn next(&mut self) -> Result<()> {
         if !self.valid {
             return Ok(());

@@ -122,14 +122,17 @@ pub fn compare_internal(a: &[u8], b: &[u8]) -> Ordering {
 
 /// An owned internal key ordered by [`compare_internal`] (for ordered containers).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg(test)]
 pub struct InternalKey(pub Vec<u8>);
 
+#[cfg(test)]
 impl Ord for InternalKey {
     fn cmp(&self, other: &Self) -> Ordering {
         compare_internal(&self.0, &other.0)
     }
 }
 
+#[cfg(test)]
 impl PartialOrd for InternalKey {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))

@@ -28,7 +28,6 @@ pub fn manifest_file_name(number: u64) -> String {
 
 /// The live manifest, open for appending.
 pub struct Manifest {
-    fs: FsRef,
     dir: PathBuf,
     number: u64,
     file: Box<dyn WritableFile>,
@@ -70,7 +69,6 @@ impl Manifest {
             let _ = fs.remove_file(&dir.join(old));
         }
         Ok(Manifest {
-            fs: std::sync::Arc::clone(fs),
             dir: dir.to_path_buf(),
             number,
             file,
@@ -112,13 +110,9 @@ impl Manifest {
     }
 
     /// Whether a write or fsync of this manifest failed (no more appends).
+    #[cfg(test)]
     pub fn has_failed(&self) -> bool {
         self.failed
-    }
-
-    /// The file system the manifest is on.
-    pub fn fs(&self) -> &FsRef {
-        &self.fs
     }
 
     /// Bytes written to this manifest (roll over when large).
@@ -127,6 +121,7 @@ impl Manifest {
     }
 
     /// This manifest's file number.
+    #[cfg(test)]
     pub fn number(&self) -> u64 {
         self.number
     }

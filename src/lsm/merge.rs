@@ -4,8 +4,6 @@
 //! [`resolve`] is the single place where puts, deletes, merge operands and range tombstones meet;
 //! `get`, iterators and compaction all call it, so they cannot disagree.
 
-use std::sync::Arc;
-
 use crate::lsm::format::ValueKind;
 
 /// Combines merge operands with an existing value (RocksDB's associative merge operator).
@@ -59,9 +57,6 @@ pub trait CompactionFilter: Send + Sync + std::fmt::Debug {
     /// Decides for the value of `key` written at output `level`.
     fn filter(&self, level: usize, key: &[u8], value: &[u8]) -> FilterDecision;
 }
-
-/// A shared merge operator.
-pub type SharedMergeOperator = Arc<dyn MergeOperator>;
 
 /// One version of a user key, newest first when given to [`resolve`].
 #[derive(Clone, Copy, Debug)]

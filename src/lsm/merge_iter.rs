@@ -173,12 +173,14 @@ impl InternalIterator for MergingIterator {
 }
 
 /// A sorted in-memory iterator (tests, and small sorted runs such as recovered entries).
+#[cfg(test)]
 pub struct VecIterator {
     entries: Vec<(Vec<u8>, Vec<u8>)>,
     position: Option<usize>,
     compare: Comparator,
 }
 
+#[cfg(test)]
 impl VecIterator {
     /// An iterator over `entries`, which must be sorted by `compare`.
     pub fn new(entries: Vec<(Vec<u8>, Vec<u8>)>, compare: Comparator) -> Self {
@@ -195,6 +197,7 @@ impl VecIterator {
     }
 }
 
+#[cfg(test)]
 impl InternalIterator for VecIterator {
     fn valid(&self) -> bool {
         self.position.is_some()

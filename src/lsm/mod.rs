@@ -1,24 +1,30 @@
 //! The log-structured store, usable on its own: WAL, memtable, SST files, manifest, compaction,
 //! column families, checkpoints (FORMAT.md §7–§9).
 
-pub mod batch;
-pub mod block_cache;
-pub mod compaction;
-pub mod db;
-pub mod db_iter;
-pub mod format;
-pub mod iterator;
-pub mod manifest;
-pub mod memtable;
-pub mod merge;
-pub mod merge_iter;
-pub mod options;
-pub mod sst;
-pub mod table;
-pub mod version;
-pub mod wal;
+pub(crate) mod batch;
+pub(crate) mod block_cache;
+pub(crate) mod compaction;
+pub(crate) mod db;
+pub(crate) mod db_iter;
+pub(crate) mod format;
+pub(crate) mod iterator;
+pub(crate) mod manifest;
+pub(crate) mod memtable;
+pub(crate) mod merge;
+pub(crate) mod merge_iter;
+pub(crate) mod options;
+pub(crate) mod sst;
+pub(crate) mod table;
+pub(crate) mod version;
+pub(crate) mod wal;
 
+pub use crate::codec::block::Compression;
+pub use batch::WriteBatch;
+pub use compaction::CompactionOptions;
 pub use db::{
-    ColumnFamily, Db, DbIterator, DbStats, FlushOutput, LiveFile, LiveFiles, ReadOptions, Snapshot,
+    CfStats, ColumnFamily, Db, DbIterator, DbStats, LiveFile, LiveFiles, ReadOptions, Snapshot,
 };
-pub use options::{CfOptions, Options};
+pub use merge::{AppendOperator, CompactionFilter, FilterDecision, MergeOperator};
+pub use options::{CfOptions, DEFAULT_BLOCK_CACHE_SIZE, DEFAULT_WRITE_BUFFER_SIZE, Options};
+pub use sst::{DEFAULT_BLOCK_SIZE, MAX_CONFIGURED_BLOCK_SIZE, SstOptions};
+pub use wal::{RecoveryMode, SyncMode};

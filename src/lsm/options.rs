@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
+use crate::clock::{SharedClock, system_clock};
 use crate::error::{Error, Result};
 use crate::lsm::compaction::CompactionOptions;
 use crate::lsm::merge::{AppendOperator, CompactionFilter, MergeOperator};
 use crate::lsm::sst::SstOptions;
 use crate::lsm::wal::{RecoveryMode, SyncMode};
-use crate::ttl::{SharedClock, system_clock};
 
 /// Default memtable size before it is flushed: 64 MiB.
 pub const DEFAULT_WRITE_BUFFER_SIZE: usize = 64 << 20;
@@ -53,7 +53,7 @@ pub struct Options {
     /// Memtables (active plus frozen) before writers stall waiting for a flush (default 2).
     pub max_write_buffers: usize,
     /// Entries a memtable's skiplist takes before it is sealed into a sorted run (default
-    /// [`crate::lsm::memtable::DEFAULT_BUFFER_ENTRIES`], 2048). Sealed entries cost their bytes
+    /// 2048). Sealed entries cost their bytes
     /// plus a 24-byte slot instead of ~80 bytes of skiplist node and allocation; tests use tiny
     /// values so that runs and their merges happen on small workloads.
     pub memtable_buffer_entries: usize,

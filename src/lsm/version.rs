@@ -169,11 +169,6 @@ fn decode_tombstone(c: &mut Cursor<'_>) -> Result<(u32, RangeTombstone)> {
 }
 
 impl VersionEdit {
-    /// Whether the edit changes nothing.
-    pub fn is_empty(&self) -> bool {
-        *self == VersionEdit::default()
-    }
-
     /// The edit's bytes (one manifest record payload; FORMAT.md §9).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -311,6 +306,7 @@ impl CfVersion {
     }
 
     /// The newest range tombstone covering (`user_key`, `sequence`) for a reader at `snapshot`.
+    #[cfg(test)]
     pub fn covered(&self, user_key: &[u8], sequence: u64, snapshot: u64) -> bool {
         self.tombstones
             .iter()

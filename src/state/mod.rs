@@ -3,14 +3,14 @@
 //! [`KeyedState`] owns the backend and the current key and namespace; state handles
 //! ([`ValueState`], [`ListState`], [`MapState`], [`ReducingState`], [`AggregatingState`]) are
 //! cheap clones that read and write under the current key and namespace. Keys, namespaces, values
-//! and map keys are serialized with postcard. TTL (see [`ttl`]) wraps every value, list element
+//! and map keys are serialized with postcard. TTL (see [`crate::TtlConfig`]) wraps every value, list element
 //! and map entry in a timestamp envelope.
 
 mod aggregating;
 mod list;
 mod map;
 mod reducing;
-pub mod ttl;
+pub(crate) mod ttl;
 mod value;
 
 use std::any::type_name;
@@ -254,7 +254,11 @@ impl KeyedState {
         if !config.key_group_range.contains(key_group) {
             let range = config.key_group_range;
             ctx.clear_key();
-            return Err(Error::KeyGroupOutOfRange { key_group, range });
+            return Err(Error::KeyGroupOutOfRange {
+                key_group,
+                first: range.first(),
+                last: range.last(),
+            });
         }
         ctx.set_key(key_group, key);
         Ok(())

@@ -15,7 +15,7 @@ use crate::ttl::{
     TtlConfig, UpdateType, Visibility, list_elements, push_list_element, unwrap, wrap,
 };
 
-pub use crate::ttl::{Clock, ManualClock, SystemClock};
+pub use crate::ttl::Clock;
 
 /// Encodes a payload for storage: wrapped with `now` when the state has a TTL.
 pub(crate) fn encode(ttl: Option<&TtlConfig>, now_ms: u64, payload: &[u8]) -> Vec<u8> {

@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use flowstate::backend::fs::snapshot_handle;
 use flowstate::backend::lsm::LsmBackendOptions;
-use flowstate::checkpoint::registry::read_metadata;
 use flowstate::checkpoint::storage::{CheckpointFileWriter, CheckpointStorage, metadata_path};
 use flowstate::checkpoint::uri::{StorageOptions, open_storage_with};
+use flowstate::internals::read_metadata;
+use flowstate::internals::snapshot_handle;
 use flowstate::keys::{composite_key, key_group_for_key};
 use flowstate::{
     BackendConfig, FsBackend, KeyGroupRange, LsmBackend, SnapshotHandle, StateBackend,

@@ -50,8 +50,8 @@ pub struct Flowstate {
 
 impl Flowstate {
     pub fn open(dir: &Path, s: &Settings) -> Res<Self> {
-        use flowstate::codec::block::Compression;
-        use flowstate::lsm::wal::SyncMode;
+        use flowstate::lsm::Compression;
+        use flowstate::lsm::SyncMode;
         let mut options = flowstate::lsm::Options {
             write_buffer_size: s.write_buffer_size,
             block_cache_size: s.block_cache_size,

@@ -36,9 +36,10 @@ use crate::checkpoint::retention;
 use crate::checkpoint::storage::{CheckpointStorage, SHARED_DIR, metadata_path};
 use crate::error::{Error, Result};
 use crate::keys::{KeyGroupRange, key_group_of};
+use crate::lsm::db::FlushOutput;
 use crate::lsm::table::sst_file_name;
 use crate::lsm::version::{FileMeta, RangeTombstone};
-use crate::lsm::{Db, FlushOutput, LiveFiles};
+use crate::lsm::{Db, LiveFiles};
 use crate::ttl::SharedClock;
 
 /// Unused credit carries over while a target is pending, up to this many budgets: a file larger

@@ -122,7 +122,11 @@ impl SnapshotTask for FullSnapshotTask {
             },
         )?;
         let sizes: Vec<u64> = sizes.iter().map(|s| s.load(Ordering::Relaxed)).collect();
-        crate::observe::full_state_sizes(&names, self.key_group_range, &sizes);
+        crate::observe::full_state_sizes(
+            &names,
+            (self.key_group_range.first(), self.key_group_range.last()),
+            &sizes,
+        );
         Ok(handle)
     }
 }

@@ -46,6 +46,7 @@ impl LocalCopies {
     }
 
     /// The directory holding the copies.
+    #[cfg(test)]
     pub fn dir(&self) -> &Path {
         &self.dir
     }

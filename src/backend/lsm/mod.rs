@@ -8,11 +8,11 @@
 
 mod checkpoint;
 mod full;
-pub mod layout;
-pub mod local_recovery;
+pub(crate) mod layout;
+pub(crate) mod local_recovery;
 mod restore;
 mod transfer;
-pub mod write_cache;
+pub(crate) mod write_cache;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -41,7 +41,6 @@ use crate::lsm::{CfOptions, ColumnFamily, Db, Options, ReadOptions};
 use crate::ttl::{SharedClock, TtlConfig, drop_expired};
 
 pub use checkpoint::CheckpointStats;
-pub use layout::CheckpointLayout;
 pub use restore::RestoreStats;
 
 /// Prefix of a state's column family name: `state:<name>` (so no state collides with the
@@ -73,7 +72,9 @@ pub struct LsmBackendOptions {
     pub compression: Compression,
     /// Per-state overrides of `compression`, by state name.
     pub state_compression: Vec<(String, Compression)>,
-    /// Completed checkpoints kept (default [`DEFAULT_RETAINED_CHECKPOINTS`]; 0 counts as 1).
+    /// Completed checkpoints kept (default
+    /// [`crate::checkpoint::DEFAULT_RETAINED_CHECKPOINTS`]; 0 counts
+    /// as 1).
     pub retained_checkpoints: usize,
     /// TTL states get `periodic_compaction_ms = ttl` so cold files meet the TTL filter within a
     /// bounded time (FLINK-30854; default true).

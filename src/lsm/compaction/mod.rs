@@ -4,4 +4,4 @@
 pub mod job;
 pub mod picker;
 
-pub use picker::{CompactionOptions, CompactionReason, CompactionTask};
+pub use picker::CompactionOptions;

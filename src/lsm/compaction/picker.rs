@@ -55,6 +55,7 @@ pub enum CompactionReason {
     /// A level exceeded its target size.
     LevelSize,
     /// Requested with `compact_range`.
+    #[cfg(test)]
     Manual,
     /// A file of a TTL state was not compacted for longer than the periodic-compaction period.
     Periodic,
@@ -78,20 +79,11 @@ pub struct CompactionTask {
     /// operands without a base can be resolved for good.
     pub bottommost: bool,
     /// Why.
+    #[cfg_attr(not(test), expect(dead_code, reason = "the picker's tests assert it"))]
     pub reason: CompactionReason,
 }
 
-impl CompactionTask {
-    /// Every input file.
-    pub fn all_inputs(&self) -> impl Iterator<Item = &Arc<FileMeta>> {
-        self.inputs.iter().chain(self.next_inputs.iter())
-    }
-
-    /// Bytes read by the task.
-    pub fn input_bytes(&self) -> u64 {
-        self.all_inputs().map(|f| f.size).sum()
-    }
-}
+impl CompactionTask {}
 
 /// The compaction `cf` needs most, if any level is over its target.
 pub fn pick(cf_id: u32, cf: &CfVersion, options: &CompactionOptions) -> Option<CompactionTask> {
@@ -130,6 +122,7 @@ pub fn pick(cf_id: u32, cf: &CfVersion, options: &CompactionOptions) -> Option<C
 
 /// A manual compaction of every file overlapping `[start, end]` at `level` into `level + 1`
 /// (or within the last level), or `None` when the level has no such file.
+#[cfg(test)]
 pub fn pick_range(
     cf_id: u32,
     cf: &CfVersion,

@@ -26,7 +26,7 @@ pub struct LiveFile {
     /// Level.
     pub level: usize,
     /// The file's metadata (number, size, crc32, key range).
-    pub meta: Arc<FileMeta>,
+    pub(crate) meta: Arc<FileMeta>,
     /// Where it is now.
     pub path: PathBuf,
 }
@@ -40,8 +40,25 @@ pub struct LiveFiles {
     /// The files, by column family and level.
     pub files: Vec<LiveFile>,
     /// The version the files come from (for writing a manifest that opens them).
-    pub version: Arc<crate::lsm::version::Version>,
+    pub(crate) version: Arc<crate::lsm::version::Version>,
     _pins: Vec<Arc<TableFile>>,
+}
+
+impl LiveFile {
+    /// The file's number (its name is `<number:06>.sst`).
+    pub fn number(&self) -> u64 {
+        self.meta.number
+    }
+
+    /// The file's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.meta.size
+    }
+
+    /// Entries in the file (puts, deletes, merge operands).
+    pub fn entries(&self) -> u64 {
+        self.meta.entries
+    }
 }
 
 impl LiveFiles {
@@ -90,7 +107,7 @@ pub struct FlushOutput {
     /// The new L0 files (at most one per column family).
     pub files: Vec<LiveFile>,
     /// Range tombstones the flush added to the version, by column family name.
-    pub tombstones: Vec<(String, crate::lsm::version::RangeTombstone)>,
+    pub(crate) tombstones: Vec<(String, crate::lsm::version::RangeTombstone)>,
     _pins: Vec<Arc<TableFile>>,
 }
 

@@ -30,7 +30,8 @@ use crate::lsm::table::TableFile;
 use crate::lsm::version::{NUM_LEVELS, RangeTombstone, Version};
 use crate::lsm::wal::WalWriter;
 
-pub use checkpoint::{FlushOutput, LiveFile, LiveFiles};
+pub(crate) use checkpoint::FlushOutput;
+pub use checkpoint::{LiveFile, LiveFiles};
 pub use read::{DbIterator, ReadOptions};
 pub use recovery::LOCK_FILE;
 
@@ -467,12 +468,12 @@ impl Db {
 
     /// From now on, every flush's output is recorded (and its files pinned) until
     /// [`Db::take_flushed`] hands it out: the changelog an incremental checkpoint uploads.
-    pub fn capture_flushes(&self) {
+    pub(crate) fn capture_flushes(&self) {
         self.inner.flush_log.lock().get_or_insert_with(Vec::new);
     }
 
     /// The flushes recorded since the last call, oldest first (empty when not capturing).
-    pub fn take_flushed(&self) -> Vec<FlushOutput> {
+    pub(crate) fn take_flushed(&self) -> Vec<FlushOutput> {
         self.inner
             .flush_log
             .lock()

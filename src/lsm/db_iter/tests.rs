@@ -367,3 +367,33 @@ fn is_send() {
     assert_send::<DbIter>();
     assert_send::<Entries>();
 }
+
+#[test]
+fn db_iter_hides_deleted_and_shadowed_versions()
+-> std::result::Result<(), Box<dyn std::error::Error>> {
+    use crate::lsm::db_iter::DbIter;
+    use crate::lsm::format::{ValueKind, compare_internal, internal_key};
+    use crate::lsm::merge_iter::VecIterator;
+
+    let entries = vec![
+        (internal_key(b"a", 3, ValueKind::Delete), vec![]),
+        (internal_key(b"a", 1, ValueKind::Put), b"old".to_vec()),
+        (internal_key(b"b", 2, ValueKind::Put), b"bee".to_vec()),
+    ];
+    let inner = Box::new(VecIterator::new(entries, compare_internal));
+    let mut it = DbIter::new(inner, 3);
+    it.seek_to_first()?;
+    assert_eq!((it.key(), it.value()), (&b"b"[..], &b"bee"[..]));
+    it.next()?;
+    assert!(!it.valid());
+
+    // At snapshot 2 the delete of `a` is not yet visible.
+    let entries = vec![
+        (internal_key(b"a", 3, ValueKind::Delete), vec![]),
+        (internal_key(b"a", 1, ValueKind::Put), b"old".to_vec()),
+    ];
+    let mut it = DbIter::new(Box::new(VecIterator::new(entries, compare_internal)), 2);
+    it.seek_to_last()?;
+    assert_eq!(it.value(), b"old");
+    Ok(())
+}

@@ -47,6 +47,7 @@ const MAX_MERGED_RUN_BYTES: usize = 8 << 20;
 type Table = SkipSet<Entry>;
 
 /// One version of a user key, as stored in the memtable.
+#[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemtableEntry {
     /// The sequence number of the write.
@@ -75,20 +76,6 @@ struct Sources {
 }
 
 /// An ordered, concurrent in-memory table of one column family's writes.
-///
-/// ```
-/// use flowstate::lsm::format::ValueKind;
-/// use flowstate::lsm::memtable::Memtable;
-///
-/// let mem = Memtable::new();
-/// mem.insert(b"k", 1, ValueKind::Put, b"v1");
-/// mem.insert(b"k", 2, ValueKind::Put, b"v2");
-/// assert_eq!(&*mem.get(b"k", 1).unwrap().value, b"v1");
-/// assert_eq!(mem.get(b"k", 5).unwrap().sequence, 2);
-/// mem.insert(b"a", 3, ValueKind::RangeDelete, b"z");
-/// assert!(mem.is_covered(b"k", 2, 3));
-/// assert!(!mem.is_covered(b"k", 2, 2));
-/// ```
 #[derive(Debug)]
 pub struct Memtable {
     /// Put, Delete and Merge entries. Writers insert into the buffer under the read lock; a
@@ -226,6 +213,7 @@ impl Memtable {
 
     /// The newest version of `user_key` with sequence at most `snapshot`, ignoring range
     /// tombstones (ask [`Memtable::max_covering_tombstone_sequence`] for those).
+    #[cfg(test)]
     pub fn get(&self, user_key: &[u8], snapshot: u64) -> Option<MemtableEntry> {
         let mut found = None;
         self.for_each_version(user_key, snapshot, |sequence, kind, value| {
@@ -241,6 +229,7 @@ impl Memtable {
 
     /// Every version of `user_key` with sequence at most `snapshot`, newest first: what the Db
     /// walks to collect merge operands down to a put or delete.
+    #[cfg(test)]
     pub fn versions(&self, user_key: &[u8], snapshot: u64) -> impl Iterator<Item = MemtableEntry> {
         let mut all = Vec::new();
         self.for_each_version(user_key, snapshot, |sequence, kind, value| {
@@ -397,6 +386,7 @@ impl Memtable {
     }
 
     /// The smallest and largest sequence inserted, or `None` when empty.
+    #[cfg(test)]
     pub fn sequence_range(&self) -> Option<(u64, u64)> {
         let smallest = self.smallest_sequence.load(Ordering::Relaxed);
         (smallest != u64::MAX).then(|| (smallest, self.largest_sequence.load(Ordering::Relaxed)))
@@ -496,16 +486,6 @@ impl Eq for Head<'_> {}
 /// `snapshot`, and after every newer one (kind byte 0xff, like LevelDB's `kValueTypeForSeek`).
 fn lookup_trailer(snapshot: u64) -> u64 {
     (snapshot.min(MAX_SEQUENCE) << 8) | 0xff
-}
-
-/// The seek key for reads at `snapshot`: sorts before every version of `user_key` with
-/// sequence at most `snapshot`, and after every newer one (kind byte 0xff, like LevelDB's
-/// `kValueTypeForSeek`).
-pub fn lookup_key(user_key: &[u8], snapshot: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(user_key.len() + TRAILER_LEN);
-    key.extend_from_slice(user_key);
-    key.extend_from_slice(&lookup_trailer(snapshot).to_be_bytes());
-    key
 }
 
 #[cfg(test)]

@@ -245,3 +245,19 @@ fn readers_see_a_sorted_consistent_view_while_a_writer_inserts() {
     });
     assert_eq!(mem.len() as u64, WRITES);
 }
+
+#[test]
+fn memtable_get_by_snapshot_and_range_cover() -> crate::error::Result<()> {
+    use crate::lsm::format::ValueKind;
+    use crate::lsm::memtable::Memtable;
+
+    let mem = Memtable::new();
+    mem.insert(b"k", 1, ValueKind::Put, b"v1");
+    mem.insert(b"k", 2, ValueKind::Put, b"v2");
+    assert_eq!(&*mem.get(b"k", 1).unwrap().value, b"v1");
+    assert_eq!(mem.get(b"k", 5).unwrap().sequence, 2);
+    mem.insert(b"a", 3, ValueKind::RangeDelete, b"z");
+    assert!(mem.is_covered(b"k", 2, 3));
+    assert!(!mem.is_covered(b"k", 2, 2));
+    Ok(())
+}

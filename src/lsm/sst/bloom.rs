@@ -5,7 +5,7 @@
 //! the probe count; a reader needs nothing else to probe it.
 
 use crate::error::{Error, Result};
-use crate::keys::murmur3_32;
+use crate::hash::murmur3_32;
 
 /// Default bits of filter per distinct user key (about 1% false positives).
 pub const DEFAULT_BITS_PER_KEY: u32 = 10;
@@ -93,16 +93,6 @@ impl BloomBuilder {
         self.hashes.push(hashes(user_key));
     }
 
-    /// Number of keys added.
-    pub fn len(&self) -> usize {
-        self.hashes.len()
-    }
-
-    /// Whether no key was added.
-    pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
-    }
-
     /// The encoded filter: `bit array | probes u8`.
     pub fn finish(&self) -> Vec<u8> {
         let wanted = (self.hashes.len() as u64).saturating_mul(u64::from(self.bits_per_key));
@@ -164,6 +154,7 @@ impl BloomFilter {
     }
 
     /// Size of the bit array in bytes.
+    #[cfg(test)]
     pub fn len_bytes(&self) -> usize {
         self.bits.len()
     }

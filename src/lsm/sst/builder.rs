@@ -136,11 +136,6 @@ impl SstBuilder {
         Ok(())
     }
 
-    /// Entries added so far.
-    pub fn entry_count(&self) -> u64 {
-        self.properties.entry_count
-    }
-
     /// Size the file would have if finished now, roughly (meta blocks not counted).
     pub fn estimated_file_size(&self) -> u64 {
         self.offset + self.data_block.estimated_size() as u64

@@ -3,24 +3,6 @@
 //! [`SstBuilder`] writes a file of internal keys in `compare_internal` order and fsyncs it;
 //! [`SstReader`] maps it, validates footer and meta blocks on open, and serves point lookups
 //! (bloom first) and [`SstIter`] scans. A published file is never modified.
-//!
-//! ```
-//! use flowstate::lsm::format::{internal_key, ValueKind};
-//! use flowstate::lsm::sst::{SstBuilder, SstOptions, SstReader};
-//!
-//! let dir = tempfile::tempdir()?;
-//! let path = dir.path().join("000007.sst");
-//! let mut builder = SstBuilder::create(&path, SstOptions::default())?;
-//! builder.add(&internal_key(b"apple", 9, ValueKind::Put), b"red")?;
-//! builder.add(&internal_key(b"apple", 4, ValueKind::Put), b"green")?;
-//! let metadata = builder.finish()?;
-//! assert_eq!(metadata.properties.entry_count, 2);
-//!
-//! let reader = SstReader::open(&path, 7, None)?;
-//! assert_eq!(reader.get(b"apple", 5)?.map(|e| e.value), Some(b"green".to_vec()));
-//! assert_eq!(reader.get(b"apple", 3)?, None);
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
 
 pub mod bloom;
 pub mod builder;
@@ -30,9 +12,7 @@ pub mod reader;
 mod storage;
 
 pub use builder::{SstBuilder, SstMetadata};
-pub use format::{BlockHandle, Footer, SstProperties};
-pub use iter::SstIter;
-pub use reader::{SstEntry, SstReader};
+pub use reader::SstReader;
 
 use crate::codec::block::{Compression, DEFAULT_RESTART_INTERVAL};
 use crate::error::{Error, Result};

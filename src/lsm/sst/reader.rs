@@ -114,6 +114,7 @@ impl std::fmt::Debug for SstReader {
 impl SstReader {
     /// Opens the SST at `path` through a memory map. `file_number` keys its blocks in `cache` and
     /// must be unique among the files sharing that cache.
+    #[cfg(test)]
     pub fn open(path: &Path, file_number: u64, cache: Option<Arc<BlockCache>>) -> Result<Self> {
         SstReader::open_with(path, file_number, cache, true)
     }
@@ -121,6 +122,7 @@ impl SstReader {
     /// Opens the SST at `path`, reading it through a memory map when `mmap` is true and with
     /// positioned reads (`pread`) into the blocks otherwise (then only the block cache holds its
     /// data in this process's memory).
+    #[cfg(test)]
     pub fn open_with(
         path: &Path,
         file_number: u64,
@@ -232,26 +234,19 @@ impl SstReader {
     }
 
     /// The recorded properties.
+    #[cfg(test)]
     pub fn properties(&self) -> &SstProperties {
         &self.file.properties
     }
 
     /// The footer: where the index, filter and properties blocks lie.
+    #[cfg(test)]
     pub fn footer(&self) -> Footer {
         self.file.footer
     }
 
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.file.path
-    }
-
-    /// The file number given to [`open`](Self::open).
-    pub fn file_number(&self) -> u64 {
-        self.file.file_number
-    }
-
     /// Size of the file in bytes.
+    #[cfg(test)]
     pub fn file_size(&self) -> u64 {
         self.file.storage.len()
     }
@@ -381,6 +376,7 @@ impl SstReader {
     }
 
     /// CRC-32 of the whole file (compare with [`SstMetadata::file_crc32`](super::SstMetadata)).
+    #[cfg(test)]
     pub fn file_crc32(&self) -> Result<u32> {
         self.file.storage.crc32(&self.file.label)
     }

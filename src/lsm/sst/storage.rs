@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::codec::block::{Block, SharedBytes};
+#[cfg(test)]
 use crate::codec::record::crc32;
 use crate::error::{Error, Result};
 use crate::fs::ReadableFile;
@@ -25,6 +26,7 @@ thread_local! {
 }
 
 /// Bytes read at a time when checksumming a whole file through `pread`.
+#[cfg(test)]
 const CHECKSUM_CHUNK: usize = 1 << 20;
 
 /// The bytes of one open SST.
@@ -124,6 +126,7 @@ impl Storage {
     }
 
     /// CRC-32 of the whole file.
+    #[cfg(test)]
     pub(crate) fn crc32(&self, label: &str) -> Result<u32> {
         match self {
             Storage::Mapped(map) => Ok(crc32((**map).as_ref())),

@@ -14,6 +14,8 @@ use crate::lsm::block_cache::BlockCache;
 use crate::lsm::format::{InternalKey, MAX_SEQUENCE, ValueKind, internal_key, parse_internal_key};
 use crate::lsm::iterator::InternalIterator;
 use crate::lsm::sst::format::FOOTER_LEN;
+use crate::lsm::sst::iter::SstIter;
+use crate::lsm::sst::reader::SstEntry;
 
 /// Internal key -> value, in `compare_internal` order.
 type Model = BTreeMap<InternalKey, Vec<u8>>;
@@ -487,4 +489,26 @@ fn golden_file_of_version_1() {
         .unwrap()
         .unwrap();
     assert_eq!((entry.sequence, entry.kind), (53, ValueKind::Merge));
+}
+
+#[test]
+fn sst_written_and_read_back_by_snapshot() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    use crate::lsm::format::{ValueKind, internal_key};
+    use crate::lsm::sst::{SstBuilder, SstOptions, SstReader};
+
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("000007.sst");
+    let mut builder = SstBuilder::create(&path, SstOptions::default())?;
+    builder.add(&internal_key(b"apple", 9, ValueKind::Put), b"red")?;
+    builder.add(&internal_key(b"apple", 4, ValueKind::Put), b"green")?;
+    let metadata = builder.finish()?;
+    assert_eq!(metadata.properties.entry_count, 2);
+
+    let reader = SstReader::open(&path, 7, None)?;
+    assert_eq!(
+        reader.get(b"apple", 5)?.map(|e| e.value),
+        Some(b"green".to_vec())
+    );
+    assert_eq!(reader.get(b"apple", 3)?, None);
+    Ok(())
 }

@@ -7,7 +7,7 @@
 pub mod reader;
 pub mod writer;
 
-pub use reader::{Damage, DamageKind, RecoveryMode, WalReader, WalRecovery};
+pub use reader::{RecoveryMode, WalReader, WalRecovery};
 pub use writer::{SyncMode, WalWriter};
 
 use crate::codec::record::crc32;

@@ -15,7 +15,7 @@ use crate::lsm::wal::{HeaderState, WAL_HEADER_LEN, decode_header};
 /// What recovery does when it finds a damaged record (FORMAT.md §7.5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RecoveryMode {
-    /// Drop a torn tail (reported in [`WalRecovery::stop`]); damage followed by valid records is
+    /// Drop a torn tail (reported in the log); damage followed by valid records is
     /// [`Error::Corruption`]. Like RocksDB's `kTolerateCorruptedTailRecords`.
     #[default]
     TolerateTornTail,
@@ -51,6 +51,13 @@ pub struct Damage {
 
 /// Everything recovered from one WAL file.
 #[derive(Clone, Debug)]
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "the store's recovery reads the batches; reopening a WAL reads the rest"
+    )
+)]
 pub struct WalRecovery {
     /// The header's log number; `None` if the header itself was torn.
     pub log_number: Option<u64>,
@@ -65,6 +72,7 @@ pub struct WalRecovery {
 
 impl WalRecovery {
     /// Reads every batch of the WAL at `path` according to `mode`.
+    #[cfg(test)]
     pub fn read(path: &Path, mode: RecoveryMode) -> Result<WalRecovery> {
         WalRecovery::read_on(crate::fs::std_fs().as_ref(), path, mode)
     }
@@ -89,6 +97,7 @@ impl WalRecovery {
     }
 
     /// Bytes at the end of the file that recovery did not use.
+    #[cfg(test)]
     pub fn dropped_bytes(&self) -> u64 {
         self.stop.as_ref().map_or(0, |d| d.dropped_bytes)
     }
@@ -118,12 +127,7 @@ pub struct WalReader {
 }
 
 impl WalReader {
-    /// Opens the WAL at `path` and checks its header.
-    pub fn open(path: &Path, mode: RecoveryMode) -> Result<WalReader> {
-        WalReader::open_on(crate::fs::std_fs().as_ref(), path, mode)
-    }
-
-    /// [`WalReader::open`] on the file system `fs`.
+    /// Opens the WAL at `path` on the file system `fs` and checks its header.
     pub fn open_on(
         fs: &dyn crate::fs::FileSystem,
         path: &Path,

@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 
 use crate::codec::record::put_record;
 use crate::error::{Error, Result};
-use crate::fs::{FsRef, WritableFile, std_fs, sync_parent};
+#[cfg(test)]
+use crate::fs::std_fs;
+use crate::fs::{FsRef, WritableFile, sync_parent};
 use crate::lsm::batch::WriteBatch;
+#[cfg(test)]
 use crate::lsm::wal::reader::{DamageKind, RecoveryMode, WalRecovery};
 use crate::lsm::wal::{WAL_HEADER_LEN, encode_header};
 
@@ -19,7 +22,7 @@ pub enum SyncMode {
     /// `fsync` (`sync_data`) after every appended batch: an acknowledged batch survives power
     /// loss.
     EveryBatch,
-    /// Only on an explicit [`WalWriter::sync`]: batches appended since the last sync survive a
+    /// Only on an explicit sync ([`Db::sync_wal`](crate::lsm::Db::sync_wal)): batches appended since the last sync survive a
     /// process crash but may be lost to power loss. The default (as `lsm::Options` has it, and
     /// like RocksDB's `sync = false`).
     #[default]
@@ -27,28 +30,10 @@ pub enum SyncMode {
 }
 
 /// Appends write batches to one WAL file.
-///
-/// ```
-/// use flowstate::lsm::batch::WriteBatch;
-/// use flowstate::lsm::wal::{wal_file_name, RecoveryMode, SyncMode, WalRecovery, WalWriter};
-///
-/// let dir = tempfile::tempdir()?;
-/// let path = dir.path().join(wal_file_name(1));
-/// let mut wal = WalWriter::create(&path, 1, SyncMode::Manual)?;
-/// let mut batch = WriteBatch::new();
-/// batch.put(0, b"k", b"v")?;
-/// batch.set_base_sequence(1)?;
-/// wal.append(&batch)?;
-/// wal.sync()?;
-/// let recovered = WalRecovery::read(&path, RecoveryMode::default())?;
-/// assert_eq!(recovered.batches, vec![batch]);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
 pub struct WalWriter {
     file: Box<dyn WritableFile>,
     fs: FsRef,
     path: PathBuf,
-    log_number: u64,
     sync_mode: SyncMode,
     /// Bytes in the file: header plus complete records.
     len: u64,
@@ -65,6 +50,7 @@ pub struct WalWriter {
 impl WalWriter {
     /// Creates a new WAL at `path` (which must not exist) and writes its header. With
     /// [`SyncMode::EveryBatch`] the file and its directory are synced before this returns.
+    #[cfg(test)]
     pub fn create(path: &Path, log_number: u64, sync_mode: SyncMode) -> Result<WalWriter> {
         WalWriter::create_on(&std_fs(), path, log_number, sync_mode)
     }
@@ -77,7 +63,7 @@ impl WalWriter {
         sync_mode: SyncMode,
     ) -> Result<WalWriter> {
         let file = fs.create_new(path).map_err(|e| Error::io(path, e))?;
-        let mut writer = WalWriter::new(fs, file, path, log_number, sync_mode, 0, 0);
+        let mut writer = WalWriter::new(fs, file, path, sync_mode, 0, 0);
         writer.write_out(&encode_header(log_number))?;
         writer.len = WAL_HEADER_LEN as u64;
         if sync_mode == SyncMode::EveryBatch {
@@ -92,6 +78,7 @@ impl WalWriter {
     /// A torn header is rewritten with `log_number`. A header naming another log number, or
     /// damage with valid records after it (even in [`RecoveryMode::StopAtFirstCorruption`]), is
     /// [`Error::Corruption`]: such bytes are never discarded here; start a new log instead.
+    #[cfg(test)]
     pub fn reopen(
         path: &Path,
         log_number: u64,
@@ -102,6 +89,7 @@ impl WalWriter {
     }
 
     /// [`WalWriter::reopen`] on the file system `fs`.
+    #[cfg(test)]
     pub fn reopen_on(
         fs: &FsRef,
         path: &Path,
@@ -133,7 +121,7 @@ impl WalWriter {
             .batches
             .last()
             .map_or(0, |b| b.last_sequence() + u64::from(!b.is_empty()));
-        let mut writer = WalWriter::new(fs, file, path, log_number, sync_mode, 0, next_sequence);
+        let mut writer = WalWriter::new(fs, file, path, sync_mode, 0, next_sequence);
         writer.truncate_to(recovery.valid_len)?;
         if recovery.log_number.is_none() {
             writer.write_out(&encode_header(log_number))?;
@@ -150,7 +138,6 @@ impl WalWriter {
         fs: &FsRef,
         file: Box<dyn WritableFile>,
         path: &Path,
-        log_number: u64,
         sync_mode: SyncMode,
         len: u64,
         next_sequence: u64,
@@ -159,7 +146,6 @@ impl WalWriter {
             file,
             fs: std::sync::Arc::clone(fs),
             path: path.to_path_buf(),
-            log_number,
             sync_mode,
             len,
             next_sequence,
@@ -230,28 +216,9 @@ impl WalWriter {
     }
 
     /// Bytes in the file: the header plus every appended record.
+    #[cfg(test)]
     pub fn len(&self) -> u64 {
         self.len
-    }
-
-    /// Always false: a WAL holds at least its header.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// The log number in the header.
-    pub fn log_number(&self) -> u64 {
-        self.log_number
-    }
-
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The sync mode.
-    pub fn sync_mode(&self) -> SyncMode {
-        self.sync_mode
     }
 
     fn write_out(&mut self, bytes: &[u8]) -> Result<()> {
@@ -262,6 +229,7 @@ impl WalWriter {
         })
     }
 
+    #[cfg(test)]
     fn truncate_to(&mut self, len: u64) -> Result<()> {
         self.file.set_len(len).map_err(|e| {
             self.failed = true;
@@ -357,5 +325,23 @@ mod tests {
         let path = dir.path().join(wal_file_name(1));
         WalWriter::create(&path, 1, SyncMode::Manual).unwrap();
         assert!(WalWriter::create(&path, 1, SyncMode::Manual).is_err());
+    }
+
+    #[test]
+    fn wal_appended_batch_is_recovered() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        use crate::lsm::batch::WriteBatch;
+        use crate::lsm::wal::{RecoveryMode, SyncMode, WalRecovery, WalWriter, wal_file_name};
+
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(wal_file_name(1));
+        let mut wal = WalWriter::create(&path, 1, SyncMode::Manual)?;
+        let mut batch = WriteBatch::new();
+        batch.put(0, b"k", b"v")?;
+        batch.set_base_sequence(1)?;
+        wal.append(&batch)?;
+        wal.sync()?;
+        let recovered = WalRecovery::read(&path, RecoveryMode::default())?;
+        assert_eq!(recovered.batches, vec![batch]);
+        Ok(())
     }
 }
