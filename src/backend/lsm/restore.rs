@@ -19,9 +19,9 @@ use super::{LsmBackend, cf_name, random_instance_id};
 use crate::backend::parallel::run_parallel;
 use crate::backend::{
     BackendKind, SnapshotData, SnapshotHandle, StateDescriptor, StateId, check_restore_handles,
+    read_handle_metadata,
 };
 use crate::checkpoint::metadata::CheckpointMetadata;
-use crate::checkpoint::registry::read_metadata;
 use crate::checkpoint::storage::{CheckpointStorage, Listed, metadata_path};
 use crate::checkpoint::uri::storage_for_root;
 use crate::error::{Error, Result};
@@ -48,11 +48,6 @@ struct Source {
     copies: Option<LocalCopies>,
 }
 
-/// The storage a handle's files live in: ours, a store reopened by URI, or a local directory.
-fn storage_for(backend: &LsmBackend, root: &str) -> Result<(Arc<dyn CheckpointStorage>, bool)> {
-    storage_for_root(&backend.storage, root)
-}
-
 fn read_source(
     backend: &LsmBackend,
     handle: &SnapshotHandle,
@@ -63,26 +58,14 @@ fn read_source(
             "an lsm-backend handle must reference files, found in-memory data",
         ));
     };
-    let (storage, ours) = storage_for(backend, root)?;
+    let (storage, ours) = storage_for_root(&backend.storage, root)?;
     let copies = backend
         .options
         .local_recovery_dir
         .as_ref()
         .map(|base| LocalCopies::new(&backend.options.fs, base, &storage.location()));
-    let metadata = read_metadata(storage.as_ref(), handle.checkpoint_id)?;
-    let listed: Vec<_> = metadata.files.iter().map(|f| &f.file).collect();
+    let metadata = read_handle_metadata(storage.as_ref(), handle, files)?;
     let meta_path = metadata_path(handle.checkpoint_id);
-    if metadata.backend != handle.backend
-        || metadata.max_parallelism != handle.max_parallelism
-        || metadata.key_group_range != handle.key_group_range
-        || metadata.states != handle.states
-        || listed != files.iter().collect::<Vec<_>>()
-    {
-        return Err(Error::invalid(format!(
-            "{meta_path} does not describe the snapshot handle of checkpoint {}",
-            handle.checkpoint_id
-        )));
-    }
     if metadata.extra.is_empty() {
         return Ok(Source {
             storage,
