@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::layout::{CheckpointLayout, FileRole, LayoutFile, LayoutTombstone};
+use super::layout::{CheckpointLayout, FileRole, LayoutFile, LayoutTombstone, file_key_groups};
 use super::local_recovery::LocalCopies;
 use super::transfer::{UploadJob, upload_all};
 use super::write_cache::{FrozenWrites, PendingWrites};
@@ -35,7 +35,7 @@ use crate::checkpoint::registry::CheckpointRegistry;
 use crate::checkpoint::retention;
 use crate::checkpoint::storage::{CheckpointStorage, SHARED_DIR, metadata_path};
 use crate::error::{Error, Result};
-use crate::keys::{KeyGroupRange, key_group_of};
+use crate::keys::KeyGroupRange;
 use crate::lsm::table::sst_file_name;
 use crate::lsm::version::{FileMeta, RangeTombstone};
 use crate::lsm::{Db, FlushOutput, LiveFiles};
@@ -267,17 +267,6 @@ fn upload_job(inc: &Incremental, local: &std::path::Path, meta: &Arc<FileMeta>) 
         local: local.to_path_buf(),
         meta: meta.clone(),
         path: inc.shared_path(meta.number),
-    }
-}
-
-/// The key groups of a file's user-key range.
-fn file_key_groups(meta: &FileMeta, fallback: KeyGroupRange) -> KeyGroupRange {
-    match (
-        key_group_of(meta.smallest_user_key()),
-        key_group_of(meta.largest_user_key()),
-    ) {
-        (Some(a), Some(b)) if a <= b => KeyGroupRange::new(a, b).unwrap_or(fallback),
-        _ => fallback,
     }
 }
 
@@ -610,7 +599,7 @@ impl LsmSnapshotTask {
                     size: up.size,
                     crc32: up.crc32,
                     xxh3: up.xxh3,
-                    key_groups: file_key_groups(meta, fallback),
+                    key_groups: file_key_groups(meta).unwrap_or(fallback),
                 },
                 shared: true,
             });

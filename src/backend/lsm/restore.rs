@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::checkpoint::{UploadedFile, shared_path};
-use super::layout::{CheckpointLayout, FileRole};
+use super::layout::{CheckpointLayout, FileRole, file_key_groups};
 use super::local_recovery::LocalCopies;
 use super::transfer::{check_local, download};
 use super::{LsmBackend, cf_name, random_instance_id};
@@ -27,13 +27,13 @@ use crate::checkpoint::uri::storage_for_root;
 use crate::error::{Error, Result};
 use crate::fs::sync_dir;
 use crate::fs::{FileSystem, create_dir_durable};
-use crate::keys::{KeyGroupRange, key_group_of};
+use crate::keys::KeyGroupRange;
 use crate::lsm::Db;
 use crate::lsm::db::DEFAULT_CF;
 use crate::lsm::db::LiveFiles;
 use crate::lsm::manifest::Manifest;
 use crate::lsm::table::sst_file_name;
-use crate::lsm::version::{FileMeta, RangeTombstone, Version, VersionEdit};
+use crate::lsm::version::{RangeTombstone, Version, VersionEdit};
 
 /// One verified handle.
 struct Source {
@@ -114,20 +114,6 @@ fn read_source(
         keep,
         copies,
     })
-}
-
-/// The key groups of a file from its key range, or corruption.
-fn file_key_groups(meta: &FileMeta, label: &str) -> Result<KeyGroupRange> {
-    let bad = || {
-        Error::corruption(
-            label,
-            0,
-            format!("file {} has keys without a key group", meta.number),
-        )
-    };
-    let first = key_group_of(meta.smallest_user_key()).ok_or_else(bad)?;
-    let last = key_group_of(meta.largest_user_key()).ok_or_else(bad)?;
-    KeyGroupRange::new(first, last).map_err(|_| bad())
 }
 
 /// What a restore brought into the new store, and from where.
@@ -545,7 +531,13 @@ fn build_store<'a>(
                 .ok_or_else(|| Error::invalid(format!("state '{state}' is not registered")))
         };
         for f in &layout.files {
-            let groups = file_key_groups(&f.meta, &label)?;
+            let groups = file_key_groups(&f.meta).ok_or_else(|| {
+                Error::corruption(
+                    &label,
+                    0,
+                    format!("file {} has keys without a key group", f.meta.number),
+                )
+            })?;
             if groups.intersect(&source.keep).is_none() {
                 continue; // Wholly outside the key groups this backend now owns.
             }
