@@ -335,7 +335,12 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
         return move_file(inner, &job);
     }
     let started = Instant::now();
-    let Some((tables, options, tombstones)) = compaction_inputs(inner, &job) else {
+    let Some(CompactionInputs {
+        tables,
+        options,
+        tombstones,
+    }) = compaction_inputs(inner, &job)
+    else {
         return Ok(());
     };
     let mut children: Vec<Box<dyn InternalIterator>> = Vec::with_capacity(tables.len());
@@ -377,12 +382,17 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
     Ok(())
 }
 
-/// The input tables of `job`, its column family's options and range tombstones; `None` when
-/// the column family is gone or the version moved on (an input is no longer live).
-fn compaction_inputs(
-    inner: &DbInner,
-    job: &Job,
-) -> Option<(Vec<Arc<TableFile>>, Arc<CfOptions>, Vec<RangeTombstone>)> {
+/// What a compaction reads: its input tables and its column family's options and range
+/// tombstones.
+struct CompactionInputs {
+    tables: Vec<Arc<TableFile>>,
+    options: Arc<CfOptions>,
+    tombstones: Vec<RangeTombstone>,
+}
+
+/// The inputs of `job`; `None` when the column family is gone or the version moved on (an
+/// input is no longer live).
+fn compaction_inputs(inner: &DbInner, job: &Job) -> Option<CompactionInputs> {
     let core = inner.core.lock();
     let state = core.cfs.get(&job.cf)?;
     let tables: Vec<Arc<TableFile>> = job
@@ -399,7 +409,11 @@ fn compaction_inputs(
         .get(&job.cf)
         .map(|c| c.tombstones.clone())
         .unwrap_or_default();
-    Some((tables, state.options.clone(), tombstones))
+    Some(CompactionInputs {
+        tables,
+        options: state.options.clone(),
+        tombstones,
+    })
 }
 
 /// The version edit of a finished compaction: its inputs deleted, its outputs added at the
