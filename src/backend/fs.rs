@@ -19,7 +19,7 @@ use super::full_snapshot::{
 use super::heap::{HeapSnapshot, HeapStore};
 use super::{
     BackendConfig, BackendKind, FileRef, SnapshotData, SnapshotHandle, SnapshotTask, StateBackend,
-    StateDescriptor, StateId, check_restore_handles,
+    StateDescriptor, StateId, check_restore_handles, read_handle_metadata,
 };
 use crate::checkpoint::metadata::{CheckpointFile, CheckpointMetadata};
 use crate::checkpoint::registry::{CheckpointRegistry, RecoveryReport, read_metadata};
@@ -27,6 +27,7 @@ use crate::checkpoint::retention::{self, DEFAULT_RETAINED_CHECKPOINTS};
 use crate::checkpoint::storage::{
     CheckpointStorage, checkpoint_dir, checkpoint_ids, metadata_path,
 };
+use crate::checkpoint::uri::storage_for_root;
 use crate::error::{Error, Result};
 use crate::keys::KeyGroupRange;
 use crate::ttl::SharedClock;
@@ -345,11 +346,6 @@ struct VerifiedFile {
 }
 
 impl FsBackend {
-    /// The storage a handle's files live in: ours, a store reopened by URI, or a local directory.
-    fn storage_for(&self, root: &str) -> Result<Arc<dyn CheckpointStorage>> {
-        crate::checkpoint::uri::storage_for_root(&self.storage, root).map(|(storage, _)| storage)
-    }
-
     /// Reads `_metadata` and every file of `handle` whose key groups meet `range`, verifying
     /// size, crc32 and the whole file structure before anything is restored.
     fn verify_handle(
@@ -363,26 +359,15 @@ impl FsBackend {
                 "an fs-backend handle must reference files, found in-memory data",
             ));
         };
-        let storage = self.storage_for(root)?;
-        let metadata = read_metadata(storage.as_ref(), handle.checkpoint_id)?;
-        let listed: Vec<&FileRef> = metadata.files.iter().map(|f| &f.file).collect();
-        if metadata.backend != handle.backend
-            || metadata.max_parallelism != handle.max_parallelism
-            || metadata.key_group_range != handle.key_group_range
-            || metadata.states != handle.states
-            || listed != files.iter().collect::<Vec<_>>()
-        {
-            return Err(Error::invalid(format!(
-                "{} does not describe the snapshot handle of checkpoint {}",
-                metadata_path(handle.checkpoint_id),
-                handle.checkpoint_id
-            )));
-        }
+        let (storage, _) = storage_for_root(&self.storage, root)?;
+        let metadata = read_handle_metadata(storage.as_ref(), handle, files)?;
         let states = Arc::new(metadata.states.clone());
         let state_count =
             u32::try_from(states.len()).map_err(|_| Error::invalid("too many states"))?;
-        for file in listed
-            .into_iter()
+        for file in metadata
+            .files
+            .iter()
+            .map(|f| &f.file)
             .filter(|f| f.key_groups.intersect(&range).is_some())
         {
             let path = file.path.as_str();

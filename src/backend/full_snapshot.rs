@@ -222,22 +222,7 @@ pub fn decode_full_snapshot_file(
     expected: &ExpectedFile,
     mut visit: impl FnMut(u32, &[u8], &[u8]) -> Result<()>,
 ) -> Result<u64> {
-    let mut preamble = Cursor::new(bytes, file, 0);
-    if preamble.bytes(8, "magic")? != FULL_SNAPSHOT_MAGIC {
-        return Err(Error::corruption(
-            file,
-            0,
-            "bad magic: not a full snapshot file",
-        ));
-    }
-    let version = preamble.u32_le("format version")?;
-    if version != FULL_SNAPSHOT_VERSION {
-        return Err(Error::corruption(
-            file,
-            8,
-            format!("unsupported version {version} (this reader knows {FULL_SNAPSHOT_VERSION})"),
-        ));
-    }
+    check_preamble(bytes, file)?;
     let mut pos = PREAMBLE_LEN;
     let next_record = |pos: &mut usize| -> Result<(&[u8], u64)> {
         let at = *pos as u64;
@@ -256,68 +241,12 @@ pub fn decode_full_snapshot_file(
         let mut c = Cursor::new(payload, file, at);
         match c.u8("record type")? {
             RECORD_BLOCK => {
-                let state_index = c.varint32()?;
-                if state_index >= expected.state_count {
-                    return Err(c.error_at(
-                        at + 1,
-                        format!(
-                            "state index {state_index} >= state count {}",
-                            expected.state_count
-                        ),
-                    ));
-                }
-                let count_at = c.offset();
-                let count = c.varint32()?;
-                if count == 0 {
-                    return Err(c.error_at(count_at, "empty block"));
-                }
-                for _ in 0..count {
-                    let entry_at = c.offset();
-                    let key_len = c.varint32()?;
-                    let key = c.bytes(key_len as usize, "key")?;
-                    let value_len = c.varint32()?;
-                    let value = c.bytes(value_len as usize, "value")?;
-                    let parsed = CompositeKey::decode(key, file, entry_at)?;
-                    if !expected.key_groups.contains(parsed.key_group) {
-                        return Err(c.error_at(
-                            entry_at,
-                            format!(
-                                "key group {} outside the file's {}",
-                                parsed.key_group, expected.key_groups
-                            ),
-                        ));
-                    }
-                    if let Some((last_state, last_key)) = last
-                        && (last_state, last_key) >= (state_index, key)
-                    {
-                        return Err(c.error_at(entry_at, "entries out of (state, key) order"));
-                    }
-                    last = Some((state_index, key));
-                    visit(state_index, key, value)?;
-                }
-                if !c.is_empty() {
-                    return Err(c.error_at(c.offset(), "trailing bytes after the block's entries"));
-                }
+                let count = decode_block(&mut c, at, file, expected, &mut last, &mut visit)?;
                 blocks += 1;
                 entries += u64::from(count);
             }
             RECORD_FOOTER => {
-                if payload.len() != FOOTER_PAYLOAD_LEN {
-                    return Err(c.error_at(
-                        at,
-                        format!(
-                            "footer of {} bytes, expected {FOOTER_PAYLOAD_LEN}",
-                            payload.len()
-                        ),
-                    ));
-                }
-                let block_count = c.u64_le("block count")?;
-                let entry_count = c.u64_le("entry count")?;
-                if (block_count, entry_count) != (blocks, entries) {
-                    return Err(c.error_at(at + 1, format!(
-                        "footer counts {block_count} blocks / {entry_count} entries, file has {blocks} / {entries}"
-                    )));
-                }
+                check_footer(&mut c, payload.len(), at, (blocks, entries))?;
                 if pos != bytes.len() {
                     return Err(Error::corruption(
                         file,
@@ -330,6 +259,103 @@ pub fn decode_full_snapshot_file(
             other => return Err(c.error_at(at, format!("unknown record type {other}"))),
         }
     }
+}
+
+/// Checks the preamble of a full snapshot file: its magic and format version.
+fn check_preamble(bytes: &[u8], file: &str) -> Result<()> {
+    let mut preamble = Cursor::new(bytes, file, 0);
+    if preamble.bytes(8, "magic")? != FULL_SNAPSHOT_MAGIC {
+        return Err(Error::corruption(
+            file,
+            0,
+            "bad magic: not a full snapshot file",
+        ));
+    }
+    let version = preamble.u32_le("format version")?;
+    if version != FULL_SNAPSHOT_VERSION {
+        return Err(Error::corruption(
+            file,
+            8,
+            format!("unsupported version {version} (this reader knows {FULL_SNAPSHOT_VERSION})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes the rest of a block record at `at` (its type byte already read from `c`): checks
+/// the state index, the count, each entry's key group and the (state, key) order after `last`,
+/// calls `visit` for each entry, and returns the block's entry count.
+fn decode_block<'a>(
+    c: &mut Cursor<'a>,
+    at: u64,
+    file: &str,
+    expected: &ExpectedFile,
+    last: &mut Option<(u32, &'a [u8])>,
+    visit: &mut impl FnMut(u32, &[u8], &[u8]) -> Result<()>,
+) -> Result<u32> {
+    let state_index = c.varint32()?;
+    if state_index >= expected.state_count {
+        return Err(c.error_at(
+            at + 1,
+            format!(
+                "state index {state_index} >= state count {}",
+                expected.state_count
+            ),
+        ));
+    }
+    let count_at = c.offset();
+    let count = c.varint32()?;
+    if count == 0 {
+        return Err(c.error_at(count_at, "empty block"));
+    }
+    for _ in 0..count {
+        let entry_at = c.offset();
+        let key_len = c.varint32()?;
+        let key = c.bytes(key_len as usize, "key")?;
+        let value_len = c.varint32()?;
+        let value = c.bytes(value_len as usize, "value")?;
+        let parsed = CompositeKey::decode(key, file, entry_at)?;
+        if !expected.key_groups.contains(parsed.key_group) {
+            return Err(c.error_at(
+                entry_at,
+                format!(
+                    "key group {} outside the file's {}",
+                    parsed.key_group, expected.key_groups
+                ),
+            ));
+        }
+        if let Some((last_state, last_key)) = *last
+            && (last_state, last_key) >= (state_index, key)
+        {
+            return Err(c.error_at(entry_at, "entries out of (state, key) order"));
+        }
+        *last = Some((state_index, key));
+        visit(state_index, key, value)?;
+    }
+    if !c.is_empty() {
+        return Err(c.error_at(c.offset(), "trailing bytes after the block's entries"));
+    }
+    Ok(count)
+}
+
+/// Checks a footer record of `len` payload bytes at `at` (its type byte already read from `c`)
+/// against the `(blocks, entries)` the file held before it.
+fn check_footer(c: &mut Cursor<'_>, len: usize, at: u64, seen: (u64, u64)) -> Result<()> {
+    let (blocks, entries) = seen;
+    if len != FOOTER_PAYLOAD_LEN {
+        return Err(c.error_at(
+            at,
+            format!("footer of {len} bytes, expected {FOOTER_PAYLOAD_LEN}"),
+        ));
+    }
+    let block_count = c.u64_le("block count")?;
+    let entry_count = c.u64_le("entry count")?;
+    if (block_count, entry_count) != (blocks, entries) {
+        return Err(c.error_at(at + 1, format!(
+            "footer counts {block_count} blocks / {entry_count} entries, file has {blocks} / {entries}"
+        )));
+    }
+    Ok(())
 }
 
 fn check_header(payload: &[u8], file: &str, at: u64, expected: &ExpectedFile) -> Result<()> {

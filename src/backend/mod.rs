@@ -23,9 +23,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::registry::CheckpointRegistry;
+use crate::checkpoint::metadata::CheckpointMetadata;
+use crate::checkpoint::registry::{CheckpointRegistry, read_metadata};
 use crate::checkpoint::retention;
-use crate::checkpoint::storage::SHARED_DIR;
+use crate::checkpoint::storage::{CheckpointStorage, SHARED_DIR, metadata_path};
 
 use crate::codec::cursor::Cursor;
 use crate::codec::varint::put_varint32;
@@ -575,6 +576,32 @@ pub fn check_restore_handles(
         }
     }
     Ok(())
+}
+
+/// Reads the `_metadata` of `handle`'s checkpoint from `storage`, the storage its files
+/// (`files`) live in, and checks that it describes `handle`: the same backend, max parallelism,
+/// key-group range, states and files. A `_metadata` that does not is an
+/// [`Error::InvalidArgument`] naming it.
+pub(crate) fn read_handle_metadata(
+    storage: &dyn CheckpointStorage,
+    handle: &SnapshotHandle,
+    files: &[FileRef],
+) -> Result<CheckpointMetadata> {
+    let metadata = read_metadata(storage, handle.checkpoint_id)?;
+    let listed: Vec<&FileRef> = metadata.files.iter().map(|f| &f.file).collect();
+    if metadata.backend != handle.backend
+        || metadata.max_parallelism != handle.max_parallelism
+        || metadata.key_group_range != handle.key_group_range
+        || metadata.states != handle.states
+        || listed != files.iter().collect::<Vec<_>>()
+    {
+        return Err(Error::invalid(format!(
+            "{} does not describe the snapshot handle of checkpoint {}",
+            metadata_path(handle.checkpoint_id),
+            handle.checkpoint_id
+        )));
+    }
+    Ok(metadata)
 }
 
 /// Checks that `key`'s key group is in `range`.

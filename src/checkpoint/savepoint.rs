@@ -15,7 +15,7 @@ use crate::codec::cursor::Cursor;
 use crate::codec::record::{RecordReader, put_record};
 use crate::codec::varint::{put_varint32, put_varint64};
 use crate::error::{Error, Result};
-use crate::fs::{FileSystem, IoReader, IoWriter, StdFs, sync_parent};
+use crate::fs::{FileSystem, IoReader, IoWriter, StdFs, commit_temp};
 use crate::keys::{KeyGroupRange, key_group_of};
 use crate::ttl::drop_expired;
 
@@ -404,13 +404,10 @@ pub fn write_savepoint_on(
         chunks.flush(&mut sink)?;
     }
     sink(&footer(total))?;
-    let mut file = writer
+    let file = writer
         .into_inner()
         .map_err(|e| Error::io(&tmp, e.into_error()))?;
-    file.0.sync_all().map_err(|e| Error::fsync(&tmp, e))?;
-    drop(file);
-    fs.rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    sync_parent(fs, path)?;
+    commit_temp(fs, file.0, &tmp, path)?;
     Ok(SavepointStats {
         states: states.len(),
         entries: total,

@@ -183,12 +183,7 @@ pub const MAX_PARALLELISM_TASKS: u16 = 1024;
 /// checkpoints, restarts after failures, and returns once all output is committed.
 pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
     let started = Instant::now();
-    if config.parallelism == 0 || config.parallelism > MAX_PARALLELISM_TASKS {
-        return Err(Error::invalid(format!(
-            "parallelism {} is outside 1..={MAX_PARALLELISM_TASKS} (each task runs three threads)",
-            config.parallelism
-        )));
-    }
+    check_task_count(config)?;
     let fs = config.fs.as_ref();
     create_dir_durable(fs, &config.state)?;
     let state_dir = fs
@@ -217,14 +212,7 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
         return Ok(summary);
     }
     let memory_marker = state_dir.join(MEMORY_RUN_FILE);
-    if fs.is_file(&memory_marker) {
-        return Err(Error::invalid(format!(
-            "{} was used by a --backend memory run that did not finish; its checkpoints lived in \
-             that process's memory and are gone, so it cannot resume. Delete --state and --output \
-             to start over (or use --backend fs to survive crashes)",
-            state_dir.display()
-        )));
-    }
+    check_no_memory_run(fs, &memory_marker, &state_dir)?;
     let base = match &config.checkpoint_storage {
         Some(uri) if config.backend.persistent() => {
             let base = CheckpointBase::remote(&config.fs, uri, &state_dir)?;
@@ -234,6 +222,67 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
         _ => CheckpointBase::local(&config.fs, &state_dir)?,
     };
     let mut store = JobStore::open(&base, config.backend, config.checkpoints.retained)?;
+    let max_parallelism = job_max_parallelism(config, &store, &state_dir)?;
+    check_resume_point(config, &store, &base)?;
+    if !config.backend.persistent() {
+        write_atomic(fs, &memory_marker, b"memory backend run in progress\n")?;
+    }
+    summary.resumed_from = store.latest().map(|c| c.id);
+    let processed = AtomicU64::new(0);
+    let attempt = Attempt {
+        config,
+        base: &base,
+        max_parallelism,
+        processed: &processed,
+        started,
+    };
+    let (final_id, position) = run_attempts(&attempt, &mut store, &mut summary)?;
+    write_atomic(
+        fs,
+        &state_dir.join(FINISHED_FILE),
+        format!("{final_id} {} {}\n", position.events, position.rejected).as_bytes(),
+    )?;
+    if fs.is_file(&memory_marker) {
+        fs.remove_file(&memory_marker)
+            .map_err(|e| Error::io(&memory_marker, e))?;
+        crate::fs::sync_parent(fs, &memory_marker)?;
+    }
+    summary.final_checkpoint = final_id;
+    summary.events = position.events;
+    summary.rejected = position.rejected;
+    summary.records_processed = processed.load(Ordering::Relaxed);
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Refuses a parallelism of 0 or above [`MAX_PARALLELISM_TASKS`].
+fn check_task_count(config: &JobConfig) -> Result<()> {
+    if config.parallelism == 0 || config.parallelism > MAX_PARALLELISM_TASKS {
+        return Err(Error::invalid(format!(
+            "parallelism {} is outside 1..={MAX_PARALLELISM_TASKS} (each task runs three threads)",
+            config.parallelism
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses to run on a state directory whose `memory_marker` says a memory-backend run did not
+/// finish there: its checkpoints are gone.
+fn check_no_memory_run(fs: &dyn FileSystem, memory_marker: &Path, state_dir: &Path) -> Result<()> {
+    if fs.is_file(memory_marker) {
+        return Err(Error::invalid(format!(
+            "{} was used by a --backend memory run that did not finish; its checkpoints lived in \
+             that process's memory and are gone, so it cannot resume. Delete --state and --output \
+             to start over (or use --backend fs to survive crashes)",
+            state_dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The job's number of key groups: the latest checkpoint's (a different requested one is an
+/// error), else the requested one or the default; the parallelism must not exceed it.
+fn job_max_parallelism(config: &JobConfig, store: &JobStore, state_dir: &Path) -> Result<u16> {
     let max_parallelism = match (store.latest(), config.max_parallelism) {
         (Some(latest), requested) => {
             let had = latest
@@ -259,26 +308,25 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
             config.parallelism
         )));
     }
-    check_resume_point(config, &store, &base)?;
-    if !config.backend.persistent() {
-        write_atomic(fs, &memory_marker, b"memory backend run in progress\n")?;
-    }
-    summary.resumed_from = store.latest().map(|c| c.id);
-    let processed = AtomicU64::new(0);
+    Ok(max_parallelism)
+}
+
+/// Runs `attempt` until it finishes, again after each failure a restart can cure, up to the
+/// configured restarts; returns the final checkpoint's id and source position. Counts the
+/// restores and collects the checkpoint history in `summary`.
+fn run_attempts(
+    attempt: &Attempt<'_>,
+    store: &mut JobStore,
+    summary: &mut JobSummary,
+) -> Result<(u64, SourcePosition)> {
+    let config = attempt.config;
     let mut restarts = 0u32;
-    let final_position = loop {
+    loop {
         if store.latest().is_some() {
             summary.restores += 1;
         }
-        let attempt = Attempt {
-            config,
-            base: &base,
-            max_parallelism,
-            processed: &processed,
-            started,
-        };
-        match attempt.run(&mut store, &mut summary.history) {
-            Ok(done) => break done,
+        match attempt.run(store, &mut summary.history) {
+            Ok(done) => return Ok(done),
             Err(e) => {
                 if !e.is_curable_by_restart() {
                     // A full disk, a read-only file system or a failed fsync: every restart
@@ -309,24 +357,7 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
                 std::thread::sleep(config.restart.delay);
             }
         }
-    };
-    let (final_id, position) = final_position;
-    write_atomic(
-        fs,
-        &state_dir.join(FINISHED_FILE),
-        format!("{final_id} {} {}\n", position.events, position.rejected).as_bytes(),
-    )?;
-    if fs.is_file(&memory_marker) {
-        fs.remove_file(&memory_marker)
-            .map_err(|e| Error::io(&memory_marker, e))?;
-        crate::fs::sync_parent(fs, &memory_marker)?;
     }
-    summary.final_checkpoint = final_id;
-    summary.events = position.events;
-    summary.rejected = position.rejected;
-    summary.records_processed = processed.load(Ordering::Relaxed);
-    summary.elapsed = started.elapsed();
-    Ok(summary)
 }
 
 /// Refuses to resume from the newest usable checkpoint c when a newer checkpoint was damaged
@@ -560,6 +591,20 @@ fn spawn_task<'scope>(
     }
 }
 
+/// What the tasks of one attempt start with (see [`Attempt::spawn_tasks`]).
+struct TaskInputs<'a> {
+    /// The operator tasks' keyed state, restored.
+    keyed: Vec<KeyedState>,
+    /// Where the source starts reading.
+    position: SourcePosition,
+    /// The checkpoint restored from (0: none).
+    restored_id: u64,
+    operator_gates: &'a [OperatorGate],
+    sink_gates: &'a [SinkGate],
+    source_control: mpsc::Receiver<SourceControl>,
+    events: &'a Sender<CoordinatorEvent>,
+}
+
 impl Attempt<'_> {
     /// Returns the final checkpoint's id and source position.
     fn run(
@@ -581,35 +626,8 @@ impl Attempt<'_> {
                 "rescaling operator state"
             );
         }
-        sink::reconcile(config.fs.as_ref(), &config.output, restored_id)?;
-        let generation = self.base.next_generation()?;
-        self.base
-            .remove_unreferenced_generations(generation, &store.referenced_roots())?;
-        if config.backend.persistent() {
-            // Earlier attempts' roots are written no more: keep in them only what the retained
-            // checkpoints list (a failed attempt leaves task checkpoints no job checkpoint has).
-            self.base.prune_roots(&store.referenced_files())?;
-        }
-        let mut keyed = Vec::with_capacity(usize::from(parallelism));
-        let mut releasers = Vec::with_capacity(usize::from(parallelism));
-        for index in 0..parallelism {
-            let range = KeyGroupRange::for_operator(self.max_parallelism, parallelism, index)?;
-            let backend_config = BackendConfig::new(u32::from(self.max_parallelism), range)?;
-            let root = self.base.task(generation, usize::from(index))?;
-            let backend = config.backend.create(backend_config, &root)?;
-            releasers.extend(backend.checkpoint_releaser());
-            let state = KeyedState::from_boxed(backend);
-            if let Some(checkpoint) = &restore {
-                let handles: Vec<_> = checkpoint
-                    .handles
-                    .iter()
-                    .filter(|h| h.key_group_range.intersect(&range).is_some())
-                    .cloned()
-                    .collect();
-                state.restore(&handles, range)?;
-            }
-            keyed.push(state);
-        }
+        let generation = self.prepare_roots(store, restored_id)?;
+        let (keyed, releasers) = self.open_backends(generation, restore.as_ref())?;
         let position = restore
             .as_ref()
             .map_or_else(SourcePosition::default, |c| c.source);
@@ -622,76 +640,20 @@ impl Attempt<'_> {
         let (events_tx, events_rx) = mpsc::channel::<CoordinatorEvent>();
         let (source_tx, source_rx) = mpsc::channel::<SourceControl>();
         let cancelled = AtomicBool::new(false);
-        let failures: &FailureSchedule = &config.failures;
         let tasks = 1 + 3 * usize::from(parallelism);
 
         std::thread::scope(|scope| {
-            let cancel = &cancelled;
+            let inputs = TaskInputs {
+                keyed,
+                position,
+                restored_id,
+                operator_gates: &operator_gates,
+                sink_gates: &sink_gates,
+                source_control: source_rx,
+                events: &events_tx,
+            };
             // Every task's thread, or the error of the first that could not be started.
-            let started = (|| -> Result<()> {
-                let source = SourceTask {
-                    input: &config.input,
-                    position,
-                    outputs: operator_gates.iter().map(|g| g.sender(0)).collect(),
-                    control: source_rx,
-                    events: events_tx.clone(),
-                    max_parallelism: self.max_parallelism,
-                    failures,
-                    cancelled: cancel,
-                    batch_records: config.batch_records,
-                };
-                spawn_task(
-                    scope,
-                    "flowstate-source".into(),
-                    "source".into(),
-                    events_tx.clone(),
-                    cancel,
-                    move || source.run(),
-                )?;
-                for (index, state) in keyed.into_iter().enumerate() {
-                    let (snapshot_tx, snapshot_rx) = mpsc::channel();
-                    let operator = OperatorTask {
-                        index,
-                        keyed: state,
-                        gate: operator_gates[index].clone(),
-                        inputs: 1,
-                        sink: sink_gates[index].sender(0),
-                        snapshots: snapshot_tx,
-                        failures,
-                        processed: self.processed,
-                    };
-                    spawn_task(
-                        scope,
-                        format!("flowstate-op-{index}"),
-                        format!("operator {index}"),
-                        events_tx.clone(),
-                        cancel,
-                        move || operator.run(),
-                    )?;
-                    let events = events_tx.clone();
-                    spawn_task(
-                        scope,
-                        format!("flowstate-snap-{index}"),
-                        format!("snapshot {index}"),
-                        events_tx.clone(),
-                        cancel,
-                        move || run_snapshot_thread(index, snapshot_rx, &events, failures),
-                    )?;
-                    let gate = sink_gates[index].clone();
-                    let events = events_tx.clone();
-                    let output = config.output.clone();
-                    let fs = config.fs.clone();
-                    spawn_task(
-                        scope,
-                        format!("flowstate-sink-{index}"),
-                        format!("sink {index}"),
-                        events_tx.clone(),
-                        cancel,
-                        move || run_sink(&fs, index, &output, restored_id, gate, &events, failures),
-                    )?;
-                }
-                Ok(())
-            })();
+            let started = self.spawn_tasks(scope, inputs, &cancelled);
             // Makes every running task return; the scope joins them before returning.
             let stop_tasks = || {
                 cancelled.store(true, Ordering::Relaxed);
@@ -724,19 +686,7 @@ impl Attempt<'_> {
                 previous_files: BTreeSet::new(),
                 finished: None,
             };
-            // A panic here (in the coordinator, or in an `on_checkpoint` observer) must still
-            // cancel the tasks below, or the scope would wait for them forever.
-            let outcome = catch_unwind(AssertUnwindSafe(|| run.run(&events_rx, tasks)))
-                .unwrap_or_else(|panic| {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    Err(Error::invalid(format!(
-                        "the checkpoint coordinator panicked: {what}"
-                    )))
-                });
+            let outcome = run.run_catching_panics(&events_rx, tasks);
             if outcome.is_err() {
                 stop_tasks();
                 coordinator.abort_all("job attempt failed", Instant::now());
@@ -744,6 +694,139 @@ impl Attempt<'_> {
             history.append(&mut coordinator.history);
             outcome
         })
+    }
+
+    /// Brings the output in line with checkpoint `restored_id` and the checkpoint base in
+    /// line with `store` (unreferenced generations removed; with a persistent backend, earlier
+    /// roots pruned to what the retained checkpoints list); returns this attempt's generation.
+    fn prepare_roots(&self, store: &JobStore, restored_id: u64) -> Result<u64> {
+        let config = self.config;
+        sink::reconcile(config.fs.as_ref(), &config.output, restored_id)?;
+        let generation = self.base.next_generation()?;
+        self.base
+            .remove_unreferenced_generations(generation, &store.referenced_roots())?;
+        if config.backend.persistent() {
+            // Earlier attempts' roots are written no more: keep in them only what the retained
+            // checkpoints list (a failed attempt leaves task checkpoints no job checkpoint has).
+            self.base.prune_roots(&store.referenced_files())?;
+        }
+        Ok(generation)
+    }
+
+    /// Creates each operator task's backend in its root of `generation`, restored from the
+    /// handles of `restore` that meet its key groups; returns their keyed state and checkpoint
+    /// releasers.
+    fn open_backends(
+        &self,
+        generation: u64,
+        restore: Option<&JobCheckpoint>,
+    ) -> Result<(Vec<KeyedState>, Vec<CheckpointReleaser>)> {
+        let config = self.config;
+        let parallelism = config.parallelism;
+        let mut keyed = Vec::with_capacity(usize::from(parallelism));
+        let mut releasers = Vec::with_capacity(usize::from(parallelism));
+        for index in 0..parallelism {
+            let range = KeyGroupRange::for_operator(self.max_parallelism, parallelism, index)?;
+            let backend_config = BackendConfig::new(u32::from(self.max_parallelism), range)?;
+            let root = self.base.task(generation, usize::from(index))?;
+            let backend = config.backend.create(backend_config, &root)?;
+            releasers.extend(backend.checkpoint_releaser());
+            let state = KeyedState::from_boxed(backend);
+            if let Some(checkpoint) = restore {
+                let handles: Vec<_> = checkpoint
+                    .handles
+                    .iter()
+                    .filter(|h| h.key_group_range.intersect(&range).is_some())
+                    .cloned()
+                    .collect();
+                state.restore(&handles, range)?;
+            }
+            keyed.push(state);
+        }
+        Ok((keyed, releasers))
+    }
+
+    /// Starts the source task and, per operator task, its operator, snapshot and sink tasks in
+    /// `scope`; stops at the first thread that cannot be started and returns its error.
+    fn spawn_tasks<'scope, 'env>(
+        &'env self,
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        inputs: TaskInputs<'env>,
+        cancel: &'scope AtomicBool,
+    ) -> Result<()> {
+        let config = self.config;
+        let failures: &FailureSchedule = &config.failures;
+        let TaskInputs {
+            keyed,
+            position,
+            restored_id,
+            operator_gates,
+            sink_gates,
+            source_control,
+            events: events_tx,
+        } = inputs;
+        let source = SourceTask {
+            input: &config.input,
+            position,
+            outputs: operator_gates.iter().map(|g| g.sender(0)).collect(),
+            control: source_control,
+            events: events_tx.clone(),
+            max_parallelism: self.max_parallelism,
+            failures,
+            cancelled: cancel,
+            batch_records: config.batch_records,
+        };
+        spawn_task(
+            scope,
+            "flowstate-source".into(),
+            "source".into(),
+            events_tx.clone(),
+            cancel,
+            move || source.run(),
+        )?;
+        for (index, state) in keyed.into_iter().enumerate() {
+            let (snapshot_tx, snapshot_rx) = mpsc::channel();
+            let operator = OperatorTask {
+                index,
+                keyed: state,
+                gate: operator_gates[index].clone(),
+                inputs: 1,
+                sink: sink_gates[index].sender(0),
+                snapshots: snapshot_tx,
+                failures,
+                processed: self.processed,
+            };
+            spawn_task(
+                scope,
+                format!("flowstate-op-{index}"),
+                format!("operator {index}"),
+                events_tx.clone(),
+                cancel,
+                move || operator.run(),
+            )?;
+            let events = events_tx.clone();
+            spawn_task(
+                scope,
+                format!("flowstate-snap-{index}"),
+                format!("snapshot {index}"),
+                events_tx.clone(),
+                cancel,
+                move || run_snapshot_thread(index, snapshot_rx, &events, failures),
+            )?;
+            let gate = sink_gates[index].clone();
+            let events = events_tx.clone();
+            let output = config.output.clone();
+            let fs = config.fs.clone();
+            spawn_task(
+                scope,
+                format!("flowstate-sink-{index}"),
+                format!("sink {index}"),
+                events_tx.clone(),
+                cancel,
+                move || run_sink(&fs, index, &output, restored_id, gate, &events, failures),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -795,6 +878,26 @@ struct CoordinatorLoop<'a, 'b> {
 }
 
 impl CoordinatorLoop<'_, '_> {
+    /// [`CoordinatorLoop::run`], with a panic in it (in the coordinator, or in an
+    /// `on_checkpoint` observer) turned into an error, so that the caller still cancels the
+    /// tasks: the thread scope would otherwise wait for them forever.
+    fn run_catching_panics(
+        &mut self,
+        events: &mpsc::Receiver<CoordinatorEvent>,
+        tasks: usize,
+    ) -> Result<(u64, SourcePosition)> {
+        catch_unwind(AssertUnwindSafe(|| self.run(events, tasks))).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Error::invalid(format!(
+                "the checkpoint coordinator panicked: {what}"
+            )))
+        })
+    }
+
     fn run(
         &mut self,
         events: &mpsc::Receiver<CoordinatorEvent>,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::failure::{FailurePoint, FailureSchedule};
 use crate::error::{Error, Result};
-use crate::fs::{FileSystem, FsRef, IoWriter, create_dir_durable, sync_dir};
+use crate::fs::{FileSystem, FsRef, IoWriter, commit_temp, create_dir_durable, sync_dir};
 
 /// Sub-directory of the output directory for rejected lines.
 pub const REJECTED_DIR: &str = "rejected";
@@ -88,16 +88,11 @@ impl EpochWriter {
         let Some((path, writer, size)) = self.open.take() else {
             return Ok(None);
         };
-        let mut file = writer
+        let file = writer
             .into_inner()
             .map_err(|e| Error::io(&path, e.into_error()))?;
-        file.0.sync_all().map_err(|e| Error::fsync(&path, e))?;
-        drop(file);
         let pending = self.dir.join(pending_name(task, epoch));
-        self.fs
-            .rename(&path, &pending)
-            .map_err(|e| Error::io(&pending, e))?;
-        sync_dir(self.fs.as_ref(), &self.dir)?;
+        commit_temp(self.fs.as_ref(), file.0, &path, &pending)?;
         Ok(Some((pending, size)))
     }
 }

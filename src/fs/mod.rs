@@ -281,9 +281,21 @@ pub fn write_atomic(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<()
     let tmp = PathBuf::from(tmp);
     let mut file = fs.create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    file.sync_all().map_err(|e| Error::fsync(&tmp, e))?;
+    commit_temp(fs, file, &tmp, path)
+}
+
+/// Makes `tmp`, written through `file`, durable under the name `path`: fsyncs and closes it,
+/// renames it over `path`, then fsyncs the directory holding `path`. The end of
+/// [`write_atomic`], for writers that stream a file instead of handing over its bytes.
+pub fn commit_temp(
+    fs: &dyn FileSystem,
+    mut file: Box<dyn WritableFile>,
+    tmp: &Path,
+    path: &Path,
+) -> Result<()> {
+    file.sync_all().map_err(|e| Error::fsync(tmp, e))?;
     drop(file);
-    fs.rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    fs.rename(tmp, path).map_err(|e| Error::io(path, e))?;
     sync_parent(fs, path)
 }
 

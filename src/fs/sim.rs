@@ -442,42 +442,71 @@ impl State {
         }
     }
 
+    /// A power loss: keeps of every file and directory entry what survives under `mode` (see
+    /// the module docs), then turns the power back on with no faults, locks or open handles.
     fn power_loss(&mut self, mode: PowerLoss) {
+        let (mut new_files, mut new_dirs) = self.surviving_tree(mode);
+        self.restore_lost_names(mode, &mut new_files, &mut new_dirs);
+        self.used = new_files
+            .values()
+            .filter(|f| f.links > 0)
+            .map(|f| f.data.len() as u64)
+            .sum();
+        self.files = new_files;
+        self.dirs = new_dirs;
+        self.generation += 1;
+        self.off = false;
+        self.power_off_at = None;
+        self.faults.clear();
+        self.locks.clear();
+    }
+
+    /// Every name of directory `dir_id`, live or durable, sorted, each once.
+    fn entry_names(&self, dir_id: u64) -> Vec<String> {
+        let dir = self.dir(dir_id);
+        let mut names: Vec<String> = dir.live.keys().cloned().collect();
+        names.extend(dir.durable.keys().cloned());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The node entry `name` of directory `dir_id` holds after a power loss: its live one when
+    /// that is durable, else the durable one (`DropUnsynced`) or either by the seeded generator
+    /// (`Random`); `None` when the entry is gone.
+    fn surviving_entry(&mut self, dir_id: u64, name: &str, mode: PowerLoss) -> Option<Node> {
+        let (live, durable) = {
+            let dir = self.dir(dir_id);
+            (dir.live.get(name).copied(), dir.durable.get(name).copied())
+        };
+        if live == durable {
+            live
+        } else {
+            match mode {
+                PowerLoss::DropUnsynced => durable,
+                PowerLoss::Random => {
+                    if self.next_random().is_multiple_of(2) {
+                        live
+                    } else {
+                        durable
+                    }
+                }
+            }
+        }
+    }
+
+    /// The files and directories reachable from the root after a power loss, each directory
+    /// holding its surviving entries (all durable) and each file its surviving bytes and the
+    /// count of its surviving names.
+    fn surviving_tree(&mut self, mode: PowerLoss) -> (HashMap<u64, Inode>, HashMap<u64, Dir>) {
         let mut new_files: HashMap<u64, Inode> = HashMap::new();
         let mut new_dirs: HashMap<u64, Dir> = HashMap::new();
         let mut pending = vec![ROOT];
         while let Some(dir_id) = pending.pop() {
-            let names: Vec<String> = {
-                let dir = self.dir(dir_id);
-                let mut names: Vec<String> = dir.live.keys().cloned().collect();
-                names.extend(dir.durable.keys().cloned());
-                names.sort();
-                names.dedup();
-                names
-            };
+            let names = self.entry_names(dir_id);
             let mut kept = BTreeMap::new();
             for name in names {
-                let (live, durable) = {
-                    let dir = self.dir(dir_id);
-                    (
-                        dir.live.get(&name).copied(),
-                        dir.durable.get(&name).copied(),
-                    )
-                };
-                let chosen = if live == durable {
-                    live
-                } else {
-                    match mode {
-                        PowerLoss::DropUnsynced => durable,
-                        PowerLoss::Random => {
-                            if self.next_random().is_multiple_of(2) {
-                                live
-                            } else {
-                                durable
-                            }
-                        }
-                    }
-                };
+                let chosen = self.surviving_entry(dir_id, &name, mode);
                 let Some(node) = chosen else { continue };
                 match node {
                     Node::Dir(id) => {
@@ -510,6 +539,17 @@ impl State {
                 },
             );
         }
+        (new_files, new_dirs)
+    }
+
+    /// Gives back its durable name to every file that had one, still has a live one (moved,
+    /// not removed) and kept no name in `new_dirs`, when that name is free there.
+    fn restore_lost_names(
+        &mut self,
+        mode: PowerLoss,
+        new_files: &mut HashMap<u64, Inode>,
+        new_dirs: &mut HashMap<u64, Dir>,
+    ) {
         // A rename is one operation: undone, done (or both names), never neither. A file that
         // had a durable name and still has a live one (moved, not removed) but kept no name
         // gets a durable name back.
@@ -557,18 +597,6 @@ impl State {
                 dir.durable.insert(name, Node::File(id));
             }
         }
-        self.used = new_files
-            .values()
-            .filter(|f| f.links > 0)
-            .map(|f| f.data.len() as u64)
-            .sum();
-        self.files = new_files;
-        self.dirs = new_dirs;
-        self.generation += 1;
-        self.off = false;
-        self.power_off_at = None;
-        self.faults.clear();
-        self.locks.clear();
     }
 }
 

@@ -288,13 +288,47 @@ fn checkpoint_seeds() -> Vec<Seed> {
 /// and damaged ones the decoder must reject (truncations, bad fields, a count the bytes cannot
 /// hold), named otherwise.
 fn layout_seeds() -> Vec<Seed> {
-    use crate::backend::lsm::layout::{
-        CheckpointLayout, FileRole, LAYOUT_MAGIC, LAYOUT_VERSION, LayoutFile, LayoutTombstone,
-    };
-    use crate::lsm::format::{ValueKind, internal_key};
-    use crate::lsm::version::{FileMeta, RangeTombstone};
+    use crate::backend::lsm::layout::CheckpointLayout;
 
-    let meta = |number: u64, smallest: &[u8], largest: &[u8], seqs: (u64, u64)| FileMeta {
+    let one_cf = CheckpointLayout {
+        sequence: 5,
+        base_sequence: 5,
+        instance_id: 1,
+        column_families: layout_cfs(1),
+        ..CheckpointLayout::default()
+    };
+    let mixed = mixed_layout();
+    let mut out = Vec::new();
+    for (name, layout) in [
+        ("layout-empty", CheckpointLayout::default()),
+        ("layout-one-cf", one_cf),
+        ("layout-mixed", mixed.clone()),
+        ("layout-wide", wide_layout()),
+    ] {
+        out.push(("layout", name.to_string(), layout.encode()));
+    }
+    let bytes = mixed.encode();
+    // Cuts inside the magic, the header, the column families, the files (where the file count
+    // no longer fits, then inside the last file) and the last tombstone.
+    for cut in [3, 20, 35, 127, 200, bytes.len() - 1] {
+        out.push(("layout", format!("truncated-{cut}"), bytes[..cut].to_vec()));
+    }
+    damaged_layouts(&mixed, &mut out);
+    damaged_layout_bytes(&bytes, &mut out);
+    out
+}
+
+/// The metadata of a seed layout's file `number` with user keys `smallest`..`largest` and
+/// sequences `seqs`; the other fields follow from `number`.
+fn layout_file_meta(
+    number: u64,
+    smallest: &[u8],
+    largest: &[u8],
+    seqs: (u64, u64),
+) -> crate::lsm::version::FileMeta {
+    use crate::lsm::format::{ValueKind, internal_key};
+
+    crate::lsm::version::FileMeta {
         number,
         size: 4096 + number,
         crc32: 0xdead_beef ^ number as u32,
@@ -304,40 +338,61 @@ fn layout_seeds() -> Vec<Seed> {
         largest_seq: seqs.1,
         entries: 10 * number,
         created_ms: 1_700_000_000_000,
-    };
-    let file = |cf: u32, role: FileRole, level: u8, file_index: u32, meta: FileMeta| LayoutFile {
+    }
+}
+
+/// A file of a seed layout.
+fn layout_file(
+    cf: u32,
+    role: crate::backend::lsm::layout::FileRole,
+    level: u8,
+    file_index: u32,
+    meta: crate::lsm::version::FileMeta,
+) -> crate::backend::lsm::layout::LayoutFile {
+    crate::backend::lsm::layout::LayoutFile {
         cf,
         role,
         level,
         file_index,
         meta,
-    };
-    let tombstone = |cf: u32, start: &[u8], end: &[u8], sequence: u64| LayoutTombstone {
+    }
+}
+
+/// A range tombstone of a seed layout.
+fn layout_tombstone(
+    cf: u32,
+    start: &[u8],
+    end: &[u8],
+    sequence: u64,
+) -> crate::backend::lsm::layout::LayoutTombstone {
+    crate::backend::lsm::layout::LayoutTombstone {
         cf,
-        tombstone: RangeTombstone {
+        tombstone: crate::lsm::version::RangeTombstone {
             start: start.to_vec(),
             end: end.to_vec(),
             sequence,
         },
-    };
-    let cfs = |n: usize| -> Vec<(String, String)> {
-        (0..n)
-            .map(|i| (format!("s{i}"), format!("state:s{i}")))
-            .collect()
-    };
-    let one_cf = CheckpointLayout {
-        sequence: 5,
-        base_sequence: 5,
-        instance_id: 1,
-        column_families: cfs(1),
-        ..CheckpointLayout::default()
-    };
-    // Base files at several levels, a delta at L0, a tombstone per column family.
-    let mixed = CheckpointLayout {
+    }
+}
+
+/// `n` column families of a seed layout: (`s<i>`, `state:s<i>`).
+fn layout_cfs(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("s{i}"), format!("state:s{i}")))
+        .collect()
+}
+
+/// A seed layout with base files at several levels, a delta at L0 and a tombstone per column
+/// family; the damaged seeds are changes of it.
+fn mixed_layout() -> crate::backend::lsm::layout::CheckpointLayout {
+    use crate::backend::lsm::layout::{CheckpointLayout, FileRole};
+
+    let (meta, file, tombstone) = (layout_file_meta, layout_file, layout_tombstone);
+    CheckpointLayout {
         sequence: 900,
         base_sequence: 400,
         instance_id: 0x0123_4567_89ab_cdef,
-        column_families: cfs(2),
+        column_families: layout_cfs(2),
         files: vec![
             file(
                 0,
@@ -372,9 +427,15 @@ fn layout_seeds() -> Vec<Seed> {
             tombstone(0, b"\0\x01", b"\0\x02", 350),
             tombstone(1, b"\0\x03a", b"\0\x03b", 800),
         ],
-    };
-    // Multi-byte varints everywhere: long names and keys, large numbers and sequences.
-    let wide = CheckpointLayout {
+    }
+}
+
+/// A seed layout with multi-byte varints everywhere: long names and keys, large numbers and
+/// sequences.
+fn wide_layout() -> crate::backend::lsm::layout::CheckpointLayout {
+    use crate::backend::lsm::layout::{CheckpointLayout, FileRole};
+
+    CheckpointLayout {
         sequence: u64::MAX - 1,
         base_sequence: 1 << 40,
         instance_id: u64::MAX,
@@ -384,29 +445,21 @@ fn layout_seeds() -> Vec<Seed> {
         files: (0..4)
             .map(|i| {
                 let (first, last) = (vec![b'k'; 200 + i], vec![b'l'; 200 + i]);
-                let mut meta = meta(1 << 33, &first, &last, (1 << 20, 1 << 41));
+                let mut meta = layout_file_meta(1 << 33, &first, &last, (1 << 20, 1 << 41));
                 meta.size = u64::MAX;
                 meta.entries = u64::MAX;
-                file(4 - i as u32, FileRole::Base, 2, 300 + i as u32, meta)
+                layout_file(4 - i as u32, FileRole::Base, 2, 300 + i as u32, meta)
             })
             .collect(),
-        tombstones: vec![tombstone(4, &[0; 140], &[1; 140], u64::MAX)],
-    };
-    let mut out = Vec::new();
-    for (name, layout) in [
-        ("layout-empty", CheckpointLayout::default()),
-        ("layout-one-cf", one_cf),
-        ("layout-mixed", mixed.clone()),
-        ("layout-wide", wide),
-    ] {
-        out.push(("layout", name.to_string(), layout.encode()));
+        tombstones: vec![layout_tombstone(4, &[0; 140], &[1; 140], u64::MAX)],
     }
-    let bytes = mixed.encode();
-    // Cuts inside the magic, the header, the column families, the files (where the file count
-    // no longer fits, then inside the last file) and the last tombstone.
-    for cut in [3, 20, 35, 127, 200, bytes.len() - 1] {
-        out.push(("layout", format!("truncated-{cut}"), bytes[..cut].to_vec()));
-    }
+}
+
+/// Seeds `damaged-<field>`: encodings of `mixed` with one field changed to a value the decoder
+/// must reject.
+fn damaged_layouts(mixed: &crate::backend::lsm::layout::CheckpointLayout, out: &mut Vec<Seed>) {
+    use crate::backend::lsm::layout::CheckpointLayout;
+
     let mut damaged = |name: &str, change: &dyn Fn(&mut CheckpointLayout)| {
         let mut layout = mixed.clone();
         change(&mut layout);
@@ -429,21 +482,34 @@ fn layout_seeds() -> Vec<Seed> {
     damaged("tombstone-range", &|l| {
         l.tombstones[1].tombstone.end = b"\0\x03a".to_vec()
     });
-    let mut magic = bytes.clone();
+}
+
+/// Damaged seeds made at the byte level: a bad magic, version, trailing byte or file role, and
+/// a column-family count far beyond the bytes (`bytes` is the encoding of the mixed layout).
+fn damaged_layout_bytes(bytes: &[u8], out: &mut Vec<Seed>) {
+    use crate::backend::lsm::layout::{CheckpointLayout, FileRole, LAYOUT_MAGIC, LAYOUT_VERSION};
+
+    let mut magic = bytes.to_vec();
     magic[0] = b'X';
     out.push(("layout", "damaged-magic".to_string(), magic));
-    let mut version = bytes.clone();
+    let mut version = bytes.to_vec();
     version[4] = LAYOUT_VERSION + 1;
     out.push(("layout", "damaged-version".to_string(), version));
-    let mut trailing = bytes.clone();
+    let mut trailing = bytes.to_vec();
     trailing.push(0);
     out.push(("layout", "damaged-trailing".to_string(), trailing));
     // A file role byte that is neither base nor delta. Header (29 bytes), the column-family
     // count (1), one column family ("s0", "state:s0": 1 + 2 + 1 + 8 bytes), the file count and
     // the file's cf index (1 each), then the role.
     let mut one_file = CheckpointLayout {
-        column_families: cfs(1),
-        files: vec![file(0, FileRole::Base, 0, 0, meta(1, b"a", b"b", (1, 2)))],
+        column_families: layout_cfs(1),
+        files: vec![layout_file(
+            0,
+            FileRole::Base,
+            0,
+            0,
+            layout_file_meta(1, b"a", b"b", (1, 2)),
+        )],
         sequence: 2,
         ..CheckpointLayout::default()
     }
@@ -459,5 +525,4 @@ fn layout_seeds() -> Vec<Seed> {
     crate::codec::varint::put_varint32(&mut huge, u32::MAX);
     huge.extend_from_slice(&[1, b'a', 1, b'b']);
     out.push(("layout", "damaged-huge-count".to_string(), huge));
-    out
 }

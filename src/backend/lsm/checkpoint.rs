@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::layout::{CheckpointLayout, FileRole, LayoutFile, LayoutTombstone};
+use super::layout::{CheckpointLayout, FileRole, LayoutFile, LayoutTombstone, file_key_groups};
 use super::local_recovery::LocalCopies;
 use super::transfer::{UploadJob, upload_all};
 use super::write_cache::{FrozenWrites, PendingWrites};
@@ -35,7 +35,7 @@ use crate::checkpoint::registry::CheckpointRegistry;
 use crate::checkpoint::retention;
 use crate::checkpoint::storage::{CheckpointStorage, SHARED_DIR, metadata_path};
 use crate::error::{Error, Result};
-use crate::keys::{KeyGroupRange, key_group_of};
+use crate::keys::KeyGroupRange;
 use crate::lsm::db::FlushOutput;
 use crate::lsm::table::sst_file_name;
 use crate::lsm::version::{FileMeta, RangeTombstone};
@@ -271,17 +271,6 @@ fn upload_job(inc: &Incremental, local: &std::path::Path, meta: &Arc<FileMeta>) 
     }
 }
 
-/// The key groups of a file's user-key range.
-fn file_key_groups(meta: &FileMeta, fallback: KeyGroupRange) -> KeyGroupRange {
-    match (
-        key_group_of(meta.smallest_user_key()),
-        key_group_of(meta.largest_user_key()),
-    ) {
-        (Some(a), Some(b)) if a <= b => KeyGroupRange::new(a, b).unwrap_or(fallback),
-        _ => fallback,
-    }
-}
-
 impl SnapshotTask for LsmSnapshotTask {
     fn run(self: Box<Self>) -> Result<SnapshotHandle> {
         // The write-back cache's batch goes into the store first (unless the operator thread
@@ -301,8 +290,109 @@ impl SnapshotTask for LsmSnapshotTask {
     }
 }
 
+/// What a checkpoint run plans before it uploads: the files to upload (by local number) and
+/// what they add up to.
+struct Planned {
+    uploads: BTreeMap<u64, UploadJob>,
+    stats: CheckpointStats,
+}
+
+impl Planned {
+    /// Plans the upload of file `meta` (at `local`) unless it is in storage or planned already;
+    /// returns whether it was added.
+    fn add(&mut self, inc: &Incremental, local: &std::path::Path, meta: &Arc<FileMeta>) -> bool {
+        let number = meta.number;
+        if inc.uploaded.contains_key(&number) || self.uploads.contains_key(&number) {
+            return false;
+        }
+        self.stats.uploaded_files += 1;
+        self.stats.uploaded_bytes += meta.size;
+        self.uploads.insert(number, upload_job(inc, local, meta));
+        true
+    }
+}
+
+/// The in-memory state a published checkpoint leaves for the next one.
+struct Published {
+    listed: HashMap<u64, UploadedFile>,
+    deltas: Vec<Delta>,
+    base: Base,
+    target: Option<Target>,
+    credit: u64,
+}
+
 impl LsmSnapshotTask {
+    /// The checkpoint, with the backend's incremental state locked: plans the deltas and
+    /// materialization uploads, uploads them, switches the base when the target is whole,
+    /// publishes `_metadata`, then commits the new state and applies retention.
     fn run_locked(&self, inc: &mut Incremental) -> Result<SnapshotHandle> {
+        let id = self.checkpoint_id;
+        let floor = self.prepare(inc)?;
+        let mut planned = Planned {
+            uploads: BTreeMap::new(),
+            stats: CheckpointStats {
+                checkpoint_id: id,
+                ..CheckpointStats::default()
+            },
+        };
+        // 1. Deltas: every captured flush in (floor, sequence].
+        let mut deltas = self.collect_deltas(inc, floor, &mut planned);
+        // 2. A new target when the deltas outgrew the base.
+        let mut target = self.choose_target(inc, &deltas);
+        // 3. Materialize within the budget.
+        let mut credit = self.plan_materialization(inc, target.as_ref(), &mut planned);
+        let Planned { uploads, mut stats } = planned;
+        // Every planned file is uploaded (size and crc32 checked) before anything below uses
+        // it; a failed upload fails this checkpoint only (nothing in `inc` has changed).
+        let new_uploads = upload_all(
+            self.options.fs.as_ref(),
+            self.storage.as_ref(),
+            uploads.into_values().collect(),
+        )?;
+
+        // Local recovery: copies of this checkpoint's new files, linked while they are pinned.
+        self.keep_local_copies(&new_uploads);
+
+        // 4. Switch the base once the target is whole and not newer than this checkpoint.
+        let base = self.switch_base(inc, &new_uploads, &mut deltas, &mut target, &mut stats);
+        if target.is_none() {
+            // Credit is earned only while a target waits: no burst from idle rounds.
+            credit = 0;
+        }
+        let Some(base) = base else {
+            return Err(Error::invalid(format!(
+                "checkpoint {id}: the first full upload after a restore did not complete"
+            )));
+        };
+
+        // 5. The checkpoint: base + deltas (+ staged target files, so they stay referenced).
+        let (metadata, listed) =
+            self.describe(inc, &new_uploads, &base, &deltas, target.as_ref())?;
+        stats.referenced_bytes = metadata.files.iter().map(|f| f.file.size).sum();
+        stats.delta_files = deltas.iter().map(|d| d.files.len()).sum();
+        let state_sizes = state_sizes(&self.states, &base, &deltas);
+        self.storage.publish_metadata(id, &metadata.encode()?)?;
+        let handle = snapshot_handle(self.storage.as_ref(), &metadata);
+        self.delete_unlisted(&new_uploads, &listed);
+        let published = Published {
+            listed,
+            deltas,
+            base,
+            target,
+            credit,
+        };
+        self.commit(inc, metadata, published)?;
+        self.report(&stats, state_sizes);
+        inc.last_stats = Some(stats);
+        self.prune_local_copies();
+        Ok(handle)
+    }
+
+    /// Checks that this task may still run (its store was not restored since, its checkpoint id
+    /// is unused), takes the flush outputs made so far, starts a full upload when there is
+    /// neither base nor target, and returns the floor: the sequence of the base (or of the
+    /// pending full upload), above which flushes are deltas.
+    fn prepare(&self, inc: &mut Incremental) -> Result<u64> {
         let id = self.checkpoint_id;
         if inc.epoch != self.epoch {
             return Err(Error::invalid(format!(
@@ -333,13 +423,12 @@ impl LsmSnapshotTask {
                  first full upload; take the next checkpoint"
             )));
         }
+        Ok(floor)
+    }
 
-        let mut planned: BTreeMap<u64, UploadJob> = BTreeMap::new();
-        let mut stats = CheckpointStats {
-            checkpoint_id: id,
-            ..CheckpointStats::default()
-        };
-        // 1. Deltas: every captured flush in (floor, sequence].
+    /// The published deltas plus one per captured flush in (`floor`, sequence], whose files not
+    /// yet in storage are planned for upload.
+    fn collect_deltas(&self, inc: &Incremental, floor: u64, planned: &mut Planned) -> Vec<Delta> {
         let mut deltas = inc.deltas.clone();
         for out in inc
             .pending
@@ -348,12 +437,8 @@ impl LsmSnapshotTask {
         {
             let mut files = Vec::new();
             for f in out.files.iter().filter(|f| f.cf.starts_with(CF_PREFIX)) {
-                let number = f.meta.number;
-                if !inc.uploaded.contains_key(&number) && !planned.contains_key(&number) {
-                    stats.uploaded_files += 1;
-                    stats.uploaded_bytes += f.meta.size;
-                    stats.delta_bytes += f.meta.size;
-                    planned.insert(number, upload_job(inc, &f.path, &f.meta));
+                if planned.add(inc, &f.path, &f.meta) {
+                    planned.stats.delta_bytes += f.meta.size;
                 }
                 files.push(CkptFile {
                     cf: f.cf.clone(),
@@ -373,8 +458,12 @@ impl LsmSnapshotTask {
                 tombstones,
             });
         }
+        deltas
+    }
 
-        // 2. A new target when the deltas outgrew the base.
+    /// The pending target (taken out of `inc`), or a new one of the current version when the
+    /// deltas outgrew `delta_ratio` × the base's bytes or a column family has too many.
+    fn choose_target(&self, inc: &mut Incremental, deltas: &[Delta]) -> Option<Target> {
         let base_bytes: u64 = inc
             .base
             .as_ref()
@@ -399,124 +488,145 @@ impl LsmSnapshotTask {
                 live: self.db.live_files(),
             });
         }
+        target
+    }
 
-        // 3. Materialize within the budget.
+    /// Plans uploads of `target`'s files within the credit (all of them for a first full
+    /// upload), deep levels first; returns the credit left.
+    fn plan_materialization(
+        &self,
+        inc: &Incremental,
+        target: Option<&Target>,
+        planned: &mut Planned,
+    ) -> u64 {
         let mut credit = inc.credit;
-        if let Some(t) = &target {
-            let full = inc.base.is_none();
-            let budget = stats
-                .delta_bytes
-                .max(self.options.min_materialization_bytes)
-                .max(1);
-            let cap = budget.saturating_mul(CREDIT_CAP);
-            credit = credit.saturating_add(budget).min(cap);
-            let mut files = t
-                .live
-                .files
-                .iter()
-                .filter(|f| f.cf.starts_with(CF_PREFIX))
-                .collect::<Vec<_>>();
-            // Deep levels first: they change least, so their uploads are least likely wasted.
-            files.sort_by(|a, b| {
-                b.level
-                    .cmp(&a.level)
-                    .then(a.meta.number.cmp(&b.meta.number))
-            });
-            for f in files {
-                let number = f.meta.number;
-                if inc.uploaded.contains_key(&number) || planned.contains_key(&number) {
-                    continue;
-                }
-                if !full && f.meta.size > credit && credit < cap {
-                    continue;
-                }
-                credit = credit.saturating_sub(f.meta.size);
-                stats.uploaded_files += 1;
-                stats.uploaded_bytes += f.meta.size;
-                stats.materialized_bytes += f.meta.size;
-                planned.insert(number, upload_job(inc, &f.path, &f.meta));
+        let Some(t) = target else {
+            return credit;
+        };
+        let full = inc.base.is_none();
+        let budget = planned
+            .stats
+            .delta_bytes
+            .max(self.options.min_materialization_bytes)
+            .max(1);
+        let cap = budget.saturating_mul(CREDIT_CAP);
+        credit = credit.saturating_add(budget).min(cap);
+        let mut files = t
+            .live
+            .files
+            .iter()
+            .filter(|f| f.cf.starts_with(CF_PREFIX))
+            .collect::<Vec<_>>();
+        // Deep levels first: they change least, so their uploads are least likely wasted.
+        files.sort_by(|a, b| {
+            b.level
+                .cmp(&a.level)
+                .then(a.meta.number.cmp(&b.meta.number))
+        });
+        for f in files {
+            let number = f.meta.number;
+            if inc.uploaded.contains_key(&number) || planned.uploads.contains_key(&number) {
+                continue;
             }
+            if !full && f.meta.size > credit && credit < cap {
+                continue;
+            }
+            credit = credit.saturating_sub(f.meta.size);
+            planned.add(inc, &f.path, &f.meta);
+            planned.stats.materialized_bytes += f.meta.size;
         }
-        // Every planned file is uploaded (size and crc32 checked) before anything below uses
-        // it; a failed upload fails this checkpoint only (nothing in `inc` has changed).
-        let new_uploads = upload_all(
-            self.options.fs.as_ref(),
-            self.storage.as_ref(),
-            planned.into_values().collect(),
-        )?;
+        credit
+    }
 
-        // Local recovery: copies of this checkpoint's new files, linked while they are pinned.
-        self.keep_local_copies(&new_uploads);
-
-        // 4. Switch the base once the target is whole and not newer than this checkpoint.
+    /// The base of this checkpoint: the target's version, once every file of it is uploaded
+    /// and it is not newer than this checkpoint (the target is then cleared and the deltas it
+    /// contains dropped), else the current base.
+    fn switch_base(
+        &self,
+        inc: &Incremental,
+        new_uploads: &HashMap<u64, UploadedFile>,
+        deltas: &mut Vec<Delta>,
+        target: &mut Option<Target>,
+        stats: &mut CheckpointStats,
+    ) -> Option<Base> {
         let is_up = |n: &u64| inc.uploaded.contains_key(n) || new_uploads.contains_key(n);
-        let mut base = inc.base.clone();
-        if let Some(t) = &target
+        if let Some(t) = target.as_ref()
             && t.live.sequence <= self.sequence
             && t.files().iter().all(|f| is_up(&f.meta.number))
         {
             let new_base = t.as_base();
             deltas.retain(|d| d.sequence > new_base.sequence);
-            base = Some(new_base);
-            target = None;
+            *target = None;
             stats.base_switched = true;
+            return Some(new_base);
         }
-        if target.is_none() {
-            // Credit is earned only while a target waits: no burst from idle rounds.
-            credit = 0;
-        }
-        let Some(base) = base else {
-            return Err(Error::invalid(format!(
-                "checkpoint {id}: the first full upload after a restore did not complete"
-            )));
-        };
+        inc.base.clone()
+    }
 
-        // 5. The checkpoint: base + deltas (+ staged target files, so they stay referenced).
-        let (metadata, listed) =
-            self.describe(inc, &new_uploads, &base, &deltas, target.as_ref())?;
-        stats.referenced_bytes = metadata.files.iter().map(|f| f.file.size).sum();
-        stats.delta_files = deltas.iter().map(|d| d.files.len()).sum();
-        let state_sizes = state_sizes(&self.states, &base, &deltas);
-        self.storage.publish_metadata(id, &metadata.encode()?)?;
-        let handle = snapshot_handle(self.storage.as_ref(), &metadata);
+    /// Deletes the files of `new_uploads` that the published checkpoint does not list.
+    fn delete_unlisted(
+        &self,
+        new_uploads: &HashMap<u64, UploadedFile>,
+        listed: &HashMap<u64, UploadedFile>,
+    ) {
         // A delta uploaded by this checkpoint and dropped by its base switch (compacted into
         // the new base) is referenced by no checkpoint: delete it now rather than leave an
         // orphan until the next start-up scan. Best effort, for the same reason.
-        for (number, up) in &new_uploads {
+        for (number, up) in new_uploads {
             if !listed.contains_key(number) {
                 let _ = self.storage.delete(&up.path);
             }
         }
-        {
-            let mut registry = self.registry.lock();
-            registry.add_completed(metadata);
-            // Published and counted: commit before retention, so that a retention failure
-            // (which fails this checkpoint) leaves the uploaded files known and a later
-            // checkpoint lists them again instead of uploading them once more.
-            let retention = retention::apply(&mut registry, self.retained);
-            // Published: commit. A file the registry no longer counts (checkpoint ids out of
-            // order let retention discard this very checkpoint) forces a full upload next time.
-            let lost = listed
-                .values()
-                .any(|f| registry.shared_references(&f.path) == 0);
-            inc.uploaded = listed;
-            inc.deltas = deltas;
-            inc.base = Some(base);
-            inc.target = target;
-            inc.credit = credit;
-            let sequence = self.sequence;
-            inc.pending.retain(|o| o.last_sequence > sequence);
-            if lost {
-                inc.uploaded
-                    .retain(|_, f| registry.shared_references(&f.path) > 0);
-                inc.base = None;
-                inc.deltas.clear();
-                inc.target = None;
-            }
-            retention?;
+    }
+
+    /// Adds the published checkpoint to the registry, commits `published` to `inc`, then
+    /// applies retention (whose failure fails the checkpoint, after the commit).
+    fn commit(
+        &self,
+        inc: &mut Incremental,
+        metadata: CheckpointMetadata,
+        published: Published,
+    ) -> Result<()> {
+        let Published {
+            listed,
+            deltas,
+            base,
+            target,
+            credit,
+        } = published;
+        let mut registry = self.registry.lock();
+        registry.add_completed(metadata);
+        // Published and counted: commit before retention, so that a retention failure
+        // (which fails this checkpoint) leaves the uploaded files known and a later
+        // checkpoint lists them again instead of uploading them once more.
+        let retention = retention::apply(&mut registry, self.retained);
+        // Published: commit. A file the registry no longer counts (checkpoint ids out of
+        // order let retention discard this very checkpoint) forces a full upload next time.
+        let lost = listed
+            .values()
+            .any(|f| registry.shared_references(&f.path) == 0);
+        inc.uploaded = listed;
+        inc.deltas = deltas;
+        inc.base = Some(base);
+        inc.target = target;
+        inc.credit = credit;
+        let sequence = self.sequence;
+        inc.pending.retain(|o| o.last_sequence > sequence);
+        if lost {
+            inc.uploaded
+                .retain(|_, f| registry.shared_references(&f.path) > 0);
+            inc.base = None;
+            inc.deltas.clear();
+            inc.target = None;
         }
+        retention?;
+        Ok(())
+    }
+
+    /// Logs the checkpoint's upload statistics and records the state sizes it references.
+    fn report(&self, stats: &CheckpointStats, state_sizes: Vec<(&str, u64)>) {
         tracing::debug!(
-            checkpoint_id = id,
+            checkpoint_id = self.checkpoint_id,
             uploaded_files = stats.uploaded_files,
             uploaded_bytes = stats.uploaded_bytes,
             delta_bytes = stats.delta_bytes,
@@ -529,9 +639,6 @@ impl LsmSnapshotTask {
         for (state, bytes) in state_sizes {
             crate::observe::state_size(state, range, bytes);
         }
-        inc.last_stats = Some(stats);
-        self.prune_local_copies();
-        Ok(handle)
     }
 
     /// Links the local SSTs of `new_uploads` into the local-recovery directory, if configured.
@@ -573,51 +680,13 @@ impl LsmSnapshotTask {
             .iter()
             .map(|d| (d.name.clone(), super::cf_name(&d.name)))
             .collect();
-        let cf_index = |cf: &str| -> Result<u32> {
-            column_families
-                .iter()
-                .position(|(_, n)| n == cf)
-                .map(|i| i as u32)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "column family '{cf}' has data in the checkpoint but no registered state"
-                    ))
-                })
-        };
-        let lookup = |n: u64| {
-            inc.uploaded
-                .get(&n)
-                .or_else(|| new_uploads.get(&n))
-                .cloned()
-        };
-        let mut files: Vec<CheckpointFile> = Vec::new();
-        let mut listed: HashMap<u64, UploadedFile> = HashMap::new();
-        let mut index_of: HashMap<u64, u32> = HashMap::new();
-        let fallback = self.key_group_range;
-        let mut list = |meta: &FileMeta, files: &mut Vec<CheckpointFile>| -> Result<u32> {
-            if let Some(i) = index_of.get(&meta.number) {
-                return Ok(*i);
-            }
-            let up = lookup(meta.number).ok_or_else(|| {
-                Error::invalid(format!(
-                    "file {} of the checkpoint was never uploaded",
-                    meta.number
-                ))
-            })?;
-            let i = files.len() as u32;
-            files.push(CheckpointFile {
-                file: FileRef {
-                    path: up.path.clone(),
-                    size: up.size,
-                    crc32: up.crc32,
-                    xxh3: up.xxh3,
-                    key_groups: file_key_groups(meta, fallback),
-                },
-                shared: true,
-            });
-            listed.insert(meta.number, up);
-            index_of.insert(meta.number, i);
-            Ok(i)
+        let mut list = FileList {
+            uploaded: &inc.uploaded,
+            new_uploads,
+            fallback: self.key_group_range,
+            files: Vec::new(),
+            listed: HashMap::new(),
+            index_of: HashMap::new(),
         };
         let mut layout = CheckpointLayout {
             sequence: self.sequence,
@@ -633,10 +702,10 @@ impl LsmSnapshotTask {
         );
         for (role, f) in roles {
             layout.files.push(LayoutFile {
-                cf: cf_index(&f.cf)?,
+                cf: cf_index(&column_families, &f.cf)?,
                 role,
                 level: if role == FileRole::Base { f.level } else { 0 },
-                file_index: list(&f.meta, &mut files)?,
+                file_index: list.list(&f.meta)?,
                 meta: (*f.meta).clone(),
             });
         }
@@ -646,7 +715,7 @@ impl LsmSnapshotTask {
             .chain(deltas.iter().flat_map(|d| d.tombstones.iter()));
         for (cf, t) in tombstones {
             let entry = LayoutTombstone {
-                cf: cf_index(cf)?,
+                cf: cf_index(&column_families, cf)?,
                 tombstone: t.clone(),
             };
             if !layout.tombstones.contains(&entry) {
@@ -655,8 +724,8 @@ impl LsmSnapshotTask {
         }
         if let Some(t) = target {
             for f in t.files() {
-                if lookup(f.meta.number).is_some() {
-                    list(&f.meta, &mut files)?;
+                if list.lookup(f.meta.number).is_some() {
+                    list.list(&f.meta)?;
                 }
             }
         }
@@ -667,9 +736,77 @@ impl LsmSnapshotTask {
             key_group_range: self.key_group_range,
             timestamp_ms: self.clock.now_ms(),
             states: self.states.clone(),
-            files,
+            files: list.files,
             extra: layout.encode(),
         };
-        Ok((metadata, listed))
+        Ok((metadata, list.listed))
+    }
+}
+
+/// The index of column family `cf` in a checkpoint's `column_families`, or an error when no
+/// registered state has it.
+fn cf_index(column_families: &[(String, String)], cf: &str) -> Result<u32> {
+    column_families
+        .iter()
+        .position(|(_, n)| n == cf)
+        .map(|i| i as u32)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "column family '{cf}' has data in the checkpoint but no registered state"
+            ))
+        })
+}
+
+/// The file list of a checkpoint's `_metadata` as [`LsmSnapshotTask::describe`] builds it: each
+/// file once, in the order first listed.
+struct FileList<'a> {
+    /// Files the last published checkpoint lists.
+    uploaded: &'a HashMap<u64, UploadedFile>,
+    /// Files this checkpoint uploaded.
+    new_uploads: &'a HashMap<u64, UploadedFile>,
+    /// The key groups of a file whose keys name none.
+    fallback: KeyGroupRange,
+    files: Vec<CheckpointFile>,
+    /// The listed files by local number.
+    listed: HashMap<u64, UploadedFile>,
+    /// Index in `files` by local number.
+    index_of: HashMap<u64, u32>,
+}
+
+impl FileList<'_> {
+    /// The stored file of local file `number`, if it is in storage.
+    fn lookup(&self, number: u64) -> Option<UploadedFile> {
+        self.uploaded
+            .get(&number)
+            .or_else(|| self.new_uploads.get(&number))
+            .cloned()
+    }
+
+    /// Lists file `meta` (once) and returns its index in the list; an error if it was never
+    /// uploaded.
+    fn list(&mut self, meta: &FileMeta) -> Result<u32> {
+        if let Some(i) = self.index_of.get(&meta.number) {
+            return Ok(*i);
+        }
+        let up = self.lookup(meta.number).ok_or_else(|| {
+            Error::invalid(format!(
+                "file {} of the checkpoint was never uploaded",
+                meta.number
+            ))
+        })?;
+        let i = self.files.len() as u32;
+        self.files.push(CheckpointFile {
+            file: FileRef {
+                path: up.path.clone(),
+                size: up.size,
+                crc32: up.crc32,
+                xxh3: up.xxh3,
+                key_groups: file_key_groups(meta).unwrap_or(self.fallback),
+            },
+            shared: true,
+        });
+        self.listed.insert(meta.number, up);
+        self.index_of.insert(meta.number, i);
+        Ok(i)
     }
 }

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use crate::codec::cursor::Cursor;
 use crate::codec::varint::{put_varint32, put_varint64};
 use crate::error::{Error, Result};
+use crate::keys::{KeyGroupRange, key_group_of};
 use crate::lsm::format::{compare_internal, parse_internal_key};
 use crate::lsm::version::{FileMeta, NUM_LEVELS, RangeTombstone};
 
@@ -213,6 +214,14 @@ impl CheckpointLayout {
             tombstones,
         })
     }
+}
+
+/// The key groups of a file's user-key range: those of its smallest through its largest user
+/// key; `None` when a key is too short to have a key group or the two are out of order.
+pub(crate) fn file_key_groups(meta: &FileMeta) -> Option<KeyGroupRange> {
+    let first = key_group_of(meta.smallest_user_key())?;
+    let last = key_group_of(meta.largest_user_key())?;
+    KeyGroupRange::new(first, last).ok()
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {

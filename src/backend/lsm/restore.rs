@@ -12,28 +12,28 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::checkpoint::{UploadedFile, shared_path};
-use super::layout::{CheckpointLayout, FileRole};
+use super::layout::{CheckpointLayout, FileRole, LayoutFile, file_key_groups};
 use super::local_recovery::LocalCopies;
 use super::transfer::{check_local, download};
 use super::{LsmBackend, cf_name, random_instance_id};
 use crate::backend::parallel::run_parallel;
 use crate::backend::{
     BackendKind, SnapshotData, SnapshotHandle, StateDescriptor, StateId, check_restore_handles,
+    read_handle_metadata,
 };
 use crate::checkpoint::metadata::CheckpointMetadata;
-use crate::checkpoint::registry::read_metadata;
 use crate::checkpoint::storage::{CheckpointStorage, Listed, metadata_path};
 use crate::checkpoint::uri::storage_for_root;
 use crate::error::{Error, Result};
 use crate::fs::sync_dir;
 use crate::fs::{FileSystem, create_dir_durable};
-use crate::keys::{KeyGroupRange, key_group_of};
-use crate::lsm::Db;
+use crate::keys::KeyGroupRange;
 use crate::lsm::db::DEFAULT_CF;
 use crate::lsm::db::LiveFiles;
 use crate::lsm::manifest::Manifest;
 use crate::lsm::table::sst_file_name;
-use crate::lsm::version::{FileMeta, RangeTombstone, Version, VersionEdit};
+use crate::lsm::version::{RangeTombstone, Version, VersionEdit};
+use crate::lsm::{ColumnFamily, Db};
 
 /// One verified handle.
 struct Source {
@@ -48,11 +48,6 @@ struct Source {
     copies: Option<LocalCopies>,
 }
 
-/// The storage a handle's files live in: ours, a store reopened by URI, or a local directory.
-fn storage_for(backend: &LsmBackend, root: &str) -> Result<(Arc<dyn CheckpointStorage>, bool)> {
-    storage_for_root(&backend.storage, root)
-}
-
 fn read_source(
     backend: &LsmBackend,
     handle: &SnapshotHandle,
@@ -63,26 +58,14 @@ fn read_source(
             "an lsm-backend handle must reference files, found in-memory data",
         ));
     };
-    let (storage, ours) = storage_for(backend, root)?;
+    let (storage, ours) = storage_for_root(&backend.storage, root)?;
     let copies = backend
         .options
         .local_recovery_dir
         .as_ref()
         .map(|base| LocalCopies::new(&backend.options.fs, base, &storage.location()));
-    let metadata = read_metadata(storage.as_ref(), handle.checkpoint_id)?;
-    let listed: Vec<_> = metadata.files.iter().map(|f| &f.file).collect();
+    let metadata = read_handle_metadata(storage.as_ref(), handle, files)?;
     let meta_path = metadata_path(handle.checkpoint_id);
-    if metadata.backend != handle.backend
-        || metadata.max_parallelism != handle.max_parallelism
-        || metadata.key_group_range != handle.key_group_range
-        || metadata.states != handle.states
-        || listed != files.iter().collect::<Vec<_>>()
-    {
-        return Err(Error::invalid(format!(
-            "{meta_path} does not describe the snapshot handle of checkpoint {}",
-            handle.checkpoint_id
-        )));
-    }
     if metadata.extra.is_empty() {
         return Ok(Source {
             storage,
@@ -131,20 +114,6 @@ fn read_source(
         keep,
         copies,
     })
-}
-
-/// The key groups of a file from its key range, or corruption.
-fn file_key_groups(meta: &FileMeta, label: &str) -> Result<KeyGroupRange> {
-    let bad = || {
-        Error::corruption(
-            label,
-            0,
-            format!("file {} has keys without a key group", meta.number),
-        )
-    };
-    let first = key_group_of(meta.smallest_user_key()).ok_or_else(bad)?;
-    let last = key_group_of(meta.largest_user_key()).ok_or_else(bad)?;
-    KeyGroupRange::new(first, last).map_err(|_| bad())
 }
 
 /// What a restore brought into the new store, and from where.
@@ -279,6 +248,9 @@ fn clip(t: &RangeTombstone, range: &KeyGroupRange, limit: &[u8]) -> Option<Range
     })
 }
 
+/// Restores `handles` into `backend` for key groups `target`: verifies every handle that meets
+/// `target`, brings its files into a new store directory, opens and clips the store, and only
+/// then swaps it in for the current one. A failure before the swap leaves the backend as it was.
 pub(super) fn restore(
     backend: &mut LsmBackend,
     handles: &[SnapshotHandle],
@@ -289,16 +261,7 @@ pub(super) fn restore(
         tracing::info_span!("restore", backend = "lsm", handles = handles.len(), %target).entered();
     let max_parallelism = backend.config.max_parallelism;
     check_restore_handles(BackendKind::Lsm, max_parallelism, handles, target)?;
-    // States: registered ones keep their ids; every handle's must agree with them and each other.
-    let mut states: Vec<StateDescriptor> = backend.states.iter().map(|(d, _)| d.clone()).collect();
-    for handle in handles {
-        for d in &handle.states {
-            match states.iter().find(|s| s.name == d.name) {
-                Some(existing) => existing.check_compatible(d)?,
-                None => states.push(d.clone()),
-            }
-        }
-    }
+    let states = restored_states(backend, handles)?;
     let mut sources = Vec::new();
     for handle in handles {
         if let Some(keep) = handle.key_group_range.intersect(&target) {
@@ -311,27 +274,13 @@ pub(super) fn restore(
         .map_or_else(|| vec![0xff; 3], |k| k.to_vec());
 
     let store_id = random_instance_id();
-    backend.stores_opened += 1;
-    let dir: PathBuf = backend
-        .working_dir
-        .join(format!("db-{store_id:016x}-{}", backend.stores_opened));
+    let dir = new_store_dir(backend, store_id)?;
     let fs = std::sync::Arc::clone(&backend.options.fs);
-    fs.remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    create_dir_durable(fs.as_ref(), &dir)?;
     let mut stats = RestoreStats {
         checkpoint_ids: sources.iter().map(|s| s.metadata.checkpoint_id).collect(),
         ..RestoreStats::default()
     };
-    for source in sources.iter().filter(|s| s.layout.is_none()) {
-        // A full checkpoint is read from storage whole (`super::full::load`).
-        stats.downloaded_files += source.metadata.files.len() as u64;
-        stats.downloaded_bytes += source
-            .metadata
-            .files
-            .iter()
-            .map(|f| f.file.size)
-            .sum::<u64>();
-    }
+    count_full_downloads(&sources, &mut stats);
     let built = build_store(
         fs.as_ref(),
         &sources,
@@ -353,33 +302,7 @@ pub(super) fn restore(
             return Err(e);
         }
     };
-    let opened = (|| -> Result<Db> {
-        let version = Version::default().apply(&edit, "restored layout", 0)?;
-        let db_options = backend.db_options(&states);
-        sync_dir(db_options.fs.as_ref(), &dir)?;
-        let manifest_number = version.next_file_number;
-        let mut version = version;
-        version.next_file_number = manifest_number + 1;
-        Manifest::create(&db_options.fs, &dir, manifest_number, &version)?;
-        let db = Db::open(&dir, db_options)?;
-        for source in sources.iter().filter(|s| s.layout.is_none()) {
-            super::full::load(&db, source.storage.as_ref(), &source.metadata, source.keep)?;
-        }
-        for (lo, hi) in &clipped {
-            for cf in db.column_families() {
-                db.compact_range(&cf, Some(lo), Some(hi))?;
-            }
-        }
-        // Like a full snapshot, a restore leaves out what expired: the TTL filter runs over
-        // every TTL state once (the only restore step whose cost grows with the data).
-        for d in states.iter().filter(|d| d.ttl.is_some()) {
-            if let Some(cf) = db.cf(&cf_name(&d.name)) {
-                db.compact_range(&cf, None, None)?;
-            }
-        }
-        Ok(db)
-    })();
-    let db = match opened {
+    let db = match open_restored(backend, &dir, &sources, &states, &edit, &clipped) {
         Ok(db) => db,
         Err(e) => {
             let _ = fs.remove_dir_all(&dir);
@@ -388,15 +311,7 @@ pub(super) fn restore(
     };
     // Committed: swap the store in.
     db.capture_flushes();
-    let mut new_states = Vec::with_capacity(states.len());
-    let mut by_name = HashMap::new();
-    for (i, d) in states.into_iter().enumerate() {
-        let cf = db
-            .cf(&cf_name(&d.name))
-            .ok_or_else(|| Error::invalid(format!("restored store lacks state '{}'", d.name)))?;
-        by_name.insert(d.name.clone(), StateId(i as u32));
-        new_states.push((d, cf));
-    }
+    let (new_states, by_name) = state_column_families(&db, states)?;
     // Nothing below fails: copies made now are never left unreferenced by a failed restore.
     let live = db.live_files();
     let local_copies = backend
@@ -412,13 +327,7 @@ pub(super) fn restore(
         store_id,
         &mut stats,
     ));
-    let old = std::mem::replace(&mut backend.db, Arc::new(db));
-    let old_dir = std::mem::replace(&mut backend.db_dir, dir);
-    if Arc::strong_count(&old) == 1 {
-        old.close()?;
-        drop(old);
-        let _ = backend.options.fs.remove_dir_all(&old_dir);
-    }
+    swap_store(backend, db, dir)?;
     backend.states = new_states;
     backend.by_name = by_name;
     backend.config.key_group_range = target;
@@ -428,6 +337,130 @@ pub(super) fn restore(
         backend.epoch = incremental.epoch;
     }
     stats.duration = started.elapsed();
+    report_restore(&stats);
+    backend.last_restore = Some(Box::new(stats));
+    Ok(())
+}
+
+/// The states of the restored store: registered ones keep their ids, then those only the handles
+/// have; every handle's descriptor of a state must agree with the registered one and the other
+/// handles'.
+fn restored_states(
+    backend: &LsmBackend,
+    handles: &[SnapshotHandle],
+) -> Result<Vec<StateDescriptor>> {
+    let mut states: Vec<StateDescriptor> = backend.states.iter().map(|(d, _)| d.clone()).collect();
+    for handle in handles {
+        for d in &handle.states {
+            match states.iter().find(|s| s.name == d.name) {
+                Some(existing) => existing.check_compatible(d)?,
+                None => states.push(d.clone()),
+            }
+        }
+    }
+    Ok(states)
+}
+
+/// A new, empty, durable directory for store `store_id` in the backend's working directory
+/// (whatever an earlier run left under its name is removed first).
+fn new_store_dir(backend: &mut LsmBackend, store_id: u64) -> Result<PathBuf> {
+    backend.stores_opened += 1;
+    let dir: PathBuf = backend
+        .working_dir
+        .join(format!("db-{store_id:016x}-{}", backend.stores_opened));
+    let fs = backend.options.fs.as_ref();
+    fs.remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    create_dir_durable(fs, &dir)?;
+    Ok(dir)
+}
+
+/// Counts the files of the full checkpoints among `sources` as downloaded: they are read from
+/// storage whole.
+fn count_full_downloads(sources: &[Source], stats: &mut RestoreStats) {
+    for source in sources.iter().filter(|s| s.layout.is_none()) {
+        // A full checkpoint is read from storage whole (`super::full::load`).
+        stats.downloaded_files += source.metadata.files.len() as u64;
+        stats.downloaded_bytes += source
+            .metadata
+            .files
+            .iter()
+            .map(|f| f.file.size)
+            .sum::<u64>();
+    }
+}
+
+/// Opens the store fetched into `dir`: writes a manifest holding the version of `edit`, opens
+/// it, loads the full checkpoints among `sources`, compacts the `clipped` ranges away and runs
+/// the TTL filter over every TTL state.
+fn open_restored(
+    backend: &LsmBackend,
+    dir: &Path,
+    sources: &[Source],
+    states: &[StateDescriptor],
+    edit: &VersionEdit,
+    clipped: &Clipped,
+) -> Result<Db> {
+    let version = Version::default().apply(edit, "restored layout", 0)?;
+    let db_options = backend.db_options(states);
+    sync_dir(db_options.fs.as_ref(), dir)?;
+    let manifest_number = version.next_file_number;
+    let mut version = version;
+    version.next_file_number = manifest_number + 1;
+    Manifest::create(&db_options.fs, dir, manifest_number, &version)?;
+    let db = Db::open(dir, db_options)?;
+    for source in sources.iter().filter(|s| s.layout.is_none()) {
+        super::full::load(&db, source.storage.as_ref(), &source.metadata, source.keep)?;
+    }
+    for (lo, hi) in clipped {
+        for cf in db.column_families() {
+            db.compact_range(&cf, Some(lo), Some(hi))?;
+        }
+    }
+    // Like a full snapshot, a restore leaves out what expired: the TTL filter runs over
+    // every TTL state once (the only restore step whose cost grows with the data).
+    for d in states.iter().filter(|d| d.ttl.is_some()) {
+        if let Some(cf) = db.cf(&cf_name(&d.name)) {
+            db.compact_range(&cf, None, None)?;
+        }
+    }
+    Ok(db)
+}
+
+/// Each state with its column family, in state-id order (`LsmBackend::states`).
+type StateColumnFamilies = Vec<(StateDescriptor, ColumnFamily)>;
+
+/// The restored store's column family of each state, and the state ids by name.
+fn state_column_families(
+    db: &Db,
+    states: Vec<StateDescriptor>,
+) -> Result<(StateColumnFamilies, HashMap<String, StateId>)> {
+    let mut new_states = Vec::with_capacity(states.len());
+    let mut by_name = HashMap::new();
+    for (i, d) in states.into_iter().enumerate() {
+        let cf = db
+            .cf(&cf_name(&d.name))
+            .ok_or_else(|| Error::invalid(format!("restored store lacks state '{}'", d.name)))?;
+        by_name.insert(d.name.clone(), StateId(i as u32));
+        new_states.push((d, cf));
+    }
+    Ok((new_states, by_name))
+}
+
+/// Makes `db` in `dir` the backend's store; the old one is closed and its directory removed
+/// unless something else still holds it.
+fn swap_store(backend: &mut LsmBackend, db: Db, dir: PathBuf) -> Result<()> {
+    let old = std::mem::replace(&mut backend.db, Arc::new(db));
+    let old_dir = std::mem::replace(&mut backend.db_dir, dir);
+    if Arc::strong_count(&old) == 1 {
+        old.close()?;
+        drop(old);
+        let _ = backend.options.fs.remove_dir_all(&old_dir);
+    }
+    Ok(())
+}
+
+/// Logs a finished restore and records its metrics.
+fn report_restore(stats: &RestoreStats) {
     tracing::info!(
         bytes = stats.bytes,
         downloaded = stats.downloaded_bytes,
@@ -439,8 +472,6 @@ pub(super) fn restore(
     );
     crate::observe::restore_finished("lsm", stats.duration, stats.downloaded_bytes);
     crate::observe::restore_copied("lsm", stats.copied_bytes);
-    backend.last_restore = Some(Box::new(stats));
-    Ok(())
 }
 
 /// Key ranges restored data may hold outside the target: (start, end) user keys.
@@ -529,121 +560,20 @@ fn build_store<'a>(
     dir: &Path,
     stats: &mut RestoreStats,
 ) -> Result<Built<'a>> {
-    let mut edit = VersionEdit {
-        cf_added: vec![(0, DEFAULT_CF.to_string())],
-        ..VersionEdit::default()
-    };
-    let mut cf_ids: HashMap<String, u32> = HashMap::new();
-    for (i, d) in states.iter().enumerate() {
-        let id = i as u32 + 1;
-        edit.cf_added.push((id, cf_name(&d.name)));
-        cf_ids.insert(d.name.clone(), id);
-    }
-    edit.next_cf_id = Some(states.len() as u32 + 1);
-    let mut uploaded = HashMap::new();
-    let mut fetches = Vec::new();
-    let mut number = 0u64;
-    let mut max_sequence = 0u64;
-    let mut outside = false;
+    let mut builder = StoreBuilder::new(states);
     for source in sources {
-        let label = metadata_path(source.metadata.checkpoint_id);
-        let Some(layout) = &source.layout else {
-            continue; // A full checkpoint: loaded into the opened store (`super::full`).
-        };
-        max_sequence = max_sequence.max(layout.sequence);
-        let cf_of = |index: u32| -> Result<u32> {
-            let (state, _) = layout
-                .column_families
-                .get(index as usize)
-                .ok_or_else(|| Error::corruption(&label, 0, "column family index out of range"))?;
-            cf_ids
-                .get(state)
-                .copied()
-                .ok_or_else(|| Error::invalid(format!("state '{state}' is not registered")))
-        };
-        for f in &layout.files {
-            let groups = file_key_groups(&f.meta, &label)?;
-            if groups.intersect(&source.keep).is_none() {
-                continue; // Wholly outside the key groups this backend now owns.
-            }
-            if groups.intersect(&target) != Some(groups) {
-                outside = true;
-            }
-            let entry = source
-                .metadata
-                .files
-                .get(f.file_index as usize)
-                .ok_or_else(|| Error::corruption(&label, 0, "file index out of range"))?;
-            number += 1;
-            // The layout's size and crc32 agree with `_metadata`'s (checked at read); the
-            // xxh3 is `_metadata`'s.
-            fetches.push(FetchJob {
-                source,
-                path: &entry.file.path,
-                listed: Listed::of(&entry.file),
-                number,
-            });
-            if source.ours {
-                uploaded.insert(
-                    number,
-                    UploadedFile {
-                        path: entry.file.path.clone(),
-                        size: entry.file.size,
-                        crc32: entry.file.crc32,
-                        xxh3: entry.file.xxh3,
-                    },
-                );
-            }
-            max_sequence = max_sequence.max(f.meta.largest_seq);
-            let level = if f.role == FileRole::Delta {
-                0
-            } else {
-                f.level
-            };
-            let mut meta = f.meta.clone();
-            meta.number = number;
-            edit.new_files.push((cf_of(f.cf)?, level, meta));
-        }
-        // A tombstone deletes only keys of its own handle: the same sequence number may mean
-        // different moments in different handles.
-        for t in &layout.tombstones {
-            max_sequence = max_sequence.max(t.tombstone.sequence);
-            if let Some(clipped) = clip(&t.tombstone, &source.keep, limit) {
-                edit.tombstones_added.push((cf_of(t.cf)?, clipped));
-            }
-        }
+        builder.add_source(source, target, limit)?;
     }
-    fetch_all(fs, &fetches, dir, stats)?;
-    // Sequence numbers of different handles may collide. That is harmless: every user key lives
-    // in one key group, hence in the files and tombstones of one handle only (invariant I and
-    // the clipping above), so versions of one key are never compared across handles. The store
-    // must only number new writes above every restored one.
-    let mut clipped = Vec::new();
-    if outside {
-        let clip_sequence = max_sequence + 1;
-        let start = target.start_key().to_vec();
-        if target.first() > 0 {
-            clipped.push((vec![0, 0], start));
-        }
-        if let Some(end) = target.end_key().map(|k| k.to_vec())
-            && end.as_slice() < limit
-        {
-            clipped.push((end, limit.to_vec()));
-        }
-        for id in cf_ids.values() {
-            for (lo, hi) in &clipped {
-                edit.tombstones_added.push((
-                    *id,
-                    RangeTombstone {
-                        start: lo.clone(),
-                        end: hi.clone(),
-                        sequence: clip_sequence,
-                    },
-                ));
-            }
-        }
-        max_sequence = clip_sequence;
-    }
+    fetch_all(fs, &builder.fetches, dir, stats)?;
+    let clipped = builder.clip_outside(target, limit);
+    let StoreBuilder {
+        mut edit,
+        uploaded,
+        fetches,
+        number,
+        max_sequence,
+        ..
+    } = builder;
     edit.last_sequence = Some(max_sequence);
     edit.next_file_number = Some(number + 1);
     Ok(Built {
@@ -652,4 +582,188 @@ fn build_store<'a>(
         fetched: fetches,
         clipped,
     })
+}
+
+/// The restored store as [`build_store`] assembles it from the sources' layouts.
+struct StoreBuilder<'a> {
+    /// Names the column families, files and tombstones of the new store.
+    edit: VersionEdit,
+    /// Column family id by state name.
+    cf_ids: HashMap<String, u32>,
+    /// Files this storage already holds, by new local number.
+    uploaded: HashMap<u64, UploadedFile>,
+    /// Every file to fetch.
+    fetches: Vec<FetchJob<'a>>,
+    /// The last file number handed out.
+    number: u64,
+    /// The highest sequence of anything restored.
+    max_sequence: u64,
+    /// Whether some file holds keys outside the target key groups.
+    outside: bool,
+}
+
+impl<'a> StoreBuilder<'a> {
+    /// An empty store with the default column family and one per state, in state order.
+    fn new(states: &[StateDescriptor]) -> Self {
+        let mut edit = VersionEdit {
+            cf_added: vec![(0, DEFAULT_CF.to_string())],
+            ..VersionEdit::default()
+        };
+        let mut cf_ids: HashMap<String, u32> = HashMap::new();
+        for (i, d) in states.iter().enumerate() {
+            let id = i as u32 + 1;
+            edit.cf_added.push((id, cf_name(&d.name)));
+            cf_ids.insert(d.name.clone(), id);
+        }
+        edit.next_cf_id = Some(states.len() as u32 + 1);
+        StoreBuilder {
+            edit,
+            cf_ids,
+            uploaded: HashMap::new(),
+            fetches: Vec::new(),
+            number: 0,
+            max_sequence: 0,
+            outside: false,
+        }
+    }
+
+    /// The new store's column family id of `layout`'s column family `index`.
+    fn cf_of(&self, layout: &CheckpointLayout, label: &str, index: u32) -> Result<u32> {
+        let (state, _) = layout
+            .column_families
+            .get(index as usize)
+            .ok_or_else(|| Error::corruption(label, 0, "column family index out of range"))?;
+        self.cf_ids
+            .get(state)
+            .copied()
+            .ok_or_else(|| Error::invalid(format!("state '{state}' is not registered")))
+    }
+
+    /// Adds the files of `source`'s layout that hold key groups it keeps, and its tombstones
+    /// clipped to those key groups. A full checkpoint adds nothing: it is loaded into the
+    /// opened store (`super::full`).
+    fn add_source(
+        &mut self,
+        source: &'a Source,
+        target: KeyGroupRange,
+        limit: &[u8],
+    ) -> Result<()> {
+        let label = metadata_path(source.metadata.checkpoint_id);
+        let Some(layout) = &source.layout else {
+            return Ok(()); // A full checkpoint: loaded into the opened store (`super::full`).
+        };
+        self.max_sequence = self.max_sequence.max(layout.sequence);
+        for f in &layout.files {
+            self.add_file(source, layout, &label, f, target)?;
+        }
+        // A tombstone deletes only keys of its own handle: the same sequence number may mean
+        // different moments in different handles.
+        for t in &layout.tombstones {
+            self.max_sequence = self.max_sequence.max(t.tombstone.sequence);
+            if let Some(clipped) = clip(&t.tombstone, &source.keep, limit) {
+                let cf = self.cf_of(layout, &label, t.cf)?;
+                self.edit.tombstones_added.push((cf, clipped));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds file `f` of `source`'s `layout` under the next file number, to be fetched, unless
+    /// it holds none of the key groups the source keeps.
+    fn add_file(
+        &mut self,
+        source: &'a Source,
+        layout: &CheckpointLayout,
+        label: &str,
+        f: &LayoutFile,
+        target: KeyGroupRange,
+    ) -> Result<()> {
+        let groups = file_key_groups(&f.meta).ok_or_else(|| {
+            Error::corruption(
+                label,
+                0,
+                format!("file {} has keys without a key group", f.meta.number),
+            )
+        })?;
+        if groups.intersect(&source.keep).is_none() {
+            return Ok(()); // Wholly outside the key groups this backend now owns.
+        }
+        if groups.intersect(&target) != Some(groups) {
+            self.outside = true;
+        }
+        let entry = source
+            .metadata
+            .files
+            .get(f.file_index as usize)
+            .ok_or_else(|| Error::corruption(label, 0, "file index out of range"))?;
+        self.number += 1;
+        let number = self.number;
+        // The layout's size and crc32 agree with `_metadata`'s (checked at read); the
+        // xxh3 is `_metadata`'s.
+        self.fetches.push(FetchJob {
+            source,
+            path: &entry.file.path,
+            listed: Listed::of(&entry.file),
+            number,
+        });
+        if source.ours {
+            self.uploaded.insert(
+                number,
+                UploadedFile {
+                    path: entry.file.path.clone(),
+                    size: entry.file.size,
+                    crc32: entry.file.crc32,
+                    xxh3: entry.file.xxh3,
+                },
+            );
+        }
+        self.max_sequence = self.max_sequence.max(f.meta.largest_seq);
+        let level = if f.role == FileRole::Delta {
+            0
+        } else {
+            f.level
+        };
+        let mut meta = f.meta.clone();
+        meta.number = number;
+        let cf = self.cf_of(layout, label, f.cf)?;
+        self.edit.new_files.push((cf, level, meta));
+        Ok(())
+    }
+
+    /// When some file holds keys outside `target`, covers the key ranges below and above it
+    /// in every column family with a range tombstone newer than everything restored; returns
+    /// those ranges (none otherwise).
+    fn clip_outside(&mut self, target: KeyGroupRange, limit: &[u8]) -> Clipped {
+        // Sequence numbers of different handles may collide. That is harmless: every user key
+        // lives in one key group, hence in the files and tombstones of one handle only
+        // (invariant I and the clipping above), so versions of one key are never compared
+        // across handles. The store must only number new writes above every restored one.
+        let mut clipped = Vec::new();
+        if self.outside {
+            let clip_sequence = self.max_sequence + 1;
+            let start = target.start_key().to_vec();
+            if target.first() > 0 {
+                clipped.push((vec![0, 0], start));
+            }
+            if let Some(end) = target.end_key().map(|k| k.to_vec())
+                && end.as_slice() < limit
+            {
+                clipped.push((end, limit.to_vec()));
+            }
+            for id in self.cf_ids.values() {
+                for (lo, hi) in &clipped {
+                    self.edit.tombstones_added.push((
+                        *id,
+                        RangeTombstone {
+                            start: lo.clone(),
+                            end: hi.clone(),
+                            sequence: clip_sequence,
+                        },
+                    ));
+                }
+            }
+            self.max_sequence = clip_sequence;
+        }
+        clipped
+    }
 }

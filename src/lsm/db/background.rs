@@ -15,14 +15,15 @@ use super::flush::{file_meta, flush_one, wait_for_flushes};
 use super::{Core, DbInner};
 use crate::error::{Error, Result};
 use crate::fs::sync_dir;
-use crate::lsm::compaction::job::{self, JobParams};
+use crate::lsm::compaction::job::{self, JobOutput, JobParams};
 use crate::lsm::compaction::picker;
 use crate::lsm::format::compare_internal;
 use crate::lsm::iterator::InternalIterator;
 use crate::lsm::manifest::Manifest;
 use crate::lsm::merge_iter::MergingIterator;
+use crate::lsm::options::CfOptions;
 use crate::lsm::table::{TableFile, sst_file_name};
-use crate::lsm::version::{FileMeta, NUM_LEVELS, VersionEdit};
+use crate::lsm::version::{FileMeta, NUM_LEVELS, RangeTombstone, VersionEdit};
 
 /// How often an idle background thread looks for periodic work.
 const IDLE_POLL: Duration = Duration::from_millis(500);
@@ -334,26 +335,13 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
         return move_file(inner, &job);
     }
     let started = Instant::now();
-    let (tables, options, tombstones) = {
-        let core = inner.core.lock();
-        let Some(state) = core.cfs.get(&job.cf) else {
-            return Ok(());
-        };
-        let tables: Vec<Arc<TableFile>> = job
-            .inputs
-            .iter()
-            .filter_map(|(_, f)| core.tables.get(&f.number).cloned())
-            .collect();
-        if tables.len() != job.inputs.len() {
-            return Ok(()); // The version moved on; the picker will look again.
-        }
-        let tombstones = core
-            .version
-            .cfs
-            .get(&job.cf)
-            .map(|c| c.tombstones.clone())
-            .unwrap_or_default();
-        (tables, state.options.clone(), tombstones)
+    let Some(CompactionInputs {
+        tables,
+        options,
+        tombstones,
+    }) = compaction_inputs(inner, &job)
+    else {
+        return Ok(());
     };
     let mut children: Vec<Box<dyn InternalIterator>> = Vec::with_capacity(tables.len());
     for table in &tables {
@@ -382,6 +370,60 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
     drop(merged);
     sync_dir(inner.options.fs.as_ref(), &inner.dir)?;
     let read: u64 = job.inputs.iter().map(|(_, f)| f.size).sum();
+    let written = output.bytes_written;
+    let edit = compaction_edit(&job, output, &tombstones, &snapshots);
+    log_and_apply(
+        inner,
+        |core| core.cfs.contains_key(&job.cf).then_some((edit, ())),
+        |_, _, ()| {},
+    )?;
+    record_compaction(inner, &job, read, written, started);
+    inner.work.notify_all();
+    Ok(())
+}
+
+/// What a compaction reads: its input tables and its column family's options and range
+/// tombstones.
+struct CompactionInputs {
+    tables: Vec<Arc<TableFile>>,
+    options: Arc<CfOptions>,
+    tombstones: Vec<RangeTombstone>,
+}
+
+/// The inputs of `job`; `None` when the column family is gone or the version moved on (an
+/// input is no longer live).
+fn compaction_inputs(inner: &DbInner, job: &Job) -> Option<CompactionInputs> {
+    let core = inner.core.lock();
+    let state = core.cfs.get(&job.cf)?;
+    let tables: Vec<Arc<TableFile>> = job
+        .inputs
+        .iter()
+        .filter_map(|(_, f)| core.tables.get(&f.number).cloned())
+        .collect();
+    if tables.len() != job.inputs.len() {
+        return None; // The version moved on; the picker will look again.
+    }
+    let tombstones = core
+        .version
+        .cfs
+        .get(&job.cf)
+        .map(|c| c.tombstones.clone())
+        .unwrap_or_default();
+    Some(CompactionInputs {
+        tables,
+        options: state.options.clone(),
+        tombstones,
+    })
+}
+
+/// The version edit of a finished compaction: its inputs deleted, its outputs added at the
+/// output level, and (for a manual compaction) the tombstones it made redundant removed.
+fn compaction_edit(
+    job: &Job,
+    output: JobOutput,
+    tombstones: &[RangeTombstone],
+    snapshots: &[u64],
+) -> VersionEdit {
     let mut edit = VersionEdit {
         deleted_files: job
             .inputs
@@ -398,7 +440,7 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
         // A tombstone inside the range: every file it could cover was an input and was rewritten
         // without what it deleted — unless a snapshot older than the tombstone kept some of it.
         let oldest_snapshot = snapshots.first().copied().unwrap_or(u64::MAX);
-        for t in &tombstones {
+        for t in tombstones {
             let inside = lo.as_deref().is_none_or(|l| l <= t.start.as_slice())
                 && hi.as_deref().is_none_or(|h| t.end.as_slice() <= h);
             if inside && t.sequence <= oldest_snapshot {
@@ -406,11 +448,11 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
             }
         }
     }
-    log_and_apply(
-        inner,
-        |core| core.cfs.contains_key(&job.cf).then_some((edit, ())),
-        |_, _, ()| {},
-    )?;
+    edit
+}
+
+/// Counts an installed compaction's bytes read and written (counters and metrics) and logs it.
+fn record_compaction(inner: &DbInner, job: &Job, read: u64, written: u64, started: Instant) {
     inner
         .counters
         .compaction_bytes_read
@@ -418,20 +460,18 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
     inner
         .counters
         .compaction_bytes_written
-        .fetch_add(output.bytes_written, Ordering::Relaxed);
-    crate::observe::compaction_finished(read, output.bytes_written);
+        .fetch_add(written, Ordering::Relaxed);
+    crate::observe::compaction_finished(read, written);
     tracing::debug!(
         cf = job.cf,
         output_level = job.output_level,
         input_files = job.inputs.len(),
         bytes_in = read,
-        bytes_out = output.bytes_written,
+        bytes_out = written,
         manual = job.range.is_some(),
         duration = ?started.elapsed(),
         "compaction finished"
     );
-    inner.work.notify_all();
-    Ok(())
 }
 
 /// A trivial move: the file changes level in the manifest and nowhere else.
