@@ -656,3 +656,66 @@ fn full_checkpoints_are_self_contained_and_restore_anywhere() {
     }
     assert_eq!(merged, expected);
 }
+
+/// The `db-*` directories under the working directory.
+fn store_dirs(work: &Path) -> Vec<String> {
+    let mut dirs: Vec<String> = std::fs::read_dir(work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("db-"))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// A restore replaces the working store: the replaced store's directory is removed at once when
+/// nothing holds it, and after its last holder lets it go otherwise; only the live store stays.
+#[test]
+fn restores_leave_one_working_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let mut b = lsm_in(
+        dir.path(),
+        config(KeyGroupRange::all(MAX_PARALLELISM)),
+        LsmBackendOptions::default(),
+    );
+    let v = b
+        .register(&StateDescriptor::new("v", StateKind::Value))
+        .unwrap();
+    for i in 0..100 {
+        b.put(v, &key(i), b"value").unwrap();
+    }
+    let handle = b.snapshot(1).unwrap().run().unwrap();
+    assert_eq!(store_dirs(&work).len(), 1);
+    for round in 0..3 {
+        b.restore(
+            std::slice::from_ref(&handle),
+            KeyGroupRange::all(MAX_PARALLELISM),
+        )
+        .unwrap();
+        assert_eq!(
+            store_dirs(&work).len(),
+            1,
+            "after restore {round}: {:?}",
+            store_dirs(&work)
+        );
+        assert_eq!(b.scan_prefix(v, &[]).unwrap().count(), 100);
+    }
+    // A store still held when a restore replaces it stays until it is let go.
+    let held = b.db().clone();
+    b.restore(
+        std::slice::from_ref(&handle),
+        KeyGroupRange::all(MAX_PARALLELISM),
+    )
+    .unwrap();
+    assert_eq!(store_dirs(&work).len(), 2, "the held store stays");
+    drop(held);
+    b.snapshot(2).unwrap().run().unwrap();
+    assert_eq!(
+        store_dirs(&work).len(),
+        1,
+        "removed once let go: {:?}",
+        store_dirs(&work)
+    );
+    assert_eq!(b.scan_prefix(v, &[]).unwrap().count(), 100);
+}

@@ -58,10 +58,16 @@ impl LocalCopies {
 
     /// Keeps a copy of the local SST `source` as `storage_path` by hard link (no bytes are
     /// copied); returns false when the file system cannot link (the copy is then simply absent).
+    /// A file already there of `source`'s size is taken as the copy (copies are checked before
+    /// use); one of another size is replaced.
     pub fn keep(&self, location: &str, storage_path: &str, source: &Path) -> Result<bool> {
         let target = self.path_of(storage_path)?;
-        if self.fs.is_file(&target) {
-            return Ok(true);
+        if let Ok(existing) = self.fs.metadata(&target) {
+            let wanted = self.fs.metadata(source).map(|m| m.len).ok();
+            if !existing.is_dir && Some(existing.len) == wanted {
+                return Ok(true);
+            }
+            self.discard(storage_path)?;
         }
         let parent = target.parent().unwrap_or(&self.dir);
         create_dir_durable(self.fs.as_ref(), parent)?;
@@ -163,6 +169,16 @@ mod tests {
             Some(copies.dir().join("shared/a.sst"))
         );
         assert!(copies.find("shared/a.sst", 10).is_none(), "size must match");
+        // A copy of the wrong size (damaged, or left by another store) is replaced, not kept.
+        // (Unlinked first: the kept copy is a hard link of the source.)
+        std::fs::remove_file(copies.dir().join("shared/b.sst")).unwrap();
+        std::fs::write(copies.dir().join("shared/b.sst"), b"short").unwrap();
+        assert!(copies.find("shared/b.sst", 9).is_none());
+        assert!(copies.keep("memory://x", "shared/b.sst", &sst).unwrap());
+        assert_eq!(
+            std::fs::read(copies.dir().join("shared/b.sst")).unwrap(),
+            b"sst bytes"
+        );
         assert!(copies.find("../escape", 9).is_none());
         assert!(copies.keep("memory://x", "../escape", &sst).is_err());
         assert_eq!(copies.prune("shared", |p| p == "shared/a.sst").unwrap(), 1);

@@ -217,6 +217,9 @@ pub struct LsmBackend {
     last_restore: Option<Box<RestoreStats>>,
     /// Point reads and writes not yet in the store (see `write_cache`).
     cache: WriteCache,
+    /// Stores a restore replaced while something (a snapshot task, a caller of
+    /// [`LsmBackend::db`]) still held them: each directory is removed once its store is gone.
+    retired: Vec<(std::sync::Weak<Db>, PathBuf)>,
 }
 
 /// A random 64-bit id (no RNG crate: the std hasher's random keys, the time and the pid).
@@ -268,6 +271,7 @@ impl LsmBackend {
             stores_opened: 0,
             last_restore: None,
             cache,
+            retired: Vec::new(),
         })
     }
 
@@ -518,7 +522,8 @@ impl StateBackend for LsmBackend {
             return Ok(id);
         }
         let id = StateId(
-            u32::try_from(self.states.len()).map_err(|_| Error::invalid("too many states"))?,
+            u32::try_from(self.states.len())
+                .map_err(|_| Error::limit_exceeded("too many states"))?,
         );
         let cf = self.db.create_cf(
             &cf_name(&descriptor.name),
@@ -646,6 +651,7 @@ impl StateBackend for LsmBackend {
     }
 
     fn snapshot(&mut self, checkpoint_id: u64) -> Result<Box<dyn SnapshotTask>> {
+        restore::remove_retired_stores(self);
         if self.options.full_checkpoints {
             // Synchronous part: a read view of the store (no I/O at all).
             return Ok(Box::new(full::FullSnapshotTask {
@@ -694,9 +700,12 @@ impl StateBackend for LsmBackend {
         handles: &[SnapshotHandle],
         key_group_range: KeyGroupRange,
     ) -> Result<()> {
-        let before = self.db.clone();
+        // By address, not by a clone: a clone held here would keep the replaced store alive and
+        // its directory on disk. The new store is created before the old one is released, so
+        // the two addresses differ whenever the store was replaced.
+        let before = Arc::as_ptr(&self.db);
         let result = restore::restore(self, handles, key_group_range);
-        if !Arc::ptr_eq(&before, &self.db) {
+        if !std::ptr::eq(before, Arc::as_ptr(&self.db)) {
             // The store was replaced: cached reads and unapplied writes belong to the old one.
             self.cache.reset();
         }

@@ -439,24 +439,47 @@ fn state_column_families(
     for (i, d) in states.into_iter().enumerate() {
         let cf = db
             .cf(&cf_name(&d.name))
-            .ok_or_else(|| Error::invalid(format!("restored store lacks state '{}'", d.name)))?;
+            .ok_or_else(|| Error::not_found(format!("restored store lacks state '{}'", d.name)))?;
         by_name.insert(d.name.clone(), StateId(i as u32));
         new_states.push((d, cf));
     }
     Ok((new_states, by_name))
 }
 
-/// Makes `db` in `dir` the backend's store; the old one is closed and its directory removed
-/// unless something else still holds it.
+/// Makes `db` in `dir` the backend's store. The old store is closed and its directory removed
+/// now if nothing else holds it, else retired: removed by the first restore or snapshot after
+/// its last holder let it go (and by the next [`LsmBackend::new`] on the working directory if
+/// the process ends first).
 fn swap_store(backend: &mut LsmBackend, db: Db, dir: PathBuf) -> Result<()> {
     let old = std::mem::replace(&mut backend.db, Arc::new(db));
     let old_dir = std::mem::replace(&mut backend.db_dir, dir);
-    if Arc::strong_count(&old) == 1 {
-        old.close()?;
-        drop(old);
-        let _ = backend.options.fs.remove_dir_all(&old_dir);
-    }
-    Ok(())
+    backend.retired.push((Arc::downgrade(&old), old_dir));
+    let closed = if Arc::strong_count(&old) == 1 {
+        old.close()
+    } else {
+        Ok(())
+    };
+    drop(old);
+    remove_retired_stores(backend);
+    closed
+}
+
+/// Removes the directory of every retired store nobody holds any more; a directory that cannot
+/// be removed is logged and tried again next time.
+pub(super) fn remove_retired_stores(backend: &mut LsmBackend) {
+    let fs = backend.options.fs.clone();
+    backend.retired.retain(|(store, dir)| {
+        if store.strong_count() > 0 {
+            return true;
+        }
+        match fs.remove_dir_all(dir) {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a replaced store");
+                true
+            }
+        }
+    });
 }
 
 /// Logs a finished restore and records its metrics.
@@ -636,7 +659,7 @@ impl<'a> StoreBuilder<'a> {
         self.cf_ids
             .get(state)
             .copied()
-            .ok_or_else(|| Error::invalid(format!("state '{state}' is not registered")))
+            .ok_or_else(|| Error::not_found(format!("state '{state}' is not registered")))
     }
 
     /// Adds the files of `source`'s layout that hold key groups it keeps, and its tombstones
