@@ -122,19 +122,31 @@ fn damage(path: &Path, how: Damage) {
 
 /// A finished run whose last step (writing `FINISHED`) is undone, as after a crash right after
 /// the final checkpoint: a rerun resumes. Returns the expected lines and the newest epoch that
-/// committed output; several checkpoints are retained.
+/// committed output; several checkpoints are retained. A run so fast (or a machine so loaded)
+/// that fewer than two checkpoints completed is repeated on a fresh directory with a larger
+/// input, so the cases below always start from several retained checkpoints.
 fn finished_run_without_marker(dir: &Path, backend: &str) -> (Vec<String>, u64) {
-    let expected = write_input(&dir.join("input"), 60_000);
-    let first = run(dir, backend, &[]);
-    assert_eq!(
-        first.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
-    assert_eq!(committed_lines(&dir.join("out")), expected);
+    let mut lines = 60_000;
+    let (expected, ids) = loop {
+        for sub in ["state", "out"] {
+            let _ = fs::remove_dir_all(dir.join(sub));
+        }
+        let expected = write_input(&dir.join("input"), lines);
+        let first = run(dir, backend, &[]);
+        assert_eq!(
+            first.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        assert_eq!(committed_lines(&dir.join("out")), expected);
+        let ids = checkpoint_ids(&dir.join("state/job"));
+        if ids.len() >= 2 || lines >= 960_000 {
+            break (expected, ids);
+        }
+        lines *= 2;
+    };
     fs::remove_file(dir.join("state/FINISHED")).unwrap();
-    let ids = checkpoint_ids(&dir.join("state/job"));
     assert!(ids.len() >= 2, "too few retained checkpoints: {ids:?}");
     let epoch = newest_committed_epoch(&dir.join("out"));
     assert!(
