@@ -3,6 +3,12 @@
 //! Every fallible function returns [`Result<T>`]. Anything read from outside the process (files,
 //! handles, user input) that is wrong becomes an `Error`, never a panic: corrupt bytes become
 //! [`Error::Corruption`] naming the file and the byte offset where the problem was seen.
+//!
+//! Each variant is one kind of failure a caller can match on; [`Error::Context`] adds what was
+//! being done without changing the kind ([`Error::root_cause`] finds it). An error's `Display`
+//! is the whole chain, `what: what: cause`, so `std::error::Error::source` returns `None`: a
+//! report that walks sources would print every cause twice otherwise. The operating system's
+//! error stays available as [`Error::io_error`].
 
 use std::fmt;
 use std::io;
@@ -33,6 +39,37 @@ pub enum Error {
     },
     /// A caller passed something the API does not accept; the message says what and why.
     InvalidArgument(String),
+    /// An option has a value it cannot have: `option` names it (as a path such as
+    /// `lsm::Options::write_buffer_size`), `what` says what is wrong.
+    InvalidOption {
+        /// The option's name.
+        option: String,
+        /// What is wrong with its value.
+        what: String,
+    },
+    /// Something named does not exist: a column family, a state, a checkpoint, a store.
+    NotFound(String),
+    /// A directory, store or checkpoint storage is held by another process or job.
+    InUse(String),
+    /// State or checkpoints were made with a configuration this run cannot continue from (another
+    /// backend kind or max parallelism, an unfinished in-memory run); the message says which and
+    /// what to do.
+    Incompatible(String),
+    /// A size or count limit would be exceeded (states, batch size, record size, sequences).
+    LimitExceeded(String),
+    /// A checkpoint could not be taken or completed; the job goes on and a later one may succeed.
+    CheckpointFailed {
+        /// The checkpoint's id.
+        checkpoint_id: u64,
+        /// Why.
+        what: String,
+    },
+    /// A task, the checkpoint coordinator or an observer panicked; the message is the panic's.
+    Panicked(String),
+    /// The work was cancelled because another part of the job failed first.
+    Cancelled(String),
+    /// A failure injected by a test's failure schedule.
+    Injected(String),
     /// A state was registered again under the same name with a different kind, TTL or serializer.
     StateMismatch {
         /// The state's name.
@@ -100,6 +137,66 @@ impl Error {
     /// Builds an [`Error::InvalidArgument`].
     pub fn invalid(what: impl Into<String>) -> Self {
         Error::InvalidArgument(what.into())
+    }
+
+    /// Builds an [`Error::NotFound`].
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Error::NotFound(what.into())
+    }
+
+    /// Builds an [`Error::InUse`].
+    pub fn in_use(what: impl Into<String>) -> Self {
+        Error::InUse(what.into())
+    }
+
+    /// Builds an [`Error::Incompatible`].
+    pub fn incompatible(what: impl Into<String>) -> Self {
+        Error::Incompatible(what.into())
+    }
+
+    /// Builds an [`Error::LimitExceeded`].
+    pub fn limit_exceeded(what: impl Into<String>) -> Self {
+        Error::LimitExceeded(what.into())
+    }
+
+    /// Builds an [`Error::Panicked`].
+    pub fn panicked(what: impl Into<String>) -> Self {
+        Error::Panicked(what.into())
+    }
+
+    /// Builds an [`Error::Cancelled`].
+    pub fn cancelled(what: impl Into<String>) -> Self {
+        Error::Cancelled(what.into())
+    }
+
+    /// Builds an [`Error::Injected`].
+    pub fn injected(what: impl Into<String>) -> Self {
+        Error::Injected(what.into())
+    }
+
+    /// Builds an [`Error::InvalidOption`].
+    pub fn invalid_option(option: impl Into<String>, what: impl Into<String>) -> Self {
+        Error::InvalidOption {
+            option: option.into(),
+            what: what.into(),
+        }
+    }
+
+    /// Builds an [`Error::CheckpointFailed`].
+    pub fn checkpoint_failed(checkpoint_id: u64, what: impl Into<String>) -> Self {
+        Error::CheckpointFailed {
+            checkpoint_id,
+            what: what.into(),
+        }
+    }
+
+    /// The operating system's error under every [`Error::Context`], if this is an
+    /// [`Error::Io`].
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self.root_cause() {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
     }
 
     /// True for [`Error::Corruption`] (under any [`Error::Context`]).
@@ -171,6 +268,18 @@ impl fmt::Display for Error {
                 write!(f, "corruption in {file} at byte {offset}: {what}")
             }
             Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
+            Error::InvalidOption { option, what } => write!(f, "invalid option {option}: {what}"),
+            Error::NotFound(what) => write!(f, "not found: {what}"),
+            Error::InUse(what) => write!(f, "in use: {what}"),
+            Error::Incompatible(what) => write!(f, "incompatible state: {what}"),
+            Error::LimitExceeded(what) => write!(f, "limit exceeded: {what}"),
+            Error::CheckpointFailed {
+                checkpoint_id,
+                what,
+            } => write!(f, "checkpoint {checkpoint_id} failed: {what}"),
+            Error::Panicked(what) => write!(f, "panicked: {what}"),
+            Error::Cancelled(what) => write!(f, "cancelled: {what}"),
+            Error::Injected(what) => write!(f, "injected failure: {what}"),
             Error::StateMismatch {
                 name,
                 existing,
@@ -204,15 +313,9 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Io { source, .. } => Some(source),
-            Error::Context { source, .. } => Some(source.as_ref()),
-            _ => None,
-        }
-    }
-}
+/// `source()` is `None` for every variant: `Display` already shows the whole chain (see the
+/// module docs); [`Error::root_cause`] and [`Error::io_error`] give the causes.
+impl std::error::Error for Error {}
 
 #[cfg(test)]
 mod tests {
@@ -275,14 +378,19 @@ mod tests {
         );
         assert_eq!(text.matches("os error 28").count(), 1, "{text}");
         assert!(!text.contains("invalid argument"), "{text}");
-        let source = std::error::Error::source(&e).unwrap();
-        assert!(source.to_string().starts_with("sink 0 failed"));
+        // No source: a reporter walking sources prints the chain once, from Display.
+        assert!(std::error::Error::source(&e).is_none());
+        assert_eq!(e.io_error().and_then(io::Error::raw_os_error), Some(28));
     }
 
     #[test]
     fn io_error_keeps_source_and_path() {
         let e = Error::io("/nope", io::Error::new(io::ErrorKind::NotFound, "gone"));
         assert!(e.to_string().contains("/nope"));
-        assert!(std::error::Error::source(&e).is_some());
+        assert!(e.to_string().contains("gone"));
+        assert_eq!(
+            e.io_error().map(io::Error::kind),
+            Some(io::ErrorKind::NotFound)
+        );
     }
 }

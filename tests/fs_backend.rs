@@ -148,7 +148,10 @@ fn snapshot_mutate_restore_round_trip() {
     ));
     assert!(matches!(
         backend.snapshot(1).unwrap().run(),
-        Err(Error::InvalidArgument(_))
+        Err(Error::CheckpointFailed {
+            checkpoint_id: 1,
+            ..
+        })
     ));
 }
 

@@ -215,7 +215,7 @@ impl SnapshotTask for FsSnapshotTask {
         let descriptors: Vec<StateDescriptor> =
             frozen.states.iter().map(|(d, _)| d.clone()).collect();
         let state_count = u32::try_from(descriptors.len())
-            .map_err(|_| Error::invalid("too many states to snapshot"))?;
+            .map_err(|_| Error::limit_exceeded("too many states to snapshot"))?;
         let names: Vec<String> = descriptors.iter().map(|d| d.name.clone()).collect();
         let sizes: Vec<AtomicU64> = descriptors.iter().map(|_| AtomicU64::new(0)).collect();
         let spec = FullCheckpoint {
@@ -286,10 +286,13 @@ pub(crate) fn write_full_checkpoint(
 ) -> Result<SnapshotHandle> {
     let id = spec.checkpoint_id;
     if spec.storage.exists(&metadata_path(id))? {
-        return Err(Error::invalid(format!(
-            "checkpoint {id} is already completed in {}; checkpoint ids must not be reused",
-            spec.storage.location()
-        )));
+        return Err(Error::checkpoint_failed(
+            id,
+            format!(
+                "it is already completed in {}; checkpoint ids must not be reused",
+                spec.storage.location()
+            ),
+        ));
     }
     let mut ranges = Vec::new();
     for key_groups in file_ranges(spec.key_group_range, spec.key_groups_per_file) {
@@ -363,7 +366,7 @@ impl FsBackend {
         let metadata = read_handle_metadata(storage.as_ref(), handle, files)?;
         let states = Arc::new(metadata.states.clone());
         let state_count =
-            u32::try_from(states.len()).map_err(|_| Error::invalid("too many states"))?;
+            u32::try_from(states.len()).map_err(|_| Error::limit_exceeded("too many states"))?;
         for file in metadata
             .files
             .iter()
@@ -456,7 +459,7 @@ impl StateBackend for FsBackend {
                 &file.expected,
                 |index, key, value| {
                     let id = ids.get(index as usize).copied().flatten().ok_or_else(|| {
-                        Error::invalid(format!(
+                        Error::not_found(format!(
                             "state index {index} of {} is not registered",
                             file.path
                         ))

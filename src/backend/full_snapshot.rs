@@ -78,8 +78,8 @@ pub fn write_full_snapshot_file(
     key_groups: KeyGroupRange,
     states: &[StateMap],
 ) -> Result<Listed> {
-    let state_count =
-        u32::try_from(states.len()).map_err(|_| Error::invalid("too many states to snapshot"))?;
+    let state_count = u32::try_from(states.len())
+        .map_err(|_| Error::limit_exceeded("too many states to snapshot"))?;
     write_full_snapshot_file_from(
         out,
         checkpoint_id,
@@ -141,7 +141,7 @@ pub fn write_full_snapshot_file_from(
                 + value.len();
             // 1 type byte + two varint32s of block prefix.
             if entry_len + 11 > MAX_RECORD_LEN as usize {
-                return Err(Error::invalid(format!(
+                return Err(Error::limit_exceeded(format!(
                     "entry of {entry_len} bytes exceeds the largest snapshot block ({MAX_RECORD_LEN} bytes)"
                 )));
             }
@@ -192,7 +192,7 @@ fn write_block(
     put_varint32(&mut payload_head, count);
     let len = payload_head.len() + entries.len();
     if len > MAX_RECORD_LEN as usize {
-        return Err(Error::invalid(format!(
+        return Err(Error::limit_exceeded(format!(
             "snapshot block of {len} bytes exceeds the largest record ({MAX_RECORD_LEN} bytes)"
         )));
     }

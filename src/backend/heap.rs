@@ -231,7 +231,8 @@ impl HeapStore {
             return Ok(id);
         }
         let id = StateId(
-            u32::try_from(self.states.len()).map_err(|_| Error::invalid("too many states"))?,
+            u32::try_from(self.states.len())
+                .map_err(|_| Error::limit_exceeded("too many states"))?,
         );
         self.states.push(HeapState {
             descriptor: descriptor.clone(),

@@ -110,7 +110,7 @@ impl StateBackend for MemoryBackend {
         for snapshot in snapshots {
             for (descriptor, table) in &snapshot.states {
                 let id = self.store.id_of(&descriptor.name).ok_or_else(|| {
-                    Error::invalid(format!(
+                    Error::not_found(format!(
                         "state '{}' vanished during restore",
                         descriptor.name
                     ))

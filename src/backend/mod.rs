@@ -561,7 +561,7 @@ pub fn check_restore_handles(
             });
         }
         if h.max_parallelism != max_parallelism {
-            return Err(Error::invalid(format!(
+            return Err(Error::incompatible(format!(
                 "snapshot of checkpoint {} was taken with max_parallelism {}, this backend has {}; \
                  max_parallelism cannot change across restores",
                 h.checkpoint_id, h.max_parallelism, max_parallelism

@@ -281,7 +281,7 @@ pub struct CheckpointDiff {
 }
 
 /// Compares the files of completed checkpoints `from` and `to`. A checkpoint without `_metadata`
-/// is [`Error::InvalidArgument`]; a damaged one is the read error (corruption names the file).
+/// is [`Error::NotFound`]; a damaged one is the read error (corruption names the file).
 pub fn diff_checkpoints(
     storage: &dyn CheckpointStorage,
     from: u64,
@@ -289,7 +289,7 @@ pub fn diff_checkpoints(
 ) -> Result<CheckpointDiff> {
     let read = |id: u64| -> Result<Vec<FileRef>> {
         let metadata = load(storage, id)?.ok_or_else(|| {
-            Error::invalid(format!(
+            Error::not_found(format!(
                 "chk-{id} is not a completed checkpoint (no _metadata)"
             ))
         })?;
@@ -379,7 +379,7 @@ pub fn inspect_command(
                 print!("{}", diff.render());
                 0
             }
-            Err(Error::InvalidArgument(what)) => {
+            Err(Error::NotFound(what)) => {
                 eprintln!("error: {what}");
                 2
             }

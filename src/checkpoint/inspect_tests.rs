@@ -114,7 +114,7 @@ fn fs_checkpoints_own_every_file_and_write_it_in_full() {
     assert!(diff.in_both.is_empty());
     assert_eq!(total_bytes(&diff.only_in_from), summaries[0].full_bytes);
     let e = diff_checkpoints(storage.as_ref(), 1, 4).unwrap_err();
-    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    assert!(matches!(e, Error::NotFound(_)), "{e}");
 }
 
 #[test]

@@ -67,7 +67,7 @@ pub struct CheckpointMetadata {
 impl CheckpointMetadata {
     /// The encoded `_metadata` file (FORMAT.md §4.3).
     ///
-    /// Fails with [`Error::InvalidArgument`] when the body would exceed
+    /// Fails with [`Error::LimitExceeded`] when the body would exceed
     /// [`MAX_METADATA_BODY_LEN`]: a reader rejects such a file, so it is never written.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut body = Vec::new();
@@ -98,7 +98,7 @@ impl CheckpointMetadata {
         put_varint32(&mut body, self.extra.len() as u32);
         body.extend_from_slice(&self.extra);
         if body.len() > MAX_METADATA_BODY_LEN as usize {
-            return Err(Error::invalid(format!(
+            return Err(Error::limit_exceeded(format!(
                 "checkpoint {} metadata body of {} bytes ({} files, {} bytes of extra) exceeds \
                  the _metadata limit of {MAX_METADATA_BODY_LEN} bytes",
                 self.checkpoint_id,
@@ -366,7 +366,7 @@ mod tests {
         // One byte more: refused with a message naming the limit, nothing returned to publish.
         m.extra.push(7);
         let e = m.encode().unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+        assert!(matches!(e, Error::LimitExceeded(_)), "{e}");
         assert!(
             e.to_string()
                 .contains("exceeds the _metadata limit of 67108864 bytes"),

@@ -158,7 +158,7 @@ impl ChunkWriter {
     ) -> Result<()> {
         let need = key.len() + value.len() + 12;
         if need + 32 > MAX_SAVEPOINT_RECORD as usize {
-            return Err(Error::invalid(format!(
+            return Err(Error::limit_exceeded(format!(
                 "entry of {need} bytes exceeds the savepoint record limit {MAX_SAVEPOINT_RECORD}"
             )));
         }
@@ -442,7 +442,7 @@ pub fn restore_savepoint_on(
         let len = file.len();
         let mut reader = SavepointReader::new(BufReader::new(IoReader::new(file)), &name)?;
         if reader.header.max_parallelism != max_parallelism {
-            return Err(Error::invalid(format!(
+            return Err(Error::incompatible(format!(
                 "savepoint {name} has max_parallelism {}, the backend {max_parallelism}",
                 reader.header.max_parallelism
             )));

@@ -240,7 +240,7 @@ impl BlockBuilder {
         }
     }
 
-    /// Appends an entry. Fails with [`Error::InvalidArgument`] if the block would exceed
+    /// Appends an entry. Fails with [`Error::LimitExceeded`] if the block would exceed
     /// [`MAX_BLOCK_SIZE`]; the builder is unchanged then.
     pub fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let restart = self.entries == 0 || self.since_restart >= self.restart_interval;
@@ -252,7 +252,7 @@ impl BlockBuilder {
         let unshared = key.len() - shared;
         let grows = 3 * 10 + unshared + value.len() + if restart { 4 } else { 0 };
         if self.estimated_size() - BLOCK_TRAILER_LEN + grows > MAX_BLOCK_SIZE {
-            return Err(Error::invalid(format!(
+            return Err(Error::limit_exceeded(format!(
                 "entry with a {}-byte key and a {}-byte value does not fit in a block of at \
                  most {MAX_BLOCK_SIZE} bytes",
                 key.len(),

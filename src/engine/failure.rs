@@ -153,7 +153,7 @@ impl FailureSchedule {
             .position(|(p, n)| *p == point && *n == occurrence)
         {
             failures.swap_remove(at);
-            return Err(Error::invalid(format!(
+            return Err(Error::injected(format!(
                 "injected failure at {point:?} #{occurrence}"
             )));
         }

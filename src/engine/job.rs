@@ -270,7 +270,7 @@ fn check_task_count(config: &JobConfig) -> Result<()> {
 /// finish there: its checkpoints are gone.
 fn check_no_memory_run(fs: &dyn FileSystem, memory_marker: &Path, state_dir: &Path) -> Result<()> {
     if fs.is_file(memory_marker) {
-        return Err(Error::invalid(format!(
+        return Err(Error::incompatible(format!(
             "{} was used by a --backend memory run that did not finish; its checkpoints lived in \
              that process's memory and are gone, so it cannot resume. Delete --state and --output \
              to start over (or use --backend fs to survive crashes)",
@@ -290,7 +290,7 @@ fn job_max_parallelism(config: &JobConfig, store: &JobStore, state_dir: &Path) -
                 .first()
                 .map_or(DEFAULT_MAX_PARALLELISM, |h| h.max_parallelism);
             if let Some(requested) = requested.filter(|r| *r != had) {
-                return Err(Error::invalid(format!(
+                return Err(Error::incompatible(format!(
                     "the checkpoints in {} were taken with --max-parallelism {had}; it cannot \
                      change to {requested}",
                     state_dir.display()
@@ -468,7 +468,7 @@ fn check_resume_point(config: &JobConfig, store: &JobStore, base: &CheckpointBas
 fn lock_state_dir(fs: &dyn FileSystem, state_dir: &Path) -> Result<Box<dyn crate::fs::FileLock>> {
     let path = state_dir.join(LOCK_FILE);
     crate::lock::try_lock_file(fs, &path)?.ok_or_else(|| {
-        Error::invalid(format!(
+        Error::in_use(format!(
             "state directory {} is in use by another flowstate run (lock {})",
             state_dir.display(),
             path.display()
@@ -562,7 +562,7 @@ fn task_body(
     body: impl FnOnce() -> Result<()>,
 ) {
     let result = catch_unwind(AssertUnwindSafe(body))
-        .unwrap_or_else(|_| Err(Error::invalid(format!("task {name} panicked"))));
+        .unwrap_or_else(|_| Err(Error::panicked(format!("task {name} panicked"))));
     if let Err(error) = result
         && !cancelled.load(Ordering::Relaxed)
     {
@@ -892,7 +892,7 @@ impl CoordinatorLoop<'_, '_> {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            Err(Error::invalid(format!(
+            Err(Error::panicked(format!(
                 "the checkpoint coordinator panicked: {what}"
             )))
         })
@@ -954,14 +954,14 @@ impl CoordinatorLoop<'_, '_> {
                         exited += 1;
                         if exited == tasks {
                             return self.finished.ok_or_else(|| {
-                                Error::invalid("every task ended before the final checkpoint")
+                                Error::cancelled("every task ended before the final checkpoint")
                             });
                         }
                     }
                 },
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::invalid("every task ended unexpectedly"));
+                    return Err(Error::cancelled("every task ended unexpectedly"));
                 }
             }
             if self.finished.is_none() {

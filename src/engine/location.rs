@@ -340,7 +340,7 @@ impl CheckpointBase {
                 .find_map(|l| l.strip_prefix(name))
                 .map_or("?".to_string(), |v| v.trim().to_string())
         };
-        Err(Error::invalid(format!(
+        Err(Error::in_use(format!(
             "checkpoint storage {} belongs to another job (its {} names job {}, state directory \
              {}, pid {}); two jobs sharing a checkpoint storage would delete each other's \
              checkpoints. Give this job its own --checkpoint-storage, or, if that job and its \

@@ -324,7 +324,7 @@ fn strip_terminator(line: &[u8]) -> &[u8] {
 }
 
 pub(crate) fn cancelled() -> Error {
-    Error::invalid("task cancelled")
+    Error::cancelled("task cancelled")
 }
 
 #[cfg(test)]

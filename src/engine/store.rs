@@ -132,7 +132,7 @@ impl JobStore {
         };
         if !backend.persistent() {
             if base.is_local() && has_checkpoints(base.job_storage()?.as_ref())? {
-                return Err(Error::invalid(format!(
+                return Err(Error::incompatible(format!(
                     "{} holds checkpoints of a persistent backend; rerun with the backend that \
                      wrote them (--backend fs or lsm), or use a fresh --state",
                     base.location()
@@ -154,7 +154,7 @@ impl JobStore {
         for id in registry.completed_ids() {
             if let Some(metadata) = registry.get(id) {
                 if metadata.backend != backend.kind() {
-                    return Err(Error::invalid(format!(
+                    return Err(Error::incompatible(format!(
                         "{} holds checkpoints of the {} backend; rerun with --backend {}",
                         base.location(),
                         metadata.backend,

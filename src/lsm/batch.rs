@@ -181,7 +181,7 @@ impl WriteBatch {
     /// Assigns sequence numbers `base .. base + count` to the operations (done at commit).
     pub(crate) fn set_base_sequence(&mut self, base: u64) -> Result<()> {
         if !sequences_fit(base, self.count()) {
-            return Err(Error::invalid(format!(
+            return Err(Error::limit_exceeded(format!(
                 "sequence {base} + {} operations exceeds the largest sequence {MAX_SEQUENCE}",
                 self.count()
             )));
@@ -267,13 +267,15 @@ impl WriteBatch {
             || second_len == Some(None)
             || self.rep.len().saturating_add(added) > MAX_BATCH_LEN
         {
-            return Err(Error::invalid(format!(
+            return Err(Error::limit_exceeded(format!(
                 "write batch would exceed {MAX_BATCH_LEN} bytes or {} operations",
                 u32::MAX
             )));
         }
         if !sequences_fit(self.base_sequence(), count + 1) {
-            return Err(Error::invalid("write batch sequences exceed the largest"));
+            return Err(Error::limit_exceeded(
+                "write batch sequences exceed the largest",
+            ));
         }
         self.rep.push(kind as u8);
         put_varint32(&mut self.rep, cf);

@@ -93,40 +93,54 @@ pub struct Options {
 }
 
 impl CfOptions {
-    /// Checks the options of column family `name`; [`Error::InvalidArgument`] names the first
-    /// bad one and what it must be.
+    /// Checks the options of column family `name`; [`Error::InvalidOption`] names the first
+    /// bad one (as `CfOptions::<field>` with the column family) and what it must be.
     pub fn validate(&self, name: &str) -> Result<()> {
-        let bad = |what: String| Err(Error::invalid(format!("column family '{name}': {what}")));
-        self.sst
-            .validate()
-            .map_err(|e| Error::invalid(format!("column family '{name}': {e}")))?;
+        let option = |field: &str| format!("lsm::CfOptions::{field} of column family '{name}'");
+        self.sst.validate().map_err(|e| match e {
+            Error::InvalidOption {
+                option: field,
+                what,
+            } => Error::invalid_option(option(&format!("sst.{field}")), what),
+            other => other,
+        })?;
         let c = &self.compaction;
         if c.level0_file_trigger == 0 {
-            return bad("compaction.level0_file_trigger must be at least 1".into());
+            return Err(Error::invalid_option(
+                option("compaction.level0_file_trigger"),
+                "must be at least 1",
+            ));
         }
-        if c.max_bytes_for_level_base == 0 || c.target_file_size == 0 {
-            return bad(format!(
-                "compaction.max_bytes_for_level_base ({}) and compaction.target_file_size ({}) \
-                 must be at least 1",
-                c.max_bytes_for_level_base, c.target_file_size
+        if c.max_bytes_for_level_base == 0 {
+            return Err(Error::invalid_option(
+                option("compaction.max_bytes_for_level_base"),
+                "must be at least 1",
+            ));
+        }
+        if c.target_file_size == 0 {
+            return Err(Error::invalid_option(
+                option("compaction.target_file_size"),
+                "must be at least 1",
             ));
         }
         if c.level_size_multiplier < 2 {
-            return bad(format!(
-                "compaction.level_size_multiplier must be at least 2, not {}",
-                c.level_size_multiplier
+            return Err(Error::invalid_option(
+                option("compaction.level_size_multiplier"),
+                format!("must be at least 2, not {}", c.level_size_multiplier),
             ));
         }
         if self.periodic_compaction_ms == Some(0) {
-            return bad("periodic_compaction_ms must be above 0 (None turns it off)".into());
+            return Err(Error::invalid_option(
+                option("periodic_compaction_ms"),
+                "must be above 0 (None turns it off)",
+            ));
         }
         Ok(())
     }
 }
-
 impl Options {
     /// Checks the options ([`Db::open`](crate::lsm::Db::open) does, before touching any file);
-    /// [`Error::InvalidArgument`] names the first bad option and what it must be.
+    /// [`Error::InvalidOption`] names the first bad option and what it must be.
     pub fn validate(&self) -> Result<()> {
         let at_least_one = [
             ("write_buffer_size", self.write_buffer_size),
@@ -136,24 +150,28 @@ impl Options {
         ];
         for (name, value) in at_least_one {
             if value == 0 {
-                return Err(Error::invalid(format!(
-                    "lsm::Options::{name} must be at least 1, not 0"
-                )));
+                return Err(Error::invalid_option(
+                    format!("lsm::Options::{name}"),
+                    "must be at least 1, not 0",
+                ));
             }
         }
         if self.max_manifest_size < 1024 {
-            return Err(Error::invalid(format!(
-                "lsm::Options::max_manifest_size must be at least 1024 bytes, not {}",
-                self.max_manifest_size
-            )));
+            return Err(Error::invalid_option(
+                "lsm::Options::max_manifest_size",
+                format!(
+                    "must be at least 1024 bytes, not {}",
+                    self.max_manifest_size
+                ),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (name, cf) in &self.cf_options {
             if name.is_empty() || !names.insert(name.as_str()) {
-                return Err(Error::invalid(format!(
-                    "lsm::Options::cf_options: column family name '{name}' is empty or listed \
-                     twice"
-                )));
+                return Err(Error::invalid_option(
+                    "lsm::Options::cf_options",
+                    format!("column family name '{name}' is empty or listed twice"),
+                ));
             }
             cf.validate(name)?;
         }

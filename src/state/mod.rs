@@ -396,7 +396,7 @@ impl KeyedState {
             .states()
             .iter()
             .position(|d| d.name == name)
-            .ok_or_else(|| Error::invalid(format!("no state named '{name}' is registered")))?;
+            .ok_or_else(|| Error::not_found(format!("no state named '{name}' is registered")))?;
         let namespace = ctx.namespace.clone();
         let id = StateId(id as u32);
         let mut keys = Vec::new();

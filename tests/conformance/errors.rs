@@ -247,7 +247,7 @@ pub fn bad_restore_handles<F: BackendFactory>() {
     let mut other_parallelism = handle.clone();
     other_parallelism.max_parallelism = MAX_PARALLELISM * 2;
     let err = keyed.restore(&[other_parallelism], all()).unwrap_err();
-    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(matches!(err, Error::Incompatible(_)), "{err}");
     unchanged("a handle of another max_parallelism");
 
     let too_wide = KeyGroupRange::new(0, MAX_PARALLELISM).unwrap();

@@ -360,9 +360,10 @@ impl LsmSnapshotTask {
             credit = 0;
         }
         let Some(base) = base else {
-            return Err(Error::invalid(format!(
-                "checkpoint {id}: the first full upload after a restore did not complete"
-            )));
+            return Err(Error::checkpoint_failed(
+                id,
+                "the first full upload after a restore did not complete",
+            ));
         };
 
         // 5. The checkpoint: base + deltas (+ staged target files, so they stay referenced).
@@ -395,15 +396,19 @@ impl LsmSnapshotTask {
     fn prepare(&self, inc: &mut Incremental) -> Result<u64> {
         let id = self.checkpoint_id;
         if inc.epoch != self.epoch {
-            return Err(Error::invalid(format!(
-                "checkpoint {id} was started before the backend was restored; it cannot complete"
-            )));
+            return Err(Error::checkpoint_failed(
+                id,
+                "it was started before the backend was restored; it cannot complete",
+            ));
         }
         if self.storage.exists(&metadata_path(id))? {
-            return Err(Error::invalid(format!(
-                "checkpoint {id} is already completed in {}; checkpoint ids must not be reused",
-                self.storage.location()
-            )));
+            return Err(Error::checkpoint_failed(
+                id,
+                format!(
+                    "it is already completed in {}; checkpoint ids must not be reused",
+                    self.storage.location()
+                ),
+            ));
         }
         self.db.wait_for_flushes()?;
         inc.pending.extend(self.db.take_flushed());
@@ -418,10 +423,11 @@ impl LsmSnapshotTask {
             (None, None) => 0,
         };
         if inc.base.is_none() && floor > self.sequence {
-            return Err(Error::invalid(format!(
-                "checkpoint {id} cannot be formed: the store moved past its sequence before the \
-                 first full upload; take the next checkpoint"
-            )));
+            return Err(Error::checkpoint_failed(
+                id,
+                "the store moved past its sequence before the first full upload; take the next \
+                 checkpoint",
+            ));
         }
         Ok(floor)
     }

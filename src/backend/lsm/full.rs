@@ -70,7 +70,7 @@ impl SnapshotTask for FullSnapshotTask {
     fn run(self: Box<Self>) -> Result<SnapshotHandle> {
         let now = self.clock.now_ms();
         let state_count = u32::try_from(self.states.len())
-            .map_err(|_| Error::invalid("too many states to snapshot"))?;
+            .map_err(|_| Error::limit_exceeded("too many states to snapshot"))?;
         let names: Vec<String> = self.states.iter().map(|(d, _)| d.name.clone()).collect();
         let sizes: Vec<AtomicU64> = self.states.iter().map(|_| AtomicU64::new(0)).collect();
         let spec = FullCheckpoint {
@@ -144,10 +144,11 @@ pub(super) fn load(
     for d in &metadata.states {
         let cf = db
             .cf(&super::cf_name(&d.name))
-            .ok_or_else(|| Error::invalid(format!("restored store lacks state '{}'", d.name)))?;
+            .ok_or_else(|| Error::not_found(format!("restored store lacks state '{}'", d.name)))?;
         cfs.push(cf);
     }
-    let state_count = u32::try_from(cfs.len()).map_err(|_| Error::invalid("too many states"))?;
+    let state_count =
+        u32::try_from(cfs.len()).map_err(|_| Error::limit_exceeded("too many states"))?;
     for entry in metadata
         .files
         .iter()

@@ -271,7 +271,7 @@ pub(super) fn compact_range(
     let job = {
         let core = inner.core.lock();
         let Some(version) = core.version.cfs.get(&cf) else {
-            return Err(Error::invalid(format!("unknown column family id {cf}")));
+            return Err(Error::not_found(format!("unknown column family id {cf}")));
         };
         let mut lo = start.map(<[u8]>::to_vec);
         let mut hi = end.map(<[u8]>::to_vec);

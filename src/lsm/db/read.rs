@@ -56,7 +56,7 @@ struct Found {
 fn view<'a>(sv: &'a SuperVersion, cf: &ColumnFamily) -> Result<&'a CfView> {
     sv.cfs
         .get(&cf.id)
-        .ok_or_else(|| Error::invalid(format!("column family '{}' does not exist", cf.name)))
+        .ok_or_else(|| Error::not_found(format!("column family '{}' does not exist", cf.name)))
 }
 
 pub(super) fn get(

@@ -92,7 +92,7 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
 /// Refuses a missing `dir` unless `create_if_missing`, then makes `dir` exist durably.
 fn prepare_dir(fs: &dyn FileSystem, dir: &Path, options: &Options) -> Result<()> {
     if !fs.exists(dir).map_err(|e| Error::io(dir, e))? && !options.create_if_missing {
-        return Err(Error::invalid(format!(
+        return Err(Error::not_found(format!(
             "no store at {} and create_if_missing is false",
             dir.display()
         )));
@@ -115,7 +115,7 @@ fn recover_version(fs: &dyn FileSystem, dir: &Path, options: &Options) -> Result
             };
             Version::default().apply(&edit, "new store", 0)
         }
-        None => Err(Error::invalid(format!(
+        None => Err(Error::not_found(format!(
             "{} has no CURRENT file and create_if_missing is false",
             dir.display()
         ))),
@@ -364,7 +364,7 @@ fn new_core(
 fn lock_dir(fs: &FsRef, dir: &Path) -> Result<Box<dyn FileLock>> {
     let path = dir.join(LOCK_FILE);
     crate::lock::try_lock_file(fs.as_ref(), &path)?.ok_or_else(|| {
-        Error::invalid(format!(
+        Error::in_use(format!(
             "the store at {} is in use by another process (its LOCK file is held)",
             dir.display()
         ))

@@ -33,7 +33,7 @@ pub(super) fn write(inner: &DbInner, mut batch: WriteBatch) -> Result<()> {
         sv = inner.current();
     }
     if let Some((_, op)) = batch.iter().find(|(_, op)| !sv.cfs.contains_key(&op.cf())) {
-        return Err(Error::invalid(format!(
+        return Err(Error::not_found(format!(
             "unknown column family id {}",
             op.cf()
         )));
@@ -241,7 +241,7 @@ pub(super) fn drop_cf(inner: &DbInner, cf: &ColumnFamily) -> Result<()> {
         },
     )?;
     if dropped.is_none() {
-        return Err(Error::invalid(format!(
+        return Err(Error::not_found(format!(
             "column family '{}' does not exist",
             cf.name
         )));

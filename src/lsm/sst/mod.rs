@@ -50,32 +50,37 @@ impl Default for SstOptions {
 }
 
 impl SstOptions {
-    /// Checks the options; [`Error::InvalidArgument`] says which one is wrong.
+    /// Checks the options; [`Error::InvalidOption`] names the first bad one (`block_size`,
+    /// `restart_interval`, `bloom_bits_per_key`, `compression`) and what it must be.
     pub fn validate(&self) -> Result<()> {
         if self.block_size == 0 || self.block_size > MAX_CONFIGURED_BLOCK_SIZE {
-            return Err(Error::invalid(format!(
-                "block_size must be in 1..={MAX_CONFIGURED_BLOCK_SIZE}, got {}",
-                self.block_size
-            )));
+            return Err(Error::invalid_option(
+                "block_size",
+                format!(
+                    "must be in 1..={MAX_CONFIGURED_BLOCK_SIZE}, got {}",
+                    self.block_size
+                ),
+            ));
         }
         if self.restart_interval == 0 || self.restart_interval > u16::MAX as usize {
-            return Err(Error::invalid(format!(
-                "restart_interval must be in 1..=65535, got {}",
-                self.restart_interval
-            )));
+            return Err(Error::invalid_option(
+                "restart_interval",
+                format!("must be in 1..=65535, got {}", self.restart_interval),
+            ));
         }
         if self.bloom_bits_per_key == 0 || self.bloom_bits_per_key > 64 {
-            return Err(Error::invalid(format!(
-                "bloom_bits_per_key must be in 1..=64, got {}",
-                self.bloom_bits_per_key
-            )));
+            return Err(Error::invalid_option(
+                "bloom_bits_per_key",
+                format!("must be in 1..=64, got {}", self.bloom_bits_per_key),
+            ));
         }
         if let Compression::Zstd { level } = self.compression
             && !(1..=22).contains(&level)
         {
-            return Err(Error::invalid(format!(
-                "zstd level must be in 1..=22, got {level}"
-            )));
+            return Err(Error::invalid_option(
+                "compression",
+                format!("the zstd level must be in 1..=22, got {level}"),
+            ));
         }
         Ok(())
     }
