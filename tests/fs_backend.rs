@@ -11,8 +11,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use proptest::prelude::*;
 
-use flowstate::backend::SnapshotData;
 use flowstate::backend::latest_snapshot_handle;
+use flowstate::backend::{FsBackendOptions, SnapshotData};
 use flowstate::checkpoint::storage::{CheckpointStorage, LocalDirStorage};
 use flowstate::keys::{composite_key, key_group_for_key};
 use flowstate::ttl::wrap;
@@ -296,9 +296,12 @@ fn retention_keeps_three_of_five_and_start_up_removes_incomplete() {
         Some(5u64.to_le_bytes().to_vec())
     );
 
-    let mut one = FsBackend::new(config(4, KeyGroupRange::all(4)), store.clone())
-        .unwrap()
-        .with_retained_checkpoints(1);
+    let mut one = FsBackend::open(
+        config(4, KeyGroupRange::all(4)),
+        store.clone(),
+        FsBackendOptions::default().retained_checkpoints(1),
+    )
+    .unwrap();
     one.snapshot(7).unwrap().run().unwrap();
     assert_eq!(store.children("").unwrap(), ["chk-7"]);
 }
@@ -316,9 +319,12 @@ proptest! {
         per_file in 1u16..4,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let mut backend = FsBackend::new(config(8, KeyGroupRange::all(8)), storage(dir.path()))
-            .unwrap()
-            .with_key_groups_per_file(per_file);
+        let mut backend = FsBackend::open(
+            config(8, KeyGroupRange::all(8)),
+            storage(dir.path()),
+            FsBackendOptions::default().key_groups_per_file(per_file),
+        )
+        .unwrap();
         let state = backend.register(&StateDescriptor::new("s", StateKind::Value)).unwrap();
         let mut model = BTreeMap::new();
         for (user, value) in before {

@@ -286,6 +286,7 @@ fn garage_flowstate_run_sigkilled_is_exactly_once() {
 #[test]
 #[ignore]
 fn garage_upload_bench() {
+    use flowstate::backend::FsBackendOptions;
     use flowstate::backend::lsm::LsmBackendOptions;
     use flowstate::{FsBackend, StateDescriptor, StateKind};
 
@@ -320,9 +321,12 @@ fn garage_upload_bench() {
             let storage = open_storage_with(&cluster.uri(&prefix), &options).unwrap();
             match kind {
                 "fs" => Box::new(
-                    FsBackend::new(config.clone(), storage)
-                        .unwrap()
-                        .with_retained_checkpoints(1_000),
+                    FsBackend::open(
+                        config.clone(),
+                        storage,
+                        FsBackendOptions::default().retained_checkpoints(1_000),
+                    )
+                    .unwrap(),
                 ),
                 _ => Box::new(
                     LsmBackend::new(

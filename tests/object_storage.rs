@@ -72,9 +72,12 @@ fn start_up_scan_drops_checkpoints_with_missing_or_resized_files() {
     let location = "memory://completeness";
     let storage = open_storage(location).unwrap();
     let all = KeyGroupRange::all(MAX_PARALLELISM);
-    let mut b = flowstate::FsBackend::new(config(all), storage.clone())
-        .unwrap()
-        .with_retained_checkpoints(3);
+    let mut b = flowstate::FsBackend::open(
+        config(all),
+        storage.clone(),
+        flowstate::backend::FsBackendOptions::default().retained_checkpoints(3),
+    )
+    .unwrap();
     let mut model = Contents::new();
     let mut rng = 7;
     let mut models = Vec::new();

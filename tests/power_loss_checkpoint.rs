@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use flowstate::backend::FsBackendOptions;
 use flowstate::backend::lsm::LsmBackendOptions;
 use flowstate::checkpoint::storage::{CheckpointStorage, LocalDirStorage};
 use flowstate::fs::{FaultKind, FaultOp, FsRef, PowerLoss, SimFs};
@@ -118,7 +119,11 @@ fn open(kind: Kind, fs: &FsRef) -> flowstate::Result<(Box<dyn Restorable>, State
         KeyGroupRange::all(MAX_PARALLELISM),
     )?;
     let mut backend: Box<dyn Restorable> = match kind {
-        Kind::Fs => Box::new(FsBackend::new(config, storage)?.with_retained_checkpoints(2)),
+        Kind::Fs => Box::new(FsBackend::open(
+            config,
+            storage,
+            FsBackendOptions::default().retained_checkpoints(2),
+        )?),
         Kind::Lsm => {
             let options = LsmBackendOptions {
                 fs: Arc::clone(fs),

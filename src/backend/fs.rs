@@ -73,35 +73,92 @@ pub struct FsBackend {
     key_groups_per_file: u16,
 }
 
+/// Options of an [`FsBackend`]: build from `default()` with the setters.
+///
+/// ```
+/// use flowstate::backend::fs::FsBackendOptions;
+///
+/// let options = FsBackendOptions::default().retained_checkpoints(5).key_groups_per_file(16);
+/// assert!(options.validate().is_ok());
+/// assert!(FsBackendOptions::default().retained_checkpoints(0).validate().is_err());
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct FsBackendOptions {
+    /// Completed checkpoints kept, at least 1 (default
+    /// [`crate::checkpoint::DEFAULT_RETAINED_CHECKPOINTS`]).
+    pub retained_checkpoints: usize,
+    /// One snapshot file per aligned run of this many key groups, at least 1 (default
+    /// [`DEFAULT_KEY_GROUPS_PER_FILE`]). Larger runs mean fewer files, but a restore into a
+    /// smaller range then also reads the other groups of a run it partly owns.
+    pub key_groups_per_file: u16,
+}
+
+impl Default for FsBackendOptions {
+    fn default() -> Self {
+        FsBackendOptions {
+            retained_checkpoints: DEFAULT_RETAINED_CHECKPOINTS,
+            key_groups_per_file: DEFAULT_KEY_GROUPS_PER_FILE,
+        }
+    }
+}
+
+impl FsBackendOptions {
+    /// Sets [`FsBackendOptions::retained_checkpoints`].
+    pub fn retained_checkpoints(mut self, retained: usize) -> Self {
+        self.retained_checkpoints = retained;
+        self
+    }
+
+    /// Sets [`FsBackendOptions::key_groups_per_file`].
+    pub fn key_groups_per_file(mut self, key_groups: u16) -> Self {
+        self.key_groups_per_file = key_groups;
+        self
+    }
+
+    /// Checks the options; [`Error::InvalidOption`] names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        if self.retained_checkpoints == 0 {
+            return Err(Error::invalid_option(
+                "FsBackendOptions::retained_checkpoints",
+                "must be at least 1",
+            ));
+        }
+        if self.key_groups_per_file == 0 {
+            return Err(Error::invalid_option(
+                "FsBackendOptions::key_groups_per_file",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl FsBackend {
-    /// An empty backend writing checkpoints to `storage`. Scans `storage` first: incomplete
-    /// checkpoints and unreferenced files are removed (see [`FsBackend::recovery_report`]).
+    /// An empty backend writing checkpoints to `storage`, with the default options
+    /// ([`FsBackend::open`]).
     pub fn new(config: BackendConfig, storage: Arc<dyn CheckpointStorage>) -> Result<Self> {
+        FsBackend::open(config, storage, FsBackendOptions::default())
+    }
+
+    /// An empty backend writing checkpoints to `storage`. Checks `options` first, then scans
+    /// `storage`: incomplete checkpoints and unreferenced files are removed (see
+    /// [`FsBackend::recovery_report`]).
+    pub fn open(
+        config: BackendConfig,
+        storage: Arc<dyn CheckpointStorage>,
+        options: FsBackendOptions,
+    ) -> Result<Self> {
+        options.validate()?;
         let (registry, recovery) = CheckpointRegistry::open(storage.clone())?;
         Ok(FsBackend {
             store: HeapStore::new(config),
             storage,
             registry: Arc::new(Mutex::new(registry)),
             recovery,
-            retained: DEFAULT_RETAINED_CHECKPOINTS,
-            key_groups_per_file: DEFAULT_KEY_GROUPS_PER_FILE,
+            retained: options.retained_checkpoints,
+            key_groups_per_file: options.key_groups_per_file,
         })
-    }
-
-    /// Keeps the newest `retained` completed checkpoints (default
-    /// [`crate::checkpoint::DEFAULT_RETAINED_CHECKPOINTS`]); 0 counts
-    /// as 1.
-    pub fn with_retained_checkpoints(mut self, retained: usize) -> Self {
-        self.retained = retained.max(1);
-        self
-    }
-
-    /// Writes one snapshot file per aligned run of `key_groups` key groups (default
-    /// [`DEFAULT_KEY_GROUPS_PER_FILE`]); 0 counts as 1. Larger runs mean fewer files, but a
-    /// restore into a smaller range then also reads the other groups of a run it partly owns.
-    pub fn with_key_groups_per_file(mut self, key_groups: u16) -> Self {
-        self.key_groups_per_file = key_groups.max(1);
-        self
     }
 
     /// The checkpoint storage.

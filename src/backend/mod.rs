@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::keys::{DEFAULT_MAX_PARALLELISM, KeyGroupRange, check_max_parallelism};
 use crate::ttl::{SharedClock, TtlConfig, UpdateType, Visibility, system_clock};
 
-pub use fs::{FsBackend, latest_snapshot_handle};
+pub use fs::{FsBackend, FsBackendOptions, latest_snapshot_handle};
 pub use heap::HeapSnapshot;
 pub use lsm::LsmBackend;
 pub use memory::MemoryBackend;

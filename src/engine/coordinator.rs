@@ -36,6 +36,49 @@ pub struct CheckpointOptions {
     pub growth_alert: Option<GrowthAlert>,
 }
 
+impl CheckpointOptions {
+    /// Checks the options; [`Error::InvalidOption`] names the first bad one (as
+    /// `CheckpointOptions::<field>`) and what it must be.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, what: String| {
+            Err(Error::invalid_option(
+                format!("CheckpointOptions::{field}"),
+                what,
+            ))
+        };
+        if self.interval == Some(Duration::ZERO) {
+            return bad(
+                "interval",
+                "must be above 0 (None checkpoints only at the end)".into(),
+            );
+        }
+        if self.timeout.is_zero() {
+            return bad("timeout", "must be above 0".into());
+        }
+        if self.max_concurrent == 0 {
+            return bad("max_concurrent", "must be at least 1".into());
+        }
+        if self.retained == 0 {
+            return bad("retained", "must be at least 1".into());
+        }
+        if let Some(alert) = &self.growth_alert {
+            if !(alert.fraction.is_finite() && alert.fraction > 0.0) {
+                return bad(
+                    "growth_alert",
+                    format!(
+                        "fraction must be a finite number above 0, not {}",
+                        alert.fraction
+                    ),
+                );
+            }
+            if alert.checkpoints == 0 {
+                return bad("growth_alert", "checkpoints must be at least 1".into());
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for CheckpointOptions {
     /// 200 ms interval, 60 s timeout, no pause, 1 concurrent, 3 retained, 3 tolerable failures,
     /// no growth alert.

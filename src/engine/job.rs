@@ -91,8 +91,8 @@ pub struct JobConfig {
     pub channel_capacity: usize,
     /// Resume from an older checkpoint even though a newer one is damaged or missing while
     /// output it committed exists; that output is first moved aside (into
-    /// `<output>/.superseded-after-<c>/`, FORMAT.md §12.2) so the result is again exactly-once. Off by default: the job then
-    /// refuses to resume ([`Error::ResumeRefused`]).
+    /// `<output>/.superseded-after-<c>/`, FORMAT.md §12.2) so the result is again exactly-once.
+    /// Off by default: the job then refuses to resume ([`Error::ResumeRefused`]).
     pub allow_older_checkpoint: bool,
     /// Records per batch from the source to an operator (default
     /// [`DEFAULT_BATCH_RECORDS`](super::source::DEFAULT_BATCH_RECORDS)); tests use small
@@ -183,7 +183,7 @@ pub const MAX_PARALLELISM_TASKS: u16 = 1024;
 /// checkpoints, restarts after failures, and returns once all output is committed.
 pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
     let started = Instant::now();
-    check_task_count(config)?;
+    config.validate()?;
     let fs = config.fs.as_ref();
     create_dir_durable(fs, &config.state)?;
     let state_dir = fs
@@ -256,14 +256,52 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
 }
 
 /// Refuses a parallelism of 0 or above [`MAX_PARALLELISM_TASKS`].
-fn check_task_count(config: &JobConfig) -> Result<()> {
-    if config.parallelism == 0 || config.parallelism > MAX_PARALLELISM_TASKS {
-        return Err(Error::invalid(format!(
-            "parallelism {} is outside 1..={MAX_PARALLELISM_TASKS} (each task runs three threads)",
-            config.parallelism
-        )));
+impl JobConfig {
+    /// Checks the configuration ([`run_job`] does, before touching any file);
+    /// [`Error::InvalidOption`] names the first bad field (as `JobConfig::<field>`) and what it
+    /// must be.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, what: String| {
+            Err(Error::invalid_option(format!("JobConfig::{field}"), what))
+        };
+        if self.parallelism == 0 || self.parallelism > MAX_PARALLELISM_TASKS {
+            return bad(
+                "parallelism",
+                format!(
+                    "must be in 1..={MAX_PARALLELISM_TASKS} (each task runs three threads), \
+                     not {}",
+                    self.parallelism
+                ),
+            );
+        }
+        if let Some(max) = self.max_parallelism
+            && (max == 0 || max > crate::keys::UPPER_BOUND_MAX_PARALLELISM)
+        {
+            return bad(
+                "max_parallelism",
+                format!(
+                    "must be in 1..={}, not {max}",
+                    crate::keys::UPPER_BOUND_MAX_PARALLELISM
+                ),
+            );
+        }
+        for (field, path) in [
+            ("input", &self.input),
+            ("output", &self.output),
+            ("state", &self.state),
+        ] {
+            if path.as_os_str().is_empty() {
+                return bad(field, "must not be empty".into());
+            }
+        }
+        if self.channel_capacity == 0 {
+            return bad("channel_capacity", "must be at least 1".into());
+        }
+        if self.batch_records == 0 {
+            return bad("batch_records", "must be at least 1".into());
+        }
+        self.checkpoints.validate()
     }
-    Ok(())
 }
 
 /// Refuses to run on a state directory whose `memory_marker` says a memory-backend run did not

@@ -25,7 +25,9 @@ pub(crate) mod store;
 
 use self::location::TaskRoot;
 use crate::backend::lsm::{LsmBackend, LsmBackendOptions};
-use crate::backend::{BackendConfig, BackendKind, FsBackend, MemoryBackend, StateBackend};
+use crate::backend::{
+    BackendConfig, BackendKind, FsBackend, FsBackendOptions, MemoryBackend, StateBackend,
+};
 use crate::error::{Error, Result};
 
 pub use coordinator::{CheckpointOptions, CheckpointRecord, CheckpointStatus};
@@ -94,11 +96,10 @@ impl BackendChoice {
                 // releaser (`job.rs`), so the backend's own retention keeps all;
                 // 16 key groups per file: fewer fsyncs per checkpoint, still fine-grained
                 // enough that a rescaled task reads little it does not own.
-                Box::new(
-                    FsBackend::new(config, root.storage.clone())?
-                        .with_retained_checkpoints(usize::MAX)
-                        .with_key_groups_per_file(16),
-                )
+                let options = FsBackendOptions::default()
+                    .retained_checkpoints(usize::MAX)
+                    .key_groups_per_file(16);
+                Box::new(FsBackend::open(config, root.storage.clone(), options)?)
             }
             BackendChoice::Lsm => {
                 let options = LsmBackendOptions {

@@ -497,9 +497,12 @@ pub fn fs_round_trip(location: &str, options: &StorageOptions) {
     let mut model = Contents::new();
     let all = KeyGroupRange::all(MAX_PARALLELISM);
     let storage = open(location, options);
-    let mut b = FsBackend::new(config(all), storage.clone())
-        .unwrap()
-        .with_retained_checkpoints(2);
+    let mut b = FsBackend::open(
+        config(all),
+        storage.clone(),
+        flowstate::backend::FsBackendOptions::default().retained_checkpoints(2),
+    )
+    .unwrap();
     let mut handle = None;
     for id in 1..=3 {
         random_writes(&mut b, &mut model, &mut rng, 800);

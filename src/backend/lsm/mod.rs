@@ -135,6 +135,51 @@ impl Default for LsmBackendOptions {
     }
 }
 
+impl LsmBackendOptions {
+    /// Checks the options ([`LsmBackend::new`] does, before touching any file);
+    /// [`Error::InvalidOption`] names the first bad one (as `LsmBackendOptions::<field>`) and
+    /// what it must be.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, what: String| {
+            Err(Error::invalid_option(
+                format!("LsmBackendOptions::{field}"),
+                what,
+            ))
+        };
+        if self.write_buffer_size == 0 {
+            return bad("write_buffer_size", "must be at least 1 byte".into());
+        }
+        let check_compression = |field: String, compression: Compression| {
+            crate::lsm::SstOptions {
+                compression,
+                ..crate::lsm::SstOptions::default()
+            }
+            .validate()
+            .or_else(|e| match e {
+                Error::InvalidOption { what, .. } => bad(&field, what),
+                other => Err(other),
+            })
+        };
+        check_compression("compression".into(), self.compression)?;
+        for (state, compression) in &self.state_compression {
+            check_compression(format!("state_compression['{state}']"), *compression)?;
+        }
+        if !(self.delta_ratio.is_finite() && self.delta_ratio > 0.0) {
+            return bad(
+                "delta_ratio",
+                format!("must be a finite number above 0, not {}", self.delta_ratio),
+            );
+        }
+        if self.max_delta_files_per_cf == 0 {
+            return bad("max_delta_files_per_cf", "must be at least 1".into());
+        }
+        if self.target_file_size == 0 {
+            return bad("target_file_size", "must be at least 1 byte".into());
+        }
+        Ok(())
+    }
+}
+
 /// Drops expired TTL values (and expired list elements) during compaction.
 #[derive(Debug)]
 pub struct TtlCompactionFilter {
@@ -236,13 +281,15 @@ fn random_instance_id() -> u64 {
 
 impl LsmBackend {
     /// An empty backend whose store lives under `working_dir` and whose checkpoints go to
-    /// `storage`. Scans `storage` first (see [`LsmBackend::recovery_report`]).
+    /// `storage`. Checks `options` first ([`LsmBackendOptions::validate`]), then scans
+    /// `storage` (see [`LsmBackend::recovery_report`]).
     pub fn new(
         config: BackendConfig,
         working_dir: &Path,
         storage: Arc<dyn CheckpointStorage>,
         options: LsmBackendOptions,
     ) -> Result<Self> {
+        options.validate()?;
         let (registry, recovery) = CheckpointRegistry::open(storage.clone())?;
         let instance_id = random_instance_id();
         let fs = options.fs.as_ref();
