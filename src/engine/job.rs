@@ -255,7 +255,6 @@ pub fn run_job(config: &JobConfig) -> Result<JobSummary> {
     Ok(summary)
 }
 
-/// Refuses a parallelism of 0 or above [`MAX_PARALLELISM_TASKS`].
 impl JobConfig {
     /// Checks the configuration ([`run_job`] does, before touching any file);
     /// [`Error::InvalidOption`] names the first bad field (as `JobConfig::<field>`) and what it

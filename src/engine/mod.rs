@@ -33,7 +33,9 @@ use crate::error::{Error, Result};
 pub use coordinator::{CheckpointOptions, CheckpointRecord, CheckpointStatus};
 pub use failure::{FailurePoint, FailureSchedule};
 pub use growth::GrowthAlert;
-pub use job::{CheckpointObserver, JobConfig, JobSummary, RestartStrategy, run_job};
+pub use job::{
+    CheckpointObserver, JobConfig, JobSummary, MAX_PARALLELISM_TASKS, RestartStrategy, run_job,
+};
 
 /// Which state backend the job's operators use. Adding a backend is one variant here, one arm
 /// in `BackendChoice::create` and one name in [`BackendChoice::parse`].
