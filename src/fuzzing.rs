@@ -16,7 +16,6 @@ use crate::backend::full_snapshot::{
 use crate::backend::heap::StateMap;
 use crate::backend::lsm::layout::CheckpointLayout;
 use crate::checkpoint::metadata::{CheckpointMetadata, METADATA_VERSION};
-use crate::checkpoint::savepoint::{decode_savepoint, encode_savepoint};
 use crate::checkpoint::storage::CheckpointFileWriter;
 use crate::codec::block::{Block, BlockBuilder, Comparator, Compression, bytewise};
 use crate::codec::record::{decode_records, put_record};
@@ -30,6 +29,7 @@ use crate::lsm::manifest::replay;
 use crate::lsm::sst::SstReader;
 use crate::lsm::version::VersionEdit;
 use crate::lsm::wal::{RecoveryMode, WalReader};
+use crate::savepoint::{decode_savepoint, encode_savepoint};
 
 mod seeds;
 pub use seeds::seeds;

@@ -33,18 +33,23 @@ pub mod backend;
 pub mod checkpoint;
 mod clock;
 mod codec;
+mod descriptor;
 pub mod engine;
 pub mod error;
 pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hash;
+#[cfg(feature = "cli")]
+mod inspect;
 pub mod keys;
 mod lock;
 pub mod lsm;
 pub mod observe;
+pub mod savepoint;
 pub mod state;
 pub mod ttl;
+pub mod verify;
 
 pub use backend::{
     BackendConfig, BackendKind, FsBackend, LsmBackend, MemoryBackend, SnapshotHandle, SnapshotTask,

@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowstate::backend::lsm::LsmBackendOptions;
-use flowstate::checkpoint::savepoint::{restore_savepoint, write_savepoint};
 use flowstate::checkpoint::storage::{
     CheckpointStorage, LocalDirStorage, metadata_path, parse_checkpoint_dir,
 };
 use flowstate::internals::snapshot_handle;
 use flowstate::internals::{CheckpointRegistry, read_metadata};
+use flowstate::savepoint::{restore_savepoint, write_savepoint};
 use flowstate::ttl::wrap;
 use flowstate::{
     BackendConfig, FsBackend, KeyGroupRange, LsmBackend, ManualClock, MemoryBackend,
@@ -627,7 +627,7 @@ fn full_checkpoints_are_self_contained_and_restore_anywhere() {
                 .next()
                 .is_none()
     );
-    let report = flowstate::checkpoint::verify::verify_storage(&storage).unwrap();
+    let report = flowstate::verify::verify_storage(&storage).unwrap();
     assert!(report.is_sound(), "{report:?}");
     drop(first);
 

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use flowstate::checkpoint::savepoint::{read_savepoint_header, restore_savepoint, write_savepoint};
 use flowstate::keys::{DEFAULT_MAX_PARALLELISM, KeyGroupRange, composite_key, key_group_for_key};
+use flowstate::savepoint::{read_savepoint_header, restore_savepoint, write_savepoint};
 use flowstate::ttl::ManualClock;
 use flowstate::{
     BackendConfig, Error, MemoryBackend, StateBackend, StateDescriptor, StateKind, TtlConfig,

@@ -4,7 +4,7 @@
 //! child process, SIGKILLs it mid-run, reruns it until it finishes and checks the output;
 //! `verify` checks every checkpoint under a checkpoint-storage directory (or every root of a job's
 //! state directory) without changing it;
-//! `inspect` lists checkpoints, their sizes and shared files, or diffs two (`checkpoint::inspect`).
+//! `inspect` lists checkpoints, their sizes and shared files, or diffs two (`inspect`).
 //! Usage errors exit 2, runtime errors (and damaged checkpoints) 1; nothing here exits by panic.
 
 use std::path::PathBuf;
@@ -14,10 +14,10 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use flowstate::checkpoint::storage::{CheckpointStorage, LocalDirStorage};
 use flowstate::checkpoint::uri::open_storage;
-use flowstate::checkpoint::verify::{CheckpointStatus, VerifyReport, find_roots, verify_storage};
 use flowstate::engine::cli::demo_command;
 use flowstate::engine::cli::inspect_command;
 use flowstate::engine::cli::{RunArgs, run_command};
+use flowstate::verify::{CheckpointStatus, VerifyReport, find_roots, verify_storage};
 
 #[derive(Parser)]
 #[command(

@@ -7,10 +7,11 @@
 
 use std::collections::HashSet;
 
-use crate::backend::{BackendKind, FileRef, StateDescriptor};
+use crate::checkpoint::storage::FileRef;
 use crate::codec::cursor::Cursor;
 use crate::codec::record::crc32;
 use crate::codec::varint::{put_varint32, put_varint64};
+use crate::descriptor::{BackendKind, StateDescriptor};
 use crate::error::{Error, Result};
 use crate::keys::{KeyGroupRange, check_max_parallelism};
 
@@ -297,7 +298,7 @@ fn read_range(c: &mut Cursor<'_>, max_parallelism: u16, what: &str) -> Result<Ke
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::StateKind;
+    use crate::descriptor::StateKind;
     use crate::ttl::{TtlConfig, UpdateType, Visibility};
     use proptest::prelude::*;
 

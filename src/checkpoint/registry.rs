@@ -398,9 +398,10 @@ impl CheckpointRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{BackendKind, FileRef};
     use crate::checkpoint::metadata::CheckpointFile;
+    use crate::checkpoint::storage::FileRef;
     use crate::checkpoint::storage::LocalDirStorage;
+    use crate::descriptor::BackendKind;
     use crate::keys::KeyGroupRange;
 
     /// Publishes checkpoint `id` owning `chk-<id>/own` (and sharing `shared/s<id>`).

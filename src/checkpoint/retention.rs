@@ -120,9 +120,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::backend::{BackendKind, FileRef};
     use crate::checkpoint::metadata::{CheckpointFile, CheckpointMetadata};
+    use crate::checkpoint::storage::FileRef;
     use crate::checkpoint::storage::{CheckpointStorage, LocalDirStorage};
+    use crate::descriptor::BackendKind;
     use crate::keys::KeyGroupRange;
 
     fn file(path: &str, shared: bool) -> CheckpointFile {

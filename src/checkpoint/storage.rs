@@ -9,9 +9,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::backend::FileRef;
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 use crate::fs::{FsRef, WritableFile, create_dir_durable, std_fs, sync_dir};
+use crate::keys::KeyGroupRange;
 
 /// Name of the file that makes a checkpoint directory a completed checkpoint.
 pub const METADATA_FILE_NAME: &str = "_metadata";
@@ -197,6 +199,36 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
     fn open_sibling(&self, location: &str) -> Option<Result<Arc<dyn CheckpointStorage>>> {
         let _ = location;
         None
+    }
+}
+
+/// A file a snapshot handle references, in checkpoint storage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// Path relative to the checkpoint storage root (e.g. `chk-7/kg-00000-00015` or `shared/000012.sst`).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// CRC-32 (IEEE) of the whole file.
+    pub crc32: u32,
+    /// XXH3-64 of the whole file: a content checksum (the CRC-32s inside SST blocks make the
+    /// whole-file CRC-32 of an SST depend on its block sizes only). `None` for files listed by
+    /// checkpoints of `_metadata` version 1.
+    pub xxh3: Option<u64>,
+    /// The key groups the file holds entries of.
+    pub key_groups: KeyGroupRange,
+}
+
+impl FileRef {
+    /// A file at `path` with the size and checksums `listed`, holding entries of `key_groups`.
+    pub fn new(path: impl Into<String>, listed: &Listed, key_groups: KeyGroupRange) -> Self {
+        FileRef {
+            path: path.into(),
+            size: listed.size,
+            crc32: listed.crc32,
+            xxh3: listed.xxh3,
+            key_groups,
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use super::job::{JobConfig, JobSummary, run_job};
 use crate::observe;
 
 pub use super::demo::demo_command;
-pub use crate::checkpoint::inspect::inspect_command;
+pub use crate::inspect::inspect_command;
 
 /// The log filter when `RUST_LOG` is unset or invalid: warnings and errors only, so progress
 /// lines and the summary stay readable.

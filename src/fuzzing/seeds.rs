@@ -6,10 +6,10 @@ use super::*;
 /// Valid seed inputs for every target: (target, file name, bytes).
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     use crate::backend::{BackendKind, StateDescriptor, StateKind};
-    use crate::checkpoint::savepoint::{Savepoint, SavepointHeader};
     use crate::keys::KeyGroupRange;
     use crate::lsm::format::{ValueKind, internal_key};
     use crate::lsm::version::{FileMeta, RangeTombstone};
+    use crate::savepoint::{Savepoint, SavepointHeader};
 
     let mut out = Vec::new();
     for (i, v) in [0u64, 127, 128, 300, u64::MAX].iter().enumerate() {

@@ -25,14 +25,12 @@ use crate::checkpoint::metadata::CheckpointMetadata;
 use crate::checkpoint::storage::{CheckpointStorage, Listed, metadata_path};
 use crate::checkpoint::uri::storage_for_root;
 use crate::error::{Error, Result};
-use crate::fs::sync_dir;
 use crate::fs::{FileSystem, create_dir_durable};
 use crate::keys::KeyGroupRange;
 use crate::lsm::db::DEFAULT_CF;
 use crate::lsm::db::LiveFiles;
-use crate::lsm::manifest::Manifest;
 use crate::lsm::table::sst_file_name;
-use crate::lsm::version::{RangeTombstone, Version, VersionEdit};
+use crate::lsm::version::{RangeTombstone, VersionEdit};
 use crate::lsm::{ColumnFamily, Db};
 
 /// One verified handle.
@@ -400,14 +398,7 @@ fn open_restored(
     edit: &VersionEdit,
     clipped: &Clipped,
 ) -> Result<Db> {
-    let version = Version::default().apply(edit, "restored layout", 0)?;
-    let db_options = backend.db_options(states);
-    sync_dir(db_options.fs.as_ref(), dir)?;
-    let manifest_number = version.next_file_number;
-    let mut version = version;
-    version.next_file_number = manifest_number + 1;
-    Manifest::create(&db_options.fs, dir, manifest_number, &version)?;
-    let db = Db::open(dir, db_options)?;
+    let db = Db::open_from_files(dir, edit, "restored layout", backend.db_options(states))?;
     for source in sources.iter().filter(|s| s.layout.is_none()) {
         super::full::load(&db, source.storage.as_ref(), &source.metadata, source.keep)?;
     }

@@ -264,6 +264,25 @@ struct BackgroundError {
 }
 
 impl Db {
+    /// Opens a store made of SST files already placed in `dir` (`<number:06>.sst`, linked or
+    /// copied there by the caller): writes the manifest that lists them as `edit` says (levels,
+    /// key ranges, range tombstones; `label` names `edit` in errors), fsyncs `dir`, then opens
+    /// the store as [`Db::open`] does. The files must be durable before the call.
+    pub(crate) fn open_from_files(
+        dir: &Path,
+        edit: &crate::lsm::version::VersionEdit,
+        label: &str,
+        options: Options,
+    ) -> Result<Db> {
+        options.validate()?;
+        let mut version = crate::lsm::version::Version::default().apply(edit, label, 0)?;
+        crate::fs::sync_dir(options.fs.as_ref(), dir)?;
+        let manifest_number = version.next_file_number;
+        version.next_file_number = manifest_number + 1;
+        crate::lsm::manifest::Manifest::create(&options.fs, dir, manifest_number, &version)?;
+        Db::open(dir, options)
+    }
+
     /// Opens the store in `dir`, creating it if allowed, replaying the WAL into fresh L0 files.
     /// The options are checked first ([`Options::validate`]): a bad one is an error naming it.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Db> {

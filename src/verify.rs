@@ -14,9 +14,11 @@ use crate::backend::full_snapshot::{ExpectedFile, decode_full_snapshot_file};
 use crate::error::{Error, Result};
 use crate::lsm::sst::SstReader;
 
-use super::metadata::{CheckpointFile, CheckpointMetadata};
-use super::registry::read_metadata;
-use super::storage::{CheckpointStorage, Listed, checkpoint_ids, metadata_path, read_listed};
+use crate::checkpoint::metadata::{CheckpointFile, CheckpointMetadata};
+use crate::checkpoint::registry::read_metadata;
+use crate::checkpoint::storage::{
+    CheckpointStorage, Listed, checkpoint_ids, metadata_path, read_listed,
+};
 
 /// One damaged or missing file: which, where in it, and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,9 +88,9 @@ impl VerifyReport {
 pub fn find_roots(storage: &dyn CheckpointStorage) -> Result<Vec<String>> {
     let is_root = |prefix: &str| -> Result<bool> {
         Ok(storage.children(prefix)?.iter().any(|name| {
-            super::storage::parse_checkpoint_dir(name).is_some()
-                || name == super::storage::SHARED_DIR
-                || name == super::registry::QUARANTINE_DIR
+            crate::checkpoint::storage::parse_checkpoint_dir(name).is_some()
+                || name == crate::checkpoint::storage::SHARED_DIR
+                || name == crate::checkpoint::registry::QUARANTINE_DIR
         }))
     };
     if is_root("")? {

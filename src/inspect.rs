@@ -11,10 +11,10 @@ use std::fmt::Write as _;
 use crate::backend::{BackendKind, FileRef};
 use crate::error::{Error, Result};
 
-use super::metadata::CheckpointMetadata;
-use super::registry::read_metadata;
-use super::storage::{CheckpointStorage, checkpoint_ids, metadata_path};
 use super::verify::{FileProblem, problem};
+use crate::checkpoint::metadata::CheckpointMetadata;
+use crate::checkpoint::registry::read_metadata;
+use crate::checkpoint::storage::{CheckpointStorage, checkpoint_ids, metadata_path};
 
 /// What `_metadata` says about one completed checkpoint, and what it adds to the previous one.
 #[derive(Clone, Debug, PartialEq, Eq)]
