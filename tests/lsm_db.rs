@@ -349,7 +349,10 @@ fn bad_options_are_refused_by_name_before_any_file_is_written() {
         (twice, "listed twice"),
     ] {
         let err = Db::open(&path, options).unwrap_err();
-        assert!(matches!(err, flowstate::Error::InvalidArgument(_)), "{err}");
+        assert!(
+            matches!(err, flowstate::Error::InvalidOption { .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains(name), "{err}");
         assert!(!path.exists(), "{name}: nothing is created");
     }

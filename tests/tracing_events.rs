@@ -46,11 +46,15 @@ fn a_checkpointed_job_logs_its_phases() {
         dir.path().join("state"),
     );
     config.checkpoints.interval = Some(Duration::from_millis(5));
-    config.failures = Arc::new(FailureSchedule::new(vec![
-        (FailurePoint::AsyncSnapshot, 2),
-        // Late enough that checkpoints completed before it, whatever the machine's speed.
-        (FailurePoint::OperatorRecord, 150_000),
-    ]));
+    // The failure comes late, and the source is paced (at least 300 ms of pauses before it),
+    // so checkpoints complete before it even on a loaded machine and the restart restores one.
+    config.failures = Arc::new(
+        FailureSchedule::new(vec![
+            (FailurePoint::AsyncSnapshot, 2),
+            (FailurePoint::OperatorRecord, 150_000),
+        ])
+        .with_source_pace(1_000, Duration::from_millis(2)),
+    );
     config.restart = RestartStrategy {
         max_restarts: 3,
         delay: Duration::ZERO,
