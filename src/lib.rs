@@ -46,14 +46,17 @@ pub mod observe;
 pub mod state;
 pub mod ttl;
 
+pub use backend::lsm::LsmBackendOptions;
 pub use backend::{
     BackendConfig, BackendKind, FsBackend, LsmBackend, MemoryBackend, SnapshotHandle, SnapshotTask,
     StateBackend, StateDescriptor, StateId, StateKind,
 };
+pub use checkpoint::storage::{CheckpointStorage, LocalDirStorage};
 pub use error::{Error, Result};
 pub use keys::KeyGroupRange;
 pub use state::{
-    AggregateFunction, AggregatingState, KeyedState, ListState, MapState, ReducingState, ValueState,
+    AggregateFunction, AggregatingState, KeyedState, ListState, MapState, ReducingState,
+    StateOptions, ValueState,
 };
 pub use ttl::{Clock, ManualClock, SystemClock, TtlConfig, UpdateType, Visibility};
 

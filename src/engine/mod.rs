@@ -2,7 +2,7 @@
 //! two-phase file sinks, checkpointed with aligned barriers and restarted from the latest
 //! completed checkpoint after any failure — exactly-once output through crashes.
 //!
-//! [`job::run_job`] runs the reference job behind `flowstate run` (see `cli`, feature `cli`); the pieces
+//! [`run_job`] runs the reference job behind `flowstate run` (see `cli`, feature `cli`); the pieces
 //! (gate, aligner, coordinator, sink, store) are usable and tested on their own.
 
 pub(crate) mod alignment;
@@ -126,8 +126,11 @@ impl std::str::FromStr for BackendChoice {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        Self::parse(s)
-            .ok_or_else(|| Error::invalid(format!("unknown backend '{s}' (expected memory or fs)")))
+        Self::parse(s).ok_or_else(|| {
+            Error::invalid(format!(
+                "unknown backend '{s}' (expected memory, fs or lsm)"
+            ))
+        })
     }
 }
 
