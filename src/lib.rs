@@ -14,6 +14,10 @@
 //! [`observe`] names the metrics every layer records through the `metrics` facade. See
 //! `ARCHITECTURE.md` and `FORMAT.md`.
 //!
+//! **Start with the [`guide`]**: choosing a backend, typed state, TTL, snapshot and restore,
+//! rescaling, the LSM store alone, checkpoints on object storage and the exactly-once engine,
+//! each with an example that runs.
+//!
 //! ```
 //! use flowstate::{KeyedState, MemoryBackend, BackendConfig};
 //!
@@ -38,6 +42,8 @@ pub mod error;
 pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
+#[doc = include_str!("../docs/guide.md")]
+pub mod guide {}
 mod hash;
 pub mod keys;
 mod lock;

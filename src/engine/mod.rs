@@ -2,8 +2,9 @@
 //! two-phase file sinks, checkpointed with aligned barriers and restarted from the latest
 //! completed checkpoint after any failure — exactly-once output through crashes.
 //!
-//! [`run_job`] runs the reference job behind `flowstate run` (see `cli`, feature `cli`); the pieces
-//! (gate, aligner, coordinator, sink, store) are usable and tested on their own.
+//! [`run_job`] runs the reference job behind `flowstate run` (see `cli`, feature `cli`) as
+//! configured by a [`JobConfig`]; the last section of [the guide](crate::guide) shows a run. The
+//! pieces (gate, aligner, coordinator, sink, store) are internal and tested on their own.
 
 pub(crate) mod alignment;
 #[cfg(feature = "cli")]
