@@ -29,11 +29,12 @@ fn write_input(path: &Path) -> std::io::Result<()> {
     std::fs::write(path, text)
 }
 
+/// Per key, the (count, sum) of each of its output lines.
+type Lines = BTreeMap<String, Vec<(i64, i128)>>;
+
 /// Every committed `key,count,sum` line, by key.
-fn committed(
-    output: &Path,
-) -> Result<BTreeMap<String, Vec<(i64, i128)>>, Box<dyn std::error::Error>> {
-    let mut lines: BTreeMap<String, Vec<(i64, i128)>> = BTreeMap::new();
+fn committed(output: &Path) -> Result<Lines, Box<dyn std::error::Error>> {
+    let mut lines = Lines::new();
     for entry in std::fs::read_dir(output)? {
         let path = entry?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());

@@ -55,7 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let event = format!("e{i};").into_bytes();
             batch.merge(events.id(), &user(i * 7), &event)?;
             events_model.entry(user(i * 7)).or_default().extend(event);
-            if i % 10 == 0 {
+            if i.is_multiple_of(10) {
                 batch.delete(profiles.id(), &user(i / 2))?;
                 profiles_model.remove(&user(i / 2));
             }
