@@ -4,12 +4,13 @@
 //! Usage: `cargo run --release --example lsm_phases -- [keys]` (default 100k; 16-byte keys,
 //! 100-byte values, zstd, 10-bit bloom, like `benches/lsm.rs`). `FLOWSTATE_MMAP_READS=1` reads
 //! SSTs through memory maps, `FLOWSTATE_CACHE_MB=n` sizes the block cache; peak and final RSS
-//! are printed at the end.
+//! are printed at the end. The hits of both read phases are checked against the keys the fill
+//! wrote (exits non-zero on a wrong count).
 
+use std::collections::HashSet;
 use std::path::Path;
 
-use flowstate::lsm::Compression;
-use flowstate::lsm::{Db, Options};
+use flowstate::lsm::{Compression, Db, Options};
 
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -34,6 +35,14 @@ fn value(i: u64) -> [u8; 100] {
         chunk.copy_from_slice(&r[..chunk.len()]);
     }
     v
+}
+
+/// How many reads of `phase_read(_, keys, salt)` find a key `phase_fill(_, keys)` wrote.
+fn expected_hits(keys: u64, salt: u64) -> usize {
+    let written: HashSet<u64> = (0..keys).map(|i| mix(i) % keys).collect();
+    (0..keys)
+        .filter(|&i| written.contains(&(mix(i ^ salt) % keys)))
+        .count()
 }
 
 #[inline(never)]
@@ -100,6 +109,8 @@ fn run(dir: &Path, keys: u64) {
          flush {flush:?}, sst reads {sst_read:?} ({sst_hits} hits); mmap reads {}",
         db.stats().block_cache_misses > 0 && std::env::var_os("FLOWSTATE_MMAP_READS").is_some()
     );
+    assert_eq!(memtable_hits, expected_hits(keys, 0x5555), "memtable reads");
+    assert_eq!(sst_hits, expected_hits(keys, 0xaaaa), "SST reads");
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     for line in status.lines() {
         if line.starts_with("VmHWM") || line.starts_with("RssAnon") || line.starts_with("RssFile") {

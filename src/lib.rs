@@ -14,6 +14,10 @@
 //! [`observe`] names the metrics every layer records through the `metrics` facade. See
 //! `ARCHITECTURE.md` and `FORMAT.md`.
 //!
+//! **Start with the [`guide`]**: choosing a backend, typed state, TTL, snapshot and restore,
+//! rescaling, the LSM store alone, checkpoints on object storage and the exactly-once engine,
+//! each with an example that runs.
+//!
 //! ```
 //! use flowstate::{KeyedState, MemoryBackend, BackendConfig};
 //!
@@ -39,6 +43,8 @@ pub mod error;
 pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
+#[doc = include_str!("../docs/guide.md")]
+pub mod guide {}
 mod hash;
 #[cfg(feature = "cli")]
 mod inspect;
@@ -51,14 +57,17 @@ pub mod state;
 pub mod ttl;
 pub mod verify;
 
+pub use backend::lsm::LsmBackendOptions;
 pub use backend::{
     BackendConfig, BackendKind, FsBackend, LsmBackend, MemoryBackend, SnapshotHandle, SnapshotTask,
     StateBackend, StateDescriptor, StateId, StateKind,
 };
+pub use checkpoint::storage::{CheckpointStorage, LocalDirStorage};
 pub use error::{Error, Result};
 pub use keys::KeyGroupRange;
 pub use state::{
-    AggregateFunction, AggregatingState, KeyedState, ListState, MapState, ReducingState, ValueState,
+    AggregateFunction, AggregatingState, KeyedState, ListState, MapState, ReducingState,
+    StateOptions, ValueState,
 };
 pub use ttl::{Clock, ManualClock, SystemClock, TtlConfig, UpdateType, Visibility};
 

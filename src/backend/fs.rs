@@ -43,8 +43,9 @@ pub const DEFAULT_KEY_GROUPS_PER_FILE: u16 = 1;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use flowstate::{BackendConfig, FsBackend, StateBackend, StateDescriptor, StateKind};
-/// use flowstate::checkpoint::storage::LocalDirStorage;
+/// use flowstate::{
+///     BackendConfig, FsBackend, LocalDirStorage, StateBackend, StateDescriptor, StateKind,
+/// };
 /// use flowstate::keys::{composite_key, key_group_for_key};
 ///
 /// let dir = tempfile::tempdir().unwrap();

@@ -118,7 +118,7 @@ impl std::fmt::Debug for CheckpointObserver {
 }
 
 impl JobConfig {
-    /// A config with default checkpointing, restarts, parallelism 1 and the fs backend.
+    /// A config with default checkpointing, restarts, parallelism 1 and the LSM backend.
     pub fn new(
         input: impl Into<PathBuf>,
         output: impl Into<PathBuf>,

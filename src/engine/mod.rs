@@ -2,8 +2,9 @@
 //! two-phase file sinks, checkpointed with aligned barriers and restarted from the latest
 //! completed checkpoint after any failure — exactly-once output through crashes.
 //!
-//! [`job::run_job`] runs the reference job behind `flowstate run` (see `cli`, feature `cli`); the pieces
-//! (gate, aligner, coordinator, sink, store) are usable and tested on their own.
+//! [`run_job`] runs the reference job behind `flowstate run` (see `cli`, feature `cli`) as
+//! configured by a [`JobConfig`]; the last section of [the guide](crate::guide) shows a run. The
+//! pieces (gate, aligner, coordinator, sink, store) are internal and tested on their own.
 
 pub(crate) mod alignment;
 #[cfg(feature = "cli")]
@@ -129,8 +130,11 @@ impl std::str::FromStr for BackendChoice {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        Self::parse(s)
-            .ok_or_else(|| Error::invalid(format!("unknown backend '{s}' (expected memory or fs)")))
+        Self::parse(s).ok_or_else(|| {
+            Error::invalid(format!(
+                "unknown backend '{s}' (expected memory, fs or lsm)"
+            ))
+        })
     }
 }
 

@@ -219,9 +219,10 @@ impl CompactionFilter for TtlCompactionFilter {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use flowstate::{BackendConfig, LsmBackend, StateBackend, StateDescriptor, StateKind};
-/// use flowstate::backend::lsm::LsmBackendOptions;
-/// use flowstate::checkpoint::storage::LocalDirStorage;
+/// use flowstate::{
+///     BackendConfig, LocalDirStorage, LsmBackend, LsmBackendOptions, StateBackend,
+///     StateDescriptor, StateKind,
+/// };
 /// use flowstate::keys::{composite_key, key_group_for_key};
 ///
 /// let dir = tempfile::tempdir().unwrap();
