@@ -200,7 +200,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let states = States::register(&keyed)?;
     check(&keyed, &states, &expected);
 
-    // Merging windows: a session over windows 0..=4 of one user.
+    // Merging windows: windows 0..=4 of one user into window 100.
     let user = "user-7";
     keyed.set_current_key(user)?;
     let sources: Vec<u64> = (0..5).collect();
