@@ -126,15 +126,20 @@ fn list_add(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let keyed = keyed();
-                let state: ListState<u64> = keyed.list_state("l").expect("register");
-                (keyed, state)
+                keyed.list_state::<u64>("l").expect("register");
+                keyed
             },
-            |(keyed, state)| {
-                for key in 0..KEYS {
-                    keyed.set_current_key(&key).expect("own key group");
-                    state.add(&key).expect("add");
+            |keyed| {
+                {
+                    // A handle borrows its keyed state; the setup's registration makes this a
+                    // lookup.
+                    let state: ListState<u64> = keyed.list_state("l").expect("register");
+                    for key in 0..KEYS {
+                        keyed.set_current_key(&key).expect("own key group");
+                        state.add(&key).expect("add");
+                    }
                 }
-                (keyed, state)
+                keyed
             },
             BatchSize::PerIteration,
         )

@@ -184,6 +184,15 @@ macro_rules! delegate_to_heap_store {
             self.$field.scan_prefix(state, prefix)
         }
 
+        fn scan_prefix_after(
+            &mut self,
+            state: $crate::backend::StateId,
+            prefix: &[u8],
+            after: &[u8],
+        ) -> $crate::error::Result<$crate::backend::EntryIter<'_>> {
+            self.$field.scan_prefix_after(state, prefix, after)
+        }
+
         fn delete_prefix(
             &mut self,
             state: $crate::backend::StateId,
@@ -334,24 +343,45 @@ impl HeapStore {
     /// See [`super::StateBackend::scan_prefix`].
     ///
     /// A prefix that is a whole (key group, key, namespace) — a map of a `MapState`, or one key's
-    /// entry — costs O(log n + matches) through the table's user-key index. Any other prefix
-    /// (empty, key group only, part of a key) sorts one key group's matching entries at a time:
-    /// O(entries of the key groups the prefix can reach), the price of O(1) point access.
+    /// entry — costs O(log n) to start and O(1) per entry through the table's user-key index,
+    /// and the entries are produced as they are read. Any other prefix (empty, key group only,
+    /// part of a key) sorts one key group's matching entries at a time: O(entries of the key
+    /// groups the prefix can reach), the price of O(1) point access.
     pub fn scan_prefix(&mut self, id: StateId, prefix: &[u8]) -> Result<EntryIter<'_>> {
+        // Composite keys are never empty (the range check wants a key group): every one sorts
+        // after the empty key.
+        self.scan_prefix_after(id, prefix, &[])
+    }
+
+    /// See [`super::StateBackend::scan_prefix_after`]; costs as [`HeapStore::scan_prefix`], with
+    /// the start found in O(log n) for a whole (key group, key, namespace) prefix, and in the key
+    /// group of `after` otherwise (earlier key groups are skipped).
+    pub fn scan_prefix_after(
+        &mut self,
+        id: StateId,
+        prefix: &[u8],
+        after: &[u8],
+    ) -> Result<EntryIter<'_>> {
         let table = &self.state(id)?.table;
-        if let Some(entries) = table.sorted_under(prefix) {
-            let iter = entries
-                .into_iter()
-                .map(|(k, v)| Ok((k.to_vec(), v.to_vec())));
+        if let Some(entries) = table.sorted_under_after(prefix, after) {
+            let iter = entries.map(|(k, v)| Ok((k.to_vec(), v.to_vec())));
             return Ok(Box::new(iter));
         }
         let prefix = prefix.to_vec();
-        let iter = table.groups_for_prefix(&prefix).flat_map(move |key_group| {
-            table
-                .sorted_group(key_group, &prefix)
-                .into_iter()
-                .map(|(k, v)| Ok((k.to_vec(), v.to_vec())))
-        });
+        let after = after.to_vec();
+        // A key group whose two bytes sort before the start of `after` holds only keys before
+        // it; one that sorts after holds only keys after it.
+        let start = after.get(..2).unwrap_or(&after).to_vec();
+        let iter = table
+            .groups_for_prefix(&prefix)
+            .filter(move |key_group| key_group.to_be_bytes().as_slice() >= start.as_slice())
+            .flat_map(move |key_group| {
+                let mut entries = table.sorted_group(key_group, &prefix);
+                entries.retain(|(k, _)| k.as_ref() > after.as_slice());
+                entries
+                    .into_iter()
+                    .map(|(k, v)| Ok((k.to_vec(), v.to_vec())))
+            });
         Ok(Box::new(iter))
     }
 

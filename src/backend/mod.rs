@@ -197,6 +197,27 @@ pub trait StateBackend: Send {
     /// iterates the whole state.
     fn scan_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<EntryIter<'_>>;
 
+    /// The entries of `state` whose key starts with `prefix` and sorts after `after` (byte
+    /// order), in key order: [`StateBackend::scan_prefix`] resumed after the last key a caller
+    /// has seen. A long scan can so go in bounded chunks, one call each, releasing the backend
+    /// in between (the typed map iterators do). `after` need not be a stored key, nor start
+    /// with `prefix`.
+    ///
+    /// The default skips the entries of [`StateBackend::scan_prefix`] up to `after`, which
+    /// costs them on every call; backends that can seek override it (all of this crate's do).
+    fn scan_prefix_after(
+        &mut self,
+        state: StateId,
+        prefix: &[u8],
+        after: &[u8],
+    ) -> Result<EntryIter<'_>> {
+        let after = after.to_vec();
+        let entries = self.scan_prefix(state, prefix)?;
+        Ok(Box::new(entries.skip_while(
+            move |entry| matches!(entry, Ok((key, _)) if key.as_slice() <= after.as_slice()),
+        )))
+    }
+
     /// Removes every entry of `state` whose key starts with `prefix`.
     fn delete_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<()>;
 

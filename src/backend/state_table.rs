@@ -135,20 +135,37 @@ impl KeyGroupTable {
     /// The keys that start with `prefix`, in key order, when `prefix` decodes as a composite
     /// key (`primary` is its primary length): O(log n + matches). The key equal to the primary
     /// part (empty user key) sorts first.
-    fn keys_under<'a>(&'a self, prefix: &'a [u8], primary: usize) -> Vec<&'a EntryKey> {
-        let mut keys = Vec::new();
-        if primary == prefix.len()
-            && let Some((key, _)) = self.entries.get_key_value(prefix)
-        {
-            keys.push(key);
-        }
-        if let Some(set) = prefix.get(..primary).and_then(|p| self.user_keys.get(p)) {
-            keys.extend(
-                set.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
-                    .take_while(|k| k.starts_with(prefix)),
-            );
-        }
-        keys
+    fn keys_under<'a>(&'a self, prefix: &[u8], primary: usize) -> Vec<&'a EntryKey> {
+        self.keys_under_after(prefix, primary, &[]).collect()
+    }
+
+    /// The keys that start with `prefix` and sort after `after`, in key order, when `prefix`
+    /// decodes as a composite key (`primary` is its primary length), lazily: O(log n) to start,
+    /// then O(1) per key (amortized).
+    fn keys_under_after<'a>(
+        &'a self,
+        prefix: &[u8],
+        primary: usize,
+        after: &[u8],
+    ) -> impl Iterator<Item = &'a EntryKey> + use<'a> {
+        // The key equal to the primary part has no user key: it is in `entries` only.
+        let own = (primary == prefix.len() && prefix > after)
+            .then(|| self.entries.get_key_value(prefix).map(|(key, _)| key))
+            .flatten();
+        let lower = if after < prefix {
+            Bound::Included(prefix)
+        } else {
+            Bound::Excluded(after)
+        };
+        let owned_prefix = prefix.to_vec();
+        let indexed = prefix
+            .get(..primary)
+            .and_then(|p| self.user_keys.get(p))
+            .map(|set| set.range::<[u8], _>((lower, Bound::Unbounded)))
+            .into_iter()
+            .flatten()
+            .take_while(move |key| key.starts_with(&owned_prefix));
+        own.into_iter().chain(indexed)
     }
 }
 
@@ -320,17 +337,31 @@ impl StateTable {
 
     /// The entries whose key starts with `prefix`, in key order, when `prefix` decodes as a
     /// composite key (see [`StateTable::remove_prefix`]): O(log n + matches). `None` for any
-    /// other prefix (use [`StateTable::groups_for_prefix`] and [`StateTable::sorted_group`]).
+    /// other prefix.
+    #[cfg(test)]
     pub fn sorted_under(&self, prefix: &[u8]) -> Option<Vec<SharedEntry<'_>>> {
+        // Composite keys are never empty: every one sorts after the empty key.
+        self.sorted_under_after(prefix, &[]).map(Iterator::collect)
+    }
+
+    /// The entries whose key starts with `prefix` and sorts after `after`, in key order,
+    /// lazily, when `prefix` decodes as a composite key: O(log n) to start, then O(1) per entry.
+    /// `None` for any other prefix (use [`StateTable::groups_for_prefix`] and
+    /// [`StateTable::sorted_group`]).
+    pub fn sorted_under_after<'a>(
+        &'a self,
+        prefix: &[u8],
+        after: &[u8],
+    ) -> Option<impl Iterator<Item = SharedEntry<'a>> + use<'a>> {
         let primary = primary_len(prefix)?;
-        let Some(group) = self.slot(prefix).and_then(|slot| self.groups.get(slot)) else {
-            return Some(Vec::new());
-        };
-        let entries = group
-            .keys_under(prefix, primary)
-            .into_iter()
-            .filter_map(|key| group.entries.get_key_value(key.as_ref()))
-            .collect();
+        let group: Option<&'a KeyGroupTable> = self
+            .slot(prefix)
+            .and_then(|slot| self.groups.get(slot))
+            .map(|group| group.as_ref());
+        let keys = group.map(|group| (group, group.keys_under_after(prefix, primary, after)));
+        let entries = keys.into_iter().flat_map(|(group, keys)| {
+            keys.filter_map(move |key| group.entries.get_key_value(key.as_ref()))
+        });
         Some(entries)
     }
 

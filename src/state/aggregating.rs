@@ -24,13 +24,13 @@ pub trait AggregateFunction<IN, ACC, OUT>: Send + Sync {
 
 /// An accumulator per key and namespace (Flink's `AggregatingState`): `add` folds an input in,
 /// `get` returns the function's result.
-pub struct AggregatingState<IN, ACC, OUT> {
-    handle: Handle<ACC>,
+pub struct AggregatingState<'k, IN, ACC, OUT> {
+    handle: Handle<'k, ACC>,
     function: Arc<dyn AggregateFunction<IN, ACC, OUT>>,
     _types: PhantomData<fn(IN) -> OUT>,
 }
 
-impl<IN, ACC, OUT> Clone for AggregatingState<IN, ACC, OUT> {
+impl<IN, ACC, OUT> Clone for AggregatingState<'_, IN, ACC, OUT> {
     fn clone(&self) -> Self {
         AggregatingState {
             handle: self.handle.clone(),
@@ -40,12 +40,12 @@ impl<IN, ACC, OUT> Clone for AggregatingState<IN, ACC, OUT> {
     }
 }
 
-impl<IN, ACC, OUT> AggregatingState<IN, ACC, OUT>
+impl<'k, IN, ACC, OUT> AggregatingState<'k, IN, ACC, OUT>
 where
     ACC: Serialize + DeserializeOwned,
 {
     pub(crate) fn new(
-        handle: Handle<ACC>,
+        handle: Handle<'k, ACC>,
         function: Arc<dyn AggregateFunction<IN, ACC, OUT>>,
     ) -> Self {
         AggregatingState {
@@ -64,7 +64,7 @@ where
 
     /// Folds `value` into the accumulator of the current key and namespace.
     pub fn add(&self, value: IN) -> Result<()> {
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let key = ctx.composite(&[])?;
         let ttl_config = self.handle.ttl.as_ref();
         let acc = match ttl::get(&mut ctx, self.handle.id, ttl_config, &key)? {
@@ -78,7 +78,7 @@ where
     /// Merges the accumulators of `sources` namespaces into `target` (window merging); the
     /// sources are cleared.
     pub fn merge_namespaces<N: Serialize>(&self, target: &N, sources: &[N]) -> Result<()> {
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let ttl_config = self.handle.ttl.as_ref();
         let saved = ctx.namespace.clone();
         let result = (|| {
@@ -116,13 +116,13 @@ where
 
     /// Removes the accumulator of the current key and namespace.
     pub fn clear(&self) -> Result<()> {
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let key = ctx.composite(&[])?;
         ctx.backend.delete(self.handle.id, &key)
     }
 
     fn accumulator(&self) -> Result<Option<ACC>> {
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let key = ctx.composite(&[])?;
         ttl::get(&mut ctx, self.handle.id, self.handle.ttl.as_ref(), &key)?
             .map(|bytes| from_bytes(&bytes))

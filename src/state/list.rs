@@ -9,11 +9,11 @@ use crate::error::Result;
 /// A list of `T` per key and namespace (Flink's `ListState`). `add` appends through
 /// [`crate::StateBackend::merge`], so backends with a merge operator never read the old list.
 /// With TTL, every element expires on its own.
-pub struct ListState<T> {
-    handle: Handle<T>,
+pub struct ListState<'k, T> {
+    handle: Handle<'k, T>,
 }
 
-impl<T> Clone for ListState<T> {
+impl<T> Clone for ListState<'_, T> {
     fn clone(&self) -> Self {
         ListState {
             handle: self.handle.clone(),
@@ -21,14 +21,14 @@ impl<T> Clone for ListState<T> {
     }
 }
 
-impl<T: Serialize + DeserializeOwned> ListState<T> {
-    pub(crate) fn new(handle: Handle<T>) -> Self {
+impl<'k, T: Serialize + DeserializeOwned> ListState<'k, T> {
+    pub(crate) fn new(handle: Handle<'k, T>) -> Self {
         ListState { handle }
     }
 
     /// The elements of the current key and namespace in insertion order; empty when unset.
     pub fn get(&self) -> Result<Vec<T>> {
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let key = ctx.composite(&[])?;
         let elements = ttl::get_list(&mut ctx, self.handle.id, self.handle.ttl.as_ref(), &key)?;
         elements
@@ -48,7 +48,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
         if values.is_empty() {
             return Ok(());
         }
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let key = ctx.composite(&[])?;
         let operand = self.encode(&ctx, values)?;
         ctx.backend.merge(self.handle.id, &key, &operand)
@@ -56,7 +56,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
 
     /// Replaces the list with `values`; an empty slice clears it.
     pub fn update(&self, values: &[T]) -> Result<()> {
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let key = ctx.composite(&[])?;
         if values.is_empty() {
             return ctx.backend.delete(self.handle.id, &key);
@@ -67,7 +67,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
 
     /// Removes the list of the current key and namespace.
     pub fn clear(&self) -> Result<()> {
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let key = ctx.composite(&[])?;
         ctx.backend.delete(self.handle.id, &key)
     }

@@ -10,11 +10,11 @@ use crate::error::Result;
 /// backend entry (the map key is the composite key's user key), so a `get` or `put` touches one
 /// entry; iteration is a prefix scan, in the order of the serialized map keys' bytes. With TTL,
 /// every entry expires on its own.
-pub struct MapState<K, V> {
-    handle: Handle<(K, V)>,
+pub struct MapState<'k, K, V> {
+    handle: Handle<'k, (K, V)>,
 }
 
-impl<K, V> Clone for MapState<K, V> {
+impl<K, V> Clone for MapState<'_, K, V> {
     fn clone(&self) -> Self {
         MapState {
             handle: self.handle.clone(),
@@ -22,19 +22,19 @@ impl<K, V> Clone for MapState<K, V> {
     }
 }
 
-impl<K, V> MapState<K, V>
+impl<'k, K, V> MapState<'k, K, V>
 where
     K: Serialize + DeserializeOwned,
     V: Serialize + DeserializeOwned,
 {
-    pub(crate) fn new(handle: Handle<(K, V)>) -> Self {
+    pub(crate) fn new(handle: Handle<'k, (K, V)>) -> Self {
         MapState { handle }
     }
 
     /// The value under `map_key`, if any.
     pub fn get(&self, map_key: &K) -> Result<Option<V>> {
         let user_key = to_bytes(map_key)?;
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let key = ctx.composite(&user_key)?;
         ttl::get(&mut ctx, self.handle.id, self.handle.ttl.as_ref(), &key)?
             .map(|bytes| from_bytes(&bytes))
@@ -45,7 +45,7 @@ where
     pub fn put(&self, map_key: &K, value: &V) -> Result<()> {
         let user_key = to_bytes(map_key)?;
         let payload = to_bytes(value)?;
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let key = ctx.composite(&user_key)?;
         ttl::put(
             &mut ctx,
@@ -71,7 +71,7 @@ where
     /// Removes `map_key`.
     pub fn remove(&self, map_key: &K) -> Result<()> {
         let user_key = to_bytes(map_key)?;
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let key = ctx.composite(&user_key)?;
         ctx.backend.delete(self.handle.id, &key)
     }
@@ -106,13 +106,13 @@ where
 
     /// Removes every entry of the current key and namespace.
     pub fn clear(&self) -> Result<()> {
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let prefix = ctx.composite(&[])?;
         ctx.backend.delete_prefix(self.handle.id, &prefix)
     }
 
     fn entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let prefix = ctx.composite(&[])?;
         ttl::scan(&mut ctx, self.handle.id, self.handle.ttl.as_ref(), &prefix)
     }

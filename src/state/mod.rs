@@ -1,10 +1,11 @@
 //! Typed keyed state over any [`StateBackend`]: the API user functions program against.
 //!
 //! [`KeyedState`] owns the backend and the current key and namespace; state handles
-//! ([`ValueState`], [`ListState`], [`MapState`], [`ReducingState`], [`AggregatingState`]) are
-//! cheap clones that read and write under the current key and namespace. Keys, namespaces, values
-//! and map keys are serialized with postcard. TTL (see [`crate::TtlConfig`]) wraps every value, list element
-//! and map entry in a timestamp envelope.
+//! ([`ValueState`], [`ListState`], [`MapState`], [`ReducingState`], [`AggregatingState`]) borrow
+//! it and read and write under its current key and namespace. A keyed state and its handles
+//! belong to one thread (see [`KeyedState`] for what may cross threads). Keys, namespaces, values
+//! and map keys are serialized with postcard. TTL (see [`crate::TtlConfig`]) wraps every value,
+//! list element and map entry in a timestamp envelope.
 
 mod aggregating;
 mod list;
@@ -14,10 +15,10 @@ pub(crate) mod ttl;
 mod value;
 
 use std::any::type_name;
+use std::cell::{Cell, RefCell, RefMut};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, MutexGuard};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -90,8 +91,6 @@ impl From<String> for StateOptions {
 
 pub(crate) struct Context {
     backend: Box<dyn StateBackend>,
-    /// The key group of the current key, if one is set.
-    current_key_group: Option<u16>,
     /// Serialized current namespace (empty bytes: the default namespace).
     namespace: Vec<u8>,
     /// The composite key of the current key and namespace (no user key), kept in step with
@@ -114,7 +113,6 @@ impl Context {
 
     /// Makes `key` (serialized, of `key_group`) the current key: encodes `prefix` anew.
     fn set_key(&mut self, key_group: u16, key: &[u8]) {
-        self.current_key_group = Some(key_group);
         // The layout of `keys::encode_composite_key`, with no user key (FORMAT.md §2.2).
         self.prefix.clear();
         self.prefix.extend_from_slice(&key_group.to_be_bytes());
@@ -131,14 +129,13 @@ impl Context {
 
     /// Unsets the current key.
     fn clear_key(&mut self) {
-        self.current_key_group = None;
         self.prefix.clear();
         self.key_end = 0;
     }
 
     fn set_namespace_bytes(&mut self, namespace: Vec<u8>) {
         self.namespace = namespace;
-        if self.current_key_group.is_some() {
+        if !self.prefix.is_empty() {
             self.prefix.truncate(self.key_end);
             put_varint32(&mut self.prefix, self.namespace.len() as u32);
             self.prefix.extend_from_slice(&self.namespace);
@@ -190,19 +187,140 @@ impl Context {
 
 /// Keyed state of one task: a backend, the current key and the current namespace.
 ///
-/// Cloning is cheap and shares everything. Handles created from it see the key and namespace set
-/// last. See the crate docs for an example.
-#[derive(Clone)]
+/// State handles ([`ValueState`], [`ListState`], [`MapState`], [`ReducingState`],
+/// [`AggregatingState`]) borrow the keyed state they are made from and read and write under its
+/// current key and namespace, the ones set last:
+///
+/// ```
+/// use flowstate::{BackendConfig, KeyedState, MemoryBackend};
+///
+/// let keyed = KeyedState::new(MemoryBackend::new(BackendConfig::default()));
+/// let count = keyed.value_state::<u64>("count")?;
+/// let also_count = count.clone(); // another handle, same key
+/// keyed.set_current_key("alice")?;
+/// count.update(&1)?;
+/// keyed.set_current_key("bob")?;
+/// also_count.update(&2)?;
+/// keyed.set_current_key("alice")?;
+/// assert_eq!(also_count.value()?, Some(1));
+/// # Ok::<(), flowstate::Error>(())
+/// ```
+///
+/// # Threads
+///
+/// There is one current key and namespace per keyed state, shared by all its handles: were a
+/// handle on one thread to `update` while another thread set another key, the value would land
+/// under whichever key was set last. The types keep a keyed state and every handle sharing its
+/// key on one thread, so that this cannot be written:
+///
+/// - `KeyedState` is [`Send`]: it may be created (and restored) on one thread and moved to the
+///   thread that runs its task, as long as no handle of it exists. Handles borrow it, so it
+///   cannot move while one does.
+/// - `KeyedState` is neither [`Sync`] nor [`Clone`]: no second thread can reach it.
+/// - Handles (and the iterators of [`MapState`]) are neither `Send` nor `Sync`: they stay on
+///   the thread that made them, and live no longer than their keyed state.
+/// - The asynchronous part of a snapshot ([`KeyedState::snapshot`]) holds no key; it is `Send`
+///   and may run on any thread.
+///
+/// To use state from several threads, give each thread its own `KeyedState` over its own
+/// backend owning its own key groups, as the engine does with one per operator task.
+///
+/// Moving a keyed state to its task thread, then making handles there:
+///
+/// ```
+/// use flowstate::{BackendConfig, KeyedState, MemoryBackend};
+///
+/// let keyed = KeyedState::new(MemoryBackend::new(BackendConfig::default()));
+/// let task = std::thread::spawn(move || -> flowstate::Result<Option<u64>> {
+///     let count = keyed.value_state::<u64>("count")?;
+///     keyed.set_current_key("alice")?;
+///     count.update_with(|c| c.unwrap_or(0) + 1)?;
+///     count.value()
+/// });
+/// assert_eq!(task.join().expect("task thread")?, Some(1));
+/// # Ok::<(), flowstate::Error>(())
+/// ```
+///
+/// A handle cannot be sent to another thread:
+///
+/// ```compile_fail,E0277
+/// use flowstate::{BackendConfig, KeyedState, MemoryBackend};
+///
+/// let keyed = KeyedState::new(MemoryBackend::new(BackendConfig::default()));
+/// let count = keyed.value_state::<u64>("count").unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(move || count.update(&1));
+/// });
+/// ```
+///
+/// nor shared with one:
+///
+/// ```compile_fail,E0277
+/// use flowstate::{BackendConfig, KeyedState, MemoryBackend};
+///
+/// let keyed = KeyedState::new(MemoryBackend::new(BackendConfig::default()));
+/// let count = keyed.value_state::<u64>("count").unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(|| count.update(&1));
+///     keyed.set_current_key("bob").unwrap();
+/// });
+/// ```
+///
+/// A keyed state cannot be shared with another thread:
+///
+/// ```compile_fail,E0277
+/// use flowstate::{BackendConfig, KeyedState, MemoryBackend};
+///
+/// let keyed = KeyedState::new(MemoryBackend::new(BackendConfig::default()));
+/// std::thread::scope(|s| {
+///     s.spawn(|| keyed.set_current_key("a"));
+///     keyed.set_current_key("b").unwrap();
+/// });
+/// ```
+///
+/// nor cloned:
+///
+/// ```compile_fail,E0599
+/// use flowstate::{BackendConfig, KeyedState, MemoryBackend};
+///
+/// let keyed = KeyedState::new(MemoryBackend::new(BackendConfig::default()));
+/// let other = keyed.clone();
+/// ```
+///
+/// nor moved to another thread while a handle of it is in use:
+///
+/// ```compile_fail,E0505
+/// use flowstate::{BackendConfig, KeyedState, MemoryBackend};
+///
+/// let keyed = KeyedState::new(MemoryBackend::new(BackendConfig::default()));
+/// let count = keyed.value_state::<u64>("count").unwrap();
+/// let task = std::thread::spawn(move || keyed.set_current_key("a"));
+/// count.update(&1).unwrap();
+/// ```
+///
+/// # Re-entrant calls
+///
+/// A call into the keyed state or its handles while one is already running on the same thread
+/// (from inside the function given to [`ValueState::update_with`], a reduce or aggregate
+/// function, or [`KeyedState::with_backend`]) is refused with [`Error::InvalidArgument`]; it
+/// neither blocks nor panics.
 pub struct KeyedState {
-    context: Arc<Mutex<Context>>,
+    context: RefCell<Context>,
+    /// The key group of the current key, if one is set (kept beside `context` so that
+    /// [`KeyedState::current_key_group`] needs no access to it).
+    current_key_group: Cell<Option<u16>>,
 }
 
 impl std::fmt::Debug for KeyedState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ctx = self.context.lock();
-        f.debug_struct("KeyedState")
-            .field("backend", &ctx.backend.kind())
-            .field("key_group_range", &ctx.backend.config().key_group_range)
+        let mut out = f.debug_struct("KeyedState");
+        match self.context.try_borrow() {
+            Ok(ctx) => out
+                .field("backend", &ctx.backend.kind())
+                .field("key_group_range", &ctx.backend.config().key_group_range),
+            Err(_) => out.field("backend", &"<in use>"),
+        };
+        out.field("current_key_group", &self.current_key_group.get())
             .finish()
     }
 }
@@ -216,16 +334,26 @@ impl KeyedState {
     /// Typed state over a boxed backend (when the kind is chosen at run time).
     pub fn from_boxed(backend: Box<dyn StateBackend>) -> Self {
         KeyedState {
-            context: Arc::new(Mutex::new(Context {
+            context: RefCell::new(Context {
                 backend,
-                current_key_group: None,
                 namespace: Vec::new(),
                 prefix: Vec::new(),
                 key_end: 0,
                 scratch: Vec::new(),
                 types: std::collections::HashMap::new(),
-            })),
+            }),
+            current_key_group: Cell::new(None),
         }
+    }
+
+    /// The context, or [`Error::InvalidArgument`] when a call on this thread is using it.
+    fn lock(&self) -> Result<RefMut<'_, Context>> {
+        self.context.try_borrow_mut().map_err(|_| {
+            Error::invalid(
+                "keyed state is in use: state was called from inside a function it runs \
+                 (update_with, a reduce or aggregate function, with_backend)",
+            )
+        })
     }
 
     /// Sets the key that state handles read and write. Its key group must be owned by the
@@ -237,10 +365,7 @@ impl KeyedState {
 
     /// Sets the current key from its serialized bytes.
     pub fn set_current_key_bytes(&self, key: &[u8]) -> Result<()> {
-        let key_group = {
-            let ctx = self.context.lock();
-            key_group_for_key(key, ctx.backend.config().max_parallelism)
-        };
+        let key_group = key_group_for_key(key, self.lock()?.backend.config().max_parallelism);
         self.set_current_key_bytes_in_group(key, key_group)
     }
 
@@ -248,12 +373,13 @@ impl KeyedState {
     /// already computed with [`key_group_for_key`] for this backend's max parallelism (a record
     /// router has: the hash is then computed once per record, not twice).
     pub fn set_current_key_bytes_in_group(&self, key: &[u8], key_group: u16) -> Result<()> {
-        let mut ctx = self.context.lock();
+        let mut ctx = self.lock()?;
         let config = ctx.backend.config();
         debug_assert_eq!(key_group, key_group_for_key(key, config.max_parallelism));
         if !config.key_group_range.contains(key_group) {
             let range = config.key_group_range;
             ctx.clear_key();
+            self.current_key_group.set(None);
             return Err(Error::KeyGroupOutOfRange {
                 key_group,
                 first: range.first(),
@@ -261,28 +387,30 @@ impl KeyedState {
             });
         }
         ctx.set_key(key_group, key);
+        self.current_key_group.set(Some(key_group));
         Ok(())
     }
 
     /// The key group of the current key, if one is set.
     pub fn current_key_group(&self) -> Option<u16> {
-        self.context.lock().current_key_group
+        self.current_key_group.get()
     }
 
     /// Sets the namespace (e.g. a window) that state handles read and write.
     pub fn set_current_namespace<N: Serialize + ?Sized>(&self, namespace: &N) -> Result<()> {
         let bytes = to_bytes(namespace)?;
-        self.context.lock().set_namespace_bytes(bytes);
+        self.lock()?.set_namespace_bytes(bytes);
         Ok(())
     }
 
     /// Goes back to the default (empty) namespace.
-    pub fn set_default_namespace(&self) {
-        self.context.lock().set_namespace_bytes(Vec::new());
+    pub fn set_default_namespace(&self) -> Result<()> {
+        self.lock()?.set_namespace_bytes(Vec::new());
+        Ok(())
     }
 
     /// A [`ValueState`].
-    pub fn value_state<T>(&self, options: impl Into<StateOptions>) -> Result<ValueState<T>>
+    pub fn value_state<T>(&self, options: impl Into<StateOptions>) -> Result<ValueState<'_, T>>
     where
         T: Serialize + DeserializeOwned,
     {
@@ -294,7 +422,7 @@ impl KeyedState {
     }
 
     /// A [`ListState`].
-    pub fn list_state<T>(&self, options: impl Into<StateOptions>) -> Result<ListState<T>>
+    pub fn list_state<T>(&self, options: impl Into<StateOptions>) -> Result<ListState<'_, T>>
     where
         T: Serialize + DeserializeOwned,
     {
@@ -306,7 +434,7 @@ impl KeyedState {
     }
 
     /// A [`MapState`].
-    pub fn map_state<K, V>(&self, options: impl Into<StateOptions>) -> Result<MapState<K, V>>
+    pub fn map_state<K, V>(&self, options: impl Into<StateOptions>) -> Result<MapState<'_, K, V>>
     where
         K: Serialize + DeserializeOwned,
         V: Serialize + DeserializeOwned,
@@ -324,7 +452,7 @@ impl KeyedState {
         &self,
         options: impl Into<StateOptions>,
         reduce: F,
-    ) -> Result<ReducingState<T>>
+    ) -> Result<ReducingState<'_, T>>
     where
         T: Serialize + DeserializeOwned,
         F: Fn(T, T) -> T + Send + Sync + 'static,
@@ -344,7 +472,7 @@ impl KeyedState {
         &self,
         options: impl Into<StateOptions>,
         function: impl AggregateFunction<IN, ACC, OUT> + 'static,
-    ) -> Result<AggregatingState<IN, ACC, OUT>>
+    ) -> Result<AggregatingState<'_, IN, ACC, OUT>>
     where
         ACC: Serialize + DeserializeOwned,
     {
@@ -364,9 +492,9 @@ impl KeyedState {
         options: StateOptions,
         kind: StateKind,
         types: String,
-    ) -> Result<Handle<T>> {
+    ) -> Result<Handle<'_, T>> {
         let descriptor = options.descriptor(kind);
-        let mut ctx = self.context.lock();
+        let mut ctx = self.lock()?;
         if let Some(existing) = ctx.types.get(&descriptor.name)
             && *existing != types
         {
@@ -380,7 +508,7 @@ impl KeyedState {
         ctx.types.insert(descriptor.name.clone(), types);
         drop(ctx);
         Ok(Handle {
-            context: self.context.clone(),
+            keyed: self,
             id,
             ttl: descriptor.ttl,
             _type: PhantomData,
@@ -390,7 +518,7 @@ impl KeyedState {
     /// Every distinct key (deserialized) that has an entry in state `name` under the current
     /// namespace, in composite-key order (Flink's `getKeys`).
     pub fn keys<K: DeserializeOwned>(&self, name: &str) -> Result<Vec<K>> {
-        let mut ctx = self.context.lock();
+        let mut ctx = self.lock()?;
         let id = ctx
             .backend
             .states()
@@ -414,13 +542,14 @@ impl KeyedState {
     }
 
     /// Runs `f` with the backend (for byte-level access, stats, or backend-specific calls).
-    pub fn with_backend<R>(&self, f: impl FnOnce(&mut dyn StateBackend) -> R) -> R {
-        f(self.context.lock().backend.as_mut())
+    /// `f` must not call this keyed state or its handles: such a call returns an error.
+    pub fn with_backend<R>(&self, f: impl FnOnce(&mut dyn StateBackend) -> R) -> Result<R> {
+        Ok(f(self.lock()?.backend.as_mut()))
     }
 
     /// The synchronous part of a snapshot; run the returned task (on any thread) to finish it.
     pub fn snapshot(&self, checkpoint_id: u64) -> Result<Box<dyn SnapshotTask>> {
-        self.context.lock().backend.snapshot(checkpoint_id)
+        self.lock()?.backend.snapshot(checkpoint_id)
     }
 
     /// Restores from `handles` into `key_group_range`; the current key is unset.
@@ -429,32 +558,32 @@ impl KeyedState {
         handles: &[SnapshotHandle],
         key_group_range: KeyGroupRange,
     ) -> Result<()> {
-        let mut ctx = self.context.lock();
+        let mut ctx = self.lock()?;
         ctx.clear_key();
+        self.current_key_group.set(None);
         ctx.backend.restore(handles, key_group_range)
     }
 
     /// Tells the backend a checkpoint completed.
     pub fn notify_checkpoint_complete(&self, checkpoint_id: u64) -> Result<()> {
-        self.context
-            .lock()
+        self.lock()?
             .backend
             .notify_checkpoint_complete(checkpoint_id)
     }
 }
 
-/// What every typed handle holds: the shared context, the state id and its TTL.
-pub(crate) struct Handle<T> {
-    context: Arc<Mutex<Context>>,
+/// What every typed handle holds: the keyed state it borrows, the state id and its TTL.
+pub(crate) struct Handle<'k, T> {
+    keyed: &'k KeyedState,
     id: StateId,
     ttl: Option<TtlConfig>,
     _type: PhantomData<fn() -> T>,
 }
 
-impl<T> Clone for Handle<T> {
+impl<T> Clone for Handle<'_, T> {
     fn clone(&self) -> Self {
         Handle {
-            context: self.context.clone(),
+            keyed: self.keyed,
             id: self.id,
             ttl: self.ttl,
             _type: PhantomData,
@@ -462,9 +591,10 @@ impl<T> Clone for Handle<T> {
     }
 }
 
-impl<T> Handle<T> {
-    fn lock(&self) -> MutexGuard<'_, Context> {
-        self.context.lock()
+impl<'k, T> Handle<'k, T> {
+    /// The context, or an error when a call on this thread is using it.
+    fn lock(&self) -> Result<RefMut<'k, Context>> {
+        self.keyed.lock()
     }
 }
 
@@ -474,4 +604,65 @@ pub(crate) fn to_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
 
 pub(crate) fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|e| Error::Serialization(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{BackendConfig, MemoryBackend};
+
+    fn keyed() -> KeyedState {
+        KeyedState::new(MemoryBackend::new(BackendConfig::default()))
+    }
+
+    #[test]
+    fn keyed_state_moves_to_its_task_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<KeyedState>();
+        let keyed = keyed();
+        keyed.value_state::<u32>("v").unwrap(); // registered, handle dropped
+        let value = std::thread::spawn(move || {
+            let v = keyed.value_state::<u32>("v").unwrap();
+            keyed.set_current_key("k").unwrap();
+            v.update(&3).unwrap();
+            v.value().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(value, Some(3));
+    }
+
+    #[test]
+    fn reentrant_calls_are_refused_not_blocked() {
+        let keyed = keyed();
+        let a = keyed.value_state::<u32>("a").unwrap();
+        let b = keyed.value_state::<u32>("b").unwrap();
+        keyed.set_current_key("k").unwrap();
+        let mut inner = None;
+        let new = a
+            .update_with(|old| {
+                inner = Some(b.value());
+                old.unwrap_or(0) + 1
+            })
+            .unwrap();
+        assert_eq!(new, 1);
+        assert!(matches!(inner, Some(Err(Error::InvalidArgument(_)))));
+        let nested = keyed
+            .with_backend(|_| {
+                (
+                    keyed.with_backend(|_| ()).is_err(),
+                    keyed.set_default_namespace().is_err(),
+                    keyed.current_key_group(),
+                    format!("{keyed:?}"),
+                )
+            })
+            .unwrap();
+        assert!(nested.0 && nested.1);
+        assert_eq!(nested.2, keyed.current_key_group());
+        assert!(nested.2.is_some());
+        assert!(nested.3.contains("<in use>"));
+        // Nothing is left borrowed.
+        assert_eq!(a.value().unwrap(), Some(1));
+        assert_eq!(b.value().unwrap(), None);
+    }
 }

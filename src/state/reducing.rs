@@ -13,12 +13,12 @@ pub type ReduceFn<T> = Arc<dyn Fn(T, T) -> T + Send + Sync>;
 
 /// One value per key and namespace; `add` folds a new value into it with the reduce function
 /// (Flink's `ReducingState`).
-pub struct ReducingState<T> {
-    handle: Handle<T>,
+pub struct ReducingState<'k, T> {
+    handle: Handle<'k, T>,
     reduce: ReduceFn<T>,
 }
 
-impl<T> Clone for ReducingState<T> {
+impl<T> Clone for ReducingState<'_, T> {
     fn clone(&self) -> Self {
         ReducingState {
             handle: self.handle.clone(),
@@ -27,14 +27,14 @@ impl<T> Clone for ReducingState<T> {
     }
 }
 
-impl<T: Serialize + DeserializeOwned> ReducingState<T> {
-    pub(crate) fn new(handle: Handle<T>, reduce: ReduceFn<T>) -> Self {
+impl<'k, T: Serialize + DeserializeOwned> ReducingState<'k, T> {
+    pub(crate) fn new(handle: Handle<'k, T>, reduce: ReduceFn<T>) -> Self {
         ReducingState { handle, reduce }
     }
 
     /// The reduced value of the current key and namespace, if any.
     pub fn get(&self) -> Result<Option<T>> {
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let key = ctx.composite(&[])?;
         ttl::get(&mut ctx, self.handle.id, self.handle.ttl.as_ref(), &key)?
             .map(|bytes| from_bytes(&bytes))
@@ -43,7 +43,7 @@ impl<T: Serialize + DeserializeOwned> ReducingState<T> {
 
     /// Folds `value` into the current value (or stores it when there is none).
     pub fn add(&self, value: T) -> Result<()> {
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let key = ctx.composite(&[])?;
         let ttl_config = self.handle.ttl.as_ref();
         let next = match ttl::get(&mut ctx, self.handle.id, ttl_config, &key)? {
@@ -61,7 +61,7 @@ impl<T: Serialize + DeserializeOwned> ReducingState<T> {
 
     /// Removes the value of the current key and namespace.
     pub fn clear(&self) -> Result<()> {
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let key = ctx.composite(&[])?;
         ctx.backend.delete(self.handle.id, &key)
     }

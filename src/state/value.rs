@@ -7,11 +7,11 @@ use super::{Handle, from_bytes, ttl};
 use crate::error::Result;
 
 /// One value of type `T` per key and namespace (Flink's `ValueState`).
-pub struct ValueState<T> {
-    handle: Handle<T>,
+pub struct ValueState<'k, T> {
+    handle: Handle<'k, T>,
 }
 
-impl<T> Clone for ValueState<T> {
+impl<T> Clone for ValueState<'_, T> {
     fn clone(&self) -> Self {
         ValueState {
             handle: self.handle.clone(),
@@ -19,15 +19,15 @@ impl<T> Clone for ValueState<T> {
     }
 }
 
-impl<T: Serialize + DeserializeOwned> ValueState<T> {
-    pub(crate) fn new(handle: Handle<T>) -> Self {
+impl<'k, T: Serialize + DeserializeOwned> ValueState<'k, T> {
+    pub(crate) fn new(handle: Handle<'k, T>) -> Self {
         ValueState { handle }
     }
 
     /// The value of the current key and namespace, if set (and not expired).
     #[inline]
     pub fn value(&self) -> Result<Option<T>> {
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let (id, ttl_config) = (self.handle.id, self.handle.ttl.as_ref());
         ctx.with_key(|ctx, key| ttl::get(ctx, id, ttl_config, key))?
             .map(|bytes| from_bytes(&bytes))
@@ -37,7 +37,7 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     /// Sets the value of the current key and namespace.
     #[inline]
     pub fn update(&self, value: &T) -> Result<()> {
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let (id, ttl_config) = (self.handle.id, self.handle.ttl.as_ref());
         ctx.with_serialized(value, |ctx, payload| {
             ctx.with_key(|ctx, key| ttl::put(ctx, id, ttl_config, key, payload))
@@ -65,14 +65,14 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     /// ```
     #[inline]
     pub fn update_with(&self, f: impl FnOnce(Option<T>) -> T) -> Result<T> {
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let (id, ttl_config) = (self.handle.id, self.handle.ttl.as_ref());
         ctx.with_key(|ctx, key| ttl::read_modify_write(ctx, id, ttl_config, key, f))
     }
 
     /// Removes the value of the current key and namespace.
     pub fn clear(&self) -> Result<()> {
-        let mut ctx = self.handle.lock();
+        let mut ctx = self.handle.lock()?;
         let key = ctx.composite(&[])?;
         ctx.backend.delete(self.handle.id, &key)
     }

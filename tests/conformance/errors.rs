@@ -99,26 +99,28 @@ pub fn incompatible_registration<F: BackendFactory>() {
             .map(drop),
     );
     // The same at byte level.
-    keyed.with_backend(|b| {
-        let d = StateDescriptor::new("v", StateKind::Value);
-        let id = b.register(&d).unwrap();
-        assert_eq!(b.register(&d).unwrap(), id);
-        for other in [
-            StateDescriptor::new("v", StateKind::Reducing),
-            d.clone().with_ttl(ttl),
-            d.clone().with_serializer("v2"),
-        ] {
-            assert!(matches!(
-                b.register(&other),
-                Err(Error::StateMismatch { .. })
-            ));
-        }
-        assert!(
-            b.register(&StateDescriptor::new("", StateKind::Value))
-                .is_err()
-        );
-        assert_eq!(b.states().len(), 2, "failed registrations register nothing");
-    });
+    keyed
+        .with_backend(|b| {
+            let d = StateDescriptor::new("v", StateKind::Value);
+            let id = b.register(&d).unwrap();
+            assert_eq!(b.register(&d).unwrap(), id);
+            for other in [
+                StateDescriptor::new("v", StateKind::Reducing),
+                d.clone().with_ttl(ttl),
+                d.clone().with_serializer("v2"),
+            ] {
+                assert!(matches!(
+                    b.register(&other),
+                    Err(Error::StateMismatch { .. })
+                ));
+            }
+            assert!(
+                b.register(&StateDescriptor::new("", StateKind::Value))
+                    .is_err()
+            );
+            assert_eq!(b.states().len(), 2, "failed registrations register nothing");
+        })
+        .unwrap();
     // A restore whose snapshot registered "v" differently is refused and changes nothing.
     let other = env.keyed_all();
     let v = other.list_state::<u32>("v").unwrap();
@@ -158,33 +160,35 @@ pub fn foreign_key_groups<F: BackendFactory>() {
     keyed.set_current_key(&own).unwrap();
     assert_eq!(value.value().unwrap(), Some(1));
 
-    keyed.with_backend(|b| {
-        let id = b
-            .register(&StateDescriptor::new("v", StateKind::Value))
-            .unwrap();
-        let (kg, bytes) = key_bytes(&foreign);
-        let key = composite_key(kg, &bytes, &[], &[]);
-        let out_of_range = |r: flowstate::Result<()>| match r {
-            Err(Error::KeyGroupOutOfRange { key_group, .. }) => assert_eq!(key_group, kg),
-            other => panic!("expected KeyGroupOutOfRange, got {other:?}"),
-        };
-        out_of_range(b.put(id, &key, b"x"));
-        out_of_range(b.merge(id, &key, b"x"));
-        out_of_range(b.get(id, &key).map(drop));
-        out_of_range(b.delete(id, &key));
-        let beyond = composite_key(MAX_PARALLELISM + 5, b"k", &[], &[]);
-        assert!(matches!(
-            b.put(id, &beyond, b"x"),
-            Err(Error::KeyGroupOutOfRange { .. })
-        ));
-        // Too short to hold a key group at all.
-        assert!(matches!(
-            b.put(id, &[0], b"x"),
-            Err(Error::InvalidArgument(_))
-        ));
-        assert!(matches!(b.get(id, &[]), Err(Error::InvalidArgument(_))));
-        assert_eq!(dump(b).len(), 1);
-    });
+    keyed
+        .with_backend(|b| {
+            let id = b
+                .register(&StateDescriptor::new("v", StateKind::Value))
+                .unwrap();
+            let (kg, bytes) = key_bytes(&foreign);
+            let key = composite_key(kg, &bytes, &[], &[]);
+            let out_of_range = |r: flowstate::Result<()>| match r {
+                Err(Error::KeyGroupOutOfRange { key_group, .. }) => assert_eq!(key_group, kg),
+                other => panic!("expected KeyGroupOutOfRange, got {other:?}"),
+            };
+            out_of_range(b.put(id, &key, b"x"));
+            out_of_range(b.merge(id, &key, b"x"));
+            out_of_range(b.get(id, &key).map(drop));
+            out_of_range(b.delete(id, &key));
+            let beyond = composite_key(MAX_PARALLELISM + 5, b"k", &[], &[]);
+            assert!(matches!(
+                b.put(id, &beyond, b"x"),
+                Err(Error::KeyGroupOutOfRange { .. })
+            ));
+            // Too short to hold a key group at all.
+            assert!(matches!(
+                b.put(id, &[0], b"x"),
+                Err(Error::InvalidArgument(_))
+            ));
+            assert!(matches!(b.get(id, &[]), Err(Error::InvalidArgument(_))));
+            assert_eq!(dump(b).len(), 1);
+        })
+        .unwrap();
 }
 
 pub fn unknown_state_id<F: BackendFactory>() {
@@ -217,7 +221,7 @@ pub fn bad_restore_handles<F: BackendFactory>() {
         value.update(&key).unwrap();
     }
     let handle = keyed.snapshot(1).unwrap().run().unwrap();
-    let kind = keyed.with_backend(|b| b.kind());
+    let kind = keyed.with_backend(|b| b.kind()).unwrap();
     value.update(&99).unwrap(); // so a restore that went through would show
     let before = dump_keyed(&keyed);
     let unchanged = |what: &str| assert_eq!(dump_keyed(&keyed), before, "{what} changed state");
@@ -315,20 +319,22 @@ pub fn garbage_values_are_errors<F: BackendFactory>() {
     keyed.set_current_key(&1u32).unwrap();
     let (kg, bytes) = key_bytes(&1u32);
     let key = composite_key(kg, &bytes, &[], &[]);
-    keyed.with_backend(|b| {
-        for (name, kind, garbage) in [
-            ("v", StateKind::Value, &[1u8, 2][..]),
-            ("l", StateKind::List, &[200, 1, 2][..]),
-            ("s", StateKind::Value, &[5, b'a'][..]),
-        ] {
-            let mut d = StateDescriptor::new(name, kind);
-            if name != "s" {
-                d = d.with_ttl(ttl);
+    keyed
+        .with_backend(|b| {
+            for (name, kind, garbage) in [
+                ("v", StateKind::Value, &[1u8, 2][..]),
+                ("l", StateKind::List, &[200, 1, 2][..]),
+                ("s", StateKind::Value, &[5, b'a'][..]),
+            ] {
+                let mut d = StateDescriptor::new(name, kind);
+                if name != "s" {
+                    d = d.with_ttl(ttl);
+                }
+                let id = b.register(&d).unwrap();
+                b.put(id, &key, garbage).unwrap();
             }
-            let id = b.register(&d).unwrap();
-            b.put(id, &key, garbage).unwrap();
-        }
-    });
+        })
+        .unwrap();
     assert!(value.value().unwrap_err().is_corruption());
     assert!(list.get().unwrap_err().is_corruption());
     assert!(matches!(plain.value(), Err(Error::Serialization(_))));

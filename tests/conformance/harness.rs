@@ -116,7 +116,7 @@ pub fn dump(backend: &mut dyn StateBackend) -> Contents {
 
 /// [`dump`] of the backend under typed state.
 pub fn dump_keyed(keyed: &KeyedState) -> Contents {
-    keyed.with_backend(dump)
+    keyed.with_backend(dump).unwrap()
 }
 
 /// Every entry of one state under `prefix`, in order (no TTL applied).
@@ -138,14 +138,16 @@ pub fn scan_state(
 
 /// Entries of the state called `name` (no TTL applied).
 pub fn scan_named(keyed: &KeyedState, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
-    keyed.with_backend(|b| {
-        let descriptor = b
-            .states()
-            .into_iter()
-            .find(|d| d.name == name)
-            .expect("state is registered");
-        scan_state(b, &descriptor, &[])
-    })
+    keyed
+        .with_backend(|b| {
+            let descriptor = b
+                .states()
+                .into_iter()
+                .find(|d| d.name == name)
+                .expect("state is registered");
+            scan_state(b, &descriptor, &[])
+        })
+        .unwrap()
 }
 
 /// The contents restricted to key groups in `range`.

@@ -1,6 +1,6 @@
 //! Model test: random operation sequences over several states, applied to a backend through the
 //! byte-level trait and to a `BTreeMap<(state, composite key), value>`, must give the same
-//! answers (every get, every prefix scan, and a full scan at the end). Keys span several key
+//! answers (every get, every prefix scan, resumed or not, and a full scan at the end). Keys span several key
 //! groups and namespaces; snapshots are taken and the latest one restored in between.
 
 use std::collections::BTreeMap;
@@ -77,6 +77,16 @@ pub enum Op {
         state: usize,
         at: Target,
         level: PrefixLevel,
+    },
+    /// `scan_prefix_after`, compared with the model: resumes after the first `cut` bytes of
+    /// `after`'s composite key (all of them when `cut` is longer), a key that may or may not
+    /// be stored or start with the prefix.
+    ScanAfter {
+        state: usize,
+        at: Target,
+        level: PrefixLevel,
+        after: Target,
+        cut: usize,
     },
     /// `delete_prefix`.
     DeletePrefix {
@@ -166,6 +176,8 @@ fn op() -> impl Strategy<Value = Op> {
             |(state, at, operand, fail)| Op::ReadModifyWrite { state, at, operand, fail }),
         8 => (state.clone(), target()).prop_map(|(state, at)| Op::Get { state, at }),
         3 => (state.clone(), target(), level()).prop_map(|(state, at, level)| Op::Scan { state, at, level }),
+        3 => (state.clone(), target(), level(), target(), 0usize..40).prop_map(
+            |(state, at, level, after, cut)| Op::ScanAfter { state, at, level, after, cut }),
         2 => (state, target(), level()).prop_map(|(state, at, level)| Op::DeletePrefix { state, at, level }),
         1 => Just(Op::Snapshot),
         1 => Just(Op::Restore),
@@ -204,6 +216,47 @@ fn backend_scan(
     backend
         .scan_prefix(id, prefix)
         .map_err(|e| TestCaseError::fail(format!("scan_prefix: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TestCaseError::fail(format!("scan entry: {e}")))
+}
+
+/// `prefix`'s entries read `chunk` at a time, each chunk one `scan_prefix_after` call that
+/// resumes after the last key of the one before (the first a `scan_prefix`).
+fn backend_scan_chunked(
+    backend: &mut dyn StateBackend,
+    id: StateId,
+    prefix: &[u8],
+    chunk: usize,
+) -> Result<Entries, TestCaseError> {
+    let mut out: Entries = Vec::new();
+    loop {
+        let before = out.len();
+        let entries = match out.last() {
+            None => backend.scan_prefix(id, prefix),
+            Some((last, _)) => {
+                let last = last.clone();
+                backend.scan_prefix_after(id, prefix, &last)
+            }
+        };
+        let entries = entries.map_err(|e| TestCaseError::fail(format!("scan: {e}")))?;
+        for entry in entries.take(chunk) {
+            out.push(entry.map_err(|e| TestCaseError::fail(format!("scan entry: {e}")))?);
+        }
+        if out.len() - before < chunk {
+            return Ok(out);
+        }
+    }
+}
+
+fn backend_scan_after(
+    backend: &mut dyn StateBackend,
+    id: StateId,
+    prefix: &[u8],
+    after: &[u8],
+) -> Result<Entries, TestCaseError> {
+    backend
+        .scan_prefix_after(id, prefix, after)
+        .map_err(|e| TestCaseError::fail(format!("scan_prefix_after: {e}")))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TestCaseError::fail(format!("scan entry: {e}")))
 }
@@ -288,12 +341,25 @@ pub fn run<F: BackendFactory>(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Scan { state, at, level } => {
                 let prefix = at.prefix(level);
                 let got = backend_scan(backend.as_mut(), ids[state], &prefix)?;
-                prop_assert_eq!(
-                    got,
-                    model_scan(&model, state, &prefix),
-                    "scan at step {}",
-                    step
-                );
+                let expected = model_scan(&model, state, &prefix);
+                prop_assert_eq!(&got, &expected, "scan at step {}", step);
+                let chunked = backend_scan_chunked(backend.as_mut(), ids[state], &prefix, 2)?;
+                prop_assert_eq!(chunked, expected, "chunked scan at step {}", step);
+            }
+            Op::ScanAfter {
+                state,
+                at,
+                level,
+                after,
+                cut,
+            } => {
+                let prefix = at.prefix(level);
+                let mut after = after.composite(state);
+                after.truncate(cut);
+                let got = backend_scan_after(backend.as_mut(), ids[state], &prefix, &after)?;
+                let mut expected = model_scan(&model, state, &prefix);
+                expected.retain(|(key, _)| *key > after);
+                prop_assert_eq!(got, expected, "scan after at step {}", step);
             }
             Op::DeletePrefix { state, at, level } => {
                 let prefix = at.prefix(level);
@@ -321,12 +387,10 @@ pub fn run<F: BackendFactory>(ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
     for (state, &id) in ids.iter().enumerate() {
         let got = backend_scan(backend.as_mut(), id, &[])?;
-        prop_assert_eq!(
-            got,
-            model_scan(&model, state, &[]),
-            "final scan of state {}",
-            state
-        );
+        let expected = model_scan(&model, state, &[]);
+        prop_assert_eq!(&got, &expected, "final scan of state {}", state);
+        let chunked = backend_scan_chunked(backend.as_mut(), id, &[], 3)?;
+        prop_assert_eq!(chunked, expected, "final chunked scan of state {}", state);
     }
     Ok(())
 }

@@ -34,7 +34,7 @@ fn populate(
         keyed.set_current_key(&key).unwrap();
         for ns in [None, Some("window-1")] {
             match ns {
-                None => keyed.set_default_namespace(),
+                None => keyed.set_default_namespace().unwrap(),
                 Some(ns) => keyed.set_current_namespace(ns).unwrap(),
             }
             value.update(&(key + round)).unwrap();
@@ -44,7 +44,7 @@ fn populate(
             avg.add(i64::from(round)).unwrap();
         }
     }
-    keyed.set_default_namespace();
+    keyed.set_default_namespace().unwrap();
 }
 
 /// Changes, removes and adds state everywhere.

@@ -217,7 +217,7 @@ fn fill_namespaces(keyed: &KeyedState) {
         keyed.set_current_key(&key).unwrap();
         for ns in 0..3u32 {
             if ns == 0 {
-                keyed.set_default_namespace();
+                keyed.set_default_namespace().unwrap();
             } else {
                 keyed.set_current_namespace(&ns).unwrap();
             }
@@ -244,7 +244,7 @@ pub fn namespaces_keep_state_apart<F: BackendFactory>() {
         keyed.set_current_key(&key).unwrap();
         for ns in 0..3u32 {
             if ns == 0 {
-                keyed.set_default_namespace();
+                keyed.set_default_namespace().unwrap();
             } else {
                 keyed.set_current_namespace(&ns).unwrap();
             }
@@ -266,7 +266,7 @@ pub fn namespaces_keep_state_apart<F: BackendFactory>() {
     keyed.set_current_namespace(&1u32).unwrap();
     assert_eq!(value.value().unwrap(), Some(11));
     assert_eq!(map.iter().unwrap(), [(1, 11)]);
-    keyed.set_default_namespace();
+    keyed.set_default_namespace().unwrap();
     assert_eq!(list.get().unwrap(), [10, 110]);
     keyed.set_current_namespace(&7u32).unwrap();
     assert_eq!(value.value().unwrap(), None, "an unused namespace is empty");
@@ -289,7 +289,7 @@ pub fn keys_lists_keys_of_a_state_in_a_namespace<F: BackendFactory>() {
             for user_key in 0..3 {
                 map.put(&user_key, &key).unwrap(); // several entries, one key
             }
-            keyed.set_default_namespace();
+            keyed.set_default_namespace().unwrap();
         }
     }
     let sorted = |mut v: Vec<u32>| {

@@ -275,12 +275,14 @@ pub fn update_with_on_garbage_is_an_error<F: BackendFactory>() {
     let state = keyed.value_state::<(u64, i128)>("v").unwrap();
     keyed.set_current_key("k").unwrap();
     let key = super::harness::composite_of("k");
-    keyed.with_backend(|b| {
-        let id = b
-            .register(&StateDescriptor::new("v", StateKind::Value))
-            .unwrap();
-        b.put(id, &key, &[0xff; 3]).unwrap();
-    });
+    keyed
+        .with_backend(|b| {
+            let id = b
+                .register(&StateDescriptor::new("v", StateKind::Value))
+                .unwrap();
+            b.put(id, &key, &[0xff; 3]).unwrap();
+        })
+        .unwrap();
     let mut called = false;
     assert!(
         state
@@ -291,11 +293,13 @@ pub fn update_with_on_garbage_is_an_error<F: BackendFactory>() {
             .is_err()
     );
     assert!(!called);
-    let stored = keyed.with_backend(|b| {
-        let id = b
-            .register(&StateDescriptor::new("v", StateKind::Value))
-            .unwrap();
-        b.get(id, &key).unwrap()
-    });
+    let stored = keyed
+        .with_backend(|b| {
+            let id = b
+                .register(&StateDescriptor::new("v", StateKind::Value))
+                .unwrap();
+            b.get(id, &key).unwrap()
+        })
+        .unwrap();
     assert_eq!(stored, Some(vec![0xff; 3]));
 }

@@ -644,6 +644,41 @@ impl StateBackend for LsmBackend {
         Ok(Box::new(iter.entries()))
     }
 
+    /// Seeks: the store's iterator starts at the first key after `after` (bounded below by
+    /// `prefix`), so each call costs O(log n) plus the entries it yields.
+    fn scan_prefix_after(
+        &mut self,
+        state: StateId,
+        prefix: &[u8],
+        after: &[u8],
+    ) -> Result<EntryIter<'_>> {
+        if self.cache.enabled() {
+            self.cache.settle(&self.db, &self.states, Some(state))?;
+        }
+        let cf = self.cf_of(state)?;
+        // The smallest key after `after` is `after` followed by a zero byte.
+        let lower = if after < prefix {
+            prefix.to_vec()
+        } else {
+            let mut lower = Vec::with_capacity(after.len() + 1);
+            lower.extend_from_slice(after);
+            lower.push(0);
+            lower
+        };
+        let upper = prefix_upper_bound(prefix);
+        if upper.as_ref().is_some_and(|upper| lower >= *upper) {
+            return Ok(Box::new(std::iter::empty()));
+        }
+        let options = ReadOptions {
+            snapshot: None,
+            lower_bound: Some(lower),
+            upper_bound: upper,
+        };
+        let mut iter = self.db.iter(cf, options)?;
+        iter.seek_to_first()?;
+        Ok(Box::new(iter.entries()))
+    }
+
     fn delete_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<()> {
         let cf = self.cf_of(state)?.clone();
         if self.cache.enabled() {
