@@ -116,7 +116,7 @@ fn check(tasks: &[KeyedState], parallelism: u16) -> flowstate::Result<()> {
                 n += 1;
             }
             Ok(n)
-        })?;
+        })??;
     }
     assert_eq!(entries, KEYS);
     Ok(())

@@ -67,18 +67,18 @@ struct Expected {
 }
 
 /// The job's states; `last_page` and `recent` expire an hour after their last write.
-struct States {
-    clicks: ValueState<u64>,
-    last_page: ValueState<String>,
-    recent: ListState<String>,
-    per_page: MapState<String, u32>,
-    slowest: ReducingState<u64>,
+struct States<'k> {
+    clicks: ValueState<'k, u64>,
+    last_page: ValueState<'k, String>,
+    recent: ListState<'k, String>,
+    per_page: MapState<'k, String, u32>,
+    slowest: ReducingState<'k, u64>,
     /// Per window (namespace): the mean latency.
-    latency: AggregatingState<u64, (u64, u64), f64>,
+    latency: AggregatingState<'k, u64, (u64, u64), f64>,
 }
 
-impl States {
-    fn register(keyed: &KeyedState) -> flowstate::Result<Self> {
+impl<'k> States<'k> {
+    fn register(keyed: &'k KeyedState) -> flowstate::Result<Self> {
         let ttl = TtlConfig::new(TTL);
         Ok(States {
             clicks: keyed.value_state("clicks")?,
@@ -128,7 +128,7 @@ fn process(keyed: &KeyedState, states: &States, expected: &mut BTreeMap<String, 
         states.slowest.add(c.latency_ms).expect("slowest");
         keyed.set_current_namespace(&c.window).expect("namespace");
         states.latency.add(c.latency_ms).expect("latency");
-        keyed.set_default_namespace();
+        keyed.set_default_namespace().expect("namespace");
     }
 }
 
@@ -167,7 +167,7 @@ fn check(keyed: &KeyedState, states: &States, expected: &BTreeMap<String, Expect
                 "{user} window {window}"
             );
         }
-        keyed.set_default_namespace();
+        keyed.set_default_namespace().expect("namespace");
     }
     let users: Vec<String> = keyed.keys("clicks").expect("keys");
     assert_eq!(users.len(), expected.len());
@@ -191,7 +191,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     check(&keyed, &states, &expected);
     keyed.snapshot(1)?.run()?;
     keyed.notify_checkpoint_complete(1)?;
-    drop((states, keyed));
+    drop(states);
+    drop(keyed);
 
     // A new backend, as after a crash: the newest completed checkpoint is restored.
     let mut backend = lsm_backend(config, &dir.path().join("work-2"), storage)?;
@@ -212,7 +213,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(states.latency.get()?, Some(sum as f64 / count as f64));
     keyed.set_current_namespace(&0u64)?;
     assert_eq!(states.latency.get()?, None);
-    keyed.set_default_namespace();
+    keyed.set_default_namespace()?;
 
     // An hour later, the TTL states are gone; the others stay.
     clock.advance(TTL.as_millis() as u64 + 1);
