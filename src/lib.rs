@@ -93,6 +93,20 @@ pub mod internals {
         crate::backend::fs::snapshot_handle(storage, metadata)
     }
 
+    /// [`MapState::iter`](crate::MapState::iter) reading `chunk` entries per backend call (at
+    /// least 1) instead of [`MAP_ITER_CHUNK`](crate::state::MAP_ITER_CHUNK): lets tests cross
+    /// many chunk boundaries with small maps.
+    pub fn map_iter_in_chunks<'k, K, V>(
+        map: &crate::MapState<'k, K, V>,
+        chunk: usize,
+    ) -> crate::Result<crate::state::MapIter<'k, K, V>>
+    where
+        K: serde::Serialize + serde::de::DeserializeOwned,
+        V: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        map.iter_in_chunks(chunk)
+    }
+
     /// Decodes a write batch as the WAL reader does (FORMAT.md §7.4): `Ok` if `bytes` is one.
     pub fn decode_write_batch(bytes: &[u8], file: &str, offset: u64) -> crate::Result<()> {
         crate::lsm::batch::WriteBatch::decode(bytes, file, offset).map(drop)

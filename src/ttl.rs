@@ -109,21 +109,30 @@ pub fn push_list_element(out: &mut Vec<u8>, element: &[u8]) {
 pub fn list_elements(bytes: &[u8]) -> Result<Vec<&[u8]>> {
     let mut out = Vec::new();
     let mut pos = 0usize;
-    while pos < bytes.len() {
-        let rest = bytes.get(pos..).unwrap_or_default();
-        let (len, used) = get_varint32(rest, "list value", pos as u64)?;
-        let body = rest.get(used..).unwrap_or_default();
-        let element = body.get(..len as usize).ok_or_else(|| {
-            Error::corruption(
-                "list value",
-                pos as u64,
-                format!("list element of {len} bytes but only {} left", body.len()),
-            )
-        })?;
+    while let Some((element, next)) = next_list_element(bytes, pos)? {
         out.push(element);
-        pos += used + len as usize;
+        pos = next;
     }
     Ok(out)
+}
+
+/// The element of the list value `bytes` whose frame starts at byte `pos`, and where the next
+/// frame starts; `None` at (or past) the end. Decodes one frame, so a list can be read element
+/// by element without splitting it first.
+pub fn next_list_element(bytes: &[u8], pos: usize) -> Result<Option<(&[u8], usize)>> {
+    let Some(rest) = bytes.get(pos..).filter(|rest| !rest.is_empty()) else {
+        return Ok(None);
+    };
+    let (len, used) = get_varint32(rest, "list value", pos as u64)?;
+    let body = rest.get(used..).unwrap_or_default();
+    let element = body.get(..len as usize).ok_or_else(|| {
+        Error::corruption(
+            "list value",
+            pos as u64,
+            format!("list element of {len} bytes but only {} left", body.len()),
+        )
+    })?;
+    Ok(Some((element, pos + used + element.len())))
 }
 
 /// What a stored value becomes once expired parts are dropped at `now_ms`; `None` when nothing

@@ -1,7 +1,8 @@
 //! The conformance suite every backend passes: each test is written once, generic over a
 //! [`BackendFactory`], and `conformance_suite!(name, Factory);` instantiates all of them for one
 //! backend. Covered: every state kind through the typed API and the byte-level trait, namespaces,
-//! TTL in every mode, snapshot/restore exactness, rescaling, bad input, and a model test.
+//! TTL in every mode, snapshot/restore exactness, rescaling, bad input, streaming map and list
+//! reads, and model tests.
 //!
 //! To add a backend, implement [`BackendFactory`] (build it from a `BackendConfig` and a scratch
 //! directory) and add one `conformance_suite!` line at the bottom of this file.
@@ -14,6 +15,8 @@ mod harness;
 mod model;
 #[path = "conformance/snapshot.rs"]
 mod snapshot;
+#[path = "conformance/streaming.rs"]
+mod streaming;
 #[path = "conformance/ttl.rs"]
 mod ttl;
 #[path = "conformance/typed.rs"]
@@ -69,6 +72,9 @@ macro_rules! conformance_suite {
                 errors::garbage_values_are_errors,
                 update_with::read_modify_write_keeps_frozen_bytes,
                 update_with::update_with_on_garbage_is_an_error,
+                streaming::map_iteration_reads_one_chunk_per_call,
+                streaming::writes_during_iteration_are_seen_after_the_chunk,
+                streaming::damaged_values_while_streaming,
                 $($($extra_module::$extra,)+)?
             );
 
@@ -77,6 +83,14 @@ macro_rules! conformance_suite {
                 #[test]
                 fn model_matches_btreemap(ops in model::ops()) {
                     model::run::<$factory>(ops)?;
+                }
+            }
+
+            proptest::proptest! {
+                #![proptest_config(streaming::config())]
+                #[test]
+                fn streaming_reads_match_btreemap(ops in streaming::ops()) {
+                    streaming::run::<$factory>(ops)?;
                 }
             }
 

@@ -1,10 +1,14 @@
 //! [`ListState`]: a list per (key, namespace), appended through the backend's merge.
 
+use std::iter::FusedIterator;
+use std::marker::PhantomData;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Handle, from_bytes, to_bytes, ttl};
 use crate::error::Result;
+use crate::ttl::TtlConfig;
 
 /// A list of `T` per key and namespace (Flink's `ListState`). `add` appends through
 /// [`crate::StateBackend::merge`], so backends with a merge operator never read the old list.
@@ -27,15 +31,48 @@ impl<'k, T: Serialize + DeserializeOwned> ListState<'k, T> {
     }
 
     /// The elements of the current key and namespace in insertion order; empty when unset.
+    /// Collects [`ListState::iter`].
     pub fn get(&self) -> Result<Vec<T>> {
+        self.iter()?.collect()
+    }
+
+    /// The elements of the current key and namespace in insertion order, decoded one at a time
+    /// as the iterator is advanced (the stored list is one value, read once; no `Vec` of its
+    /// elements is built). The iterator owns what it read: later writes to the list do not
+    /// change it, and it may outlive the call that made it.
+    ///
+    /// With TTL the read's effects happen here, before the first element, exactly as for
+    /// [`ListState::get`]: expired elements leave storage and are not returned (but once with
+    /// [`Visibility::ReturnExpiredIfNotCleanedUp`](crate::Visibility)), and
+    /// [`UpdateType::OnReadAndWrite`](crate::UpdateType) refreshes the others. A damaged element
+    /// yields an error and ends the iteration; one that does not decode as `T` yields its error
+    /// and the iteration goes on.
+    ///
+    /// ```
+    /// use flowstate::{BackendConfig, KeyedState, MemoryBackend};
+    ///
+    /// let keyed = KeyedState::new(MemoryBackend::new(BackendConfig::default()));
+    /// let events = keyed.list_state::<u32>("events")?;
+    /// keyed.set_current_key("alice")?;
+    /// events.add_all(&[3, 1, 4, 1, 5])?;
+    /// let first_big = events.iter()?.find(|e| matches!(e, Ok(v) if *v > 3));
+    /// assert_eq!(first_big.transpose()?, Some(4));
+    /// # Ok::<(), flowstate::Error>(())
+    /// ```
+    pub fn iter(&self) -> Result<ListIter<T>> {
         let mut ctx = self.handle.lock()?;
         let key = ctx.composite(&[])?;
-        let elements = ttl::get_list(&mut ctx, self.handle.id, self.handle.ttl.as_ref(), &key)?;
-        elements
-            .unwrap_or_default()
-            .iter()
-            .map(|bytes| from_bytes(bytes))
-            .collect()
+        let ttl_config = self.handle.ttl.as_ref();
+        let (bytes, now_ms) =
+            ttl::read_list(&mut ctx, self.handle.id, ttl_config, &key)?.unwrap_or_default();
+        Ok(ListIter {
+            bytes,
+            pos: 0,
+            ttl: self.handle.ttl,
+            now_ms,
+            done: false,
+            _type: PhantomData,
+        })
     }
 
     /// Appends one element.
@@ -86,3 +123,54 @@ impl<'k, T: Serialize + DeserializeOwned> ListState<'k, T> {
         Ok(out)
     }
 }
+
+/// The elements of one list, from [`ListState::iter`]: decodes one element per step from the
+/// list value it holds.
+pub struct ListIter<T> {
+    /// The stored list value: `varint len | element` frames (FORMAT.md §3).
+    bytes: Vec<u8>,
+    /// Where the next frame starts.
+    pos: usize,
+    ttl: Option<TtlConfig>,
+    /// When the list was read (TTL).
+    now_ms: u64,
+    /// Set after a damaged frame: what follows it cannot be found.
+    done: bool,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for ListIter<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListIter")
+            .field("bytes", &self.bytes.len())
+            .field("pos", &self.pos)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl<T: DeserializeOwned> Iterator for ListIter<T> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match ttl::next_list_payload(&self.bytes, self.pos, self.ttl.as_ref(), self.now_ms) {
+            Ok(Some((payload, next))) => {
+                self.pos = next;
+                Some(from_bytes(payload))
+            }
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(error) => {
+                self.done = true;
+                Some(Err(error))
+            }
+        }
+    }
+}
+
+impl<T: DeserializeOwned> FusedIterator for ListIter<T> {}

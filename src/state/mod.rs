@@ -31,8 +31,8 @@ use crate::keys::{CompositeKey, KeyGroupRange, key_group_for_key};
 use crate::ttl::TtlConfig;
 
 pub use aggregating::{AggregateFunction, AggregatingState};
-pub use list::ListState;
-pub use map::MapState;
+pub use list::{ListIter, ListState};
+pub use map::{MAP_ITER_CHUNK, MapIter, MapKeys, MapState, MapValues};
 pub use reducing::ReducingState;
 pub use value::ValueState;
 

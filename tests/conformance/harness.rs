@@ -175,3 +175,11 @@ pub fn composite_of<K: Serialize + ?Sized>(key: &K) -> Vec<u8> {
 pub fn group_of<K: Serialize + ?Sized>(key: &K) -> u16 {
     key_bytes(key).0
 }
+
+/// Every item of a streaming read (`MapState::iter`, `keys`, `values`, `ListState::iter`),
+/// failing the test at the first error.
+pub fn all<T, I: Iterator<Item = Result<T>>>(iter: Result<I>) -> Vec<T> {
+    iter.expect("start the iteration")
+        .collect::<Result<Vec<T>>>()
+        .expect("every item reads")
+}
