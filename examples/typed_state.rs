@@ -150,8 +150,8 @@ fn check(keyed: &KeyedState, states: &States, expected: &BTreeMap<String, Expect
             .per_page
             .iter()
             .expect("per_page")
-            .into_iter()
-            .collect();
+            .collect::<flowstate::Result<_>>()
+            .expect("per_page entries");
         assert_eq!(per_page, e.per_page, "{user}");
         assert_eq!(
             states.slowest.get().expect("slowest"),
