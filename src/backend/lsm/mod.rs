@@ -421,6 +421,18 @@ impl LsmBackend {
         self.column_family(state)
     }
 
+    /// The entries of `state` within the bounds of `options`, after the cached writes of the
+    /// state reached the store (scans read the store alone).
+    fn scan(&mut self, state: StateId, options: ReadOptions) -> Result<EntryIter<'_>> {
+        if self.cache.enabled() {
+            self.cache.settle(&self.db, &self.states, Some(state))?;
+        }
+        let cf = self.cf_of(state)?;
+        let mut iter = self.db.iter(cf, options)?;
+        iter.seek_to_first()?;
+        Ok(Box::new(iter.entries()))
+    }
+
     /// A put (`Some`) or delete (`None`) through the write-back cache, or straight to the store.
     fn write(&mut self, state: StateId, key: &[u8], value: Option<&[u8]>) -> Result<()> {
         let cf = self.access(state, key)?;
@@ -635,13 +647,7 @@ impl StateBackend for LsmBackend {
     }
 
     fn scan_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<EntryIter<'_>> {
-        if self.cache.enabled() {
-            self.cache.settle(&self.db, &self.states, Some(state))?;
-        }
-        let cf = self.cf_of(state)?;
-        let mut iter = self.db.iter(cf, ReadOptions::prefix(prefix))?;
-        iter.seek_to_first()?;
-        Ok(Box::new(iter.entries()))
+        self.scan(state, ReadOptions::prefix(prefix))
     }
 
     /// Seeks: the store's iterator starts at the first key after `after` (bounded below by
@@ -652,10 +658,6 @@ impl StateBackend for LsmBackend {
         prefix: &[u8],
         after: &[u8],
     ) -> Result<EntryIter<'_>> {
-        if self.cache.enabled() {
-            self.cache.settle(&self.db, &self.states, Some(state))?;
-        }
-        let cf = self.cf_of(state)?;
         // The smallest key after `after` is `after` followed by a zero byte.
         let lower = if after < prefix {
             prefix.to_vec()
@@ -674,9 +676,7 @@ impl StateBackend for LsmBackend {
             lower_bound: Some(lower),
             upper_bound: upper,
         };
-        let mut iter = self.db.iter(cf, options)?;
-        iter.seek_to_first()?;
-        Ok(Box::new(iter.entries()))
+        self.scan(state, options)
     }
 
     fn delete_prefix(&mut self, state: StateId, prefix: &[u8]) -> Result<()> {
