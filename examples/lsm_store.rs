@@ -50,13 +50,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for j in 0..BATCH {
             let i = round * BATCH + j;
             let value = format!("profile-{i}").into_bytes();
-            batch.put(profiles.id(), &user(i), &value)?;
+            batch.put(&profiles, &user(i), &value)?;
             profiles_model.insert(user(i), value);
             let event = format!("e{i};").into_bytes();
-            batch.merge(events.id(), &user(i * 7), &event)?;
+            batch.merge(&events, &user(i * 7), &event)?;
             events_model.entry(user(i * 7)).or_default().extend(event);
             if i.is_multiple_of(10) {
-                batch.delete(profiles.id(), &user(i / 2))?;
+                batch.delete(&profiles, &user(i / 2))?;
                 profiles_model.remove(&user(i / 2));
             }
         }

@@ -303,10 +303,10 @@ pub fn batch(data: &[u8]) {
     for (expected, (sequence, op)) in (decoded.base_sequence()..).zip(decoded.iter()) {
         assert_eq!(sequence, expected, "sequences are consecutive");
         let added = match op {
-            BatchOp::Put { cf, key, value } => rebuilt.put(cf, key, value),
-            BatchOp::Delete { cf, key } => rebuilt.delete(cf, key),
-            BatchOp::DeleteRange { cf, start, end } => rebuilt.delete_range(cf, start, end),
-            BatchOp::Merge { cf, key, operand } => rebuilt.merge(cf, key, operand),
+            BatchOp::Put { cf, key, value } => rebuilt.put_id(cf, key, value),
+            BatchOp::Delete { cf, key } => rebuilt.delete_id(cf, key),
+            BatchOp::DeleteRange { cf, start, end } => rebuilt.delete_range_id(cf, start, end),
+            BatchOp::Merge { cf, key, operand } => rebuilt.merge_id(cf, key, operand),
         };
         added.expect("an operation of a decoded batch fits a batch");
     }

@@ -50,7 +50,7 @@ fn readers_see_whole_batches_while_flushes_and_compactions_run() {
                 for member in 0..4u32 {
                     batch
                         .put(
-                            cf.id(),
+                            &cf,
                             format!("g{group:03}-{member}").as_bytes(),
                             &round.to_be_bytes(),
                         )

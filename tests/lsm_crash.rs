@@ -51,12 +51,12 @@ fn child(dir: &str) {
     for i in next.. {
         let mut batch = flowstate::lsm::WriteBatch::new();
         batch
-            .put(cf.id(), format!("k{:04}", i % KEYS).as_bytes(), &value(i))
+            .put(&cf, format!("k{:04}", i % KEYS).as_bytes(), &value(i))
             .expect("put");
-        batch.put(cf.id(), b"last", &value(i)).expect("put");
+        batch.put(&cf, b"last", &value(i)).expect("put");
         if i % 7 == 0 {
             batch
-                .delete(cf.id(), format!("k{:04}", (i + 3) % KEYS).as_bytes())
+                .delete(&cf, format!("k{:04}", (i + 3) % KEYS).as_bytes())
                 .expect("delete");
         }
         db.write(batch).expect("write");

@@ -82,7 +82,7 @@ fn merge_snapshot_range_delete_and_column_families() {
     let cf = db.default_cf();
     let mut batch = WriteBatch::new();
     for k in [b"a", b"b", b"c", b"d"] {
-        batch.put(cf.id(), k, b"1").unwrap();
+        batch.put(&cf, k, b"1").unwrap();
     }
     db.write(batch).unwrap();
     db.delete_range(&cf, b"b", b"d").unwrap();

@@ -190,9 +190,9 @@ fn run(ops: Vec<Op>) -> usize {
                 let mut batch = WriteBatch::new();
                 for (c, k, v) in &writes {
                     if v % 3 == 0 {
-                        batch.delete(h.cfs[*c].id(), &key(*k)).unwrap();
+                        batch.delete(&h.cfs[*c], &key(*k)).unwrap();
                     } else {
-                        batch.put(h.cfs[*c].id(), &key(*k), &[*v]).unwrap();
+                        batch.put(&h.cfs[*c], &key(*k), &[*v]).unwrap();
                     }
                 }
                 h.db().write(batch).unwrap();

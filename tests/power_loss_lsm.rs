@@ -204,8 +204,8 @@ fn run(fs: &FsRef, steps: &[Step], sync: SyncMode) -> Run {
                 let mut batch = flowstate::lsm::WriteBatch::new();
                 for (k, v) in ops {
                     match v {
-                        Some(v) => batch.put(cf.id(), k, v).expect("batch put"),
-                        None => batch.delete(cf.id(), k).expect("batch delete"),
+                        Some(v) => batch.put(&cf, k, v).expect("batch put"),
+                        None => batch.delete(&cf, k).expect("batch delete"),
                     }
                 }
                 db.write(batch)

@@ -199,12 +199,12 @@ fn wal_and_batch_seeds() -> Vec<Seed> {
     let mut first = WriteBatch::new();
     let mut second = WriteBatch::new();
     let built = (|| -> Result<()> {
-        first.put(0, b"apple", b"red")?;
-        first.delete(1, b"pear")?;
-        first.delete_range(0, b"b", b"c")?;
-        first.merge(2, b"list", b"\x01x")?;
+        first.put_id(0, b"apple", b"red")?;
+        first.delete_id(1, b"pear")?;
+        first.delete_range_id(0, b"b", b"c")?;
+        first.merge_id(2, b"list", b"\x01x")?;
         first.set_base_sequence(1)?;
-        second.put(0, b"apple", b"green")?;
+        second.put_id(0, b"apple", b"green")?;
         second.set_base_sequence(5)
     })();
     if built.is_err() {

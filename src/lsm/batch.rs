@@ -8,6 +8,7 @@
 use crate::codec::record::MAX_RECORD_LEN;
 use crate::codec::varint::{get_varint32, put_varint32};
 use crate::error::{Error, Result};
+use crate::lsm::db::ColumnFamily;
 use crate::lsm::format::{MAX_SEQUENCE, ValueKind};
 
 /// Bytes of the batch header: base sequence (u64 LE) then operation count (u32 LE).
@@ -101,9 +102,9 @@ impl<'a> BatchOp<'a> {
 /// let db = Db::open(dir.path(), Options::default())?;
 /// let cf = db.default_cf();
 /// let mut batch = WriteBatch::new();
-/// batch.put(cf.id(), b"a", b"1")?;
-/// batch.put(cf.id(), b"b", b"2")?;
-/// batch.delete(cf.id(), b"a")?;
+/// batch.put(&cf, b"a", b"1")?;
+/// batch.put(&cf, b"b", b"2")?;
+/// batch.delete(&cf, b"a")?;
 /// db.write(batch)?;
 /// assert_eq!(db.get(&cf, b"a")?, None);
 /// assert_eq!(db.get(&cf, b"b")?, Some(b"2".to_vec()));
@@ -139,22 +140,42 @@ impl WriteBatch {
     }
 
     /// Adds a put of `key` = `value` in column family `cf`.
-    pub fn put(&mut self, cf: u32, key: &[u8], value: &[u8]) -> Result<()> {
-        self.push(ValueKind::Put, cf, key, Some(value))
+    pub fn put(&mut self, cf: &ColumnFamily, key: &[u8], value: &[u8]) -> Result<()> {
+        self.put_id(cf.id(), key, value)
     }
 
     /// Adds a delete of `key` in column family `cf`.
-    pub fn delete(&mut self, cf: u32, key: &[u8]) -> Result<()> {
-        self.push(ValueKind::Delete, cf, key, None)
+    pub fn delete(&mut self, cf: &ColumnFamily, key: &[u8]) -> Result<()> {
+        self.delete_id(cf.id(), key)
     }
 
     /// Adds a delete of every key in `[start, end)` in column family `cf`.
-    pub fn delete_range(&mut self, cf: u32, start: &[u8], end: &[u8]) -> Result<()> {
-        self.push(ValueKind::RangeDelete, cf, start, Some(end))
+    pub fn delete_range(&mut self, cf: &ColumnFamily, start: &[u8], end: &[u8]) -> Result<()> {
+        self.delete_range_id(cf.id(), start, end)
     }
 
     /// Adds a merge of `operand` into `key` in column family `cf`.
-    pub fn merge(&mut self, cf: u32, key: &[u8], operand: &[u8]) -> Result<()> {
+    pub fn merge(&mut self, cf: &ColumnFamily, key: &[u8], operand: &[u8]) -> Result<()> {
+        self.merge_id(cf.id(), key, operand)
+    }
+
+    /// [`WriteBatch::put`] by column family id (any id: the batch format allows every `u32`).
+    pub(crate) fn put_id(&mut self, cf: u32, key: &[u8], value: &[u8]) -> Result<()> {
+        self.push(ValueKind::Put, cf, key, Some(value))
+    }
+
+    /// [`WriteBatch::delete`] by column family id.
+    pub(crate) fn delete_id(&mut self, cf: u32, key: &[u8]) -> Result<()> {
+        self.push(ValueKind::Delete, cf, key, None)
+    }
+
+    /// [`WriteBatch::delete_range`] by column family id.
+    pub(crate) fn delete_range_id(&mut self, cf: u32, start: &[u8], end: &[u8]) -> Result<()> {
+        self.push(ValueKind::RangeDelete, cf, start, Some(end))
+    }
+
+    /// [`WriteBatch::merge`] by column family id.
+    pub(crate) fn merge_id(&mut self, cf: u32, key: &[u8], operand: &[u8]) -> Result<()> {
         self.push(ValueKind::Merge, cf, key, Some(operand))
     }
 
@@ -452,10 +473,10 @@ mod tests {
         let mut b = WriteBatch::new();
         for op in ops {
             match op {
-                Op::Put(c, k, v) => b.put(*c, k, v),
-                Op::Delete(c, k) => b.delete(*c, k),
-                Op::DeleteRange(c, s, e) => b.delete_range(*c, s, e),
-                Op::Merge(c, k, v) => b.merge(*c, k, v),
+                Op::Put(c, k, v) => b.put_id(*c, k, v),
+                Op::Delete(c, k) => b.delete_id(*c, k),
+                Op::DeleteRange(c, s, e) => b.delete_range_id(*c, s, e),
+                Op::Merge(c, k, v) => b.merge_id(*c, k, v),
             }
             .unwrap();
         }
@@ -466,8 +487,8 @@ mod tests {
     #[test]
     fn known_encoding() {
         let mut b = WriteBatch::new();
-        b.put(1, b"k", b"vv").unwrap();
-        b.delete(300, b"").unwrap();
+        b.put_id(1, b"k", b"vv").unwrap();
+        b.delete_id(300, b"").unwrap();
         b.set_base_sequence(7).unwrap();
         let mut expected = vec![7, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0];
         expected.extend_from_slice(&[1, 1, 1, b'k', 2, b'v', b'v']);
@@ -490,8 +511,8 @@ mod tests {
     #[test]
     fn sequences_past_the_maximum_are_rejected() {
         let mut b = WriteBatch::new();
-        b.put(0, b"a", b"").unwrap();
-        b.put(0, b"b", b"").unwrap();
+        b.put_id(0, b"a", b"").unwrap();
+        b.put_id(0, b"b", b"").unwrap();
         assert!(b.set_base_sequence(MAX_SEQUENCE).is_err());
         assert!(b.set_base_sequence(MAX_SEQUENCE - 1).is_ok());
         let mut raw = b.encoded().to_vec();

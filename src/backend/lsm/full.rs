@@ -167,7 +167,7 @@ pub(super) fn load(
         decode_full_snapshot_file(&bytes, &file.path, &expected, |state, key, value| {
             if key_group_of(key).is_some_and(|kg| keep.contains(kg)) {
                 let cf = cfs.get(state as usize).ok_or(Error::UnknownState(state))?;
-                batch.put(cf.id(), key, value)?;
+                batch.put(cf, key, value)?;
                 pending += 1;
                 if pending == LOAD_BATCH {
                     db.write(std::mem::take(&mut batch))?;

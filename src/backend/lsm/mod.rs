@@ -718,7 +718,7 @@ impl StateBackend for LsmBackend {
         }
         let mut batch = WriteBatch::new();
         for key in &keys {
-            batch.delete(cf.id(), key)?;
+            batch.delete(&cf, key)?;
         }
         self.db.write(batch)
     }

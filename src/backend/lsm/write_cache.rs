@@ -279,8 +279,8 @@ impl WriteLog {
             let mut batch = WriteBatch::new();
             for slot in chunk {
                 match slot.value() {
-                    Some(value) => batch.put(cf.id(), slot.key(), value)?,
-                    None => batch.delete(cf.id(), slot.key())?,
+                    Some(value) => batch.put(cf, slot.key(), value)?,
+                    None => batch.delete(cf, slot.key())?,
                 }
             }
             db.write(batch)?;

@@ -359,28 +359,28 @@ impl Db {
     /// Sets `key` to `value`.
     pub fn put(&self, cf: &ColumnFamily, key: &[u8], value: &[u8]) -> Result<()> {
         let mut batch = crate::lsm::batch::WriteBatch::new();
-        batch.put(cf.id, key, value)?;
+        batch.put(cf, key, value)?;
         self.write(batch)
     }
 
     /// Deletes `key`.
     pub fn delete(&self, cf: &ColumnFamily, key: &[u8]) -> Result<()> {
         let mut batch = crate::lsm::batch::WriteBatch::new();
-        batch.delete(cf.id, key)?;
+        batch.delete(cf, key)?;
         self.write(batch)
     }
 
     /// Deletes every key in `[start, end)`.
     pub fn delete_range(&self, cf: &ColumnFamily, start: &[u8], end: &[u8]) -> Result<()> {
         let mut batch = crate::lsm::batch::WriteBatch::new();
-        batch.delete_range(cf.id, start, end)?;
+        batch.delete_range(cf, start, end)?;
         self.write(batch)
     }
 
     /// Adds a merge operand for `key` (appended to the value by the default operator).
     pub fn merge(&self, cf: &ColumnFamily, key: &[u8], operand: &[u8]) -> Result<()> {
         let mut batch = crate::lsm::batch::WriteBatch::new();
-        batch.merge(cf.id, key, operand)?;
+        batch.merge(cf, key, operand)?;
         self.write(batch)
     }
 

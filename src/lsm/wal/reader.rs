@@ -424,9 +424,9 @@ mod tests {
         let mut offsets = Vec::new();
         for i in 0..n {
             let mut b = WriteBatch::new();
-            b.put(0, format!("key{i}").as_bytes(), &[i as u8; 20])
+            b.put_id(0, format!("key{i}").as_bytes(), &[i as u8; 20])
                 .unwrap();
-            b.merge(1, b"m", b"op").unwrap();
+            b.merge_id(1, b"m", b"op").unwrap();
             b.set_base_sequence(1 + 2 * i as u64).unwrap();
             offsets.push(bytes.len());
             put_record(&mut bytes, b.encoded());
@@ -522,7 +522,7 @@ mod tests {
         let mut bytes = encode_header(1).to_vec();
         for base in [10, 5, 20] {
             let mut b = WriteBatch::new();
-            b.delete(0, b"k").unwrap();
+            b.delete_id(0, b"k").unwrap();
             b.set_base_sequence(base).unwrap();
             put_record(&mut bytes, b.encoded());
         }
@@ -534,7 +534,7 @@ mod tests {
         // Even as the last record: a crc-valid record is never a torn write.
         let (mut bytes, offsets) = log(2);
         let mut last = WriteBatch::new();
-        last.delete(0, b"k").unwrap();
+        last.delete_id(0, b"k").unwrap();
         last.set_base_sequence(1).unwrap();
         let last_offset = bytes.len() as u64;
         put_record(&mut bytes, last.encoded());
@@ -614,7 +614,7 @@ mod tests {
         // A real record at the end after the same crafted region is still found.
         let (mut bytes, damaged) = crafted_log(size);
         let mut b = WriteBatch::new();
-        b.put(0, b"synced", b"after the damage").unwrap();
+        b.put_id(0, b"synced", b"after the damage").unwrap();
         b.set_base_sequence(2000).unwrap();
         put_record(&mut bytes, b.encoded());
         match read_all(bytes.clone(), RecoveryMode::TolerateTornTail) {

@@ -247,8 +247,8 @@ mod tests {
 
     fn batch(base: u64, key: &[u8]) -> WriteBatch {
         let mut b = WriteBatch::new();
-        b.put(0, key, b"value").unwrap();
-        b.delete_range(2, b"a", b"z").unwrap();
+        b.put_id(0, key, b"value").unwrap();
+        b.delete_range_id(2, b"a", b"z").unwrap();
         b.set_base_sequence(base).unwrap();
         b
     }
@@ -336,7 +336,7 @@ mod tests {
         let path = dir.path().join(wal_file_name(1));
         let mut wal = WalWriter::create(&path, 1, SyncMode::Manual)?;
         let mut batch = WriteBatch::new();
-        batch.put(0, b"k", b"v")?;
+        batch.put_id(0, b"k", b"v")?;
         batch.set_base_sequence(1)?;
         wal.append(&batch)?;
         wal.sync()?;
