@@ -68,13 +68,8 @@ impl Backend {
         let config = BackendConfig::default();
         match kind {
             BackendKind::Lsm => Backend::Lsm(Box::new(
-                LsmBackend::new(
-                    config,
-                    &dir.join(work),
-                    storage,
-                    LsmBackendOptions::default(),
-                )
-                .expect("open lsm backend"),
+                LsmBackend::open(config, storage, LsmBackendOptions::new(dir.join(work)))
+                    .expect("open lsm backend"),
             )),
             _ => Backend::Fs(Box::new(
                 FsBackend::new(config, storage).expect("open fs backend"),

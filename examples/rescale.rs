@@ -38,12 +38,10 @@ fn task(dir: &Path, parallelism: u16, index: u16) -> flowstate::Result<KeyedStat
     let config = BackendConfig::new(u32::from(MAX_PARALLELISM), range)?;
     let name = format!("p{parallelism}-t{index}");
     let storage = Arc::new(LocalDirStorage::open(dir.join("checkpoints").join(&name))?);
-    let options = LsmBackendOptions {
-        write_buffer_size: 1 << 20,
-        write_cache_size: 1 << 20,
-        ..LsmBackendOptions::default()
-    };
-    let backend = LsmBackend::new(config, &dir.join("work").join(&name), storage, options)?;
+    let options = LsmBackendOptions::new(dir.join("work").join(&name))
+        .write_buffer_size(1 << 20)
+        .write_cache_size(1 << 20);
+    let backend = LsmBackend::open(config, storage, options)?;
     Ok(KeyedState::new(backend))
 }
 

@@ -96,12 +96,10 @@ fn lsm_backend(
     work: &std::path::Path,
     storage: Arc<LocalDirStorage>,
 ) -> flowstate::Result<LsmBackend> {
-    let options = LsmBackendOptions {
-        write_buffer_size: 4 << 20,
-        write_cache_size: 4 << 20,
-        ..LsmBackendOptions::default()
-    };
-    LsmBackend::new(config, work, storage, options)
+    let options = LsmBackendOptions::new(work)
+        .write_buffer_size(4 << 20)
+        .write_cache_size(4 << 20);
+    LsmBackend::open(config, storage, options)
 }
 
 fn process(keyed: &KeyedState, states: &States, expected: &mut BTreeMap<String, Expected>) {

@@ -121,11 +121,10 @@ fn fs_checkpoints_own_every_file_and_write_it_in_full() {
 fn lsm_checkpoints_share_files_and_write_only_new_ones() {
     let dir = tempfile::tempdir().unwrap();
     let storage = Arc::new(LocalDirStorage::open(dir.path().join("checkpoints")).unwrap());
-    let mut backend = LsmBackend::new(
+    let mut backend = LsmBackend::open(
         config(),
-        &dir.path().join("work"),
         storage.clone(),
-        LsmBackendOptions::default(),
+        LsmBackendOptions::new(dir.path().join("work")),
     )
     .unwrap();
     let values = backend

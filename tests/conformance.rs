@@ -155,18 +155,12 @@ impl<const CACHE: usize> BackendFactory for LsmFactory<CACHE> {
     fn create(config: BackendConfig, scratch: &Path) -> Result<Box<dyn StateBackend>> {
         let storage =
             flowstate::checkpoint::storage::LocalDirStorage::open(scratch.join("checkpoints"))?;
-        let defaults = flowstate::backend::lsm::LsmBackendOptions::default();
-        let options = flowstate::backend::lsm::LsmBackendOptions {
-            write_cache_size: if CACHE == usize::MAX {
-                defaults.write_cache_size
-            } else {
-                CACHE
-            },
-            ..defaults
-        };
-        Ok(Box::new(flowstate::LsmBackend::new(
+        let mut options = flowstate::LsmBackendOptions::new(scratch.join("work"));
+        if CACHE != usize::MAX {
+            options = options.write_cache_size(CACHE);
+        }
+        Ok(Box::new(flowstate::LsmBackend::open(
             config,
-            &scratch.join("work"),
             std::sync::Arc::new(storage),
             options,
         )?))
@@ -186,13 +180,10 @@ impl BackendFactory for LsmFullFactory {
     fn create(config: BackendConfig, scratch: &Path) -> Result<Box<dyn StateBackend>> {
         let storage =
             flowstate::checkpoint::storage::LocalDirStorage::open(scratch.join("checkpoints"))?;
-        let options = flowstate::backend::lsm::LsmBackendOptions {
-            full_checkpoints: true,
-            ..Default::default()
-        };
-        Ok(Box::new(flowstate::LsmBackend::new(
+        let options =
+            flowstate::LsmBackendOptions::new(scratch.join("work")).full_checkpoints(true);
+        Ok(Box::new(flowstate::LsmBackend::open(
             config,
-            &scratch.join("work"),
             std::sync::Arc::new(storage),
             options,
         )?))

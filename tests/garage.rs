@@ -11,7 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use flowstate::checkpoint::uri::open_storage_with;
-use flowstate::{KeyGroupRange, LsmBackend, StateBackend};
+use flowstate::{KeyGroupRange, LsmBackend, LsmBackendOptions, StateBackend};
 use support::garage::GarageCluster;
 use support::*;
 
@@ -99,15 +99,11 @@ fn garage_three_nodes_survive_a_node_killed_during_upload() {
     let uri = cluster.uri("three");
     let work = tempfile::tempdir().unwrap();
     let all = KeyGroupRange::all(MAX_PARALLELISM);
-    let lsm_options = flowstate::backend::lsm::LsmBackendOptions {
-        write_buffer_size: 256 << 10,
-        ..Default::default()
-    };
-    let mut b = LsmBackend::new(
+    let lsm_options = LsmBackendOptions::default().write_buffer_size(256 << 10);
+    let mut b = LsmBackend::open(
         config(all),
-        &work.path().join("a"),
         open_storage_with(&uri, &options).unwrap(),
-        lsm_options,
+        lsm_options.working_dir(work.path().join("a")),
     )
     .unwrap();
     let mut model = Contents::new();
@@ -138,11 +134,10 @@ fn garage_three_nodes_survive_a_node_killed_during_upload() {
     random_writes(&mut b, &mut model, &mut rng, 2_000);
     let h = b.snapshot(3).unwrap().run().unwrap();
     assert!(b.completed_checkpoints().contains(&3));
-    let mut r = LsmBackend::new(
+    let mut r = LsmBackend::open(
         config(all),
-        &work.path().join("r"),
         open_storage_with(&cluster.uri("three-restored"), &options).unwrap(),
-        Default::default(),
+        LsmBackendOptions::new(work.path().join("r")),
     )
     .unwrap();
     r.restore(&[h], all).unwrap();
@@ -329,14 +324,12 @@ fn garage_upload_bench() {
                     .unwrap(),
                 ),
                 _ => Box::new(
-                    LsmBackend::new(
+                    LsmBackend::open(
                         config.clone(),
-                        &work.path().join(dir),
                         storage,
-                        LsmBackendOptions {
-                            retained_checkpoints: 1_000,
-                            ..LsmBackendOptions::default()
-                        },
+                        LsmBackendOptions::default()
+                            .retained_checkpoints(1_000)
+                            .working_dir(work.path().join(dir)),
                     )
                     .unwrap(),
                 ),
@@ -384,11 +377,10 @@ fn garage_upload_bench() {
                 (Box::new(fs), id)
             }
             _ => {
-                let mut lsm = LsmBackend::new(
+                let mut lsm = LsmBackend::open(
                     config.clone(),
-                    &work.path().join("restore2"),
                     storage.clone(),
-                    LsmBackendOptions::default(),
+                    LsmBackendOptions::new(work.path().join("restore2")),
                 )
                 .unwrap();
                 let id = lsm.restore_latest().unwrap();

@@ -44,11 +44,10 @@ fn put_keys(
 fn write_lsm_checkpoints(root: &Path) -> Vec<u64> {
     let storage: Arc<dyn CheckpointStorage> =
         Arc::new(LocalDirStorage::open(root.join("checkpoints")).unwrap());
-    let mut backend = LsmBackend::new(
+    let mut backend = LsmBackend::open(
         config(),
-        &root.join("work"),
         storage.clone(),
-        LsmBackendOptions::default(),
+        LsmBackendOptions::new(root.join("work")),
     )
     .unwrap();
     let counts = backend

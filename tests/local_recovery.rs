@@ -66,11 +66,10 @@ impl RemoteStorage {
 /// A backend with its working directory at `work`, checkpointing into `storage`, keeping
 /// local-recovery copies in `local` if given.
 fn backend(work: &Path, storage: &Arc<RemoteStorage>, local: Option<&Path>) -> LsmBackend {
-    LsmBackend::new(
+    LsmBackend::open(
         BackendConfig::default(),
-        work,
         storage.clone(),
-        options(local),
+        options(local).working_dir(work),
     )
     .unwrap()
 }
@@ -86,13 +85,11 @@ fn key(i: u64) -> Vec<u8> {
 }
 
 fn options(local: Option<&Path>) -> LsmBackendOptions {
-    LsmBackendOptions {
-        write_buffer_size: 64 << 10,
-        target_file_size: 64 << 10,
-        retained_checkpoints: 2,
-        local_recovery_dir: local.map(Path::to_path_buf),
-        ..LsmBackendOptions::default()
-    }
+    LsmBackendOptions::default()
+        .write_buffer_size(64 << 10)
+        .target_file_size(64 << 10)
+        .retained_checkpoints(2)
+        .local_recovery_dir(local.map(Path::to_path_buf))
 }
 
 fn contents(backend: &mut LsmBackend) -> BTreeMap<Vec<u8>, Vec<u8>> {

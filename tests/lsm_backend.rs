@@ -34,7 +34,7 @@ use support::{
 fn lsm_in(dir: &Path, config: BackendConfig, options: LsmBackendOptions) -> LsmBackend {
     let storage: Arc<dyn CheckpointStorage> =
         Arc::new(LocalDirStorage::open(dir.join("checkpoints")).unwrap());
-    LsmBackend::new(config, &dir.join("work"), storage, options).unwrap()
+    LsmBackend::open(config, storage, options.working_dir(dir.join("work"))).unwrap()
 }
 
 #[test]
@@ -185,10 +185,7 @@ fn incremental_rounds(options: LsmBackendOptions, changes: u64, test: &str) -> (
 
 #[test]
 fn incremental_checkpoints_upload_about_the_changed_bytes() {
-    let options = LsmBackendOptions {
-        min_materialization_bytes: 0,
-        ..LsmBackendOptions::default()
-    };
+    let options = LsmBackendOptions::default().min_materialization_bytes(0);
     let (uploaded, deltas, _) = incremental_rounds(options, 200, "incremental_checkpoints");
     assert!(
         uploaded <= 2 * deltas + deltas / 10,
@@ -200,12 +197,10 @@ fn incremental_checkpoints_upload_about_the_changed_bytes() {
 fn rematerialized_bases_keep_uploads_bounded() {
     // 10% of the keys change per round: the deltas outgrow 5% of the base at once, and the
     // target is materialized within the budget while compaction rewrites the store.
-    let options = LsmBackendOptions {
-        delta_ratio: 0.05,
-        min_materialization_bytes: 16 << 10,
-        target_file_size: 64 << 10,
-        ..LsmBackendOptions::default()
-    };
+    let options = LsmBackendOptions::default()
+        .delta_ratio(0.05)
+        .min_materialization_bytes(16 << 10)
+        .target_file_size(64 << 10);
     let (uploaded, deltas, switches) = incremental_rounds(options, 2_000, "rematerialized_bases");
     assert!(switches >= 1, "no base switch in 20 rounds");
     assert!(
@@ -217,10 +212,7 @@ fn rematerialized_bases_keep_uploads_bounded() {
 #[test]
 fn shared_files_are_reference_counted_under_retention() {
     let dir = tempfile::tempdir().unwrap();
-    let options = LsmBackendOptions {
-        retained_checkpoints: 2,
-        ..LsmBackendOptions::default()
-    };
+    let options = LsmBackendOptions::default().retained_checkpoints(2);
     let mut b = lsm_in(
         dir.path(),
         config(KeyGroupRange::all(MAX_PARALLELISM)),
@@ -457,12 +449,10 @@ fn model(n: u64) -> Contents {
 }
 
 fn crash_backend(dir: &Path) -> LsmBackend {
-    let options = LsmBackendOptions {
-        write_buffer_size: 64 << 10,
-        retained_checkpoints: 2,
-        min_materialization_bytes: 16 << 10,
-        ..LsmBackendOptions::default()
-    };
+    let options = LsmBackendOptions::default()
+        .write_buffer_size(64 << 10)
+        .retained_checkpoints(2)
+        .min_materialization_bytes(16 << 10);
     let mut b = lsm_in(dir, config(KeyGroupRange::all(MAX_PARALLELISM)), options);
     b.register(&StateDescriptor::new("v", StateKind::Value))
         .unwrap();
@@ -572,15 +562,19 @@ fn stale_working_stores_are_removed_live_ones_kept() {
             flowstate::checkpoint::storage::LocalDirStorage::open(dir.path().join(name)).unwrap(),
         )
     };
-    let live =
-        flowstate::LsmBackend::new(config.clone(), &working, storage("a"), Default::default())
-            .unwrap();
+    let live = flowstate::LsmBackend::open(
+        config.clone(),
+        storage("a"),
+        LsmBackendOptions::new(&working),
+    )
+    .unwrap();
     let stale = working.join("db-00000000deadbeef-0");
     std::fs::create_dir_all(&stale).unwrap();
     std::fs::write(stale.join("LOCK"), b"").unwrap();
     std::fs::write(stale.join("000007.sst"), b"leftover").unwrap();
     let _second =
-        flowstate::LsmBackend::new(config, &working, storage("b"), Default::default()).unwrap();
+        flowstate::LsmBackend::open(config, storage("b"), LsmBackendOptions::new(&working))
+            .unwrap();
     assert!(!stale.exists(), "stale store kept");
     assert!(live.db().path().exists(), "live store removed");
 }
@@ -590,10 +584,7 @@ fn stale_working_stores_are_removed_live_ones_kept() {
 #[test]
 fn full_checkpoints_are_self_contained_and_restore_anywhere() {
     let dir = tempfile::tempdir().unwrap();
-    let full = LsmBackendOptions {
-        full_checkpoints: true,
-        ..LsmBackendOptions::default()
-    };
+    let full = LsmBackendOptions::default().full_checkpoints(true);
     let mut backend = lsm_in(&dir.path().join("a"), config(range(0, 127)), full);
     let values = backend
         .register(&StateDescriptor::new("values", StateKind::Value))

@@ -21,16 +21,13 @@ use support::{Contents, MAX_PARALLELISM, config, contents, key, mix, seed};
 fn backend(dir: &Path, cache: usize) -> LsmBackend {
     let storage: Arc<dyn CheckpointStorage> =
         Arc::new(LocalDirStorage::open(dir.join("checkpoints")).unwrap());
-    let options = LsmBackendOptions {
-        write_cache_size: cache,
-        write_buffer_size: 64 << 10,
-        ..LsmBackendOptions::default()
-    };
-    LsmBackend::new(
+    let options = LsmBackendOptions::default()
+        .write_cache_size(cache)
+        .write_buffer_size(64 << 10);
+    LsmBackend::open(
         config(KeyGroupRange::all(MAX_PARALLELISM)),
-        &dir.join("work"),
         storage,
-        options,
+        options.working_dir(dir.join("work")),
     )
     .unwrap()
 }

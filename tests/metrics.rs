@@ -105,11 +105,10 @@ fn lsm_checkpoint_records_state_sizes_and_restore_records_time_and_bytes() {
     let storage = Arc::new(LocalDirStorage::open(dir.path().join("checkpoints")).unwrap());
     let range = KeyGroupRange::all(128);
     let config = BackendConfig::new(128, range).unwrap();
-    let backend = LsmBackend::new(
+    let backend = LsmBackend::open(
         config.clone(),
-        &dir.path().join("work"),
         storage.clone(),
-        LsmBackendOptions::default(),
+        LsmBackendOptions::new(dir.path().join("work")),
     )
     .unwrap();
     let keyed = KeyedState::new(backend);
@@ -140,11 +139,10 @@ fn lsm_checkpoint_records_state_sizes_and_restore_records_time_and_bytes() {
     );
 
     let restored = KeyedState::new(
-        LsmBackend::new(
+        LsmBackend::open(
             config.clone(),
-            &dir.path().join("work2"),
             storage,
-            LsmBackendOptions::default(),
+            LsmBackendOptions::new(dir.path().join("work2")),
         )
         .unwrap(),
     );
@@ -170,11 +168,10 @@ fn lsm_checkpoint_records_state_sizes_and_restore_records_time_and_bytes() {
 
     // Restored into another directory (a restart's new task root): every file is linked in.
     let elsewhere = KeyedState::new(
-        LsmBackend::new(
+        LsmBackend::open(
             config,
-            &dir.path().join("work3"),
             Arc::new(LocalDirStorage::open(dir.path().join("checkpoints-2")).unwrap()),
-            LsmBackendOptions::default(),
+            LsmBackendOptions::new(dir.path().join("work3")),
         )
         .unwrap(),
     );

@@ -11,7 +11,7 @@ use flowstate::checkpoint::storage::CheckpointStorage;
 use flowstate::checkpoint::uri::{StorageOptions, open_storage};
 use flowstate::internals::CheckpointMetadata;
 use flowstate::internals::{CheckpointRegistry, read_metadata};
-use flowstate::{KeyGroupRange, StateBackend};
+use flowstate::{KeyGroupRange, LsmBackendOptions, StateBackend};
 use support::*;
 
 fn file_uri(dir: &std::path::Path) -> String {
@@ -160,13 +160,13 @@ fn a_failed_upload_fails_only_its_checkpoint() {
     });
     let work = tempfile::tempdir().unwrap();
     let all = KeyGroupRange::all(MAX_PARALLELISM);
-    let options = flowstate::backend::lsm::LsmBackendOptions {
-        write_buffer_size: 32 << 10,
-        ..Default::default()
-    };
-    let mut b =
-        flowstate::LsmBackend::new(config(all), &work.path().join("a"), flaky.clone(), options)
-            .unwrap();
+    let options = LsmBackendOptions::default().write_buffer_size(32 << 10);
+    let mut b = flowstate::LsmBackend::open(
+        config(all),
+        flaky.clone(),
+        options.working_dir(work.path().join("a")),
+    )
+    .unwrap();
     let mut model = Contents::new();
     let mut rng = 11;
     random_writes(&mut b, &mut model, &mut rng, 2000);
@@ -182,11 +182,10 @@ fn a_failed_upload_fails_only_its_checkpoint() {
     random_writes(&mut b, &mut model, &mut rng, 500);
     let h = b.snapshot(3).unwrap().run().unwrap();
     assert_eq!(b.completed_checkpoints(), [1, 3]);
-    let mut r = flowstate::LsmBackend::new(
+    let mut r = flowstate::LsmBackend::open(
         config(all),
-        &work.path().join("r"),
         open_storage("memory://flaky-restore").unwrap(),
-        Default::default(),
+        LsmBackendOptions::new(work.path().join("r")),
     )
     .unwrap();
     r.restore(&[h], all).unwrap();
@@ -245,21 +244,17 @@ fn storage_calls_work_from_inside_a_tokio_runtime() {
 /// reads, checked against `_metadata`, and counted as downloaded.
 #[test]
 fn lsm_restore_downloads_a_large_sst_in_chunks() {
-    use flowstate::backend::lsm::{LsmBackend, LsmBackendOptions};
+    use flowstate::backend::lsm::LsmBackend;
     use flowstate::backend::{StateDescriptor, StateKind};
 
     let work = tempfile::tempdir().unwrap();
     let all = KeyGroupRange::all(MAX_PARALLELISM);
     let storage = open_storage("memory://large-sst/a").unwrap();
-    let options = LsmBackendOptions {
-        write_cache_size: 0,
-        ..LsmBackendOptions::default()
-    };
-    let mut b = LsmBackend::new(
+    let options = LsmBackendOptions::default().write_cache_size(0);
+    let mut b = LsmBackend::open(
         config(all),
-        &work.path().join("a"),
         storage.clone(),
-        options.clone(),
+        options.clone().working_dir(work.path().join("a")),
     )
     .unwrap();
     let v = b
@@ -372,12 +367,10 @@ fn copied_files_get_local_recovery_copies() {
 
     let work = tempfile::tempdir().unwrap();
     let all = KeyGroupRange::all(MAX_PARALLELISM);
-    let options = LsmBackendOptions {
-        write_cache_size: 0,
-        write_buffer_size: 64 << 10,
-        local_recovery_dir: Some(work.path().join("local-recovery")),
-        ..LsmBackendOptions::default()
-    };
+    let options = LsmBackendOptions::default()
+        .write_cache_size(0)
+        .write_buffer_size(64 << 10)
+        .local_recovery_dir(Some(work.path().join("local-recovery")));
     let attempt = |n: u32| {
         lsm_at(
             &work.path().join(format!("work-{n}")),
@@ -431,11 +424,9 @@ fn a_failed_copy_leaves_the_file_to_the_next_checkpoint() {
     }
     let work = tempfile::tempdir().unwrap();
     let all = KeyGroupRange::all(MAX_PARALLELISM);
-    let options = LsmBackendOptions {
-        write_cache_size: 0,
-        write_buffer_size: 64 << 10,
-        ..LsmBackendOptions::default()
-    };
+    let options = LsmBackendOptions::default()
+        .write_cache_size(0)
+        .write_buffer_size(64 << 10);
     let mut model = Contents::new();
     let mut rng = seed("a_failed_copy_leaves_the_file_to_the_next_checkpoint");
     let mut old = lsm_at(
@@ -450,8 +441,12 @@ fn a_failed_copy_leaves_the_file_to_the_next_checkpoint() {
         inner: open_storage("memory://failed-copy/tasks/2/t0").unwrap(),
         interceptor: CopyFails,
     });
-    let mut new =
-        LsmBackend::new(config(all), &work.path().join("new"), own, options.clone()).unwrap();
+    let mut new = LsmBackend::open(
+        config(all),
+        own,
+        options.clone().working_dir(work.path().join("new")),
+    )
+    .unwrap();
     new.restore(&[handle], all).unwrap();
     let restored = new.last_restore_stats().unwrap();
     assert_eq!(restored.copied_files, 0, "{restored:?}");
@@ -478,7 +473,7 @@ fn lsm_at(
 ) -> flowstate::LsmBackend {
     let storage = open_storage(location).unwrap();
     let all = KeyGroupRange::all(MAX_PARALLELISM);
-    flowstate::LsmBackend::new(config(all), dir, storage, options.clone()).unwrap()
+    flowstate::LsmBackend::open(config(all), storage, options.clone().working_dir(dir)).unwrap()
 }
 
 /// Names are written once: when retention fails after checkpoint 2 is durably published (the
@@ -527,16 +522,13 @@ fn a_retention_failure_after_publish_never_rewrites_published_files() {
             interceptor: RetentionFails::default(),
         });
         let all = KeyGroupRange::all(MAX_PARALLELISM);
-        let options = flowstate::backend::lsm::LsmBackendOptions {
-            write_buffer_size: 32 << 10,
-            retained_checkpoints: 1,
-            ..Default::default()
-        };
-        let mut b = flowstate::LsmBackend::new(
+        let options = LsmBackendOptions::default()
+            .write_buffer_size(32 << 10)
+            .retained_checkpoints(1);
+        let mut b = flowstate::LsmBackend::open(
             config(all),
-            &dir.path().join("work"),
             storage.clone(),
-            options,
+            options.working_dir(dir.path().join("work")),
         )
         .unwrap();
         let mut model = Contents::new();
@@ -584,11 +576,10 @@ fn a_retention_failure_after_publish_never_rewrites_published_files() {
             "{location}: a name was written twice: {created:?}"
         );
         let h = b.snapshot(4).unwrap().run().unwrap();
-        let mut r = flowstate::LsmBackend::new(
+        let mut r = flowstate::LsmBackend::open(
             config(all),
-            &dir.path().join("restored"),
             storage.clone(),
-            flowstate::backend::lsm::LsmBackendOptions::default(),
+            LsmBackendOptions::new(dir.path().join("restored")),
         )
         .unwrap();
         r.restore(&[h], all).unwrap();

@@ -83,61 +83,44 @@ fn bad_lsm_backend_options_touch_nothing() {
     let before = files(dir.path());
     let cases: Vec<(LsmBackendOptions, &str)> = vec![
         (
-            LsmBackendOptions {
-                write_buffer_size: 0,
-                ..Default::default()
-            },
+            LsmBackendOptions::default().write_buffer_size(0),
             "LsmBackendOptions::write_buffer_size",
         ),
         (
-            LsmBackendOptions {
-                delta_ratio: -1.0,
-                ..Default::default()
-            },
+            LsmBackendOptions::default().delta_ratio(-1.0),
             "LsmBackendOptions::delta_ratio",
         ),
         (
-            LsmBackendOptions {
-                delta_ratio: f64::NAN,
-                ..Default::default()
-            },
+            LsmBackendOptions::default().delta_ratio(f64::NAN),
             "LsmBackendOptions::delta_ratio",
         ),
         (
-            LsmBackendOptions {
-                compression: Compression::Zstd { level: 99 },
-                ..Default::default()
-            },
+            LsmBackendOptions::default().compression(Compression::Zstd { level: 99 }),
             "LsmBackendOptions::compression",
         ),
         (
-            LsmBackendOptions {
-                state_compression: vec![("s".into(), Compression::Zstd { level: 0 })],
-                ..Default::default()
-            },
+            LsmBackendOptions::default().state_compression("s", Compression::Zstd { level: 0 }),
             "LsmBackendOptions::state_compression['s']",
         ),
         (
-            LsmBackendOptions {
-                max_delta_files_per_cf: 0,
-                ..Default::default()
-            },
+            LsmBackendOptions::default().max_delta_files_per_cf(0),
             "LsmBackendOptions::max_delta_files_per_cf",
         ),
         (
-            LsmBackendOptions {
-                target_file_size: 0,
-                ..Default::default()
-            },
+            LsmBackendOptions::default().target_file_size(0),
             "LsmBackendOptions::target_file_size",
         ),
     ];
     for (options, name) in cases {
-        let err = LsmBackend::new(config(), &work, storage.clone(), options);
+        let err = LsmBackend::open(config(), storage.clone(), options.working_dir(&work));
         assert_eq!(option_of(err), name);
         assert_eq!(files(dir.path()), before, "nothing deleted or created");
         assert!(!work.exists(), "no working directory");
     }
+    // `Default` has no working directory: opening with it names the option.
+    let err = LsmBackend::open(config(), storage.clone(), LsmBackendOptions::default());
+    assert_eq!(option_of(err), "LsmBackendOptions::working_dir");
+    assert_eq!(files(dir.path()), before, "nothing deleted or created");
 }
 
 #[test]

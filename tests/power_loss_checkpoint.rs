@@ -125,20 +125,17 @@ fn open(kind: Kind, fs: &FsRef) -> flowstate::Result<(Box<dyn Restorable>, State
             FsBackendOptions::default().retained_checkpoints(2),
         )?),
         Kind::Lsm => {
-            let options = LsmBackendOptions {
-                fs: Arc::clone(fs),
-                retained_checkpoints: 2,
-                background_work: false,
-                write_buffer_size: 4 << 10,
-                write_cache_size: 0,
-                local_recovery_dir: Some("/job/local-recovery".into()),
-                ..LsmBackendOptions::default()
-            };
-            Box::new(LsmBackend::new(
+            let options = LsmBackendOptions::default()
+                .fs(Arc::clone(fs))
+                .retained_checkpoints(2)
+                .background_work(false)
+                .write_buffer_size(4 << 10)
+                .write_cache_size(0)
+                .local_recovery_dir(Some("/job/local-recovery".into()));
+            Box::new(LsmBackend::open(
                 config,
-                Path::new("/job/work"),
                 storage,
-                options,
+                options.working_dir(Path::new("/job/work")),
             )?)
         }
     };

@@ -105,22 +105,15 @@ impl BackendChoice {
                 Box::new(FsBackend::open(config, root.storage.clone(), options)?)
             }
             BackendChoice::Lsm => {
-                let options = LsmBackendOptions {
-                    write_buffer_size: 16 << 20,
-                    block_cache_size: 16 << 20,
+                let options = LsmBackendOptions::new(&root.working_dir)
+                    .write_buffer_size(16 << 20)
+                    .block_cache_size(16 << 20)
                     // Job-level retention releases task checkpoints through the backend's
                     // releaser (`job.rs`): the backend's own retention keeps all.
-                    retained_checkpoints: usize::MAX,
-                    local_recovery_dir: root.local_recovery_dir.clone(),
-                    fs: root.fs.clone(),
-                    ..LsmBackendOptions::default()
-                };
-                Box::new(LsmBackend::new(
-                    config,
-                    &root.working_dir,
-                    root.storage.clone(),
-                    options,
-                )?)
+                    .retained_checkpoints(usize::MAX)
+                    .local_recovery_dir(root.local_recovery_dir.clone())
+                    .fs(root.fs.clone());
+                Box::new(LsmBackend::open(config, root.storage.clone(), options)?)
             }
         })
     }

@@ -384,16 +384,14 @@ pub fn open(location: &str, options: &StorageOptions) -> Arc<dyn CheckpointStora
 }
 
 fn lsm(work: &Path, storage: Arc<dyn CheckpointStorage>, r: KeyGroupRange) -> LsmBackend {
-    let options = LsmBackendOptions {
-        retained_checkpoints: 2,
-        write_buffer_size: 64 << 10,
+    let options = LsmBackendOptions::new(work)
+        .retained_checkpoints(2)
+        .write_buffer_size(64 << 10)
         // Every write reaches the store at once, so its flushes and compactions (and with them
         // retention deleting shared files) follow the write pattern; the cache is covered by
         // the conformance suite.
-        write_cache_size: 0,
-        ..LsmBackendOptions::default()
-    };
-    LsmBackend::new(config(r), work, storage, options).unwrap()
+        .write_cache_size(0);
+    LsmBackend::open(config(r), storage, options).unwrap()
 }
 
 /// Checks that every file a completed checkpoint lists exists with its size and that every
@@ -541,17 +539,14 @@ pub fn restart_into_a_new_root(
     flowstate::backend::lsm::CheckpointStats,
 ) {
     let all = KeyGroupRange::all(MAX_PARALLELISM);
-    let options = LsmBackendOptions {
-        write_cache_size: 0,
-        write_buffer_size: 64 << 10,
-        ..LsmBackendOptions::default()
-    };
+    let options = LsmBackendOptions::default()
+        .write_cache_size(0)
+        .write_buffer_size(64 << 10);
     let old_storage = open(from, storage_options);
-    let mut old = LsmBackend::new(
+    let mut old = LsmBackend::open(
         config(all),
-        &work.join("old"),
         old_storage.clone(),
-        options.clone(),
+        options.clone().working_dir(work.join("old")),
     )
     .unwrap();
     let mut model = Contents::new();
@@ -560,11 +555,10 @@ pub fn restart_into_a_new_root(
     let handle = old.snapshot(1).unwrap().run().unwrap();
     drop(old);
 
-    let mut new = LsmBackend::new(
+    let mut new = LsmBackend::open(
         config(all),
-        &work.join("new"),
         open(to, storage_options),
-        options.clone(),
+        options.clone().working_dir(work.join("new")),
     )
     .unwrap();
     new.restore(&[handle], all).unwrap();
@@ -579,11 +573,10 @@ pub fn restart_into_a_new_root(
     // generations) and its checkpoint still restores.
     old_storage.delete_all("shared").unwrap();
     old_storage.delete_all("chk-1").unwrap();
-    let mut again = LsmBackend::new(
+    let mut again = LsmBackend::open(
         config(all),
-        &work.join("again"),
         open(&format!("{to}-again"), storage_options),
-        options,
+        options.working_dir(work.join("again")),
     )
     .unwrap();
     again.restore(&[next], all).unwrap();

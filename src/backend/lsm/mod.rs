@@ -61,16 +61,38 @@ pub const DEFAULT_WRITE_CACHE_SIZE: usize = 64 << 20;
 /// Default size at which compaction output files are cut: 4 MiB.
 pub const DEFAULT_TARGET_FILE_SIZE: u64 = 4 << 20;
 
-/// Options of an [`LsmBackend`], with documented defaults.
+/// Options of an [`LsmBackend`], with documented defaults: start from
+/// [`LsmBackendOptions::new`] (the one option without a default is the working directory;
+/// `Default` leaves it empty, which [`LsmBackendOptions::validate`] rejects, for code that
+/// builds one set of options for several backends) and change fields with the setters of the
+/// same names. [`LsmBackend::open`] checks them
+/// ([`LsmBackendOptions::validate`]) before it touches any file.
+///
+/// ```
+/// use flowstate::LsmBackendOptions;
+/// use flowstate::lsm::Compression;
+///
+/// let options = LsmBackendOptions::new("/var/lib/job/state")
+///     .write_buffer_size(16 << 20)
+///     .state_compression("events", Compression::None)
+///     .retained_checkpoints(3);
+/// assert!(options.validate().is_ok());
+/// assert!(options.clone().delta_ratio(-1.0).validate().is_err());
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct LsmBackendOptions {
+    /// Directory of the working store (no default; created if missing). Each backend opens a
+    /// fresh store `db-<instance>-<n>` in it and removes the stores a crashed or dropped backend
+    /// left there, so two live backends must not share one.
+    pub working_dir: PathBuf,
     /// Memtable size before a flush (default 64 MiB, the store's default).
     pub write_buffer_size: usize,
     /// Block cache capacity (default 64 MiB).
     pub block_cache_size: usize,
     /// Compression of SST data blocks of every state (default zstd level 3).
     pub compression: Compression,
-    /// Per-state overrides of `compression`, by state name.
+    /// Per-state overrides of `compression`, by state name (default none).
     pub state_compression: Vec<(String, Compression)>,
     /// Completed checkpoints kept (default
     /// [`crate::checkpoint::DEFAULT_RETAINED_CHECKPOINTS`]; 0 counts
@@ -109,13 +131,37 @@ pub struct LsmBackendOptions {
     /// store up to half of it (then they are written to the store at once).
     pub write_cache_size: usize,
     /// The file system of the working store and the local-recovery copies (default the real
-    /// one; crash tests use [`crate::fs::SimFs`]). Checkpoint storage has its own.
+    /// one; crash tests use [`crate::fs::SimFs`], which can cut power at any operation).
+    /// Checkpoint storage has its own.
     pub fs: crate::fs::FsRef,
 }
 
+/// Setters named after the fields they set (each documented on its field).
+macro_rules! option_setters {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        $(
+            #[doc = concat!("Sets [`LsmBackendOptions::", stringify!($field), "`].")]
+            pub fn $field(mut self, value: $ty) -> Self {
+                self.$field = value;
+                self
+            }
+        )*
+    };
+}
+
 impl Default for LsmBackendOptions {
+    /// The default options without a working directory (set it with
+    /// [`LsmBackendOptions::working_dir`]).
     fn default() -> Self {
+        LsmBackendOptions::new(PathBuf::new())
+    }
+}
+
+impl LsmBackendOptions {
+    /// The default options with the working store under `working_dir`.
+    pub fn new(working_dir: impl Into<PathBuf>) -> Self {
         LsmBackendOptions {
+            working_dir: working_dir.into(),
             write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
             block_cache_size: DEFAULT_BLOCK_CACHE_SIZE,
             compression: Compression::Zstd { level: 3 },
@@ -133,10 +179,44 @@ impl Default for LsmBackendOptions {
             fs: crate::fs::std_fs(),
         }
     }
-}
 
-impl LsmBackendOptions {
-    /// Checks the options ([`LsmBackend::new`] does, before touching any file);
+    option_setters! {
+        write_buffer_size: usize,
+        block_cache_size: usize,
+        compression: Compression,
+        retained_checkpoints: usize,
+        ttl_periodic_compaction: bool,
+        delta_ratio: f64,
+        max_delta_files_per_cf: usize,
+        min_materialization_bytes: u64,
+        target_file_size: u64,
+        background_work: bool,
+        full_checkpoints: bool,
+        local_recovery_dir: Option<PathBuf>,
+        write_cache_size: usize,
+    }
+
+    /// Sets [`LsmBackendOptions::working_dir`].
+    pub fn working_dir(mut self, working_dir: impl Into<PathBuf>) -> Self {
+        self.working_dir = working_dir.into();
+        self
+    }
+
+    /// Compresses the SST data blocks of `state` with `compression` instead of
+    /// [`LsmBackendOptions::compression`] (adds to [`LsmBackendOptions::state_compression`];
+    /// the last setting for a state wins).
+    pub fn state_compression(mut self, state: impl Into<String>, compression: Compression) -> Self {
+        self.state_compression.push((state.into(), compression));
+        self
+    }
+
+    /// Sets [`LsmBackendOptions::fs`].
+    pub fn fs(mut self, fs: crate::fs::FsRef) -> Self {
+        self.fs = fs;
+        self
+    }
+
+    /// Checks the options ([`LsmBackend::open`] does, before touching any file);
     /// [`Error::InvalidOption`] names the first bad one (as `LsmBackendOptions::<field>`) and
     /// what it must be.
     pub fn validate(&self) -> Result<()> {
@@ -146,6 +226,12 @@ impl LsmBackendOptions {
                 what,
             ))
         };
+        if self.working_dir.as_os_str().is_empty() {
+            return bad(
+                "working_dir",
+                "must name a directory (LsmBackendOptions::new(dir) or .working_dir(dir))".into(),
+            );
+        }
         if self.write_buffer_size == 0 {
             return bad("write_buffer_size", "must be at least 1 byte".into());
         }
@@ -229,7 +315,7 @@ impl CompactionFilter for TtlCompactionFilter {
 /// let storage = Arc::new(LocalDirStorage::open(dir.path().join("checkpoints"))?);
 /// let work = dir.path().join("work");
 /// let mut backend =
-///     LsmBackend::new(BackendConfig::default(), &work, storage.clone(), LsmBackendOptions::default())?;
+///     LsmBackend::open(BackendConfig::default(), storage.clone(), LsmBackendOptions::new(&work))?;
 /// let counts = backend.register(&StateDescriptor::new("counts", StateKind::Value))?;
 /// let key = composite_key(key_group_for_key(b"alice", 128), b"alice", b"", b"");
 /// backend.put(counts, &key, b"1")?;
@@ -237,7 +323,7 @@ impl CompactionFilter for TtlCompactionFilter {
 /// backend.put(counts, &key, b"2")?;
 ///
 /// let mut restored =
-///     LsmBackend::new(BackendConfig::default(), &work, storage, LsmBackendOptions::default())?;
+///     LsmBackend::open(BackendConfig::default(), storage, LsmBackendOptions::new(&work))?;
 /// assert_eq!(restored.restore_latest()?, Some(1));
 /// let counts = restored.register(&StateDescriptor::new("counts", StateKind::Value))?;
 /// assert_eq!(restored.get(counts, &key)?, Some(b"1".to_vec()));
@@ -247,7 +333,6 @@ impl CompactionFilter for TtlCompactionFilter {
 pub struct LsmBackend {
     config: BackendConfig,
     options: LsmBackendOptions,
-    working_dir: PathBuf,
     db_dir: PathBuf,
     db: Arc<Db>,
     storage: Arc<dyn CheckpointStorage>,
@@ -281,16 +366,17 @@ fn random_instance_id() -> u64 {
 }
 
 impl LsmBackend {
-    /// An empty backend whose store lives under `working_dir` and whose checkpoints go to
-    /// `storage`. Checks `options` first ([`LsmBackendOptions::validate`]), then scans
-    /// `storage` (see [`LsmBackend::recovery_report`]).
-    pub fn new(
+    /// An empty backend whose store lives under [`LsmBackendOptions::working_dir`] and whose
+    /// checkpoints go to `storage`. Checks `options` first ([`LsmBackendOptions::validate`]),
+    /// then scans `storage` (see [`LsmBackend::recovery_report`]).
+    pub fn open(
         config: BackendConfig,
-        working_dir: &Path,
         storage: Arc<dyn CheckpointStorage>,
         options: LsmBackendOptions,
     ) -> Result<Self> {
         options.validate()?;
+        let working_dir = options.working_dir.clone();
+        let working_dir = working_dir.as_path();
         let (registry, recovery) = CheckpointRegistry::open(storage.clone())?;
         let instance_id = random_instance_id();
         let fs = options.fs.as_ref();
@@ -305,7 +391,6 @@ impl LsmBackend {
         Ok(LsmBackend {
             config,
             options,
-            working_dir: working_dir.to_path_buf(),
             db_dir,
             db: Arc::new(db),
             storage,
@@ -474,6 +559,7 @@ fn cf_options(
     cf.sst.compression = options
         .state_compression
         .iter()
+        .rev()
         .find(|(name, _)| *name == descriptor.name)
         .map_or(options.compression, |(_, c)| *c);
     if let Some(ttl) = descriptor.ttl {

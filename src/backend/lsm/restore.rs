@@ -364,6 +364,7 @@ fn restored_states(
 fn new_store_dir(backend: &mut LsmBackend, store_id: u64) -> Result<PathBuf> {
     backend.stores_opened += 1;
     let dir: PathBuf = backend
+        .options
         .working_dir
         .join(format!("db-{store_id:016x}-{}", backend.stores_opened));
     let fs = backend.options.fs.as_ref();
@@ -439,7 +440,7 @@ fn state_column_families(
 
 /// Makes `db` in `dir` the backend's store. The old store is closed and its directory removed
 /// now if nothing else holds it, else retired: removed by the first restore or snapshot after
-/// its last holder let it go (and by the next [`LsmBackend::new`] on the working directory if
+/// its last holder let it go (and by the next [`LsmBackend::open`] on the working directory if
 /// the process ends first).
 fn swap_store(backend: &mut LsmBackend, db: Db, dir: PathBuf) -> Result<()> {
     let old = std::mem::replace(&mut backend.db, Arc::new(db));
