@@ -27,7 +27,7 @@ fn main() -> flowstate::Result<()> {
     let dir = tempfile::tempdir().map_err(|e| flowstate::Error::io("tempdir", e))?;
     let storage = Arc::new(LocalDirStorage::open(dir.path())?);
     let range = KeyGroupRange::new(0, MAX_PARALLELISM / 2 - 1)?;
-    let config = BackendConfig::new(u32::from(MAX_PARALLELISM), range)?;
+    let config = BackendConfig::new(MAX_PARALLELISM, range)?;
     let mut backend = FsBackend::new(config.clone(), storage.clone())?;
     let descriptor = StateDescriptor::new("count_sum", StateKind::Value);
     let state = backend.register(&descriptor)?;

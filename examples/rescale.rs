@@ -35,7 +35,7 @@ fn owner(key: &[u8], parallelism: u16) -> usize {
 /// Task `index` of `parallelism`: its key groups, its working directory and its storage.
 fn task(dir: &Path, parallelism: u16, index: u16) -> flowstate::Result<KeyedState> {
     let range = KeyGroupRange::for_operator(MAX_PARALLELISM, parallelism, index)?;
-    let config = BackendConfig::new(u32::from(MAX_PARALLELISM), range)?;
+    let config = BackendConfig::new(MAX_PARALLELISM, range)?;
     let name = format!("p{parallelism}-t{index}");
     let storage = Arc::new(LocalDirStorage::open(dir.join("checkpoints").join(&name))?);
     let options = LsmBackendOptions::new(dir.join("work").join(&name))

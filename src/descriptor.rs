@@ -32,7 +32,7 @@ pub enum StateKind {
 
 impl StateKind {
     /// On disk: never change. The tag of the kind in metadata (FORMAT.md §3).
-    pub fn tag(self) -> u8 {
+    pub(crate) fn tag(self) -> u8 {
         match self {
             StateKind::Value => 0,
             StateKind::List => 1,
@@ -43,7 +43,7 @@ impl StateKind {
     }
 
     /// The kind of an on-disk tag.
-    pub fn from_tag(tag: u8) -> Option<Self> {
+    pub(crate) fn from_tag(tag: u8) -> Option<Self> {
         Some(match tag {
             0 => StateKind::Value,
             1 => StateKind::List,
@@ -108,7 +108,7 @@ impl StateDescriptor {
     }
 
     /// Appends the descriptor's on-disk encoding (FORMAT.md §3.4) to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         put_varint32(out, self.name.len() as u32);
         out.extend_from_slice(self.name.as_bytes());
         out.push(self.kind.tag());
@@ -222,7 +222,7 @@ pub enum BackendKind {
 
 impl BackendKind {
     /// On disk: never change. The tag of the kind in `_metadata` (FORMAT.md).
-    pub fn tag(self) -> u8 {
+    pub(crate) fn tag(self) -> u8 {
         match self {
             BackendKind::Memory => 0,
             BackendKind::Fs => 1,
@@ -231,7 +231,7 @@ impl BackendKind {
     }
 
     /// The kind of an on-disk tag.
-    pub fn from_tag(tag: u8) -> Option<Self> {
+    pub(crate) fn from_tag(tag: u8) -> Option<Self> {
         Some(match tag {
             0 => BackendKind::Memory,
             1 => BackendKind::Fs,

@@ -13,11 +13,7 @@ use crate::keys::{KeyGroupRange, composite_key, key_group_for_key};
 const MAX_PARALLELISM: u16 = 8;
 
 fn config() -> BackendConfig {
-    BackendConfig::new(
-        u32::from(MAX_PARALLELISM),
-        KeyGroupRange::all(MAX_PARALLELISM),
-    )
-    .unwrap()
+    BackendConfig::new(MAX_PARALLELISM, KeyGroupRange::all(MAX_PARALLELISM)).unwrap()
 }
 
 /// Puts `count` keys starting at `first`, with values naming `round`.

@@ -21,13 +21,13 @@ pub const UPPER_BOUND_MAX_PARALLELISM: u16 = 32768;
 pub use crate::hash::murmur3_32;
 
 /// Checks a `max_parallelism` value: 1 ..= 32768.
-pub fn check_max_parallelism(max_parallelism: u32) -> Result<u16> {
-    if max_parallelism == 0 || max_parallelism > u32::from(UPPER_BOUND_MAX_PARALLELISM) {
+pub fn check_max_parallelism(max_parallelism: u16) -> Result<u16> {
+    if max_parallelism == 0 || max_parallelism > UPPER_BOUND_MAX_PARALLELISM {
         return Err(Error::invalid(format!(
             "max_parallelism must be in 1..={UPPER_BOUND_MAX_PARALLELISM}, got {max_parallelism}"
         )));
     }
-    Ok(max_parallelism as u16)
+    Ok(max_parallelism)
 }
 
 /// The key group of a key's serialized bytes: `murmur3_32(key, 0) % max_parallelism`.

@@ -67,7 +67,7 @@ pub use error::{Error, Result};
 pub use keys::KeyGroupRange;
 pub use state::{
     AggregateFunction, AggregatingState, KeyedState, ListState, MapState, ReducingState,
-    StateOptions, ValueState,
+    StateOptions, ValueState, key_group_for,
 };
 pub use ttl::{Clock, ManualClock, SystemClock, TtlConfig, UpdateType, Visibility};
 
@@ -105,6 +105,17 @@ pub mod internals {
         V: serde::Serialize + serde::de::DeserializeOwned,
     {
         map.iter_in_chunks(chunk)
+    }
+
+    /// The elements of a stored list value (FORMAT.md §3.2), each still in its TTL envelope
+    /// when the state has TTL.
+    pub fn list_elements(bytes: &[u8]) -> crate::Result<Vec<&[u8]>> {
+        crate::ttl::list_elements(bytes)
+    }
+
+    /// Appends one element to a stored list value (FORMAT.md §3.2).
+    pub fn push_list_element(out: &mut Vec<u8>, element: &[u8]) {
+        crate::ttl::push_list_element(out, element)
     }
 
     /// Decodes a write batch as the WAL reader does (FORMAT.md §7.4): `Ok` if `bytes` is one.

@@ -169,7 +169,7 @@ pub fn describe() {
 
 /// Timings and sizes of one completed checkpoint, as the coordinator knows them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CheckpointSample {
+pub(crate) struct CheckpointSample {
     /// Trigger to completion.
     pub duration: Duration,
     /// Longest synchronous part.
@@ -185,7 +185,7 @@ pub struct CheckpointSample {
 }
 
 /// A checkpoint completed.
-pub fn checkpoint_completed(sample: &CheckpointSample) {
+pub(crate) fn checkpoint_completed(sample: &CheckpointSample) {
     counter!(CHECKPOINTS_COMPLETED_TOTAL).increment(1);
     histogram!(CHECKPOINT_DURATION_SECONDS).record(sample.duration.as_secs_f64());
     histogram!(CHECKPOINT_SYNC_SECONDS).record(sample.sync.as_secs_f64());
@@ -197,7 +197,7 @@ pub fn checkpoint_completed(sample: &CheckpointSample) {
 
 /// A checkpoint ended without completing: `failed` when it counts against the tolerable
 /// failures (declined, timed out), else it was aborted (subsumed, job attempt failed).
-pub fn checkpoint_ended_incomplete(failed: bool) {
+pub(crate) fn checkpoint_ended_incomplete(failed: bool) {
     let name = if failed {
         CHECKPOINTS_FAILED_TOTAL
     } else {
@@ -207,21 +207,21 @@ pub fn checkpoint_ended_incomplete(failed: bool) {
 }
 
 /// One state's bytes in the latest checkpoint of the task owning key groups `first..=last`.
-pub fn state_size(state: &str, key_groups: (u16, u16), bytes: u64) {
+pub(crate) fn state_size(state: &str, key_groups: (u16, u16), bytes: u64) {
     let range = format!("{}-{}", key_groups.0, key_groups.1);
     gauge!(STATE_SIZE_BYTES, "state" => state.to_string(), "key_groups" => range).set(bytes as f64);
 }
 
 /// [`state_size`] of every state of a full snapshot of the key groups `range` (first, last): `names[i]` wrote
 /// `sizes[i]` key and value bytes.
-pub fn full_state_sizes(names: &[String], range: (u16, u16), sizes: &[u64]) {
+pub(crate) fn full_state_sizes(names: &[String], range: (u16, u16), sizes: &[u64]) {
     for (name, bytes) in names.iter().zip(sizes) {
         state_size(name, range, *bytes);
     }
 }
 
 /// The state-size growth alert changed: `raised` entering the alert (counted), else cleared.
-pub fn state_growth_alert(raised: bool) {
+pub(crate) fn state_growth_alert(raised: bool) {
     if raised {
         counter!(STATE_GROWTH_ALERTS_TOTAL).increment(1);
     }
@@ -229,20 +229,20 @@ pub fn state_growth_alert(raised: bool) {
 }
 
 /// A flush wrote `bytes` of SST files.
-pub fn flush_finished(bytes: u64) {
+pub(crate) fn flush_finished(bytes: u64) {
     counter!(LSM_FLUSHES_TOTAL).increment(1);
     counter!(LSM_FLUSH_WRITTEN_BYTES_TOTAL).increment(bytes);
 }
 
 /// A compaction read `bytes_read` and wrote `bytes_written` (both 0 for a trivial move).
-pub fn compaction_finished(bytes_read: u64, bytes_written: u64) {
+pub(crate) fn compaction_finished(bytes_read: u64, bytes_written: u64) {
     counter!(LSM_COMPACTIONS_TOTAL).increment(1);
     counter!(LSM_COMPACTION_READ_BYTES_TOTAL).increment(bytes_read);
     counter!(LSM_COMPACTION_WRITTEN_BYTES_TOTAL).increment(bytes_written);
 }
 
 /// A writer stalled for a flush or compaction.
-pub fn write_stall() {
+pub(crate) fn write_stall() {
     counter!(LSM_WRITE_STALLS_TOTAL).increment(1);
 }
 
@@ -251,18 +251,18 @@ pub fn write_stall() {
 /// backend's: fs reads every file it restores; lsm counts the SST files it links or copies into
 /// its new store (a hard link moves no data, so on local storage this is an upper bound);
 /// memory reports 0.
-pub fn restore_finished(backend: &'static str, duration: Duration, bytes_downloaded: u64) {
+pub(crate) fn restore_finished(backend: &'static str, duration: Duration, bytes_downloaded: u64) {
     histogram!(RESTORE_DURATION_SECONDS, "backend" => backend).record(duration.as_secs_f64());
     counter!(RESTORE_DOWNLOADED_BYTES_TOTAL, "backend" => backend).increment(bytes_downloaded);
 }
 
 /// A restore gave the backend's own checkpoint storage `bytes` of restored files by hard link
 /// or server-side copy.
-pub fn restore_copied(backend: &'static str, bytes: u64) {
+pub(crate) fn restore_copied(backend: &'static str, bytes: u64) {
     counter!(RESTORE_COPIED_BYTES_TOTAL, "backend" => backend).increment(bytes);
 }
 
 /// The job restarts after a task failure.
-pub fn job_restarted() {
+pub(crate) fn job_restarted() {
     counter!(JOB_RESTARTS_TOTAL).increment(1);
 }

@@ -100,13 +100,13 @@ pub fn unwrap(bytes: &[u8]) -> Result<(u64, &[u8])> {
 }
 
 /// Appends one list element frame (`varint len | element`) to `out`.
-pub fn push_list_element(out: &mut Vec<u8>, element: &[u8]) {
+pub(crate) fn push_list_element(out: &mut Vec<u8>, element: &[u8]) {
     put_varint32(out, element.len() as u32);
     out.extend_from_slice(element);
 }
 
 /// Splits a list value into its element frames.
-pub fn list_elements(bytes: &[u8]) -> Result<Vec<&[u8]>> {
+pub(crate) fn list_elements(bytes: &[u8]) -> Result<Vec<&[u8]>> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     while let Some((element, next)) = next_list_element(bytes, pos)? {
@@ -119,7 +119,7 @@ pub fn list_elements(bytes: &[u8]) -> Result<Vec<&[u8]>> {
 /// The element of the list value `bytes` whose frame starts at byte `pos`, and where the next
 /// frame starts; `None` at (or past) the end. Decodes one frame, so a list can be read element
 /// by element without splitting it first.
-pub fn next_list_element(bytes: &[u8], pos: usize) -> Result<Option<(&[u8], usize)>> {
+pub(crate) fn next_list_element(bytes: &[u8], pos: usize) -> Result<Option<(&[u8], usize)>> {
     let Some(rest) = bytes.get(pos..).filter(|rest| !rest.is_empty()) else {
         return Ok(None);
     };
@@ -139,7 +139,7 @@ pub fn next_list_element(bytes: &[u8], pos: usize) -> Result<Option<(&[u8], usiz
 /// is left. This is the whole cleanup rule shared by snapshots, incremental cleanup and the
 /// compaction filter: a value of a TTL state is dropped when expired; a list keeps its
 /// unexpired elements.
-pub fn drop_expired(
+pub(crate) fn drop_expired(
     is_list: bool,
     ttl: &TtlConfig,
     value: &[u8],

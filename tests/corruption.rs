@@ -119,11 +119,7 @@ fn every_damaged_file_is_reported_never_restored() {
     let mut rng = Rng(seed("corruption sweep"));
     // The restoring backend holds sentinel state; a failed restore must leave it untouched.
     let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::open(dir.path()).unwrap());
-    let config = BackendConfig::new(
-        u32::from(MAX_PARALLELISM),
-        KeyGroupRange::all(MAX_PARALLELISM),
-    )
-    .unwrap();
+    let config = BackendConfig::new(MAX_PARALLELISM, KeyGroupRange::all(MAX_PARALLELISM)).unwrap();
     let mut target = FsBackend::new(config, storage).unwrap();
     let sentinel_state = target
         .register(&StateDescriptor::new("sentinel", StateKind::Value))

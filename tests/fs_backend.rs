@@ -62,7 +62,7 @@ fn storage(dir: &std::path::Path) -> Arc<dyn CheckpointStorage> {
 }
 
 fn config(max_parallelism: u16, range: KeyGroupRange) -> BackendConfig {
-    BackendConfig::new(u32::from(max_parallelism), range).unwrap()
+    BackendConfig::new(max_parallelism, range).unwrap()
 }
 
 fn key(user: &str, max_parallelism: u16) -> Vec<u8> {

@@ -17,11 +17,7 @@ use flowstate::{
 const MAX_PARALLELISM: u16 = 8;
 
 fn config() -> BackendConfig {
-    BackendConfig::new(
-        u32::from(MAX_PARALLELISM),
-        KeyGroupRange::all(MAX_PARALLELISM),
-    )
-    .unwrap()
+    BackendConfig::new(MAX_PARALLELISM, KeyGroupRange::all(MAX_PARALLELISM)).unwrap()
 }
 
 fn put_keys(

@@ -83,7 +83,7 @@ fn periodic_compaction_cleans_a_cold_file_within_the_ttl() {
         .unwrap();
     for i in 0..50 {
         let mut element = Vec::new();
-        flowstate::ttl::push_list_element(&mut element, &wrap(1_000_000, b"e"));
+        flowstate::internals::push_list_element(&mut element, &wrap(1_000_000, b"e"));
         b.merge(l, &key(i), &element).unwrap();
     }
     b.db().flush().unwrap();

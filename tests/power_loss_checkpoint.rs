@@ -114,10 +114,7 @@ enum Kind {
 fn open(kind: Kind, fs: &FsRef) -> flowstate::Result<(Box<dyn Restorable>, StateId)> {
     let storage: Arc<dyn CheckpointStorage> =
         Arc::new(LocalDirStorage::open_on(Arc::clone(fs), ROOT)?);
-    let config = BackendConfig::new(
-        u32::from(MAX_PARALLELISM),
-        KeyGroupRange::all(MAX_PARALLELISM),
-    )?;
+    let config = BackendConfig::new(MAX_PARALLELISM, KeyGroupRange::all(MAX_PARALLELISM))?;
     let mut backend: Box<dyn Restorable> = match kind {
         Kind::Fs => Box::new(FsBackend::open(
             config,

@@ -30,7 +30,7 @@ fn contents(backend: &mut dyn StateBackend) -> Contents {
 }
 
 fn config(range: KeyGroupRange) -> BackendConfig {
-    BackendConfig::new(u32::from(DEFAULT_MAX_PARALLELISM), range).unwrap()
+    BackendConfig::new(DEFAULT_MAX_PARALLELISM, range).unwrap()
 }
 
 fn filled() -> MemoryBackend {

@@ -17,11 +17,7 @@ const MAX_PARALLELISM: u16 = 8;
 /// Checkpoints 1 and 2 of an FsBackend (one file per key group), and an incomplete chk-3.
 fn write_checkpoints(dir: &Path) {
     let storage: Arc<dyn CheckpointStorage> = Arc::new(LocalDirStorage::open(dir).unwrap());
-    let config = BackendConfig::new(
-        u32::from(MAX_PARALLELISM),
-        KeyGroupRange::all(MAX_PARALLELISM),
-    )
-    .unwrap();
+    let config = BackendConfig::new(MAX_PARALLELISM, KeyGroupRange::all(MAX_PARALLELISM)).unwrap();
     let mut backend = FsBackend::new(config, storage.clone()).unwrap();
     let values = backend
         .register(&StateDescriptor::new("values", StateKind::Value))

@@ -50,7 +50,7 @@ pub struct BackendConfig {
 
 impl BackendConfig {
     /// A config owning `range` of a job with `max_parallelism` key groups, on the system clock.
-    pub fn new(max_parallelism: u32, range: KeyGroupRange) -> Result<Self> {
+    pub fn new(max_parallelism: u16, range: KeyGroupRange) -> Result<Self> {
         let max_parallelism = check_max_parallelism(max_parallelism)?;
         if u32::from(range.last()) >= u32::from(max_parallelism) {
             return Err(Error::invalid(format!(
@@ -94,7 +94,7 @@ pub type ReadModifyWrite<'a> = dyn FnMut(Option<&[u8]>, &mut Vec<u8>) -> Result<
 
 /// [`StateBackend::read_modify_write`] as a [`StateBackend::get`] then a
 /// [`StateBackend::put`]: the trait's default, and the fallback of backends that override it.
-pub fn read_modify_write_by_get_put<B: StateBackend + ?Sized>(
+pub(crate) fn read_modify_write_by_get_put<B: StateBackend + ?Sized>(
     backend: &mut B,
     state: StateId,
     key: &[u8],
@@ -287,7 +287,7 @@ impl CheckpointReleaser {
 
 /// Checks the common preconditions of a restore: handles of `kind`, the same max parallelism,
 /// disjoint key groups, and a target range inside `max_parallelism`.
-pub fn check_restore_handles(
+pub(crate) fn check_restore_handles(
     kind: BackendKind,
     max_parallelism: u16,
     handles: &[SnapshotHandle],
@@ -350,7 +350,7 @@ pub(crate) fn read_handle_metadata(
 }
 
 /// Checks that `key`'s key group is in `range`.
-pub fn check_key_group(key: &[u8], range: &KeyGroupRange) -> Result<()> {
+pub(crate) fn check_key_group(key: &[u8], range: &KeyGroupRange) -> Result<()> {
     let key_group = crate::keys::key_group_of(key)
         .ok_or_else(|| Error::invalid("composite key shorter than its 2-byte key group"))?;
     if range.contains(key_group) {

@@ -183,7 +183,7 @@ fn decode_body(mut c: Cursor<'_>, version: u32) -> Result<CheckpointMetadata> {
     let backend = BackendKind::from_tag(c.u8("backend kind")?)
         .ok_or_else(|| c.error_at(at, "unknown backend kind tag"))?;
     let at = c.offset();
-    let max_parallelism = check_max_parallelism(u32::from(c.u16_le("max parallelism")?))
+    let max_parallelism = check_max_parallelism(c.u16_le("max parallelism")?)
         .map_err(|_| c.error_at(at, "max parallelism outside 1..=32768"))?;
     let key_group_range = read_range(&mut c, max_parallelism, "checkpoint key-group range")?;
 

@@ -83,7 +83,9 @@ pub struct JobConfig {
     pub checkpoints: CheckpointOptions,
     /// Restart strategy.
     pub restart: RestartStrategy,
-    /// Failure injection (tests).
+    /// Failures to inject (default none): each fails a task at the n-th occurrence of a point
+    /// of the run, so a test of a deployment can check that restarts keep the output
+    /// exactly-once ([`FailureSchedule`]).
     pub failures: Arc<FailureSchedule>,
     /// Print progress to stderr once a second.
     pub progress: bool,
@@ -101,8 +103,9 @@ pub struct JobConfig {
     /// Called on the coordinator thread after each completed checkpoint is durable and
     /// retention has released what it subsumed, before the next checkpoint is triggered.
     pub on_checkpoint: Option<CheckpointObserver>,
-    /// The file system of the state and output directories (default the real one; the crash
-    /// tests use a simulated one). The input is read with `std::fs`.
+    /// The file system of the state and output directories (default the real one; a
+    /// [`SimFs`](crate::fs::SimFs) injects faults and power loss). The input is read with
+    /// `std::fs`.
     pub fs: FsRef,
 }
 
@@ -335,9 +338,7 @@ fn job_max_parallelism(config: &JobConfig, store: &JobStore, state_dir: &Path) -
             }
             had
         }
-        (None, requested) => {
-            check_max_parallelism(u32::from(requested.unwrap_or(DEFAULT_MAX_PARALLELISM)))?
-        }
+        (None, requested) => check_max_parallelism(requested.unwrap_or(DEFAULT_MAX_PARALLELISM))?,
     };
     if config.parallelism > max_parallelism {
         return Err(Error::invalid(format!(
@@ -764,7 +765,7 @@ impl Attempt<'_> {
         let mut releasers = Vec::with_capacity(usize::from(parallelism));
         for index in 0..parallelism {
             let range = KeyGroupRange::for_operator(self.max_parallelism, parallelism, index)?;
-            let backend_config = BackendConfig::new(u32::from(self.max_parallelism), range)?;
+            let backend_config = BackendConfig::new(self.max_parallelism, range)?;
             let root = self.base.task(generation, usize::from(index))?;
             let backend = config.backend.create(backend_config, &root)?;
             releasers.extend(backend.checkpoint_releaser());

@@ -224,7 +224,7 @@ impl dyn FileSystem + '_ {
 
 /// Creates `dir` and any missing parents, and makes each new directory durable in its parent
 /// (the parent is fsynced after the child is created). An existing directory is left as it is.
-pub fn create_dir_durable(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+pub(crate) fn create_dir_durable(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
     let mut missing: Vec<PathBuf> = Vec::new();
     let mut at = Some(dir);
     while let Some(path) = at {
@@ -260,12 +260,12 @@ pub fn create_dir_durable(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
 }
 
 /// fsyncs the directory `dir`, so the names created, renamed or removed in it are durable.
-pub fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
     fs.sync_dir(dir).map_err(|e| Error::fsync(dir, e))
 }
 
 /// fsyncs the directory holding `path`, so a new, renamed or removed name in it is durable.
-pub fn sync_parent(fs: &dyn FileSystem, path: &Path) -> Result<()> {
+pub(crate) fn sync_parent(fs: &dyn FileSystem, path: &Path) -> Result<()> {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => sync_dir(fs, p),
         _ => sync_dir(fs, Path::new(".")),
@@ -275,7 +275,7 @@ pub fn sync_parent(fs: &dyn FileSystem, path: &Path) -> Result<()> {
 /// Writes `bytes` to `path` atomically: a temp file beside it (`<name>.tmp`), fsynced, renamed
 /// over `path`, then the directory fsynced. After a crash a reader finds the old file or the new
 /// one, never a mix; after this returns the new one survives power loss.
-pub fn write_atomic(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -287,7 +287,7 @@ pub fn write_atomic(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<()
 /// Makes `tmp`, written through `file`, durable under the name `path`: fsyncs and closes it,
 /// renames it over `path`, then fsyncs the directory holding `path`. The end of
 /// [`write_atomic`], for writers that stream a file instead of handing over its bytes.
-pub fn commit_temp(
+pub(crate) fn commit_temp(
     fs: &dyn FileSystem,
     mut file: Box<dyn WritableFile>,
     tmp: &Path,
@@ -300,7 +300,7 @@ pub fn commit_temp(
 }
 
 /// Writes a new file (which must not exist) and fsyncs it; the caller syncs the directory.
-pub fn write_new_synced(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_new_synced(fs: &dyn FileSystem, path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = fs.create_new(path).map_err(|e| Error::io(path, e))?;
     file.write_all(bytes).map_err(|e| Error::io(path, e))?;
     file.sync_data().map_err(|e| Error::fsync(path, e))

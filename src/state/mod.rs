@@ -27,7 +27,7 @@ use crate::backend::{
 };
 use crate::codec::varint::put_varint32;
 use crate::error::{Error, Result};
-use crate::keys::{CompositeKey, KeyGroupRange, key_group_for_key};
+use crate::keys::{CompositeKey, KeyGroupRange, check_max_parallelism, key_group_for_key};
 use crate::ttl::TtlConfig;
 
 pub use aggregating::{AggregateFunction, AggregatingState};
@@ -598,6 +598,29 @@ impl<'k, T> Handle<'k, T> {
     }
 }
 
+/// The key group [`KeyedState::set_current_key`] puts `key` in, for a job with
+/// `max_parallelism` key groups: the hash of the key's postcard encoding
+/// ([`key_group_for_key`] of those bytes, FORMAT.md §2.1). A router sends a record to the task
+/// that owns this group
+/// ([`operator_index_for_key_group`](crate::keys::operator_index_for_key_group)).
+///
+/// ```
+/// use flowstate::{BackendConfig, KeyedState, MemoryBackend, key_group_for};
+///
+/// let keyed = KeyedState::new(MemoryBackend::new(BackendConfig::default()));
+/// keyed.set_current_key(&("alice", 7u32))?;
+/// assert_eq!(keyed.current_key_group(), Some(key_group_for(&("alice", 7u32), 128)?));
+/// # Ok::<(), flowstate::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidArgument`] when `max_parallelism` is outside `1..=32768`;
+/// [`Error::Serialization`] when the key does not serialize.
+pub fn key_group_for<K: Serialize + ?Sized>(key: &K, max_parallelism: u16) -> Result<u16> {
+    let max_parallelism = check_max_parallelism(max_parallelism)?;
+    Ok(key_group_for_key(&to_bytes(key)?, max_parallelism))
+}
+
 pub(crate) fn to_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     postcard::to_allocvec(value).map_err(|e| Error::Serialization(e.to_string()))
 }
@@ -613,6 +636,53 @@ mod tests {
 
     fn keyed() -> KeyedState {
         KeyedState::new(MemoryBackend::new(BackendConfig::default()))
+    }
+
+    #[test]
+    fn key_group_for_is_the_group_set_current_key_uses() {
+        let max_parallelism = 16;
+        let config = BackendConfig::new(max_parallelism, KeyGroupRange::all(max_parallelism))
+            .expect("config");
+        let keyed = KeyedState::new(MemoryBackend::new(config));
+        let mut groups = std::collections::BTreeSet::new();
+        for i in 0..200u64 {
+            let key = (format!("user-{i}"), i);
+            let group = key_group_for(&key, max_parallelism).expect("key group");
+            keyed.set_current_key(&key).expect("set key");
+            assert_eq!(keyed.current_key_group(), Some(group));
+            let bytes = postcard::to_allocvec(&key).expect("encode");
+            assert_eq!(group, key_group_for_key(&bytes, max_parallelism));
+            groups.insert(group);
+        }
+        // The keys spread over the groups (a constant would pass the equalities above).
+        assert!(groups.len() > 8, "{groups:?}");
+        assert!(key_group_for(&1u32, 0).is_err());
+        assert!(key_group_for(&1u32, 32769).is_err());
+        assert!(key_group_for(&1u32, 32768).is_ok());
+    }
+
+    #[test]
+    fn a_router_using_key_group_for_sends_each_key_to_its_owner() {
+        let max_parallelism = 32;
+        let tasks: Vec<KeyedState> = (0..3)
+            .map(|index| {
+                let range = KeyGroupRange::for_operator(max_parallelism, 3, index).expect("range");
+                let config = BackendConfig::new(max_parallelism, range).expect("config");
+                KeyedState::new(MemoryBackend::new(config))
+            })
+            .collect();
+        for key in 0..300u32 {
+            let group = key_group_for(&key, max_parallelism).expect("key group");
+            let owner =
+                crate::keys::operator_index_for_key_group(max_parallelism, 3, group) as usize;
+            for (index, task) in tasks.iter().enumerate() {
+                assert_eq!(
+                    task.set_current_key(&key).is_ok(),
+                    index == owner,
+                    "key {key}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl<F: BackendFactory> Env<F> {
 
     /// The config of a backend owning `range` of [`MAX_PARALLELISM`] groups, on the manual clock.
     pub fn config(&self, range: KeyGroupRange) -> BackendConfig {
-        BackendConfig::new(u32::from(MAX_PARALLELISM), range)
+        BackendConfig::new(MAX_PARALLELISM, range)
             .expect("the suite's ranges fit max_parallelism")
             .with_clock(self.clock.clone())
     }
@@ -70,7 +70,7 @@ impl<F: BackendFactory> Env<F> {
     /// The config of a backend owning `range` of a job with `max_parallelism` key groups, on
     /// the manual clock.
     pub fn config_of(&self, max_parallelism: u16, range: KeyGroupRange) -> BackendConfig {
-        BackendConfig::new(u32::from(max_parallelism), range)
+        BackendConfig::new(max_parallelism, range)
             .expect("the range fits max_parallelism")
             .with_clock(self.clock.clone())
     }

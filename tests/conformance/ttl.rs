@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
+use flowstate::internals::list_elements;
 use flowstate::keys::composite_key;
 use flowstate::state::StateOptions;
-use flowstate::ttl::{list_elements, unwrap as unwrap_envelope};
+use flowstate::ttl::unwrap as unwrap_envelope;
 use flowstate::{KeyGroupRange, TtlConfig, UpdateType, Visibility};
 
 use super::harness::{BackendFactory, Env, MAX_PARALLELISM, START_MS, all, key_bytes, scan_named};

@@ -61,7 +61,7 @@ pub fn range(first: u16, last: u16) -> KeyGroupRange {
 }
 
 pub fn config(r: KeyGroupRange) -> BackendConfig {
-    BackendConfig::new(u32::from(MAX_PARALLELISM), r).unwrap()
+    BackendConfig::new(MAX_PARALLELISM, r).unwrap()
 }
 
 pub fn contents(backend: &mut dyn StateBackend) -> Contents {
@@ -620,10 +620,6 @@ pub fn kill_child_after(
 pub fn fs_backend_in(dir: &Path, max_parallelism: u16) -> FsBackend {
     let storage: Arc<dyn CheckpointStorage> =
         Arc::new(flowstate::checkpoint::storage::LocalDirStorage::open(dir).unwrap());
-    let config = BackendConfig::new(
-        u32::from(max_parallelism),
-        KeyGroupRange::all(max_parallelism),
-    )
-    .unwrap();
+    let config = BackendConfig::new(max_parallelism, KeyGroupRange::all(max_parallelism)).unwrap();
     FsBackend::new(config, storage).unwrap()
 }

@@ -45,12 +45,12 @@ pub use restore::RestoreStats;
 
 /// Prefix of a state's column family name: `state:<name>` (so no state collides with the
 /// store's `default` column family).
-pub const CF_PREFIX: &str = "state:";
+pub(crate) const CF_PREFIX: &str = "state:";
 
 /// `delete_prefix` over at most this many keys deletes them one by one; a larger one writes a
 /// range tombstone (tombstones stay in the version until a manual compaction, so many small
 /// ones would slow every read).
-pub const POINT_DELETE_LIMIT: usize = 64;
+pub(crate) const POINT_DELETE_LIMIT: usize = 64;
 
 /// Default lower bound of the bytes of the materialization target one checkpoint uploads: 4 MiB.
 pub const DEFAULT_MIN_MATERIALIZATION_BYTES: u64 = 4 << 20;
@@ -268,7 +268,7 @@ impl LsmBackendOptions {
 
 /// Drops expired TTL values (and expired list elements) during compaction.
 #[derive(Debug)]
-pub struct TtlCompactionFilter {
+pub(crate) struct TtlCompactionFilter {
     ttl: TtlConfig,
     is_list: bool,
     clock: SharedClock,
@@ -634,7 +634,7 @@ fn store_options(
 }
 
 /// The column family name of state `name`.
-pub fn cf_name(state: &str) -> String {
+pub(crate) fn cf_name(state: &str) -> String {
     format!("{CF_PREFIX}{state}")
 }
 
