@@ -261,7 +261,10 @@ pub fn sst(data: &[u8]) {
         let parsed = parse_internal_key(key, "fuzz", 0).expect("verified keys parse");
         let found = reader.get(user, MAX_SEQUENCE).expect("verified file reads");
         let found = found.expect("get finds a key the file holds");
-        assert_eq!((found.sequence, &found.value), (parsed.sequence, value));
+        assert_eq!(
+            (found.sequence, &*found.value),
+            (parsed.sequence, &value[..])
+        );
     }
 }
 

@@ -169,16 +169,15 @@ fn orphan_files_from_a_crash_do_not_collide_with_new_numbers() {
 }
 
 fn sst_count(dir: &std::path::Path) -> usize {
+    sst_files(dir).len()
+}
+
+fn sst_files(dir: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "sst")
-        })
-        .count()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
+        .collect()
 }
 
 /// Files a compaction replaced stay on disk while an iterator or a `live_files` pin uses them,
@@ -355,5 +354,72 @@ fn bad_options_are_refused_by_name_before_any_file_is_written() {
         );
         assert!(err.to_string().contains(name), "{err}");
         assert!(!path.exists(), "{name}: nothing is created");
+    }
+}
+
+/// `get_pinned` borrows a value found in an SST file from its data block, owns one from the
+/// memtable or a merge, and the borrowed bytes stay valid after the block cache evicted the
+/// block, after a compaction deleted the file and after the store is closed.
+#[test]
+fn pinned_values_outlive_cache_eviction_compaction_and_close() {
+    for mmap in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(
+            dir.path(),
+            Options {
+                block_cache_size: 8 << 10,
+                allow_mmap_reads: mmap,
+                ..options()
+            },
+        )
+        .unwrap();
+        let cf = db.default_cf();
+        let lists = db.create_cf("lists", CfOptions::default()).unwrap();
+        let value = |i: u32| format!("value-{i:05}-{}", "x".repeat(40)).into_bytes();
+        for i in 0..2_000u32 {
+            db.put(&cf, &i.to_be_bytes(), &value(i)).unwrap();
+        }
+        db.merge(&lists, b"k", b"a").unwrap();
+        db.flush().unwrap();
+        db.merge(&lists, b"k", b"b").unwrap();
+        db.put(&cf, b"fresh", b"in the memtable").unwrap();
+        let read = ReadOptions::default();
+
+        let held: Vec<_> = (0..2_000u32)
+            .step_by(97)
+            .map(|i| {
+                (
+                    i,
+                    db.get_pinned(&cf, &i.to_be_bytes(), &read)
+                        .unwrap()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        assert!(held.iter().all(|(_, v)| v.is_pinned()), "mmap {mmap}");
+        let fresh = db.get_pinned(&cf, b"fresh", &read).unwrap().unwrap();
+        assert!(!fresh.is_pinned());
+        assert_eq!(fresh, b"in the memtable"[..]);
+        let merged = db.get_pinned(&lists, b"k", &read).unwrap().unwrap();
+        assert!(!merged.is_pinned());
+        assert_eq!(merged.into_vec(), b"ab".to_vec());
+        assert_eq!(db.get_pinned(&cf, b"absent", &read).unwrap(), None);
+
+        // Evict every block (the cache holds two), rewrite and delete every file, close.
+        for i in 0..2_000u32 {
+            assert_eq!(db.get(&cf, &i.to_be_bytes()).unwrap(), Some(value(i)));
+        }
+        let before = sst_files(dir.path());
+        db.compact_range(&cf, None, None).unwrap();
+        drop(db);
+        let after = sst_files(dir.path());
+        assert!(
+            before.difference(&after).count() >= 2,
+            "the flushed files were deleted: {before:?} -> {after:?}"
+        );
+        for (i, v) in &held {
+            assert_eq!(**v, value(*i)[..], "key {i}, mmap {mmap}");
+            assert_eq!(v.clone().into_vec(), value(*i));
+        }
     }
 }

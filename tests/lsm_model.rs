@@ -205,12 +205,18 @@ fn run(ops: Vec<Op>) -> usize {
                 }
             }
             Op::Get(c, k) => {
+                let expected = model.get(&(c, key(k))).cloned();
                 assert_eq!(
                     h.db().get(&h.cfs[c], &key(k)).unwrap(),
-                    model.get(&(c, key(k))).cloned(),
+                    expected,
                     "get {c} {:?}",
                     key(k)
                 );
+                let pinned = h
+                    .db()
+                    .get_pinned(&h.cfs[c], &key(k), &ReadOptions::default())
+                    .unwrap();
+                assert_eq!(pinned.map(|v| v.to_vec()), expected, "get_pinned {c} {k}");
             }
             Op::Scan(c, a, b, reverse) => {
                 let (lo, hi) = ordered(a, b);

@@ -65,6 +65,12 @@ impl BlockIter {
         self.key
     }
 
+    /// The block being iterated and the current value's range in its entry area
+    /// ([`Block::entries`]): what a reader keeps to hold the value without copying it.
+    pub(crate) fn value_in_block(&self) -> (&Arc<Block>, std::ops::Range<usize>) {
+        (&self.block, self.value.0..self.value.1)
+    }
+
     /// Reads the entry at `self.next` into the cursor; returns false at the end of the block.
     fn parse_next(&mut self) -> Result<bool> {
         // Borrow the block's areas once (fields are disjoint from the cursor's).

@@ -13,6 +13,7 @@ pub(crate) mod memtable;
 pub(crate) mod merge;
 pub(crate) mod merge_iter;
 pub(crate) mod options;
+pub(crate) mod pinned;
 pub(crate) mod sst;
 pub(crate) mod table;
 pub(crate) mod version;
@@ -26,5 +27,6 @@ pub use db::{
 };
 pub use merge::{AppendOperator, CompactionFilter, FilterDecision, MergeOperator};
 pub use options::{CfOptions, DEFAULT_BLOCK_CACHE_SIZE, DEFAULT_WRITE_BUFFER_SIZE, Options};
+pub use pinned::PinnedValue;
 pub use sst::{DEFAULT_BLOCK_SIZE, MAX_CONFIGURED_BLOCK_SIZE, SstOptions};
 pub use wal::{RecoveryMode, SyncMode};

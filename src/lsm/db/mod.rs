@@ -26,6 +26,7 @@ use crate::lsm::block_cache::BlockCache;
 use crate::lsm::manifest::Manifest;
 use crate::lsm::memtable::Memtable;
 use crate::lsm::options::{CfOptions, Options};
+use crate::lsm::pinned::PinnedValue;
 use crate::lsm::table::TableFile;
 use crate::lsm::version::{NUM_LEVELS, RangeTombstone, Version};
 use crate::lsm::wal::WalWriter;
@@ -400,7 +401,7 @@ impl Db {
 
     /// The value of `key`, as of now.
     pub fn get(&self, cf: &ColumnFamily, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        read::get(&self.inner, cf, key, &ReadOptions::default())
+        self.get_opt(cf, key, &ReadOptions::default())
     }
 
     /// The value of `key` with read options (e.g. at a snapshot).
@@ -410,6 +411,32 @@ impl Db {
         key: &[u8],
         options: &ReadOptions,
     ) -> Result<Option<Vec<u8>>> {
+        Ok(read::get(&self.inner, cf, key, options)?.map(PinnedValue::into_vec))
+    }
+
+    /// [`Db::get_opt`] without copying a value found in an SST file out of its data block:
+    /// the [`PinnedValue`] keeps the block alive and dereferences to the value's bytes.
+    ///
+    /// ```
+    /// use flowstate::lsm::{Db, Options, ReadOptions};
+    ///
+    /// let dir = tempfile::tempdir().expect("temp dir");
+    ///
+    /// let db = Db::open(dir.path(), Options::default())?;
+    /// let cf = db.default_cf();
+    /// db.put(&cf, b"k", b"a value")?;
+    /// db.flush()?;
+    /// let value = db.get_pinned(&cf, b"k", &ReadOptions::default())?.expect("written");
+    /// assert_eq!(&*value, b"a value");
+    /// assert!(value.is_pinned());
+    /// # Ok::<(), flowstate::Error>(())
+    /// ```
+    pub fn get_pinned(
+        &self,
+        cf: &ColumnFamily,
+        key: &[u8],
+        options: &ReadOptions,
+    ) -> Result<Option<PinnedValue>> {
         read::get(&self.inner, cf, key, options)
     }
 

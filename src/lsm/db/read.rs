@@ -15,6 +15,7 @@ use crate::lsm::format::{ValueKind, compare_internal, parse_internal_key};
 use crate::lsm::iterator::InternalIterator;
 use crate::lsm::merge::{VersionRef, resolve};
 use crate::lsm::merge_iter::MergingIterator;
+use crate::lsm::pinned::PinnedValue;
 use crate::lsm::sst::format::seek_key;
 use crate::lsm::table::TableFile;
 
@@ -46,11 +47,11 @@ impl ReadOptions {
     }
 }
 
-/// One owned version of a key found during a lookup.
+/// One version of a key found during a lookup (a value from an SST file still in its block).
 struct Found {
     sequence: u64,
     kind: ValueKind,
-    value: Vec<u8>,
+    value: PinnedValue,
 }
 
 fn view<'a>(sv: &'a SuperVersion, cf: &ColumnFamily) -> Result<&'a CfView> {
@@ -64,7 +65,7 @@ pub(super) fn get(
     cf: &ColumnFamily,
     key: &[u8],
     options: &ReadOptions,
-) -> Result<Option<Vec<u8>>> {
+) -> Result<Option<PinnedValue>> {
     let sv = inner.current();
     let snapshot = options
         .snapshot
@@ -78,7 +79,7 @@ pub(super) fn get(
             found.push(Found {
                 sequence,
                 kind,
-                value: value.to_vec(),
+                value: value.to_vec().into(),
             });
             !done
         });
@@ -128,7 +129,8 @@ pub(super) fn get(
         snapshot,
         covered,
         merge,
-    ))
+    )
+    .map(PinnedValue::from))
 }
 
 /// Appends the versions of `key` in `table` (newest first, at most `snapshot`); returns true
@@ -165,7 +167,7 @@ fn collect_from_table(
             found.push(Found {
                 sequence: parsed.sequence,
                 kind: parsed.kind,
-                value: iter.value().to_vec(),
+                value: iter.value().to_vec().into(),
             });
         }
         if end && parsed.kind != ValueKind::RangeDelete {

@@ -17,6 +17,7 @@ use crate::lsm::format::{
     ValueKind, compare_internal, parse_internal_key, user_key as user_key_of,
 };
 use crate::lsm::iterator::InternalIterator;
+use crate::lsm::pinned::PinnedValue;
 use crate::lsm::sst::bloom::BloomFilter;
 use crate::lsm::sst::format::{
     BlockHandle, FOOTER_LEN, Footer, SstProperties, encode_seek_key, seek_key,
@@ -31,8 +32,8 @@ pub struct SstEntry {
     pub sequence: u64,
     /// Put, Delete, Merge or RangeDelete; the caller interprets it.
     pub kind: ValueKind,
-    /// The stored value (empty for a Delete).
-    pub value: Vec<u8>,
+    /// The stored value (empty for a Delete), still in its data block.
+    pub value: PinnedValue,
 }
 
 /// Buffers a thread's point lookups reuse: the seek key and the index and data block keys.
@@ -325,10 +326,13 @@ impl SstReader {
         data.seek(target)?;
         let found = if data.valid() {
             let parsed = parse_internal_key(data.key(), &file.label, handle.offset)?;
-            (parsed.user_key == user_key).then(|| SstEntry {
-                sequence: parsed.sequence,
-                kind: parsed.kind,
-                value: data.value().to_vec(),
+            (parsed.user_key == user_key).then(|| {
+                let (block, range) = data.value_in_block();
+                SstEntry {
+                    sequence: parsed.sequence,
+                    kind: parsed.kind,
+                    value: PinnedValue::in_block(Arc::clone(block), range),
+                }
             })
         } else {
             // The block's last key is at or after the target, so this is a damaged file: read
@@ -357,7 +361,7 @@ impl SstReader {
         Ok(Some(SstEntry {
             sequence: parsed.sequence,
             kind: parsed.kind,
-            value: iter.value().to_vec(),
+            value: iter.value().to_vec().into(),
         }))
     }
 

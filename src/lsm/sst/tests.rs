@@ -36,7 +36,7 @@ fn model_get(model: &Model, user_key: &[u8], snapshot: u64) -> Option<SstEntry> 
         (parsed.user_key == user_key && parsed.sequence <= snapshot).then(|| SstEntry {
             sequence: parsed.sequence,
             kind: parsed.kind,
-            value: value.clone(),
+            value: value.clone().into(),
         })
     })
 }
@@ -506,7 +506,7 @@ fn sst_written_and_read_back_by_snapshot() -> std::result::Result<(), Box<dyn st
 
     let reader = SstReader::open(&path, 7, None)?;
     assert_eq!(
-        reader.get(b"apple", 5)?.map(|e| e.value),
+        reader.get(b"apple", 5)?.map(|e| e.value.into_vec()),
         Some(b"green".to_vec())
     );
     assert_eq!(reader.get(b"apple", 3)?, None);
