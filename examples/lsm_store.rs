@@ -27,10 +27,7 @@ fn scan(db: &Db, cf: &ColumnFamily, options: ReadOptions) -> flowstate::Result<M
 }
 
 fn options() -> Options {
-    Options {
-        write_buffer_size: 256 << 10,
-        ..Options::default()
-    }
+    Options::default().write_buffer_size(256 << 10)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -33,6 +33,20 @@
 #![deny(unsafe_code)]
 #![warn(clippy::unwrap_used)]
 
+/// Builder-style setters for an options struct: `fn field(mut self, value: T) -> Self` per
+/// listed field, each documented as setting the field of the same name.
+macro_rules! option_setters {
+    ($owner:ident { $($field:ident: $ty:ty),* $(,)? }) => {
+        $(
+            #[doc = concat!("Sets [`", stringify!($owner), "::", stringify!($field), "`].")]
+            pub fn $field(mut self, value: $ty) -> Self {
+                self.$field = value;
+                self
+            }
+        )*
+    };
+}
+
 pub mod backend;
 pub mod checkpoint;
 mod clock;

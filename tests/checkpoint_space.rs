@@ -250,12 +250,10 @@ fn run(
     config.checkpoint_storage = memory_uri.map(str::to_string);
     config.batch_records = batch_records;
     config.channel_capacity = 2;
-    config.checkpoints = CheckpointOptions {
-        interval: Some(interval),
-        retained: 3,
-        tolerable_failures: 10,
-        ..CheckpointOptions::default()
-    };
+    config.checkpoints = CheckpointOptions::default()
+        .interval(Some(interval))
+        .retained(3)
+        .tolerable_failures(10);
     config.restart = RestartStrategy {
         max_restarts: 5,
         delay: Duration::ZERO,

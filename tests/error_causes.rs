@@ -20,11 +20,9 @@ fn config(dir: &Path, failures: FailureSchedule, max_restarts: u32) -> JobConfig
     let mut config = JobConfig::new(dir.join("input"), dir.join("out"), dir.join("state"));
     config.backend = BackendChoice::Fs;
     config.batch_records = 16;
-    config.checkpoints = CheckpointOptions {
-        interval: Some(Duration::from_millis(1)),
-        tolerable_failures: 3,
-        ..CheckpointOptions::default()
-    };
+    config.checkpoints = CheckpointOptions::default()
+        .interval(Some(Duration::from_millis(1)))
+        .tolerable_failures(3);
     // Restarts are slow: a job that restarted at all would take seconds.
     config.restart = RestartStrategy {
         max_restarts,

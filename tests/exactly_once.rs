@@ -27,15 +27,13 @@ fn config(dir: &Path, backend: BackendChoice, parallelism: u16) -> JobConfig {
     config.channel_capacity = 2;
     // Small batches: barriers and injected failures fall between many of them.
     config.batch_records = 16;
-    config.checkpoints = CheckpointOptions {
-        interval: Some(Duration::from_millis(1)),
-        timeout: Duration::from_secs(30),
-        min_pause: Duration::ZERO,
-        max_concurrent: 2,
-        retained: 2,
-        tolerable_failures: 1,
-        ..CheckpointOptions::default()
-    };
+    config.checkpoints = CheckpointOptions::default()
+        .interval(Some(Duration::from_millis(1)))
+        .timeout(Duration::from_secs(30))
+        .min_pause(Duration::ZERO)
+        .max_concurrent(2)
+        .retained(2)
+        .tolerable_failures(1);
     config.restart = RestartStrategy {
         max_restarts: 20,
         delay: Duration::ZERO,

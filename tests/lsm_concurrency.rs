@@ -15,20 +15,18 @@ fn assert_send_sync<T: Send + Sync>() {}
 fn readers_see_whole_batches_while_flushes_and_compactions_run() {
     assert_send_sync::<Db>();
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        write_buffer_size: 16 << 10,
-        memtable_buffer_entries: 8,
-        default_cf_options: CfOptions {
-            compaction: CompactionOptions {
-                level0_file_trigger: 2,
-                max_bytes_for_level_base: 64 << 10,
-                level_size_multiplier: 4,
-                target_file_size: 16 << 10,
-            },
-            ..CfOptions::default()
-        },
-        ..Options::default()
-    };
+    let options = Options::default()
+        .write_buffer_size(16 << 10)
+        .memtable_buffer_entries(8)
+        .default_cf_options(
+            CfOptions::default().compaction(
+                CompactionOptions::default()
+                    .level0_file_trigger(2)
+                    .max_bytes_for_level_base(64 << 10)
+                    .level_size_multiplier(4)
+                    .target_file_size(16 << 10),
+            ),
+        );
     let db = Arc::new(Db::open(dir.path(), options).unwrap());
     let done = Arc::new(AtomicBool::new(false));
     const GROUPS: u32 = 50;

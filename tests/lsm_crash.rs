@@ -18,21 +18,19 @@ const KEYS: u64 = 300;
 const CHILD_ENV: &str = "FLOWSTATE_LSM_CRASH_CHILD";
 
 fn options() -> Options {
-    Options {
-        write_buffer_size: 8 << 10,
-        memtable_buffer_entries: 8,
-        wal_sync: SyncMode::EveryBatch,
-        default_cf_options: CfOptions {
-            compaction: CompactionOptions {
-                level0_file_trigger: 2,
-                max_bytes_for_level_base: 32 << 10,
-                level_size_multiplier: 4,
-                target_file_size: 8 << 10,
-            },
-            ..CfOptions::default()
-        },
-        ..Options::default()
-    }
+    Options::default()
+        .write_buffer_size(8 << 10)
+        .memtable_buffer_entries(8)
+        .wal_sync(SyncMode::EveryBatch)
+        .default_cf_options(
+            CfOptions::default().compaction(
+                CompactionOptions::default()
+                    .level0_file_trigger(2)
+                    .max_bytes_for_level_base(32 << 10)
+                    .level_size_multiplier(4)
+                    .target_file_size(8 << 10),
+            ),
+        )
 }
 
 fn value(i: u64) -> Vec<u8> {

@@ -4,10 +4,7 @@ use flowstate::lsm::WriteBatch;
 use flowstate::lsm::{CfOptions, Db, Options, ReadOptions};
 
 fn options() -> Options {
-    Options {
-        write_buffer_size: 4 << 10,
-        ..Options::default()
-    }
+    Options::default().write_buffer_size(4 << 10)
 }
 
 #[test]
@@ -18,10 +15,7 @@ fn put_get_delete_survive_reopen_and_flush() {
 /// The same through memory-mapped SSTs (the default reads them with `pread`).
 #[test]
 fn put_get_delete_survive_reopen_and_flush_with_mmap_reads() {
-    put_get_delete_round(Options {
-        allow_mmap_reads: true,
-        ..options()
-    });
+    put_get_delete_round(options().allow_mmap_reads(true));
 }
 
 fn put_get_delete_round(options: Options) {
@@ -244,10 +238,7 @@ fn compacted_files_live_until_the_last_reader_lets_go() {
 #[test]
 fn disabled_wal_writes_no_log_and_keeps_flushed_data() {
     let dir = tempfile::tempdir().unwrap();
-    let no_wal = || Options {
-        disable_wal: true,
-        ..options()
-    };
+    let no_wal = || options().disable_wal(true);
     {
         let db = Db::open(dir.path(), no_wal()).unwrap();
         let cf = db.default_cf();
@@ -281,14 +272,7 @@ fn disabled_wal_writes_no_log_and_keeps_flushed_data() {
 #[test]
 fn flush_leaves_out_versions_no_snapshot_sees() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(
-        dir.path(),
-        Options {
-            background_work: false,
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let db = Db::open(dir.path(), Options::default().background_work(false)).unwrap();
     let cf = db.default_cf();
     let l0_entries = |db: &Db| -> u64 {
         let live = db.live_files();
@@ -366,11 +350,7 @@ fn pinned_values_outlive_cache_eviction_compaction_and_close() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(
             dir.path(),
-            Options {
-                block_cache_size: 8 << 10,
-                allow_mmap_reads: mmap,
-                ..options()
-            },
+            options().block_cache_size(8 << 10).allow_mmap_reads(mmap),
         )
         .unwrap();
         let cf = db.default_cf();

@@ -63,28 +63,22 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn options() -> Options {
-    let cf = CfOptions {
-        sst: SstOptions {
-            block_size: 256,
-            ..SstOptions::default()
-        },
-        compaction: CompactionOptions {
-            level0_file_trigger: 2,
-            max_bytes_for_level_base: 4 << 10,
-            level_size_multiplier: 4,
-            target_file_size: 2 << 10,
-        },
-        ..CfOptions::default()
-    };
-    Options {
-        write_buffer_size: 1 << 10,
+    let cf = CfOptions::default()
+        .sst(SstOptions::default().block_size(256))
+        .compaction(
+            CompactionOptions::default()
+                .level0_file_trigger(2)
+                .max_bytes_for_level_base(4 << 10)
+                .level_size_multiplier(4)
+                .target_file_size(2 << 10),
+        );
+    Options::default()
+        .write_buffer_size(1 << 10)
         // Seal the memtable's skiplist every 3 entries: sorted runs and their merges are read,
         // iterated and flushed in every case.
-        memtable_buffer_entries: 3,
-        background_work: false,
-        default_cf_options: cf,
-        ..Options::default()
-    }
+        .memtable_buffer_entries(3)
+        .background_work(false)
+        .default_cf_options(cf)
 }
 
 struct Harness {

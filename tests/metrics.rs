@@ -211,10 +211,7 @@ fn fs_checkpoint_records_key_and_value_bytes_per_state() {
 #[test]
 fn flushes_and_compactions_count_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options {
-        background_work: false,
-        ..Options::default()
-    };
+    let options = Options::default().background_work(false);
     let db = Db::open(dir.path(), options).unwrap();
     let cf = db.default_cf();
     let ((), samples) = record(|| {
@@ -265,16 +262,14 @@ fn ack(sync_ms: u64, async_ms: u64) -> OperatorAck {
 
 #[test]
 fn coordinator_rounds_record_counts_timings_and_the_growth_alert() {
-    let options = CheckpointOptions {
-        interval: Some(Duration::from_millis(10)),
-        max_concurrent: 2,
-        tolerable_failures: 5,
-        growth_alert: Some(GrowthAlert {
+    let options = CheckpointOptions::default()
+        .interval(Some(Duration::from_millis(10)))
+        .max_concurrent(2)
+        .tolerable_failures(5)
+        .growth_alert(Some(GrowthAlert {
             fraction: 0.5,
             checkpoints: 2,
-        }),
-        ..CheckpointOptions::default()
-    };
+        }));
     let t0 = Instant::now();
     let at = |ms| t0 + Duration::from_millis(ms);
     let mut c = CheckpointCoordinator::new(options, 2, 1, 1);

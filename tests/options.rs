@@ -127,10 +127,7 @@ fn bad_lsm_backend_options_touch_nothing() {
 fn bad_store_options_name_the_option_and_create_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let options = Options {
-        write_buffer_size: 0,
-        ..Options::default()
-    };
+    let options = Options::default().write_buffer_size(0);
     assert_eq!(
         option_of(Db::open(&path, options)),
         "lsm::Options::write_buffer_size"
@@ -140,6 +137,28 @@ fn bad_store_options_name_the_option_and_create_nothing() {
     let option = option_of(Db::open(&path, options));
     assert!(option.contains("sst.block_size"), "{option}");
     assert!(!path.exists());
+}
+
+/// Per-column-family options given with `Options::cf_options` reach that column family (a bad
+/// one is named with it), and a second call for the same name replaces the first.
+#[test]
+fn cf_options_setter_replaces_by_name_and_reaches_the_column_family() {
+    use flowstate::lsm::{CfOptions, SstOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let bad = CfOptions::default().sst(SstOptions::default().restart_interval(0));
+    let options = Options::default()
+        .cf_options("events", bad.clone())
+        .cf_options("events", CfOptions::default());
+    assert_eq!(options.cf_options.len(), 1);
+    let db = Db::open(dir.path().join("good"), options).unwrap();
+    db.create_cf("events", CfOptions::default()).unwrap();
+    drop(db);
+    let options = Options::default().cf_options("default", bad);
+    let option = option_of(Db::open(dir.path().join("bad"), options));
+    assert!(
+        option.contains("restart_interval") && option.contains("'default'"),
+        "{option}"
+    );
 }
 
 #[test]

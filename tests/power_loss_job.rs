@@ -69,11 +69,9 @@ fn config(
     config.parallelism = parallelism;
     config.batch_records = 20;
     config.channel_capacity = 4;
-    config.checkpoints = CheckpointOptions {
-        interval: Some(Duration::from_millis(3)),
-        retained: 2,
-        ..CheckpointOptions::default()
-    };
+    config.checkpoints = CheckpointOptions::default()
+        .interval(Some(Duration::from_millis(3)))
+        .retained(2);
     config.restart = RestartStrategy {
         max_restarts: 0,
         delay: Duration::ZERO,

@@ -32,24 +32,22 @@ fn full() -> bool {
 }
 
 fn options(fs: &FsRef, sync: SyncMode) -> Options {
-    Options {
-        write_buffer_size: 2 << 10,
-        memtable_buffer_entries: 8,
-        wal_sync: sync,
-        max_manifest_size: 2 << 10,
-        background_work: false,
-        fs: Arc::clone(fs),
-        default_cf_options: CfOptions {
-            compaction: CompactionOptions {
-                level0_file_trigger: 2,
-                max_bytes_for_level_base: 8 << 10,
-                level_size_multiplier: 4,
-                target_file_size: 2 << 10,
-            },
-            ..CfOptions::default()
-        },
-        ..Options::default()
-    }
+    Options::default()
+        .write_buffer_size(2 << 10)
+        .memtable_buffer_entries(8)
+        .wal_sync(sync)
+        .max_manifest_size(2 << 10)
+        .background_work(false)
+        .fs(Arc::clone(fs))
+        .default_cf_options(
+            CfOptions::default().compaction(
+                CompactionOptions::default()
+                    .level0_file_trigger(2)
+                    .max_bytes_for_level_base(8 << 10)
+                    .level_size_multiplier(4)
+                    .target_file_size(2 << 10),
+            ),
+        )
 }
 
 /// One step of the scenario.

@@ -103,10 +103,7 @@ mod linux {
         let mut config = JobConfig::new(dir.join("input"), dir.join("out"), dir.join("state"));
         config.backend = BackendChoice::Fs;
         config.parallelism = 2;
-        config.checkpoints = CheckpointOptions {
-            interval: Some(Duration::from_millis(5)),
-            ..CheckpointOptions::default()
-        };
+        config.checkpoints = CheckpointOptions::default().interval(Some(Duration::from_millis(5)));
         config.restart = RestartStrategy {
             max_restarts: 0,
             delay: Duration::ZERO,

@@ -18,6 +18,7 @@ use crate::observe;
 
 /// Checkpointing options (Flink's names).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CheckpointOptions {
     /// Time between checkpoint triggers; `None` checkpoints only at the end of the input.
     pub interval: Option<Duration>,
@@ -530,6 +531,18 @@ pub fn format_table(records: &[CheckpointRecord], rows: usize) -> String {
         rate * 100.0
     );
     out
+}
+
+impl CheckpointOptions {
+    option_setters! { CheckpointOptions {
+        interval: Option<Duration>,
+        timeout: Duration,
+        min_pause: Duration,
+        max_concurrent: usize,
+        retained: usize,
+        tolerable_failures: u32,
+        growth_alert: Option<GrowthAlert>,
+    }}
 }
 
 #[cfg(test)]

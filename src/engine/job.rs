@@ -63,6 +63,7 @@ impl Default for RestartStrategy {
 
 /// Everything a job run needs.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct JobConfig {
     /// Input file of `key,value` lines.
     pub input: PathBuf,
@@ -121,6 +122,22 @@ impl std::fmt::Debug for CheckpointObserver {
 }
 
 impl JobConfig {
+    option_setters! { JobConfig {
+        checkpoint_storage: Option<String>,
+        backend: BackendChoice,
+        parallelism: u16,
+        max_parallelism: Option<u16>,
+        checkpoints: CheckpointOptions,
+        restart: RestartStrategy,
+        failures: Arc<FailureSchedule>,
+        progress: bool,
+        channel_capacity: usize,
+        allow_older_checkpoint: bool,
+        batch_records: usize,
+        on_checkpoint: Option<CheckpointObserver>,
+        fs: FsRef,
+    }}
+
     /// A config with default checkpointing, restarts, parallelism 1 and the LSM backend.
     pub fn new(
         input: impl Into<PathBuf>,

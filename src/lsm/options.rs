@@ -16,6 +16,7 @@ pub const DEFAULT_BLOCK_CACHE_SIZE: usize = 64 << 20;
 
 /// Options of one column family.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct CfOptions {
     /// SST layout: block size, restart interval, compression, bloom bits per key.
     pub sst: SstOptions,
@@ -44,6 +45,7 @@ impl Default for CfOptions {
 
 /// Options of a store.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Options {
     /// Create the store if the directory holds none (default true).
     pub create_if_missing: bool,
@@ -209,5 +211,44 @@ impl Options {
             .iter()
             .find(|(n, _)| n == name)
             .map_or_else(|| self.default_cf_options.clone(), |(_, o)| o.clone())
+    }
+}
+
+impl CfOptions {
+    option_setters! { CfOptions {
+        sst: SstOptions,
+        compaction: CompactionOptions,
+        merge_operator: Option<Arc<dyn MergeOperator>>,
+        compaction_filter: Option<Arc<dyn CompactionFilter>>,
+        periodic_compaction_ms: Option<u64>,
+    }}
+}
+
+impl Options {
+    option_setters! { Options {
+        create_if_missing: bool,
+        write_buffer_size: usize,
+        max_write_buffers: usize,
+        memtable_buffer_entries: usize,
+        level0_stop_writes: usize,
+        block_cache_size: usize,
+        disable_wal: bool,
+        wal_sync: SyncMode,
+        wal_recovery: RecoveryMode,
+        max_manifest_size: u64,
+        default_cf_options: CfOptions,
+        clock: SharedClock,
+        allow_mmap_reads: bool,
+        background_work: bool,
+        fs: crate::fs::FsRef,
+    }}
+
+    /// Sets the options of column family `name` (added to [`Options::cf_options`], replacing
+    /// an earlier entry of the same name).
+    pub fn cf_options(mut self, name: impl Into<String>, options: CfOptions) -> Self {
+        let name = name.into();
+        self.cf_options.retain(|(n, _)| *n != name);
+        self.cf_options.push((name, options));
+        self
     }
 }

@@ -52,12 +52,10 @@ impl Flowstate {
     pub fn open(dir: &Path, s: &Settings) -> Res<Self> {
         use flowstate::lsm::Compression;
         use flowstate::lsm::SyncMode;
-        let mut options = flowstate::lsm::Options {
-            write_buffer_size: s.write_buffer_size,
-            block_cache_size: s.block_cache_size,
-            wal_sync: SyncMode::Manual,
-            ..Default::default()
-        };
+        let mut options = flowstate::lsm::Options::default()
+            .write_buffer_size(s.write_buffer_size)
+            .block_cache_size(s.block_cache_size)
+            .wal_sync(SyncMode::Manual);
         let sst = &mut options.default_cf_options.sst;
         sst.block_size = s.block_size;
         sst.compression = Compression::Zstd {

@@ -137,18 +137,6 @@ pub struct LsmBackendOptions {
 }
 
 /// Setters named after the fields they set (each documented on its field).
-macro_rules! option_setters {
-    ($($field:ident: $ty:ty),* $(,)?) => {
-        $(
-            #[doc = concat!("Sets [`LsmBackendOptions::", stringify!($field), "`].")]
-            pub fn $field(mut self, value: $ty) -> Self {
-                self.$field = value;
-                self
-            }
-        )*
-    };
-}
-
 impl Default for LsmBackendOptions {
     /// The default options without a working directory (set it with
     /// [`LsmBackendOptions::working_dir`]).
@@ -180,7 +168,7 @@ impl LsmBackendOptions {
         }
     }
 
-    option_setters! {
+    option_setters! { LsmBackendOptions {
         write_buffer_size: usize,
         block_cache_size: usize,
         compression: Compression,
@@ -194,7 +182,7 @@ impl LsmBackendOptions {
         full_checkpoints: bool,
         local_recovery_dir: Option<PathBuf>,
         write_cache_size: usize,
-    }
+    }}
 
     /// Sets [`LsmBackendOptions::working_dir`].
     pub fn working_dir(mut self, working_dir: impl Into<PathBuf>) -> Self {

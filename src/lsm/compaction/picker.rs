@@ -14,6 +14,7 @@ use crate::lsm::version::{CfVersion, FileMeta, NUM_LEVELS};
 
 /// Sizes that drive leveled compaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CompactionOptions {
     /// Number of L0 files that triggers an L0 → L1 compaction (default 4).
     pub level0_file_trigger: usize,
@@ -238,6 +239,15 @@ fn overlap_bytes(cf: &CfVersion, level: usize, file: &FileMeta) -> u64 {
             .map(|f| f.size)
             .sum()
     })
+}
+
+impl CompactionOptions {
+    option_setters! { CompactionOptions {
+        level0_file_trigger: usize,
+        max_bytes_for_level_base: u64,
+        level_size_multiplier: u64,
+        target_file_size: u64,
+    }}
 }
 
 #[cfg(test)]

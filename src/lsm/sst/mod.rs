@@ -26,6 +26,7 @@ pub const MAX_CONFIGURED_BLOCK_SIZE: usize = crate::codec::block::MAX_BLOCK_SIZE
 /// How SST files of one column family are written. Readers need none of it: every choice is
 /// recorded in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SstOptions {
     /// A data block is closed once its estimated size reaches this many bytes
     /// (default [`DEFAULT_BLOCK_SIZE`], at most [`MAX_CONFIGURED_BLOCK_SIZE`]).
@@ -84,6 +85,15 @@ impl SstOptions {
         }
         Ok(())
     }
+}
+
+impl SstOptions {
+    option_setters! { SstOptions {
+        block_size: usize,
+        restart_interval: usize,
+        compression: Compression,
+        bloom_bits_per_key: u32,
+    }}
 }
 
 #[cfg(test)]
