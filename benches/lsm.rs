@@ -1,8 +1,10 @@
 //! The LSM store (`flowstate::lsm::Db`) on 100k keys of 16 bytes (`key_group u16 BE | hash u64 BE
 //! | index u48 BE`) with 100-byte values, zstd and a 10-bit bloom filter: put, get of present and
 //! absent keys from flushed SSTs, a prefix scan of one key group, and a flush of a 100k-key
-//! memtable. Quick by design; the comparison with RocksDB and fjall is `benches/peers/run.sh`.
-//! Run with `cargo bench --bench lsm`.
+//! memtable; and per block compression (none, LZ4, zstd 1 and 3) on values half compressible,
+//! a flush and random gets through a block cache 1/8 of the data (every block read is
+//! decompressed). Quick by design; the comparison with RocksDB and fjall is
+//! `benches/peers/run.sh`. Run with `cargo bench --bench lsm`.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -162,12 +164,83 @@ fn flush(c: &mut Criterion) {
     group.finish();
 }
 
+/// A value whose second half repeats a 4-byte pattern: about 50% compressible, like the peer
+/// comparison's values.
+fn half_compressible_value(i: u64) -> [u8; VALUE_SIZE] {
+    let mut v = value(i);
+    let pattern = (i % 7).to_le_bytes();
+    for (n, b) in v[VALUE_SIZE / 2..].iter_mut().enumerate() {
+        *b = pattern[n % 4];
+    }
+    v
+}
+
+const COMPRESSIONS: [(&str, Compression); 4] = [
+    ("none", Compression::None),
+    ("lz4", Compression::Lz4),
+    ("zstd1", Compression::Zstd { level: 1 }),
+    ("zstd3", Compression::Zstd { level: 3 }),
+];
+
+fn compressed_store(dir: &Path, compression: Compression, block_cache_size: usize) -> Db {
+    let mut options = options().block_cache_size(block_cache_size);
+    options.default_cf_options.sst.compression = compression;
+    let db = Db::open(dir, options).expect("open store");
+    let cf = db.default_cf();
+    for i in 0..KEYS {
+        db.put(&cf, &key(i), &half_compressible_value(i))
+            .expect("put");
+    }
+    db
+}
+
+fn compression(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lsm_compression");
+    group.sample_size(10);
+    for (name, compression) in COMPRESSIONS {
+        group.throughput(Throughput::Elements(KEYS));
+        group.bench_function(format!("flush_100k/{name}"), |b| {
+            b.iter_batched(
+                || {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let db = compressed_store(dir.path(), compression, 64 << 20);
+                    (dir, db)
+                },
+                |(dir, db)| {
+                    db.flush().expect("flush");
+                    (dir, db)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        // ~12 MB of 4 KiB blocks uncompressed; the cache holds an eighth of that.
+        let db = compressed_store(dir.path(), compression, 1536 << 10);
+        db.flush().expect("flush");
+        let bytes = db.live_files().total_size();
+        eprintln!("lsm_compression/{name}: {bytes} bytes of SST for {KEYS} keys");
+        let cf = db.default_cf();
+        let mut next = 0u64;
+        group.throughput(Throughput::Elements(OPS));
+        group.bench_function(format!("get_beyond_cache/{name}"), |b| {
+            b.iter(|| {
+                for _ in 0..OPS {
+                    next += 1;
+                    let found = db.get(&cf, &key(mix(next) % KEYS)).expect("get");
+                    black_box(found.expect("present"));
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(std::time::Duration::from_secs(1))
         .measurement_time(std::time::Duration::from_secs(3));
-    targets = put, get, prefix_scan, flush
+    targets = put, get, prefix_scan, flush, compression
 }
 criterion_main!(benches);

@@ -55,6 +55,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 fn compression_strategy() -> impl Strategy<Value = Compression> {
     prop_oneof![
         Just(Compression::None),
+        Just(Compression::Lz4),
         (1i32..4).prop_map(|level| Compression::Zstd { level })
     ]
 }
@@ -190,6 +191,89 @@ fn declared_size_bounds_decompression() {
     assert!(err.is_corruption());
 }
 
+/// A sealed block of `kind` holding `declared` and `data` after it (a valid crc).
+fn typed_block(kind: u8, declared: u64, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_varint64(&mut out, declared);
+    out.extend_from_slice(data);
+    out.push(kind);
+    let crc = crc32(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+#[test]
+fn lz4_is_used_when_it_pays_and_reads_back() {
+    let entries: Entries = (0..200u32)
+        .map(|i| (format!("key-{i:05}").into_bytes(), vec![b'v'; 40]))
+        .collect();
+    let plain = build(&entries, 16, Compression::None);
+    let packed = build(&entries, 16, Compression::Lz4);
+    assert!(
+        packed.len() < plain.len() / 2,
+        "{} vs {}",
+        packed.len(),
+        plain.len()
+    );
+    assert_eq!(packed[packed.len() - BLOCK_TRAILER_LEN], TYPE_LZ4);
+    let (declared, _) = get_varint64(&packed, "t", 0).unwrap();
+    assert_eq!(declared as usize, plain.len() - BLOCK_TRAILER_LEN);
+    let mut it = decode(&packed).iter(bytewise);
+    it.seek(b"key-00150").unwrap();
+    assert_eq!(it.key(), b"key-00150");
+    assert_eq!(it.value(), &[b'v'; 40][..]);
+    // Incompressible payloads are stored as is.
+    let noise: Entries = vec![(
+        b"k".to_vec(),
+        (0..64u8).map(|i| i.wrapping_mul(97)).collect(),
+    )];
+    let stored = build(&noise, 16, Compression::Lz4);
+    assert_eq!(stored[stored.len() - BLOCK_TRAILER_LEN], TYPE_NONE);
+}
+
+/// LZ4 data under a valid crc that is malformed, longer or shorter than declared, or declares
+/// more than the maximum is corruption, never a panic or an allocation of the declared size.
+#[test]
+fn lz4_damage_under_a_valid_crc_is_corruption() {
+    let payload = build(&vec![(b"a".to_vec(), vec![7; 300])], 16, Compression::None);
+    let payload = &payload[..payload.len() - BLOCK_TRAILER_LEN];
+    let compressed = lz4_flex::block::compress(payload);
+    let good = typed_block(TYPE_LZ4, payload.len() as u64, &compressed);
+    assert!(Block::decode(&good, "f", 7).is_ok());
+    let corrupt = |block: Vec<u8>| {
+        let err = Block::decode(&block, "f", 7).unwrap_err();
+        assert!(err.is_corruption(), "{err}");
+        err.to_string()
+    };
+    let what = corrupt(typed_block(
+        TYPE_LZ4,
+        MAX_BLOCK_SIZE as u64 + 1,
+        &compressed,
+    ));
+    assert!(what.contains("maximum"), "{what}");
+    corrupt(typed_block(TYPE_LZ4, payload.len() as u64 - 1, &compressed));
+    corrupt(typed_block(TYPE_LZ4, payload.len() as u64 + 1, &compressed));
+    corrupt(typed_block(
+        TYPE_LZ4,
+        payload.len() as u64,
+        &compressed[..compressed.len() - 1],
+    ));
+    corrupt(typed_block(TYPE_LZ4, 64, &[0xff; 16]));
+    // Arbitrary bytes as LZ4 data: any answer but a panic.
+    let mut seed = 0x9e37_79b9_u32;
+    for len in 0..200 {
+        let data: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                seed as u8
+            })
+            .collect();
+        let _ = Block::decode(&typed_block(TYPE_LZ4, 512, &data), "f", 7);
+    }
+}
+
 #[test]
 fn errors_name_file_and_offset() {
     let stored = build(&vec![(b"a".to_vec(), b"1".to_vec())], 16, Compression::None);
@@ -210,7 +294,11 @@ fn every_truncation_and_bit_flip_is_corruption() {
     let entries: Entries = (0..24u8)
         .map(|i| (vec![1, i / 4, i], vec![i; usize::from(i % 5)]))
         .collect();
-    for compression in [Compression::None, Compression::Zstd { level: 1 }] {
+    for compression in [
+        Compression::None,
+        Compression::Zstd { level: 1 },
+        Compression::Lz4,
+    ] {
         let stored = build(&entries, 4, compression);
         for cut in 0..stored.len() {
             assert!(

@@ -108,9 +108,13 @@ type Seed = (&'static str, String, Vec<u8>);
 fn block_seeds() -> Vec<Seed> {
     use crate::lsm::format::{ValueKind, internal_key};
     let mut out = Vec::new();
-    for (i, compression) in [Compression::None, Compression::Zstd { level: 3 }]
-        .into_iter()
-        .enumerate()
+    for (i, compression) in [
+        Compression::None,
+        Compression::Zstd { level: 3 },
+        Compression::Lz4,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut builder = BlockBuilder::new(2, compression);
         for n in 0u32..12 {

@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use crate::clock::{SharedClock, system_clock};
+use crate::codec::block::Compression;
 use crate::error::{Error, Result};
 use crate::lsm::compaction::CompactionOptions;
 use crate::lsm::merge::{AppendOperator, CompactionFilter, MergeOperator};
 use crate::lsm::sst::SstOptions;
+use crate::lsm::version::NUM_LEVELS;
 use crate::lsm::wal::{RecoveryMode, SyncMode};
 
 /// Default memtable size before it is flushed: 64 MiB.
@@ -20,6 +22,13 @@ pub const DEFAULT_BLOCK_CACHE_SIZE: usize = 64 << 20;
 pub struct CfOptions {
     /// SST layout: block size, restart interval, compression, bloom bits per key.
     pub sst: SstOptions,
+    /// Compression of the files written to each level, from L0 down (RocksDB's
+    /// `compression_per_level`): a flush or compaction writing level `l` uses
+    /// `compression_per_level[l]`, and `sst.compression` when the list is shorter (default
+    /// empty: `sst.compression` everywhere). A file keeps its compression when a compaction moves
+    /// it to another level without rewriting it; readers need no option (each block records its
+    /// own).
+    pub compression_per_level: Vec<Compression>,
     /// Leveled compaction sizes.
     pub compaction: CompactionOptions,
     /// Combines merge operands (default: [`AppendOperator`]).
@@ -35,6 +44,7 @@ impl Default for CfOptions {
     fn default() -> Self {
         CfOptions {
             sst: SstOptions::default(),
+            compression_per_level: Vec::new(),
             compaction: CompactionOptions::default(),
             merge_operator: Some(Arc::new(AppendOperator)),
             compaction_filter: None,
@@ -106,6 +116,23 @@ impl CfOptions {
             } => Error::invalid_option(option(&format!("sst.{field}")), what),
             other => other,
         })?;
+        if self.compression_per_level.len() > NUM_LEVELS {
+            return Err(Error::invalid_option(
+                option("compression_per_level"),
+                format!(
+                    "has {} entries, the store has {NUM_LEVELS} levels",
+                    self.compression_per_level.len()
+                ),
+            ));
+        }
+        for level in 0..self.compression_per_level.len() {
+            self.sst_for_level(level).validate().map_err(|e| match e {
+                Error::InvalidOption { what, .. } => {
+                    Error::invalid_option(option(&format!("compression_per_level[{level}]")), what)
+                }
+                other => other,
+            })?;
+        }
         let c = &self.compaction;
         if c.level0_file_trigger == 0 {
             return Err(Error::invalid_option(
@@ -215,8 +242,19 @@ impl Options {
 }
 
 impl CfOptions {
+    /// The SST options of a file written to `level`: `sst` with that level's compression
+    /// ([`CfOptions::compression_per_level`]).
+    pub(crate) fn sst_for_level(&self, level: usize) -> SstOptions {
+        let mut sst = self.sst;
+        if let Some(compression) = self.compression_per_level.get(level) {
+            sst.compression = *compression;
+        }
+        sst
+    }
+
     option_setters! { CfOptions {
         sst: SstOptions,
+        compression_per_level: Vec<Compression>,
         compaction: CompactionOptions,
         merge_operator: Option<Arc<dyn MergeOperator>>,
         compaction_filter: Option<Arc<dyn CompactionFilter>>,

@@ -350,6 +350,7 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
     let mut merged = MergingIterator::new(children, compare_internal);
     merged.seek_to_first()?;
     let snapshots = inner.snapshot_sequences();
+    let sst_options = options.sst_for_level(job.output_level);
     let params = JobParams {
         fs: inner.options.fs.as_ref(),
         level: job.output_level,
@@ -358,7 +359,7 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
         tombstones: &tombstones,
         merge_operator: options.merge_operator.as_deref(),
         filter: options.compaction_filter.as_deref(),
-        sst_options: &options.sst,
+        sst_options: &sst_options,
         target_file_size: options.compaction.target_file_size,
         now_ms: inner.options.clock.now_ms(),
     };

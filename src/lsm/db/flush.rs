@@ -59,7 +59,7 @@ pub(super) fn build_table(
         return Ok((None, tombstones));
     }
     let path = dir.join(sst_file_name(number));
-    let mut builder = SstBuilder::create_on(fs, &path, options.sst)?;
+    let mut builder = SstBuilder::create_on(fs, &path, options.sst_for_level(0))?;
     builder.set_creation_time(now_ms);
     let mut shadowed = ShadowedVersions::new(snapshots);
     memtable.for_each_entry(|key, value| {

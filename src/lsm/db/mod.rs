@@ -8,6 +8,8 @@
 mod background;
 mod checkpoint;
 mod flush;
+#[cfg(test)]
+mod level_compression_tests;
 mod read;
 mod recovery;
 mod shadowed;

@@ -385,6 +385,24 @@ impl SstReader {
         self.file.storage.crc32(&self.file.label)
     }
 
+    /// The compression type byte of every data block, in file order (FORMAT.md §1.3).
+    #[cfg(test)]
+    pub(crate) fn data_block_types(&self) -> Result<Vec<u8>> {
+        let file = &self.file;
+        let mut index = file.index.iter(compare_internal);
+        let mut types = Vec::new();
+        index.seek_to_first()?;
+        while index.valid() {
+            let handle = file.decode_handle(index.value(), file.footer.index.offset)?;
+            let stored = file
+                .storage
+                .read(handle.offset, handle.size as usize, &file.label)?;
+            types.push(stored[stored.len() - crate::codec::block::BLOCK_TRAILER_LEN]);
+            index.next()?;
+        }
+        Ok(types)
+    }
+
     /// Reads and checks every block, bypassing the cache: checksums, that the data blocks tile
     /// the data area, that keys are valid internal keys in strictly increasing order, that each
     /// index key is its block's last key, that the filter holds every user key, and that the

@@ -116,7 +116,8 @@ fn options_strategy() -> impl Strategy<Value = SstOptions> {
         1usize..8,
         prop_oneof![
             Just(Compression::None),
-            Just(Compression::Zstd { level: 1 })
+            Just(Compression::Zstd { level: 1 }),
+            Just(Compression::Lz4)
         ],
     )
         .prop_map(|(block_size, restart_interval, compression)| SstOptions {
@@ -302,7 +303,11 @@ fn a_flipped_byte_anywhere_is_caught() {
     let dir = tempfile::tempdir().unwrap();
     let model = small_model();
     let entries = model_entries(&model);
-    for compression in [Compression::None, Compression::Zstd { level: 1 }] {
+    for compression in [
+        Compression::None,
+        Compression::Zstd { level: 1 },
+        Compression::Lz4,
+    ] {
         let good = dir.path().join(format!("good-{compression:?}.sst"));
         write_sst(&good, &model, small_options(compression));
         let bytes = std::fs::read(&good).unwrap();
