@@ -103,6 +103,15 @@ fn bad_lsm_backend_options_touch_nothing() {
             "LsmBackendOptions::state_compression['s']",
         ),
         (
+            LsmBackendOptions::default()
+                .compression_per_level(vec![Compression::Lz4, Compression::Zstd { level: 23 }]),
+            "LsmBackendOptions::compression_per_level[1]",
+        ),
+        (
+            LsmBackendOptions::default().compression_per_level(vec![Compression::Lz4; 8]),
+            "LsmBackendOptions::compression_per_level",
+        ),
+        (
             LsmBackendOptions::default().max_delta_files_per_cf(0),
             "LsmBackendOptions::max_delta_files_per_cf",
         ),

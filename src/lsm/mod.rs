@@ -29,4 +29,5 @@ pub use merge::{AppendOperator, CompactionFilter, FilterDecision, MergeOperator}
 pub use options::{CfOptions, DEFAULT_BLOCK_CACHE_SIZE, DEFAULT_WRITE_BUFFER_SIZE, Options};
 pub use pinned::PinnedValue;
 pub use sst::{DEFAULT_BLOCK_SIZE, MAX_CONFIGURED_BLOCK_SIZE, SstOptions};
+pub use version::NUM_LEVELS;
 pub use wal::{RecoveryMode, SyncMode};
