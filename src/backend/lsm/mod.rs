@@ -576,6 +576,9 @@ fn cf_options(
 ) -> CfOptions {
     let mut cf = CfOptions::default();
     cf.compaction.target_file_size = options.target_file_size.max(1);
+    // Composite keys start with the key group (u16 BE): compaction never splits one across
+    // files, so a file of L1 and below holds whole key groups.
+    cf.compaction.cut_prefix_len = 2;
     match options
         .state_compression
         .iter()
@@ -947,6 +950,10 @@ mod compression_tests {
                 "L{level}"
             );
         }
+        assert_eq!(
+            cf.compaction.cut_prefix_len, 2,
+            "key groups are never split"
+        );
         let options = options.compression_per_level(Vec::new());
         let cf = cf_options(&options, &config, &descriptor("counts"));
         assert_eq!(

@@ -37,6 +37,9 @@ pub struct JobParams<'a> {
     pub sst_options: &'a SstOptions,
     /// Output files are cut once they reach about this many bytes (never inside a user key).
     pub target_file_size: u64,
+    /// A full output file is cut only before a user key whose first `cut_prefix_len` bytes
+    /// differ from the previous key's: no such prefix spans two output files (0: any key).
+    pub cut_prefix_len: usize,
     /// Creation time recorded in the output files (ms since the Unix epoch).
     pub now_ms: u64,
 }
@@ -76,6 +79,7 @@ pub fn run(
         created: Vec::new(),
         files: Vec::new(),
         entries_out: 0,
+        full_at_prefix: None,
     };
     let result = compact(input, params, &snapshots, &mut outputs).and_then(|entries_in| {
         outputs.finish_current()?;
@@ -351,11 +355,22 @@ struct OutputFiles<'p, 'f> {
     created: Vec<PathBuf>,
     files: Vec<(u64, SstMetadata)>,
     entries_out: u64,
+    /// The cut prefix of the last key written to a current file that reached the target size:
+    /// the file is cut before the next key with another prefix.
+    full_at_prefix: Option<Vec<u8>>,
 }
 
 impl OutputFiles<'_, '_> {
-    /// Writes what survived of `key`, then cuts the file if it reached the target size.
+    /// Writes what survived of `key`, then cuts the file if it reached the target size (with
+    /// a cut prefix: before the first key of the next prefix).
     fn write_user_key(&mut self, key: &[u8], stripes: &[Stripe]) -> Result<()> {
+        if stripes.iter().all(|s| s.entries.is_empty()) {
+            return Ok(());
+        }
+        let prefix = &key[..key.len().min(self.params.cut_prefix_len)];
+        if self.full_at_prefix.as_deref().is_some_and(|p| p != prefix) {
+            self.finish_current()?;
+        }
         for entry in stripes.iter().flat_map(|s| &s.entries) {
             let builder = match &mut self.current {
                 Some((_, builder)) => builder,
@@ -368,8 +383,10 @@ impl OutputFiles<'_, '_> {
             .current
             .as_ref()
             .is_some_and(|(_, b)| b.estimated_file_size() >= self.params.target_file_size);
-        if full {
+        if full && self.params.cut_prefix_len == 0 {
             self.finish_current()?;
+        } else if full && self.full_at_prefix.is_none() {
+            self.full_at_prefix = Some(prefix.to_vec());
         }
         Ok(())
     }
@@ -383,6 +400,7 @@ impl OutputFiles<'_, '_> {
     }
 
     fn finish_current(&mut self) -> Result<()> {
+        self.full_at_prefix = None;
         if let Some((number, builder)) = self.current.take() {
             self.files.push((number, builder.finish()?));
         }

@@ -34,6 +34,7 @@ fn params<'a>(sst: &'a SstOptions) -> JobParams<'a> {
         filter: None,
         sst_options: sst,
         target_file_size: 1 << 20,
+        cut_prefix_len: 0,
         now_ms: 1_700_000_000_000,
     }
 }
@@ -202,6 +203,7 @@ struct Case {
     /// Child of the merging iterator each input entry goes to.
     child_of: Vec<usize>,
     target_file_size: u64,
+    cut_prefix_len: usize,
 }
 
 fn case_strategy() -> impl Strategy<Value = Case> {
@@ -212,10 +214,18 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         prop_oneof![4 => Just(true), 1 => Just(false)],
         proptest::collection::vec(0usize..4, KEYS as usize),
         proptest::collection::vec(0usize..3, 40),
-        prop_oneof![1u64..300, Just(1u64 << 20)],
+        (prop_oneof![1u64..300, Just(1u64 << 20)], 0usize..4),
     )
         .prop_map(
-            |(history, snapshots, bottommost, with_operator, below, child_of, target_file_size)| {
+            |(
+                history,
+                snapshots,
+                bottommost,
+                with_operator,
+                below,
+                child_of,
+                (target_file_size, cut_prefix_len),
+            )| {
                 Case {
                     history,
                     snapshots: snapshots.into_iter().collect(),
@@ -224,6 +234,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
                     below,
                     child_of,
                     target_file_size,
+                    cut_prefix_len,
                 }
             },
         )
@@ -289,10 +300,26 @@ fn check_case(case: &Case) -> Result<()> {
         filter: None,
         sst_options: &sst,
         target_file_size: case.target_file_size,
+        cut_prefix_len: case.cut_prefix_len,
         now_ms: 42,
     };
     let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
     let (output, files) = run_children(dir.path(), children, &params)?;
+    let prefix = |key: &[u8]| {
+        let user = &key[..key.len() - 8];
+        user[..user.len().min(case.cut_prefix_len)].to_vec()
+    };
+    for pair in files.windows(2) {
+        if let (Some(last), Some(first)) = (pair[0].last(), pair[1].first())
+            && case.cut_prefix_len > 0
+        {
+            assert_ne!(
+                prefix(&last.0),
+                prefix(&first.0),
+                "a prefix spans two files"
+            );
+        }
+    }
     assert_eq!(output.entries_in, input.len() as u64);
     let before = by_key(&input);
     let after = by_key(files.iter().flatten());
@@ -528,6 +555,68 @@ fn merges_fold_within_stripes() {
             v(3, ValueKind::Put, b"a"),
         ])
     );
+}
+
+/// With a cut prefix, full files are cut only where the prefix changes: each prefix (a key
+/// group in the LSM backend) lies in exactly one output file, a file holds a run of them, and a
+/// prefix larger than the target makes one larger file instead of being split.
+#[test]
+fn files_are_cut_only_between_prefixes() {
+    let sst = SstOptions::default().block_size(256);
+    let params = JobParams {
+        target_file_size: 1024,
+        cut_prefix_len: 2,
+        ..params(&sst)
+    };
+    let mut input = Vec::new();
+    let mut sequence = 0;
+    for group in 0..40u16 {
+        // Group 7 alone is several times the target size; the others are small.
+        let keys = if group == 7 {
+            400
+        } else {
+            u32::from(group % 5) * 3 + 1
+        };
+        for k in 0..keys {
+            let mut key = group.to_be_bytes().to_vec();
+            key.extend_from_slice(format!("k{k:05}").as_bytes());
+            sequence += 1;
+            input.push(entry(&key, sequence, ValueKind::Put, &[7; 40]));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (output, files) = run_children(dir.path(), vec![sorted(input.clone())], &params).unwrap();
+    assert_eq!(output.entries_out, input.len() as u64);
+    assert!(files.len() >= 3, "{} files", files.len());
+    let mut file_of_group = std::collections::BTreeMap::new();
+    for (n, file) in files.iter().enumerate() {
+        let mut groups = std::collections::BTreeSet::new();
+        for (key, _) in file {
+            let group = [key[0], key[1]];
+            assert_eq!(
+                *file_of_group.entry(group).or_insert(n),
+                n,
+                "group {group:?} split"
+            );
+            groups.insert(group);
+        }
+        assert!(!groups.is_empty());
+    }
+    assert_eq!(file_of_group.len(), 40);
+    // Small groups share files: fewer files than groups.
+    assert!(files.len() < 20, "{} files", files.len());
+    // Without the prefix rule the large group is split across files.
+    let plain = JobParams {
+        cut_prefix_len: 0,
+        ..params
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, files) = run_children(dir.path(), vec![sorted(input)], &plain).unwrap();
+    let holding_group_7 = files
+        .iter()
+        .filter(|f| f.iter().any(|(key, _)| key[..2] == 7u16.to_be_bytes()))
+        .count();
+    assert!(holding_group_7 > 1, "{holding_group_7}");
 }
 
 #[test]

@@ -24,6 +24,12 @@ pub struct CompactionOptions {
     pub level_size_multiplier: u64,
     /// Output files are cut at about this size (default 16 MiB).
     pub target_file_size: u64,
+    /// Compaction output files are cut only between user keys whose first `cut_prefix_len`
+    /// bytes differ, so that no such prefix spans two files of a level (RocksDB's fixed-prefix
+    /// SST partitioner, except that a file holds a run of prefixes up to the target size); a
+    /// file may then exceed `target_file_size` by what one prefix holds. Default 0: cut
+    /// anywhere between user keys. The LSM backend sets 2 (the key group, FORMAT.md §2.2).
+    pub cut_prefix_len: usize,
 }
 
 impl Default for CompactionOptions {
@@ -33,6 +39,7 @@ impl Default for CompactionOptions {
             max_bytes_for_level_base: 64 << 20,
             level_size_multiplier: 10,
             target_file_size: 16 << 20,
+            cut_prefix_len: 0,
         }
     }
 }
@@ -247,6 +254,7 @@ impl CompactionOptions {
         max_bytes_for_level_base: u64,
         level_size_multiplier: u64,
         target_file_size: u64,
+        cut_prefix_len: usize,
     }}
 }
 
@@ -275,6 +283,7 @@ mod tests {
             max_bytes_for_level_base: 100,
             level_size_multiplier: 10,
             target_file_size: 50,
+            cut_prefix_len: 0,
         }
     }
 

@@ -361,6 +361,7 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
         filter: options.compaction_filter.as_deref(),
         sst_options: &sst_options,
         target_file_size: options.compaction.target_file_size,
+        cut_prefix_len: options.compaction.cut_prefix_len,
         now_ms: inner.options.clock.now_ms(),
     };
     let mut new_file = || -> Result<(u64, std::path::PathBuf)> {
