@@ -3,8 +3,10 @@
 //! machine load): random puts into the memtable, gets from the memtable, a flush, gets from SSTs.
 //! Usage: `cargo run --release --example lsm_phases -- [keys]` (default 100k; 16-byte keys,
 //! 100-byte values, zstd, 10-bit bloom, like `benches/lsm.rs`). `FLOWSTATE_MMAP_READS=1` reads
-//! SSTs through memory maps, `FLOWSTATE_CACHE_MB=n` sizes the block cache; peak and final RSS
-//! are printed at the end. The hits of both read phases are checked against the keys the fill
+//! SSTs through memory maps, `FLOWSTATE_CACHE_MB=n` sizes the block cache,
+//! `FLOWSTATE_COMPRESSION=none|lz4|zstd1|zstd3` picks the block compression (default zstd3) and
+//! `FLOWSTATE_COMPRESSIBLE=1` makes the second half of each value a repeated pattern (about 50%
+//! compressible; the default values are random); peak and final RSS are printed at the end. The hits of both read phases are checked against the keys the fill
 //! wrote (exits non-zero on a wrong count).
 
 use std::collections::HashSet;
@@ -34,7 +36,24 @@ fn value(i: u64) -> [u8; 100] {
         let r = mix(i.wrapping_mul(31).wrapping_add(n as u64)).to_le_bytes();
         chunk.copy_from_slice(&r[..chunk.len()]);
     }
+    if std::env::var_os("FLOWSTATE_COMPRESSIBLE").is_some() {
+        let pattern = (i % 7).to_le_bytes();
+        for (n, b) in v[50..].iter_mut().enumerate() {
+            *b = pattern[n % 4];
+        }
+    }
     v
+}
+
+/// The block compression `FLOWSTATE_COMPRESSION` names (default zstd level 3).
+fn compression() -> Compression {
+    match std::env::var("FLOWSTATE_COMPRESSION").as_deref() {
+        Ok("none") => Compression::None,
+        Ok("lz4") => Compression::Lz4,
+        Ok("zstd1") => Compression::Zstd { level: 1 },
+        Ok("zstd3") | Err(_) => Compression::Zstd { level: 3 },
+        Ok(other) => panic!("FLOWSTATE_COMPRESSION={other}: expected none, lz4, zstd1 or zstd3"),
+    }
 }
 
 /// How many reads of `phase_read(_, keys, salt)` find a key `phase_fill(_, keys)` wrote.
@@ -81,7 +100,7 @@ fn phase_flush(db: &Db) {
 
 fn run(dir: &Path, keys: u64) {
     let mut options = Options::default();
-    options.default_cf_options.sst.compression = Compression::Zstd { level: 3 };
+    options.default_cf_options.sst.compression = compression();
     options.default_cf_options.sst.bloom_bits_per_key = 10;
     options.background_work = false;
     options.allow_mmap_reads = std::env::var_os("FLOWSTATE_MMAP_READS").is_some();
