@@ -84,25 +84,22 @@ pub fn seal_into(payload: &[u8], compression: Compression, out: &mut Vec<u8>) ->
         payload.len()
     );
     out.clear();
-    let mut kind = TYPE_NONE;
-    let worth = |out: &Vec<u8>| out.len() < payload.len() - payload.len() / 8;
-    match compression {
-        Compression::None => {}
-        Compression::Zstd { level } => {
-            put_varint64(out, payload.len() as u64);
-            if zstd_compress_into(payload, level, out).is_ok() && worth(out) {
-                kind = TYPE_ZSTD;
-            } else {
-                out.clear();
-            }
-        }
-        Compression::Lz4 => {
-            put_varint64(out, payload.len() as u64);
-            if lz4_compress_into(payload, out) && worth(out) {
-                kind = TYPE_LZ4;
-            } else {
-                out.clear();
-            }
+    let mut kind = match compression {
+        Compression::None => TYPE_NONE,
+        Compression::Zstd { .. } => TYPE_ZSTD,
+        Compression::Lz4 => TYPE_LZ4,
+    };
+    if kind != TYPE_NONE {
+        put_varint64(out, payload.len() as u64);
+        let compressed = match compression {
+            Compression::Zstd { level } => zstd_compress_into(payload, level, out).is_ok(),
+            Compression::Lz4 => lz4_compress_into(payload, out),
+            Compression::None => false,
+        };
+        // Worth it only when it saves at least an eighth of the payload.
+        if !compressed || out.len() >= payload.len() - payload.len() / 8 {
+            out.clear();
+            kind = TYPE_NONE;
         }
     }
     if kind == TYPE_NONE {

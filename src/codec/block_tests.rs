@@ -167,30 +167,6 @@ fn zstd_is_used_when_it_pays() {
     assert_eq!(it.key(), b"key-00150");
 }
 
-/// Reseals `payload` as a zstd block that declares `declared` bytes.
-fn zstd_block(declared: u64, frame: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    put_varint64(&mut out, declared);
-    out.extend_from_slice(frame);
-    out.push(TYPE_ZSTD);
-    let crc = crc32(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
-}
-
-#[test]
-fn declared_size_bounds_decompression() {
-    let payload = vec![0u8; 4096];
-    let frame = zstd::bulk::compress(&payload, 3).unwrap();
-    let err = Block::decode(&zstd_block(MAX_BLOCK_SIZE as u64 + 1, &frame), "f", 7).unwrap_err();
-    assert!(err.to_string().contains("maximum"), "{err}");
-    // A frame larger than declared is refused, not truncated.
-    let err = Block::decode(&zstd_block(100, &frame), "f", 7).unwrap_err();
-    assert!(err.is_corruption());
-    let err = Block::decode(&zstd_block(8192, &frame), "f", 7).unwrap_err();
-    assert!(err.is_corruption());
-}
-
 /// A sealed block of `kind` holding `declared` and `data` after it (a valid crc).
 fn typed_block(kind: u8, declared: u64, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -200,6 +176,24 @@ fn typed_block(kind: u8, declared: u64, data: &[u8]) -> Vec<u8> {
     let crc = crc32(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
+}
+
+#[test]
+fn declared_size_bounds_decompression() {
+    let payload = vec![0u8; 4096];
+    let frame = zstd::bulk::compress(&payload, 3).unwrap();
+    let err = Block::decode(
+        &typed_block(TYPE_ZSTD, MAX_BLOCK_SIZE as u64 + 1, &frame),
+        "f",
+        7,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("maximum"), "{err}");
+    // A frame larger than declared is refused, not truncated.
+    let err = Block::decode(&typed_block(TYPE_ZSTD, 100, &frame), "f", 7).unwrap_err();
+    assert!(err.is_corruption());
+    let err = Block::decode(&typed_block(TYPE_ZSTD, 8192, &frame), "f", 7).unwrap_err();
+    assert!(err.is_corruption());
 }
 
 #[test]

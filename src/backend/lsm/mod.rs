@@ -209,11 +209,12 @@ impl LsmBackendOptions {
         self
     }
 
-    /// Compresses the SST data blocks of `state` with `compression` instead of
-    /// [`LsmBackendOptions::compression`] (adds to [`LsmBackendOptions::state_compression`];
-    /// the last setting for a state wins).
+    /// Compresses the SST data blocks of `state` with `compression` at every level (added to
+    /// [`LsmBackendOptions::state_compression`], replacing an earlier entry for the state).
     pub fn state_compression(mut self, state: impl Into<String>, compression: Compression) -> Self {
-        self.state_compression.push((state.into(), compression));
+        let state = state.into();
+        self.state_compression.retain(|(name, _)| *name != state);
+        self.state_compression.push((state, compression));
         self
     }
 
@@ -582,7 +583,6 @@ fn cf_options(
     match options
         .state_compression
         .iter()
-        .rev()
         .find(|(name, _)| *name == descriptor.name)
     {
         Some((_, compression)) => cf.sst.compression = *compression,
@@ -941,7 +941,8 @@ mod compression_tests {
             cf.sst_for_level(6).compression,
             Compression::Zstd { level: 3 }
         );
-        // An override applies at every level; the last one given wins.
+        // An override applies at every level; a second one for the state replaces the first.
+        assert_eq!(options.state_compression.len(), 1);
         let cf = cf_options(&options, &config, &descriptor("raw"));
         for level in 0..crate::lsm::NUM_LEVELS {
             assert_eq!(

@@ -364,9 +364,6 @@ impl OutputFiles<'_, '_> {
     /// Writes what survived of `key`, then cuts the file if it reached the target size (with
     /// a cut prefix: before the first key of the next prefix).
     fn write_user_key(&mut self, key: &[u8], stripes: &[Stripe]) -> Result<()> {
-        if stripes.iter().all(|s| s.entries.is_empty()) {
-            return Ok(());
-        }
         let prefix = &key[..key.len().min(self.params.cut_prefix_len)];
         if self.full_at_prefix.as_deref().is_some_and(|p| p != prefix) {
             self.finish_current()?;
