@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Builds the Flink state backend jar and the test jobs.
+#
+#   flink/build.sh            fetch Flink 2.3.0 jars (once), build the native library, compile
+#                             the backend into flink/build/flowstate-flink.jar, compile the test
+#                             jobs into flink/build/jobs-classes/, write flink/build/classpath.txt
+#
+# Environment:
+#   FLINK_LIB_DIR     a directory that already holds the Flink 2.3.0 jars (flink-dist-2.3.0.jar,
+#                     flink-connector-files-2.3.0.jar, log4j-*.jar); default flink/.jars/, filled
+#                     from the apache-flink-libraries package on PyPI when empty
+#   SKIP_NATIVE=1     do not run cargo (use the library already in target/release/)
+#   CARGO_PROFILE     cargo profile directory to take the library from (default release)
+set -euo pipefail
+
+FLINK_VERSION=2.3.0
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+build="$here/build"
+
+log() { echo "flink/build.sh: $*" >&2; }
+
+have_flink_jars() {
+  [ -f "$1/flink-dist-$FLINK_VERSION.jar" ] && [ -f "$1/flink-connector-files-$FLINK_VERSION.jar" ] &&
+    compgen -G "$1/log4j-core-*.jar" >/dev/null
+}
+
+# 1. Flink jars.
+if [ -n "${FLINK_LIB_DIR:-}" ]; then
+  if ! have_flink_jars "$FLINK_LIB_DIR"; then
+    log "FLINK_LIB_DIR=$FLINK_LIB_DIR lacks flink-dist-$FLINK_VERSION.jar, flink-connector-files-$FLINK_VERSION.jar or log4j-core"
+    exit 1
+  fi
+  lib="$(cd "$FLINK_LIB_DIR" && pwd)"
+else
+  lib="$here/.jars"
+  if ! have_flink_jars "$lib"; then
+    log "fetching apache-flink-libraries==$FLINK_VERSION into $lib"
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    python3 -m pip download --quiet --no-deps --dest "$tmp" "apache-flink-libraries==$FLINK_VERSION"
+    archive="$(compgen -G "$tmp/apache[-_]flink[-_]libraries-*" | head -n 1)"
+    mkdir -p "$tmp/unpacked" "$lib"
+    case "$archive" in
+      *.whl | *.zip) unzip -q -o "$archive" 'pyflink/lib/*.jar' -d "$tmp/unpacked" ;;
+      *.tar.gz) tar -xzf "$archive" -C "$tmp/unpacked" --wildcards '*/pyflink/lib/*.jar' ;;
+      *)
+        log "unexpected download: $archive"
+        exit 1
+        ;;
+    esac
+    find "$tmp/unpacked" -path '*pyflink/lib/*.jar' -exec cp {} "$lib/" \;
+    have_flink_jars "$lib" || {
+      log "the package did not contain the expected jars"
+      exit 1
+    }
+  fi
+fi
+
+flink_cp="$lib/flink-dist-$FLINK_VERSION.jar:$lib/flink-connector-files-$FLINK_VERSION.jar"
+for jar in "$lib"/log4j-*.jar; do
+  flink_cp="$flink_cp:$jar"
+done
+
+# 2. Native library.
+profile="${CARGO_PROFILE:-release}"
+native_lib="$root/target/$profile/libflowstate_flink.so"
+if [ -f "$here/native/Cargo.toml" ] && [ "${SKIP_NATIVE:-0}" != 1 ]; then
+  log "cargo build --release -p flowstate-flink"
+  (cd "$root" && cargo build --release -p flowstate-flink)
+fi
+
+mkdir -p "$build"
+
+# 3. Backend jar: the Java sources plus the native library.
+mapfile -t backend_sources < <(find "$here/java/src" -name '*.java' 2>/dev/null | sort)
+jar="$build/flowstate-flink.jar"
+if [ "${#backend_sources[@]}" -gt 0 ]; then
+  if [ ! -f "$native_lib" ]; then
+    log "missing $native_lib (the native crate did not build)"
+    exit 1
+  fi
+  classes="$build/backend-classes"
+  rm -rf "$classes"
+  mkdir -p "$classes/native/linux-x86_64"
+  log "javac ${#backend_sources[@]} backend sources"
+  javac --release 17 -nowarn -encoding UTF-8 -cp "$flink_cp" -d "$classes" "${backend_sources[@]}"
+  if [ -d "$here/java/resources" ]; then
+    cp -r "$here/java/resources/." "$classes/"
+  fi
+  cp "$native_lib" "$classes/native/linux-x86_64/libflowstate_flink.so"
+  rm -f "$jar"
+  jar --create --file "$jar" -C "$classes" .
+  log "wrote $jar"
+else
+  rm -f "$jar"
+  log "no backend sources under flink/java/src; flowstate-flink.jar not built"
+fi
+
+# 4. Test jobs.
+mapfile -t job_sources < <(find "$here/java/jobs" -name '*.java' | sort)
+jobs_classes="$build/jobs-classes"
+rm -rf "$jobs_classes"
+mkdir -p "$jobs_classes"
+log "javac ${#job_sources[@]} job sources"
+javac --release 17 -encoding UTF-8 -Xlint:-options -cp "$flink_cp" -d "$jobs_classes" "${job_sources[@]}"
+cp "$here/java/jobs/log4j2.properties" "$jobs_classes/log4j2.properties"
+
+# 5. Classpath: the jobs' classes first so that their log4j2.properties wins.
+classpath="$jobs_classes:$flink_cp"
+if [ -f "$jar" ]; then
+  classpath="$classpath:$jar"
+fi
+echo "$classpath" >"$build/classpath.txt"
+log "classpath in $build/classpath.txt"
+echo "$classpath"
