@@ -89,8 +89,9 @@ if [ "${#backend_sources[@]}" -gt 0 ]; then
     cp -r "$here/java/resources/." "$classes/"
   fi
   cp "$native_lib" "$classes/native/linux-x86_64/libflowstate_flink.so"
-  rm -f "$jar"
-  jar --create --file "$jar" -C "$classes" .
+  # A new file renamed into place: a JVM still running from the old jar keeps reading that one.
+  jar --create --file "$jar.tmp" -C "$classes" .
+  mv -f "$jar.tmp" "$jar"
   log "wrote $jar"
 else
   rm -f "$jar"
@@ -100,17 +101,25 @@ fi
 # 4. Test jobs.
 mapfile -t job_sources < <(find "$here/java/jobs" -name '*.java' | sort)
 jobs_classes="$build/jobs-classes"
-rm -rf "$jobs_classes"
-mkdir -p "$jobs_classes"
+# Compiled beside the old classes and swapped in, so that jobs already running lose their classes
+# for a moment at most.
+rm -rf "$jobs_classes.new" "$jobs_classes.old"
+mkdir -p "$jobs_classes.new"
 log "javac ${#job_sources[@]} job sources"
-javac --release 17 -encoding UTF-8 -Xlint:-options -cp "$flink_cp" -d "$jobs_classes" "${job_sources[@]}"
-cp "$here/java/jobs/log4j2.properties" "$jobs_classes/log4j2.properties"
+javac --release 17 -encoding UTF-8 -Xlint:-options -cp "$flink_cp" -d "$jobs_classes.new" "${job_sources[@]}"
+cp "$here/java/jobs/log4j2.properties" "$jobs_classes.new/log4j2.properties"
+if [ -d "$jobs_classes" ]; then
+  mv "$jobs_classes" "$jobs_classes.old"
+fi
+mv "$jobs_classes.new" "$jobs_classes"
+rm -rf "$jobs_classes.old"
 
 # 5. Classpath: the jobs' classes first so that their log4j2.properties wins.
 classpath="$jobs_classes:$flink_cp"
 if [ -f "$jar" ]; then
   classpath="$classpath:$jar"
 fi
-echo "$classpath" >"$build/classpath.txt"
+echo "$classpath" >"$build/classpath.txt.tmp"
+mv -f "$build/classpath.txt.tmp" "$build/classpath.txt"
 log "classpath in $build/classpath.txt"
 echo "$classpath"

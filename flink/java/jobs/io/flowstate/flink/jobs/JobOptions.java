@@ -101,8 +101,9 @@ final class JobOptions {
     return args[i];
   }
 
+  /** {@code path} as a URI; one that already has a scheme ({@code file:/...}) stays as it is. */
   static String uri(String path) {
-    if (path.contains("://")) {
+    if (path.matches("^[a-zA-Z][a-zA-Z0-9+.-]*:.*")) {
       return path;
     }
     return new File(path).getAbsoluteFile().toURI().toString();
