@@ -54,7 +54,17 @@ import org.apache.flink.runtime.state.IncrementalKeyedStateHandle.HandleAndLocal
 import org.apache.flink.runtime.state.IncrementalRemoteKeyedStateHandle;
 import org.apache.flink.runtime.state.InternalKeyContext;
 import org.apache.flink.runtime.state.KeyGroupRange;
+import org.apache.flink.runtime.state.CompositeKeySerializationUtils;
 import org.apache.flink.runtime.state.KeyGroupedInternalPriorityQueue;
+import org.apache.flink.runtime.state.KeyGroupsStateHandle;
+import org.apache.flink.runtime.state.RegisteredPriorityQueueStateBackendMetaInfo;
+import org.apache.flink.runtime.state.SnapshotExecutionType;
+import org.apache.flink.runtime.state.StateSerializerProvider;
+import org.apache.flink.runtime.state.restore.FullSnapshotRestoreOperation;
+import org.apache.flink.runtime.state.restore.KeyGroup;
+import org.apache.flink.runtime.state.restore.KeyGroupEntry;
+import org.apache.flink.runtime.state.restore.SavepointRestoreResult;
+import org.apache.flink.runtime.state.restore.ThrowingIterator;
 import org.apache.flink.runtime.state.Keyed;
 import org.apache.flink.runtime.state.KeyedBackendSerializationProxy;
 import org.apache.flink.runtime.state.KeyedStateHandle;
@@ -118,6 +128,8 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
     /** Meta infos of restored states not yet registered again, by name. */
     private final Map<String, StateMetaInfoSnapshot> restoredMetaInfos = new HashMap<>();
     private final HeapPriorityQueueSetFactory priorityQueueFactory;
+    /** Timer queues restored from a canonical savepoint, handed out by {@link #create}. */
+    private final Map<String, KeyGroupedInternalPriorityQueue<?>> restoredQueues = new HashMap<>();
 
     /** Shared files of completed checkpoints: flowstate path → the uploaded handle. */
     private final Map<String, StreamStateHandle> uploaded = new ConcurrentHashMap<>();
@@ -526,6 +538,11 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
     @Override
     public <T extends HeapPriorityQueueElement & PriorityComparable<? super T> & Keyed<?>>
             KeyGroupedInternalPriorityQueue<T> create(String stateName, TypeSerializer<T> byteOrderedElementSerializer) {
+        @SuppressWarnings("unchecked")
+        KeyGroupedInternalPriorityQueue<T> restored = (KeyGroupedInternalPriorityQueue<T>) (Object) restoredQueues.get(stateName);
+        if (restored != null) {
+            return restored;
+        }
         return priorityQueueFactory.create(stateName, byteOrderedElementSerializer);
     }
 
@@ -651,10 +668,37 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
         pendingUploads.remove(checkpointId);
     }
 
+    /**
+     * A canonical savepoint: Flink's backend-independent format, written synchronously on the task
+     * thread from a consistent view of the store (timers travel in raw keyed state).
+     */
     @Override
     public SavepointResources<K> savepoint() {
-        throw new UnsupportedOperationException(
-                "flowstate does not write canonical savepoints yet; take a native-format savepoint");
+        List<FlowstateSavepoint.StateToWrite> toWrite = new ArrayList<>();
+        List<String> names = new ArrayList<>(states.keySet());
+        names.sort(Comparator.naturalOrder());
+        for (String name : names) {
+            Registered r = states.get(name);
+            toWrite.add(stateToWrite(r.metaInfo.snapshot(), r.id));
+        }
+        for (StateMetaInfoSnapshot restored : restoredMetaInfos.values()) {
+            StateDescriptor.Type type = typeOf(restored);
+            toWrite.add(stateToWrite(restored, FlowstateNative.register(handle(), restored.getName(), kindOf(type))));
+        }
+        return new SavepointResources<>(
+                new FlowstateSavepoint<>(toWrite, id -> scan(id, new byte[0]), keyGroupRange, keySerializer),
+                SnapshotExecutionType.SYNCHRONOUS);
+    }
+
+    private FlowstateSavepoint.StateToWrite stateToWrite(StateMetaInfoSnapshot snapshot, int id) {
+        RegisteredKeyValueStateBackendMetaInfo<?, ?> info = new RegisteredKeyValueStateBackendMetaInfo<>(snapshot);
+        CanonicalFormat format = new CanonicalFormat(numberOfKeyGroups, info.getStateType(), keySerializer,
+                info.getNamespaceSerializer(), info.getStateSerializer());
+        return new FlowstateSavepoint.StateToWrite(snapshot, id, format);
+    }
+
+    private static StateDescriptor.Type typeOf(StateMetaInfoSnapshot snapshot) {
+        return StateDescriptor.Type.valueOf(snapshot.getOption(StateMetaInfoSnapshot.CommonOptionsKeys.KEYED_STATE_TYPE));
     }
 
     // ---------------------------------------------------------------------------------------
@@ -663,14 +707,18 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
     /** Downloads every handle's files and restores them, clipped to this backend's key groups. */
     void restore(List<KeyedStateHandle> handles, CloseableRegistry registry) throws Exception {
         List<String> roots = new ArrayList<>();
+        List<KeyedStateHandle> canonical = new ArrayList<>();
         int n = 0;
         for (KeyedStateHandle h : handles) {
             if (h == null) {
                 continue;
             }
+            if (h instanceof KeyGroupsStateHandle) {
+                canonical.add(h);
+                continue;
+            }
             if (!(h instanceof IncrementalRemoteKeyedStateHandle)) {
-                throw new FlinkRuntimeException("flowstate cannot restore a " + h.getClass().getSimpleName()
-                        + " (canonical savepoints are not supported yet): " + h);
+                throw new FlinkRuntimeException("flowstate cannot restore a " + h.getClass().getSimpleName() + ": " + h);
             }
             IncrementalRemoteKeyedStateHandle handle = (IncrementalRemoteKeyedStateHandle) h;
             Path dir = workingDir.resolve("restore-" + n++);
@@ -688,6 +736,84 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
                     keyGroupRange.getStartKeyGroup(), keyGroupRange.getEndKeyGroup());
             for (String root : roots) {
                 deleteRecursively(Path.of(root));
+            }
+        }
+        if (!canonical.isEmpty()) {
+            restoreCanonical(canonical);
+        }
+    }
+
+    /** What the entries of one state of a canonical savepoint go into. */
+    private static final class RestoreTarget {
+        final int id;
+        final CanonicalFormat format;
+        final KeyGroupedInternalPriorityQueue<Object> queue;
+        final TypeSerializer<Object> elementSerializer;
+
+        RestoreTarget(int id, CanonicalFormat format, KeyGroupedInternalPriorityQueue<Object> queue,
+                TypeSerializer<Object> elementSerializer) {
+            this.id = id;
+            this.format = format;
+            this.queue = queue;
+            this.elementSerializer = elementSerializer;
+        }
+    }
+
+    /** Restores canonical savepoints (of any backend) through Flink's own reader. */
+    @SuppressWarnings({"unchecked", "rawtypes"})
+    private void restoreCanonical(List<KeyedStateHandle> handles) throws Exception {
+        FullSnapshotRestoreOperation<K> operation = new FullSnapshotRestoreOperation<>(
+                keyGroupRange, userCodeClassLoader, handles, StateSerializerProvider.fromNewRegisteredSerializer(keySerializer));
+        int prefixBytes = CompositeKeySerializationUtils.computeRequiredBytesInKeyGroupPrefix(numberOfKeyGroups);
+        DataInputDeserializer in = new DataInputDeserializer();
+        try (ThrowingIterator<SavepointRestoreResult> results = operation.restore()) {
+            while (results.hasNext()) {
+                SavepointRestoreResult result = results.next();
+                List<StateMetaInfoSnapshot> metas = result.getStateMetaInfoSnapshots();
+                RestoreTarget[] targets = new RestoreTarget[metas.size()];
+                for (int i = 0; i < metas.size(); i++) {
+                    StateMetaInfoSnapshot meta = metas.get(i);
+                    switch (meta.getBackendStateType()) {
+                        case KEY_VALUE: {
+                            RegisteredKeyValueStateBackendMetaInfo<?, ?> info = new RegisteredKeyValueStateBackendMetaInfo<>(meta);
+                            int id = FlowstateNative.register(handle(), meta.getName(), kindOf(info.getStateType()));
+                            restoredMetaInfos.putIfAbsent(meta.getName(), meta);
+                            targets[i] = new RestoreTarget(id, new CanonicalFormat(numberOfKeyGroups, info.getStateType(),
+                                    keySerializer, info.getPreviousNamespaceSerializer(), info.getPreviousStateSerializer()),
+                                    null, null);
+                            break;
+                        }
+                        case PRIORITY_QUEUE: {
+                            RegisteredPriorityQueueStateBackendMetaInfo info = new RegisteredPriorityQueueStateBackendMetaInfo(meta);
+                            TypeSerializer elementSerializer = info.getPreviousElementSerializer();
+                            KeyGroupedInternalPriorityQueue queue = restoredQueues.computeIfAbsent(meta.getName(),
+                                    name -> (KeyGroupedInternalPriorityQueue) priorityQueueFactory.create(name, elementSerializer));
+                            targets[i] = new RestoreTarget(-1, null, queue, elementSerializer);
+                            break;
+                        }
+                        default:
+                            throw new FlinkRuntimeException("a savepoint holds state " + meta.getName() + " of type "
+                                    + meta.getBackendStateType() + ", which a keyed backend does not restore");
+                    }
+                }
+                try (ThrowingIterator<KeyGroup> groups = result.getRestoredKeyGroups()) {
+                    while (groups.hasNext()) {
+                        try (ThrowingIterator<KeyGroupEntry> entries = groups.next().getKeyGroupEntries()) {
+                            while (entries.hasNext()) {
+                                KeyGroupEntry entry = entries.next();
+                                RestoreTarget target = targets[entry.getKvStateId()];
+                                if (target.queue != null) {
+                                    in.setBuffer(entry.getKey());
+                                    CompositeKeySerializationUtils.readKeyGroup(prefixBytes, in);
+                                    target.queue.add(target.elementSerializer.deserialize(in));
+                                } else {
+                                    FlowstateNative.put(handle(), target.id, target.format.compositeKey(entry.getKey()),
+                                            target.format.value(entry.getValue()));
+                                }
+                            }
+                        }
+                    }
+                }
             }
         }
     }

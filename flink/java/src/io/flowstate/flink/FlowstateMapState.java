@@ -13,8 +13,9 @@ import org.apache.flink.runtime.state.internal.InternalMapState;
 
 /**
  * Flink's {@code MapState} over flowstate: one entry per map key, the composite key of (key,
- * namespace) followed by the serialized map key; the value is {@code 0} (null) or {@code 1} and
- * the serialized map value. Iteration reads the entries in chunks, resuming after the last key.
+ * namespace) followed by the serialized map key; the value is a null flag ({@code 1} null, {@code
+ * 0} followed by the serialized map value), as in Flink's RocksDB backend and its canonical
+ * savepoints. Iteration reads the entries in chunks, resuming after the last key.
  */
 final class FlowstateMapState<K, N, UK, UV> extends AbstractFlowstateState<K, N, Map<UK, UV>>
         implements InternalMapState<K, N, UK, UV> {
@@ -51,11 +52,11 @@ final class FlowstateMapState<K, N, UK, UV> extends AbstractFlowstateState<K, N,
 
     private byte[] encodeValue(UV value) {
         if (value == null) {
-            return new byte[] {0};
+            return new byte[] {1};
         }
         byte[] v = serialize(userValueSerializer, value);
         byte[] out = new byte[v.length + 1];
-        out[0] = 1;
+        out[0] = 0;
         System.arraycopy(v, 0, out, 1, v.length);
         return out;
     }
@@ -64,7 +65,7 @@ final class FlowstateMapState<K, N, UK, UV> extends AbstractFlowstateState<K, N,
         if (length < 1) {
             throw new FlowstateException("empty map value in state " + backend.stateName(stateId));
         }
-        if (bytes[offset] == 0) {
+        if (bytes[offset] != 0) {
             return null;
         }
         return deserialize(userValueSerializer, bytes, offset + 1, length - 1);

@@ -131,6 +131,6 @@ public class FlowstateStateBackend extends AbstractStateBackend implements Confi
 
     @Override
     public boolean supportsSavepointFormat(SavepointFormatType formatType) {
-        return formatType == SavepointFormatType.NATIVE;
+        return formatType == SavepointFormatType.NATIVE || formatType == SavepointFormatType.CANONICAL;
     }
 }
