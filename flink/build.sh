@@ -26,13 +26,15 @@ have_flink_jars() {
 }
 
 # 1. Flink jars.
+lib=""
 if [ -n "${FLINK_LIB_DIR:-}" ]; then
-  if ! have_flink_jars "$FLINK_LIB_DIR"; then
-    log "FLINK_LIB_DIR=$FLINK_LIB_DIR lacks flink-dist-$FLINK_VERSION.jar, flink-connector-files-$FLINK_VERSION.jar or log4j-core"
-    exit 1
+  if have_flink_jars "$FLINK_LIB_DIR"; then
+    lib="$(cd "$FLINK_LIB_DIR" && pwd)"
+  else
+    log "FLINK_LIB_DIR=$FLINK_LIB_DIR lacks flink-dist-$FLINK_VERSION.jar, flink-connector-files-$FLINK_VERSION.jar or log4j-core; using flink/.jars/"
   fi
-  lib="$(cd "$FLINK_LIB_DIR" && pwd)"
-else
+fi
+if [ -z "$lib" ]; then
   lib="$here/.jars"
   if ! have_flink_jars "$lib"; then
     log "fetching apache-flink-libraries==$FLINK_VERSION into $lib"
@@ -40,20 +42,35 @@ else
     trap 'rm -rf "$tmp"' EXIT
     python3 -m pip download --quiet --no-deps --dest "$tmp" "apache-flink-libraries==$FLINK_VERSION"
     archive="$(compgen -G "$tmp/apache[-_]flink[-_]libraries-*" | head -n 1)"
-    mkdir -p "$tmp/unpacked" "$lib"
-    case "$archive" in
-      *.whl | *.zip) unzip -q -o "$archive" 'pyflink/lib/*.jar' -d "$tmp/unpacked" ;;
-      *.tar.gz) tar -xzf "$archive" -C "$tmp/unpacked" --wildcards '*/pyflink/lib/*.jar' ;;
-      *)
-        log "unexpected download: $archive"
-        exit 1
-        ;;
-    esac
-    find "$tmp/unpacked" -path '*pyflink/lib/*.jar' -exec cp {} "$lib/" \;
-    have_flink_jars "$lib" || {
-      log "the package did not contain the expected jars"
+    # Only pyflink/lib/*.jar, from the wheel or an sdist; unpacked beside flink/.jars/ and
+    # renamed into place, so that an interrupted fetch leaves no half-written jar behind.
+    rm -rf "$lib.tmp"
+    mkdir -p "$lib.tmp"
+    python3 - "$archive" "$lib.tmp" <<'PY'
+import os, shutil, sys, tarfile, zipfile
+archive, dest = sys.argv[1], sys.argv[2]
+def wanted(name):
+    parts = name.split("/")
+    return len(parts) >= 3 and parts[-3:-1] == ["pyflink", "lib"] and name.endswith(".jar")
+if archive.endswith((".whl", ".zip")):
+    with zipfile.ZipFile(archive) as z:
+        for name in z.namelist():
+            if wanted(name):
+                with z.open(name) as src, open(os.path.join(dest, name.split("/")[-1]), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+else:
+    with tarfile.open(archive) as t:
+        for member in t.getmembers():
+            if member.isfile() and wanted(member.name):
+                with t.extractfile(member) as src, open(os.path.join(dest, member.name.split("/")[-1]), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+PY
+    have_flink_jars "$lib.tmp" || {
+      log "$archive did not contain the expected jars"
       exit 1
     }
+    rm -rf "$lib"
+    mv "$lib.tmp" "$lib"
   fi
 fi
 
