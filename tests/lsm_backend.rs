@@ -23,7 +23,7 @@ use flowstate::internals::{CheckpointRegistry, read_metadata};
 use flowstate::savepoint::{restore_savepoint, write_savepoint};
 use flowstate::ttl::wrap;
 use flowstate::{
-    BackendConfig, FsBackend, KeyGroupRange, LsmBackend, ManualClock, MemoryBackend,
+    BackendConfig, Error, FsBackend, KeyGroupRange, LsmBackend, ManualClock, MemoryBackend,
     SnapshotHandle, StateBackend, StateDescriptor, StateKind, TtlConfig,
 };
 use support::{
@@ -69,6 +69,59 @@ fn ttl_entries_vanish_from_reads_savepoints_and_disk() {
     assert_eq!(b.scan_prefix(plain, &[]).unwrap().count(), 200);
     let live = b.db().live_files();
     assert!(live.files.iter().all(|f| f.cf != cf.name()), "no file of v");
+}
+
+/// `set_state_ttl` reaches the running compaction filter, is recorded by later checkpoints and
+/// is refused for a state without TTL.
+#[test]
+fn a_changed_ttl_drives_the_compaction_filter_and_the_next_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let cfg = config(KeyGroupRange::all(MAX_PARALLELISM)).with_clock(clock.clone());
+    let mut b = lsm_in(dir.path(), cfg.clone(), LsmBackendOptions::default());
+    let long = TtlConfig::new(Duration::from_secs(3600));
+    let v = b
+        .register(&StateDescriptor::new("v", StateKind::Value).with_ttl(long))
+        .unwrap();
+    let plain = b
+        .register(&StateDescriptor::new("plain", StateKind::Value))
+        .unwrap();
+    for i in 0..100 {
+        b.put(v, &key(i), &wrap(clock.now_ms_for_test(), b"payload"))
+            .unwrap();
+    }
+    b.flush_write_cache().unwrap();
+    b.db().flush().unwrap();
+    clock.advance(60_000);
+    let cf = b.column_family(v).unwrap().clone();
+    // Within the hour: compaction keeps everything.
+    b.db().compact_range(&cf, None, None).unwrap();
+    assert_eq!(b.scan_prefix(v, &[]).unwrap().count(), 100);
+    // Ten seconds of TTL: the same compaction drops every value, a minute old.
+    let short = TtlConfig::new(Duration::from_secs(10));
+    b.set_state_ttl(v, short).unwrap();
+    b.db().compact_range(&cf, None, None).unwrap();
+    assert_eq!(b.scan_prefix(v, &[]).unwrap().count(), 0);
+    // Registering again must name the new TTL; the old one is now a mismatch.
+    let again = StateDescriptor::new("v", StateKind::Value).with_ttl(short);
+    assert_eq!(b.register(&again).unwrap(), v);
+    let old = StateDescriptor::new("v", StateKind::Value).with_ttl(long);
+    assert!(matches!(b.register(&old), Err(Error::StateMismatch { .. })));
+    // A state without TTL cannot get one.
+    let err = b.set_state_ttl(plain, short).unwrap_err();
+    assert!(
+        matches!(err, Error::StateMismatch { ref name, .. } if name == "plain"),
+        "{err}"
+    );
+    // The next checkpoint records the new TTL, and a restore applies it.
+    let handle = b.snapshot(1).unwrap().run().unwrap();
+    let restored_descriptor = handle.states.iter().find(|d| d.name == "v").unwrap();
+    assert_eq!(restored_descriptor.ttl, Some(short));
+    let other = tempfile::tempdir().unwrap();
+    let mut r = lsm_in(other.path(), cfg, LsmBackendOptions::default());
+    r.restore(&[handle], KeyGroupRange::all(MAX_PARALLELISM))
+        .unwrap();
+    assert_eq!(r.register(&again).unwrap(), v);
 }
 
 #[test]

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -287,19 +288,27 @@ impl LsmBackendOptions {
     }
 }
 
+/// The TTL (ms) of each TTL state by name, shared with the states' compaction filters so that
+/// [`LsmBackend::set_state_ttl`] reaches a filter the store already runs.
+type TtlCells = Arc<Mutex<HashMap<String, Arc<AtomicU64>>>>;
+
 /// Drops expired TTL values (and expired list elements) during compaction.
 #[derive(Debug)]
 pub(crate) struct TtlCompactionFilter {
     ttl: TtlConfig,
+    /// The current TTL in ms (`ttl.ttl_ms` as of the last `set_state_ttl`).
+    ttl_ms: Arc<AtomicU64>,
     is_list: bool,
     clock: SharedClock,
 }
 
 impl TtlCompactionFilter {
-    /// A filter for a state of `kind` with `ttl`, reading time from `clock`.
-    pub fn new(ttl: TtlConfig, kind: StateKind, clock: SharedClock) -> Self {
+    /// A filter for a state of `kind` with `ttl`, whose duration it reads from `ttl_ms` at
+    /// every call, and the time from `clock`.
+    fn new(ttl: TtlConfig, ttl_ms: Arc<AtomicU64>, kind: StateKind, clock: SharedClock) -> Self {
         TtlCompactionFilter {
             ttl,
+            ttl_ms,
             is_list: kind == StateKind::List,
             clock,
         }
@@ -308,9 +317,13 @@ impl TtlCompactionFilter {
 
 impl CompactionFilter for TtlCompactionFilter {
     fn filter(&self, _level: usize, _key: &[u8], value: &[u8]) -> FilterDecision {
+        let ttl = TtlConfig {
+            ttl_ms: self.ttl_ms.load(Ordering::Relaxed),
+            ..self.ttl
+        };
         // A value that is not a well-formed envelope is kept: cleanup never destroys what it
         // cannot read.
-        match drop_expired(self.is_list, &self.ttl, value, self.clock.now_ms()) {
+        match drop_expired(self.is_list, &ttl, value, self.clock.now_ms()) {
             Ok(None) => FilterDecision::Remove,
             Ok(Some(kept)) if kept != value => FilterDecision::Change(kept),
             _ => FilterDecision::Keep,
@@ -372,6 +385,8 @@ pub struct LsmBackend {
     /// Stores a restore replaced while something (a snapshot task, a caller of
     /// [`LsmBackend::db`]) still held them: each directory is removed once its store is gone.
     retired: Vec<(std::sync::Weak<Db>, PathBuf)>,
+    /// The TTL of each TTL state, as its compaction filter reads it.
+    ttl_cells: TtlCells,
 }
 
 /// A random 64-bit id (no RNG crate: the std hasher's random keys, the time and the pid).
@@ -406,7 +421,8 @@ impl LsmBackend {
         let db_dir = working_dir.join(format!("db-{instance_id:016x}-0"));
         fs.remove_dir_all(&db_dir)
             .map_err(|e| Error::io(&db_dir, e))?;
-        let db = Db::open(&db_dir, store_options(&options, &config, &[]))?;
+        let ttl_cells = TtlCells::default();
+        let db = Db::open(&db_dir, store_options(&options, &config, &[], &ttl_cells))?;
         db.capture_flushes();
         let cache = WriteCache::new(cache_capacity(&options));
         Ok(LsmBackend {
@@ -426,6 +442,7 @@ impl LsmBackend {
             last_restore: None,
             cache,
             retired: Vec::new(),
+            ttl_cells,
         })
     }
 
@@ -520,7 +537,28 @@ impl LsmBackend {
             .map(|(d, _)| d.clone())
             .chain(descriptors.iter().cloned())
             .collect();
-        store_options(&self.options, &self.config, &all)
+        store_options(&self.options, &self.config, &all, &self.ttl_cells)
+    }
+
+    /// Changes the TTL of `state`, a state registered (or restored) with a TTL: its compaction
+    /// filter drops entries by the new duration from now on, later checkpoints record it, and
+    /// registering the state again must name it. The periodic compaction interval
+    /// (`ttl_periodic_compaction`) stays the one the store was opened with. A state without TTL
+    /// cannot get one (its values carry no timestamps): [`Error::StateMismatch`].
+    pub fn set_state_ttl(&mut self, state: StateId, ttl: TtlConfig) -> Result<()> {
+        let (descriptor, _) = self
+            .states
+            .get_mut(state.0 as usize)
+            .ok_or(Error::UnknownState(state.0))?;
+        if descriptor.ttl.is_none() {
+            // The two differ in TTL: this is the mismatch error naming both.
+            return descriptor.check_compatible(&descriptor.clone().with_ttl(ttl));
+        }
+        descriptor.ttl = Some(ttl);
+        if let Some(cell) = self.ttl_cells.lock().get(&descriptor.name) {
+            cell.store(ttl.ttl_ms, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn cf_of(&self, state: StateId) -> Result<&ColumnFamily> {
@@ -574,6 +612,7 @@ fn cf_options(
     options: &LsmBackendOptions,
     config: &BackendConfig,
     descriptor: &StateDescriptor,
+    ttl_cells: &TtlCells,
 ) -> CfOptions {
     let mut cf = CfOptions::default();
     cf.compaction.target_file_size = options.target_file_size.max(1);
@@ -592,8 +631,15 @@ fn cf_options(
         }
     }
     if let Some(ttl) = descriptor.ttl {
+        let cell = {
+            let mut cells = ttl_cells.lock();
+            let cell = cells.entry(descriptor.name.clone()).or_default();
+            cell.store(ttl.ttl_ms, Ordering::Relaxed);
+            Arc::clone(cell)
+        };
         cf.compaction_filter = Some(Arc::new(TtlCompactionFilter::new(
             ttl,
+            cell,
             descriptor.kind,
             config.clock.clone(),
         )));
@@ -640,12 +686,13 @@ fn store_options(
     options: &LsmBackendOptions,
     config: &BackendConfig,
     descriptors: &[StateDescriptor],
+    ttl_cells: &TtlCells,
 ) -> Options {
     let mut cf_list: Vec<(String, CfOptions)> = Vec::new();
     for d in descriptors {
         let name = cf_name(&d.name);
         if !cf_list.iter().any(|(n, _)| *n == name) {
-            cf_list.push((name, cf_options(options, config, d)));
+            cf_list.push((name, cf_options(options, config, d, ttl_cells)));
         }
     }
     Options {
@@ -702,7 +749,7 @@ impl StateBackend for LsmBackend {
         );
         let cf = self.db.create_cf(
             &cf_name(&descriptor.name),
-            cf_options(&self.options, &self.config, descriptor),
+            cf_options(&self.options, &self.config, descriptor, &self.ttl_cells),
         )?;
         self.states.push((descriptor.clone(), cf));
         self.by_name.insert(descriptor.name.clone(), id);
@@ -926,7 +973,12 @@ mod compression_tests {
             .state_compression("raw", Compression::None)
             .state_compression("raw", Compression::Lz4);
         let config = BackendConfig::default();
-        let cf = cf_options(&options, &config, &descriptor("counts"));
+        let cf = cf_options(
+            &options,
+            &config,
+            &descriptor("counts"),
+            &TtlCells::default(),
+        );
         assert_eq!(
             cf.compression_per_level,
             DEFAULT_COMPRESSION_PER_LEVEL.to_vec()
@@ -943,7 +995,7 @@ mod compression_tests {
         );
         // An override applies at every level; a second one for the state replaces the first.
         assert_eq!(options.state_compression.len(), 1);
-        let cf = cf_options(&options, &config, &descriptor("raw"));
+        let cf = cf_options(&options, &config, &descriptor("raw"), &TtlCells::default());
         for level in 0..crate::lsm::NUM_LEVELS {
             assert_eq!(
                 cf.sst_for_level(level).compression,
@@ -956,7 +1008,12 @@ mod compression_tests {
             "key groups are never split"
         );
         let options = options.compression_per_level(Vec::new());
-        let cf = cf_options(&options, &config, &descriptor("counts"));
+        let cf = cf_options(
+            &options,
+            &config,
+            &descriptor("counts"),
+            &TtlCells::default(),
+        );
         assert_eq!(
             cf.sst_for_level(0).compression,
             Compression::Zstd { level: 3 }
