@@ -159,7 +159,8 @@ pub extern "system" fn Java_io_flowstate_flink_FlowstateNative_close<'l>(
     })
 }
 
-/// `int register(long handle, String name, int kind)`: the state's id.
+/// `int register(long handle, String name, int kind, long ttlMs)`: the state's id; `ttlMs < 0`
+/// for a state without TTL.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_io_flowstate_flink_FlowstateNative_register<'l>(
     mut env: JNIEnv<'l>,
@@ -167,10 +168,12 @@ pub extern "system" fn Java_io_flowstate_flink_FlowstateNative_register<'l>(
     handle: jlong,
     name: JString<'l>,
     kind: jint,
+    ttl_ms: jlong,
 ) -> jint {
     call(&mut env, -1, |env| {
         let name = string(env, &name)?;
-        let id = store(handle)?.register(&name, index(kind, "state kind")?)?;
+        let ttl = u64::try_from(ttl_ms).ok();
+        let id = store(handle)?.register(&name, index(kind, "state kind")?, ttl)?;
         jint::try_from(id).map_err(|_| CallError::Argument(format!("state id {id}")))
     })
 }

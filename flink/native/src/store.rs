@@ -7,13 +7,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use flowstate::CheckpointStorage;
 use flowstate::backend::{SnapshotData, SnapshotTask, latest_snapshot_handle};
 use flowstate::checkpoint::storage::metadata_path;
 use flowstate::{
     BackendConfig, Error, KeyGroupRange, LocalDirStorage, LsmBackend, LsmBackendOptions, Result,
-    SnapshotHandle, StateBackend, StateDescriptor, StateId, StateKind,
+    SnapshotHandle, StateBackend, StateDescriptor, StateId, StateKind, TtlConfig,
 };
 
 /// The options a Flink job can set (`state.backend.flowstate.*`), parsed from `key=value` lines.
@@ -204,8 +205,11 @@ impl FlinkStore {
         Ok(FlinkStore { backend, staging })
     }
 
-    /// Registers (or finds) the state `name` of `kind` (flowstate's tag, FORMAT.md §3.1).
-    pub fn register(&mut self, name: &str, kind: u32) -> Result<u32> {
+    /// Registers (or finds) the state `name` of `kind` (flowstate's tag, FORMAT.md §3.1), whose
+    /// values carry Flink's TTL timestamps when `ttl_ms` is given: flowstate's compaction filter
+    /// then drops the expired ones. A state that exists already (restored) keeps whether it has
+    /// a TTL, and takes the new duration when both have one: Flink lets a job change a TTL.
+    pub fn register(&mut self, name: &str, kind: u32, ttl_ms: Option<u64>) -> Result<u32> {
         let kind = match kind {
             0 => StateKind::Value,
             1 => StateKind::List,
@@ -214,7 +218,25 @@ impl FlinkStore {
             4 => StateKind::Aggregating,
             other => return Err(invalid(format!("unknown state kind {other}"))),
         };
-        let descriptor = StateDescriptor::new(name, kind).with_serializer(FLINK_SERIALIZER);
+        let requested = ttl_ms.map(|ms| TtlConfig::new(Duration::from_millis(ms)));
+        let states = self.backend.states();
+        let ttl = match states.iter().position(|d| d.name == name) {
+            Some(id) => {
+                let existing = states[id].ttl;
+                match (existing, requested) {
+                    (Some(old), Some(new)) if old != new && states[id].kind == kind => {
+                        self.backend.set_state_ttl(StateId(id as u32), new)?;
+                        Some(new)
+                    }
+                    _ => existing,
+                }
+            }
+            None => requested,
+        };
+        let mut descriptor = StateDescriptor::new(name, kind).with_serializer(FLINK_SERIALIZER);
+        if let Some(ttl) = ttl {
+            descriptor = descriptor.with_ttl(ttl);
+        }
         Ok(self.backend.register(&descriptor)?.0)
     }
 
@@ -307,6 +329,19 @@ impl FlinkStore {
             handles.push(handle);
         }
         self.backend.restore(&handles, range)
+    }
+
+    /// Writes every cached write to the store and compacts each state's whole key range (so
+    /// that the TTL filter meets every file): for maintenance and tests.
+    pub fn compact(&mut self) -> Result<()> {
+        self.backend.flush_write_cache()?;
+        let db = Arc::clone(self.backend.db());
+        db.flush()?;
+        for id in 0..self.backend.states().len() {
+            let cf = self.backend.column_family(StateId(id as u32))?.clone();
+            db.compact_range(&cf, None, None)?;
+        }
+        Ok(())
     }
 
     /// Store statistics as `name=value` lines (what Flink's metric group reports).

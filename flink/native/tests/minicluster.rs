@@ -516,28 +516,85 @@ fn sigkill_then_resume_from_retained_checkpoint() {
     );
 }
 
-/// Stops the reference job with a canonical savepoint on `from` at parallelism `p1`, resumes it
-/// on `to` at `p2` into the same output directory, and compares.
-fn savepoint_and_resume(h: &Harness, name: &str, from: &str, p1: &str, to: &str, p2: &str) {
-    let input = h.reference_input();
-    let expected = h.baseline("ReferenceJob", &input);
+/// A job program and how its stop-with-savepoint runs go.
+#[derive(Clone, Copy)]
+enum Job {
+    Reference,
+    AllStates,
+}
+
+impl Job {
+    fn class(self) -> &'static str {
+        match self {
+            Job::Reference => "ReferenceJob",
+            Job::AllStates => "AllStatesJob",
+        }
+    }
+
+    fn input(self, h: &Harness) -> PathBuf {
+        match self {
+            Job::Reference => h.reference_input(),
+            Job::AllStates => h.all_states_input(),
+        }
+    }
+
+    /// Output lines after which the first run stops with a savepoint (about a third).
+    fn stop_after(self) -> &'static str {
+        match self {
+            Job::Reference => "60000",
+            Job::AllStates => "50000",
+        }
+    }
+
+    fn throttle(self) -> &'static str {
+        match self {
+            Job::Reference => SLOW_THROTTLE_US,
+            Job::AllStates => "100",
+        }
+    }
+}
+
+/// Stops `job` with a canonical savepoint on `from` at parallelism `p1`, resumes it on `to` at
+/// `p2` into the same output directory, and compares.
+fn savepoint_and_resume(
+    h: &Harness,
+    job: Job,
+    name: &str,
+    from: &str,
+    p1: &str,
+    to: &str,
+    p2: &str,
+) {
+    let input = job.input(h);
+    let expected = h.baseline(job.class(), &input);
     let dir = h.dir(name);
     let out = dir.join("out");
     let savepoints = dir.join("savepoints");
     let (chk1, chk2) = (dir.join("chk-1"), dir.join("chk-2"));
     let mut a = args(from, &input, &out, &chk1, p1);
-    a.extend(["--throttle-us", SLOW_THROTTLE_US]);
-    a.extend(["--stop-with-savepoint-after", "60000", p(&savepoints)]);
-    let stdout = h.run("ReferenceJob", &a, &dir.join("stopped"));
+    a.extend(["--throttle-us", job.throttle()]);
+    a.extend([
+        "--stop-with-savepoint-after",
+        job.stop_after(),
+        p(&savepoints),
+    ]);
+    let stdout = h.run(job.class(), &a, &dir.join("stopped"));
     let savepoint = savepoint_path(&stdout);
     let before = output_lines(&out).len();
     eprintln!("  stopped with savepoint {savepoint}; {before} lines committed");
-    assert!(before > 0 && before < expected.len());
+    assert!(
+        before > 0 && before < expected.len(),
+        "{before} of {} lines committed before the savepoint",
+        expected.len()
+    );
     let mut a = args(to, &input, &out, &chk2, p2);
     a.extend(["--restore", &savepoint]);
-    h.run("ReferenceJob", &a, &dir.join("resumed"));
+    h.run(job.class(), &a, &dir.join("resumed"));
     assert_same_lines(
-        &format!("{from} savepoint at parallelism {p1} resumed on {to} at {p2}"),
+        &format!(
+            "{}: {from} savepoint at parallelism {p1} resumed on {to} at {p2}",
+            job.class()
+        ),
         &output_lines(&out),
         &expected,
     );
@@ -549,7 +606,15 @@ fn savepoint_rescale_2_to_3() {
         return;
     };
     let _t = timed("savepoint_rescale_2_to_3");
-    savepoint_and_resume(h, "rescale-2-3", &h.backend, "2", &h.backend, "3");
+    savepoint_and_resume(
+        h,
+        Job::Reference,
+        "rescale-2-3",
+        &h.backend,
+        "2",
+        &h.backend,
+        "3",
+    );
 }
 
 #[test]
@@ -558,7 +623,15 @@ fn savepoint_rescale_3_to_1() {
         return;
     };
     let _t = timed("savepoint_rescale_3_to_1");
-    savepoint_and_resume(h, "rescale-3-1", &h.backend, "3", &h.backend, "1");
+    savepoint_and_resume(
+        h,
+        Job::Reference,
+        "rescale-3-1",
+        &h.backend,
+        "3",
+        &h.backend,
+        "1",
+    );
 }
 
 #[test]
@@ -567,7 +640,15 @@ fn rocksdb_savepoint_restored_into_backend() {
         return;
     };
     let _t = timed("rocksdb_savepoint_restored_into_backend");
-    savepoint_and_resume(h, "rocksdb-to-backend", "rocksdb", "2", &h.backend, "2");
+    savepoint_and_resume(
+        h,
+        Job::Reference,
+        "rocksdb-to-backend",
+        "rocksdb",
+        "2",
+        &h.backend,
+        "2",
+    );
 }
 
 #[test]
@@ -576,5 +657,61 @@ fn backend_savepoint_restored_into_rocksdb() {
         return;
     };
     let _t = timed("backend_savepoint_restored_into_rocksdb");
-    savepoint_and_resume(h, "backend-to-rocksdb", &h.backend, "2", "rocksdb", "2");
+    savepoint_and_resume(
+        h,
+        Job::Reference,
+        "backend-to-rocksdb",
+        &h.backend,
+        "2",
+        "rocksdb",
+        "2",
+    );
+}
+
+/// Windows (with merging session windows), timers and TTL state through a savepoint.
+#[test]
+fn all_states_savepoint_rescale_2_to_3() {
+    let Some((h, _serial)) = harness() else {
+        return;
+    };
+    let _t = timed("all_states_savepoint_rescale_2_to_3");
+    let b = &h.backend;
+    savepoint_and_resume(h, Job::AllStates, "all-states-2-3", b, "2", b, "3");
+}
+
+#[test]
+fn all_states_rocksdb_savepoint_restored_into_backend() {
+    let Some((h, _serial)) = harness() else {
+        return;
+    };
+    let _t = timed("all_states_rocksdb_savepoint_restored_into_backend");
+    let b = &h.backend;
+    savepoint_and_resume(
+        h,
+        Job::AllStates,
+        "all-states-rocksdb-to-backend",
+        "rocksdb",
+        "2",
+        b,
+        "3",
+    );
+}
+
+/// Heap timers and heap state on the other side of the savepoint.
+#[test]
+fn all_states_backend_savepoint_restored_into_hashmap() {
+    let Some((h, _serial)) = harness() else {
+        return;
+    };
+    let _t = timed("all_states_backend_savepoint_restored_into_hashmap");
+    let b = &h.backend;
+    savepoint_and_resume(
+        h,
+        Job::AllStates,
+        "all-states-backend-to-hashmap",
+        b,
+        "3",
+        "hashmap",
+        "1",
+    );
 }

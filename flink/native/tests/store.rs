@@ -114,7 +114,7 @@ proptest! {
     fn calls_match_a_model(ops in proptest::collection::vec(op(), 1..120), chunk in 1usize..5) {
         let dir = tempfile::tempdir().unwrap();
         let mut store = FlinkStore::open(&dir.path().join("a"), MAX_PARALLELISM, 0, 127, &options()).unwrap();
-        let state = store.register("s", 2).unwrap();
+        let state = store.register("s", 2, None).unwrap();
         let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for op in &ops {
             match op {
@@ -160,7 +160,7 @@ proptest! {
         download(&staged, &downloaded);
         let mut restored = FlinkStore::open(&dir.path().join("b"), MAX_PARALLELISM, 0, 127, &options()).unwrap();
         restored.restore(std::slice::from_ref(&downloaded), 0, 127).unwrap();
-        let state = restored.register("s", 2).unwrap();
+        let state = restored.register("s", 2, None).unwrap();
         prop_assert_eq!(scan_all(&mut restored, state, &[], chunk), expected);
     }
 }
@@ -181,7 +181,7 @@ fn rescale_restores_exactly_the_owned_key_groups() {
             &options(),
         )
         .unwrap();
-        let state = store.register("count", 0).unwrap();
+        let state = store.register("count", 0, None).unwrap();
         for g in *first..=*last {
             for k in 0..20u8 {
                 let key = composite(g as u16, &[k], &[], &[]);
@@ -208,7 +208,7 @@ fn rescale_restores_exactly_the_owned_key_groups() {
     )
     .unwrap();
     store.restore(&roots, first, last).unwrap();
-    let state = store.register("count", 0).unwrap();
+    let state = store.register("count", 0, None).unwrap();
     let owned: Vec<_> = expected
         .into_iter()
         .filter(|(k, _)| (first..=last).contains(&u32::from(u16::from_be_bytes([k[0], k[1]]))))
@@ -224,7 +224,7 @@ fn rescale_restores_exactly_the_owned_key_groups() {
 fn staged_listing_names_metadata_last_and_shares_ssts() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = FlinkStore::open(dir.path(), MAX_PARALLELISM, 0, 127, &options()).unwrap();
-    let state = store.register("v", 0).unwrap();
+    let state = store.register("v", 0, None).unwrap();
     for i in 0..5000u32 {
         let key = composite((i % 128) as u16, &i.to_be_bytes(), &[], &[]);
         store.put(state, &key, &[7u8; 100]).unwrap();
@@ -274,13 +274,90 @@ fn bad_options_and_arguments_are_errors_naming_them() {
         .to_string();
     assert!(err.contains("40000"), "{err}");
     let mut store = FlinkStore::open(dir.path(), MAX_PARALLELISM, 0, 127, &options()).unwrap();
-    let err = store.register("s", 9).unwrap_err().to_string();
+    let err = store.register("s", 9, None).unwrap_err().to_string();
     assert!(err.contains("kind 9"), "{err}");
     // A restore from a directory without a checkpoint says so.
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let err = store.restore(&[empty], 0, 127).unwrap_err().to_string();
     assert!(err.contains("no checkpoint"), "{err}");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A Flink TTL value: `last_access_ms i64 BE | payload`.
+fn ttl_value(timestamp_ms: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = timestamp_ms.to_be_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Flink's TTL values expire in compaction (values and list elements), and a restored state
+/// takes the TTL duration its new registration names.
+#[test]
+fn compaction_drops_expired_flink_ttl_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store =
+        FlinkStore::open(&dir.path().join("a"), MAX_PARALLELISM, 0, 127, &options()).unwrap();
+    let values = store.register("v", 0, Some(60_000)).unwrap();
+    let lists = store.register("l", 1, Some(60_000)).unwrap();
+    let now = now_ms();
+    for i in 0..100u8 {
+        let old = composite(1, &[i], &[], &[]);
+        store
+            .put(values, &old, &ttl_value(now - 120_000, b"old"))
+            .unwrap();
+        let fresh = composite(2, &[i], &[], &[]);
+        store
+            .put(values, &fresh, &ttl_value(now, b"fresh"))
+            .unwrap();
+        // One expired and one live element per list.
+        let mut frames = Vec::new();
+        for ts in [now - 120_000, now] {
+            let element = ttl_value(ts, &[i]);
+            frames.push(element.len() as u8);
+            frames.extend_from_slice(&element);
+        }
+        store.merge(lists, &old, &frames).unwrap();
+    }
+    store.compact().unwrap();
+    let kept = scan_all(&mut store, values, &[], 64);
+    assert_eq!(kept.len(), 100);
+    assert!(kept.iter().all(|(k, _)| k[1] == 2), "only the fresh values");
+    let lists_kept = scan_all(&mut store, lists, &[], 64);
+    assert_eq!(lists_kept.len(), 100);
+    assert!(
+        lists_kept.iter().all(|(_, v)| v.len() == 1 + 8 + 1),
+        "one element left per list"
+    );
+
+    // Restored, then registered with a 10 s TTL: values 30 s old expire.
+    let staged = store.snapshot(1).unwrap().run().unwrap();
+    let downloaded = dir.path().join("download");
+    download(&staged, &downloaded);
+    let mut restored =
+        FlinkStore::open(&dir.path().join("b"), MAX_PARALLELISM, 0, 127, &options()).unwrap();
+    restored.restore(&[downloaded], 0, 127).unwrap();
+    let values = restored.register("v", 0, Some(10_000)).unwrap();
+    let key = composite(3, b"k", &[], &[]);
+    restored
+        .put(values, &key, &ttl_value(now - 30_000, b"half a minute"))
+        .unwrap();
+    restored.compact().unwrap();
+    assert_eq!(restored.get(values, &key).unwrap(), None);
+    // A state without TTL stays without one when registered with a TTL: nothing is dropped.
+    let plain = restored.register("p", 0, None).unwrap();
+    restored
+        .put(plain, &key, &ttl_value(0, b"ancient"))
+        .unwrap();
+    assert_eq!(restored.register("p", 0, Some(1)).unwrap(), plain);
+    restored.compact().unwrap();
+    assert!(restored.get(plain, &key).unwrap().is_some());
 }
 
 fn rss_bytes() -> u64 {
@@ -297,7 +374,7 @@ fn open_close_a_thousand_stores_keeps_memory_flat() {
     let cycle = |i: usize| {
         let work = dir.path().join(format!("s{}", i % 4));
         let mut store = FlinkStore::open(&work, MAX_PARALLELISM, 0, 127, &options()).unwrap();
-        let state = store.register("v", 0).unwrap();
+        let state = store.register("v", 0, None).unwrap();
         store
             .put(state, &composite(1, b"k", &[], &[]), &[1u8; 1000])
             .unwrap();

@@ -7,6 +7,8 @@ import java.util.List;
 import org.apache.flink.api.common.state.StateDescriptor;
 import org.apache.flink.api.common.typeutils.TypeSerializer;
 import org.apache.flink.api.common.typeutils.base.ListSerializer;
+import org.apache.flink.api.common.typeutils.base.MapSerializer;
+import org.apache.flink.runtime.state.ttl.TtlStateFactory;
 import org.apache.flink.core.memory.DataInputDeserializer;
 import org.apache.flink.core.memory.DataOutputSerializer;
 import org.apache.flink.runtime.state.CompositeKeySerializationUtils;
@@ -18,7 +20,8 @@ import org.apache.flink.runtime.state.ListDelimitedSerializer;
  * group prefix (1 or 2 bytes) | key | [len] | namespace | [len] | user key}, where the lengths
  * follow only when both key and namespace serializers are variable-sized; list values are the
  * elements separated by one delimiter byte; map values are a null flag and the value (as
- * flowstate stores them); other values are the serialized value (as flowstate stores them).
+ * flowstate stores them, except TTL map values, stored without the flag); other values are the
+ * serialized value (as flowstate stores them).
  */
 final class CanonicalFormat {
     private final int prefixBytes;
@@ -27,6 +30,8 @@ final class CanonicalFormat {
     private final TypeSerializer<Object> keySerializer;
     private final TypeSerializer<Object> namespaceSerializer;
     private final TypeSerializer<Object> elementSerializer;
+    /** A map state whose values are stored without the null flag (TTL values are never null). */
+    private final boolean flaglessMap;
     private final DataOutputSerializer out = new DataOutputSerializer(64);
     private final DataInputDeserializer in = new DataInputDeserializer();
     private final ListDelimitedSerializer lists = new ListDelimitedSerializer();
@@ -47,6 +52,24 @@ final class CanonicalFormat {
         this.elementSerializer = type == StateDescriptor.Type.LIST
                 ? ((ListSerializer<Object>) stateSerializer).getElementSerializer()
                 : null;
+        this.flaglessMap = type == StateDescriptor.Type.MAP && hasTtlValues(type, stateSerializer);
+    }
+
+    /**
+     * Whether a state's stored values (list elements, map values) are Flink TTL values, {@code
+     * last_access_ms i64 BE | payload}: what flowstate's TTL compaction filter reads.
+     */
+    static boolean hasTtlValues(StateDescriptor.Type type, TypeSerializer<?> stateSerializer) {
+        switch (type) {
+            case LIST:
+                return TtlStateFactory.TtlSerializer.isTtlStateSerializer(
+                        ((ListSerializer<?>) stateSerializer).getElementSerializer());
+            case MAP:
+                return TtlStateFactory.TtlSerializer.isTtlStateSerializer(
+                        ((MapSerializer<?, ?>) stateSerializer).getValueSerializer());
+            default:
+                return TtlStateFactory.TtlSerializer.isTtlStateSerializer(stateSerializer);
+        }
     }
 
     /** The canonical key of a flowstate composite key. */
@@ -68,6 +91,11 @@ final class CanonicalFormat {
 
     /** The canonical value of a flowstate value. */
     byte[] canonicalValue(byte[] value) {
+        if (flaglessMap) {
+            byte[] flagged = new byte[value.length + 1];
+            System.arraycopy(value, 0, flagged, 1, value.length);
+            return flagged;
+        }
         if (type != StateDescriptor.Type.LIST) {
             return value;
         }
@@ -103,6 +131,12 @@ final class CanonicalFormat {
 
     /** The flowstate value of a canonical value. */
     byte[] value(byte[] canonical) throws IOException {
+        if (flaglessMap) {
+            if (canonical.length == 0 || canonical[0] != 0) {
+                throw new IOException("a TTL map value in a savepoint is null or empty");
+            }
+            return java.util.Arrays.copyOfRange(canonical, 1, canonical.length);
+        }
         if (type != StateDescriptor.Type.LIST) {
             return canonical;
         }

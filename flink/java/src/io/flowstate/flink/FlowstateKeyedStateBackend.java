@@ -31,6 +31,7 @@ import org.apache.flink.api.common.state.MapStateDescriptor;
 import org.apache.flink.api.common.state.ReducingStateDescriptor;
 import org.apache.flink.api.common.state.State;
 import org.apache.flink.api.common.state.StateDescriptor;
+import org.apache.flink.api.common.state.StateTtlConfig;
 import org.apache.flink.api.common.state.ValueStateDescriptor;
 import org.apache.flink.api.common.typeutils.TypeSerializer;
 import org.apache.flink.api.common.typeutils.TypeSerializerSchemaCompatibility;
@@ -256,7 +257,7 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
         Registered registered = states.get(name);
         if (registered == null) {
             int kind = kindOf(stateDesc.getType());
-            registered = new Registered(FlowstateNative.register(handle(), name, kind));
+            registered = new Registered(FlowstateNative.register(handle(), name, kind, compactionTtlMs(stateDesc)));
             StateMetaInfoSnapshot restored = restoredMetaInfos.remove(name);
             if (restored != null) {
                 registered.metaInfo = checkRestored(restored, stateDesc, namespaceSerializer, stateSerializer);
@@ -276,6 +277,25 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
         }
         return (IS) registered.state;
     }
+
+    /**
+     * The TTL flowstate's compaction filter applies: Flink's, when its cleanup in compaction is on
+     * (the default; {@code cleanupInRocksdbCompactFilter}); -1 for none.
+     */
+    private static long compactionTtlMs(StateDescriptor<?, ?> desc) {
+        StateTtlConfig ttl = desc.getTtlConfig();
+        if (ttl == null || !ttl.isEnabled() || !ttl.getCleanupStrategies().inRocksdbCompactFilter()) {
+            return -1;
+        }
+        return ttl.getTimeToLive().toMillis();
+    }
+
+    /**
+     * The TTL a state of a canonical savepoint is registered with before the job names its own:
+     * whether its values carry TTL timestamps is known from its serializer, not the duration,
+     * which the job's registration then sets.
+     */
+    private static final long UNKNOWN_TTL_MS = 100L * 365 * 24 * 3600 * 1000;
 
     private static int kindOf(StateDescriptor.Type type) {
         switch (type) {
@@ -683,7 +703,9 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
         }
         for (StateMetaInfoSnapshot restored : restoredMetaInfos.values()) {
             StateDescriptor.Type type = typeOf(restored);
-            toWrite.add(stateToWrite(restored, FlowstateNative.register(handle(), restored.getName(), kindOf(type))));
+            RegisteredKeyValueStateBackendMetaInfo<?, ?> info = new RegisteredKeyValueStateBackendMetaInfo<>(restored);
+            long ttl = CanonicalFormat.hasTtlValues(type, info.getStateSerializer()) ? UNKNOWN_TTL_MS : -1;
+            toWrite.add(stateToWrite(restored, FlowstateNative.register(handle(), restored.getName(), kindOf(type), ttl)));
         }
         return new SavepointResources<>(
                 new FlowstateSavepoint<>(toWrite, id -> scan(id, new byte[0]), keyGroupRange, keySerializer),
@@ -776,7 +798,9 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
                     switch (meta.getBackendStateType()) {
                         case KEY_VALUE: {
                             RegisteredKeyValueStateBackendMetaInfo<?, ?> info = new RegisteredKeyValueStateBackendMetaInfo<>(meta);
-                            int id = FlowstateNative.register(handle(), meta.getName(), kindOf(info.getStateType()));
+                            long ttl = CanonicalFormat.hasTtlValues(info.getStateType(), info.getPreviousStateSerializer())
+                                    ? UNKNOWN_TTL_MS : -1;
+                            int id = FlowstateNative.register(handle(), meta.getName(), kindOf(info.getStateType()), ttl);
                             restoredMetaInfos.putIfAbsent(meta.getName(), meta);
                             targets[i] = new RestoreTarget(id, new CanonicalFormat(numberOfKeyGroups, info.getStateType(),
                                     keySerializer, info.getPreviousNamespaceSerializer(), info.getPreviousStateSerializer()),

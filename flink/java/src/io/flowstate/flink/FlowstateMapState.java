@@ -10,12 +10,13 @@ import java.util.function.Function;
 import org.apache.flink.api.common.typeutils.TypeSerializer;
 import org.apache.flink.api.common.typeutils.base.MapSerializer;
 import org.apache.flink.runtime.state.internal.InternalMapState;
+import org.apache.flink.runtime.state.ttl.TtlStateFactory;
 
 /**
  * Flink's {@code MapState} over flowstate: one entry per map key, the composite key of (key,
  * namespace) followed by the serialized map key; the value is a null flag ({@code 1} null, {@code
  * 0} followed by the serialized map value), as in Flink's RocksDB backend and its canonical
- * savepoints. Iteration reads the entries in chunks, resuming after the last key.
+ * savepoints; TTL values, never null, without the flag (where the TTL filter reads their time). Iteration reads the entries in chunks, resuming after the last key.
  */
 final class FlowstateMapState<K, N, UK, UV> extends AbstractFlowstateState<K, N, Map<UK, UV>>
         implements InternalMapState<K, N, UK, UV> {
@@ -23,6 +24,8 @@ final class FlowstateMapState<K, N, UK, UV> extends AbstractFlowstateState<K, N,
 
     private TypeSerializer<UK> userKeySerializer;
     private TypeSerializer<UV> userValueSerializer;
+    /** TTL values (never null) are stored without the null flag, so the TTL filter reads them. */
+    private boolean flagless;
 
     FlowstateMapState(
             FlowstateKeyedStateBackend<K> backend,
@@ -37,6 +40,7 @@ final class FlowstateMapState<K, N, UK, UV> extends AbstractFlowstateState<K, N,
         MapSerializer<UK, UV> map = (MapSerializer<UK, UV>) valueSerializer;
         this.userKeySerializer = map.getKeySerializer();
         this.userValueSerializer = map.getValueSerializer();
+        this.flagless = TtlStateFactory.TtlSerializer.isTtlStateSerializer(userValueSerializer);
     }
 
     @Override
@@ -51,6 +55,12 @@ final class FlowstateMapState<K, N, UK, UV> extends AbstractFlowstateState<K, N,
     }
 
     private byte[] encodeValue(UV value) {
+        if (flagless) {
+            if (value == null) {
+                throw new FlowstateException("a null TTL map value in state " + backend.stateName(stateId));
+            }
+            return serialize(userValueSerializer, value);
+        }
         if (value == null) {
             return new byte[] {1};
         }
@@ -62,6 +72,9 @@ final class FlowstateMapState<K, N, UK, UV> extends AbstractFlowstateState<K, N,
     }
 
     private UV decodeValue(byte[] bytes, int offset, int length) {
+        if (flagless) {
+            return deserialize(userValueSerializer, bytes, offset, length);
+        }
         if (length < 1) {
             throw new FlowstateException("empty map value in state " + backend.stateName(stateId));
         }

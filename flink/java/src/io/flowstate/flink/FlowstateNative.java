@@ -58,8 +58,11 @@ public final class FlowstateNative {
     /** Frees the store. */
     public static native void close(long handle);
 
-    /** Registers (or finds) a state; returns its id. */
-    public static native int register(long handle, String name, int kind);
+    /**
+     * Registers (or finds) a state; returns its id. With {@code ttlMs >= 0} its values are Flink
+     * TTL values, which compaction drops once expired; negative for none.
+     */
+    public static native int register(long handle, String name, int kind, long ttlMs);
 
     /** The value under {@code key}, or null. */
     public static native byte[] get(long handle, int state, byte[] key);
