@@ -75,9 +75,21 @@ abstract class AbstractFlowstateState<K, N, V> implements InternalKvState<K, N, 
         }
     }
 
+    // The composite key of (current key, current namespace), kept until either changes: a
+    // read-modify-write builds it once. Never modified once built.
+    private long cachedKeyEpoch = -1;
+    private byte[] cachedNamespace;
+    private byte[] cachedKey;
+
     /** The composite key of (current key, current namespace). */
     byte[] currentKey() {
-        return backend.compositeKey(namespaceBytes, null, 0);
+        long epoch = backend.keyEpoch();
+        if (epoch != cachedKeyEpoch || cachedNamespace != namespaceBytes) {
+            cachedKey = backend.compositeKey(namespaceBytes, null, 0);
+            cachedKeyEpoch = epoch;
+            cachedNamespace = namespaceBytes;
+        }
+        return cachedKey;
     }
 
     /** The composite key of (current key, {@code namespace}). */

@@ -143,6 +143,8 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
     private final DataOutputSerializer keyOut = new DataOutputSerializer(64);
     private byte[] currentKeyBytes;
     private boolean keyChanged = true;
+    /** Counts key changes: states keep their composite keys while it stays the same. */
+    private long keyEpoch;
 
     private boolean disposed;
 
@@ -219,12 +221,24 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
     public void setCurrentKey(K newKey) {
         super.setCurrentKey(newKey);
         keyChanged = true;
+        keyEpoch++;
     }
 
     @Override
     public void setCurrentKeyAndKeyGroup(K newKey, int keyGroupIndex) {
         super.setCurrentKeyAndKeyGroup(newKey, keyGroupIndex);
         keyChanged = true;
+        keyEpoch++;
+    }
+
+    @Override
+    public void setCurrentKeyGroupIndex(int currentKeyGroupIndex) {
+        super.setCurrentKeyGroupIndex(currentKeyGroupIndex);
+        keyEpoch++;
+    }
+
+    long keyEpoch() {
+        return keyEpoch;
     }
 
     /** The composite key of the current key, {@code namespace} and {@code userKey[..len]}. */
