@@ -599,8 +599,12 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
         }
         // Restored states not registered again yet still hold data: keep their meta infos.
         metaInfos.addAll(restoredMetaInfos.values());
-        boolean savepoint = options.getCheckpointType().isSavepoint();
-        Map<String, StreamStateHandle> reusable = savepoint ? Map.of() : new HashMap<>(uploaded);
+        // Flink says which files may be shared: none for a savepoint (self-contained), only with
+        // later checkpoints for the first checkpoint after a no-claim restore, both ways otherwise.
+        SnapshotType.SharingFilesStrategy sharing = options.getCheckpointType().getSharingFilesStrategy();
+        boolean savepoint = sharing == SnapshotType.SharingFilesStrategy.NO_SHARING;
+        Map<String, StreamStateHandle> reusable =
+                sharing == SnapshotType.SharingFilesStrategy.FORWARD_BACKWARD ? new HashMap<>(uploaded) : Map.of();
         AtomicLong task = new AtomicLong(FlowstateNative.snapshot(handle(), checkpointId));
         refreshStats();
         return new FutureTask<>(() -> {
