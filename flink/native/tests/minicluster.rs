@@ -25,6 +25,9 @@ const REFERENCE_KEYS: u64 = 20_000;
 const ALL_STATES_EVENTS: u64 = 50_000;
 const ALL_STATES_KEYS: u64 = 500;
 
+/// A run that takes longer hangs (a normal one takes 5 to 20 s).
+const JVM_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Microseconds per record at the source: 200k events take about 5 s, so checkpoints and
 /// failures happen mid-run.
 const THROTTLE_US: &str = "25";
@@ -141,7 +144,23 @@ impl Harness {
     /// Runs a job program to its end; panics with its log if it fails. Returns its stdout.
     fn run(&self, class: &str, args: &[&str], log: &Path) -> String {
         let start = Instant::now();
-        let status = self.java(class, args, log).status().unwrap();
+        let mut child = self.java(class, args, log).spawn().unwrap();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > JVM_TIMEOUT {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!(
+                    "{class} {} still running after {} s, killed:\n--- stderr (tail)\n{}",
+                    args.join(" "),
+                    JVM_TIMEOUT.as_secs(),
+                    tail(&log.with_extension("err"), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         let stdout = fs::read_to_string(log.with_extension("out")).unwrap_or_default();
         eprintln!(
             "  {class} {} ({:.1} s)",
@@ -549,7 +568,7 @@ impl Job {
     fn throttle(self) -> &'static str {
         match self {
             Job::Reference => SLOW_THROTTLE_US,
-            Job::AllStates => "100",
+            Job::AllStates => "150",
         }
     }
 }

@@ -84,15 +84,20 @@ public final class AllStatesJob {
     TypeInformation<Tuple3<String, Long, Long>> eventType =
         Types.TUPLE(Types.STRING, Types.LONG, Types.LONG);
     DataStream<Tuple3<String, Long, Long>> events =
+        // One file is one split: a single source subtask, as others would have nothing to read
+        // and finish early, and a savepoint that meets a finishing subtask fails the job.
         env.fromSource(source, watermarks, "lines")
             .uid("lines")
+            .setParallelism(1)
             .map(new JobOptions.Throttle<String>(o.throttleMicros))
             .name("throttle")
             .uid("throttle")
+            .setParallelism(1)
             .map(AllStatesJob::parse)
             .returns(eventType)
             .name("parse")
-            .uid("parse");
+            .uid("parse")
+            .setParallelism(1);
     KeyedStream<Tuple3<String, Long, Long>, String> keyed = events.keyBy(e -> e.f0, Types.STRING);
 
     DataStream<String> tumbleReduce =

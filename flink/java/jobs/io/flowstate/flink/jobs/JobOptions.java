@@ -8,6 +8,7 @@ import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 import org.apache.flink.api.common.JobExecutionResult;
@@ -15,6 +16,7 @@ import org.apache.flink.api.common.JobStatus;
 import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.api.common.functions.RichMapFunction;
 import org.apache.flink.api.common.serialization.SimpleStringEncoder;
+import org.apache.flink.api.common.state.CheckpointListener;
 import org.apache.flink.configuration.Configuration;
 import org.apache.flink.connector.file.sink.FileSink;
 import org.apache.flink.core.execution.JobClient;
@@ -36,6 +38,9 @@ final class JobOptions {
 
   /** Lines that reached the sink in this JVM (the local MiniCluster runs in-process). */
   static final AtomicLong SINK_LINES = new AtomicLong();
+
+  /** Checkpoints completed since this JVM started the job, as subtask 0 before the sink saw. */
+  static final AtomicLong CHECKPOINTS = new AtomicLong();
 
   String backend = "hashmap";
   String input;
@@ -180,7 +185,8 @@ final class JobOptions {
     }
     JobClient client = env.executeAsync(name);
     long deadline = System.nanoTime() + TimeUnit.MINUTES.toNanos(5);
-    while (SINK_LINES.get() < stopAfter) {
+    // After a completed checkpoint: every task is running then.
+    while (SINK_LINES.get() < stopAfter || CHECKPOINTS.get() < 1) {
       JobStatus status = client.getJobStatus().get();
       if (status.isGloballyTerminalState()) {
         throw new IllegalStateException(
@@ -193,14 +199,30 @@ final class JobOptions {
                 + " lines (slow it down with --throttle-us)");
       }
       if (System.nanoTime() > deadline) {
-        throw new IllegalStateException("sink saw only " + SINK_LINES.get() + " lines in 5 min");
+        throw new IllegalStateException(
+            "sink saw only " + SINK_LINES.get() + " lines and " + CHECKPOINTS.get()
+                + " checkpoints in 5 min");
       }
       Thread.sleep(20);
     }
-    String path =
-        client
-            .stopWithSavepoint(false, uri(savepointDir), SavepointFormatType.CANONICAL)
-            .get(5, TimeUnit.MINUTES);
+    // A declined savepoint ("tasks not ready") leaves the job running: try again.
+    String path = null;
+    for (int attempt = 1; path == null; attempt++) {
+      try {
+        path =
+            client
+                .stopWithSavepoint(false, uri(savepointDir), SavepointFormatType.CANONICAL)
+                .get(5, TimeUnit.MINUTES);
+      } catch (ExecutionException e) {
+        JobStatus status = client.getJobStatus().get();
+        if (attempt >= 10 || status != JobStatus.RUNNING) {
+          throw e;
+        }
+        System.err.println(
+            "stop-with-savepoint attempt " + attempt + " failed (" + e.getCause() + "); again");
+        Thread.sleep(200);
+      }
+    }
     System.out.println("SAVEPOINT " + path);
     System.out.println("stopped after " + SINK_LINES.get() + " lines at the sink");
   }
@@ -276,12 +298,20 @@ final class JobOptions {
     }
   }
 
-  /** Counts the lines that reach the sink (see {@link #SINK_LINES}). */
-  static final class CountLines extends RichMapFunction<String, String> {
+  /** Counts the lines that reach the sink and the completed checkpoints. */
+  static final class CountLines extends RichMapFunction<String, String>
+      implements CheckpointListener {
     @Override
     public String map(String value) {
       SINK_LINES.incrementAndGet();
       return value;
+    }
+
+    @Override
+    public void notifyCheckpointComplete(long checkpointId) {
+      if (getRuntimeContext().getTaskInfo().getIndexOfThisSubtask() == 0) {
+        CHECKPOINTS.incrementAndGet();
+      }
     }
   }
 }

@@ -41,15 +41,20 @@ public final class ReferenceJob {
         FileSource.forRecordStreamFormat(new TextLineInputFormat(), new Path(JobOptions.uri(o.input)))
             .build();
     DataStream<Tuple2<String, Long>> events =
+        // One file is one split: a single source subtask, as others would have nothing to read
+        // and finish early, and a savepoint that meets a finishing subtask fails the job.
         env.fromSource(source, WatermarkStrategy.noWatermarks(), "lines")
             .uid("lines")
+            .setParallelism(1)
             .map(new JobOptions.Throttle<String>(o.throttleMicros))
             .name("throttle")
             .uid("throttle")
+            .setParallelism(1)
             .map(ReferenceJob::parse)
             .returns(Types.TUPLE(Types.STRING, Types.LONG))
             .name("parse")
-            .uid("parse");
+            .uid("parse")
+            .setParallelism(1);
     DataStream<String> totals =
         events
             .keyBy(e -> e.f0, Types.STRING)
