@@ -136,6 +136,67 @@ pub mod internals {
     pub fn decode_write_batch(bytes: &[u8], file: &str, offset: u64) -> crate::Result<()> {
         crate::lsm::batch::WriteBatch::decode(bytes, file, offset).map(drop)
     }
+
+    /// One entry of an SST file: user key, sequence, kind (FORMAT.md §8.2: 0 Delete, 1 Put,
+    /// 2 Merge, 3 RangeDelete).
+    pub type SstEntry = (Vec<u8>, u64, u8);
+
+    /// The smallest and largest user keys the store's metadata records for a live file, and
+    /// every entry of the file as read from it, in file order.
+    pub fn sst_contents(
+        file: &crate::lsm::LiveFile,
+    ) -> crate::Result<(Vec<u8>, Vec<u8>, Vec<SstEntry>)> {
+        sst_contents_on(crate::fs::std_fs().as_ref(), file)
+    }
+
+    /// [`sst_contents`] of a file on `fs`.
+    pub fn sst_contents_on(
+        fs: &dyn crate::fs::FileSystem,
+        file: &crate::lsm::LiveFile,
+    ) -> crate::Result<(Vec<u8>, Vec<u8>, Vec<SstEntry>)> {
+        use crate::lsm::iterator::InternalIterator;
+        let reader = crate::lsm::sst::SstReader::open_on(fs, &file.path, 0, None, false)?;
+        let mut iter = reader.scan_iter();
+        iter.seek_to_first()?;
+        let mut entries = Vec::new();
+        let label = file.path.display().to_string();
+        while iter.valid() {
+            let key = crate::lsm::format::parse_internal_key(iter.key(), &label, 0)?;
+            entries.push((key.user_key.to_vec(), key.sequence, key.kind as u8));
+            iter.next()?;
+        }
+        Ok((
+            file.meta.smallest_user_key().to_vec(),
+            file.meta.largest_user_key().to_vec(),
+            entries,
+        ))
+    }
+
+    /// The range tombstones of the store's current version: (column family, start, end
+    /// exclusive, sequence).
+    pub fn range_tombstones(db: &crate::lsm::Db) -> Vec<(String, Vec<u8>, Vec<u8>, u64)> {
+        let live = db.live_files();
+        live.version
+            .cfs
+            .values()
+            .flat_map(|cf| {
+                cf.tombstones
+                    .iter()
+                    .map(|t| (cf.name.clone(), t.start.clone(), t.end.clone(), t.sequence))
+            })
+            .collect()
+    }
+
+    /// The number of sorted runs in L0 of each column family (name, runs, files): the files of
+    /// one flush form one run.
+    pub fn l0_runs(db: &crate::lsm::Db) -> Vec<(String, usize, usize)> {
+        let live = db.live_files();
+        live.version
+            .cfs
+            .values()
+            .map(|cf| (cf.name.clone(), cf.l0_runs(), cf.levels[0].len()))
+            .collect()
+    }
 }
 
 /// The README's examples, compiled and run as doctests.

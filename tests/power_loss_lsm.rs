@@ -13,6 +13,10 @@
 //! error naming a path (never panic), turn read-only after a failed WAL or manifest write,
 //! answer reads from what it acknowledged, and reopen into a valid prefix.
 //!
+//! Flushes and compactions cut their output at 1 KiB between 7-byte key prefixes, so one flush
+//! writes several L0 files; `flushes_write_several_files_per_prefix_run` checks that the
+//! scenario does.
+//!
 //! `FLOWSTATE_POWER_LOSS_FULL=1` runs more seeds and a second power loss at every recovery
 //! index of every point; failures print the seed and the operation index.
 
@@ -45,7 +49,10 @@ fn options(fs: &FsRef, sync: SyncMode) -> Options {
                     .level0_file_trigger(2)
                     .max_bytes_for_level_base(8 << 10)
                     .level_size_multiplier(4)
-                    .target_file_size(2 << 10),
+                    // Flushes of the 2 KiB memtables are cut into several files too, only
+                    // between keys of different 7-byte prefixes ("key-000", "key-001", ...).
+                    .target_file_size(1 << 10)
+                    .cut_prefix_len(7),
             ),
         )
 }
@@ -396,6 +403,49 @@ fn power_loss_at_every_operation_keeps_synced_writes_and_checkpoints() {
     }
     eprintln!("power_loss_lsm (Manual): {points} power-off points");
     assert!(points >= 1400, "only {points} power-off points checked");
+}
+
+#[test]
+fn flushes_write_several_files_per_prefix_run() {
+    let (_, fs) = new_fs(1);
+    // One memtable holds every write, so one flush writes every file.
+    let one_flush = options(&fs, SyncMode::Manual).write_buffer_size(64 << 10);
+    let db = Db::open(Path::new(DIR), one_flush.clone()).unwrap();
+    let cf = db.default_cf();
+    let mut model = Model::new();
+    for i in 0..120u64 {
+        let k = key(i * 7 % 1000);
+        let v = vec![b'v'; 24];
+        db.put(&cf, &k, &v).unwrap();
+        model.insert(k, v);
+    }
+    db.flush().unwrap();
+    let live = db.live_files();
+    let l0: Vec<_> = live.files.iter().filter(|f| f.level == 0).collect();
+    assert!(l0.len() > 1, "one flush wrote {} L0 file(s)", l0.len());
+    let runs = flowstate::internals::l0_runs(&db);
+    assert_eq!(
+        runs[0].1, 1,
+        "the files of one flush are one L0 run: {runs:?}"
+    );
+    // No 7-byte prefix spans two files.
+    let mut ranges: Vec<(Vec<u8>, Vec<u8>)> = l0
+        .iter()
+        .map(|f| {
+            let (smallest, largest, _) =
+                flowstate::internals::sst_contents_on(fs.as_ref(), f).expect("readable SST");
+            (smallest, largest)
+        })
+        .collect();
+    ranges.sort();
+    for pair in ranges.windows(2) {
+        assert_ne!(pair[0].1[..7], pair[1].0[..7], "a prefix spans two files");
+    }
+    drop(live);
+    drop(db);
+    // Recovery opens the files of the flush and reads what was written.
+    let db = Db::open(Path::new(DIR), one_flush).unwrap();
+    assert_eq!(contents(&db).unwrap(), model);
 }
 
 #[test]

@@ -69,7 +69,8 @@ pub struct Options {
     /// plus a 24-byte slot instead of ~80 bytes of skiplist node and allocation; tests use tiny
     /// values so that runs and their merges happen on small workloads.
     pub memtable_buffer_entries: usize,
-    /// Writers stall while any column family has this many L0 files (default 24).
+    /// Writers stall while any column family has this many L0 sorted runs (default 24; the
+    /// files of one flush count once, `version::l0_runs`).
     pub level0_stop_writes: usize,
     /// Capacity of the block cache for decompressed blocks (default 64 MiB).
     pub block_cache_size: usize,

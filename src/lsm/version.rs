@@ -279,6 +279,33 @@ fn level(c: &mut Cursor<'_>) -> Result<u8> {
     Ok(level)
 }
 
+/// The sorted runs of the L0 files `l0` (newest first). A flush may write several L0 files (cut
+/// like compaction output), which are disjoint in keys and share their creation time;
+/// consecutive files with one creation time and pairwise disjoint key ranges count as one run.
+/// A read looks at one file per run at most, so runs, not files, are what the L0 compaction
+/// trigger and the write stall count.
+pub fn l0_runs<'a>(l0: impl IntoIterator<Item = &'a FileMeta>) -> usize {
+    let mut runs = 0;
+    let mut run: Vec<&FileMeta> = Vec::new();
+    for file in l0 {
+        let joins = run.first().is_some_and(|first| {
+            first.created_ms == file.created_ms
+                && run.iter().all(|f| {
+                    !f.overlaps(
+                        Some(file.smallest_user_key()),
+                        Some(file.largest_user_key()),
+                    )
+                })
+        });
+        if !joins {
+            runs += 1;
+            run.clear();
+        }
+        run.push(file);
+    }
+    runs
+}
+
 /// One column family in a version.
 #[derive(Clone, Debug, Default)]
 pub struct CfVersion {
@@ -298,6 +325,11 @@ impl CfVersion {
         self.levels
             .get(level)
             .map_or(0, |files| files.iter().map(|f| f.size).sum())
+    }
+
+    /// The sorted runs of L0 ([`l0_runs`]).
+    pub fn l0_runs(&self) -> usize {
+        l0_runs(self.levels[0].iter().map(|f| &**f))
     }
 
     /// Every live file of the column family.

@@ -479,9 +479,14 @@ impl LsmSnapshotTask {
             .flat_map(|d| &d.files)
             .map(|f| f.meta.size)
             .sum();
+        // A flush may write several files per column family (cut at key groups); it counts once.
         let mut per_cf: BTreeMap<&str, usize> = BTreeMap::new();
-        for f in deltas.iter().flat_map(|d| &d.files) {
-            *per_cf.entry(f.cf.as_str()).or_insert(0) += 1;
+        for d in deltas {
+            let cfs: std::collections::BTreeSet<&str> =
+                d.files.iter().map(|f| f.cf.as_str()).collect();
+            for cf in cfs {
+                *per_cf.entry(cf).or_insert(0) += 1;
+            }
         }
         let too_many = per_cf
             .values()

@@ -122,7 +122,8 @@ pub struct LsmBackendOptions {
     /// A new materialization target is taken once the deltas exceed this fraction of the base's
     /// bytes (default 1.0: the average upload stays at most twice the changed data).
     pub delta_ratio: f64,
-    /// ... or once one column family has this many delta files (default 100).
+    /// ... or once one column family has delta files of this many flushes (default 100; the
+    /// files of one flush count once).
     pub max_delta_files_per_cf: usize,
     /// A checkpoint uploads up to max(its delta bytes, this) of the target (default 4 MiB).
     pub min_materialization_bytes: u64,

@@ -10,10 +10,11 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
+use crate::lsm::compaction::output::{CutRule, OutputFiles};
 use crate::lsm::format::{ValueKind, internal_key, parse_internal_key};
 use crate::lsm::iterator::InternalIterator;
 use crate::lsm::merge::{CompactionFilter, FilterDecision, MergeOperator};
-use crate::lsm::sst::{SstBuilder, SstMetadata, SstOptions};
+use crate::lsm::sst::{SstMetadata, SstOptions};
 use crate::lsm::version::RangeTombstone;
 
 /// What one compaction job needs besides its input.
@@ -72,32 +73,34 @@ pub fn run(
     let mut snapshots = params.snapshots.to_vec();
     snapshots.sort_unstable();
     snapshots.dedup();
-    let mut outputs = OutputFiles {
-        params,
-        new_file,
-        current: None,
-        created: Vec::new(),
-        files: Vec::new(),
-        entries_out: 0,
-        full_at_prefix: None,
+    let rule = CutRule {
+        target_file_size: params.target_file_size,
+        cut_prefix_len: params.cut_prefix_len,
     };
-    let result = compact(input, params, &snapshots, &mut outputs).and_then(|entries_in| {
-        outputs.finish_current()?;
-        Ok(entries_in)
-    });
+    let mut outputs = Outputs {
+        files: OutputFiles::new(
+            params.fs,
+            *params.sst_options,
+            params.now_ms,
+            rule,
+            new_file,
+        ),
+    };
+    let result = compact(input, params, &snapshots, &mut outputs)
+        .and_then(|entries_in| Ok((entries_in, outputs.files.finish()?)));
     match result {
-        Ok(entries_in) => {
-            let files = std::mem::take(&mut outputs.files);
+        Ok((entries_in, files)) => {
+            let entries_out = outputs.files.entries();
             Ok(JobOutput {
                 bytes_written: files.iter().map(|(_, m)| m.file_size).sum(),
                 files,
                 entries_in,
-                entries_out: outputs.entries_out,
-                entries_dropped: entries_in.saturating_sub(outputs.entries_out),
+                entries_out,
+                entries_dropped: entries_in.saturating_sub(entries_out),
             })
         }
         Err(e) => {
-            outputs.remove_created();
+            outputs.files.remove_created();
             Err(e)
         }
     }
@@ -131,7 +134,7 @@ fn compact(
     input: &mut dyn InternalIterator,
     params: &JobParams<'_>,
     snapshots: &[u64],
-    outputs: &mut OutputFiles<'_, '_>,
+    outputs: &mut Outputs<'_>,
 ) -> Result<u64> {
     input.seek_to_first()?;
     let mut entries_in = 0u64;
@@ -346,71 +349,19 @@ fn partial_merge_stripe(key: &[u8], entries: &mut Vec<Entry>, op: &dyn MergeOper
     }
 }
 
-/// The output files of a job: opened lazily, cut between user keys at the target size.
-struct OutputFiles<'p, 'f> {
-    params: &'p JobParams<'p>,
-    new_file: &'f mut dyn FnMut() -> Result<(u64, PathBuf)>,
-    current: Option<(u64, SstBuilder)>,
-    /// Every file created so far (finished or not), deleted if the job fails.
-    created: Vec<PathBuf>,
-    files: Vec<(u64, SstMetadata)>,
-    entries_out: u64,
-    /// The cut prefix of the last key written to a current file that reached the target size:
-    /// the file is cut before the next key with another prefix.
-    full_at_prefix: Option<Vec<u8>>,
+/// The job's output files (cut by [`CutRule`]) and the entries written to them.
+struct Outputs<'a> {
+    files: OutputFiles<'a>,
 }
 
-impl OutputFiles<'_, '_> {
-    /// Writes what survived of `key`, then cuts the file if it reached the target size (with
-    /// a cut prefix: before the first key of the next prefix).
+impl Outputs<'_> {
+    /// Writes what survived of `key`.
     fn write_user_key(&mut self, key: &[u8], stripes: &[Stripe]) -> Result<()> {
-        let prefix = &key[..key.len().min(self.params.cut_prefix_len)];
-        if self.full_at_prefix.as_deref().is_some_and(|p| p != prefix) {
-            self.finish_current()?;
-        }
         for entry in stripes.iter().flat_map(|s| &s.entries) {
-            let builder = match &mut self.current {
-                Some((_, builder)) => builder,
-                None => self.open()?,
-            };
-            builder.add(&internal_key(key, entry.sequence, entry.kind), &entry.value)?;
-            self.entries_out += 1;
-        }
-        let full = self
-            .current
-            .as_ref()
-            .is_some_and(|(_, b)| b.estimated_file_size() >= self.params.target_file_size);
-        if full && self.params.cut_prefix_len == 0 {
-            self.finish_current()?;
-        } else if full && self.full_at_prefix.is_none() {
-            self.full_at_prefix = Some(prefix.to_vec());
+            self.files
+                .add(&internal_key(key, entry.sequence, entry.kind), &entry.value)?;
         }
         Ok(())
-    }
-
-    fn open(&mut self) -> Result<&mut SstBuilder> {
-        let (number, path) = (self.new_file)()?;
-        let mut builder = SstBuilder::create_on(self.params.fs, &path, *self.params.sst_options)?;
-        self.created.push(path);
-        builder.set_creation_time(self.params.now_ms);
-        Ok(&mut self.current.insert((number, builder)).1)
-    }
-
-    fn finish_current(&mut self) -> Result<()> {
-        self.full_at_prefix = None;
-        if let Some((number, builder)) = self.current.take() {
-            self.files.push((number, builder.finish()?));
-        }
-        Ok(())
-    }
-
-    /// Deletes every file this job created (best effort: the job already failed).
-    fn remove_created(&mut self) {
-        self.current = None;
-        for path in self.created.drain(..) {
-            let _ = self.params.fs.remove_file(&path);
-        }
-        self.files.clear();
     }
 }
 

@@ -1,7 +1,8 @@
 //! The compaction picker: a pure function of a column family's version (no I/O), so it can be
 //! simulated and tested on its own.
 //!
-//! Leveled compaction: L0 is compacted into L1 when it holds `level0_file_trigger` files; a level
+//! Leveled compaction: L0 is compacted into L1 when it holds `level0_file_trigger` sorted runs
+//! (flushes: the files of one flush count once, `version::l0_runs`); a level
 //! n >= 1 is compacted into n+1 when its bytes exceed `max_bytes_for_level_base *
 //! level_size_multiplier^(n-1)`. Within a level, the file whose overlap with the next level is
 //! smallest relative to its own size is chosen (RocksDB's min-overlapping-ratio), which keeps
@@ -16,19 +17,21 @@ use crate::lsm::version::{CfVersion, FileMeta, NUM_LEVELS};
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CompactionOptions {
-    /// Number of L0 files that triggers an L0 → L1 compaction (default 4).
+    /// Number of L0 sorted runs that triggers an L0 → L1 compaction (default 4). A run is one
+    /// flush: its files (cut at `target_file_size`) count once (`version::l0_runs`).
     pub level0_file_trigger: usize,
     /// Target size of L1 in bytes (default 64 MiB).
     pub max_bytes_for_level_base: u64,
     /// Each level below L1 targets this many times the bytes of the one above (default 10).
     pub level_size_multiplier: u64,
-    /// Output files are cut at about this size (default 16 MiB).
+    /// Compaction and flush output files are cut at about this size (default 16 MiB).
     pub target_file_size: u64,
-    /// Compaction output files are cut only between user keys whose first `cut_prefix_len`
-    /// bytes differ, so that no such prefix spans two files of a level (RocksDB's fixed-prefix
-    /// SST partitioner, except that a file holds a run of prefixes up to the target size); a
-    /// file may then exceed `target_file_size` by what one prefix holds. Default 0: cut
-    /// anywhere between user keys. The LSM backend sets 2 (the key group, FORMAT.md §2.2).
+    /// Compaction and flush output files are cut only between user keys whose first
+    /// `cut_prefix_len` bytes differ, so that no such prefix spans two files of the store
+    /// (RocksDB's fixed-prefix SST partitioner, except that a file holds a run of prefixes up to
+    /// the target size); a file may then exceed `target_file_size` by what one prefix holds.
+    /// Default 0: cut anywhere between user keys. The LSM backend sets 2 (the key group,
+    /// FORMAT.md §2.2).
     pub cut_prefix_len: usize,
 }
 
@@ -96,7 +99,7 @@ impl CompactionTask {}
 /// The compaction `cf` needs most, if any level is over its target.
 pub fn pick(cf_id: u32, cf: &CfVersion, options: &CompactionOptions) -> Option<CompactionTask> {
     let mut best: Option<(f64, usize)> = None;
-    let l0_score = cf.levels[0].len() as f64 / options.level0_file_trigger.max(1) as f64;
+    let l0_score = cf.l0_runs() as f64 / options.level0_file_trigger.max(1) as f64;
     if l0_score >= 1.0 {
         best = Some((l0_score, 0));
     }
@@ -273,7 +276,8 @@ mod tests {
             smallest_seq: number,
             largest_seq: number,
             entries: 1,
-            created_ms: 0,
+            // Each file its own flush (a flush's files share their creation time).
+            created_ms: number,
         })
     }
 
@@ -311,6 +315,32 @@ mod tests {
             vec![1]
         );
         assert!(t.bottommost, "L2 holds only x..y, outside a..d");
+    }
+
+    #[test]
+    fn l0_trigger_counts_the_files_of_one_flush_once() {
+        let flushed = |number: u64, a: &[u8], b: &[u8], created_ms: u64| {
+            let mut f = (*file(number, a, b, 10)).clone();
+            f.created_ms = created_ms;
+            Arc::new(f)
+        };
+        let mut cf = CfVersion::default();
+        // One flush cut into three files (disjoint, one creation time).
+        cf.levels[0] = vec![
+            flushed(3, b"e", b"f", 7),
+            flushed(2, b"c", b"d", 7),
+            flushed(1, b"a", b"b", 7),
+        ];
+        assert_eq!(cf.l0_runs(), 1);
+        assert!(pick(0, &cf, &small_options()).is_none());
+        // A second flush overlapping the first: two runs reach the trigger of 2.
+        cf.levels[0].insert(0, flushed(4, b"a", b"z", 8));
+        assert_eq!(cf.l0_runs(), 2);
+        let t = pick(0, &cf, &small_options()).unwrap();
+        assert_eq!(t.inputs.len(), 4);
+        // Overlapping files of one creation time are still different runs.
+        cf.levels[0] = vec![flushed(6, b"a", b"c", 9), flushed(5, b"b", b"d", 9)];
+        assert_eq!(cf.l0_runs(), 2);
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub struct FlushOutput {
     /// The flush holds exactly the writes with sequences above the previous flush's
     /// `last_sequence` and at or below this one.
     pub last_sequence: u64,
-    /// The new L0 files (at most one per column family).
+    /// The new L0 files (flushes cut like compaction output: several per column family).
     pub files: Vec<LiveFile>,
     /// Range tombstones the flush added to the version, by column family name.
     pub(crate) tombstones: Vec<(String, crate::lsm::version::RangeTombstone)>,

@@ -1,6 +1,7 @@
-//! Flushing frozen memtables to L0: each frozen batch becomes one SST per column family (shadowed
-//! versions left out), installed by one manifest edit after the files and the directory are
-//! fsynced; WAL files no memtable needs any more are deleted afterwards.
+//! Flushing frozen memtables to L0: each frozen batch becomes SSTs per column family (shadowed
+//! versions left out; cut like compaction output, never inside a cut prefix), installed by one
+//! manifest edit after the files and the directory are fsynced; WAL files no memtable needs any
+//! more are deleted afterwards.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -12,11 +13,12 @@ use super::shadowed::ShadowedVersions;
 use crate::error::Result;
 use crate::fs::FileSystem;
 use crate::fs::sync_dir;
+use crate::lsm::compaction::output::{CutRule, OutputFiles};
 use crate::lsm::format::parse_internal_key;
 use crate::lsm::iterator::InternalIterator;
 use crate::lsm::memtable::Memtable;
 use crate::lsm::options::CfOptions;
-use crate::lsm::sst::builder::{SstBuilder, SstMetadata};
+use crate::lsm::sst::builder::SstMetadata;
 use crate::lsm::table::sst_file_name;
 use crate::lsm::version::{FileMeta, RangeTombstone, VersionEdit};
 use crate::lsm::wal::parse_wal_file_name;
@@ -31,18 +33,26 @@ pub(super) fn wait_for_flushes(inner: &DbInner) -> Result<()> {
     Ok(())
 }
 
-/// Writes a memtable's point entries as SST `number` in `dir`, leaving out versions no reader
-/// can see given the live `snapshots` (ascending; see [`ShadowedVersions`]); returns its
-/// metadata (None when no point entry was written) and its range tombstones.
+/// Writes a memtable's point entries as L0 SSTs in `dir`, leaving out versions no reader can
+/// see given the live `snapshots` (ascending; see [`ShadowedVersions`]); returns the files'
+/// metadata in key order (none when no point entry was written) and the range tombstones.
+///
+/// Files are cut like compaction output (`CompactionOptions::target_file_size` and
+/// `cut_prefix_len`): once a file reaches the target size, before the next user key with
+/// another cut prefix. The files of one flush are disjoint in keys and share their creation
+/// time, which is how L0 tells them apart from other flushes ([`l0_runs`]).
+/// `new_number` hands out each file's number.
+///
+/// [`l0_runs`]: crate::lsm::version::l0_runs
 pub(super) fn build_table(
     fs: &dyn FileSystem,
     dir: &Path,
-    number: u64,
+    new_number: &mut dyn FnMut() -> u64,
     memtable: &Memtable,
     options: &CfOptions,
     now_ms: u64,
     snapshots: &[u64],
-) -> Result<(Option<FileMeta>, Vec<RangeTombstone>)> {
+) -> Result<(Vec<FileMeta>, Vec<RangeTombstone>)> {
     let mut tombstones = Vec::new();
     let mut iter = memtable.range_tombstone_iter();
     iter.seek_to_first()?;
@@ -56,26 +66,44 @@ pub(super) fn build_table(
         iter.next()?;
     }
     if memtable.len() == memtable.range_tombstone_count() {
-        return Ok((None, tombstones));
+        return Ok((Vec::new(), tombstones));
     }
-    let path = dir.join(sst_file_name(number));
-    let mut builder = SstBuilder::create_on(fs, &path, options.sst_for_level(0))?;
-    builder.set_creation_time(now_ms);
+    let rule = CutRule {
+        target_file_size: options.compaction.target_file_size,
+        cut_prefix_len: options.compaction.cut_prefix_len,
+    };
+    let mut new_file = || {
+        let number = new_number();
+        Ok((number, dir.join(sst_file_name(number))))
+    };
+    let mut outputs = OutputFiles::new(fs, options.sst_for_level(0), now_ms, rule, &mut new_file);
     let mut shadowed = ShadowedVersions::new(snapshots);
-    memtable.for_each_entry(|key, value| {
-        if shadowed.is_shadowed(key) {
-            return Ok(());
+    let written = memtable
+        .for_each_entry(|key, value| {
+            if shadowed.is_shadowed(key) {
+                return Ok(());
+            }
+            outputs.add(key, value)
+        })
+        .and_then(|()| outputs.finish());
+    let files = match written {
+        Ok(files) => files,
+        Err(e) => {
+            outputs.remove_created();
+            return Err(e);
         }
-        builder.add(key, value)
-    })?;
-    let meta = file_meta(number, builder.finish()?);
+    };
+    let metas: Vec<FileMeta> = files
+        .into_iter()
+        .map(|(number, sst)| file_meta(number, sst))
+        .collect();
     tracing::debug!(
-        file = number,
-        entries = meta.entries,
+        files = metas.len(),
+        entries = metas.iter().map(|m| m.entries).sum::<u64>(),
         shadowed = shadowed.dropped,
         "memtable flushed"
     );
-    Ok((Some(meta), tombstones))
+    Ok((metas, tombstones))
 }
 
 pub(super) fn file_meta(number: u64, sst: SstMetadata) -> FileMeta {
@@ -118,24 +146,23 @@ pub(super) fn flush_one(inner: &DbInner) -> Result<bool> {
     let mut edit = VersionEdit::default();
     let mut written = 0u64;
     for (cf, memtable) in &batch.memtables {
-        let (number, options) = {
-            let mut core = inner.core.lock();
+        let options = {
+            let core = inner.core.lock();
             let Some(state) = core.cfs.get(cf) else {
                 continue;
             };
-            let options = state.options.clone();
-            (core.allocate_file_number(), options)
+            state.options.clone()
         };
-        let (meta, tombstones) = build_table(
+        let (metas, tombstones) = build_table(
             inner.options.fs.as_ref(),
             &inner.dir,
-            number,
+            &mut || inner.core.lock().allocate_file_number(),
             memtable,
             &options,
             now,
             &snapshots,
         )?;
-        if let Some(meta) = meta {
+        for meta in metas {
             written += meta.size;
             edit.new_files.push((*cf, 0, meta));
         }

@@ -274,10 +274,14 @@ fn flush_replayed(
             .map(|c| c.name.clone())
             .unwrap_or_default();
         let cf_options = options.cf(&name);
-        let number = *next_file_number;
-        *next_file_number += 1;
-        let (meta, tombstones) = build_table(fs, dir, number, memtable, &cf_options, now, &[])?;
-        if let Some(meta) = meta {
+        let mut new_number = || {
+            let number = *next_file_number;
+            *next_file_number += 1;
+            number
+        };
+        let (metas, tombstones) =
+            build_table(fs, dir, &mut new_number, memtable, &cf_options, now, &[])?;
+        for meta in metas {
             edit.new_files.push((*id, 0, meta));
         }
         edit.tombstones_added

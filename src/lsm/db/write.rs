@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::lsm::batch::WriteBatch;
 use crate::lsm::memtable::Memtable;
 use crate::lsm::options::CfOptions;
-use crate::lsm::version::VersionEdit;
+use crate::lsm::version::{VersionEdit, l0_runs};
 use crate::lsm::wal::{WalWriter, wal_file_name};
 
 /// How long a stalled writer sleeps before looking again (it is also woken by every flush).
@@ -63,11 +63,21 @@ pub(super) fn write(inner: &DbInner, mut batch: WriteBatch) -> Result<()> {
 fn needs_room(inner: &DbInner, sv: &SuperVersion) -> bool {
     sv.cfs.values().any(|c| {
         c.memtable.approximate_memory_usage() >= inner.options.write_buffer_size
-            || c.levels[0].len() >= inner.options.level0_stop_writes
+            || l0_full(
+                c.levels[0].len(),
+                || l0_runs(c.levels[0].iter().map(|t| &**t.meta())),
+                inner.options.level0_stop_writes,
+            )
     })
 }
 
-/// Waits while too many memtables or L0 files are pending, and freezes full memtables.
+/// Whether L0 reached the stop trigger in sorted runs; `files` (at least the runs) is checked
+/// first so that the runs are counted only when they might be enough.
+fn l0_full(files: usize, runs: impl FnOnce() -> usize, stop: usize) -> bool {
+    files >= stop && runs() >= stop
+}
+
+/// Waits while too many memtables or L0 runs are pending, and freezes full memtables.
 fn make_room(inner: &DbInner, writer: &mut WriterState) -> Result<()> {
     loop {
         let mut core = inner.core.lock();
@@ -75,11 +85,13 @@ fn make_room(inner: &DbInner, writer: &mut WriterState) -> Result<()> {
             .cfs
             .values()
             .any(|c| c.memtable.approximate_memory_usage() >= inner.options.write_buffer_size);
-        let l0_blocked = core
-            .version
-            .cfs
-            .values()
-            .any(|c| c.levels[0].len() >= inner.options.level0_stop_writes);
+        let l0_blocked = core.version.cfs.values().any(|c| {
+            l0_full(
+                c.levels[0].len(),
+                || c.l0_runs(),
+                inner.options.level0_stop_writes,
+            )
+        });
         let frozen_blocked =
             full && core.frozen.len() + 1 >= inner.options.max_write_buffers.max(2);
         if l0_blocked || frozen_blocked {
