@@ -1,7 +1,10 @@
 //! The LSM backend beyond the conformance suite: TTL cleanup by the compaction filter (reads,
 //! savepoints, disk, periodic compaction of cold files), incremental checkpoints whose upload
 //! bytes stay bounded by the changed data, shared-file reference counts under retention,
-//! byte-exact restore, rescaling 2→1, 1→3 and 3→2 against a model, a savepoint round trip
+//! byte-exact restore, rescaling 2→1, 1→3, 3→2, 2→3 and 8→1 against a model (and a proptest
+//! of random rescales against a `BTreeMap`) with a check that a restored store holds no byte of a
+//! key group it does not own and was neither clipped nor compacted, flushes cut between key
+//! groups, a savepoint round trip
 //! memory → lsm → fs → memory, and a crash-during-checkpoint kill test.
 //!
 //! Randomized parts read `FLOWSTATE_SEED`; the kill test does 4 kills by default and 60 with
@@ -18,8 +21,8 @@ use flowstate::backend::lsm::LsmBackendOptions;
 use flowstate::checkpoint::storage::{
     CheckpointStorage, LocalDirStorage, metadata_path, parse_checkpoint_dir,
 };
-use flowstate::internals::snapshot_handle;
 use flowstate::internals::{CheckpointRegistry, read_metadata};
+use flowstate::internals::{range_tombstones, snapshot_handle, sst_contents};
 use flowstate::savepoint::{restore_savepoint, write_savepoint};
 use flowstate::ttl::wrap;
 use flowstate::{
@@ -415,6 +418,7 @@ fn rescale_two_to_one_to_three_to_two() {
     for r in thirds {
         let mut b = fresh(r);
         b.restore(std::slice::from_ref(&h), r).unwrap();
+        assert_holds_only(&b, r, "1 -> 3");
         assert_eq!(contents(&mut b), restrict(&model, r), "1 -> 3 at {r}");
         random_writes(&mut b, &mut model, &mut rng, 200, 11);
         handles.push(checkpoint(&mut b, 11));
@@ -423,9 +427,257 @@ fn rescale_two_to_one_to_three_to_two() {
     for r in halves {
         let mut b = fresh(r);
         b.restore(&handles, r).unwrap();
+        assert_holds_only(&b, r, "3 -> 2");
         assert_eq!(contents(&mut b), restrict(&model, r), "3 -> 2 at {r}");
         random_writes(&mut b, &mut model, &mut rng, 100, 12);
         assert_eq!(contents(&mut b), restrict(&model, r), "writes after 3 -> 2");
+    }
+}
+
+/// The store of `b` holds no byte of a key group outside `r`: every live SST's smallest and
+/// largest key and every entry it holds, and every range tombstone, lie within `r`.
+fn assert_holds_only(b: &LsmBackend, r: KeyGroupRange, context: &str) {
+    let in_r = |k: &[u8]| k.len() >= 2 && r.contains(u16::from_be_bytes([k[0], k[1]]));
+    let live = b.db().live_files();
+    for f in &live.files {
+        let (smallest, largest, entries) = sst_contents(f).unwrap();
+        assert!(
+            in_r(&smallest) && in_r(&largest),
+            "{context}: file {} of {} spans {smallest:02x?}..{largest:02x?}, outside {r}",
+            f.number(),
+            f.cf
+        );
+        for (k, _, _) in &entries {
+            assert!(
+                in_r(k),
+                "{context}: file {} holds {k:02x?}, outside {r}",
+                f.number()
+            );
+        }
+    }
+    let (lo, hi) = (r.start_key().to_vec(), r.end_key().map(|k| k.to_vec()));
+    for (cf, start, end, _) in range_tombstones(b.db()) {
+        assert!(
+            start >= lo && hi.as_ref().is_none_or(|hi| end <= *hi),
+            "{context}: tombstone {start:02x?}..{end:02x?} of {cf} reaches outside {r}"
+        );
+    }
+}
+
+/// Options that make flushes write several files (cut between key groups) and compactions
+/// reach L2 on a few thousand writes.
+fn small_files() -> LsmBackendOptions {
+    LsmBackendOptions::default()
+        .write_buffer_size(32 << 10)
+        .write_cache_size(0)
+        .target_file_size(4 << 10)
+}
+
+/// Checkpoints of `from` tasks, each after rounds of puts and deletes, restored into `to`
+/// tasks: each restored store equals the model restricted to its key groups, holds nothing
+/// outside them, has no range tombstone and did no compaction; the straddling files were
+/// rewritten, the others taken whole. Then each restored task writes, checkpoints, and the
+/// checkpoints restore back into `from` tasks.
+fn rescale_by_whole_files(from: u16, to: u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = seed(&format!("rescale {from} -> {to}"));
+    let mut model = Contents::new();
+    let mut n = 0;
+    let mut fresh = |r: KeyGroupRange, background: bool| {
+        n += 1;
+        lsm_in(
+            &dir.path().join(format!("b{n}")),
+            config(r),
+            small_files().background_work(background),
+        )
+    };
+    let ranges = |p: u16| -> Vec<KeyGroupRange> {
+        (0..p)
+            .map(|i| KeyGroupRange::for_operator(MAX_PARALLELISM, p, i).unwrap())
+            .collect()
+    };
+    let mut handles = Vec::new();
+    for r in ranges(from) {
+        let mut b = fresh(r, true);
+        for id in 1..=3 {
+            support::random_writes(&mut b, &mut model, &mut rng, 1500 / usize::from(from) + 200);
+            let h = checkpoint(&mut b, id);
+            if id == 3 {
+                handles.push(h);
+            }
+        }
+        assert_eq!(contents(&mut b), restrict(&model, r));
+    }
+    let mut rewritten = 0;
+    let mut taken_whole = 0;
+    let mut next = Vec::new();
+    for r in ranges(to) {
+        let context = format!("{from} -> {to} at {r}");
+        let mut b = fresh(r, false);
+        b.restore(&handles, r).unwrap();
+        let stats = b.last_restore_stats().unwrap();
+        assert_eq!(
+            b.db().stats().compaction_bytes_read,
+            0,
+            "{context}: no compaction"
+        );
+        assert!(range_tombstones(b.db()).is_empty(), "{context}: tombstones");
+        assert_holds_only(&b, r, &context);
+        assert_eq!(contents(&mut b), restrict(&model, r), "{context}");
+        rewritten += stats.rewritten_files;
+        taken_whole += stats.files - stats.rewritten_files;
+        support::random_writes(&mut b, &mut model, &mut rng, 300);
+        next.push(checkpoint(&mut b, 10));
+        assert_holds_only(&b, r, &format!("{context}, after writes"));
+    }
+    if to == 1 {
+        // One task owns every key group: every file is taken as it is.
+        assert_eq!(rewritten, 0, "{from} -> 1 rewrote files");
+    } else {
+        assert!(
+            rewritten > 0,
+            "{from} -> {to}: no file straddled a boundary"
+        );
+    }
+    assert!(taken_whole > 0, "{from} -> {to}: no file was taken whole");
+    for r in ranges(from) {
+        let mut b = fresh(r, false);
+        b.restore(&next, r).unwrap();
+        assert_holds_only(&b, r, &format!("{to} -> {from} at {r}"));
+        assert_eq!(
+            contents(&mut b),
+            restrict(&model, r),
+            "{to} -> {from} at {r}"
+        );
+    }
+}
+
+#[test]
+fn rescale_two_to_three_by_whole_files() {
+    rescale_by_whole_files(2, 3);
+}
+
+#[test]
+fn rescale_three_to_two_by_whole_files() {
+    rescale_by_whole_files(3, 2);
+}
+
+#[test]
+fn rescale_eight_to_one_by_whole_files() {
+    rescale_by_whole_files(8, 1);
+}
+
+#[test]
+fn flushes_cut_between_key_groups_and_count_as_one_l0_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = KeyGroupRange::all(MAX_PARALLELISM);
+    let mut b = lsm_in(
+        dir.path(),
+        config(all),
+        small_files().background_work(false),
+    );
+    let mut model = Contents::new();
+    let mut rng = seed("flush cuts");
+    support::random_writes(&mut b, &mut model, &mut rng, 150);
+    b.db().flush().unwrap();
+    let live = b.db().live_files();
+    let mut groups: Vec<(u16, u16)> = Vec::new();
+    for f in live.files.iter().filter(|f| f.level == 0) {
+        let (smallest, largest, _) = sst_contents(f).unwrap();
+        groups.push((
+            u16::from_be_bytes([smallest[0], smallest[1]]),
+            u16::from_be_bytes([largest[0], largest[1]]),
+        ));
+    }
+    assert!(groups.len() > 1, "one flush of ~18 KB wrote {groups:?}");
+    assert!(
+        groups.len() < 20,
+        "a small flush is not cut per key group: {} files",
+        groups.len()
+    );
+    groups.sort_unstable();
+    for pair in groups.windows(2) {
+        assert!(
+            pair[0].1 < pair[1].0,
+            "a key group spans two files: {groups:?}"
+        );
+    }
+    for (cf, runs, files) in flowstate::internals::l0_runs(b.db()) {
+        if files > 0 {
+            assert_eq!(runs, 1, "{cf}: {files} files of one flush");
+        }
+    }
+    drop(live);
+    assert_eq!(contents(&mut b), model);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config {
+        cases: 12,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    })]
+    /// Rescaling from `from` to `to` tasks equals the model: puts, deletes and list appends of
+    /// random keys, checkpointed by each source task, restored into every target task.
+    #[test]
+    fn rescale_matches_btreemap(
+        from in 1u16..=8,
+        to in 1u16..=8,
+        writes in proptest::collection::vec((0u64..600, 0u8..10, proptest::num::u64::ANY), 50..400),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = Contents::new();
+        let mut handles = Vec::new();
+        let mut n = 0;
+        for i in 0..from {
+            let r = KeyGroupRange::for_operator(MAX_PARALLELISM, from, i).unwrap();
+            n += 1;
+            let options = small_files().write_buffer_size(4 << 10).target_file_size(1 << 10);
+            let mut b = lsm_in(&dir.path().join(format!("b{n}")), config(r), options);
+            let v = b.register(&StateDescriptor::new("v", StateKind::Value)).unwrap();
+            let l = b.register(&StateDescriptor::new("l", StateKind::List)).unwrap();
+            for (round, chunk) in writes.chunks(writes.len().div_ceil(2)).enumerate() {
+                for &(k, op, x) in chunk {
+                    let k = key(k);
+                    if !r.contains(u16::from_be_bytes([k[0], k[1]])) {
+                        continue;
+                    }
+                    match op {
+                        0 | 1 => {
+                            b.delete(v, &k).unwrap();
+                            model.remove(&("v".to_string(), k));
+                        }
+                        2 | 3 => {
+                            let operand = x.to_le_bytes()[..3].to_vec();
+                            b.merge(l, &k, &operand).unwrap();
+                            model.entry(("l".to_string(), k)).or_default().extend(operand);
+                        }
+                        _ => {
+                            let val = x.to_le_bytes().repeat(usize::from(op));
+                            b.put(v, &k, &val).unwrap();
+                            model.insert(("v".to_string(), k), val);
+                        }
+                    }
+                }
+                let h = checkpoint(&mut b, round as u64 + 1);
+                if round == 1 || writes.len() < 2 {
+                    handles.push(h);
+                }
+            }
+        }
+        proptest::prop_assume!(handles.len() == usize::from(from));
+        for i in 0..to {
+            let r = KeyGroupRange::for_operator(MAX_PARALLELISM, to, i).unwrap();
+            n += 1;
+            let mut b = lsm_in(
+                &dir.path().join(format!("b{n}")),
+                config(r),
+                small_files().background_work(false),
+            );
+            b.restore(&handles, r).unwrap();
+            assert_holds_only(&b, r, &format!("{from} -> {to} at {r}"));
+            proptest::prop_assert_eq!(contents(&mut b), restrict(&model, r));
+        }
     }
 }
 

@@ -3,8 +3,8 @@
 //! Like Flink's EmbeddedRocksDBStateBackend: one column family per state, composite keys as user
 //! keys, list append as a merge (no read), TTL cleanup by a compaction filter. Checkpoints upload
 //! only SST files checkpoint storage does not hold yet (`checkpoint.rs`, DESIGN note there and
-//! FORMAT.md §11); restore links the files into a fresh store and clips it to the key groups it
-//! owns (`restore.rs`). Invariant: the store holds only keys of the backend's key-group range.
+//! FORMAT.md §11); restore links the files of its key groups into a fresh store, rewriting the
+//! few that straddle its range's boundaries with the owned entries only (`restore.rs`). Invariant: the store holds only keys of the backend's key-group range.
 
 mod checkpoint;
 mod full;

@@ -1,11 +1,15 @@
 //! Restore of the LSM backend: verify each handle's `_metadata` and layout, bring the SSTs into a
 //! fresh store directory (hard link, else copy; size and checksums checked), write a manifest naming
-//! them, open the store, and clip it to the key groups it now owns.
+//! them and open the store.
 //!
-//! Rescaling relies on invariant I: a checkpoint's files hold keys of its own key-group range
-//! only. Files of different handles then never overlap, keep their levels side by side, and a
-//! range tombstone over key groups outside the target removes exactly the unwanted keys; those
-//! ranges are compacted before `restore` returns, so the restored store keeps invariant I too.
+//! Rescaling takes whole files. It relies on invariant I (a checkpoint's files hold keys of its
+//! own key-group range only) and on the store never splitting a key group across files
+//! (`CompactionOptions::cut_prefix_len`, for flushes and compactions alike): a file lies inside
+//! the target key groups (taken as it is), outside them (not fetched), or straddles a boundary
+//! of the target. A straddling file is rewritten at restore into a new file holding the entries
+//! of the owned key groups only, as they are (`lsm::sst::copy`). The restored store then holds
+//! no byte of a key group it does not own, with no range tombstone and no compaction to clip
+//! it, so it keeps invariant I too.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +33,11 @@ use crate::fs::{FileSystem, create_dir_durable};
 use crate::keys::KeyGroupRange;
 use crate::lsm::db::DEFAULT_CF;
 use crate::lsm::db::LiveFiles;
+use crate::lsm::sst::copy::{CopyRange, copy_range};
+use crate::lsm::sst::{SstMetadata, SstOptions};
 use crate::lsm::table::sst_file_name;
-use crate::lsm::version::{RangeTombstone, VersionEdit};
-use crate::lsm::{ColumnFamily, Db};
+use crate::lsm::version::{FileMeta, RangeTombstone, VersionEdit};
+use crate::lsm::{CfOptions, ColumnFamily, Db, Options};
 
 /// One verified handle.
 struct Source {
@@ -140,6 +146,11 @@ pub struct RestoreStats {
     pub copied_files: u64,
     /// Their bytes.
     pub copied_bytes: u64,
+    /// Fetched files that straddled the target key groups and were rewritten with the entries
+    /// of owned key groups only (counted in `files` and `bytes` as fetched).
+    pub rewritten_files: u64,
+    /// Bytes of the rewritten files written (the owned part).
+    pub rewritten_bytes: u64,
     /// Wall time of the whole restore.
     pub duration: std::time::Duration,
 }
@@ -161,17 +172,90 @@ struct FetchJob<'a> {
     path: &'a str,
     listed: Listed,
     number: u64,
+    /// For a file straddling the target key groups: how to rewrite it.
+    rewrite: Option<Rewrite>,
+}
+
+/// A straddling file's rewrite: the entries of `keep` go to the new file `number` (the fetched
+/// file is removed), written with `sst` and stamped `created_ms` like the original, at `level`
+/// of column family `cf`.
+struct Rewrite {
+    keep: KeyGroupRange,
+    number: u64,
+    sst: SstOptions,
+    created_ms: u64,
+    cf: u32,
+    level: u8,
+}
+
+/// What [`fetch`] did with one file: where it came from, and for a rewritten one its
+/// replacement (None when no entry of the owned key groups was in it).
+struct FetchResult {
+    how: Fetched,
+    rewritten: Option<Option<FileMeta>>,
 }
 
 /// Brings one file into `dir` as `<number>.sst` and checks its size and checksums: from a local
 /// copy if one matches, else by hard link from local storage, else by reading it from storage
 /// (in chunks of at most `transfer::DOWNLOAD_CHUNK`). Safe to run for several files at once.
-fn fetch(fs: &dyn FileSystem, job: &FetchJob<'_>, dir: &Path) -> Result<Fetched> {
+fn fetch(fs: &dyn FileSystem, job: &FetchJob<'_>, dir: &Path) -> Result<FetchResult> {
+    let how = fetch_file(fs, job, dir)?;
+    let Some(rewrite) = &job.rewrite else {
+        return Ok(FetchResult {
+            how,
+            rewritten: None,
+        });
+    };
+    let from = dir.join(sst_file_name(job.number));
+    let to = dir.join(sst_file_name(rewrite.number));
+    let start = rewrite.keep.start_key();
+    let end = rewrite.keep.end_key();
+    let copied = copy_range(
+        fs,
+        &CopyRange {
+            from: &from,
+            to: &to,
+            options: rewrite.sst,
+            start: &start,
+            end: end.as_ref().map(|k| k.as_slice()),
+            created_ms: rewrite.created_ms,
+        },
+    )
+    .map_err(|e| match e {
+        Error::InvalidArgument(what) => Error::corruption(job.path, 0, what),
+        other => other,
+    })?;
+    fs.remove_file(&from).map_err(|e| Error::io(&from, e))?;
+    Ok(FetchResult {
+        how,
+        rewritten: Some(copied.map(|sst| file_meta(rewrite.number, sst))),
+    })
+}
+
+/// The store's metadata of SST `number` just written.
+fn file_meta(number: u64, sst: SstMetadata) -> FileMeta {
+    let p = sst.properties;
+    FileMeta {
+        number,
+        size: sst.file_size,
+        crc32: sst.file_crc32,
+        smallest: p.smallest_key,
+        largest: p.largest_key,
+        smallest_seq: p.smallest_seq,
+        largest_seq: p.largest_seq,
+        entries: p.entry_count,
+        created_ms: p.creation_time_ms,
+    }
+}
+
+/// Brings one file into `dir` as `<number>.sst` (see [`fetch`]).
+fn fetch_file(fs: &dyn FileSystem, job: &FetchJob<'_>, dir: &Path) -> Result<Fetched> {
     let FetchJob {
         source,
         path,
         ref listed,
         number,
+        ..
     } = *job;
     let local = dir.join(sst_file_name(number));
     if let Some(copies) = &source.copies
@@ -203,21 +287,37 @@ fn fetch(fs: &dyn FileSystem, job: &FetchJob<'_>, dir: &Path) -> Result<Fetched>
     Ok(fetched)
 }
 
-/// Fetches every job into `dir`, up to the largest `upload_parallelism` of the storages involved
-/// at once, and counts where the files came from.
+/// Fetches every job into `dir` (rewriting the straddling files), up to the largest
+/// `upload_parallelism` of the storages involved at once, counts where the files came from, and
+/// returns the rewritten files that hold entries: (column family, level, metadata).
 fn fetch_all(
     fs: &dyn FileSystem,
     jobs: &[FetchJob<'_>],
     dir: &Path,
     stats: &mut RestoreStats,
-) -> Result<()> {
+) -> Result<Vec<(u32, u8, FileMeta)>> {
     let workers = jobs
         .iter()
         .map(|job| job.source.storage.upload_parallelism())
         .max()
         .unwrap_or(1);
     let fetched = run_parallel(jobs, workers, |job| fetch(fs, job, dir))?;
-    for (job, how) in jobs.iter().zip(fetched) {
+    let mut rewritten = Vec::new();
+    for (
+        job,
+        FetchResult {
+            how,
+            rewritten: new,
+        },
+    ) in jobs.iter().zip(fetched)
+    {
+        if let (Some(rewrite), Some(new)) = (&job.rewrite, new) {
+            stats.rewritten_files += 1;
+            if let Some(meta) = new {
+                stats.rewritten_bytes += meta.size;
+                rewritten.push((rewrite.cf, rewrite.level, meta));
+            }
+        }
         stats.files += 1;
         stats.bytes += job.listed.size;
         let (files, bytes) = match how {
@@ -228,7 +328,7 @@ fn fetch_all(
         *files += 1;
         *bytes += job.listed.size;
     }
-    Ok(())
+    Ok(rewritten)
 }
 
 /// `[start, end)` of a tombstone clipped to the keys of `range`; None when nothing is left.
@@ -247,8 +347,8 @@ fn clip(t: &RangeTombstone, range: &KeyGroupRange, limit: &[u8]) -> Option<Range
 }
 
 /// Restores `handles` into `backend` for key groups `target`: verifies every handle that meets
-/// `target`, brings its files into a new store directory, opens and clips the store, and only
-/// then swaps it in for the current one. A failure before the swap leaves the backend as it was.
+/// `target`, brings its files into a new store directory (rewriting those that straddle
+/// `target`'s boundaries), opens the store, and only then swaps it in for the current one. A failure before the swap leaves the backend as it was.
 pub(super) fn restore(
     backend: &mut LsmBackend,
     handles: &[SnapshotHandle],
@@ -270,6 +370,7 @@ pub(super) fn restore(
     let limit = KeyGroupRange::all(max_parallelism)
         .end_key()
         .map_or_else(|| vec![0xff; 3], |k| k.to_vec());
+    let db_options = backend.db_options(&states);
 
     let store_id = random_instance_id();
     let dir = new_store_dir(backend, store_id)?;
@@ -283,6 +384,7 @@ pub(super) fn restore(
         fs.as_ref(),
         &sources,
         &states,
+        &db_options,
         target,
         &limit,
         &dir,
@@ -292,7 +394,6 @@ pub(super) fn restore(
         edit,
         mut uploaded,
         fetched,
-        clipped,
     } = match built {
         Ok(ok) => ok,
         Err(e) => {
@@ -300,7 +401,7 @@ pub(super) fn restore(
             return Err(e);
         }
     };
-    let db = match open_restored(backend, &dir, &sources, &states, &edit, &clipped) {
+    let db = match open_restored(&dir, &sources, &states, &edit, db_options) {
         Ok(db) => db,
         Err(e) => {
             let _ = fs.remove_dir_all(&dir);
@@ -389,24 +490,17 @@ fn count_full_downloads(sources: &[Source], stats: &mut RestoreStats) {
 }
 
 /// Opens the store fetched into `dir`: writes a manifest holding the version of `edit`, opens
-/// it, loads the full checkpoints among `sources`, compacts the `clipped` ranges away and runs
-/// the TTL filter over every TTL state.
+/// it, loads the full checkpoints among `sources` and runs the TTL filter over every TTL state.
 fn open_restored(
-    backend: &LsmBackend,
     dir: &Path,
     sources: &[Source],
     states: &[StateDescriptor],
     edit: &VersionEdit,
-    clipped: &Clipped,
+    options: Options,
 ) -> Result<Db> {
-    let db = Db::open_from_files(dir, edit, "restored layout", backend.db_options(states))?;
+    let db = Db::open_from_files(dir, edit, "restored layout", options)?;
     for source in sources.iter().filter(|s| s.layout.is_none()) {
         super::full::load(&db, source.storage.as_ref(), &source.metadata, source.keep)?;
-    }
-    for (lo, hi) in clipped {
-        for cf in db.column_families() {
-            db.compact_range(&cf, Some(lo), Some(hi))?;
-        }
     }
     // Like a full snapshot, a restore leaves out what expired: the TTL filter runs over
     // every TTL state once (the only restore step whose cost grows with the data).
@@ -489,17 +583,12 @@ fn report_restore(stats: &RestoreStats) {
     crate::observe::restore_copied("lsm", stats.copied_bytes);
 }
 
-/// Key ranges restored data may hold outside the target: (start, end) user keys.
-type Clipped = Vec<(Vec<u8>, Vec<u8>)>;
-
 /// What [`build_store`] made: the version edit naming the fetched files, the files this
-/// storage already holds (by new local number), every file fetched and where from, and the
-/// ranges to clip.
+/// storage already holds (by new local number), and every file fetched and where from.
 struct Built<'a> {
     edit: VersionEdit,
     uploaded: HashMap<u64, UploadedFile>,
     fetched: Vec<FetchJob<'a>>,
-    clipped: Clipped,
 }
 
 /// Gives this backend's storage, under the names its checkpoints will use, every file of the
@@ -564,23 +653,29 @@ fn copy_into_own(
     uploaded
 }
 
-/// Fetches the files of every source into `dir` and returns the version edit that names them,
-/// the files this storage already holds (by new local number), and the ranges to clip.
+/// Fetches the files of every source into `dir`, rewriting those that straddle `target`, and
+/// returns the version edit that names them and the files this storage already holds (by new
+/// local number).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, each argument distinct"
+)]
 fn build_store<'a>(
     fs: &dyn FileSystem,
     sources: &'a [Source],
     states: &[StateDescriptor],
+    options: &Options,
     target: KeyGroupRange,
     limit: &[u8],
     dir: &Path,
     stats: &mut RestoreStats,
 ) -> Result<Built<'a>> {
-    let mut builder = StoreBuilder::new(states);
+    let mut builder = StoreBuilder::new(states, options);
     for source in sources {
         builder.add_source(source, target, limit)?;
     }
-    fetch_all(fs, &builder.fetches, dir, stats)?;
-    let clipped = builder.clip_outside(target, limit);
+    let rewritten = fetch_all(fs, &builder.fetches, dir, stats)?;
+    builder.edit.new_files.extend(rewritten);
     let StoreBuilder {
         mut edit,
         uploaded,
@@ -595,7 +690,6 @@ fn build_store<'a>(
         edit,
         uploaded,
         fetched: fetches,
-        clipped,
     })
 }
 
@@ -605,6 +699,8 @@ struct StoreBuilder<'a> {
     edit: VersionEdit,
     /// Column family id by state name.
     cf_ids: HashMap<String, u32>,
+    /// Options of each column family by id (a rewritten file is written with its level's).
+    cf_options: HashMap<u32, CfOptions>,
     /// Files this storage already holds, by new local number.
     uploaded: HashMap<u64, UploadedFile>,
     /// Every file to fetch.
@@ -613,32 +709,34 @@ struct StoreBuilder<'a> {
     number: u64,
     /// The highest sequence of anything restored.
     max_sequence: u64,
-    /// Whether some file holds keys outside the target key groups.
-    outside: bool,
 }
 
 impl<'a> StoreBuilder<'a> {
-    /// An empty store with the default column family and one per state, in state order.
-    fn new(states: &[StateDescriptor]) -> Self {
+    /// An empty store with the default column family and one per state, in state order, whose
+    /// files are written with `options`.
+    fn new(states: &[StateDescriptor], options: &Options) -> Self {
         let mut edit = VersionEdit {
             cf_added: vec![(0, DEFAULT_CF.to_string())],
             ..VersionEdit::default()
         };
         let mut cf_ids: HashMap<String, u32> = HashMap::new();
+        let mut cf_options = HashMap::new();
         for (i, d) in states.iter().enumerate() {
             let id = i as u32 + 1;
-            edit.cf_added.push((id, cf_name(&d.name)));
+            let name = cf_name(&d.name);
+            cf_options.insert(id, options.cf(&name));
+            edit.cf_added.push((id, name));
             cf_ids.insert(d.name.clone(), id);
         }
         edit.next_cf_id = Some(states.len() as u32 + 1);
         StoreBuilder {
             edit,
             cf_ids,
+            cf_options,
             uploaded: HashMap::new(),
             fetches: Vec::new(),
             number: 0,
             max_sequence: 0,
-            outside: false,
         }
     }
 
@@ -684,7 +782,9 @@ impl<'a> StoreBuilder<'a> {
     }
 
     /// Adds file `f` of `source`'s `layout` under the next file number, to be fetched, unless
-    /// it holds none of the key groups the source keeps.
+    /// it holds none of the key groups the source keeps. A file that also holds other key
+    /// groups is fetched under a number of its own and rewritten under the next (its entries
+    /// of kept key groups only); it enters the version after the rewrite.
     fn add_file(
         &mut self,
         source: &'a Source,
@@ -703,9 +803,9 @@ impl<'a> StoreBuilder<'a> {
         if groups.intersect(&source.keep).is_none() {
             return Ok(()); // Wholly outside the key groups this backend now owns.
         }
-        if groups.intersect(&target) != Some(groups) {
-            self.outside = true;
-        }
+        // `keep` lies within `target`; by invariant I the file holds no key group of the
+        // handle's outside `keep` that `target` owns.
+        let straddles = groups.intersect(&target) != Some(groups);
         let entry = source
             .metadata
             .files
@@ -713,6 +813,31 @@ impl<'a> StoreBuilder<'a> {
             .ok_or_else(|| Error::corruption(label, 0, "file index out of range"))?;
         self.number += 1;
         let number = self.number;
+        self.max_sequence = self.max_sequence.max(f.meta.largest_seq);
+        let level = if f.role == FileRole::Delta {
+            0
+        } else {
+            f.level
+        };
+        let cf = self.cf_of(layout, label, f.cf)?;
+        let rewrite = if straddles {
+            self.number += 1;
+            let sst = self
+                .cf_options
+                .get(&cf)
+                .map(|o| o.sst_for_level(usize::from(level)))
+                .unwrap_or_default();
+            Some(Rewrite {
+                keep: source.keep,
+                number: self.number,
+                sst,
+                created_ms: f.meta.created_ms,
+                cf,
+                level,
+            })
+        } else {
+            None
+        };
         // The layout's size and crc32 agree with `_metadata`'s (checked at read); the
         // xxh3 is `_metadata`'s.
         self.fetches.push(FetchJob {
@@ -720,7 +845,11 @@ impl<'a> StoreBuilder<'a> {
             path: &entry.file.path,
             listed: Listed::of(&entry.file),
             number,
+            rewrite,
         });
+        if straddles {
+            return Ok(()); // Added once rewritten; the new file is no upload of any storage.
+        }
         if source.ours {
             self.uploaded.insert(
                 number,
@@ -732,53 +861,9 @@ impl<'a> StoreBuilder<'a> {
                 },
             );
         }
-        self.max_sequence = self.max_sequence.max(f.meta.largest_seq);
-        let level = if f.role == FileRole::Delta {
-            0
-        } else {
-            f.level
-        };
         let mut meta = f.meta.clone();
         meta.number = number;
-        let cf = self.cf_of(layout, label, f.cf)?;
         self.edit.new_files.push((cf, level, meta));
         Ok(())
-    }
-
-    /// When some file holds keys outside `target`, covers the key ranges below and above it
-    /// in every column family with a range tombstone newer than everything restored; returns
-    /// those ranges (none otherwise).
-    fn clip_outside(&mut self, target: KeyGroupRange, limit: &[u8]) -> Clipped {
-        // Sequence numbers of different handles may collide. That is harmless: every user key
-        // lives in one key group, hence in the files and tombstones of one handle only
-        // (invariant I and the clipping above), so versions of one key are never compared
-        // across handles. The store must only number new writes above every restored one.
-        let mut clipped = Vec::new();
-        if self.outside {
-            let clip_sequence = self.max_sequence + 1;
-            let start = target.start_key().to_vec();
-            if target.first() > 0 {
-                clipped.push((vec![0, 0], start));
-            }
-            if let Some(end) = target.end_key().map(|k| k.to_vec())
-                && end.as_slice() < limit
-            {
-                clipped.push((end, limit.to_vec()));
-            }
-            for id in self.cf_ids.values() {
-                for (lo, hi) in &clipped {
-                    self.edit.tombstones_added.push((
-                        *id,
-                        RangeTombstone {
-                            start: lo.clone(),
-                            end: hi.clone(),
-                            sequence: clip_sequence,
-                        },
-                    ));
-                }
-            }
-            self.max_sequence = clip_sequence;
-        }
-        clipped
     }
 }

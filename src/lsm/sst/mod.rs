@@ -2,10 +2,12 @@
 //!
 //! [`SstBuilder`] writes a file of internal keys in `compare_internal` order and fsyncs it;
 //! [`SstReader`] maps it, validates footer and meta blocks on open, and serves point lookups
-//! (bloom first) and [`SstIter`] scans. A published file is never modified.
+//! (bloom first) and [`SstIter`] scans. A published file is never modified; [`copy::copy_range`]
+//! writes a new file holding one key range of another.
 
 pub mod bloom;
 pub mod builder;
+pub mod copy;
 pub mod format;
 pub mod iter;
 pub mod reader;
