@@ -149,6 +149,8 @@ pub struct RestoreStats {
     /// Fetched files that straddled the target key groups and were rewritten with the entries
     /// of owned key groups only (counted in `files` and `bytes` as fetched).
     pub rewritten_files: u64,
+    /// Bytes of the straddling files read to rewrite them.
+    pub rewritten_source_bytes: u64,
     /// Bytes of the rewritten files written (the owned part).
     pub rewritten_bytes: u64,
     /// Wall time of the whole restore.
@@ -313,6 +315,7 @@ fn fetch_all(
     {
         if let (Some(rewrite), Some(new)) = (&job.rewrite, new) {
             stats.rewritten_files += 1;
+            stats.rewritten_source_bytes += job.listed.size;
             if let Some(meta) = new {
                 stats.rewritten_bytes += meta.size;
                 rewritten.push((rewrite.cf, rewrite.level, meta));
