@@ -250,7 +250,10 @@ fn lsm_restore_downloads_a_large_sst_in_chunks() {
     let work = tempfile::tempdir().unwrap();
     let all = KeyGroupRange::all(MAX_PARALLELISM);
     let storage = open_storage("memory://large-sst/a").unwrap();
-    let options = LsmBackendOptions::default().write_cache_size(0);
+    // Flushes are cut at the target file size: 16 MiB keeps the 12 MB flush in one file.
+    let options = LsmBackendOptions::default()
+        .write_cache_size(0)
+        .target_file_size(16 << 20);
     let mut b = LsmBackend::open(
         config(all),
         storage.clone(),
