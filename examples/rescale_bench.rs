@@ -3,10 +3,12 @@
 //! after the other, each into its own key-group range. Prints, per scenario, the wall time of
 //! every restore and the bytes it fetched (hard-linked from the local checkpoint directory and
 //! read once to check them), read and wrote after fetching (clipping compactions, or rewrites of
-//! the files straddling the range), and the files it took.
+//! the files straddling the range), and the files it took. Then (untimed) every restored task
+//! must hold keys of its own key groups only, and the tasks together every key once; a wrong
+//! answer exits non-zero.
 //!
-//! `cargo run --release --example rescale_bench` (default: 1000 MB of keys and values, scenarios
-//! 2->3, 3->2 and 8->1). `FLOWSTATE_RESCALE_MB` sets the state size, `FLOWSTATE_RESCALE` the
+//! `cargo run --release --example rescale_bench` (default: 100 MB of keys and values, scenarios
+//! 2->3, 3->2 and 8->1; BENCHMARKS.md uses `FLOWSTATE_RESCALE_MB=1000`). `FLOWSTATE_RESCALE_MB` sets the state size, `FLOWSTATE_RESCALE` the
 //! scenarios (`2:3,3:2,8:1`), `FLOWSTATE_RESCALE_DIR` the scratch directory (default a temporary
 //! one).
 
@@ -14,7 +16,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use flowstate::keys::{composite_key, key_group_for_key, operator_index_for_key_group};
+use flowstate::keys::{
+    composite_key, key_group_for_key, key_group_of, operator_index_for_key_group,
+};
 use flowstate::{
     BackendConfig, KeyGroupRange, LocalDirStorage, LsmBackend, LsmBackendOptions, SnapshotHandle,
     StateBackend, StateDescriptor, StateKind,
@@ -84,7 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mb: f64 = std::env::var("FLOWSTATE_RESCALE_MB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000.0);
+        .unwrap_or(100.0);
     let scenarios: Vec<(u16, u16)> = std::env::var("FLOWSTATE_RESCALE")
         .unwrap_or_else(|_| "2:3,3:2,8:1".to_string())
         .split(',')
@@ -123,6 +127,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (mut wall, mut fetched, mut read, mut written, mut files, mut rewritten) =
             (0.0, 0u64, 0u64, 0u64, 0u64, 0u64);
         let mut slowest: f64 = 0.0;
+        let mut restored_keys = 0u64;
         for i in 0..to {
             let range = KeyGroupRange::for_operator(MAX_PARALLELISM, to, i)?;
             let mut b = open(dir, &format!("q{to}-t{i}"), range)?;
@@ -148,6 +153,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             written += after_written;
             files += stats.files;
             rewritten += stats.rewritten_files;
+            let state = b.register(&StateDescriptor::new("v", StateKind::Value))?;
+            for entry in b.scan_prefix(state, &[])? {
+                let (composite, _) = entry?;
+                let group = key_group_of(&composite).unwrap_or(u16::MAX);
+                if !range.contains(group) {
+                    return Err(format!("task {i} ({range}) holds key group {group}").into());
+                }
+                restored_keys += 1;
+            }
+        }
+        if restored_keys != keys {
+            return Err(
+                format!("{from} -> {to}: {restored_keys} keys restored, {keys} written").into(),
+            );
         }
         println!(
             "  total: {wall:.2} s (slowest task {slowest:.2} s), fetched {files} files {:.1} MB, bytes read {:.1} MB (fetched + after), written {:.1} MB, {rewritten} files rewritten",
