@@ -1,8 +1,8 @@
 //! Crash recovery of `lsm::Db`: a child process writing with `sync` on every batch is SIGKILLed
 //! at seeded random moments (during writes, flushes and compactions, which a small write buffer
-//! makes frequent). After every kill the store must reopen without corruption and hold exactly
-//! the writes of a prefix of the batches: every batch acknowledged before the kill, and nothing
-//! after a gap.
+//! makes frequent; flushes write several L0 files, cut at 2 KiB between 3-byte key prefixes).
+//! After every kill the store must reopen without corruption and hold exactly the writes of a
+//! prefix of the batches: every batch acknowledged before the kill, and nothing after a gap.
 //!
 //! A few kills run in `cargo test`; `FLOWSTATE_SOAK=1` runs many. `FLOWSTATE_SEED` replays a run.
 
@@ -28,7 +28,10 @@ fn options() -> Options {
                     .level0_file_trigger(2)
                     .max_bytes_for_level_base(32 << 10)
                     .level_size_multiplier(4)
-                    .target_file_size(8 << 10),
+                    // Flushes of the 8 KiB memtables are cut into several files as well, only
+                    // between keys of different 3-byte prefixes ("k00", "k01", ..., "las").
+                    .target_file_size(2 << 10)
+                    .cut_prefix_len(3),
             ),
         )
 }
