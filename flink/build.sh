@@ -3,7 +3,9 @@
 #
 #   flink/build.sh            fetch Flink 2.3.0 jars (once), build the native library, compile
 #                             the backend into flink/build/flowstate-flink.jar, compile the test
-#                             jobs into flink/build/jobs-classes/, write flink/build/classpath.txt
+#                             jobs into flink/build/jobs-classes/, the JNI error check and the
+#                             benchmark driver into flink/build/{checks,bench}-classes/, write
+#                             flink/build/classpath.txt
 #
 # Environment:
 #   FLINK_LIB_DIR     a directory that already holds the Flink 2.3.0 jars (flink-dist-2.3.0.jar,
@@ -131,7 +133,20 @@ fi
 mv "$jobs_classes.new" "$jobs_classes"
 rm -rf "$jobs_classes.old"
 
-# 5. Classpath: the jobs' classes first so that their log4j2.properties wins.
+# 5. The JNI error check and the benchmark driver, against the backend jar (they call its classes).
+if [ -f "$jar" ]; then
+  for part in checks bench; do
+    mapfile -t part_sources < <(find "$here/java/$part" -name '*.java' 2>/dev/null | sort)
+    [ "${#part_sources[@]}" -gt 0 ] || continue
+    out="$build/$part-classes"
+    rm -rf "$out"
+    mkdir -p "$out"
+    log "javac ${#part_sources[@]} $part sources"
+    javac --release 17 -encoding UTF-8 -Xlint:-options -cp "$jobs_classes:$flink_cp:$jar" -d "$out" "${part_sources[@]}"
+  done
+fi
+
+# 6. Classpath: the jobs' classes first so that their log4j2.properties wins.
 classpath="$jobs_classes:$flink_cp"
 if [ -f "$jar" ]; then
   classpath="$classpath:$jar"
