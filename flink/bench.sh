@@ -5,8 +5,8 @@
 #   flink/build.sh && flink/bench.sh [reference|hot|all]
 #
 # Environment: BACKENDS (default "hashmap rocksdb forst flowstate"), EVENTS / KEYS of the
-# reference job (4000000 / 1000000), HOT_KEYS / LOAD / HOT of the hot-key job (1000000 /
-# 5000000 / 2000000), BENCH_DIR (scratch, default a temporary directory).
+# reference job (4000000 / 1000000), HOT_KEYS / LOAD / HOT_CHECKPOINTS of the hot-key job
+# (1000000 / 5000000 / 6: checkpoints of the hot phase), BENCH_DIR (scratch, default a temporary directory).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 build="$here/build"
@@ -27,7 +27,8 @@ run() {
     tail -20 "$scratch/$name.log" >&2
     return 1
   }
-  echo "$(grep '^RESULT' "$scratch/$name.log") $(cat "$scratch/time.txt")"
+  grep '^RESULT_HOT' "$scratch/$name.log" || true
+  echo "$(grep '^RESULT ' "$scratch/$name.log") $(cat "$scratch/time.txt")"
 }
 
 if [ "$what" = reference ] || [ "$what" = all ]; then
@@ -43,6 +44,6 @@ fi
 if [ "$what" = hot ] || [ "$what" = all ]; then
   for backend in $backends; do
     run "hot-$backend" --job hot --backend "$backend" --keys "${HOT_KEYS:-1000000}" \
-      --load "${LOAD:-5000000}" --hot "${HOT:-2000000}"
+      --load "${LOAD:-5000000}" --hot-checkpoints "${HOT_CHECKPOINTS:-6}"
   done
 fi

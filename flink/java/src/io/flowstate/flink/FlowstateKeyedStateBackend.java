@@ -17,7 +17,12 @@ import java.util.NoSuchElementException;
 import java.util.Spliterator;
 import java.util.Spliterators;
 import java.util.UUID;
+import java.util.concurrent.Callable;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
 import java.util.concurrent.FutureTask;
 import java.util.concurrent.RunnableFuture;
 import java.util.concurrent.atomic.AtomicLong;
@@ -70,6 +75,7 @@ import org.apache.flink.runtime.state.Keyed;
 import org.apache.flink.runtime.state.KeyedBackendSerializationProxy;
 import org.apache.flink.runtime.state.KeyedStateHandle;
 import org.apache.flink.runtime.state.PlaceholderStreamStateHandle;
+import org.apache.flink.runtime.state.filesystem.FileStateHandle;
 import org.apache.flink.runtime.state.PriorityComparable;
 import org.apache.flink.runtime.state.RegisteredKeyValueStateBackendMetaInfo;
 import org.apache.flink.runtime.state.SavepointResources;
@@ -107,6 +113,9 @@ import org.apache.flink.util.StateMigrationException;
 public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> {
     /** What {@link #getBackendTypeIdentifier} returns. */
     public static final String BACKEND_TYPE = "flowstate";
+
+    /** Bytes per read of a restore's copy of a checkpoint file. */
+    private static final int TRANSFER_BUFFER = 1 << 20;
 
     private static final int SCAN_CHUNK = 512;
 
@@ -605,8 +614,9 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
         boolean savepoint = sharing == SnapshotType.SharingFilesStrategy.NO_SHARING;
         Map<String, StreamStateHandle> reusable =
                 sharing == SnapshotType.SharingFilesStrategy.FORWARD_BACKWARD ? new HashMap<>(uploaded) : Map.of();
+        // The synchronous part: a freeze only. Metrics are refreshed when a checkpoint completes,
+        // not here (reading the store's statistics may wait for a background job's lock).
         AtomicLong task = new AtomicLong(FlowstateNative.snapshot(handle(), checkpointId));
-        refreshStats();
         return new FutureTask<>(() -> {
             long pending = task.getAndSet(0);
             if (pending == 0) {
@@ -744,10 +754,14 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
     // ---------------------------------------------------------------------------------------
     // Restore
 
-    /** Downloads every handle's files and restores them, clipped to this backend's key groups. */
-    void restore(List<KeyedStateHandle> handles, CloseableRegistry registry) throws Exception {
+    /**
+     * Downloads every handle's files ({@code transferThreads} at once) and restores them, clipped
+     * to this backend's key groups.
+     */
+    void restore(List<KeyedStateHandle> handles, CloseableRegistry registry, int transferThreads) throws Exception {
         List<String> roots = new ArrayList<>();
         List<KeyedStateHandle> canonical = new ArrayList<>();
+        List<Callable<Void>> downloads = new ArrayList<>();
         int n = 0;
         for (KeyedStateHandle h : handles) {
             if (h == null) {
@@ -763,14 +777,15 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
             IncrementalRemoteKeyedStateHandle handle = (IncrementalRemoteKeyedStateHandle) h;
             Path dir = workingDir.resolve("restore-" + n++);
             for (HandleAndLocalPath f : handle.getSharedState()) {
-                download(f, dir, registry);
+                downloads.add(() -> download(f, dir, registry));
             }
             for (HandleAndLocalPath f : handle.getPrivateState()) {
-                download(f, dir, registry);
+                downloads.add(() -> download(f, dir, registry));
             }
             readMetaInfos(handle.getMetaDataStateHandle(), registry);
             roots.add(dir.toString());
         }
+        runAll(downloads, transferThreads);
         if (!roots.isEmpty()) {
             FlowstateNative.restore(handle(), roots.toArray(new String[0]),
                     keyGroupRange.getStartKeyGroup(), keyGroupRange.getEndKeyGroup());
@@ -860,19 +875,70 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
         }
     }
 
-    private static void download(HandleAndLocalPath file, Path dir, CloseableRegistry registry) throws IOException {
+    /** Runs every job on up to {@code threads} threads; the first failure cancels the rest. */
+    private static void runAll(List<Callable<Void>> jobs, int threads) throws Exception {
+        if (jobs.isEmpty()) {
+            return;
+        }
+        ExecutorService pool = Executors.newFixedThreadPool(Math.max(1, Math.min(threads, jobs.size())), r -> {
+            Thread t = new Thread(r, "flowstate-restore-transfer");
+            t.setDaemon(true);
+            return t;
+        });
+        try {
+            List<Future<Void>> futures = new ArrayList<>();
+            for (Callable<Void> job : jobs) {
+                futures.add(pool.submit(job));
+            }
+            for (Future<Void> f : futures) {
+                try {
+                    f.get();
+                } catch (ExecutionException e) {
+                    futures.forEach(other -> other.cancel(true));
+                    Throwable cause = e.getCause();
+                    throw cause instanceof Exception ? (Exception) cause : new FlinkRuntimeException(cause);
+                }
+            }
+        } finally {
+            pool.shutdownNow();
+        }
+    }
+
+    /**
+     * Brings one checkpoint file to its local path under {@code dir}: a hard link when the file is
+     * on the local file system (checkpoint files are immutable, and a link outlives the deletion
+     * of the checkpoint's name), a copy otherwise. The native restore checks every file's size and
+     * checksums either way.
+     */
+    private static Void download(HandleAndLocalPath file, Path dir, CloseableRegistry registry) throws IOException {
         String local = file.getLocalPath();
         Path target = dir.resolve(local).normalize();
         if (!target.startsWith(dir) || local.isEmpty()) {
             throw new FlinkRuntimeException("a flowstate checkpoint lists a file outside its directory: " + local);
         }
         Files.createDirectories(target.getParent());
+        if (file.getHandle() instanceof FileStateHandle) {
+            org.apache.flink.core.fs.Path remote = ((FileStateHandle) file.getHandle()).getFilePath();
+            if ("file".equals(remote.toUri().getScheme()) && !remote.getFileSystem().isDistributedFS()) {
+                try {
+                    Files.createLink(target, Path.of(remote.toUri()));
+                    return null;
+                } catch (IOException | UnsupportedOperationException e) {
+                    // Another file system, or no hard links there: copy.
+                    Files.deleteIfExists(target);
+                }
+            }
+        }
         try (FSDataInputStream in = file.getHandle().openInputStream();
                 OutputStream out = Files.newOutputStream(target)) {
             registry.registerCloseable(in);
-            in.transferTo(out);
+            byte[] buffer = new byte[TRANSFER_BUFFER];
+            for (int read; (read = in.read(buffer)) >= 0; ) {
+                out.write(buffer, 0, read);
+            }
             registry.unregisterCloseable(in);
         }
+        return null;
     }
 
     private void readMetaInfos(StreamStateHandle meta, CloseableRegistry registry) throws Exception {

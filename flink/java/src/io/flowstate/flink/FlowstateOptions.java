@@ -52,6 +52,14 @@ public final class FlowstateOptions {
             .defaultValue(true)
             .withDescription("Run flushes and compactions on a background thread.");
 
+    /** Checkpoint files a restore brings to the local disk at once. */
+    public static final ConfigOption<Integer> TRANSFER_THREADS = ConfigOptions.key(
+                    "state.backend.flowstate.transfer-threads")
+            .intType()
+            .defaultValue(4)
+            .withDescription("Checkpoint files a restore downloads at once (files on the local file system are "
+                    + "hard-linked instead).");
+
     /** The options as the native side's {@code key=value} lines. */
     static String nativeOptions(ReadableConfig config) {
         return "write-buffer-size=" + config.get(WRITE_BUFFER_SIZE).getBytes() + "\n"

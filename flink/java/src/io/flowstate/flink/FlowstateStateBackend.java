@@ -51,6 +51,8 @@ public class FlowstateStateBackend extends AbstractStateBackend implements Confi
         }
         config.getOptional(FlowstateOptions.BACKGROUND_WORK).ifPresent(v -> merged.set(FlowstateOptions.BACKGROUND_WORK, v));
         config.getOptional(FlowstateOptions.LOCAL_DIR).ifPresent(v -> merged.set(FlowstateOptions.LOCAL_DIR, v));
+        config.getOptional(FlowstateOptions.TRANSFER_THREADS)
+                .ifPresent(v -> merged.set(FlowstateOptions.TRANSFER_THREADS, v));
         return new FlowstateStateBackend(merged);
     }
 
@@ -85,7 +87,8 @@ public class FlowstateStateBackend extends AbstractStateBackend implements Confi
         Collection<KeyedStateHandle> handles = params.getStateHandles();
         if (handles != null && !handles.isEmpty()) {
             try {
-                backend.restore(new ArrayList<>(handles), params.getCancelStreamRegistry());
+                backend.restore(new ArrayList<>(handles), params.getCancelStreamRegistry(),
+                        config.get(FlowstateOptions.TRANSFER_THREADS));
             } catch (Exception e) {
                 backend.dispose();
                 throw new BackendBuildingException("flowstate failed to restore: " + e.getMessage(), e);

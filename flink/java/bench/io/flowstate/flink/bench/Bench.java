@@ -50,14 +50,19 @@ import org.apache.flink.util.Collector;
  * <ul>
  *   <li>{@code reference}: the reference job (file of {@code key,value} lines, count and sum per key
  *       in two value states, exactly-once file sink) with 1 s checkpoints;
- *   <li>{@code hot}: 100-byte values, {@code --load} updates over {@code --keys} keys, then {@code
- *       --hot} updates of 1% of the keys, 5 s checkpoints; then a restore of its last checkpoint.
+ *   <li>{@code hot}: 100-byte values, {@code --load} updates over {@code --keys} keys, then updates
+ *       of 1% of the keys until {@code --hot-checkpoints} checkpoints of the hot phase (triggered
+ *       after the first checkpoint that follows the load) have completed, 5 s checkpoints; then a
+ *       restore of its last checkpoint.
  * </ul>
  *
- * <p>Prints one {@code RESULT key=value ...} line: events/s, checkpoints, mean and max incremental
- * checkpoint bytes, full state bytes, sync-phase mean / p99 / max over every subtask of the
- * stateful operator, and (hot) the restore time: submission to the stateful operator's {@code
- * open} with the restore, minus the same without state.
+ * <p>Prints a {@code CHECKPOINT} line per completed checkpoint and one {@code RESULT key=value ...}
+ * line: events/s (of the load phase for {@code hot}), checkpoints, mean and max incremental
+ * checkpoint bytes, sync-phase mean / p99 / max over every subtask of the stateful operator, and
+ * (hot) the restore time: submission to the stateful operator's {@code open} with the restore,
+ * minus the same without state. {@code hot} adds a {@code RESULT_HOT} line: the hot phase's
+ * events/s, its checkpoints' mean and max incremental bytes, and the bytes that changed between
+ * two of them.
  */
 public final class Bench {
     private static final AtomicLong PROCESSED = new AtomicLong();
@@ -86,7 +91,8 @@ public final class Bench {
                 reference(cluster, conf, o.get("input"), dir, backend);
             } else {
                 hot(cluster, conf, dir, backend, Long.parseLong(o.getOrDefault("keys", "1000000")),
-                        Long.parseLong(o.getOrDefault("load", "5000000")), Long.parseLong(o.getOrDefault("hot", "2000000")));
+                        Long.parseLong(o.getOrDefault("load", "5000000")),
+                        Integer.parseInt(o.getOrDefault("hot-checkpoints", "6")));
             }
         } finally {
             cluster.closeAsync().get(1, TimeUnit.MINUTES);
@@ -150,7 +156,7 @@ public final class Bench {
             throw new IllegalStateException("job failed", result.getSerializedThrowable().get());
         }
         long events = PROCESSED.get();
-        report("reference", backend, events, result.getNetRuntime(), stats(cluster, id), -1);
+        report("reference", backend, events, result.getNetRuntime(), stats(cluster, id, "count-and-sum", Long.MAX_VALUE), -1);
     }
 
     /** Count and sum per key, two value states, a line out per event. */
@@ -179,30 +185,72 @@ public final class Bench {
 
     // ----------------------------------------------------------------------------------------
 
-    static void hot(MiniCluster cluster, Configuration conf, String dir, String backend, long keys, long load, long hot)
-            throws Exception {
-        long total = load + hot;
+    static void hot(MiniCluster cluster, Configuration conf, String dir, String backend, long keys, long load,
+            int hotCheckpoints) throws Exception {
         long start = System.nanoTime();
-        JobID id = cluster.submitJob(hotGraph(conf, keys, load, total, null).getJobGraph()).get().getJobID();
-        while (PROCESSED.get() < total) {
+        JobID id = cluster.submitJob(hotGraph(conf, keys, load, Long.MAX_VALUE, null).getJobGraph()).get().getJobID();
+        while (PROCESSED.get() < load) {
+            checkRunning(cluster, id);
+            Thread.sleep(10);
+        }
+        long loadEnd = System.nanoTime();
+        long loadEndWallMs = System.currentTimeMillis();
+        long hotStartEvents = PROCESSED.get();
+        // The first checkpoint triggered after the load still holds the load's last updates; the
+        // ones triggered after it hold hot-phase updates only. The hot phase lasts until this many
+        // of those have completed.
+        long firstAfterLoad;
+        while ((firstAfterLoad = firstTriggeredAfter(cluster, id, loadEndWallMs)) < 0) {
             checkRunning(cluster, id);
             Thread.sleep(50);
         }
-        long runMs = (System.nanoTime() - start) / 1_000_000;
-        // One more completed checkpoint after the last update, then cancel: it is retained.
-        long before = completedCount(cluster, id);
-        while (completedCount(cluster, id) < before + 1) {
+        while (checkpointsTriggeredAfter(cluster, id, firstAfterLoad + 1) < hotCheckpoints) {
             checkRunning(cluster, id);
             Thread.sleep(50);
         }
-        Stats stats = stats(cluster, id);
+        long hotEnd = System.nanoTime();
+        long hotEvents = PROCESSED.get() - hotStartEvents;
+        Stats stats = stats(cluster, id, "update", firstAfterLoad + 1);
         cluster.cancelJob(id).get();
         waitTerminal(cluster, id);
         String latest = latestCheckpointPath(cluster, id);
 
         long fresh = timeToOpen(cluster, hotGraph(conf, keys, 0, 0, null));
         long restored = timeToOpen(cluster, hotGraph(conf, keys, 0, 0, latest));
-        report("hot", backend, total, runMs, stats, restored - fresh);
+        long loadMs = (loadEnd - start) / 1_000_000;
+        long hotMs = (hotEnd - loadEnd) / 1_000_000;
+        // Every hot key changes within each 5 s interval (hundreds of updates per key): the bytes
+        // changed between two hot-phase checkpoints are the hot keys' keys and values.
+        long hotKeys = keys / 100;
+        long changed = hotKeys * (8 + 100);
+        report("hot", backend, load, loadMs, stats, restored - fresh);
+        System.out.printf("RESULT_HOT backend=%s hot_events=%d hot_ms=%d hot_events_per_s=%d hot_checkpoints=%d"
+                        + " changed_bytes_per_checkpoint=%d hot_mean_incremental_bytes=%d hot_max_incremental_bytes=%d%n",
+                backend, hotEvents, hotMs, hotMs > 0 ? hotEvents * 1000 / hotMs : 0, stats.laterCheckpoints, changed,
+                stats.laterMeanIncremental, stats.laterMaxIncremental);
+    }
+
+    /** The trigger time of the first checkpoint triggered at or after {@code wallMs}, or -1. */
+    static long firstTriggeredAfter(MiniCluster cluster, JobID id, long wallMs) throws Exception {
+        long first = -1;
+        for (AbstractCheckpointStats c : snapshot(cluster, id).getHistory().getCheckpoints()) {
+            long t = c.getTriggerTimestamp();
+            if (t >= wallMs && (first < 0 || t < first)) {
+                first = t;
+            }
+        }
+        return first;
+    }
+
+    /** Completed checkpoints of a job triggered at or after {@code wallMs}. */
+    static int checkpointsTriggeredAfter(MiniCluster cluster, JobID id, long wallMs) throws Exception {
+        int n = 0;
+        for (AbstractCheckpointStats c : snapshot(cluster, id).getHistory().getCheckpoints()) {
+            if (c instanceof CompletedCheckpointStats && c.getTriggerTimestamp() >= wallMs) {
+                n++;
+            }
+        }
+        return n;
     }
 
     static StreamGraph hotGraph(Configuration conf, long keys, long load, long total, String restorePath) {
@@ -335,16 +383,22 @@ public final class Bench {
 
     /** Checkpoint statistics of a job. */
     static final class Stats {
-        int checkpoints;
-        long meanIncremental, maxIncremental, fullState, meanEndToEnd;
+        int checkpoints, laterCheckpoints;
+        long meanIncremental, maxIncremental, meanEndToEnd, laterMeanIncremental, laterMaxIncremental;
         long syncMean, syncP99, syncMax;
     }
 
-    static Stats stats(MiniCluster cluster, JobID id) throws Exception {
-        CheckpointStatsSnapshot snapshot = cluster.getArchivedExecutionGraph(id).get().getCheckpointStatsSnapshot();
+    /**
+     * Statistics of the completed checkpoints (not savepoints) of a job: bytes over all of them
+     * and, separately, over those triggered at or after {@code laterThanMs}; synchronous-phase
+     * durations of every subtask of the vertex whose name contains {@code vertex}.
+     */
+    static Stats stats(MiniCluster cluster, JobID id, String vertex, long laterThanMs) throws Exception {
+        ArchivedExecutionGraph graph = cluster.getArchivedExecutionGraph(id).get();
+        CheckpointStatsSnapshot snapshot = graph.getCheckpointStatsSnapshot();
         Stats s = new Stats();
         List<Long> syncs = new ArrayList<>();
-        long incremental = 0, endToEnd = 0;
+        long incremental = 0, later = 0, endToEnd = 0;
         for (AbstractCheckpointStats c : snapshot.getHistory().getCheckpoints()) {
             if (!(c instanceof CompletedCheckpointStats) || c.getProperties().isSavepoint()) {
                 continue;
@@ -352,22 +406,33 @@ public final class Bench {
             s.checkpoints++;
             incremental += c.getCheckpointedSize();
             s.maxIncremental = Math.max(s.maxIncremental, c.getCheckpointedSize());
-            s.fullState = c.getStateSize();
+            if (c.getTriggerTimestamp() >= laterThanMs) {
+                s.laterCheckpoints++;
+                later += c.getCheckpointedSize();
+                s.laterMaxIncremental = Math.max(s.laterMaxIncremental, c.getCheckpointedSize());
+            }
             endToEnd += c.getEndToEndDuration();
+            StringBuilder line = new StringBuilder("CHECKPOINT id=" + c.getCheckpointId() + " bytes="
+                    + c.getCheckpointedSize() + " sync_ms=");
             for (TaskStateStats task : c.getAllTaskStateStats()) {
-                if (task.getStateSize() == 0) {
+                if (!graph.getAllVertices().get(task.getJobVertexId()).getName().contains(vertex)) {
                     continue;
                 }
                 for (SubtaskStateStats sub : task.getSubtaskStats()) {
-                    if (sub != null && sub.getStateSize() > 0 && sub.getSyncCheckpointDuration() >= 0) {
+                    if (sub != null && sub.getSyncCheckpointDuration() >= 0) {
                         syncs.add(sub.getSyncCheckpointDuration());
+                        line.append(sub.getSyncCheckpointDuration()).append(',');
                     }
                 }
             }
+            System.out.println(line);
         }
         if (s.checkpoints > 0) {
             s.meanIncremental = incremental / s.checkpoints;
             s.meanEndToEnd = endToEnd / s.checkpoints;
+        }
+        if (s.laterCheckpoints > 0) {
+            s.laterMeanIncremental = later / s.laterCheckpoints;
         }
         if (!syncs.isEmpty()) {
             Collections.sort(syncs);
@@ -385,9 +450,9 @@ public final class Bench {
     static void report(String job, String backend, long events, long runMs, Stats s, long restoreMs) {
         System.out.printf(
                 "RESULT job=%s backend=%s events=%d ms=%d events_per_s=%d checkpoints=%d mean_incremental_bytes=%d"
-                        + " max_incremental_bytes=%d full_state_bytes=%d mean_end_to_end_ms=%d sync_mean_ms=%d"
+                        + " max_incremental_bytes=%d mean_end_to_end_ms=%d sync_mean_ms=%d"
                         + " sync_p99_ms=%d sync_max_ms=%d restore_ms=%d%n",
                 job, backend, events, runMs, runMs > 0 ? events * 1000 / runMs : 0, s.checkpoints, s.meanIncremental,
-                s.maxIncremental, s.fullState, s.meanEndToEnd, s.syncMean, s.syncP99, s.syncMax, restoreMs);
+                s.maxIncremental, s.meanEndToEnd, s.syncMean, s.syncP99, s.syncMax, restoreMs);
     }
 }
