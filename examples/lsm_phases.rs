@@ -7,7 +7,9 @@
 //! `FLOWSTATE_COMPRESSION=none|lz4|zstd1|zstd3` picks the block compression (default zstd3) and
 //! `FLOWSTATE_COMPRESSIBLE=1` makes the second half of each value a repeated pattern (about 50%
 //! compressible; the default values are random); peak and final RSS are printed at the end. The hits of both read phases are checked against the keys the fill
-//! wrote (exits non-zero on a wrong count).
+//! wrote (exits non-zero on a wrong count). A last phase, in a store of its own with 256 KiB
+//! files, compacts four L0 files of overwrites into a lower level of about 45 files (the whole
+//! key range: every file an input) and checks the keys that remain.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -98,6 +100,54 @@ fn phase_flush(db: &Db) {
     db.flush().expect("flush");
 }
 
+#[inline(never)]
+fn phase_compact(db: &Db) {
+    db.compact_range(&db.default_cf(), None, None)
+        .expect("compact");
+}
+
+/// The compaction phase's store: `keys` keys flushed and compacted into files of 256 KiB, then
+/// four flushed L0 files of overwrites of a quarter of the keys each; times and checks
+/// [`phase_compact`].
+fn run_compaction(dir: &Path, keys: u64) {
+    let mut options = Options::default();
+    options.default_cf_options.sst.compression = compression();
+    options.default_cf_options.sst.bloom_bits_per_key = 10;
+    options.default_cf_options.compaction.target_file_size = 256 << 10;
+    options.background_work = false;
+    let db = Db::open(dir, options).expect("open");
+    let cf = db.default_cf();
+    phase_fill(&db, keys);
+    db.flush().expect("flush");
+    db.compact_range(&cf, None, None).expect("compact");
+    for round in 0..4u64 {
+        for i in (round..keys).step_by(4) {
+            db.put(&cf, &key(i), &value(i ^ round)).expect("put");
+        }
+        db.flush().expect("flush");
+    }
+    let files = |db: &Db| {
+        db.stats()
+            .column_families
+            .iter()
+            .map(|c| c.files_per_level.iter().sum::<usize>())
+            .sum::<usize>()
+    };
+    let before = files(&db);
+    let t = std::time::Instant::now();
+    phase_compact(&db);
+    let compact = t.elapsed();
+    // The overwrites wrote every key of 0..keys.
+    let present = (0..keys)
+        .filter(|&i| db.get(&cf, &key(i)).expect("get").is_some())
+        .count();
+    println!(
+        "compaction of {before} files ({} after): {compact:?}",
+        files(&db)
+    );
+    assert_eq!(present as u64, keys, "keys after the compaction");
+}
+
 fn run(dir: &Path, keys: u64) {
     let mut options = Options::default();
     options.default_cf_options.sst.compression = compression();
@@ -144,5 +194,6 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(100_000);
     let dir = tempfile::tempdir().expect("tempdir");
-    run(dir.path(), keys);
+    run(&dir.path().join("phases"), keys);
+    run_compaction(&dir.path().join("compaction"), keys);
 }

@@ -4,6 +4,7 @@
 pub(crate) mod batch;
 pub(crate) mod block_cache;
 pub(crate) mod compaction;
+pub(crate) mod concat_iter;
 pub(crate) mod db;
 pub(crate) mod db_iter;
 pub(crate) mod format;

@@ -7,6 +7,7 @@
 //! and only then do readers see the new version. Files an edit removes are deleted when the last
 //! reader lets go of them (`TableFile`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::fs::sync_dir;
 use crate::lsm::compaction::job::{self, JobOutput, JobParams};
 use crate::lsm::compaction::picker;
+use crate::lsm::concat_iter::{Bounded, level_children};
 use crate::lsm::format::compare_internal;
 use crate::lsm::iterator::InternalIterator;
 use crate::lsm::manifest::Manifest;
@@ -343,10 +345,7 @@ fn run_compaction(inner: &DbInner, job: Job) -> Result<()> {
     else {
         return Ok(());
     };
-    let mut children: Vec<Box<dyn InternalIterator>> = Vec::with_capacity(tables.len());
-    for table in &tables {
-        children.push(Box::new(table.reader()?.scan_iter()));
-    }
+    let children = compaction_children(&job, &tables)?;
     let mut merged = MergingIterator::new(children, compare_internal);
     merged.seek_to_first()?;
     let snapshots = inner.snapshot_sequences();
@@ -416,6 +415,34 @@ fn compaction_inputs(inner: &DbInner, job: &Job) -> Option<CompactionInputs> {
         options: state.options.clone(),
         tombstones,
     })
+}
+
+/// The merge inputs of a compaction over `tables` (the files of `job.inputs`, in that order):
+/// each L0 file on its own, and the files of each lower level concatenated into one child, so a
+/// step of the merge compares one key per level rather than one per file. A level whose files
+/// overlap (never, in a consistent version) is merged file by file.
+fn compaction_children(
+    job: &Job,
+    tables: &[Arc<TableFile>],
+) -> Result<Vec<Box<dyn InternalIterator>>> {
+    let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
+    let mut levels: BTreeMap<usize, Vec<Bounded>> = BTreeMap::new();
+    for ((level, meta), table) in job.inputs.iter().zip(tables) {
+        let iter = Box::new(table.reader()?.scan_iter());
+        if *level == 0 {
+            children.push(iter);
+            continue;
+        }
+        levels.entry(*level).or_default().push(Bounded {
+            iter,
+            smallest: meta.smallest.clone(),
+            largest: meta.largest.clone(),
+        });
+    }
+    for (_, files) in levels {
+        children.extend(level_children(files, compare_internal));
+    }
+    Ok(children)
 }
 
 /// The version edit of a finished compaction: its inputs deleted, its outputs added at the

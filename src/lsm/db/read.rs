@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 
 use super::{CfStats, CfView, ColumnFamily, DbInner, DbStats, SuperVersion};
 use crate::error::{Error, Result};
+use crate::lsm::concat_iter::{self, Bounded};
 use crate::lsm::db_iter::DbIter;
 use crate::lsm::format::{ValueKind, compare_internal, parse_internal_key};
 use crate::lsm::iterator::InternalIterator;
@@ -286,14 +287,28 @@ pub(super) fn iter(inner: &DbInner, cf: &ColumnFamily, options: ReadOptions) -> 
     }
     let lower = options.lower_bound.as_deref();
     let upper = options.upper_bound.as_deref();
-    for files in &view.levels {
+    for (level, files) in view.levels.iter().enumerate() {
+        let mut level_children = Vec::new();
         for table in files {
             let meta = table.meta();
             let before = upper.is_some_and(|u| meta.smallest_user_key() >= u);
             let after = lower.is_some_and(|l| meta.largest_user_key() < l);
             if !before && !after {
-                children.push(Box::new(table.reader()?.iter()));
+                level_children.push(Bounded {
+                    iter: Box::new(table.reader()?.iter()),
+                    smallest: meta.smallest.clone(),
+                    largest: meta.largest.clone(),
+                });
             }
+        }
+        // Below L0 a level's files do not overlap: one child per level, not per file.
+        if level == 0 {
+            children.extend(level_children.into_iter().map(|c| c.iter));
+        } else {
+            children.extend(concat_iter::level_children(
+                level_children,
+                compare_internal,
+            ));
         }
     }
     let merged = MergingIterator::new(children, compare_internal);
