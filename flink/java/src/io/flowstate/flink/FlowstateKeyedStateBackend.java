@@ -4,6 +4,7 @@ import java.io.File;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.OutputStream;
+import java.io.UncheckedIOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -91,6 +92,8 @@ import org.apache.flink.runtime.state.metrics.SizeTrackingStateConfig;
 import org.apache.flink.runtime.state.ttl.TtlTimeProvider;
 import org.apache.flink.util.FlinkRuntimeException;
 import org.apache.flink.util.StateMigrationException;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * A Flink keyed-state backend whose state lives in flowstate's LSM backend (native, through
@@ -111,6 +114,8 @@ import org.apache.flink.util.StateMigrationException;
  * IncrementalRemoteKeyedStateHandle} whose local paths are the files' flowstate paths.
  */
 public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> {
+    private static final Logger LOG = LoggerFactory.getLogger(FlowstateKeyedStateBackend.class);
+
     /** What {@link #getBackendTypeIdentifier} returns. */
     public static final String BACKEND_TYPE = "flowstate";
 
@@ -967,6 +972,9 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
             for (Path p : paths.sorted(Comparator.reverseOrder()).toArray(Path[]::new)) {
                 Files.deleteIfExists(p);
             }
+        } catch (UncheckedIOException e) {
+            // The walk met a file removed meanwhile.
+            throw e.getCause();
         }
     }
 
@@ -991,11 +999,32 @@ public class FlowstateKeyedStateBackend<K> extends AbstractKeyedStateBackend<K> 
             FlowstateNative.close(h);
         }
         states.clear();
-        try {
-            deleteRecursively(workingDir);
-        } catch (IOException e) {
-            throw new FlinkRuntimeException("cannot remove flowstate's working directory " + workingDir, e);
+        removeWorkingDirectory();
+    }
+
+    /**
+     * Removes the working directory. The asynchronous part of a checkpoint still in flight when
+     * a task fails may write into it meanwhile, which fails a pass: a few passes are tried, then
+     * what is left stays (logged). A failure here must not fail the task manager, which runs
+     * this from its task-failure handler.
+     */
+    private void removeWorkingDirectory() {
+        IOException last = null;
+        for (int attempt = 0; attempt < 5; attempt++) {
+            try {
+                deleteRecursively(workingDir);
+                return;
+            } catch (IOException e) {
+                last = e;
+            }
+            try {
+                Thread.sleep(20L << attempt);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                break;
+            }
         }
+        LOG.warn("cannot remove flowstate's working directory {}; leaving it", workingDir, last);
     }
 
     /** The working directory (store, staging, downloads). */
