@@ -107,7 +107,14 @@ if [ "${#backend_sources[@]}" -gt 0 ]; then
   if [ -d "$here/java/resources" ]; then
     cp -r "$here/java/resources/." "$classes/"
   fi
-  cp "$native_lib" "$classes/native/linux-x86_64/libflowstate_flink.so"
+  # The jar carries the library without its debug information (the release profile's line
+  # tables make it ~5x larger, and every JVM extracts it before its first backend opens);
+  # function names stay for backtraces. Without `strip`, the library goes in as built.
+  if command -v strip >/dev/null; then
+    strip --strip-debug -o "$classes/native/linux-x86_64/libflowstate_flink.so" "$native_lib"
+  else
+    cp "$native_lib" "$classes/native/linux-x86_64/libflowstate_flink.so"
+  fi
   # A new file renamed into place: a JVM still running from the old jar keeps reading that one.
   jar --create --file "$jar.tmp" -C "$classes" .
   mv -f "$jar.tmp" "$jar"

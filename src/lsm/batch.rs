@@ -139,6 +139,14 @@ impl WriteBatch {
         }
     }
 
+    /// An empty batch whose encoding has room for `bytes` bytes of operations without growing
+    /// (an operation takes its key and value bytes plus at most 16).
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut rep = Vec::with_capacity(BATCH_HEADER_LEN.saturating_add(bytes));
+        rep.resize(BATCH_HEADER_LEN, 0);
+        WriteBatch { rep }
+    }
+
     /// Adds a put of `key` = `value` in column family `cf`.
     pub fn put(&mut self, cf: &ColumnFamily, key: &[u8], value: &[u8]) -> Result<()> {
         self.put_id(cf.id(), key, value)
@@ -495,6 +503,28 @@ mod tests {
         expected.extend_from_slice(&[0, 0xac, 0x02, 0]);
         assert_eq!(b.encoded(), expected.as_slice());
         assert_eq!(b.last_sequence(), 8);
+    }
+
+    #[test]
+    fn a_presized_batch_encodes_like_a_grown_one_without_growing() {
+        let ops: Vec<(u32, Vec<u8>, Vec<u8>)> = (0..100u32)
+            .map(|i| {
+                (
+                    i % 3,
+                    i.to_be_bytes().to_vec(),
+                    vec![i as u8; (i * 7 % 300) as usize],
+                )
+            })
+            .collect();
+        let bytes = ops.iter().map(|(_, k, v)| k.len() + v.len() + 16).sum();
+        let (mut grown, mut sized) = (WriteBatch::new(), WriteBatch::with_capacity(bytes));
+        let capacity = sized.rep.capacity();
+        for (cf, k, v) in &ops {
+            grown.put_id(*cf, k, v).unwrap();
+            sized.put_id(*cf, k, v).unwrap();
+        }
+        assert_eq!(sized.encoded(), grown.encoded());
+        assert_eq!(sized.rep.capacity(), capacity, "the presized batch grew");
     }
 
     #[test]

@@ -18,6 +18,17 @@ use jni::sys::{jbyteArray, jint, jlong, jstring};
 
 use store::{FlinkStore, PendingSnapshot, StoreOptions};
 
+/// The library's Rust allocations go to mimalloc rather than the C library's malloc. A task
+/// thread allocates and frees many small entries (write-cache slots, write batches, memtable
+/// nodes) and now and then a large buffer; with glibc's malloc that mix spent about a third of
+/// the task thread's time in `malloc`, `free` and `malloc_consolidate` (BENCHMARKS.md).
+///
+/// The JVM loads this library with `dlopen`, and calls it from threads it started before and
+/// ends at will, so mimalloc is built with local-dynamic TLS, and in its 2.x line: 3.x crashed on
+/// the first allocation of a new Java thread (the `ThreadChurn` check reproduces it).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The Java exception every native failure becomes.
 const EXCEPTION_CLASS: &str = "io/flowstate/flink/FlowstateException";
 

@@ -276,7 +276,9 @@ impl WriteLog {
     /// Writes the last write of every key into `cf` of `db` in key order, in chunks.
     fn write_to(&self, db: &Db, cf: &ColumnFamily) -> Result<()> {
         for chunk in self.last_writes().chunks(WRITE_CHUNK) {
-            let mut batch = WriteBatch::new();
+            // Sized up front: a chunk's batch is written without growing.
+            let bytes = chunk.iter().map(|s| s.bytes.as_slice().len() + 16).sum();
+            let mut batch = WriteBatch::with_capacity(bytes);
             for slot in chunk {
                 match slot.value() {
                     Some(value) => batch.put(cf, slot.key(), value)?,
