@@ -8,7 +8,7 @@
 //! `FLOWSTATE_COMPRESSIBLE=1` makes the second half of each value a repeated pattern (about 50%
 //! compressible; the default values are random); peak and final RSS are printed at the end. The hits of both read phases are checked against the keys the fill
 //! wrote (exits non-zero on a wrong count). A last phase, in a store of its own with 256 KiB
-//! files, compacts four L0 files of overwrites into a lower level of about 45 files (the whole
+//! files, compacts four L0 files of overwrites into the files below (75 at 100k keys; the whole
 //! key range: every file an input) and checks the keys that remain.
 
 use std::collections::HashSet;
