@@ -4,6 +4,8 @@
 //! Invariant: when moving forward every valid child is positioned at or after the current key
 //! and the current child is the smallest; when moving backward every valid child is at or before
 //! it and the current child is the largest. A change of direction re-seeks the other children.
+//! Moving forward (scans, compactions) keeps the valid children in a binary min-heap, so a step
+//! costs about 2 log2(n) key comparisons instead of n; moving backward scans them all.
 
 use std::cmp::Ordering;
 
@@ -25,6 +27,9 @@ pub struct MergingIterator {
     current: Option<usize>,
     direction: Direction,
     compare: Comparator,
+    /// Moving forward: the valid children, a min-heap by (key, index), `current` its top.
+    /// Empty moving backward.
+    heap: Vec<usize>,
 }
 
 impl MergingIterator {
@@ -36,25 +41,65 @@ impl MergingIterator {
             current: None,
             direction: Direction::Forward,
             compare,
+            heap: Vec::new(),
         }
     }
 
-    fn find_smallest(&mut self) {
-        let mut best: Option<usize> = None;
-        for (i, child) in self.children.iter().enumerate() {
-            if !child.valid() {
-                continue;
-            }
-            best = match best {
-                Some(b)
-                    if (self.compare)(child.key(), self.children[b].key()) != Ordering::Less =>
-                {
-                    Some(b)
-                }
-                _ => Some(i),
-            };
+    /// Whether child `a` sorts before child `b` (both valid): by key, then the one listed first.
+    fn before(&self, a: usize, b: usize) -> bool {
+        match (self.compare)(self.children[a].key(), self.children[b].key()) {
+            Ordering::Less => true,
+            Ordering::Equal => a < b,
+            Ordering::Greater => false,
         }
-        self.current = best;
+    }
+
+    /// Moves the heap entry at `at` down to its place.
+    fn sift_down(&mut self, mut at: usize) {
+        let len = self.heap.len();
+        loop {
+            let left = 2 * at + 1;
+            if left >= len {
+                break;
+            }
+            let right = left + 1;
+            let smaller = if right < len && self.before(self.heap[right], self.heap[left]) {
+                right
+            } else {
+                left
+            };
+            if !self.before(self.heap[smaller], self.heap[at]) {
+                break;
+            }
+            self.heap.swap(at, smaller);
+            at = smaller;
+        }
+    }
+
+    /// Rebuilds the heap from every valid child and makes the smallest current.
+    fn build_heap(&mut self) {
+        let mut heap = std::mem::take(&mut self.heap);
+        heap.clear();
+        heap.extend((0..self.children.len()).filter(|&i| self.children[i].valid()));
+        self.heap = heap;
+        for at in (0..self.heap.len() / 2).rev() {
+            self.sift_down(at);
+        }
+        self.current = self.heap.first().copied();
+    }
+
+    /// After the heap's top child moved forward: puts it back in place (or drops it when it
+    /// ran out) and makes the new smallest current.
+    fn advance_top(&mut self) {
+        if let Some(&top) = self.heap.first() {
+            if !self.children[top].valid() {
+                let last = self.heap.len() - 1;
+                self.heap.swap(0, last);
+                self.heap.pop();
+            }
+            self.sift_down(0);
+        }
+        self.current = self.heap.first().copied();
     }
 
     fn find_largest(&mut self) {
@@ -86,7 +131,7 @@ impl InternalIterator for MergingIterator {
             child.seek_to_first()?;
         }
         self.direction = Direction::Forward;
-        self.find_smallest();
+        self.build_heap();
         Ok(())
     }
 
@@ -95,6 +140,7 @@ impl InternalIterator for MergingIterator {
             child.seek_to_last()?;
         }
         self.direction = Direction::Backward;
+        self.heap.clear();
         self.find_largest();
         Ok(())
     }
@@ -104,7 +150,7 @@ impl InternalIterator for MergingIterator {
             child.seek(target)?;
         }
         self.direction = Direction::Forward;
-        self.find_smallest();
+        self.build_heap();
         Ok(())
     }
 
@@ -113,6 +159,7 @@ impl InternalIterator for MergingIterator {
             child.seek_for_prev(target)?;
         }
         self.direction = Direction::Backward;
+        self.heap.clear();
         self.find_largest();
         Ok(())
     }
@@ -134,9 +181,12 @@ impl InternalIterator for MergingIterator {
                 }
             }
             self.direction = Direction::Forward;
+            self.children[current].next()?;
+            self.build_heap();
+            return Ok(());
         }
         self.children[current].next()?;
-        self.find_smallest();
+        self.advance_top();
         Ok(())
     }
 
@@ -157,6 +207,7 @@ impl InternalIterator for MergingIterator {
                 }
             }
             self.direction = Direction::Backward;
+            self.heap.clear();
         }
         self.children[current].prev()?;
         self.find_largest();
@@ -253,6 +304,32 @@ mod tests {
     }
 
     proptest! {
+        /// Moving forward, equal keys of several children come out in the children's order
+        /// (the first listed first), as one run sorted by (key, child) would have them.
+        #[test]
+        fn forward_ties_come_out_in_child_order(
+            runs in proptest::collection::vec(proptest::collection::btree_set(0u8..30, 0..20), 1..9),
+            start in 0u8..32,
+        ) {
+            let mut model = Vec::new();
+            let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
+            for (i, run) in runs.iter().enumerate() {
+                let entries: Vec<_> = run.iter().map(|&k| (vec![k], vec![i as u8])).collect();
+                model.extend(entries.iter().map(|(k, v)| (k[0], v[0])));
+                children.push(Box::new(VecIterator::new(entries, bytewise)));
+            }
+            model.sort();
+            let expected: Vec<(u8, u8)> = model.into_iter().filter(|&(k, _)| k >= start).collect();
+            let mut it = MergingIterator::new(children, bytewise);
+            it.seek(&[start]).unwrap();
+            let mut got = Vec::new();
+            while it.valid() {
+                got.push((it.key()[0], it.value()[0]));
+                it.next().unwrap();
+            }
+            prop_assert_eq!(got, expected);
+        }
+
         #[test]
         fn matches_a_sorted_union(
             runs in proptest::collection::vec(proptest::collection::btree_set(0u16..200, 0..20), 1..5),
