@@ -80,8 +80,14 @@ fn kill_rounds(rounds: u32, seed: u64, backend: &str, extra: &dyn Fn(&Path) -> V
         let extra = extra(dir.path());
         let mut rng = SplitMix(seed.wrapping_add(u64::from(round)));
         // Large enough that the first kill (at most 130 ms in) lands before the job ends: 400k
-        // events take a debug build about 0.2 s at parallelism 3, longer at 1.
-        generate_input(&dir.path().join("input"), 400_000, 2_000, rng.next_u64()).unwrap();
+        // events take a debug build about 0.2 s at parallelism 3, longer at 1; a release build
+        // runs 4M in about that time.
+        let events = if cfg!(debug_assertions) {
+            400_000
+        } else {
+            4_000_000
+        };
+        generate_input(&dir.path().join("input"), events, 2_000, rng.next_u64()).unwrap();
         let mut kills = 0;
         let mut parallelism = 1 + rng.below(3) as u16;
         for attempt in 0.. {
