@@ -184,12 +184,8 @@ impl InternalIterator for ConcatIterator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lsm::merge_iter::VecIterator;
+    use crate::lsm::merge_iter::{VecIterator, bytewise, check_against_model};
     use proptest::prelude::*;
-
-    fn bytewise(a: &[u8], b: &[u8]) -> Ordering {
-        a.cmp(b)
-    }
 
     fn bounded(entries: Vec<(Vec<u8>, Vec<u8>)>, smallest: Vec<u8>, largest: Vec<u8>) -> Bounded {
         Bounded {
@@ -278,22 +274,8 @@ mod tests {
             let model: Vec<_> = keys.iter().map(|&k| (key(k), vec![k as u8])).collect();
             let mut it = ConcatIterator::new(children, bytewise).ok().unwrap();
             let mut m = VecIterator::new(model, bytewise);
-            for (op, k) in ops {
-                let target = key(k);
-                match op {
-                    0 => { it.seek(&target).unwrap(); m.seek(&target).unwrap(); }
-                    1 => { it.seek_for_prev(&target).unwrap(); m.seek_for_prev(&target).unwrap(); }
-                    2 if m.valid() => { it.next().unwrap(); m.next().unwrap(); }
-                    3 if m.valid() => { it.prev().unwrap(); m.prev().unwrap(); }
-                    4 => { it.seek_to_first().unwrap(); m.seek_to_first().unwrap(); }
-                    _ => { it.seek_to_last().unwrap(); m.seek_to_last().unwrap(); }
-                }
-                prop_assert_eq!(it.valid(), m.valid());
-                if m.valid() {
-                    prop_assert_eq!(it.key(), m.key());
-                    prop_assert_eq!(it.value(), m.value());
-                }
-            }
+            let ops: Vec<_> = ops.into_iter().map(|(op, k)| (op, key(k))).collect();
+            check_against_model(&mut it, &mut m, &ops)?;
         }
     }
 }

@@ -294,14 +294,62 @@ impl InternalIterator for VecIterator {
     }
 }
 
+/// Byte order, for tests.
+#[cfg(test)]
+pub fn bytewise(a: &[u8], b: &[u8]) -> Ordering {
+    a.cmp(b)
+}
+
+/// Runs `ops` (op code, target key) on `it` and on `model`, a sorted run holding the same
+/// entries, and checks after each that both are on the same entry: 0 seek, 1 seek_for_prev,
+/// 2 next, 3 prev (both only when positioned), 4 seek_to_first, else seek_to_last.
+#[cfg(test)]
+pub fn check_against_model(
+    it: &mut dyn InternalIterator,
+    model: &mut VecIterator,
+    ops: &[(u8, Vec<u8>)],
+) -> std::result::Result<(), proptest::test_runner::TestCaseError> {
+    for (op, target) in ops {
+        match op {
+            0 => {
+                it.seek(target).unwrap();
+                model.seek(target).unwrap();
+            }
+            1 => {
+                it.seek_for_prev(target).unwrap();
+                model.seek_for_prev(target).unwrap();
+            }
+            2 | 3 if !model.valid() => {}
+            2 => {
+                it.next().unwrap();
+                model.next().unwrap();
+            }
+            3 => {
+                it.prev().unwrap();
+                model.prev().unwrap();
+            }
+            4 => {
+                it.seek_to_first().unwrap();
+                model.seek_to_first().unwrap();
+            }
+            _ => {
+                it.seek_to_last().unwrap();
+                model.seek_to_last().unwrap();
+            }
+        }
+        proptest::prop_assert_eq!(it.valid(), model.valid());
+        if model.valid() {
+            proptest::prop_assert_eq!(it.key(), model.key());
+            proptest::prop_assert_eq!(it.value(), model.value());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    fn bytewise(a: &[u8], b: &[u8]) -> Ordering {
-        a.cmp(b)
-    }
 
     proptest! {
         /// Moving forward, equal keys of several children come out in the children's order
@@ -349,22 +397,11 @@ mod tests {
             model.sort();
             let mut it = MergingIterator::new(children, bytewise);
             let mut m = VecIterator::new(model, bytewise);
-            for (op, k) in ops {
-                let target = [k.to_be_bytes().as_slice(), &[2]].concat();
-                match op {
-                    0 => { it.seek(&target).unwrap(); m.seek(&target).unwrap(); }
-                    1 => { it.seek_for_prev(&target).unwrap(); m.seek_for_prev(&target).unwrap(); }
-                    2 if m.valid() => { it.next().unwrap(); m.next().unwrap(); }
-                    3 if m.valid() => { it.prev().unwrap(); m.prev().unwrap(); }
-                    4 => { it.seek_to_first().unwrap(); m.seek_to_first().unwrap(); }
-                    _ => { it.seek_to_last().unwrap(); m.seek_to_last().unwrap(); }
-                }
-                prop_assert_eq!(it.valid(), m.valid());
-                if m.valid() {
-                    prop_assert_eq!(it.key(), m.key());
-                    prop_assert_eq!(it.value(), m.value());
-                }
-            }
+            let ops: Vec<_> = ops
+                .into_iter()
+                .map(|(op, k)| (op, [k.to_be_bytes().as_slice(), &[2]].concat()))
+                .collect();
+            check_against_model(&mut it, &mut m, &ops)?;
         }
     }
 }

@@ -288,28 +288,28 @@ pub(super) fn iter(inner: &DbInner, cf: &ColumnFamily, options: ReadOptions) -> 
     let lower = options.lower_bound.as_deref();
     let upper = options.upper_bound.as_deref();
     for (level, files) in view.levels.iter().enumerate() {
-        let mut level_children = Vec::new();
-        for table in files {
+        let overlapping = files.iter().filter(|table| {
             let meta = table.meta();
             let before = upper.is_some_and(|u| meta.smallest_user_key() >= u);
             let after = lower.is_some_and(|l| meta.largest_user_key() < l);
-            if !before && !after {
-                level_children.push(Bounded {
-                    iter: Box::new(table.reader()?.iter()),
-                    smallest: meta.smallest.clone(),
-                    largest: meta.largest.clone(),
-                });
+            !before && !after
+        });
+        if level == 0 {
+            for table in overlapping {
+                children.push(Box::new(table.reader()?.iter()));
             }
+            continue;
         }
         // Below L0 a level's files do not overlap: one child per level, not per file.
-        if level == 0 {
-            children.extend(level_children.into_iter().map(|c| c.iter));
-        } else {
-            children.extend(concat_iter::level_children(
-                level_children,
-                compare_internal,
-            ));
+        let mut level_files = Vec::new();
+        for table in overlapping {
+            level_files.push(Bounded {
+                iter: Box::new(table.reader()?.iter()),
+                smallest: table.meta().smallest.clone(),
+                largest: table.meta().largest.clone(),
+            });
         }
+        children.extend(concat_iter::level_children(level_files, compare_internal));
     }
     let merged = MergingIterator::new(children, compare_internal);
     let tombstone_view = TombstoneView {

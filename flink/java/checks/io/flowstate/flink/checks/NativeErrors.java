@@ -37,7 +37,8 @@ public final class NativeErrors {
         }
     }
 
-    private static byte[] key(int keyGroup, String key) {
+    /** A composite key: key group (u16 BE), key length (u8), key, namespace length 0. */
+    static byte[] key(int keyGroup, String key) {
         byte[] k = key.getBytes();
         byte[] out = new byte[2 + 1 + k.length + 1];
         out[0] = (byte) (keyGroup >>> 8);

@@ -61,7 +61,7 @@ public final class ThreadChurn {
         try {
             int state = FlowstateNative.register(h, "v", FlowstateNative.VALUE, -1);
             for (int i = 0; i < 500; i++) {
-                FlowstateNative.put(h, state, key(i % 128, "k" + i), value(seed, i));
+                FlowstateNative.put(h, state, NativeErrors.key(i % 128, "k" + i), value(seed, i));
             }
             long task = FlowstateNative.snapshot(h, 1);
             AtomicReference<Throwable> asyncFailure = new AtomicReference<>();
@@ -74,7 +74,7 @@ public final class ThreadChurn {
             });
             async.start();
             for (int i = 0; i < 500; i += 7) {
-                byte[] got = FlowstateNative.get(h, state, key(i % 128, "k" + i));
+                byte[] got = FlowstateNative.get(h, state, NativeErrors.key(i % 128, "k" + i));
                 if (got == null || !new String(got, StandardCharsets.UTF_8).equals(new String(value(seed, i), StandardCharsets.UTF_8))) {
                     throw new IllegalStateException("key k" + i + " read back " + (got == null ? "nothing" : new String(got, StandardCharsets.UTF_8)));
                 }
@@ -90,16 +90,5 @@ public final class ThreadChurn {
 
     private static byte[] value(int seed, int i) {
         return ("value-" + seed + "-" + i + "-" + "x".repeat(i % 90)).getBytes(StandardCharsets.UTF_8);
-    }
-
-    /** A composite key: key group (u16 BE), key length (u8), key, namespace length 0. */
-    private static byte[] key(int keyGroup, String k) {
-        byte[] bytes = k.getBytes(StandardCharsets.UTF_8);
-        byte[] out = new byte[2 + 1 + bytes.length + 1];
-        out[0] = (byte) (keyGroup >>> 8);
-        out[1] = (byte) keyGroup;
-        out[2] = (byte) bytes.length;
-        System.arraycopy(bytes, 0, out, 3, bytes.length);
-        return out;
     }
 }
