@@ -403,3 +403,36 @@ fn pinned_values_outlive_cache_eviction_compaction_and_close() {
         }
     }
 }
+
+#[test]
+fn writers_stall_on_l0_runs_until_a_compaction_makes_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = Options::default().background_work(false);
+    options.level0_stop_writes = 2;
+    options.default_cf_options.compaction.level0_file_trigger = 2;
+    let db = Db::open(dir.path(), options).unwrap();
+    let cf = db.default_cf();
+    for round in 0..2u8 {
+        db.put(&cf, &[b'k', round], &[round; 8]).unwrap();
+        db.flush().unwrap();
+    }
+    let stats = db.stats();
+    assert_eq!(stats.column_families[0].files_per_level[0], 2);
+    assert_eq!(stats.write_stalls, 0);
+    // Two L0 runs reach the stop trigger: this put waits, and with no background threads it
+    // runs the compaction itself before writing.
+    db.put(&cf, b"after", b"stall").unwrap();
+    let stats = db.stats();
+    assert_eq!(stats.write_stalls, 1, "the put stalled once");
+    assert!(
+        stats.column_families[0].files_per_level[0] < 2,
+        "L0 compacted"
+    );
+    for round in 0..2u8 {
+        assert_eq!(db.get(&cf, &[b'k', round]).unwrap(), Some(vec![round; 8]));
+    }
+    assert_eq!(db.get(&cf, b"after").unwrap(), Some(b"stall".to_vec()));
+    // Below the trigger again: writes go straight through.
+    db.put(&cf, b"next", b"x").unwrap();
+    assert_eq!(db.stats().write_stalls, 1);
+}

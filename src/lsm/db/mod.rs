@@ -220,6 +220,9 @@ struct CfView {
     frozen: Vec<Arc<Memtable>>,
     /// Files per level (L0 newest first), pinned.
     levels: [Vec<Arc<TableFile>>; NUM_LEVELS],
+    /// Sorted runs among the L0 files (`version::l0_runs`), counted once per view: every write
+    /// compares it with the stop trigger.
+    l0_runs: usize,
     tombstones: Vec<RangeTombstone>,
 }
 
@@ -611,7 +614,7 @@ impl DbInner {
                 .map(|(_, m)| m.clone())
                 .collect();
             frozen.reverse();
-            let (levels, tombstones) = match core.version.cfs.get(id) {
+            let (levels, l0_runs, tombstones) = match core.version.cfs.get(id) {
                 Some(v) => {
                     let levels = std::array::from_fn(|level| {
                         v.levels[level]
@@ -619,9 +622,9 @@ impl DbInner {
                             .filter_map(|f| core.tables.get(&f.number).cloned())
                             .collect()
                     });
-                    (levels, v.tombstones.clone())
+                    (levels, v.l0_runs(), v.tombstones.clone())
                 }
-                None => (Default::default(), Vec::new()),
+                None => (Default::default(), 0, Vec::new()),
             };
             cfs.insert(
                 *id,
@@ -630,6 +633,7 @@ impl DbInner {
                     memtable: state.memtable.clone(),
                     frozen,
                     levels,
+                    l0_runs,
                     tombstones,
                 },
             );

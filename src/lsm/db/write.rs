@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::lsm::batch::WriteBatch;
 use crate::lsm::memtable::Memtable;
 use crate::lsm::options::CfOptions;
-use crate::lsm::version::{VersionEdit, l0_runs};
+use crate::lsm::version::VersionEdit;
 use crate::lsm::wal::{WalWriter, wal_file_name};
 
 /// How long a stalled writer sleeps before looking again (it is also woken by every flush).
@@ -63,11 +63,7 @@ pub(super) fn write(inner: &DbInner, mut batch: WriteBatch) -> Result<()> {
 fn needs_room(inner: &DbInner, sv: &SuperVersion) -> bool {
     sv.cfs.values().any(|c| {
         c.memtable.approximate_memory_usage() >= inner.options.write_buffer_size
-            || l0_full(
-                c.levels[0].len(),
-                || l0_runs(c.levels[0].iter().map(|t| &**t.meta())),
-                inner.options.level0_stop_writes,
-            )
+            || c.l0_runs >= inner.options.level0_stop_writes
     })
 }
 
