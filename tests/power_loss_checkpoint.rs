@@ -366,3 +366,39 @@ fn io_errors_at_every_operation_of_fs_checkpoints_and_retention() {
 fn io_errors_at_every_operation_of_lsm_checkpoints_and_restores() {
     io_errors_everywhere(Kind::Lsm, 3);
 }
+
+/// Files linked from one local storage into another in one call: one fsync of the directory
+/// that gained the names (not one per file), and every name survives a power loss right after.
+#[test]
+fn copy_many_from_fsyncs_each_directory_once_and_the_links_survive() {
+    let sim = SimFs::new(7);
+    let fs: FsRef = sim.clone();
+    let theirs = LocalDirStorage::open_on(Arc::clone(&fs), "/other/checkpoints").unwrap();
+    let ours = LocalDirStorage::open_on(Arc::clone(&fs), ROOT).unwrap();
+    let names: Vec<(String, String)> = (0..4)
+        .map(|i| (format!("shared/{i:06}.sst"), format!("shared/7/{i:06}.sst")))
+        .collect();
+    for (i, (from, _)) in names.iter().enumerate() {
+        theirs.write_file(from, &[i as u8; 100]).unwrap();
+    }
+    let mut pairs: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(from, to)| (from.as_str(), to.as_str()))
+        .collect();
+    // A file the source does not have is reported as not copied.
+    pairs.push(("shared/missing.sst", "shared/7/missing.sst"));
+    sim.enable_trace();
+    let done = ours.copy_many_from(&theirs, &pairs).unwrap();
+    assert_eq!(done, [true, true, true, true, false]);
+    let trace = sim.trace();
+    let dir_syncs: Vec<&String> = trace
+        .iter()
+        .filter(|op| op.contains("sync_dir") && op.ends_with("/job/checkpoints/shared/7"))
+        .collect();
+    assert_eq!(dir_syncs.len(), 1, "{trace:#?}");
+    sim.power_loss(PowerLoss::DropUnsynced);
+    for (i, (_, to)) in names.iter().enumerate() {
+        assert_eq!(ours.read_file(to).unwrap(), vec![i as u8; 100], "{to}");
+    }
+    assert!(!ours.exists("shared/7/missing.sst").unwrap());
+}

@@ -187,6 +187,22 @@ pub trait CheckpointStorage: Send + Sync + fmt::Debug {
         Ok(false)
     }
 
+    /// [`CheckpointStorage::copy_from`] for several files of one source, `(from, to)` each:
+    /// whether each was copied, in order. On success every copied file is as durable as after
+    /// `copy_from`; on an error some may have been made and must be treated as not copied. The
+    /// local directory storage makes every link first and then fsyncs each directory that
+    /// gained names once, instead of once per file; this default copies them one by one.
+    fn copy_many_from(
+        &self,
+        source: &dyn CheckpointStorage,
+        files: &[(&str, &str)],
+    ) -> Result<Vec<bool>> {
+        files
+            .iter()
+            .map(|(from, to)| self.copy_from(source, from, to))
+            .collect()
+    }
+
     /// The file's path on the local file system, when the storage is a local directory (so a
     /// restore may hard-link it instead of copying its bytes); `None` for remote storage.
     fn local_path(&self, _path: &str) -> Option<std::path::PathBuf> {
@@ -511,22 +527,41 @@ impl CheckpointStorage for LocalDirStorage {
     }
 
     fn copy_from(&self, source: &dyn CheckpointStorage, from: &str, to: &str) -> Result<bool> {
-        let Some(original) = source.local_path(from) else {
-            return Ok(false);
-        };
-        if !self.fs.is_file(&original) {
-            return Ok(false);
+        Ok(self.copy_many_from(source, &[(from, to)])?[0])
+    }
+
+    fn copy_many_from(
+        &self,
+        source: &dyn CheckpointStorage,
+        files: &[(&str, &str)],
+    ) -> Result<Vec<bool>> {
+        let mut linked = Vec::with_capacity(files.len());
+        let mut dirs = std::collections::BTreeSet::new();
+        for &(from, to) in files {
+            let Some(original) = source.local_path(from) else {
+                linked.push(false);
+                continue;
+            };
+            if !self.fs.is_file(&original) {
+                linked.push(false);
+                continue;
+            }
+            let full = self.resolve(to)?;
+            self.create_parents(&full)?;
+            // A name already taken (never, with store-id file names) or another file system:
+            // no link, the caller writes the file.
+            let done = self.fs.hard_link(&original, &full).is_ok();
+            if done {
+                dirs.insert(full.parent().unwrap_or(&self.root).to_path_buf());
+            }
+            linked.push(done);
         }
-        let full = self.resolve(to)?;
-        self.create_parents(&full)?;
-        // The original was fsynced when it was written; the new name needs its directory
-        // fsynced. A name already taken (never, with store-id file names) or another file
-        // system: no link, the caller writes the file.
-        if self.fs.hard_link(&original, &full).is_err() {
-            return Ok(false);
+        // The originals were fsynced when they were written; the new names need their
+        // directories fsynced, each once.
+        for dir in &dirs {
+            self.sync_dir(dir)?;
         }
-        self.sync_dir(full.parent().unwrap_or(&self.root))?;
-        Ok(true)
+        Ok(linked)
     }
 
     fn create_file(&self, path: &str) -> Result<Box<dyn CheckpointFileWriter>> {

@@ -619,23 +619,56 @@ fn copy_into_own(
         .filter_map(|f| Some((f.path.as_path(), *origins.get(&f.meta.number)?)))
         .collect();
     let location = own.location();
-    let copied = run_parallel(&jobs, own.upload_parallelism(), |&(local, origin)| {
-        let path = shared_path(store_id, origin.number);
-        match own.copy_from(origin.source.storage.as_ref(), origin.path, &path) {
-            Ok(done) => {
-                if done && let Some(copies) = local_copies {
-                    // Only a missed shortcut if it fails: a later restore downloads the file.
-                    let _ = copies.keep(&location, &path, local);
-                }
-                Ok(done.then_some((origin, path)))
-            }
+    // The files of one source in `parallelism` groups, each copied by one call, so a local
+    // directory fsyncs once per group and directory rather than once per file.
+    let parallelism = own.upload_parallelism().max(1);
+    let mut groups: Vec<Vec<(&Path, &FetchJob<'_>)>> = Vec::new();
+    let mut by_source: Vec<Vec<(&Path, &FetchJob<'_>)>> = Vec::new();
+    for job in jobs {
+        match by_source
+            .iter_mut()
+            .find(|g| std::ptr::eq(g[0].1.source, job.1.source))
+        {
+            Some(group) => group.push(job),
+            None => by_source.push(vec![job]),
+        }
+    }
+    for files in by_source {
+        let size = files.len().div_ceil(parallelism);
+        groups.extend(files.chunks(size).map(<[_]>::to_vec));
+    }
+    let copied = run_parallel(&groups, parallelism, |group| {
+        let paths: Vec<String> = group
+            .iter()
+            .map(|(_, origin)| shared_path(store_id, origin.number))
+            .collect();
+        let pairs: Vec<(&str, &str)> = group
+            .iter()
+            .zip(&paths)
+            .map(|((_, origin), path)| (origin.path, path.as_str()))
+            .collect();
+        let source = group[0].1.source.storage.as_ref();
+        match own.copy_many_from(source, &pairs) {
+            Ok(done) => Ok(group
+                .iter()
+                .zip(paths)
+                .zip(done)
+                .filter(|(_, done)| *done)
+                .map(|((&(local, origin), path), _)| {
+                    if let Some(copies) = local_copies {
+                        // Only a missed shortcut if it fails: a later restore downloads it.
+                        let _ = copies.keep(&location, &path, local);
+                    }
+                    (origin, path)
+                })
+                .collect::<Vec<_>>()),
             Err(e) => {
                 tracing::warn!(
                     error = %e,
-                    file = origin.path,
-                    "copy into this backend's storage failed; a checkpoint uploads the file"
+                    files = group.len(),
+                    "copy into this backend's storage failed; a checkpoint uploads the files"
                 );
-                Ok(None)
+                Ok(Vec::new())
             }
         }
     });
