@@ -71,6 +71,12 @@ struct Args {
     /// PRNG seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Block cache size in MiB, for every engine.
+    #[arg(long, default_value_t = 64)]
+    cache_mib: usize,
+    /// zstd level, for the engines that compress with zstd (flowstate, RocksDB).
+    #[arg(long, default_value_t = 3)]
+    zstd_level: i32,
 }
 
 /// splitmix64 finalizer: a bijection on u64, so distinct inputs give distinct keys.
@@ -334,7 +340,11 @@ fn dir_size(dir: &Path) -> u64 {
 
 fn run(args: &Args, root: &Path) -> Res<()> {
     let data = root.join("db");
-    let settings = Settings::default();
+    let settings = Settings {
+        block_cache_size: args.cache_mib << 20,
+        zstd_level: args.zstd_level,
+        ..Settings::default()
+    };
     let db: Box<dyn Engine> = match args.engine {
         EngineName::Flowstate => Box::new(engines::Flowstate::open(&data, &settings)?),
         EngineName::Rocksdb => Box::new(engines::Rocks::open(&data, &settings)?),
