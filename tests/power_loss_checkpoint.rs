@@ -402,3 +402,35 @@ fn copy_many_from_fsyncs_each_directory_once_and_the_links_survive() {
     }
     assert!(!ours.exists("shared/7/missing.sst").unwrap());
 }
+
+/// A directory fsync that fails: the call errs, and the names it made are taken back so the
+/// uploads that follow find them free.
+#[test]
+fn copy_many_from_takes_its_links_back_when_the_directory_fsync_fails() {
+    let sim = SimFs::new(8);
+    let fs: FsRef = sim.clone();
+    let theirs = LocalDirStorage::open_on(Arc::clone(&fs), "/other/checkpoints").unwrap();
+    let ours = LocalDirStorage::open_on(Arc::clone(&fs), ROOT).unwrap();
+    for i in 0..3u8 {
+        theirs
+            .write_file(&format!("shared/{i}.sst"), &[i; 64])
+            .unwrap();
+    }
+    // The destination directory exists, so the next sync_dir is the one after the links.
+    ours.write_file("shared/7/other.sst", b"x").unwrap();
+    let names: Vec<(String, String)> = (0..3)
+        .map(|i| (format!("shared/{i}.sst"), format!("shared/7/{i}.sst")))
+        .collect();
+    let pairs: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(from, to)| (from.as_str(), to.as_str()))
+        .collect();
+    sim.inject(FaultOp::SyncDir, 0, FaultKind::Eio, false);
+    assert!(ours.copy_many_from(&theirs, &pairs).is_err());
+    for (_, to) in &names {
+        assert!(!ours.exists(to).unwrap(), "{to} left behind");
+    }
+    // The sources are untouched and a retry succeeds.
+    assert_eq!(ours.copy_many_from(&theirs, &pairs).unwrap(), [true; 3]);
+    assert_eq!(ours.read_file("shared/7/2.sst").unwrap(), vec![2u8; 64]);
+}

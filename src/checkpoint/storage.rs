@@ -456,6 +456,43 @@ impl LocalDirStorage {
         sync_dir(self.fs.as_ref(), dir)
     }
 
+    /// Hard-links each `(from, to)` of `source` that is a local file, recording in `linked`
+    /// whether it was, and in `made` each name created, then fsyncs each directory that gained
+    /// names once (the originals were fsynced when they were written).
+    fn link_all(
+        &self,
+        source: &dyn CheckpointStorage,
+        files: &[(&str, &str)],
+        linked: &mut Vec<bool>,
+        made: &mut Vec<PathBuf>,
+    ) -> Result<()> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for &(from, to) in files {
+            let Some(original) = source.local_path(from) else {
+                linked.push(false);
+                continue;
+            };
+            if !self.fs.is_file(&original) {
+                linked.push(false);
+                continue;
+            }
+            let full = self.resolve(to)?;
+            self.create_parents(&full)?;
+            // A name already taken (never, with store-id file names) or another file system:
+            // no link, the caller writes the file.
+            let done = self.fs.hard_link(&original, &full).is_ok();
+            if done {
+                dirs.insert(full.parent().unwrap_or(&self.root).to_path_buf());
+                made.push(full);
+            }
+            linked.push(done);
+        }
+        for dir in &dirs {
+            self.sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
     fn is_dir(&self, path: &Path) -> Result<bool> {
         self.fs.is_dir(path).map_err(|e| Error::io(path, e))
     }
@@ -536,34 +573,18 @@ impl CheckpointStorage for LocalDirStorage {
         files: &[(&str, &str)],
     ) -> Result<Vec<bool>> {
         let mut linked = Vec::with_capacity(files.len());
-        let mut dirs = std::collections::BTreeSet::new();
-        for &(from, to) in files {
-            let Some(original) = source.local_path(from) else {
-                linked.push(false);
-                continue;
-            };
-            if !self.fs.is_file(&original) {
-                linked.push(false);
-                continue;
+        let mut made = Vec::new();
+        let result = self.link_all(source, files, &mut linked, &mut made);
+        if result.is_err() {
+            // Nothing is reported as copied: take the names made back, so that the uploads
+            // which follow find them free (best effort: a removal that fails leaves an
+            // unreferenced name, and the upload of that file fails on it).
+            for name in &made {
+                let _ = self.fs.remove_file(name);
             }
-            let full = self.resolve(to)?;
-            self.create_parents(&full)?;
-            // A name already taken (never, with store-id file names) or another file system:
-            // no link, the caller writes the file.
-            let done = self.fs.hard_link(&original, &full).is_ok();
-            if done {
-                dirs.insert(full.parent().unwrap_or(&self.root).to_path_buf());
-            }
-            linked.push(done);
         }
-        // The originals were fsynced when they were written; the new names need their
-        // directories fsynced, each once.
-        for dir in &dirs {
-            self.sync_dir(dir)?;
-        }
-        Ok(linked)
+        result.map(|()| linked)
     }
-
     fn create_file(&self, path: &str) -> Result<Box<dyn CheckpointFileWriter>> {
         let full = self.resolve(path)?;
         self.create_parents(&full)?;
