@@ -367,24 +367,44 @@ fn io_errors_at_every_operation_of_lsm_checkpoints_and_restores() {
     io_errors_everywhere(Kind::Lsm, 3);
 }
 
+/// Two local storages on one simulated file system, and `files` files in the first,
+/// `shared/<i>.sst` holding 64 bytes of `i`, with the names they get in the second
+/// (`shared/7/<i>.sst`).
+fn linked_storages(
+    seed: u64,
+    files: u8,
+) -> (
+    Arc<SimFs>,
+    LocalDirStorage,
+    LocalDirStorage,
+    Vec<(String, String)>,
+) {
+    let (sim, fs) = new_fs(seed);
+    let theirs = LocalDirStorage::open_on(Arc::clone(&fs), "/other/checkpoints").unwrap();
+    let ours = LocalDirStorage::open_on(fs, ROOT).unwrap();
+    let names: Vec<(String, String)> = (0..files)
+        .map(|i| (format!("shared/{i}.sst"), format!("shared/7/{i}.sst")))
+        .collect();
+    for (i, (from, _)) in names.iter().enumerate() {
+        theirs.write_file(from, &[i as u8; 64]).unwrap();
+    }
+    (sim, theirs, ours, names)
+}
+
+/// `names` as the `(from, to)` pairs `copy_many_from` takes.
+fn pairs(names: &[(String, String)]) -> Vec<(&str, &str)> {
+    names
+        .iter()
+        .map(|(from, to)| (from.as_str(), to.as_str()))
+        .collect()
+}
+
 /// Files linked from one local storage into another in one call: one fsync of the directory
 /// that gained the names (not one per file), and every name survives a power loss right after.
 #[test]
 fn copy_many_from_fsyncs_each_directory_once_and_the_links_survive() {
-    let sim = SimFs::new(7);
-    let fs: FsRef = sim.clone();
-    let theirs = LocalDirStorage::open_on(Arc::clone(&fs), "/other/checkpoints").unwrap();
-    let ours = LocalDirStorage::open_on(Arc::clone(&fs), ROOT).unwrap();
-    let names: Vec<(String, String)> = (0..4)
-        .map(|i| (format!("shared/{i:06}.sst"), format!("shared/7/{i:06}.sst")))
-        .collect();
-    for (i, (from, _)) in names.iter().enumerate() {
-        theirs.write_file(from, &[i as u8; 100]).unwrap();
-    }
-    let mut pairs: Vec<(&str, &str)> = names
-        .iter()
-        .map(|(from, to)| (from.as_str(), to.as_str()))
-        .collect();
+    let (sim, theirs, ours, names) = linked_storages(7, 4);
+    let mut pairs = pairs(&names);
     // A file the source does not have is reported as not copied.
     pairs.push(("shared/missing.sst", "shared/7/missing.sst"));
     sim.enable_trace();
@@ -398,7 +418,7 @@ fn copy_many_from_fsyncs_each_directory_once_and_the_links_survive() {
     assert_eq!(dir_syncs.len(), 1, "{trace:#?}");
     sim.power_loss(PowerLoss::DropUnsynced);
     for (i, (_, to)) in names.iter().enumerate() {
-        assert_eq!(ours.read_file(to).unwrap(), vec![i as u8; 100], "{to}");
+        assert_eq!(ours.read_file(to).unwrap(), vec![i as u8; 64], "{to}");
     }
     assert!(!ours.exists("shared/7/missing.sst").unwrap());
 }
@@ -407,24 +427,10 @@ fn copy_many_from_fsyncs_each_directory_once_and_the_links_survive() {
 /// uploads that follow find them free.
 #[test]
 fn copy_many_from_takes_its_links_back_when_the_directory_fsync_fails() {
-    let sim = SimFs::new(8);
-    let fs: FsRef = sim.clone();
-    let theirs = LocalDirStorage::open_on(Arc::clone(&fs), "/other/checkpoints").unwrap();
-    let ours = LocalDirStorage::open_on(Arc::clone(&fs), ROOT).unwrap();
-    for i in 0..3u8 {
-        theirs
-            .write_file(&format!("shared/{i}.sst"), &[i; 64])
-            .unwrap();
-    }
+    let (sim, theirs, ours, names) = linked_storages(8, 3);
     // The destination directory exists, so the next sync_dir is the one after the links.
     ours.write_file("shared/7/other.sst", b"x").unwrap();
-    let names: Vec<(String, String)> = (0..3)
-        .map(|i| (format!("shared/{i}.sst"), format!("shared/7/{i}.sst")))
-        .collect();
-    let pairs: Vec<(&str, &str)> = names
-        .iter()
-        .map(|(from, to)| (from.as_str(), to.as_str()))
-        .collect();
+    let pairs = pairs(&names);
     sim.inject(FaultOp::SyncDir, 0, FaultKind::Eio, false);
     assert!(ours.copy_many_from(&theirs, &pairs).is_err());
     for (_, to) in &names {

@@ -456,26 +456,23 @@ impl LocalDirStorage {
         sync_dir(self.fs.as_ref(), dir)
     }
 
-    /// Hard-links each `(from, to)` of `source` that is a local file, recording in `linked`
-    /// whether it was, and in `made` each name created, then fsyncs each directory that gained
+    /// Hard-links each `(from, to)` of `source` that is a local file (whether it was, in
+    /// order), recording in `made` each name created, then fsyncs each directory that gained
     /// names once (the originals were fsynced when they were written).
     fn link_all(
         &self,
         source: &dyn CheckpointStorage,
         files: &[(&str, &str)],
-        linked: &mut Vec<bool>,
         made: &mut Vec<PathBuf>,
-    ) -> Result<()> {
+    ) -> Result<Vec<bool>> {
+        let mut linked = Vec::with_capacity(files.len());
         let mut dirs = std::collections::BTreeSet::new();
         for &(from, to) in files {
-            let Some(original) = source.local_path(from) else {
+            let original = source.local_path(from).filter(|p| self.fs.is_file(p));
+            let Some(original) = original else {
                 linked.push(false);
                 continue;
             };
-            if !self.fs.is_file(&original) {
-                linked.push(false);
-                continue;
-            }
             let full = self.resolve(to)?;
             self.create_parents(&full)?;
             // A name already taken (never, with store-id file names) or another file system:
@@ -490,7 +487,7 @@ impl LocalDirStorage {
         for dir in &dirs {
             self.sync_dir(dir)?;
         }
-        Ok(())
+        Ok(linked)
     }
 
     fn is_dir(&self, path: &Path) -> Result<bool> {
@@ -564,7 +561,7 @@ impl CheckpointStorage for LocalDirStorage {
     }
 
     fn copy_from(&self, source: &dyn CheckpointStorage, from: &str, to: &str) -> Result<bool> {
-        Ok(self.copy_many_from(source, &[(from, to)])?[0])
+        Ok(self.copy_many_from(source, &[(from, to)])? == [true])
     }
 
     fn copy_many_from(
@@ -572,9 +569,8 @@ impl CheckpointStorage for LocalDirStorage {
         source: &dyn CheckpointStorage,
         files: &[(&str, &str)],
     ) -> Result<Vec<bool>> {
-        let mut linked = Vec::with_capacity(files.len());
         let mut made = Vec::new();
-        let result = self.link_all(source, files, &mut linked, &mut made);
+        let result = self.link_all(source, files, &mut made);
         if result.is_err() {
             // Nothing is reported as copied: take the names made back, so that the uploads
             // which follow find them free (best effort: a removal that fails leaves an
@@ -583,8 +579,9 @@ impl CheckpointStorage for LocalDirStorage {
                 let _ = self.fs.remove_file(name);
             }
         }
-        result.map(|()| linked)
+        result
     }
+
     fn create_file(&self, path: &str) -> Result<Box<dyn CheckpointFileWriter>> {
         let full = self.resolve(path)?;
         self.create_parents(&full)?;

@@ -622,7 +622,6 @@ fn copy_into_own(
     // The files of one source in `parallelism` groups, each copied by one call, so a local
     // directory fsyncs once per group and directory rather than once per file.
     let parallelism = own.upload_parallelism().max(1);
-    let mut groups: Vec<Vec<(&Path, &FetchJob<'_>)>> = Vec::new();
     let mut by_source: Vec<Vec<(&Path, &FetchJob<'_>)>> = Vec::new();
     for job in jobs {
         match by_source
@@ -633,10 +632,10 @@ fn copy_into_own(
             None => by_source.push(vec![job]),
         }
     }
-    for files in by_source {
-        let size = files.len().div_ceil(parallelism);
-        groups.extend(files.chunks(size).map(<[_]>::to_vec));
-    }
+    let groups: Vec<&[(&Path, &FetchJob<'_>)]> = by_source
+        .iter()
+        .flat_map(|files| files.chunks(files.len().div_ceil(parallelism)))
+        .collect();
     let copied = run_parallel(&groups, parallelism, |group| {
         let paths: Vec<String> = group
             .iter()
