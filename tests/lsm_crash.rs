@@ -1,4 +1,5 @@
-//! Crash recovery of `lsm::Db`: a child process writing with `sync` on every batch is SIGKILLed
+//! Crash recovery of `lsm::Db`: a child process writing with `sync` on every batch, or with no
+//! sync at all (a process crash must not lose an acknowledged batch either way), is SIGKILLed
 //! at seeded random moments (during writes, flushes and compactions, which a small write buffer
 //! makes frequent; flushes write several L0 files, cut at 2 KiB between 3-byte key prefixes).
 //! After every kill the store must reopen without corruption and hold exactly the writes of a
@@ -16,12 +17,14 @@ use flowstate::lsm::{CfOptions, Db, Options};
 
 const KEYS: u64 = 300;
 const CHILD_ENV: &str = "FLOWSTATE_LSM_CRASH_CHILD";
+/// Set (to anything) in a child that writes with `SyncMode::Manual` and never syncs.
+const NO_SYNC_ENV: &str = "FLOWSTATE_LSM_CRASH_NO_SYNC";
 
-fn options() -> Options {
+fn options(sync: SyncMode) -> Options {
     Options::default()
         .write_buffer_size(8 << 10)
         .memtable_buffer_entries(8)
-        .wal_sync(SyncMode::EveryBatch)
+        .wal_sync(sync)
         .default_cf_options(
             CfOptions::default().compaction(
                 CompactionOptions::default()
@@ -43,8 +46,8 @@ fn value(i: u64) -> Vec<u8> {
 }
 
 /// The child: continue the sequence of batches after the last one present, acknowledging each.
-fn child(dir: &str) {
-    let db = Db::open(std::path::Path::new(dir), options()).expect("child open");
+fn child(dir: &str, sync: SyncMode) {
+    let db = Db::open(std::path::Path::new(dir), options(sync)).expect("child open");
     let cf = db.default_cf();
     let next = db.get(&cf, b"last").expect("read last").map_or(0, |v| {
         u64::from_be_bytes(v[..8].try_into().expect("8 bytes")) + 1
@@ -80,8 +83,33 @@ fn expected(last: u64) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
 
 #[test]
 fn killed_writer_recovers_an_acknowledged_prefix() {
+    kill_and_recover(
+        "killed_writer_recovers_an_acknowledged_prefix",
+        SyncMode::EveryBatch,
+    );
+}
+
+/// Without any sync the WAL's appends are in the OS's page cache only (written through a memory
+/// map on Linux), which a process crash keeps: still every acknowledged batch comes back.
+#[test]
+fn killed_writer_without_sync_recovers_every_acknowledged_batch() {
+    kill_and_recover(
+        "killed_writer_without_sync_recovers_every_acknowledged_batch",
+        SyncMode::Manual,
+    );
+}
+
+/// Runs the child `test` (this binary, filtered to it) in rounds, killing it at a seeded moment
+/// each round and checking what a reopened store holds.
+fn kill_and_recover(test: &str, sync: SyncMode) {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
-        child(&dir);
+        // The child runs this test alone (`--exact`); its mode comes from the environment.
+        let child_sync = if std::env::var_os(NO_SYNC_ENV).is_some() {
+            SyncMode::Manual
+        } else {
+            SyncMode::EveryBatch
+        };
+        child(&dir, child_sync);
         return;
     }
     let soak = std::env::var("FLOWSTATE_SOAK").is_ok();
@@ -100,14 +128,14 @@ fn killed_writer_recovers_an_acknowledged_prefix() {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let run_for = Duration::from_millis(100 + (rng >> 33) % 400);
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "killed_writer_recovers_an_acknowledged_prefix",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, dir.path())
+        let mut command = Command::new(&exe);
+        command
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, dir.path());
+        if sync == SyncMode::Manual {
+            command.env(NO_SYNC_ENV, "1");
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -128,7 +156,7 @@ fn killed_writer_recovers_an_acknowledged_prefix() {
         if let Some(i) = reader.join().unwrap() {
             acked_max = Some(acked_max.map_or(i, |m: u64| m.max(i)));
         }
-        let db = Db::open(dir.path(), options())
+        let db = Db::open(dir.path(), options(sync))
             .unwrap_or_else(|e| panic!("round {round} seed {seed}: {e}"));
         let cf = db.default_cf();
         let last = db

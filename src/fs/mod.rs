@@ -136,6 +136,17 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
     /// Creates `path` for writing, truncating it if it exists.
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Creates `path` (which must not exist, as with [`FileSystem::create_new`]) for many small
+    /// appends, such as a WAL's records. Each `write_all` hands its bytes to the OS before it
+    /// returns, as with `create_new`, so a process crash loses none of them; an implementation
+    /// may preallocate the file ahead of the writes, so that while the file is open (and after a
+    /// crash) it may be longer than what was written, the rest zero bytes. Readers of such a
+    /// file must take a run of zeros at its end for unwritten space (FORMAT.md §7.3). The
+    /// default is `create_new`; [`StdFs`] on Linux writes through a memory map, an append being
+    /// a copy with no system call.
+    fn create_log(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        self.create_new(path)
+    }
     /// Opens an existing file for writing; writes go to its end.
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
     /// Opens an existing file for positioned reads.

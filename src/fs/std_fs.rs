@@ -38,6 +38,121 @@ impl WritableFile for StdWritable {
     }
 }
 
+/// Bytes a [`MappedLog`] preallocates and maps at a time. Only the chunk being written is
+/// mapped, so the pages of a log count towards the process's resident memory for no longer than
+/// it takes to fill one chunk (they stay in the page cache, as written pages do).
+#[cfg(target_os = "linux")]
+const LOG_CHUNK: u64 = 1 << 20;
+
+/// A log file written through a shared memory map of the chunk holding its end: an append is a
+/// copy into the page cache, with no system call, and survives a crash of the process as a
+/// `write` would (the pages belong to the kernel's cache of the file, not to the process).
+///
+/// Each chunk is allocated on disk (`posix_fallocate`) before it is mapped: a full disk is then
+/// an error from [`WritableFile::write_all`], as it would be from `write`, never a fault on a
+/// store into the map. The file is therefore up to one chunk longer than what was written, the
+/// rest zero bytes, until the writer is dropped, which cuts it to the written length. On Linux,
+/// `fdatasync` writes back pages dirtied through a shared map like pages dirtied by `write` (a
+/// store into a clean page faults and marks it dirty), so syncs are plain `fdatasync`/`fsync`.
+#[cfg(target_os = "linux")]
+struct MappedLog {
+    file: File,
+    /// Bytes written: where the next write goes.
+    len: u64,
+    /// The mapped chunk, `LOG_CHUNK` bytes of the file from `map_start`.
+    map: Option<memmap2::MmapMut>,
+    map_start: u64,
+}
+
+#[cfg(target_os = "linux")]
+impl MappedLog {
+    /// Maps the chunk starting at `start` (a multiple of `LOG_CHUNK`), allocating it first.
+    fn map_chunk(&mut self, start: u64) -> io::Result<()> {
+        // Unmapped, the previous chunk's pages stay in the page cache (dirty until written back).
+        self.map = None;
+        allocate(&self.file, start, LOG_CHUNK)?;
+        // SAFETY: the mapping covers bytes `start..start + LOG_CHUNK`, which `allocate` just made
+        // part of the file (its length is at least their end) with blocks reserved, so no access
+        // through it is past the end of the file or needs a block the disk may not have. The
+        // file was created by this writer (`create_new`), flowstate never truncates, rewrites
+        // or opens for writing a live log through any other handle, and `set_len` and `drop`
+        // unmap before they change the length. The map is only reached through `self.map`,
+        // which `&mut self` keeps to one user at a time.
+        #[allow(unsafe_code)]
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(start)
+                .len(LOG_CHUNK as usize)
+                .map_mut(&self.file)
+        }?;
+        self.map_start = start;
+        self.map = Some(map);
+        Ok(())
+    }
+}
+
+/// Reserves disk blocks for `len` bytes of `file` from `offset`, extending it if needed.
+#[cfg(target_os = "linux")]
+fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let too_large = || io::Error::new(io::ErrorKind::InvalidInput, "log file offset too large");
+    let offset = libc::off_t::try_from(offset).map_err(|_| too_large())?;
+    let len = libc::off_t::try_from(len).map_err(|_| too_large())?;
+    // SAFETY: `posix_fallocate` only reads its integer arguments; the descriptor is open for
+    // writing and owned by `file`, which outlives the call.
+    #[allow(unsafe_code)]
+    let errno = unsafe { libc::posix_fallocate(file.as_raw_fd(), offset, len) };
+    match errno {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl WritableFile for MappedLog {
+    fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            if self.map.is_none() || self.len - self.map_start >= LOG_CHUNK {
+                self.map_chunk(self.len - self.len % LOG_CHUNK)?;
+            }
+            let at = (self.len - self.map_start) as usize;
+            let Some(map) = self.map.as_mut() else {
+                return Err(io::Error::other("log chunk not mapped"));
+            };
+            let n = buf.len().min(map.len() - at);
+            map[at..at + n].copy_from_slice(&buf[..n]);
+            self.len += n as u64;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn sync_all(&mut self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.map = None;
+        self.file.set_len(len)?;
+        self.len = len;
+        Ok(())
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for MappedLog {
+    fn drop(&mut self) {
+        self.map = None;
+        // Cut the preallocated tail. Not synced, and a failure is harmless: a reader takes the
+        // zeros after the last record for unwritten space either way (FORMAT.md §7.3).
+        let _ = self.file.set_len(self.len);
+    }
+}
+
 struct StdReadable {
     file: File,
     len: u64,
@@ -83,6 +198,21 @@ impl FileSystem for StdFs {
     fn create(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
         let file = File::create(path)?;
         Ok(Box::new(StdWritable { file }))
+    }
+
+    #[cfg(target_os = "linux")]
+    fn create_log(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(Box::new(MappedLog {
+            file,
+            len: 0,
+            map: None,
+            map_start: 0,
+        }))
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
@@ -171,5 +301,54 @@ impl FileSystem for StdFs {
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => Err(e),
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// `n` bytes that differ from their neighbours and are never all zero in a row.
+    fn pattern(n: usize, salt: u8) -> Vec<u8> {
+        (0..n).map(|i| ((i % 251) as u8 ^ salt) | 1).collect()
+    }
+
+    #[test]
+    fn a_log_is_in_the_file_while_open_and_cut_to_its_writes_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000001.wal");
+        let mut log = StdFs.create_log(&path).unwrap();
+        assert!(StdFs.create_log(&path).is_err(), "the log exists");
+        // Writes of odd sizes across two chunk boundaries, one larger than a chunk.
+        let mut written = Vec::new();
+        for (i, n) in [
+            100,
+            5000,
+            LOG_CHUNK as usize + 123,
+            77,
+            LOG_CHUNK as usize - 20,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let bytes = pattern(n, i as u8);
+            log.write_all(&bytes).unwrap();
+            written.extend_from_slice(&bytes);
+            // What another process (or this one after a crash) reads: every write, then zeros.
+            let seen = std::fs::read(&path).unwrap();
+            assert_eq!(seen.len() as u64 % LOG_CHUNK, 0);
+            assert!(seen.len() - written.len() < LOG_CHUNK as usize);
+            assert_eq!(&seen[..written.len()], &written[..], "write {i}");
+            assert!(seen[written.len()..].iter().all(|&b| b == 0));
+        }
+        log.sync_data().unwrap();
+        log.sync_all().unwrap();
+        // Truncation, then appends after the new end.
+        log.set_len(4096).unwrap();
+        written.truncate(4096);
+        log.write_all(b"tail").unwrap();
+        written.extend_from_slice(b"tail");
+        drop(log);
+        assert_eq!(std::fs::read(&path).unwrap(), written);
     }
 }

@@ -175,7 +175,9 @@ impl WalReader {
             return Ok(None);
         }
         let rest = self.bytes.get(self.pos..).unwrap_or_default();
-        if rest.is_empty() {
+        // The clean end: the file ends here, or only zero bytes follow (space preallocated for
+        // appends; no record starts with a zero length).
+        if rest.iter().all(|&b| b == 0) {
             self.done = true;
             return Ok(None);
         }
@@ -470,20 +472,43 @@ mod tests {
     }
 
     #[test]
-    fn zero_filled_tail_is_torn() {
-        let (mut bytes, offsets) = log(3);
-        let end = bytes.len();
+    fn zeros_after_a_record_are_the_clean_end_and_zeros_inside_one_a_torn_tail() {
+        let (records, offsets) = log(3);
+        let end = records.len();
+        let mut bytes = records.clone();
         bytes.resize(end + 4096, 0);
+        // Preallocated space after the last record, in every mode.
+        for mode in [
+            RecoveryMode::Strict,
+            RecoveryMode::TolerateTornTail,
+            RecoveryMode::StopAtFirstCorruption,
+        ] {
+            let (batches, stop, valid) = read_all(bytes.clone(), mode).unwrap();
+            assert_eq!(
+                (batches.len(), valid, stop),
+                (3, end as u64, None),
+                "{mode:?}"
+            );
+        }
+        // A record whose payload is zeros (its blocks never reached the disk) before the zeros.
+        bytes[offsets[2] + RECORD_HEADER_LEN..].fill(0);
         let (batches, stop, valid) =
             read_all(bytes.clone(), RecoveryMode::TolerateTornTail).unwrap();
-        assert_eq!((batches.len(), valid), (3, end as u64));
-        assert_eq!(stop.unwrap().dropped_bytes, 4096);
-        // The last record zeroed in place (its blocks never reached the disk).
-        bytes.truncate(end);
-        bytes[offsets[2]..].fill(0);
+        assert_eq!((batches.len(), valid), (2, offsets[2] as u64));
+        let stop = stop.unwrap();
+        assert_eq!(
+            (stop.offset, stop.kind),
+            (offsets[2] as u64, DamageKind::TornTail)
+        );
+        assert!(read_all(bytes.clone(), RecoveryMode::Strict).is_err());
+        // A nonzero byte far into the zeros: the zeros before it are no clean end.
+        let mut bytes = records;
+        bytes.resize(end + 4096, 0);
+        bytes[end + 4000] = 1;
         let (batches, stop, _) = read_all(bytes, RecoveryMode::TolerateTornTail).unwrap();
-        assert_eq!(batches.len(), 2);
-        assert_eq!(stop.unwrap().offset, offsets[2] as u64);
+        assert_eq!(batches.len(), 3);
+        let stop = stop.unwrap();
+        assert_eq!((stop.offset, stop.dropped_bytes), (end as u64, 4096));
     }
 
     #[test]

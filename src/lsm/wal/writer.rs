@@ -1,7 +1,9 @@
 //! Appends write batches to a WAL file, one framed record per batch (FORMAT.md §7.3).
 //!
-//! Each append reaches the OS in one `write` call before it returns, so a process crash loses
-//! nothing appended; only unsynced data can be lost to a power failure. After any failed write
+//! Each append reaches the OS before it returns (the log is created with
+//! [`FileSystem::create_log`](crate::fs::FileSystem::create_log): a copy into a shared memory map
+//! of the file on Linux, one `write` elsewhere), so a process crash loses nothing appended; only
+//! unsynced data can be lost to a power failure. After any failed write
 //! or sync the writer refuses further calls, since the file's state is then unknown.
 
 use std::path::{Path, PathBuf};
@@ -62,7 +64,7 @@ impl WalWriter {
         log_number: u64,
         sync_mode: SyncMode,
     ) -> Result<WalWriter> {
-        let file = fs.create_new(path).map_err(|e| Error::io(path, e))?;
+        let file = fs.create_log(path).map_err(|e| Error::io(path, e))?;
         let mut writer = WalWriter::new(fs, file, path, sync_mode, 0, 0);
         writer.write_out(&encode_header(log_number))?;
         writer.len = WAL_HEADER_LEN as u64;
