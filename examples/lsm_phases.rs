@@ -32,13 +32,20 @@ fn key(i: u64) -> [u8; 16] {
     k
 }
 
+/// Whether `FLOWSTATE_COMPRESSIBLE` is set (read once: a lookup per value would be most of the
+/// fill phase's profile).
+fn compressible() -> bool {
+    static COMPRESSIBLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *COMPRESSIBLE.get_or_init(|| std::env::var_os("FLOWSTATE_COMPRESSIBLE").is_some())
+}
+
 fn value(i: u64) -> [u8; 100] {
     let mut v = [0u8; 100];
     for (n, chunk) in v.chunks_mut(8).enumerate() {
         let r = mix(i.wrapping_mul(31).wrapping_add(n as u64)).to_le_bytes();
         chunk.copy_from_slice(&r[..chunk.len()]);
     }
-    if std::env::var_os("FLOWSTATE_COMPRESSIBLE").is_some() {
+    if compressible() {
         let pattern = (i % 7).to_le_bytes();
         for (n, b) in v[50..].iter_mut().enumerate() {
             *b = pattern[n % 4];

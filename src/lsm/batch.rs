@@ -306,6 +306,8 @@ impl WriteBatch {
                 "write batch sequences exceed the largest",
             ));
         }
+        // One reservation for the whole operation, not a growth step per field.
+        self.rep.reserve(added);
         self.rep.push(kind as u8);
         put_varint32(&mut self.rep, cf);
         put_slice(&mut self.rep, key);

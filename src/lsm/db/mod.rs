@@ -269,6 +269,12 @@ struct BackgroundError {
     what: String,
 }
 
+/// An empty batch with room for one operation on `key` and `value`, so that encoding it never
+/// grows the buffer (a single put would otherwise reallocate it two or three times).
+fn single_op_batch(key: &[u8], value: &[u8]) -> crate::lsm::batch::WriteBatch {
+    crate::lsm::batch::WriteBatch::with_capacity(key.len().saturating_add(value.len()) + 16)
+}
+
 impl Db {
     /// Opens a store made of SST files already placed in `dir` (`<number:06>.sst`, linked or
     /// copied there by the caller): writes the manifest that lists them as `edit` says (levels,
@@ -364,28 +370,28 @@ impl Db {
 
     /// Sets `key` to `value`.
     pub fn put(&self, cf: &ColumnFamily, key: &[u8], value: &[u8]) -> Result<()> {
-        let mut batch = crate::lsm::batch::WriteBatch::new();
+        let mut batch = single_op_batch(key, value);
         batch.put(cf, key, value)?;
         self.write(batch)
     }
 
     /// Deletes `key`.
     pub fn delete(&self, cf: &ColumnFamily, key: &[u8]) -> Result<()> {
-        let mut batch = crate::lsm::batch::WriteBatch::new();
+        let mut batch = single_op_batch(key, &[]);
         batch.delete(cf, key)?;
         self.write(batch)
     }
 
     /// Deletes every key in `[start, end)`.
     pub fn delete_range(&self, cf: &ColumnFamily, start: &[u8], end: &[u8]) -> Result<()> {
-        let mut batch = crate::lsm::batch::WriteBatch::new();
+        let mut batch = single_op_batch(start, end);
         batch.delete_range(cf, start, end)?;
         self.write(batch)
     }
 
     /// Adds a merge operand for `key` (appended to the value by the default operator).
     pub fn merge(&self, cf: &ColumnFamily, key: &[u8], operand: &[u8]) -> Result<()> {
-        let mut batch = crate::lsm::batch::WriteBatch::new();
+        let mut batch = single_op_batch(key, operand);
         batch.merge(cf, key, operand)?;
         self.write(batch)
     }
