@@ -114,6 +114,31 @@ impl<'a> BatchOp<'a> {
 pub struct WriteBatch {
     /// FORMAT.md §7.4: `base_sequence u64 LE | count u32 LE | ops`. Always valid.
     rep: Vec<u8>,
+    /// The column families the operations name (a function of `rep`, kept so that checking
+    /// them does not parse every operation again).
+    cfs: CfSet,
+}
+
+/// Which column families a batch's operations name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CfSet {
+    /// No operation.
+    Empty,
+    /// Every operation names this one.
+    One(u32),
+    /// Two or more.
+    Several,
+}
+
+impl CfSet {
+    /// The set after an operation on `cf` is added.
+    fn with(self, cf: u32) -> CfSet {
+        match self {
+            CfSet::Empty => CfSet::One(cf),
+            CfSet::One(one) if one == cf => self,
+            _ => CfSet::Several,
+        }
+    }
 }
 
 impl Default for WriteBatch {
@@ -136,6 +161,7 @@ impl WriteBatch {
     pub fn new() -> Self {
         WriteBatch {
             rep: vec![0; BATCH_HEADER_LEN],
+            cfs: CfSet::Empty,
         }
     }
 
@@ -144,7 +170,10 @@ impl WriteBatch {
     pub fn with_capacity(bytes: usize) -> Self {
         let mut rep = Vec::with_capacity(BATCH_HEADER_LEN.saturating_add(bytes));
         rep.resize(BATCH_HEADER_LEN, 0);
-        WriteBatch { rep }
+        WriteBatch {
+            rep,
+            cfs: CfSet::Empty,
+        }
     }
 
     /// Adds a put of `key` = `value` in column family `cf`.
@@ -228,6 +257,17 @@ impl WriteBatch {
     pub fn clear(&mut self) {
         self.rep.clear();
         self.rep.resize(BATCH_HEADER_LEN, 0);
+        self.cfs = CfSet::Empty;
+    }
+
+    /// The first column family id among the operations' for which `pred` holds, each distinct
+    /// id tried at least once; without parsing the operations when they all name one.
+    pub(crate) fn find_cf(&self, mut pred: impl FnMut(u32) -> bool) -> Option<u32> {
+        match self.cfs {
+            CfSet::Empty => None,
+            CfSet::One(cf) => pred(cf).then_some(cf),
+            CfSet::Several => self.iter().map(|(_, op)| op.cf()).find(|&cf| pred(cf)),
+        }
     }
 
     /// The operations in order, each with its sequence number.
@@ -271,8 +311,10 @@ impl WriteBatch {
             ));
         }
         let mut pos = BATCH_HEADER_LEN;
+        let mut cfs = CfSet::Empty;
         for _ in 0..count {
-            let (_, used) = parse_op(bytes, pos, file, offset)?;
+            let (op, used) = parse_op(bytes, pos, file, offset)?;
+            cfs = cfs.with(op.cf());
             pos += used;
         }
         if pos != bytes.len() {
@@ -283,6 +325,7 @@ impl WriteBatch {
         }
         Ok(WriteBatch {
             rep: bytes.to_vec(),
+            cfs,
         })
     }
 
@@ -315,6 +358,7 @@ impl WriteBatch {
             put_slice(&mut self.rep, second);
         }
         self.rep[8..BATCH_HEADER_LEN].copy_from_slice(&(count + 1).to_le_bytes());
+        self.cfs = self.cfs.with(cf);
         Ok(())
     }
 }
@@ -578,6 +622,24 @@ mod tests {
             let got: Vec<(u64, Op)> = decoded.iter().map(|(s, op)| (s, owned(op))).collect();
             let want: Vec<(u64, Op)> = ops.into_iter().enumerate().map(|(i, op)| (base + i as u64, op)).collect();
             prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn find_cf_gives_the_first_matching_id_of_the_operations(
+            ops in proptest::collection::vec(op(), 0..8),
+            wanted in proptest::collection::btree_set(0u32..4, 0..3),
+        ) {
+            let built = build(&ops, 1);
+            let decoded = WriteBatch::decode(built.encoded(), "t", 0).unwrap();
+            let first = ops.iter().map(|op| match op {
+                Op::Put(c, ..) | Op::Delete(c, _) | Op::DeleteRange(c, ..) | Op::Merge(c, ..) => *c,
+            }).find(|c| wanted.contains(c));
+            prop_assert_eq!(built.find_cf(|c| wanted.contains(&c)), first);
+            prop_assert_eq!(decoded.find_cf(|c| wanted.contains(&c)), first);
+            let mut cleared = built.clone();
+            cleared.clear();
+            prop_assert_eq!(cleared.find_cf(|_| true), None);
+            prop_assert_eq!(cleared, WriteBatch::new());
         }
 
         #[test]

@@ -32,11 +32,8 @@ pub(super) fn write(inner: &DbInner, mut batch: WriteBatch) -> Result<()> {
         make_room(inner, &mut writer)?;
         sv = inner.current();
     }
-    if let Some((_, op)) = batch.iter().find(|(_, op)| !sv.cfs.contains_key(&op.cf())) {
-        return Err(Error::not_found(format!(
-            "unknown column family id {}",
-            op.cf()
-        )));
+    if let Some(cf) = batch.find_cf(|cf| !sv.cfs.contains_key(&cf)) {
+        return Err(Error::not_found(format!("unknown column family id {cf}")));
     }
     batch.set_base_sequence(writer.last_sequence + 1)?;
     if let Some(wal) = &mut writer.wal {
