@@ -48,6 +48,7 @@ macro_rules! option_setters {
 }
 
 pub mod backend;
+pub mod budget;
 pub mod checkpoint;
 mod clock;
 mod codec;
@@ -76,6 +77,7 @@ pub use backend::{
     BackendConfig, BackendKind, FsBackend, LsmBackend, MemoryBackend, SnapshotHandle, SnapshotTask,
     StateBackend, StateDescriptor, StateId, StateKind,
 };
+pub use budget::MemoryBudget;
 pub use checkpoint::storage::{CheckpointStorage, LocalDirStorage};
 pub use error::{Error, Result};
 pub use keys::KeyGroupRange;

@@ -54,6 +54,12 @@ pub const LSM_COMPACTION_READ_BYTES_TOTAL: &str = "flowstate_lsm_compaction_read
 pub const LSM_COMPACTION_WRITTEN_BYTES_TOTAL: &str = "flowstate_lsm_compaction_written_bytes_total";
 /// Counter: times a writer waited for a flush or compaction (too many memtables or L0 files).
 pub const LSM_WRITE_STALLS_TOTAL: &str = "flowstate_lsm_write_stalls_total";
+/// Gauge, label `component` (`write_cache`, `memtable`, `block_cache`, `table_reader`,
+/// `checkpoint_log`, `transfer`): bytes charged to a `MemoryBudget` (updated when the charge
+/// crosses a MiB boundary).
+pub const MEMORY_CHARGED_BYTES: &str = "flowstate_memory_charged_bytes";
+/// Counter: times a writer waited because the `MemoryBudget` was full.
+pub const MEMORY_WAITS_TOTAL: &str = "flowstate_memory_waits_total";
 /// Histogram, label `backend`: wall time of each backend restore, in seconds.
 pub const RESTORE_DURATION_SECONDS: &str = "flowstate_restore_duration_seconds";
 /// Counter, label `backend`: bytes restores brought in from checkpoint storage.
@@ -108,6 +114,11 @@ pub fn describe() {
         "Bytes of one state in a task's latest checkpoint."
     );
     describe_gauge!(
+        MEMORY_CHARGED_BYTES,
+        Unit::Bytes,
+        "Bytes charged to the memory budget, per component."
+    );
+    describe_gauge!(
         STATE_GROWTH_ALERT_ACTIVE,
         "1 while the state-size growth alert holds."
     );
@@ -135,6 +146,10 @@ pub fn describe() {
             "Writer waits for a flush or compaction.",
         ),
         (JOB_RESTARTS_TOTAL, "Job restarts after a task failure."),
+        (
+            MEMORY_WAITS_TOTAL,
+            "Writer waits because the memory budget was full.",
+        ),
     ];
     for (name, text) in counts {
         describe_counter!(name, Unit::Count, text);
@@ -244,6 +259,16 @@ pub(crate) fn compaction_finished(bytes_read: u64, bytes_written: u64) {
 /// A writer stalled for a flush or compaction.
 pub(crate) fn write_stall() {
     counter!(LSM_WRITE_STALLS_TOTAL).increment(1);
+}
+
+/// A writer waited because the memory budget was full.
+pub(crate) fn memory_wait() {
+    counter!(MEMORY_WAITS_TOTAL).increment(1);
+}
+
+/// `component` now holds `bytes` of the memory budget.
+pub(crate) fn memory_charged(component: &'static str, bytes: usize) {
+    gauge!(MEMORY_CHARGED_BYTES, "component" => component).set(bytes as f64);
 }
 
 /// A restore of `backend` (`memory`, `fs`, `lsm`) finished after `duration`, having brought

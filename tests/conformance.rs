@@ -171,6 +171,29 @@ conformance_suite!(lsm, LsmFactory<{ usize::MAX }>);
 conformance_suite!(lsm_uncached, LsmFactory<0>);
 conformance_suite!(lsm_tiny_cache, LsmFactory<600>);
 
+/// [`LsmBackend`](flowstate::LsmBackend) on a memory budget of `MIB` MiB of its own: the write
+/// cache, memtables and block cache keep running out of memory, so writes settle, evict, flush
+/// and wait through every case.
+pub struct LsmBudgetFactory<const MIB: usize>;
+
+impl<const MIB: usize> BackendFactory for LsmBudgetFactory<MIB> {
+    const INCREMENTAL_TTL_CLEANUP: bool = false;
+
+    fn create(config: BackendConfig, scratch: &Path) -> Result<Box<dyn StateBackend>> {
+        let storage =
+            flowstate::checkpoint::storage::LocalDirStorage::open(scratch.join("checkpoints"))?;
+        let options = flowstate::LsmBackendOptions::new(scratch.join("work"))
+            .memory_budget(Some(flowstate::MemoryBudget::with_mib(MIB)));
+        Ok(Box::new(flowstate::LsmBackend::open(
+            config,
+            std::sync::Arc::new(storage),
+            options,
+        )?))
+    }
+}
+
+conformance_suite!(lsm_budget, LsmBudgetFactory<1>);
+
 /// [`LsmBackend`](flowstate::LsmBackend) with full checkpoints (full snapshot files).
 pub struct LsmFullFactory;
 

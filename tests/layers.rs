@@ -11,6 +11,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("hash", &[]),
     ("clock", &[]),
     ("observe", &[]),
+    ("budget", &["observe"]),
     ("codec", &["error"]),
     ("fs", &["error"]),
     ("lock", &["fs", "error"]),
@@ -19,7 +20,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("descriptor", &["codec", "error", "ttl"]),
     (
         "lsm",
-        &["codec", "fs", "lock", "hash", "observe", "error", "clock"],
+        &[
+            "codec", "fs", "lock", "hash", "observe", "error", "clock", "budget",
+        ],
     ),
     (
         "checkpoint",
@@ -33,6 +36,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "descriptor",
             "observe",
             "hash",
+            "budget",
         ],
     ),
 ];
@@ -111,6 +115,7 @@ fn allowed_name(name: &str) -> bool {
         "hash",
         "clock",
         "observe",
+        "budget",
         "codec",
         "fs",
         "lock",

@@ -308,6 +308,7 @@ fn flowstate_run_on_a_full_disk_exits_1_and_resumes_after_space_is_freed() {
             allow_older_checkpoint: false,
             state_growth_alert: None,
             state_growth_window: 10,
+            memory: None,
         };
         sim.set_capacity(Some(20_000));
         let (mut out, mut err) = (Vec::new(), Vec::new());

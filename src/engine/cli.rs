@@ -84,6 +84,11 @@ pub struct RunArgs {
     /// Completed checkpoints the growth alert looks back over.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub state_growth_window: usize,
+    /// One memory budget in MiB for the state of every task (lsm backend): write caches,
+    /// memtables, block caches, table indexes and filters and checkpoint write logs together
+    /// stay within it; caches evict, memtables flush and writers wait when it is full.
+    #[arg(long, value_name = "MiB")]
+    pub memory: Option<usize>,
 }
 
 fn parse_backend(name: &str) -> Result<BackendChoice, String> {
@@ -159,8 +164,13 @@ pub fn run_command_on(
         let _ = writeln!(err, "error: {e}");
         return 1;
     }
+    if args.memory == Some(0) {
+        let _ = writeln!(err, "error: --memory must be at least 1 (MiB)");
+        return 2;
+    }
     let mut config = JobConfig::new(&args.input, &args.output, &args.state);
     config.fs = fs;
+    config.memory_budget = args.memory.map(crate::budget::MemoryBudget::with_mib);
     config.checkpoint_storage = args.checkpoint_storage.clone();
     config.backend = args.backend;
     config.parallelism = args.parallelism;

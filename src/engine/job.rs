@@ -108,6 +108,9 @@ pub struct JobConfig {
     /// [`SimFs`](crate::fs::SimFs) injects faults and power loss). The input is read with
     /// `std::fs`.
     pub fs: FsRef,
+    /// One memory budget for every task's LSM backend (default none: each task's write cache,
+    /// memtables and block cache have their own sizes). `flowstate run --memory`.
+    pub memory_budget: Option<Arc<crate::budget::MemoryBudget>>,
 }
 
 /// A function called with the id of each completed checkpoint (see
@@ -136,6 +139,7 @@ impl JobConfig {
         batch_records: usize,
         on_checkpoint: Option<CheckpointObserver>,
         fs: FsRef,
+        memory_budget: Option<Arc<crate::budget::MemoryBudget>>,
     }}
 
     /// A config with default checkpointing, restarts, parallelism 1 and the LSM backend.
@@ -161,6 +165,7 @@ impl JobConfig {
             batch_records: super::source::DEFAULT_BATCH_RECORDS,
             on_checkpoint: None,
             fs: std_fs(),
+            memory_budget: None,
         }
     }
 }
@@ -784,7 +789,10 @@ impl Attempt<'_> {
             let range = KeyGroupRange::for_operator(self.max_parallelism, parallelism, index)?;
             let backend_config = BackendConfig::new(self.max_parallelism, range)?;
             let root = self.base.task(generation, usize::from(index))?;
-            let backend = config.backend.create(backend_config, &root)?;
+            let backend =
+                config
+                    .backend
+                    .create(backend_config, &root, config.memory_budget.clone())?;
             releasers.extend(backend.checkpoint_releaser());
             let state = KeyedState::from_boxed(backend);
             if let Some(checkpoint) = restore {

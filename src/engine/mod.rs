@@ -86,11 +86,13 @@ impl BackendChoice {
     }
 
     /// A backend for one task; persistent backends write their checkpoints to `root`'s storage,
-    /// which belongs to this task alone.
+    /// which belongs to this task alone. The LSM backend charges `memory_budget` (shared by the
+    /// job's tasks) when there is one.
     pub(crate) fn create(
         self,
         config: BackendConfig,
         root: &TaskRoot,
+        memory_budget: Option<std::sync::Arc<crate::budget::MemoryBudget>>,
     ) -> Result<Box<dyn StateBackend>> {
         Ok(match self {
             BackendChoice::Memory => Box::new(MemoryBackend::new(config)),
@@ -112,6 +114,7 @@ impl BackendChoice {
                     // releaser (`job.rs`): the backend's own retention keeps all.
                     .retained_checkpoints(usize::MAX)
                     .local_recovery_dir(root.local_recovery_dir.clone())
+                    .memory_budget(memory_budget)
                     .fs(root.fs.clone());
                 Box::new(LsmBackend::open(config, root.storage.clone(), options)?)
             }

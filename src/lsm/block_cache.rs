@@ -4,13 +4,19 @@
 //! evenly over the shards; each shard is a mutex around a map into a slab of slots linked in
 //! recency order (O(1) hits and evictions). File numbers must be unique among
 //! the files that share one cache, or one file's blocks would answer for another's.
+//!
+//! On a [`MemoryBudget`] the cache charges every block before it holds it: when the budget is
+//! full it evicts its own least recently used blocks, then asks the other reclaimers on the
+//! budget, and leaves the block uncached if that is still not enough. It is itself a
+//! [`Reclaim`]er, so writers and other caches on the budget can make it evict.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
+use crate::budget::{Component, MemoryBudget, Reclaim};
 use crate::codec::block::Block;
 use crate::hash::KeyHasherBuilder;
 
@@ -35,6 +41,8 @@ pub struct BlockCacheStats {
     pub misses: u64,
     /// Blocks evicted to make room.
     pub evictions: u64,
+    /// Blocks left uncached because the memory budget was full.
+    pub refused: u64,
     /// Bytes charged by the cached blocks.
     pub usage: usize,
     /// Number of cached blocks.
@@ -164,7 +172,25 @@ impl LruShard {
         }
     }
 
-    /// Inserts and returns how many blocks were evicted.
+    /// Evicts least recently used blocks until `bytes` are freed or the shard is empty;
+    /// returns the bytes freed and the blocks evicted.
+    fn evict_bytes(&mut self, bytes: usize) -> (usize, u64) {
+        let before = self.usage;
+        let mut evicted = 0;
+        while before - self.usage < bytes && self.tail != NIL {
+            let oldest = self.tail;
+            if let Some(slot) = self.slots.get(oldest as usize) {
+                let old_key = slot.key;
+                self.map.remove(&old_key);
+            }
+            self.release(oldest);
+            evicted += 1;
+        }
+        (before - self.usage, evicted)
+    }
+
+    /// Inserts and returns how many blocks were evicted. A block larger than the shard is not
+    /// cached.
     fn insert(&mut self, key: BlockKey, block: Arc<Block>) -> u64 {
         let charge = block.charge() + ENTRY_OVERHEAD;
         self.remove(&key);
@@ -214,6 +240,12 @@ pub struct BlockCache {
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
+    /// The budget every cached byte is charged to, and this cache's reclaimer id on it.
+    budget: Option<(Arc<MemoryBudget>, usize)>,
+    /// Blocks left uncached because the budget was full.
+    refused: AtomicU64,
+    /// Where the next budget eviction starts, so it does not always empty the same shard.
+    next_victim: AtomicUsize,
 }
 
 impl std::fmt::Debug for BlockCache {
@@ -244,7 +276,81 @@ impl BlockCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            budget: None,
+            refused: AtomicU64::new(0),
+            next_victim: AtomicUsize::new(0),
         }
+    }
+
+    /// A cache of `capacity` bytes whose blocks are also charged to `budget` (none: the plain
+    /// [`BlockCache::new`]); registered on the budget as a reclaimer.
+    pub fn with_budget(capacity: usize, budget: Option<Arc<MemoryBudget>>) -> Arc<BlockCache> {
+        let Some(budget) = budget else {
+            return Arc::new(BlockCache::new(capacity));
+        };
+        Arc::new_cyclic(|weak: &std::sync::Weak<BlockCache>| {
+            let id = budget.register(weak.clone() as std::sync::Weak<dyn Reclaim>);
+            let mut cache = BlockCache::new(capacity);
+            cache.budget = Some((budget, id));
+            cache
+        })
+    }
+
+    /// The budget the cache charges, if any.
+    pub fn budget(&self) -> Option<&Arc<MemoryBudget>> {
+        self.budget.as_ref().map(|(b, _)| b)
+    }
+
+    /// Hands `bytes` the cache no longer holds back to the budget.
+    fn release(&self, bytes: usize) {
+        if let Some((budget, _)) = &self.budget {
+            budget.release(Component::BlockCache, bytes);
+        }
+    }
+
+    /// Evicts least recently used blocks, a shard at a time, until about `bytes` are freed;
+    /// returns the bytes freed (already released to the budget).
+    pub fn evict_bytes(&self, bytes: usize) -> usize {
+        let shards = self.shards.len();
+        let start = self.next_victim.fetch_add(1, Ordering::Relaxed);
+        let mut freed = 0;
+        for i in 0..shards {
+            if freed >= bytes {
+                break;
+            }
+            let (bytes_freed, evicted) = self.shards[(start + i) % shards]
+                .lock()
+                .evict_bytes((bytes - freed).div_ceil(shards - i));
+            freed += bytes_freed;
+            self.evictions.fetch_add(evicted, Ordering::Relaxed);
+        }
+        if freed < bytes {
+            for shard in self.shards.iter() {
+                if freed >= bytes {
+                    break;
+                }
+                let (bytes_freed, evicted) = shard.lock().evict_bytes(bytes - freed);
+                freed += bytes_freed;
+                self.evictions.fetch_add(evicted, Ordering::Relaxed);
+            }
+        }
+        self.release(freed);
+        freed
+    }
+
+    /// Charges `charge` bytes to the budget, evicting this cache's blocks and then asking the
+    /// other reclaimers when it is full; false when there is still no room. Called without any
+    /// shard lock held, so two caches reclaiming from each other cannot deadlock.
+    fn charge_budget(&self, budget: &MemoryBudget, id: usize, charge: usize) -> bool {
+        if budget.try_charge(Component::BlockCache, charge) {
+            return true;
+        }
+        self.evict_bytes(charge);
+        if budget.try_charge(Component::BlockCache, charge) {
+            return true;
+        }
+        budget.reclaim(charge, id);
+        budget.try_charge(Component::BlockCache, charge)
     }
 
     fn shard(&self, key: &BlockKey) -> &Mutex<LruShard> {
@@ -277,8 +383,24 @@ impl BlockCache {
             file_number,
             offset,
         };
-        let evicted = self.shard(&key).lock().insert(key, block);
+        let Some((budget, id)) = &self.budget else {
+            let evicted = self.shard(&key).lock().insert(key, block);
+            self.evictions.fetch_add(evicted, Ordering::Relaxed);
+            return;
+        };
+        let charge = block.charge() + ENTRY_OVERHEAD;
+        if !self.charge_budget(budget, *id, charge) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let (evicted, released) = {
+            let mut shard = self.shard(&key).lock();
+            let before = shard.usage;
+            let evicted = shard.insert(key, block);
+            (evicted, before + charge - shard.usage)
+        };
         self.evictions.fetch_add(evicted, Ordering::Relaxed);
+        self.release(released);
     }
 
     /// Drops every block of `file_number` (call when the file is deleted, so its memory map
@@ -292,9 +414,13 @@ impl BlockCache {
                 .filter(|k| k.file_number == file_number)
                 .copied()
                 .collect();
+            let before = shard.usage;
             for key in keys {
                 shard.remove(&key);
             }
+            let freed = before - shard.usage;
+            drop(shard);
+            self.release(freed);
         }
     }
 
@@ -308,10 +434,24 @@ impl BlockCache {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
             usage,
             entries,
             capacity: self.capacity,
         }
+    }
+}
+
+impl Reclaim for BlockCache {
+    fn reclaim(&self, bytes: usize) -> usize {
+        self.evict_bytes(bytes)
+    }
+}
+
+impl Drop for BlockCache {
+    fn drop(&mut self) {
+        let usage: usize = self.shards.iter().map(|s| s.lock().usage).sum();
+        self.release(usage);
     }
 }
 

@@ -74,6 +74,10 @@ pub struct Options {
     pub level0_stop_writes: usize,
     /// Capacity of the block cache for decompressed blocks (default 64 MiB).
     pub block_cache_size: usize,
+    /// The memory budget this store charges its memtables, block cache and open tables'
+    /// indexes and filters to, shared with the other stores and backends on it (default none:
+    /// only the sizes above bound the store). See [`crate::budget`].
+    pub memory_budget: Option<Arc<crate::budget::MemoryBudget>>,
     /// Write no WAL at all (RocksDB's `disableWAL`): writes are faster and a memtable switch
     /// does no file I/O, but everything not yet flushed is lost when the process dies. For users
     /// whose durability comes from elsewhere, such as a state backend restoring from checkpoints
@@ -218,6 +222,7 @@ impl Default for Options {
             memtable_buffer_entries: crate::lsm::memtable::DEFAULT_BUFFER_ENTRIES,
             level0_stop_writes: 24,
             block_cache_size: DEFAULT_BLOCK_CACHE_SIZE,
+            memory_budget: None,
             disable_wal: false,
             wal_sync: SyncMode::default(),
             wal_recovery: RecoveryMode::TolerateTornTail,
@@ -233,6 +238,15 @@ impl Default for Options {
 }
 
 impl Options {
+    /// A new, empty memtable as these options make them, charged to `pool` (the store's share
+    /// of the memory budget).
+    pub(crate) fn new_memtable(
+        &self,
+        pool: &Option<Arc<crate::budget::Pool>>,
+    ) -> crate::lsm::memtable::Memtable {
+        crate::lsm::memtable::Memtable::with_pool(self.memtable_buffer_entries, pool.clone())
+    }
+
     /// The options for column family `name`.
     pub fn cf(&self, name: &str) -> CfOptions {
         self.cf_options
@@ -271,6 +285,7 @@ impl Options {
         memtable_buffer_entries: usize,
         level0_stop_writes: usize,
         block_cache_size: usize,
+        memory_budget: Option<Arc<crate::budget::MemoryBudget>>,
         disable_wal: bool,
         wal_sync: SyncMode,
         wal_recovery: RecoveryMode,

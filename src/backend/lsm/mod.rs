@@ -149,6 +149,12 @@ pub struct LsmBackendOptions {
     /// `write_cache` module). Cached reads use up to this many bytes, writes not yet in the
     /// store up to half of it (then they are written to the store at once).
     pub write_cache_size: usize,
+    /// One memory budget for this backend's write cache, memtables, block cache, open tables'
+    /// indexes and filters, checkpoint write log and transfer buffers, shared with every other
+    /// backend and store given the same budget (default none: each is bounded by its own size
+    /// above). When it is full, caches evict, memtables flush and writers wait; see
+    /// [`crate::budget`].
+    pub memory_budget: Option<std::sync::Arc<crate::budget::MemoryBudget>>,
     /// The file system of the working store and the local-recovery copies (default the real
     /// one; crash tests use [`crate::fs::SimFs`], which can cut power at any operation).
     /// Checkpoint storage has its own.
@@ -184,6 +190,7 @@ impl LsmBackendOptions {
             full_checkpoints: false,
             local_recovery_dir: None,
             write_cache_size: DEFAULT_WRITE_CACHE_SIZE,
+            memory_budget: None,
             fs: crate::fs::std_fs(),
         }
     }
@@ -203,6 +210,7 @@ impl LsmBackendOptions {
         full_checkpoints: bool,
         local_recovery_dir: Option<PathBuf>,
         write_cache_size: usize,
+        memory_budget: Option<std::sync::Arc<crate::budget::MemoryBudget>>,
     }}
 
     /// Sets [`LsmBackendOptions::working_dir`].
@@ -425,7 +433,8 @@ impl LsmBackend {
         let ttl_cells = TtlCells::default();
         let db = Db::open(&db_dir, store_options(&options, &config, &[], &ttl_cells))?;
         db.capture_flushes();
-        let cache = WriteCache::new(cache_capacity(&options));
+        let cache =
+            WriteCache::with_budget(cache_capacity(&options), options.memory_budget.clone());
         Ok(LsmBackend {
             config,
             options,
@@ -699,6 +708,7 @@ fn store_options(
     Options {
         write_buffer_size: options.write_buffer_size,
         block_cache_size: options.block_cache_size,
+        memory_budget: options.memory_budget.clone(),
         clock: config.clock.clone(),
         background_work: options.background_work,
         cf_options: cf_list,

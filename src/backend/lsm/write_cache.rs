@@ -24,6 +24,7 @@ use hashbrown::HashTable;
 use parking_lot::Mutex;
 
 use crate::backend::{ReadModifyWrite, StateDescriptor, StateId};
+use crate::budget::{Component, MemoryBudget, Reservation};
 use crate::error::Result;
 use crate::hash::KeyHasherBuilder;
 use crate::lsm::batch::WriteBatch;
@@ -300,6 +301,8 @@ pub struct FrozenWrites {
     states: Vec<(ColumnFamily, WriteLog)>,
     /// The sequence of the memtable freeze that followed the batch's writes, once applied.
     sequence: OnceLock<u64>,
+    /// The writes' memory on the budget (the write cache's charge for them, moved here).
+    _charge: Reservation,
 }
 
 impl FrozenWrites {
@@ -409,12 +412,21 @@ pub struct WriteCache {
     next_ordinal: u64,
     /// Reused output buffer of [`WriteCache::update_cached`].
     scratch: Vec<u8>,
+    /// The charge on the memory budget for `latest_bytes + dirty_bytes`.
+    reservation: Reservation,
 }
 
+/// The share of a memory budget all write caches on it may hold together: the rest is left to
+/// memtables and block caches, so the memtables a settle writes into can always get memory.
+const WRITE_CACHE_SHARE: usize = 4;
+
 impl WriteCache {
-    /// A cache of about `capacity` bytes (0: disabled, every access goes to the store).
-    pub fn new(capacity: usize) -> Self {
+    /// A cache of about `capacity` bytes (0: disabled) charging its bytes to `budget`: when the budget (or the write
+    /// caches' quarter of it) is full, the cache reports itself over budget, so it settles and
+    /// evicts.
+    pub fn with_budget(capacity: usize, budget: Option<Arc<MemoryBudget>>) -> Self {
         WriteCache {
+            reservation: Reservation::new(budget, Component::WriteCache),
             capacity,
             hasher: KeyHasherBuilder::random(),
             states: Vec::new(),
@@ -447,8 +459,21 @@ impl WriteCache {
 
     /// Whether the cache is over its budget: the caller should [`WriteCache::settle`] every
     /// state and then [`WriteCache::evict`].
-    fn over_budget(&self) -> bool {
-        self.latest_bytes > self.capacity || self.dirty_bytes > self.capacity / 2
+    fn over_budget(&mut self) -> bool {
+        if self.latest_bytes > self.capacity || self.dirty_bytes > self.capacity / 2 {
+            return true;
+        }
+        let held = self.latest_bytes + self.dirty_bytes;
+        !self.reservation.covers(held) && !self.try_cover(held)
+    }
+
+    /// Grows the budget charge to `bytes`, within the write caches' share of the budget.
+    fn try_cover(&mut self, bytes: usize) -> bool {
+        let cap = self
+            .reservation
+            .budget()
+            .map_or(usize::MAX, |b| b.limit() / WRITE_CACHE_SHARE);
+        self.reservation.try_cover_within(bytes, cap)
     }
 
     /// What the cache knows of `key`. A key written since the store last got every write is
@@ -520,7 +545,11 @@ impl WriteCache {
     /// Evicts about half of the cached entries (all, if that is not enough) when over the
     /// capacity. Only right after a settle of every state: then the store holds every write.
     pub fn evict(&mut self) {
-        if self.latest_bytes <= self.capacity {
+        let held = self.latest_bytes + self.dirty_bytes;
+        if self.latest_bytes <= self.capacity
+            && (self.reservation.covers(held) || self.try_cover(held))
+        {
+            self.reservation.shrink_to(held);
             return;
         }
         let bit = self.eviction_bit;
@@ -529,12 +558,17 @@ impl WriteCache {
             let freed = cache.latest.evict_half(bit);
             self.latest_bytes = self.latest_bytes.saturating_sub(freed);
         }
-        if self.latest_bytes > self.capacity {
+        let held = self.latest_bytes + self.dirty_bytes;
+        if self.latest_bytes > self.capacity
+            || !(self.reservation.covers(held) || self.try_cover(held))
+        {
             for cache in &mut self.states {
                 cache.latest = Table::default();
             }
             self.latest_bytes = 0;
         }
+        self.reservation
+            .shrink_to(self.latest_bytes + self.dirty_bytes);
     }
 
     /// Moves the writes since the last snapshot into a new frozen batch, queued for the store.
@@ -553,11 +587,15 @@ impl WriteCache {
                 (cf.clone(), dirty)
             })
             .collect();
+        let charge = self
+            .reservation
+            .split_off(self.dirty_bytes, Component::CheckpointLog);
         self.dirty_bytes = 0;
         let batch = Arc::new(FrozenWrites {
             ordinal: self.next_ordinal,
             states,
             sequence: OnceLock::new(),
+            _charge: charge,
         });
         self.next_ordinal += 1;
         self.pending.queue.lock().push_back(batch.clone());
@@ -607,7 +645,7 @@ impl WriteCache {
 
     /// Empties the cache and detaches it from its batches (a restore replaced the store).
     pub fn reset(&mut self) {
-        *self = WriteCache::new(self.capacity);
+        *self = WriteCache::with_budget(self.capacity, self.reservation.budget().cloned());
     }
 
     /// Bytes charged for cached entries and for writes since the last snapshot.
@@ -626,6 +664,36 @@ mod tests {
 
     fn hash(key: &[u8]) -> u64 {
         KeyHasherBuilder::random().hash_one(key)
+    }
+
+    #[test]
+    fn a_full_budget_makes_the_cache_over_budget_and_freeze_moves_the_charge() {
+        use crate::budget::CHUNK;
+        // The write caches' share is a quarter of the budget: one chunk.
+        let budget = MemoryBudget::new(4 * CHUNK);
+        let mut cache = WriteCache::with_budget(64 << 20, Some(budget.clone()));
+        let state = StateId(0);
+        let value = vec![7u8; 1000];
+        let mut writes = 0u32;
+        while !cache.write(state, &writes.to_be_bytes(), Some(&value)) {
+            writes += 1;
+            assert!(writes < 10_000, "never over budget: {budget:?}");
+        }
+        let (latest, dirty) = cache.charged_bytes();
+        assert!(
+            latest + dirty > CHUNK,
+            "over budget before its share was used"
+        );
+        assert_eq!(budget.charged(Component::WriteCache), CHUNK);
+        // A frozen batch takes the charge of its writes along.
+        let batch = cache.freeze(&Vec::new());
+        assert!(budget.charged(Component::CheckpointLog) > 0);
+        assert!(budget.used() <= budget.limit());
+        cache.reset();
+        assert_eq!(budget.charged(Component::WriteCache), 0);
+        drop(batch);
+        cache.pending.queue.lock().clear();
+        assert_eq!(budget.used(), 0, "{budget:?}");
     }
 
     #[test]

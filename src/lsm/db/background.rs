@@ -47,7 +47,9 @@ pub(super) fn run(inner: &Arc<DbInner>, worker: Worker) {
             let mut core = inner.core.lock();
             while !inner.shutdown.load(Ordering::Acquire)
                 && !match worker {
-                    Worker::Flush => !core.frozen.is_empty(),
+                    Worker::Flush => {
+                        !core.frozen.is_empty() || inner.flush_requested.load(Ordering::Acquire)
+                    }
                     Worker::Compaction => next_compaction(inner, &core).is_some(),
                 }
             {
@@ -55,6 +57,15 @@ pub(super) fn run(inner: &Arc<DbInner>, worker: Worker) {
             }
         }
         if inner.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        if worker == Worker::Flush
+            && inner.flush_requested.swap(false, Ordering::AcqRel)
+            && let Err(e) = super::write::freeze_requested(inner)
+        {
+            inner.set_background_error(&e);
+            let _core = inner.core.lock();
+            inner.work.notify_all();
             return;
         }
         let done = match worker {

@@ -258,6 +258,13 @@ struct DbInner {
     flush_lock: Mutex<()>,
     /// Outputs of flushes since the last `take_flushed`, when capturing is on.
     flush_log: Mutex<Option<Vec<FlushOutput>>>,
+    /// Set by another store on the memory budget that needs memory: the flush thread freezes
+    /// the memtables (if the writer lock is free) and flushes them.
+    flush_requested: AtomicBool,
+    /// The memory budget's charge for this store's memtables (none without a budget).
+    memtable_pool: Option<Arc<crate::budget::Pool>>,
+    /// This store's reclaimer id on the memory budget (0 without one).
+    budget_id: std::sync::atomic::AtomicUsize,
     _lock: Box<dyn crate::fs::FileLock>,
 }
 
@@ -301,6 +308,11 @@ impl Db {
         let dir = dir.as_ref();
         options.validate()?;
         let inner = Arc::new(recovery::open(dir, options)?);
+        if let Some(budget) = &inner.options.memory_budget {
+            let reclaimer = Arc::downgrade(&inner);
+            let id = budget.register(reclaimer as std::sync::Weak<dyn crate::budget::Reclaim>);
+            inner.budget_id.store(id, Ordering::Relaxed);
+        }
         let mut background = Vec::new();
         if inner.options.background_work {
             for (name, worker) in [
@@ -563,6 +575,33 @@ impl Db {
 impl Drop for Db {
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+impl crate::budget::Reclaim for DbInner {
+    /// The store's block cache is a reclaimer of its own; a store frees memory only by
+    /// flushing.
+    fn reclaim(&self, _bytes: usize) -> usize {
+        0
+    }
+
+    fn request_flush(&self, larger_than: usize) -> bool {
+        if !self.options.background_work {
+            return false;
+        }
+        let core = self.core.lock();
+        let memory: usize = core
+            .cfs
+            .values()
+            .map(|c| c.memtable.approximate_memory_usage())
+            .sum();
+        if memory <= larger_than || !core.frozen.is_empty() {
+            // Smaller than the asker's, or a flush that will hand memory back is under way.
+            return !core.frozen.is_empty() && memory > larger_than;
+        }
+        self.flush_requested.store(true, Ordering::Release);
+        self.work.notify_all();
+        true
     }
 }
 

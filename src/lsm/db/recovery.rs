@@ -33,7 +33,7 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
     let fs = Arc::clone(&options.fs);
     prepare_dir(fs.as_ref(), dir, &options)?;
     let lock = lock_dir(&fs, dir)?;
-    let cache = Arc::new(BlockCache::new(options.block_cache_size));
+    let cache = BlockCache::with_budget(options.block_cache_size, options.memory_budget.clone());
 
     let version = recover_version(fs.as_ref(), dir, &options)?;
     let names = list_dir(fs.as_ref(), dir)?;
@@ -58,7 +58,19 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
         next_file_number,
         ..
     } = restarted;
-    let core = new_core(&fs, dir, &options, &cache, version, next_file_number);
+    let memtable_pool = options
+        .memory_budget
+        .clone()
+        .map(|b| crate::budget::Pool::new(b, crate::budget::Component::Memtable));
+    let core = new_core(
+        &fs,
+        dir,
+        &options,
+        &cache,
+        version,
+        next_file_number,
+        &memtable_pool,
+    );
     let inner = DbInner {
         dir: dir.to_path_buf(),
         options,
@@ -82,6 +94,9 @@ pub(super) fn open(dir: &Path, options: Options) -> Result<DbInner> {
         compaction_lock: Mutex::new(()),
         flush_lock: Mutex::new(()),
         flush_log: Mutex::new(None),
+        flush_requested: AtomicBool::new(false),
+        memtable_pool,
+        budget_id: std::sync::atomic::AtomicUsize::new(0),
         _lock: lock,
     };
     let initial = inner.install_super_version(&inner.core.lock());
@@ -323,6 +338,7 @@ fn new_core(
     cache: &Arc<BlockCache>,
     version: Version,
     next_file_number: u64,
+    pool: &Option<Arc<crate::budget::Pool>>,
 ) -> Core {
     let mut tables = HashMap::new();
     for cf in version.cfs.values() {
@@ -348,9 +364,7 @@ fn new_core(
                 CfState {
                     name: c.name.clone(),
                     options: Arc::new(options.cf(&c.name)),
-                    memtable: Arc::new(Memtable::with_buffer_entries(
-                        options.memtable_buffer_entries,
-                    )),
+                    memtable: Arc::new(options.new_memtable(pool)),
                 },
             )
         })

@@ -9,8 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{CfState, ColumnFamily, DbInner, FrozenBatch, SuperVersion, WriterState};
+use crate::budget::{CHUNK, Component, MemoryBudget};
 use crate::error::{Error, Result};
 use crate::lsm::batch::WriteBatch;
+use crate::lsm::format::TRAILER_LEN;
 use crate::lsm::memtable::Memtable;
 use crate::lsm::options::CfOptions;
 use crate::lsm::version::VersionEdit;
@@ -34,6 +36,9 @@ pub(super) fn write(inner: &DbInner, mut batch: WriteBatch) -> Result<()> {
     }
     if let Some(cf) = batch.find_cf(|cf| !sv.cfs.contains_key(&cf)) {
         return Err(Error::not_found(format!("unknown column family id {cf}")));
+    }
+    if let Some(budget) = &inner.options.memory_budget {
+        reserve_memory(inner, &mut writer, &mut sv, &batch, budget)?;
     }
     batch.set_base_sequence(writer.last_sequence + 1)?;
     if let Some(wal) = &mut writer.wal {
@@ -112,6 +117,116 @@ fn make_room(inner: &DbInner, writer: &mut WriterState) -> Result<()> {
     }
 }
 
+/// How long a writer waits for the memory budget before it charges past the limit rather than
+/// stop for good (nothing on the budget handed memory back in that time).
+const BUDGET_GIVE_UP: Duration = Duration::from_secs(10);
+
+/// Makes the memory budget cover `batch` in every memtable it writes to, before any of it is
+/// inserted: asks the caches on the budget to evict, freezes this store's memtables for a
+/// flush, asks the other stores to flush theirs, and waits until memory comes back.
+fn reserve_memory(
+    inner: &DbInner,
+    writer: &mut WriterState,
+    sv: &mut Arc<SuperVersion>,
+    batch: &WriteBatch,
+    budget: &MemoryBudget,
+) -> Result<()> {
+    let extra = batch.encoded().len()
+        + batch.count() as usize * (crate::lsm::memtable::ENTRY_OVERHEAD + TRAILER_LEN);
+    let covered = |sv: &SuperVersion| {
+        sv.cfs
+            .iter()
+            .filter(|(id, _)| batch.find_cf(|cf| cf == **id).is_some())
+            .all(|(_, cf)| cf.memtable.reserve(extra))
+    };
+    if covered(sv) {
+        return Ok(());
+    }
+    let own = inner.budget_id.load(Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let mut waited = false;
+    loop {
+        if budget.reclaim(extra.max(CHUNK), 0) > 0 {
+            if covered(sv) {
+                return Ok(());
+            }
+            continue;
+        }
+        let own_memory: usize = sv
+            .cfs
+            .values()
+            .map(|c| c.memtable.approximate_memory_usage())
+            .sum();
+        // Like RocksDB's write buffer manager, the largest memtables flush: other stores on
+        // the budget holding more than this one flush theirs, else this one freezes its own.
+        let others = budget.request_flushes(own, own_memory);
+        if others == 0 {
+            let mut core = inner.core.lock();
+            let holds_writes = core.cfs.values().any(|c| !c.memtable.is_empty());
+            if holds_writes && core.frozen.len() + 1 < inner.options.max_write_buffers.max(2) {
+                let retired = freeze_locked(inner, writer, &mut core, true)?;
+                drop(core);
+                drop(retired);
+                *sv = inner.current();
+                if covered(sv) {
+                    return Ok(());
+                }
+                continue;
+            }
+        }
+        if !inner.options.background_work {
+            super::background::run_until_idle(inner)?;
+        }
+        // The view holds the memtables it saw: a flushed one is released only when no view
+        // holds it any more.
+        *sv = inner.current();
+        if covered(sv) {
+            return Ok(());
+        }
+        if !waited {
+            waited = true;
+            budget.note_wait(Component::Memtable, extra);
+        }
+        if started.elapsed() >= BUDGET_GIVE_UP {
+            tracing::warn!(
+                used = budget.used(),
+                limit = budget.limit(),
+                wanted = extra,
+                "nothing on the memory budget handed memory back: charging past the limit"
+            );
+            for (id, cf) in &sv.cfs {
+                if batch.find_cf(|c| c == *id).is_some() {
+                    cf.memtable.force_reserve(extra);
+                }
+            }
+            return Ok(());
+        }
+        budget.wait_for_release(STALL_POLL);
+        inner.check_background_error()?;
+        *sv = inner.current();
+        if covered(sv) {
+            return Ok(());
+        }
+    }
+}
+
+/// Freezes the memtables for a flush another store on the memory budget asked for, unless a
+/// writer holds the writer lock (a writer waiting for memory freezes its own) or a flush is
+/// already pending.
+pub(super) fn freeze_requested(inner: &DbInner) -> Result<()> {
+    let Some(mut writer) = inner.writer.try_lock() else {
+        return Ok(());
+    };
+    let mut core = inner.core.lock();
+    if !core.frozen.is_empty() || core.cfs.values().all(|c| c.memtable.is_empty()) {
+        return Ok(());
+    }
+    let retired = freeze_locked(inner, &mut writer, &mut core, false)?;
+    drop(core);
+    drop(retired);
+    Ok(())
+}
+
 /// Freezes every non-empty memtable and rolls the WAL (both locks held).
 fn freeze_locked(
     inner: &DbInner,
@@ -142,9 +257,7 @@ fn freeze_locked(
     writer.log_number = log_number;
     for (id, _) in &memtables {
         if let Some(cf) = core.cfs.get_mut(id) {
-            cf.memtable = Arc::new(Memtable::with_buffer_entries(
-                inner.options.memtable_buffer_entries,
-            ));
+            cf.memtable = Arc::new(inner.options.new_memtable(&inner.memtable_pool));
         }
     }
     core.frozen.push(FrozenBatch {
@@ -204,9 +317,7 @@ pub(super) fn create_cf(inner: &DbInner, name: &str, options: CfOptions) -> Resu
                 CfState {
                     name: name.to_string(),
                     options: Arc::new(options),
-                    memtable: Arc::new(Memtable::with_buffer_entries(
-                        inner.options.memtable_buffer_entries,
-                    )),
+                    memtable: Arc::new(inner.options.new_memtable(&inner.memtable_pool)),
                 },
             );
             id

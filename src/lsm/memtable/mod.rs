@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crossbeam_skiplist::SkipSet;
 use parking_lot::{Mutex, RwLock};
 
+use crate::budget::Pool;
 use crate::error::Result;
 use crate::lsm::format::{MAX_SEQUENCE, TRAILER_LEN, ValueKind, compare_internal, trailer};
 use entry::{Entry, Probe};
@@ -93,6 +94,23 @@ pub struct Memtable {
     /// Set when an entry came with a smaller sequence than an earlier one: a key's versions may
     /// then be out of newest-first order across sources, and reads sort them.
     unordered: AtomicBool,
+    /// The store's share of the memory budget this memtable takes its charge from (given back
+    /// when the last holder drops it), grown by the writer through [`Memtable::reserve`].
+    pool: Option<Arc<Pool>>,
+    /// The bytes taken from `pool` (`usize::MAX` without one).
+    reserved: AtomicUsize,
+}
+
+/// A memtable takes its charge from its pool in steps of this many bytes, so the pool's lock is
+/// taken about once per this many bytes written.
+const RESERVE_STEP: usize = 16 << 10;
+
+impl Drop for Memtable {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.give_back(self.reserved.load(Ordering::Relaxed));
+        }
+    }
 }
 
 impl Default for Memtable {
@@ -111,7 +129,16 @@ impl Memtable {
     /// least 1). Small values exercise runs and merges in tests; large ones keep more entries
     /// in the skiplist (more memory per entry, fewer copies).
     pub fn with_buffer_entries(entries: usize) -> Self {
+        Self::with_pool(entries, None)
+    }
+
+    /// [`Memtable::with_buffer_entries`] taking its memory's charge from `pool` (see
+    /// [`Memtable::reserve`]).
+    pub fn with_pool(entries: usize, pool: Option<Arc<Pool>>) -> Self {
+        let reserved = if pool.is_some() { 0 } else { usize::MAX };
         Memtable {
+            pool,
+            reserved: AtomicUsize::new(reserved),
             sources: RwLock::new(Arc::new(Sources {
                 buffer: Arc::new(SkipSet::new()),
                 older: Vec::new(),
@@ -362,6 +389,39 @@ impl Memtable {
     /// exclusive end. A flush writes these to the SST's range-deletion block.
     pub fn range_tombstone_iter(&self) -> MemtableIter {
         MemtableIter::over_sources(&self.range_tombstones, &[])
+    }
+
+    /// Whether the memory budget covers this memtable's memory plus `extra` more bytes, taking
+    /// more from the pool when it can; always true without a pool. Only the writer calls it
+    /// (under the store's writer lock), before inserting a batch of about `extra` bytes.
+    pub fn reserve(&self, extra: usize) -> bool {
+        let need = self.approximate_memory_usage().saturating_add(extra);
+        let reserved = self.reserved.load(Ordering::Relaxed);
+        if need <= reserved {
+            return true;
+        }
+        let Some(pool) = &self.pool else {
+            return true;
+        };
+        let more = (need - reserved).div_ceil(RESERVE_STEP) * RESERVE_STEP;
+        if pool.try_take(more) {
+            self.reserved.store(reserved + more, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes the charge for the memory plus `extra` even past the budget's limit.
+    pub fn force_reserve(&self, extra: usize) {
+        let need = self.approximate_memory_usage().saturating_add(extra);
+        let reserved = self.reserved.load(Ordering::Relaxed);
+        if let Some(pool) = &self.pool
+            && need > reserved
+        {
+            pool.force_take(need - reserved);
+            self.reserved.store(need, Ordering::Relaxed);
+        }
     }
 
     /// Bytes of keys and values plus [`ENTRY_OVERHEAD`] per skiplist entry and a 24-byte slot

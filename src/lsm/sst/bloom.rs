@@ -154,7 +154,6 @@ impl BloomFilter {
     }
 
     /// Size of the bit array in bytes.
-    #[cfg(test)]
     pub fn len_bytes(&self) -> usize {
         self.bits.len()
     }

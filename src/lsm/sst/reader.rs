@@ -9,6 +9,7 @@ use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::budget::{Component, Reservation};
 use crate::codec::block::{Block, BlockIter, SharedBytes, unseal};
 use crate::codec::block_iter::{FlatEntry, flat_entries};
 use crate::error::{Error, Result};
@@ -63,6 +64,8 @@ pub(crate) struct SstFile {
     filter: BloomFilter,
     properties: SstProperties,
     cache: Option<Arc<BlockCache>>,
+    /// The index and filter's memory, charged to the cache's budget while the file is open.
+    _charge: Reservation,
 }
 
 impl SstFile {
@@ -217,6 +220,13 @@ impl SstReader {
             "index",
         )?);
         let index_entries = flat_entries(&index);
+        let resident = index.charge()
+            + index_entries
+                .as_ref()
+                .map_or(0, |e| std::mem::size_of_val::<[FlatEntry]>(e))
+            + filter.len_bytes();
+        let budget = cache.as_ref().and_then(|c| c.budget().cloned());
+        let charge = Reservation::charge_now(budget, Component::TableReader, resident);
         let file = SstFile {
             label,
             path: path.to_path_buf(),
@@ -228,6 +238,7 @@ impl SstReader {
             filter,
             properties,
             cache,
+            _charge: charge,
         };
         Ok(SstReader {
             file: Arc::new(file),
