@@ -294,6 +294,13 @@ impl MemoryBudget {
         }
     }
 
+    /// Wakes the writers waiting for memory, so they look again (a store installed a new
+    /// view of its memtables: a flushed one is released once its waiting writer lets go).
+    pub fn wake(&self) {
+        let _guard = self.freed_lock.lock();
+        self.freed.notify_all();
+    }
+
     /// Waits until some charge is released, or `timeout` passes.
     pub fn wait_for_release(&self, timeout: Duration) {
         let mut guard = self.freed_lock.lock();

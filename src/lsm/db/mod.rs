@@ -683,10 +683,16 @@ impl DbInner {
                 },
             );
         }
-        std::mem::replace(
+        let retired = std::mem::replace(
             &mut *self.super_version.write(),
             Arc::new(SuperVersion { cfs }),
-        )
+        );
+        if let Some(budget) = &self.options.memory_budget {
+            // A writer waiting for memory holds a view of the old memtables: it lets go of a
+            // flushed one only when it looks again.
+            budget.wake();
+        }
+        retired
     }
 
     fn current(&self) -> Arc<SuperVersion> {
